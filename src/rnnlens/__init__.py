@@ -1,0 +1,43 @@
+"""rnnlens: hidden states, cell states and gates of trained recurrent networks, at every step.
+
+Importing rnnlens imports no deep-learning framework; the adapter for a model's framework
+loads when that model is first traced.
+"""
+
+from .api import Description, describe, trace
+from .errors import (
+    DirectionNotAvailableError,
+    FieldNotAvailableError,
+    InputError,
+    LayerNotFoundError,
+    ParityError,
+    RnnLensError,
+    RnnLensWarning,
+    UnsupportedLayerError,
+    UnsupportedModelError,
+)
+from .spec import LayerSpec
+from .states import DirectionStates, Gates, LayerStates, States
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Description",
+    "DirectionNotAvailableError",
+    "DirectionStates",
+    "FieldNotAvailableError",
+    "Gates",
+    "InputError",
+    "LayerNotFoundError",
+    "LayerSpec",
+    "LayerStates",
+    "ParityError",
+    "RnnLensError",
+    "RnnLensWarning",
+    "States",
+    "UnsupportedLayerError",
+    "UnsupportedModelError",
+    "__version__",
+    "describe",
+    "trace",
+]

@@ -1,0 +1,593 @@
+"""Keras 3 adapter: find recurrent layers, run one probe pass, hand raw arrays to the core.
+
+How the probe works without touching the model
+----------------------------------------------
+A Functional (or Sequential) model is a graph of nodes. rnnlens walks that graph itself with
+Keras' own ``Functional._run_through_graph``, calling every non-recurrent layer as the model
+would (``training=False``). At a recurrent layer it calls a *sibling* instead: a shallow copy
+of the layer object that shares its cell and weights but has ``return_sequences=True``,
+``return_state=True`` and ``stateful=False``. The sibling runs the framework's own kernel
+(the generic loop on CPU, cuDNN where Keras would pick it) and returns every step; from that
+rnnlens rebuilds exactly what the original layer would have returned, so downstream layers
+see the same tensors. On TensorFlow the whole walk runs inside one ``tf.function``.
+
+Nothing is added to the model: calling layers on concrete tensors records no graph nodes,
+the sibling's attribute changes stay on the copy, stateful layers start from their current
+state (passed as ``initial_state``) and are never advanced.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, UnsupportedModelError
+from ..spec import FIELDS_BY_KIND, CellWeights, Field, Kind, LayerSpec
+from ..states import States
+from ..tracing import RawDirection, RawLayer, assemble, resolve_fields, select_layers, to_direction_arrays
+
+__all__ = ["describe", "is_keras_model", "trace"]
+
+DEFAULT_BATCH_SIZE = 1024
+
+
+def is_keras_model(obj: object) -> bool:
+    """True for a Keras 3 ``Model`` or ``Layer`` (checked without importing Keras)."""
+    mod = type(obj).__module__
+    if not (mod.startswith("keras") or mod.startswith("tf_keras")):
+        # user subclasses live in the user's module: look at the class hierarchy instead
+        if not any(c.__module__.startswith("keras") for c in type(obj).__mro__):
+            return False
+    import keras
+
+    return isinstance(obj, keras.layers.Layer)
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def _keras():  # type: ignore[no-untyped-def]
+    import keras
+
+    return keras
+
+
+def _is_model(layer: Any) -> bool:
+    return isinstance(layer, _keras().Model)
+
+
+def _is_recurrent(layer: Any) -> bool:
+    k = _keras()
+    return isinstance(layer, (k.layers.RNN, k.layers.Bidirectional))
+
+
+def _cell_kind(cell: Any) -> Kind:
+    k = _keras()
+    known: tuple[tuple[Kind, type], ...] = (
+        ("lstm", k.layers.LSTMCell),
+        ("gru", k.layers.GRUCell),
+        ("simple", k.layers.SimpleRNNCell),
+    )
+    for kind, cls in known:
+        # A subclass that overrides call() computes something else: treat it as unknown.
+        if isinstance(cell, cls) and type(cell).call is cls.call:
+            return kind
+    return "rnn"
+
+
+def _walk(model: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(path, layer) for every layer, nested models expanded in place, model order."""
+    for layer in model.layers:
+        path = f"{prefix}{layer.name}"
+        if _is_model(layer):
+            yield from _walk(layer, prefix=f"{path}/")
+        else:
+            yield path, layer
+
+
+def _short_names(paths: list[str]) -> list[str]:
+    """A layer's own name where it is unique, its nested path otherwise."""
+    leaves = [p.rsplit("/", 1)[-1] for p in paths]
+    return [leaf if leaves.count(leaf) == 1 else p for p, leaf in zip(paths, leaves)]
+
+
+def _recurrent_layers(model: Any) -> tuple[list[tuple[str, Any]], list[str]]:
+    """Named recurrent layers, and the names of all other layers."""
+    walked = list(_walk(model))
+    names = _short_names([p for p, _ in walked])
+    rec = [(n, layer) for n, (_, layer) in zip(names, walked) if _is_recurrent(layer)]
+    others = [n for n, (_, layer) in zip(names, walked) if not _is_recurrent(layer)]
+    return rec, others
+
+
+def _spec(name: str, layer: Any) -> LayerSpec:
+    k = _keras()
+    if isinstance(layer, k.layers.Bidirectional):
+        inner = layer.forward_layer
+        directions: tuple[str, ...] = ("forward", "backward")
+        layer_type = f"Bidirectional({type(inner).__name__}, merge_mode={layer.merge_mode!r})"
+    else:
+        inner = layer
+        directions = ("backward",) if layer.go_backwards else ("forward",)
+        layer_type = type(layer).__name__
+    kind = _cell_kind(inner.cell)
+    units = getattr(inner.cell, "units", None)
+    if units is None:
+        size = inner.cell.output_size if hasattr(inner.cell, "output_size") else inner.cell.state_size
+        units = size if isinstance(size, int) else int(np.prod(np.atleast_1d(size)[-1]))
+    notes = ("unknown cell: per-step outputs only",) if kind == "rnn" else ()
+    return LayerSpec(
+        name=name,
+        kind=kind,
+        layer_type=layer_type,
+        units=int(units),
+        directions=directions,
+        fields=FIELDS_BY_KIND[kind],
+        cell_units=int(units) if kind == "lstm" else None,
+        notes=notes,
+    )
+
+
+def describe(model: Any) -> list[LayerSpec]:
+    """Every recurrent layer of a Keras model, in model order."""
+    _require_graph(model)
+    rec, _ = _recurrent_layers(model)
+    return [_spec(name, layer) for name, layer in rec]
+
+
+def _require_graph(model: Any) -> None:
+    k = _keras()
+    if not isinstance(model, k.Model):
+        if _is_recurrent(model):
+            raise UnsupportedModelError(
+                f"Got a bare {type(model).__name__} layer; rnnlens traces a model. Wrap it: "
+                "keras.Sequential([keras.Input(shape=(time, features)), layer])."
+            )
+        raise UnsupportedModelError(f"Expected a keras.Model; received {type(model).__name__}.")
+    from keras.src.models.functional import Functional
+
+    if not isinstance(model, (Functional, k.Sequential)):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} is a subclassed keras.Model: its call() is Python code, so "
+            "rnnlens cannot see which tensors reach its recurrent layers. Build the recurrent "
+            "part as a Functional or Sequential model (it can share the trained layers) and "
+            "trace that."
+        )
+    if not model.built:
+        raise UnsupportedModelError(
+            f"Model {model.name!r} has not been built, so it has no trained weights yet. "
+            "Call it on data (or fit it) first, or give it a keras.Input."
+        )
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def _numpy_fn(fn: Callable[..., Any]) -> Callable[[np.ndarray], np.ndarray]:
+    """The layer's own activation as a NumPy → NumPy function (custom callables included)."""
+    k = _keras()
+
+    def apply(a: np.ndarray) -> np.ndarray:
+        return np.asarray(k.ops.convert_to_numpy(fn(a)), dtype=a.dtype)
+
+    return apply
+
+
+def _cell_weights(cell: Any, kind: Kind) -> CellWeights | None:
+    if kind == "rnn":
+        return None
+    k = _keras()
+    kernel = k.ops.convert_to_numpy(cell.kernel)
+    recurrent = k.ops.convert_to_numpy(cell.recurrent_kernel)
+    bias = k.ops.convert_to_numpy(cell.bias) if cell.use_bias else None
+    reset_after = bool(getattr(cell, "reset_after", True))
+    recurrent_bias = None
+    if kind == "gru" and reset_after and bias is not None:
+        bias, recurrent_bias = bias[0], bias[1]  # Keras keeps (input, recurrent) rows
+    # Keras' gate order: LSTM i,f,c,o and GRU z,r,h — already rnnlens' canonical order.
+    recurrent_activation = getattr(cell, "recurrent_activation", None) or cell.activation
+    return CellWeights(
+        kind=kind,
+        kernel=kernel,
+        recurrent_kernel=recurrent,
+        bias=bias,
+        recurrent_bias=recurrent_bias,
+        activation=_numpy_fn(cell.activation),
+        recurrent_activation=_numpy_fn(recurrent_activation),
+        reset_after=reset_after,
+    )
+
+
+# --------------------------------------------------------------------------- the probe
+
+
+def _sibling(layer: Any) -> Any:
+    """A copy of ``layer`` that shares its cell and weights but returns every step and state.
+
+    ``object.__setattr__`` keeps Keras' attribute tracking (shared with the original) out of it.
+    """
+    sib = copy.copy(layer)
+    for attr, value in (
+        ("return_sequences", True),
+        ("return_state", True),
+        ("stateful", False),
+        ("zero_output_for_mask", False),
+    ):
+        object.__setattr__(sib, attr, value)
+    return sib
+
+
+class _Probe:
+    """Runs the model's graph once, capturing the recurrent layers in ``targets``."""
+
+    def __init__(self, model: Any, recurrent: list[tuple[str, Any]], targets: Mapping[str, tuple[Field, ...]]):
+        k = _keras()
+        self.model = model
+        self.names = {id(layer): name for name, layer in recurrent}
+        self.targets = dict(targets)
+        self.siblings: dict[int, Any] = {}
+        for _, layer in recurrent:
+            if isinstance(layer, k.layers.Bidirectional):
+                for sub in (layer.forward_layer, layer.backward_layer):
+                    self.siblings[id(sub)] = _sibling(sub)
+            else:
+                self.siblings[id(layer)] = _sibling(layer)
+        self._compiled: Callable[..., Any] | None = None
+
+    # ---- entry point
+    def __call__(self, inputs: Any, mask: Any) -> dict[str, Any]:
+        if self._compiled is None:
+            fn = self._run
+            if _keras().backend.backend() == "tensorflow":
+                import tensorflow as tf
+
+                fn = tf.function(fn, reduce_retracing=True)
+            self._compiled = fn
+        out = self._compiled(inputs, mask)
+        k = _keras()
+        return {key: k.ops.convert_to_numpy(v) for key, v in out.items()}
+
+    def _run(self, inputs: Any, mask: Any) -> dict[str, Any]:
+        captured: dict[str, Any] = {}
+        self._run_model(self.model, inputs, mask, captured)
+        return captured
+
+    # ---- graph walking
+    def _run_model(self, model: Any, inputs: Any, mask: Any, captured: dict[str, Any]) -> Any:
+        k = _keras()
+        from keras.src import tree
+        from keras.src.backend import get_keras_mask, set_keras_mask
+        from keras.src.models.functional import unpack_singleton
+
+        if isinstance(model, k.Sequential) and getattr(model, "_functional", None) is not None:
+            model = model._functional
+        if isinstance(model, k.Sequential):  # built without an Input: apply layers in order
+            x = inputs
+            for layer in model.layers:
+                kwargs = {"mask": mask} if getattr(layer, "_call_has_mask_arg", False) else {}
+                x = self._call(layer, (x,), kwargs, captured)
+                mask = tree.map_structure(get_keras_mask, x)
+            return x
+        flat = model._standardize_inputs(inputs)
+        if mask is not None:
+            for t, m in zip(flat, tree.flatten(mask)):
+                if m is not None:
+                    set_keras_mask(t, m)
+        outputs = model._run_through_graph(
+            flat, operation_fn=lambda op: functools.partial(self._call_packed, op, captured)
+        )
+        return unpack_singleton(outputs)
+
+    def _call_packed(self, op: Any, captured: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        return self._call(op, args, kwargs, captured)
+
+    def _call(self, op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], captured: dict[str, Any]) -> Any:
+        if _is_model(op):
+            from keras.src import tree
+            from keras.src.backend import get_keras_mask
+
+            inputs = args[0] if args else kwargs.pop("inputs")
+            mask = kwargs.get("mask")
+            if mask is None:
+                mask = tree.map_structure(get_keras_mask, inputs)
+            return self._run_model(op, inputs, mask, captured)
+        if id(op) in self.names:
+            return self._call_recurrent(op, args, kwargs, captured)
+        if "training" in getattr(op, "_call_context_args", ()):
+            kwargs["training"] = False
+        return op(*args, **kwargs)
+
+    def _call_recurrent(self, layer: Any, args: tuple[Any, ...], kwargs: dict[str, Any], captured: dict[str, Any]) -> Any:
+        k = _keras()
+        ops = k.ops
+        from keras.src.backend import get_keras_mask, set_keras_mask
+
+        args = list(args)  # type: ignore[assignment]
+        x = args.pop(0) if args else kwargs.pop("sequences", kwargs.pop("inputs", None))  # type: ignore[attr-defined]
+        initial_state = kwargs.pop("initial_state", None)
+        if initial_state is None and args:
+            initial_state = args[0]
+        mask = kwargs.pop("mask", None)
+        if mask is None:
+            mask = get_keras_mask(x)
+        if isinstance(mask, (list, tuple)):
+            mask = mask[0]
+        name = self.names[id(layer)]
+        fields = self.targets.get(name)
+        record: dict[str, Any] = {}
+
+        if isinstance(layer, k.layers.Bidirectional):
+            fwd_state = bwd_state = None
+            if initial_state is not None:
+                half = len(initial_state) // 2
+                fwd_state, bwd_state = initial_state[:half], initial_state[half:]
+            y, f_states = self._run_rnn(layer.forward_layer, x, mask, fwd_state, record, "forward")
+            y_rev, b_states = self._run_rnn(layer.backward_layer, x, mask, bwd_state, record, "backward")
+            y = ops.cast(y, layer.compute_dtype)
+            y_rev = ops.cast(y_rev, layer.compute_dtype)
+            if layer.return_sequences:
+                y_rev = ops.flip(y_rev, axis=1)
+            merged: Any
+            if layer.merge_mode == "concat":
+                merged = ops.concatenate([y, y_rev], axis=-1)
+            elif layer.merge_mode == "sum":
+                merged = y + y_rev
+            elif layer.merge_mode == "ave":
+                merged = (y + y_rev) / 2
+            elif layer.merge_mode == "mul":
+                merged = y * y_rev
+            else:
+                merged = (y, y_rev)
+            main = list(merged) if layer.merge_mode is None else [merged]
+            result: Any = merged
+            if layer.return_state:
+                result = (*main, *f_states, *b_states)
+        else:
+            y, states = self._run_rnn(layer, x, mask, initial_state, record, "backward" if layer.go_backwards else "forward")
+            main = [y]
+            result = [y, *states] if layer.return_state else y
+        if layer.return_sequences and mask is not None:
+            for t in main:
+                set_keras_mask(t, mask)
+        if fields is not None:
+            if mask is not None:
+                captured[f"{name}|mask"] = mask
+            if "c" in fields or "gates" in fields:
+                captured[f"{name}|x"] = x
+            for key, value in record.items():
+                captured[f"{name}|{key}"] = value
+        return result
+
+    def _run_rnn(self, layer: Any, x: Any, mask: Any, initial_state: Any, record: dict[str, Any], direction: str) -> tuple[Any, list[Any]]:
+        """Run ``layer``'s sibling; return what ``layer`` itself returns (output, final states)."""
+        ops = _keras().ops
+        from keras.src import tree
+
+        kind = _cell_kind(layer.cell)
+        if initial_state is None and layer.stateful and layer.states is not None:
+            initial_state = [ops.convert_to_tensor(v.value) for v in tree.flatten(layer.states)]
+        if initial_state is None and kind != "rnn":
+            initial_state = layer.get_initial_state(batch_size=ops.shape(x)[0])
+        if initial_state is not None and not tree.is_nested(initial_state):
+            initial_state = [initial_state]
+        sib = self.siblings[id(layer)]
+        seq, *states = sib(x, initial_state=initial_state, mask=mask, training=False)
+        record[f"{direction}|seq"] = seq
+        if kind != "rnn":
+            record[f"{direction}|h0"] = initial_state[0]
+            if kind == "lstm":
+                record[f"{direction}|c0"] = initial_state[1]
+        # Rebuild the original layer's own output from the sibling's (processing order).
+        if layer.return_sequences:
+            y = seq
+            if layer.zero_output_for_mask and mask is not None:
+                m = ops.flip(mask, axis=1) if layer.go_backwards else mask
+                y = ops.where(ops.expand_dims(m, -1), seq, ops.zeros_like(seq))
+        else:
+            y = seq[:, -1] if kind == "rnn" else states[0]
+        return y, states
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _input_specs(model: Any) -> list[Any] | None:
+    try:
+        return list(model.inputs)
+    except (AttributeError, ValueError):
+        return None
+
+
+def _prepare_inputs(model: Any, x: Any) -> tuple[Any, int]:
+    """Check ``x`` against the model's inputs; return it as NumPy arrays and the batch size."""
+    specs = _input_specs(model)
+    if isinstance(x, Mapping):
+        items = list(x.items())
+        arrays = {key: _as_array(v, key) for key, v in items}
+        flat = list(arrays.values())
+        if specs is not None:
+            names = [s.name for s in specs]
+            missing = [n for n in names if n not in arrays]
+            if missing:
+                raise InputError(f"x is missing input(s) {missing}; the model's inputs are {names}.")
+            flat = [arrays[n] for n in names]
+            x = {n: a for n, a in zip(names, flat)}
+        else:
+            x = arrays
+    elif isinstance(x, (list, tuple)) and not _looks_like_one_array(x, specs):
+        flat = [_as_array(v, f"x[{i}]") for i, v in enumerate(x)]
+        x = flat
+    else:
+        flat = [_as_array(x, "x")]
+        x = flat[0]
+    if specs is not None:
+        if len(specs) != len(flat):
+            raise InputError(
+                f"The model takes {len(specs)} input(s) {[s.name for s in specs]}; received {len(flat)}. "
+                "Pass a list or dict with one array per input."
+            )
+        converted = [_check_one(a, s) for a, s in zip(flat, specs)]
+        if isinstance(x, dict):
+            x = dict(zip(x.keys(), converted))
+        elif isinstance(x, list):
+            x = converted
+        else:
+            x = converted[0]
+        flat = converted
+    sizes = {a.shape[0] for a in flat}
+    if len(sizes) != 1:
+        raise InputError(f"All inputs must have the same number of samples; received {sorted(sizes)}.")
+    n = sizes.pop()
+    if n == 0:
+        raise InputError("x has 0 samples (an empty batch); pass at least one sequence.")
+    return x, n
+
+
+def _looks_like_one_array(x: Sequence[Any], specs: list[Any] | None) -> bool:
+    """A nested list of numbers for a single-input model (``[[1, 3, 2, 0, 0]]``)."""
+    if specs is not None and len(specs) > 1:
+        return False
+    return not any(hasattr(v, "shape") and hasattr(v, "dtype") for v in x)
+
+
+def _as_array(v: Any, what: str) -> np.ndarray:
+    if hasattr(v, "numpy") and not isinstance(v, np.ndarray):
+        v = v.numpy()
+    try:
+        a = np.asarray(v)
+    except ValueError as e:  # ragged nested lists
+        raise InputError(
+            f"{what} could not be turned into an array ({e}). Sequences of different lengths must be "
+            "padded to one length (keras.utils.pad_sequences) and masked."
+        ) from None
+    if a.dtype.kind not in "biuf":
+        raise InputError(
+            f"{what} has dtype {a.dtype}; expected numbers (float for features, int for token ids)."
+        )
+    return a
+
+
+_AXIS_NAMES = {0: "sample", 1: "time"}
+
+
+def _check_one(a: np.ndarray, spec: Any) -> np.ndarray:
+    shape = tuple(spec.shape)
+    name = getattr(spec, "name", "input")
+    if a.ndim != len(shape):
+        hint = ""
+        if a.ndim == len(shape) - 1:
+            hint = " Add the missing axis, e.g. x[None] for one sequence or x[..., None] for one feature."
+        raise InputError(
+            f"Input {name!r} has rank {a.ndim} (shape {a.shape}); the model expects rank {len(shape)}, "
+            f"shape {shape} (None = any size).{hint}"
+        )
+    for axis, (want, got) in enumerate(zip(shape, a.shape)):
+        if axis == 0 or want is None or want == got:
+            continue
+        label = _AXIS_NAMES.get(axis, "feature" if axis == len(shape) - 1 else f"axis {axis}")
+        raise InputError(
+            f"Input {name!r} has {label} size {got} (shape {a.shape}); the model expects {want} "
+            f"(shape {shape})."
+        )
+    want_dtype = np.dtype(spec.dtype) if spec.dtype is not None else a.dtype
+    if want_dtype.kind in "iu" and a.dtype.kind == "f":
+        if not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
+            raise InputError(
+                f"Input {name!r} has dtype {a.dtype} with non-integer values; the model expects "
+                f"{want_dtype} (token ids). Pass integer ids."
+            )
+    # float64 data narrows to the model's float32 here, as Keras itself does
+    return a.astype(want_dtype, copy=False)
+
+
+# --------------------------------------------------------------------------- trace
+
+
+def trace(
+    model: Any,
+    x: Any,
+    *,
+    layers: str | Iterable[str] | None = None,
+    fields: str | Iterable[str] | None = None,
+    mask: Any = None,
+    batch_size: int | None = None,
+) -> States:
+    """Keras implementation of :func:`rnnlens.trace`."""
+    _require_graph(model)
+    recurrent, others = _recurrent_layers(model)
+    specs_all = [_spec(name, layer) for name, layer in recurrent]
+    specs = select_layers(specs_all, layers, other_layers=others)
+    wanted = resolve_fields(specs, fields)
+    x, n = _prepare_inputs(model, x)
+    user_mask = None if mask is None else np.asarray(mask, dtype=bool)
+    if user_mask is not None and user_mask.shape[0] != n:
+        raise InputError(f"mask has {user_mask.shape[0]} samples; x has {n}.")
+    _check_stateful(recurrent, n)
+    layer_by_name = dict(recurrent)
+    weights = {s.name: _weights_by_direction(layer_by_name[s.name]) for s in specs}
+    probe = _Probe(model, recurrent, wanted)
+    step = n if batch_size is None and n <= DEFAULT_BATCH_SIZE else (batch_size or DEFAULT_BATCH_SIZE)
+    if step < 1:
+        raise InputError(f"batch_size must be a positive integer; received {batch_size}.")
+    batches = []
+    for start in range(0, n, step):
+        sl = slice(start, min(start + step, n))
+        captured = probe(_slice(x, sl), None if user_mask is None else user_mask[sl])
+        batches.append(
+            {s.name: _layer_arrays(s, captured, weights[s.name], wanted[s.name]) for s in specs}
+        )
+    return assemble(specs, batches, backend=f"keras/{_keras().backend.backend()}")
+
+
+def _slice(x: Any, sl: slice) -> Any:
+    if isinstance(x, dict):
+        return {key: v[sl] for key, v in x.items()}
+    if isinstance(x, list):
+        return [v[sl] for v in x]
+    return x[sl]
+
+
+def _check_stateful(recurrent: list[tuple[str, Any]], n: int) -> None:
+    k = _keras()
+    for name, layer in recurrent:
+        inner = layer.forward_layer if isinstance(layer, k.layers.Bidirectional) else layer
+        if inner.stateful and inner.states is not None:
+            size = int(_keras().ops.shape(inner.states[0])[0])
+            if size != n:
+                raise InputError(
+                    f"Layer {name!r} is stateful with batch size {size}; received {n} samples. "
+                    f"Pass exactly {size} sequences (its current state belongs to them)."
+                )
+
+
+def _weights_by_direction(layer: Any) -> dict[str, tuple[CellWeights | None, bool]]:
+    k = _keras()
+    if isinstance(layer, k.layers.Bidirectional):
+        subs = {"forward": layer.forward_layer, "backward": layer.backward_layer}
+    else:
+        subs = {"backward" if layer.go_backwards else "forward": layer}
+    return {d: (_cell_weights(sub.cell, _cell_kind(sub.cell)), bool(sub.go_backwards)) for d, sub in subs.items()}
+
+
+def _layer_arrays(spec: LayerSpec, captured: dict[str, np.ndarray], weights: dict[str, tuple[CellWeights | None, bool]], fields: tuple[Field, ...]):  # type: ignore[no-untyped-def]
+    name = spec.name
+    mask = captured.get(f"{name}|mask")
+    if mask is not None:
+        mask = mask.astype(bool, copy=False)
+        if mask.ndim == 3:
+            mask = mask[..., 0]
+    raw = RawLayer(x=captured.get(f"{name}|x"), mask=mask)
+    for direction, (w, reverse) in weights.items():
+        seq = captured[f"{name}|{direction}|seq"]
+        raw.directions[direction] = RawDirection(
+            seq=seq[:, ::-1] if reverse else seq,  # Keras returns a backward run in processing order
+            h0=captured.get(f"{name}|{direction}|h0"),
+            c0=captured.get(f"{name}|{direction}|c0"),
+            reverse=reverse,
+            weights=w,
+        )
+    return to_direction_arrays(spec, raw, fields), mask

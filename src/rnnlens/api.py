@@ -1,0 +1,120 @@
+"""Public entry points. Each dispatches on the model's framework; no framework is imported
+until a model of that framework arrives."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ._table import format_table
+from .errors import UnsupportedModelError
+from .spec import LayerSpec
+from .states import States
+
+__all__ = ["Description", "describe", "trace"]
+
+
+class Description(tuple[LayerSpec, ...]):
+    """The recurrent layers of a model (a tuple of :class:`~rnnlens.spec.LayerSpec`), shown as a table."""
+
+    def __repr__(self) -> str:
+        if not self:
+            return "No recurrent layers."
+        return format_table(
+            ("layer", "type", "kind", "units", "directions", "fields"),
+            [
+                (s.name, s.layer_type, s.kind, str(s.units), "+".join(s.directions), ",".join(s.fields))
+                for s in self
+            ],
+        )
+
+    __str__ = __repr__
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self]
+
+
+def _framework(model: Any) -> str:
+    for cls in type(model).__mro__:
+        root = cls.__module__.split(".", 1)[0]
+        if root in ("keras", "tf_keras"):
+            return "keras"
+        if root == "torch":
+            return "torch"
+    raise UnsupportedModelError(
+        f"rnnlens traces Keras 3 models and PyTorch modules; received {type(model).__module__}."
+        f"{type(model).__name__}. Load a model file first (keras.saving.load_model) and pass the model."
+    )
+
+
+def describe(model: Any) -> Description:
+    """The recurrent layers of ``model``: name, kind, units, directions and extractable fields.
+
+    Example:
+        >>> import keras, rnnlens
+        >>> model = keras.Sequential([keras.Input((None, 3)), keras.layers.LSTM(4, name="enc")])
+        >>> rnnlens.describe(model)
+        layer  type  kind  units  directions  fields
+        -----  ----  ----  -----  ----------  -----------
+        enc    LSTM  lstm  4      forward     h,c,gates
+    """
+    if _framework(model) == "keras":
+        from .adapters import keras as adapter
+
+        return Description(adapter.describe(model))
+    from .adapters import torch as tadapter  # type: ignore[attr-defined]
+
+    return Description(tadapter.describe(model))
+
+
+def trace(
+    model: Any,
+    x: Any,
+    *args: Any,
+    layers: str | Iterable[str] | None = None,
+    fields: str | Sequence[str] | None = None,
+    mask: Any = None,
+    batch_size: int | None = None,
+    **kwargs: Any,
+) -> States:
+    """Hidden state (and for LSTM cell state and gates) of every recurrent layer at every step.
+
+    Args:
+        model: a built Keras 3 ``Model`` (Functional or Sequential) or a ``torch.nn.Module``.
+            It is not modified.
+        x: the input as the model takes it: an array, or a list/dict for several inputs.
+            PyTorch: the positional arguments of ``forward`` (``*args``, ``**kwargs`` follow).
+        layers: a layer name, a list of names, or None for every recurrent layer.
+        fields: a subset of ``("h", "c", "gates")``; None (default) gives every field each
+            layer has (LSTM: h, c, gates; GRU: h, gates; others: h). ``h`` always comes.
+        mask: optional (sample, time) boolean mask of valid steps (Keras), applied to the
+            model's input like a ``Masking`` layer would.
+        batch_size: samples per pass; None runs up to 1024 samples in one pass.
+
+    Returns:
+        :class:`~rnnlens.States`, keyed by layer name in model order.
+
+    Example:
+        >>> import keras, numpy as np, rnnlens
+        >>> model = keras.Sequential([keras.Input((None, 3)), keras.layers.LSTM(4, name="enc")])
+        >>> states = rnnlens.trace(model, np.ones((2, 5, 3), "float32"))
+        >>> states["enc"].h.shape, states["enc"].c.shape, list(states["enc"].gates)
+        ((2, 5, 4), (2, 5, 4), ['i', 'f', 'g', 'o'])
+        >>> bool(np.allclose(states["enc"].last(), model.predict(np.ones((2, 5, 3)), verbose=0), atol=1e-6))
+        True
+    """
+    if _framework(model) == "keras":
+        if args or kwargs:
+            raise TypeError(
+                "A Keras model takes one x (use a list or dict for several inputs); "
+                f"received {len(args)} extra positional and {sorted(kwargs)} keyword argument(s)."
+            )
+        from .adapters import keras as adapter
+
+        return adapter.trace(model, x, layers=layers, fields=fields, mask=mask, batch_size=batch_size)
+    from .adapters import torch as tadapter  # type: ignore[attr-defined]
+
+    return tadapter.trace(  # type: ignore[no-any-return]
+        model, x, *args, layers=layers, fields=fields, mask=mask, batch_size=batch_size, **kwargs
+    )

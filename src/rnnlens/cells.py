@@ -1,0 +1,212 @@
+"""The maths of recovering ``c`` and the gates from the hidden sequence.
+
+The framework's own kernel gives ``h`` at every step. The gates at step ``t`` depend only on
+``x_t`` and ``h_{t-1}``, so they come from one batched matmul over all (sample, time) rows;
+``c_t = f_t * c_{t-1} + i_t * g_t`` is then an elementwise scan. Finally the reconstruction
+must give back the kernel's own ``h`` (:func:`check_parity`), otherwise :class:`ParityError`.
+
+All functions take arrays in *processing order* (time already reversed for a backward
+direction) except :func:`reconstruct_direction`, which takes and returns input order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ParityError
+from .spec import CellWeights
+
+__all__ = [
+    "DirectionArrays",
+    "carry_forward",
+    "check_parity",
+    "lstm_gates",
+    "gru_gates",
+    "cell_scan",
+    "reconstruct_direction",
+    "tolerance",
+]
+
+
+@dataclass
+class DirectionArrays:
+    """One direction's per-step arrays, input time order. ``gates`` is (sample, time, gate, unit)."""
+
+    h: np.ndarray
+    c: np.ndarray | None = None
+    gates: np.ndarray | None = None
+
+
+def tolerance(dtype: np.dtype) -> tuple[float, float]:
+    """``(rtol, atol)`` for comparing a reconstruction with the kernel's output.
+
+    The reconstruction sums ``x W`` and ``h U`` in another order than the kernel, and the
+    cell scan accumulates that rounding over time, so float32 gets ~100 ulp of slack. A wrong
+    equation (gate order, activation, bias) is off by 1e-2 or more and is still caught.
+    """
+    dtype = np.dtype(dtype)
+    if dtype == np.float64:
+        return 1e-9, 1e-10
+    if dtype == np.float32:
+        return 1e-4, 2e-5
+    return 2e-2, 5e-3  # float16 and bfloat16
+
+
+def carry_forward(seq: np.ndarray, mask: np.ndarray | None, h0: np.ndarray) -> np.ndarray:
+    """The state sequence: ``seq`` where ``mask``, else the previous state (``h0`` before t=0).
+
+    Frameworks disagree on what they *output* at masked steps (previous output, zeros);
+    the state is always carried. ``seq`` is (sample, time, unit), processing order.
+    """
+    if mask is None or mask.all():
+        return seq
+    n, t = mask.shape
+    steps = np.where(mask, np.arange(1, t + 1), 0)
+    np.maximum.accumulate(steps, axis=1, out=steps)  # index of the last valid step, 1-based
+    padded = np.concatenate([h0[:, None, :].astype(seq.dtype, copy=False), seq], axis=1)
+    return np.take_along_axis(padded, steps[:, :, None], axis=1)
+
+
+def _previous(h: np.ndarray, h0: np.ndarray) -> np.ndarray:
+    return np.concatenate([h0[:, None, :].astype(h.dtype, copy=False), h[:, :-1]], axis=1)
+
+
+def _affine(a: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """``a @ w + b`` over all (sample, time) rows at once."""
+    n, t, f = a.shape
+    out = np.matmul(a.reshape(n * t, f), w.astype(a.dtype, copy=False))
+    if b is not None:
+        out += b.astype(a.dtype, copy=False)
+    return out.reshape(n, t, -1)
+
+
+def lstm_gates(w: CellWeights, x: np.ndarray, h_prev: np.ndarray) -> np.ndarray:
+    """Post-activation gates ``i, f, g, o`` as (sample, time, 4, cell_unit)."""
+    z = _affine(x, w.kernel, w.bias)
+    z += _affine(h_prev, w.recurrent_kernel, w.recurrent_bias)
+    n, t, _ = z.shape
+    z = z.reshape(n, t, 4, -1)
+    g = w.activation(z[:, :, 2])
+    gates = np.asarray(w.recurrent_activation(z), dtype=x.dtype)
+    gates[:, :, 2] = g
+    return gates
+
+
+def gru_gates(w: CellWeights, x: np.ndarray, h_prev: np.ndarray) -> np.ndarray:
+    """Post-activation gates ``z, r, n`` as (sample, time, 3, unit)."""
+    units = w.cell_units
+    xz = _affine(x, w.kernel, w.bias)
+    n_, t, _ = xz.shape
+    if w.reset_after:
+        hz = _affine(h_prev, w.recurrent_kernel, w.recurrent_bias)
+        zr = np.asarray(w.recurrent_activation(xz[..., : 2 * units] + hz[..., : 2 * units]))
+        r = zr[..., units:]
+        cand = xz[..., 2 * units :] + r * hz[..., 2 * units :]
+    else:
+        rb = w.recurrent_bias
+        hz = _affine(h_prev, w.recurrent_kernel[:, : 2 * units], None if rb is None else rb[: 2 * units])
+        zr = np.asarray(w.recurrent_activation(xz[..., : 2 * units] + hz))
+        r = zr[..., units:]
+        cand = xz[..., 2 * units :] + _affine(
+            r * h_prev, w.recurrent_kernel[:, 2 * units :], None if rb is None else rb[2 * units :]
+        )
+    gates = np.empty((n_, t, 3, units), dtype=x.dtype)
+    gates[:, :, :2] = zr.reshape(n_, t, 2, units)
+    gates[:, :, 2] = w.activation(cand)
+    return gates
+
+
+def cell_scan(
+    i: np.ndarray, f: np.ndarray, g: np.ndarray, c0: np.ndarray, mask: np.ndarray | None
+) -> np.ndarray:
+    """``c_t = f_t * c_{t-1} + i_t * g_t``, carried where ``mask`` is False. Processing order."""
+    n, t, u = i.shape
+    c = np.empty((n, t, u), dtype=i.dtype)
+    prev = c0.astype(i.dtype, copy=True)
+    ig = np.empty((n, u), dtype=i.dtype)
+    for s in range(t):
+        cur = c[:, s]
+        np.multiply(f[:, s], prev, out=cur)
+        np.multiply(i[:, s], g[:, s], out=ig)
+        cur += ig
+        if mask is not None:
+            m = mask[:, s]
+            if not m.all():
+                cur[~m] = prev[~m]
+        prev = cur
+    return c
+
+
+def check_parity(
+    expected: np.ndarray, got: np.ndarray, mask: np.ndarray | None, *, layer: str, what: str
+) -> None:
+    """Raise :class:`ParityError` unless ``got`` matches the kernel's ``expected`` at valid steps."""
+    rtol, atol = tolerance(expected.dtype)
+    err = np.abs(got - expected)
+    bound = atol + rtol * np.abs(expected)
+    bad = err > bound
+    if mask is not None:
+        bad &= mask[:, :, None]
+    if not bad.any():
+        return
+    sample, step, unit = (int(v) for v in np.argwhere(bad)[0])
+    raise ParityError(
+        f"Layer {layer!r}: {what} does not reproduce the framework's own h "
+        f"(max error {float(err[bad].max()):.3g} > tolerance rtol={rtol:g}, atol={atol:g}; first at "
+        f"sample {sample}, step {step} in processing order, unit {unit}; {int(bad.sum())} values off). "
+        "The cell probably computes something other than the standard equations (a subclassed "
+        "cell with its own call?). Ask for fields=('h',), which comes straight from the kernel."
+    )
+
+
+def reconstruct_direction(
+    w: CellWeights,
+    x: np.ndarray | None,
+    seq: np.ndarray,
+    h0: np.ndarray,
+    c0: np.ndarray | None,
+    mask: np.ndarray | None,
+    *,
+    reverse: bool,
+    want_c: bool,
+    want_gates: bool,
+    layer: str,
+) -> DirectionArrays:
+    """States of one direction from the kernel's output sequence.
+
+    ``x`` (sample, time, feature) is the layer's input, ``seq`` (sample, time, unit) the
+    kernel's per-step output and ``mask`` (sample, time) the valid steps, all in *input*
+    order; ``reverse`` says the direction reads the sequence back to front. Returns the
+    carried ``h`` and, when asked, ``c`` and gates (NaN at masked steps), in input order.
+    """
+    flip = (lambda a: a[:, ::-1]) if reverse else (lambda a: a)
+    mp = None if mask is None else flip(mask)
+    h = carry_forward(flip(seq), mp, h0)
+    out = DirectionArrays(h=h)
+    if w.kind in ("lstm", "gru") and (want_c or want_gates):
+        if x is None:
+            raise ValueError(f"layer {layer!r}: c and gates need the layer's input sequence")
+        xp = flip(x)
+        h_prev = _previous(h, h0)
+        if w.kind == "lstm":
+            gates = lstm_gates(w, np.ascontiguousarray(xp), h_prev)
+            if c0 is None:
+                c0 = np.zeros((h.shape[0], w.cell_units), dtype=h.dtype)
+            c = cell_scan(gates[:, :, 0], gates[:, :, 1], gates[:, :, 2], c0, mp)
+            h_rec = gates[:, :, 3] * np.asarray(w.activation(c))
+            if w.projection is not None:
+                h_rec = _affine(h_rec, w.projection, None)
+            check_parity(h, h_rec, mp, layer=layer, what="o * act(c)")
+            out.c = flip(c) if want_c else None
+        else:
+            gates = gru_gates(w, np.ascontiguousarray(xp), h_prev)
+            z, n = gates[:, :, 0], gates[:, :, 2]
+            check_parity(h, z * h_prev + (1 - z) * n, mp, layer=layer, what="z * h_prev + (1 - z) * n")
+        if want_gates:
+            if mp is not None and not mp.all():
+                gates[~mp] = np.nan
+            out.gates = flip(gates)
+    out.h = flip(h)
+    return out

@@ -1,0 +1,88 @@
+"""Every error rnnlens raises.
+
+Each error subclasses :class:`RnnLensError` *and* the builtin a caller would expect
+(``KeyError`` for names, ``ValueError`` for shapes, dtypes and values, ``TypeError`` for
+objects of the wrong kind), so ``except KeyError`` keeps working for code that does not
+know rnnlens.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "DirectionNotAvailableError",
+    "FieldNotAvailableError",
+    "InputError",
+    "LayerNotFoundError",
+    "ParityError",
+    "RnnLensError",
+    "RnnLensWarning",
+    "UnsupportedLayerError",
+    "UnsupportedModelError",
+]
+
+
+class RnnLensError(Exception):
+    """Base class of every error raised by rnnlens."""
+
+
+class LayerNotFoundError(RnnLensError, KeyError):
+    """A layer name that the model (or a ``States`` object) does not have."""
+
+    def __init__(self, name: str, available: Iterable[str], *, what: str = "recurrent layer"):
+        self.name = name
+        self.available = list(available)
+        message = f"No {what} named {name!r}. " + _listing(name, self.available)
+        super().__init__(message)
+
+    def __str__(self) -> str:  # KeyError would otherwise show the message quoted
+        return str(self.args[0])
+
+
+class UnsupportedLayerError(RnnLensError, TypeError):
+    """A layer that rnnlens cannot trace the way it was asked to."""
+
+
+class UnsupportedModelError(RnnLensError, TypeError):
+    """A model object or file of a kind that rnnlens cannot read."""
+
+
+class InputError(RnnLensError, ValueError):
+    """Model input with the wrong shape, dtype or size."""
+
+
+class FieldNotAvailableError(RnnLensError, ValueError):
+    """A field (``h``, ``c``, ``gates``) that a layer does not have."""
+
+
+class DirectionNotAvailableError(RnnLensError, AttributeError):
+    """``.backward`` (or ``.forward``) of a layer that does not run in that direction."""
+
+
+class ParityError(RnnLensError, ArithmeticError):
+    """Reconstructed states disagree with what the framework's own kernel computed.
+
+    rnnlens never returns states that fail this check: a mismatch means the cell does not
+    compute what rnnlens believes it computes (for example a subclassed cell with a custom
+    ``call``), and the numbers would be wrong.
+    """
+
+
+def suggest(name: str, available: Iterable[str]) -> str | None:
+    """The closest name in ``available``, or None when nothing is close."""
+    matches = difflib.get_close_matches(name, list(available), n=1, cutoff=0.5)
+    return matches[0] if matches else None
+
+
+def _listing(name: str, available: list[str]) -> str:
+    if not available:
+        return "The model has none."
+    hint = suggest(name, available)
+    did_you_mean = f" Did you mean {hint!r}?" if hint else ""
+    return f"Expected one of {available}.{did_you_mean}"
+
+
+class RnnLensWarning(UserWarning):
+    """Something worth knowing that does not stop the trace (e.g. an unknown cell: h only)."""

@@ -1,0 +1,108 @@
+"""Frozen descriptions of recurrent layers and their weights, shared by every backend.
+
+Adapters translate a framework's layer into these; everything downstream (the maths in
+:mod:`rnnlens.cells`, the containers in :mod:`rnnlens.states`, writers) sees only these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+__all__ = [
+    "ALL_FIELDS",
+    "FIELDS_BY_KIND",
+    "GATE_NAMES",
+    "CellWeights",
+    "Field",
+    "Kind",
+    "LayerSpec",
+]
+
+#: ``lstm``, ``gru`` and ``simple`` are cells rnnlens knows the equations of; ``rnn`` is any
+#: other recurrent layer: its per-step outputs are available, its internals are not.
+Kind = Literal["lstm", "gru", "simple", "rnn"]
+Field = Literal["h", "c", "gates"]
+
+ALL_FIELDS: tuple[Field, ...] = ("h", "c", "gates")
+
+#: Canonical gate names, in the order rnnlens stores them (post-activation values).
+GATE_NAMES: dict[str, tuple[str, ...]] = {
+    "lstm": ("i", "f", "g", "o"),
+    "gru": ("z", "r", "n"),
+    "simple": (),
+    "rnn": (),
+}
+
+FIELDS_BY_KIND: dict[str, tuple[Field, ...]] = {
+    "lstm": ("h", "c", "gates"),
+    "gru": ("h", "gates"),
+    "simple": ("h",),
+    "rnn": ("h",),
+}
+
+Activation = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True, eq=False)
+class CellWeights:
+    """One direction's weights in canonical gate order.
+
+    Pre-activations are ``x @ kernel + bias`` and ``h_prev @ recurrent_kernel +
+    recurrent_bias``, both of width ``n_gates * cell_units``, gate blocks in the order of
+    :data:`GATE_NAMES`. For GRU the two halves stay apart because the candidate ``n`` uses
+    ``r * (h_prev @ U_n + b_n)`` when ``reset_after`` (Keras' default, PyTorch's only form)
+    and ``(r * h_prev) @ U_n`` otherwise. ``projection`` is PyTorch's ``proj_size`` matrix,
+    stored as ``(cell_units, units)``: ``h = (o * act(c)) @ projection``.
+
+    ``activation`` and ``recurrent_activation`` are the layer's own functions, wrapped to
+    map a NumPy array to a NumPy array, so custom activations are honoured exactly.
+    """
+
+    kind: Kind
+    kernel: np.ndarray
+    recurrent_kernel: np.ndarray
+    bias: np.ndarray | None
+    recurrent_bias: np.ndarray | None
+    activation: Activation
+    recurrent_activation: Activation
+    reset_after: bool = True
+    projection: np.ndarray | None = None
+
+    @property
+    def cell_units(self) -> int:
+        """Width of ``c`` and of each gate block."""
+        n = max(len(GATE_NAMES[self.kind]), 1)
+        return int(self.kernel.shape[1]) // n
+
+    @property
+    def units(self) -> int:
+        """Width of ``h``."""
+        if self.projection is not None:
+            return int(self.projection.shape[1])
+        return self.cell_units
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What rnnlens found about one recurrent layer (see :func:`rnnlens.describe`)."""
+
+    name: str
+    kind: Kind
+    layer_type: str
+    units: int
+    directions: tuple[str, ...]
+    fields: tuple[Field, ...]
+    cell_units: int | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def gate_names(self) -> tuple[str, ...]:
+        return GATE_NAMES[self.kind]
+
+    @property
+    def bidirectional(self) -> bool:
+        return len(self.directions) == 2

@@ -1,0 +1,230 @@
+"""Containers for traced states: :class:`States` → :class:`LayerStates` → :class:`DirectionStates`.
+
+They hold arrays and answer lookups; analysis and plotting live elsewhere. Shapes use the
+dimension names ``sample, time, unit`` (and ``gate`` inside :attr:`Gates.array`). A backward
+direction is always stored in *input* time order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Literal
+
+import numpy as np
+
+from ._table import format_table
+from .errors import DirectionNotAvailableError, FieldNotAvailableError, LayerNotFoundError
+from .spec import LayerSpec
+
+__all__ = ["DirectionStates", "Gates", "LayerStates", "States"]
+
+
+class Gates(Mapping[str, np.ndarray]):
+    """Gate activations by canonical name, each (sample, time, unit); NaN at masked steps.
+
+    ``array`` is the whole block, (sample, time, gate, unit), in the order of ``names``.
+    """
+
+    def __init__(self, array: np.ndarray, names: tuple[str, ...]):
+        if array.ndim != 4 or array.shape[2] != len(names):
+            raise ValueError(f"gates must be (sample, time, {len(names)}, unit); got {array.shape}")
+        self.array = array
+        self.names = names
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        try:
+            k = self.names.index(name)
+        except ValueError:
+            raise LayerNotFoundError(name, self.names, what="gate") from None
+        return self.array[:, :, k, :]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        return f"Gates({', '.join(self.names)}; shape {self.array.shape})"
+
+
+class DirectionStates:
+    """One direction of one layer: ``h``, ``c``, ``gates`` per step, input time order."""
+
+    def __init__(
+        self,
+        direction: str,
+        h: np.ndarray | None,
+        c: np.ndarray | None = None,
+        gates: Gates | None = None,
+        mask: np.ndarray | None = None,
+        *,
+        layer: str = "",
+    ):
+        self.direction = direction
+        self._h, self._c, self._gates = h, c, gates
+        self.mask = mask
+        self._layer = layer
+
+    @property
+    def h(self) -> np.ndarray:
+        """Hidden state after each step, (sample, time, unit)."""
+        return _need(self._h, "h", self._layer)
+
+    @property
+    def c(self) -> np.ndarray:
+        """LSTM cell state after each step, (sample, time, cell_unit)."""
+        return _need(self._c, "c", self._layer)
+
+    @property
+    def gates(self) -> Gates:
+        """Gate activations by canonical name (LSTM ``i f g o``, GRU ``z r n``)."""
+        return _need(self._gates, "gates", self._layer)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        present = (("h", self._h), ("c", self._c), ("gates", self._gates))
+        return tuple(name for name, value in present if value is not None)
+
+    def last(self, field: Literal["h", "c"] = "h") -> np.ndarray:
+        """The final state after reading the whole sequence, (sample, unit).
+
+        For ``forward`` that is the last step, for ``backward`` the first step in input
+        order: exactly what the layer returns with ``return_sequences=False``.
+        """
+        arr = self.h if field == "h" else self.c
+        return arr[:, 0] if self.direction == "backward" else arr[:, -1]
+
+    def __repr__(self) -> str:
+        return f"DirectionStates({self._layer!r}, {self.direction}, fields={self.fields})"
+
+
+class LayerStates:
+    """Per-step states of one recurrent layer.
+
+    ``h`` / ``c`` / ``gates`` of a bidirectional layer join the directions along the unit
+    axis, forward first (the layout of Keras' ``merge_mode="concat"`` and of PyTorch's
+    output); ``forward`` and ``backward`` give one direction each.
+    """
+
+    def __init__(
+        self, spec: LayerSpec, directions: Mapping[str, DirectionStates], mask: np.ndarray | None
+    ):
+        self.spec = spec
+        self.directions = dict(directions)
+        self.mask = mask
+
+    name = property(lambda self: self.spec.name)
+    kind = property(lambda self: self.spec.kind)
+    units = property(lambda self: self.spec.units)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return next(iter(self.directions.values())).fields
+
+    @property
+    def forward(self) -> DirectionStates:
+        return self._direction("forward")
+
+    @property
+    def backward(self) -> DirectionStates:
+        return self._direction("backward")
+
+    def _direction(self, name: str) -> DirectionStates:
+        if name not in self.directions:
+            raise DirectionNotAvailableError(
+                f"Layer {self.name!r} runs in direction(s) {list(self.directions)}, not {name!r}. "
+                "Use .h, or the direction it has."
+            )
+        return self.directions[name]
+
+    @property
+    def h(self) -> np.ndarray:
+        """(sample, time, unit × directions)."""
+        return self._join([d.h for d in self.directions.values()])
+
+    @property
+    def c(self) -> np.ndarray:
+        """(sample, time, cell_unit × directions); LSTM only."""
+        return self._join([d.c for d in self.directions.values()])
+
+    @property
+    def gates(self) -> Gates:
+        parts = [d.gates for d in self.directions.values()]
+        if len(parts) == 1:
+            return parts[0]
+        return Gates(np.concatenate([g.array for g in parts], axis=-1), parts[0].names)
+
+    def last(self, field: Literal["h", "c"] = "h") -> np.ndarray:
+        """Final state of each direction, (sample, unit × directions).
+
+        Equals the layer's own output with ``return_sequences=False`` (concat merge).
+        """
+        return self._join([d.last(field) for d in self.directions.values()])
+
+    @staticmethod
+    def _join(parts: list[np.ndarray]) -> np.ndarray:
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.h.shape)
+
+    def __repr__(self) -> str:
+        return (
+            f"LayerStates({self.name!r}, kind={self.kind}, units={self.units}, "
+            f"directions={list(self.directions)}, fields={self.fields}, shape={self.shape})"
+        )
+
+
+class States(Mapping[str, LayerStates]):
+    """Traced states of a model: a mapping from layer name to :class:`LayerStates`, in model order.
+
+    ``mask`` is the (sample, time) boolean mask of valid steps the model used (``None`` when
+    the model had no mask): the mask of the first traced layer that had one.
+    """
+
+    def __init__(self, layers: Mapping[str, LayerStates], *, backend: str = ""):
+        self._layers = dict(layers)
+        self.backend = backend
+        self.mask = next((ls.mask for ls in self._layers.values() if ls.mask is not None), None)
+
+    def __getitem__(self, name: str) -> LayerStates:
+        try:
+            return self._layers[name]
+        except KeyError:
+            raise LayerNotFoundError(name, list(self._layers), what="traced layer") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._layers)
+
+    def __len__(self) -> int:
+        return len(self._layers)
+
+    def __repr__(self) -> str:
+        table = format_table(
+            ("layer", "kind", "units", "directions", "fields", "shape"),
+            [
+                (
+                    ls.name,
+                    ls.kind,
+                    str(ls.units),
+                    "+".join(ls.directions),
+                    ",".join(ls.fields),
+                    "×".join(map(str, ls.shape)),
+                )
+                for ls in self._layers.values()
+            ],
+        )
+        masked = "none" if self.mask is None else f"{int((~self.mask).sum())} masked steps"
+        return f"States ({len(self)} layers, mask: {masked})\n{table}"
+
+
+def _need(value, field: str, layer: str):  # type: ignore[no-untyped-def]
+    if value is None:
+        raise FieldNotAvailableError(
+            f"Field {field!r} of layer {layer!r} was not traced or does not exist for this layer. "
+            f"Ask for it with trace(..., fields=(..., {field!r})); LSTM layers have h, c and "
+            "gates, GRU layers h and gates, other layers h."
+        )
+    return value
