@@ -18,7 +18,6 @@ state (passed as ``initial_state``) and are never advanced.
 
 from __future__ import annotations
 
-import copy
 import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -208,16 +207,15 @@ def _cell_weights(cell: Any, kind: Kind) -> CellWeights | None:
 def _sibling(layer: Any) -> Any:
     """A copy of ``layer`` that shares its cell and weights but returns every step and state.
 
-    ``object.__setattr__`` keeps Keras' attribute tracking (shared with the original) out of it.
+    A bare ``__dict__`` copy: ``copy.copy`` on a Keras layer goes through its config (and fails
+    for unregistered custom cells), and ``Layer.__setattr__`` would track the new values in
+    the tracker the copy shares with the original.
     """
-    sib = copy.copy(layer)
-    for attr, value in (
-        ("return_sequences", True),
-        ("return_state", True),
-        ("stateful", False),
-        ("zero_output_for_mask", False),
-    ):
-        object.__setattr__(sib, attr, value)
+    sib = object.__new__(type(layer))
+    sib.__dict__.update(layer.__dict__)
+    sib.__dict__.update(
+        return_sequences=True, return_state=True, stateful=False, zero_output_for_mask=False
+    )
     return sib
 
 
