@@ -5,11 +5,13 @@ loads when that model is first traced.
 """
 
 from .api import Description, describe, trace
+from .loading import load_model
 from .errors import (
     DirectionNotAvailableError,
     FieldNotAvailableError,
     InputError,
     LayerNotFoundError,
+    ModelFileError,
     ParityError,
     RnnLensError,
     RnnLensWarning,
@@ -31,6 +33,7 @@ __all__ = [
     "LayerNotFoundError",
     "LayerSpec",
     "LayerStates",
+    "ModelFileError",
     "ParityError",
     "RnnLensError",
     "RnnLensWarning",
@@ -39,5 +42,6 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
     "describe",
+    "load_model",
     "trace",
 ]

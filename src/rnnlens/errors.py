@@ -16,6 +16,7 @@ __all__ = [
     "FieldNotAvailableError",
     "InputError",
     "LayerNotFoundError",
+    "ModelFileError",
     "ParityError",
     "RnnLensError",
     "RnnLensWarning",
@@ -47,6 +48,10 @@ class UnsupportedLayerError(RnnLensError, TypeError):
 
 class UnsupportedModelError(RnnLensError, TypeError):
     """A model object or file of a kind that rnnlens cannot read."""
+
+
+class ModelFileError(RnnLensError, ValueError):
+    """A model file that is missing, corrupt, truncated, or unsafe to load as asked."""
 
 
 class InputError(RnnLensError, ValueError):
