@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 # "ci" is the default: sized so the whole suite stays within minutes on 2 cores.
 settings.register_profile(
-    "ci", max_examples=15, deadline=None, derandomize=True,
+    "ci", max_examples=30, deadline=None, derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile(

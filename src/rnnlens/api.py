@@ -4,7 +4,7 @@ until a model of that framework arrives."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from ._table import format_table
 from .errors import UnsupportedModelError
@@ -76,6 +76,7 @@ def trace(
     fields: str | Sequence[str] | None = None,
     mask: Any = None,
     batch_size: int | None = None,
+    strategy: Literal["auto", "emit", "reconstruct"] = "auto",
     **kwargs: Any,
 ) -> States:
     """Hidden state (and for LSTM cell state and gates) of every recurrent layer at every step.
@@ -91,6 +92,11 @@ def trace(
         mask: optional (sample, time) boolean mask of valid steps (Keras), applied to the
             model's input like a ``Masking`` layer would.
         batch_size: samples per pass; None runs up to 1024 samples in one pass.
+        strategy: how c and gates are obtained (both exact): ``"emit"`` runs the recurrence
+            once with a probe cell that emits them (fastest where the framework runs a
+            generic loop anyway, as on CPU); ``"reconstruct"`` takes h from the framework's
+            fused kernel and rebuilds gates in one batched matmul and c by a scan, checked
+            against h (fastest with cuDNN). ``"auto"`` picks per layer and device.
 
     Returns:
         :class:`~rnnlens.States`, keyed by layer name in model order.
@@ -112,7 +118,9 @@ def trace(
             )
         from .adapters import keras as adapter
 
-        return adapter.trace(model, x, layers=layers, fields=fields, mask=mask, batch_size=batch_size)
+        return adapter.trace(
+            model, x, layers=layers, fields=fields, mask=mask, batch_size=batch_size, strategy=strategy
+        )
     from .adapters import torch as tadapter  # type: ignore[attr-defined]
 
     return tadapter.trace(  # type: ignore[no-any-return]

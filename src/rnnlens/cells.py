@@ -20,6 +20,7 @@ from .spec import CellWeights
 
 __all__ = [
     "DirectionArrays",
+    "split_emitted",
     "carry_forward",
     "check_parity",
     "lstm_gates",
@@ -209,4 +210,44 @@ def reconstruct_direction(
                 gates[~mp] = np.nan
             out.gates = flip(gates)
     out.h = flip(h)
+    return out
+
+
+def split_emitted(
+    kind: str,
+    units: int,
+    emitted: np.ndarray,
+    h0: np.ndarray,
+    c0: np.ndarray | None,
+    mask: np.ndarray | None,
+    *,
+    reverse: bool,
+    want_c: bool,
+    want_gates: bool,
+) -> DirectionArrays:
+    """States of one direction from a probe that emitted ``[h, (c,) gates...]`` every step.
+
+    ``emitted`` (sample, time, width) is in input order. At masked steps the framework
+    repeats its previous output (zeros before the first valid step), so the whole vector is
+    carried from ``[h0, c0, 0...]`` here; the gates there are then set to NaN.
+    """
+    flip = (lambda a: a[:, ::-1]) if reverse else (lambda a: a)
+    mp = None if mask is None else flip(mask)
+    n, t, width = emitted.shape
+    first = [h0.astype(emitted.dtype, copy=False)]
+    if kind == "lstm":
+        first.append(c0.astype(emitted.dtype, copy=False) if c0 is not None else np.zeros((n, units), emitted.dtype))
+    first.append(np.zeros((n, width - units * len(first)), emitted.dtype))
+    full = carry_forward(flip(emitted), mp, np.concatenate(first, axis=1))
+    out = DirectionArrays(h=flip(full[:, :, :units]))
+    start = units
+    if kind == "lstm":
+        out.c = flip(full[:, :, units : 2 * units]) if want_c else None
+        start = 2 * units
+    if want_gates:
+        gates = full[:, :, start:].reshape(n, t, -1, units)
+        if mp is not None and not mp.all():
+            gates = gates.copy()
+            gates[~mp] = np.nan
+        out.gates = flip(gates)
     return out

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cells import DirectionArrays, reconstruct_direction
+from .cells import DirectionArrays, reconstruct_direction, split_emitted
 from .errors import (
     FieldNotAvailableError,
     LayerNotFoundError,
@@ -36,6 +36,8 @@ class RawDirection:
     c0: np.ndarray | None = None
     reverse: bool = False
     weights: CellWeights | None = None
+    #: ``seq`` is an emitted ``[h, (c,) gates...]`` vector per step rather than the output h
+    emitted: bool = False
 
 
 @dataclass
@@ -140,6 +142,12 @@ def to_direction_arrays(
             out[name] = DirectionArrays(h=d.seq)
             continue
         h0 = d.h0 if d.h0 is not None else np.zeros((d.seq.shape[0], spec.units), d.seq.dtype)
+        if d.emitted:
+            out[name] = split_emitted(
+                spec.kind, spec.units, d.seq, h0, d.c0, raw.mask,
+                reverse=d.reverse, want_c=want_c, want_gates=want_gates,
+            )
+            continue
         out[name] = reconstruct_direction(
             d.weights,
             raw.x,

@@ -6,6 +6,8 @@ rtol=1e-5, atol=1e-5 (measured max error ~1e-6).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -57,6 +59,7 @@ def configs(draw):  # type: ignore[no-untyped-def]
         "use_bias": draw(st.booleans()),
         "return_sequences": draw(st.booleans()),
         "unroll": draw(st.booleans()),
+        "strategy": draw(st.sampled_from(["auto", "emit", "reconstruct"])),
         "seed": draw(st.integers(0, 2**16)),
     }
 
@@ -113,7 +116,7 @@ def test_every_direction_matches_reference(cfg) -> None:  # type: ignore[no-unty
     out = layer(hidden)
     model = keras.Model(inp, out)
 
-    states = rnnlens.trace(model, x)
+    states = rnnlens.trace(model, x, strategy=cfg["strategy"])
     ls = states[layer.name]
     subs = (
         {"forward": layer.forward_layer, "backward": layer.backward_layer}
@@ -149,18 +152,24 @@ def test_every_direction_matches_reference(cfg) -> None:  # type: ignore[no-unty
     else:
         assert states.mask is None
 
-    # The layer's own output in the original model is the last state (or every state).
+    # The layer's own output in the original model is the last state (or every state). h comes
+    # from the framework's own kernel in "reconstruct" mode: bitwise. The emitting probe runs the
+    # same operations in another graph, where TensorFlow may round a few ulp differently (as
+    # the model itself does between eager calls and predict()).
     own = model.predict(x, verbose=0)
+    if cfg["strategy"] == "reconstruct" or (cfg["kind"] == "simple"):
+        check = np.testing.assert_array_equal
+    else:
+        check = functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-7)
     if not cfg["return_sequences"]:
-        last = ls.last()
-        if cfg["bidirectional"] and cfg["merge_mode"] != "concat":
+        fwd = ls.directions[next(iter(ls.directions))].last()
+        if cfg["bidirectional"]:
             fwd, bwd = ls.forward.last(), ls.backward.last()
-            merged = {"sum": fwd + bwd, "ave": (fwd + bwd) / 2, "mul": fwd * bwd, None: None}
-            expected = merged[cfg["merge_mode"]]
-            if expected is None:
-                np.testing.assert_array_equal(own[0], fwd)
-                np.testing.assert_array_equal(own[1], bwd)
-                return
-            np.testing.assert_allclose(own, expected, rtol=1e-6, atol=1e-7)
+            merged = {"concat": ls.last(), "sum": fwd + bwd, "ave": (fwd + bwd) / 2, "mul": fwd * bwd}
+            if cfg["merge_mode"] is None:
+                check(own[0], fwd)
+                check(own[1], bwd)
+            else:
+                np.testing.assert_allclose(own, merged[cfg["merge_mode"]], rtol=1e-6, atol=1e-7)
         else:
-            np.testing.assert_array_equal(own, last)
+            check(own, fwd)

@@ -1,24 +1,9 @@
-"""Keras 3 adapter: find recurrent layers, run one probe pass, hand raw arrays to the core.
-
-How the probe works without touching the model
-----------------------------------------------
-A Functional (or Sequential) model is a graph of nodes. rnnlens walks that graph itself with
-Keras' own ``Functional._run_through_graph``, calling every non-recurrent layer as the model
-would (``training=False``). At a recurrent layer it calls a *sibling* instead: a shallow copy
-of the layer object that shares its cell and weights but has ``return_sequences=True``,
-``return_state=True`` and ``stateful=False``. The sibling runs the framework's own kernel
-(the generic loop on CPU, cuDNN where Keras would pick it) and returns every step; from that
-rnnlens rebuilds exactly what the original layer would have returned, so downstream layers
-see the same tensors. On TensorFlow the whole walk runs inside one ``tf.function``.
-
-Nothing is added to the model: calling layers on concrete tensors records no graph nodes,
-the sibling's attribute changes stay on the copy, stateful layers start from their current
-state (passed as ``initial_state``) and are never advanced.
+"""Keras 3 adapter: find recurrent layers, check inputs, run one probe pass
+(:mod:`rnnlens.adapters.keras_probe`), and hand NumPy arrays to the backend-independent core.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -27,6 +12,7 @@ import numpy as np
 from ..errors import InputError, UnsupportedModelError
 from ..spec import FIELDS_BY_KIND, CellWeights, Field, Kind, LayerSpec
 from ..states import States
+from .keras_probe import Strategy, cell_kind, choose_strategy, is_model, is_recurrent, probe_for
 from ..tracing import RawDirection, RawLayer, assemble, resolve_fields, select_layers, to_direction_arrays
 
 __all__ = ["describe", "is_keras_model", "trace"]
@@ -55,34 +41,11 @@ def _keras():  # type: ignore[no-untyped-def]
     return keras
 
 
-def _is_model(layer: Any) -> bool:
-    return isinstance(layer, _keras().Model)
-
-
-def _is_recurrent(layer: Any) -> bool:
-    k = _keras()
-    return isinstance(layer, (k.layers.RNN, k.layers.Bidirectional))
-
-
-def _cell_kind(cell: Any) -> Kind:
-    k = _keras()
-    known: tuple[tuple[Kind, type], ...] = (
-        ("lstm", k.layers.LSTMCell),
-        ("gru", k.layers.GRUCell),
-        ("simple", k.layers.SimpleRNNCell),
-    )
-    for kind, cls in known:
-        # A subclass that overrides call() computes something else: treat it as unknown.
-        if isinstance(cell, cls) and type(cell).call is cls.call:
-            return kind
-    return "rnn"
-
-
 def _walk(model: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """(path, layer) for every layer, nested models expanded in place, model order."""
     for layer in model.layers:
         path = f"{prefix}{layer.name}"
-        if _is_model(layer):
+        if is_model(layer):
             yield from _walk(layer, prefix=f"{path}/")
         else:
             yield path, layer
@@ -98,8 +61,8 @@ def _recurrent_layers(model: Any) -> tuple[list[tuple[str, Any]], list[str]]:
     """Named recurrent layers, and the names of all other layers."""
     walked = list(_walk(model))
     names = _short_names([p for p, _ in walked])
-    rec = [(n, layer) for n, (_, layer) in zip(names, walked) if _is_recurrent(layer)]
-    others = [n for n, (_, layer) in zip(names, walked) if not _is_recurrent(layer)]
+    rec = [(n, layer) for n, (_, layer) in zip(names, walked) if is_recurrent(layer)]
+    others = [n for n, (_, layer) in zip(names, walked) if not is_recurrent(layer)]
     return rec, others
 
 
@@ -113,7 +76,7 @@ def _spec(name: str, layer: Any) -> LayerSpec:
         inner = layer
         directions = ("backward",) if layer.go_backwards else ("forward",)
         layer_type = type(layer).__name__
-    kind = _cell_kind(inner.cell)
+    kind = cell_kind(inner.cell)
     units = getattr(inner.cell, "units", None)
     if units is None:
         size = inner.cell.output_size if hasattr(inner.cell, "output_size") else inner.cell.state_size
@@ -141,7 +104,7 @@ def describe(model: Any) -> list[LayerSpec]:
 def _require_graph(model: Any) -> None:
     k = _keras()
     if not isinstance(model, k.Model):
-        if _is_recurrent(model):
+        if is_recurrent(model):
             raise UnsupportedModelError(
                 f"Got a bare {type(model).__name__} layer; rnnlens traces a model. Wrap it: "
                 "keras.Sequential([keras.Input(shape=(time, features)), layer])."
@@ -199,195 +162,6 @@ def _cell_weights(cell: Any, kind: Kind) -> CellWeights | None:
         recurrent_activation=_numpy_fn(recurrent_activation),
         reset_after=reset_after,
     )
-
-
-# --------------------------------------------------------------------------- the probe
-
-
-def _sibling(layer: Any) -> Any:
-    """A copy of ``layer`` that shares its cell and weights but returns every step and state.
-
-    A bare ``__dict__`` copy: ``copy.copy`` on a Keras layer goes through its config (and fails
-    for unregistered custom cells), and ``Layer.__setattr__`` would track the new values in
-    the tracker the copy shares with the original.
-    """
-    sib = object.__new__(type(layer))
-    sib.__dict__.update(layer.__dict__)
-    sib.__dict__.update(
-        return_sequences=True, return_state=True, stateful=False, zero_output_for_mask=False
-    )
-    return sib
-
-
-class _Probe:
-    """Runs the model's graph once, capturing the recurrent layers in ``targets``."""
-
-    def __init__(self, model: Any, recurrent: list[tuple[str, Any]], targets: Mapping[str, tuple[Field, ...]]):
-        k = _keras()
-        self.model = model
-        self.names = {id(layer): name for name, layer in recurrent}
-        self.targets = dict(targets)
-        self.siblings: dict[int, Any] = {}
-        for _, layer in recurrent:
-            if isinstance(layer, k.layers.Bidirectional):
-                for sub in (layer.forward_layer, layer.backward_layer):
-                    self.siblings[id(sub)] = _sibling(sub)
-            else:
-                self.siblings[id(layer)] = _sibling(layer)
-        self._compiled: Callable[..., Any] | None = None
-
-    # ---- entry point
-    def __call__(self, inputs: Any, mask: Any) -> dict[str, Any]:
-        if self._compiled is None:
-            fn = self._run
-            if _keras().backend.backend() == "tensorflow":
-                import tensorflow as tf
-
-                fn = tf.function(fn, reduce_retracing=True)
-            self._compiled = fn
-        out = self._compiled(inputs, mask)
-        k = _keras()
-        return {key: k.ops.convert_to_numpy(v) for key, v in out.items()}
-
-    def _run(self, inputs: Any, mask: Any) -> dict[str, Any]:
-        captured: dict[str, Any] = {}
-        self._run_model(self.model, inputs, mask, captured)
-        return captured
-
-    # ---- graph walking
-    def _run_model(self, model: Any, inputs: Any, mask: Any, captured: dict[str, Any]) -> Any:
-        k = _keras()
-        from keras.src import tree
-        from keras.src.backend import get_keras_mask, set_keras_mask
-        from keras.src.models.functional import unpack_singleton
-
-        if isinstance(model, k.Sequential) and getattr(model, "_functional", None) is not None:
-            model = model._functional
-        if isinstance(model, k.Sequential):  # built without an Input: apply layers in order
-            x = inputs
-            for layer in model.layers:
-                kwargs = {"mask": mask} if getattr(layer, "_call_has_mask_arg", False) else {}
-                x = self._call(layer, (x,), kwargs, captured)
-                mask = tree.map_structure(get_keras_mask, x)
-            return x
-        flat = model._standardize_inputs(inputs)
-        if mask is not None:
-            for t, m in zip(flat, tree.flatten(mask)):
-                if m is not None:
-                    set_keras_mask(t, m)
-        outputs = model._run_through_graph(
-            flat, operation_fn=lambda op: functools.partial(self._call_packed, op, captured)
-        )
-        return unpack_singleton(outputs)
-
-    def _call_packed(self, op: Any, captured: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        return self._call(op, args, kwargs, captured)
-
-    def _call(self, op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], captured: dict[str, Any]) -> Any:
-        if _is_model(op):
-            from keras.src import tree
-            from keras.src.backend import get_keras_mask
-
-            inputs = args[0] if args else kwargs.pop("inputs")
-            mask = kwargs.get("mask")
-            if mask is None:
-                mask = tree.map_structure(get_keras_mask, inputs)
-            return self._run_model(op, inputs, mask, captured)
-        if id(op) in self.names:
-            return self._call_recurrent(op, args, kwargs, captured)
-        if "training" in getattr(op, "_call_context_args", ()):
-            kwargs["training"] = False
-        return op(*args, **kwargs)
-
-    def _call_recurrent(self, layer: Any, args: tuple[Any, ...], kwargs: dict[str, Any], captured: dict[str, Any]) -> Any:
-        k = _keras()
-        ops = k.ops
-        from keras.src.backend import get_keras_mask, set_keras_mask
-
-        args = list(args)  # type: ignore[assignment]
-        x = args.pop(0) if args else kwargs.pop("sequences", kwargs.pop("inputs", None))  # type: ignore[attr-defined]
-        initial_state = kwargs.pop("initial_state", None)
-        if initial_state is None and args:
-            initial_state = args[0]
-        mask = kwargs.pop("mask", None)
-        if mask is None:
-            mask = get_keras_mask(x)
-        if isinstance(mask, (list, tuple)):
-            mask = mask[0]
-        name = self.names[id(layer)]
-        fields = self.targets.get(name)
-        record: dict[str, Any] = {}
-
-        if isinstance(layer, k.layers.Bidirectional):
-            fwd_state = bwd_state = None
-            if initial_state is not None:
-                half = len(initial_state) // 2
-                fwd_state, bwd_state = initial_state[:half], initial_state[half:]
-            y, f_states = self._run_rnn(layer.forward_layer, x, mask, fwd_state, record, "forward")
-            y_rev, b_states = self._run_rnn(layer.backward_layer, x, mask, bwd_state, record, "backward")
-            y = ops.cast(y, layer.compute_dtype)
-            y_rev = ops.cast(y_rev, layer.compute_dtype)
-            if layer.return_sequences:
-                y_rev = ops.flip(y_rev, axis=1)
-            merged: Any
-            if layer.merge_mode == "concat":
-                merged = ops.concatenate([y, y_rev], axis=-1)
-            elif layer.merge_mode == "sum":
-                merged = y + y_rev
-            elif layer.merge_mode == "ave":
-                merged = (y + y_rev) / 2
-            elif layer.merge_mode == "mul":
-                merged = y * y_rev
-            else:
-                merged = (y, y_rev)
-            main = list(merged) if layer.merge_mode is None else [merged]
-            result: Any = merged
-            if layer.return_state:
-                result = (*main, *f_states, *b_states)
-        else:
-            y, states = self._run_rnn(layer, x, mask, initial_state, record, "backward" if layer.go_backwards else "forward")
-            main = [y]
-            result = [y, *states] if layer.return_state else y
-        if layer.return_sequences and mask is not None:
-            for t in main:
-                set_keras_mask(t, mask)
-        if fields is not None:
-            if mask is not None:
-                captured[f"{name}|mask"] = mask
-            if "c" in fields or "gates" in fields:
-                captured[f"{name}|x"] = x
-            for key, value in record.items():
-                captured[f"{name}|{key}"] = value
-        return result
-
-    def _run_rnn(self, layer: Any, x: Any, mask: Any, initial_state: Any, record: dict[str, Any], direction: str) -> tuple[Any, list[Any]]:
-        """Run ``layer``'s sibling; return what ``layer`` itself returns (output, final states)."""
-        ops = _keras().ops
-        from keras.src import tree
-
-        kind = _cell_kind(layer.cell)
-        if initial_state is None and layer.stateful and layer.states is not None:
-            initial_state = [ops.convert_to_tensor(v.value) for v in tree.flatten(layer.states)]
-        if initial_state is None and kind != "rnn":
-            initial_state = layer.get_initial_state(batch_size=ops.shape(x)[0])
-        if initial_state is not None and not tree.is_nested(initial_state):
-            initial_state = [initial_state]
-        sib = self.siblings[id(layer)]
-        seq, *states = sib(x, initial_state=initial_state, mask=mask, training=False)
-        record[f"{direction}|seq"] = seq
-        if kind != "rnn":
-            record[f"{direction}|h0"] = initial_state[0]
-            if kind == "lstm":
-                record[f"{direction}|c0"] = initial_state[1]
-        # Rebuild the original layer's own output from the sibling's (processing order).
-        if layer.return_sequences:
-            y = seq
-            if layer.zero_output_for_mask and mask is not None:
-                m = ops.flip(mask, axis=1) if layer.go_backwards else mask
-                y = ops.where(ops.expand_dims(m, -1), seq, ops.zeros_like(seq))
-        else:
-            y = seq[:, -1] if kind == "rnn" else states[0]
-        return y, states
 
 
 # --------------------------------------------------------------------------- inputs
@@ -513,8 +287,11 @@ def trace(
     fields: str | Iterable[str] | None = None,
     mask: Any = None,
     batch_size: int | None = None,
+    strategy: Strategy = "auto",
 ) -> States:
     """Keras implementation of :func:`rnnlens.trace`."""
+    if strategy not in ("auto", "emit", "reconstruct"):
+        raise ValueError(f"strategy must be 'auto', 'emit' or 'reconstruct'; received {strategy!r}.")
     _require_graph(model)
     recurrent, others = _recurrent_layers(model)
     specs_all = [_spec(name, layer) for name, layer in recurrent]
@@ -527,7 +304,14 @@ def trace(
     _check_stateful(recurrent, n)
     layer_by_name = dict(recurrent)
     weights = {s.name: _weights_by_direction(layer_by_name[s.name]) for s in specs}
-    probe = _Probe(model, recurrent, wanted)
+    emit = frozenset(
+        s.name
+        for s in specs
+        if s.kind in ("lstm", "gru")
+        and ("c" in wanted[s.name] or "gates" in wanted[s.name])
+        and all(choose_strategy(sub, strategy) == "emit" for sub in _directions(layer_by_name[s.name]).values())
+    )
+    probe = probe_for(model, recurrent, wanted, emit)
     step = n if batch_size is None and n <= DEFAULT_BATCH_SIZE else (batch_size or DEFAULT_BATCH_SIZE)
     if step < 1:
         raise InputError(f"batch_size must be a positive integer; received {batch_size}.")
@@ -536,7 +320,7 @@ def trace(
         sl = slice(start, min(start + step, n))
         captured = probe(_slice(x, sl), None if user_mask is None else user_mask[sl])
         batches.append(
-            {s.name: _layer_arrays(s, captured, weights[s.name], wanted[s.name]) for s in specs}
+            {s.name: _layer_arrays(s, captured, weights[s.name], wanted[s.name], s.name in emit) for s in specs}
         )
     return assemble(specs, batches, backend=f"keras/{_keras().backend.backend()}")
 
@@ -562,16 +346,27 @@ def _check_stateful(recurrent: list[tuple[str, Any]], n: int) -> None:
                 )
 
 
+def _directions(layer: Any) -> dict[str, Any]:
+    """The RNN layer running each direction of ``layer``."""
+    if isinstance(layer, _keras().layers.Bidirectional):
+        return {"forward": layer.forward_layer, "backward": layer.backward_layer}
+    return {"backward" if layer.go_backwards else "forward": layer}
+
+
 def _weights_by_direction(layer: Any) -> dict[str, tuple[CellWeights | None, bool]]:
-    k = _keras()
-    if isinstance(layer, k.layers.Bidirectional):
-        subs = {"forward": layer.forward_layer, "backward": layer.backward_layer}
-    else:
-        subs = {"backward" if layer.go_backwards else "forward": layer}
-    return {d: (_cell_weights(sub.cell, _cell_kind(sub.cell)), bool(sub.go_backwards)) for d, sub in subs.items()}
+    return {
+        d: (_cell_weights(sub.cell, cell_kind(sub.cell)), bool(sub.go_backwards))
+        for d, sub in _directions(layer).items()
+    }
 
 
-def _layer_arrays(spec: LayerSpec, captured: dict[str, np.ndarray], weights: dict[str, tuple[CellWeights | None, bool]], fields: tuple[Field, ...]):  # type: ignore[no-untyped-def]
+def _layer_arrays(  # type: ignore[no-untyped-def]
+    spec: LayerSpec,
+    captured: dict[str, np.ndarray],
+    weights: dict[str, tuple[CellWeights | None, bool]],
+    fields: tuple[Field, ...],
+    emitted: bool,
+):
     name = spec.name
     mask = captured.get(f"{name}|mask")
     if mask is not None:
@@ -587,5 +382,6 @@ def _layer_arrays(spec: LayerSpec, captured: dict[str, np.ndarray], weights: dic
             c0=captured.get(f"{name}|{direction}|c0"),
             reverse=reverse,
             weights=w,
+            emitted=emitted,
         )
     return to_direction_arrays(spec, raw, fields), mask

@@ -1,0 +1,80 @@
+"""Small PyTorch models to trace in tests (rnnlens' own and downstream projects').
+
+Each covers a way recurrent modules are used in real code: an encoder-decoder that calls its
+decoder twice, a hand-written loop over a cell, a model that packs variable-length batches.
+Importing this module imports torch.
+
+Example:
+    >>> import torch, rnnlens
+    >>> from rnnlens.testing.torch_models import EncoderDecoder
+    >>> model = EncoderDecoder(features=3, hidden=4)
+    >>> list(rnnlens.trace(model, torch.zeros(2, 5, 3), fields=("h",)))
+    ['encoder.l0', 'encoder.l1', 'decoder', 'decoder#1']
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+__all__ = ["CellLoop", "EncoderDecoder", "PackedClassifier"]
+
+
+class EncoderDecoder(nn.Module):
+    """A 2-layer LSTM encoder; a GRU decoder run twice (teacher-forced, then on its own output)."""
+
+    def __init__(self, features: int = 3, hidden: int = 4):
+        super().__init__()
+        self.encoder = nn.LSTM(features, hidden, num_layers=2, batch_first=True)
+        self.decoder = nn.GRU(hidden, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        enc, (h, _) = self.encoder(x)
+        first, h_dec = self.decoder(enc, h[-1:].contiguous())
+        second, _ = self.decoder(torch.tanh(first), h_dec)
+        return self.head(second)
+
+
+class CellLoop(nn.Module):
+    """A Python loop over an ``nn.LSTMCell`` (or ``GRUCell`` / ``RNNCell``): one call per step.
+
+    ``decay`` scales the state between steps (``h = decay * h``), so the ``hx`` a call receives
+    differs from the previous call's output, as in models that reset or mix their state.
+    """
+
+    def __init__(self, features: int = 3, hidden: int = 4, cell: str = "lstm", decay: float = 1.0):
+        super().__init__()
+        cls = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}[cell]
+        self.cell = cls(features, hidden)
+        self.kind = cell
+        self.decay = decay
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hx = None
+        outputs = []
+        for t in range(x.shape[1]):
+            out = self.cell(x[:, t], hx)
+            h = out[0] if self.kind == "lstm" else out
+            outputs.append(h)
+            if self.kind == "lstm":
+                hx = (out[0] * self.decay, out[1])
+            else:
+                hx = out * self.decay
+        return torch.stack(outputs, dim=1)
+
+
+class PackedClassifier(nn.Module):
+    """A bidirectional LSTM over a padded batch with lengths, packed the usual way."""
+
+    def __init__(self, features: int = 3, hidden: int = 4, classes: int = 2):
+        super().__init__()
+        self.rnn = nn.LSTM(features, hidden, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(2 * hidden, classes)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        seq, (h, _) = self.rnn(packed)
+        pad_packed_sequence(seq, batch_first=True)
+        return self.out(torch.cat([h[0], h[1]], dim=-1))
