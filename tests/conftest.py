@@ -7,11 +7,14 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import HealthCheck, settings
 
 # "ci" is the default: sized so the whole suite stays within minutes on 2 cores.
 settings.register_profile(
-    "ci", max_examples=30, deadline=None, derandomize=True,
+    "ci",
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile(

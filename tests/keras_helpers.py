@@ -19,9 +19,9 @@ def seed_model():  # type: ignore[no-untyped-def]
     return keras.Model(inp, out)
 
 
-def canonical_weights(cell) -> dict[str, np.ndarray | None | bool]:  # type: ignore[no-untyped-def]
+def canonical_weights(cell) -> dict[str, np.ndarray | bool | None]:  # type: ignore[no-untyped-def]
     """A Keras cell's weights in the reference's layout (Keras' gate order is canonical)."""
-    out: dict[str, np.ndarray | None | bool] = {
+    out: dict[str, np.ndarray | bool | None] = {
         "kernel": np.asarray(cell.kernel.numpy()),
         "recurrent_kernel": np.asarray(cell.recurrent_kernel.numpy()),
         "bias": None,

@@ -11,6 +11,7 @@ direction) except :func:`reconstruct_direction`, which takes and returns input o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,24 +21,25 @@ from .spec import CellWeights
 
 __all__ = [
     "DirectionArrays",
-    "split_emitted",
     "carry_forward",
-    "check_parity",
-    "lstm_gates",
-    "gru_gates",
     "cell_scan",
+    "check_parity",
+    "gru_gates",
+    "lstm_gates",
     "reconstruct_direction",
+    "split_emitted",
     "tolerance",
 ]
 
 
 @dataclass
 class DirectionArrays:
-    """One direction's per-step arrays, input time order. ``gates`` is (sample, time, gate, unit)."""
+    """One direction's per-step arrays, input time order; ``gates`` has one (sample, time, unit)
+    array per gate, in canonical order."""
 
     h: np.ndarray
     c: np.ndarray | None = None
-    gates: np.ndarray | None = None
+    gates: tuple[np.ndarray, ...] | None = None
 
 
 def tolerance(dtype: np.dtype) -> tuple[float, float]:
@@ -63,7 +65,7 @@ def carry_forward(seq: np.ndarray, mask: np.ndarray | None, h0: np.ndarray) -> n
     """
     if mask is None or mask.all():
         return seq
-    n, t = mask.shape
+    t = mask.shape[1]
     steps = np.where(mask, np.arange(1, t + 1), 0)
     np.maximum.accumulate(steps, axis=1, out=steps)  # index of the last valid step, 1-based
     padded = np.concatenate([h0[:, None, :].astype(seq.dtype, copy=False), seq], axis=1)
@@ -208,15 +210,15 @@ def reconstruct_direction(
         if want_gates:
             if mp is not None and not mp.all():
                 gates[~mp] = np.nan
-            out.gates = flip(gates)
+            fg = flip(gates)
+            out.gates = tuple(fg[:, :, k] for k in range(fg.shape[2]))
     out.h = flip(h)
     return out
 
 
 def split_emitted(
     kind: str,
-    units: int,
-    emitted: np.ndarray,
+    parts: Sequence[np.ndarray],
     h0: np.ndarray,
     c0: np.ndarray | None,
     mask: np.ndarray | None,
@@ -225,29 +227,26 @@ def split_emitted(
     want_c: bool,
     want_gates: bool,
 ) -> DirectionArrays:
-    """States of one direction from a probe that emitted ``[h, (c,) gates...]`` every step.
+    """States of one direction from a probe that emitted ``h, (c,) gate...`` every step.
 
-    ``emitted`` (sample, time, width) is in input order. At masked steps the framework
-    repeats its previous output (zeros before the first valid step), so the whole vector is
-    carried from ``[h0, c0, 0...]`` here; the gates there are then set to NaN.
+    ``parts`` are (sample, time, unit) arrays in input order (views are fine). At masked
+    steps frameworks repeat their previous output (zeros before the first valid step), so
+    ``h`` and ``c`` are carried from ``h0`` / ``c0`` here and the gates set to NaN.
     """
     flip = (lambda a: a[:, ::-1]) if reverse else (lambda a: a)
     mp = None if mask is None else flip(mask)
-    n, t, width = emitted.shape
-    first = [h0.astype(emitted.dtype, copy=False)]
+    h = flip(carry_forward(flip(parts[0]), mp, h0))
+    out = DirectionArrays(h=h)
+    gates = list(parts[1:])
     if kind == "lstm":
-        first.append(c0.astype(emitted.dtype, copy=False) if c0 is not None else np.zeros((n, units), emitted.dtype))
-    first.append(np.zeros((n, width - units * len(first)), emitted.dtype))
-    full = carry_forward(flip(emitted), mp, np.concatenate(first, axis=1))
-    out = DirectionArrays(h=flip(full[:, :, :units]))
-    start = units
-    if kind == "lstm":
-        out.c = flip(full[:, :, units : 2 * units]) if want_c else None
-        start = 2 * units
+        c_part = gates.pop(0)
+        if want_c:
+            if c0 is None:
+                c0 = np.zeros(h0.shape[:1] + c_part.shape[2:], c_part.dtype)
+            out.c = flip(carry_forward(flip(c_part), mp, c0))
     if want_gates:
-        gates = full[:, :, start:].reshape(n, t, -1, units)
-        if mp is not None and not mp.all():
-            gates = gates.copy()
-            gates[~mp] = np.nan
-        out.gates = flip(gates)
+        if mask is not None and not mask.all():
+            invalid = ~mask
+            gates = [np.where(invalid[:, :, None], np.nan, g).astype(g.dtype, copy=False) for g in gates]
+        out.gates = tuple(gates)
     return out

@@ -45,10 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="list a model file's recurrent layers and what can be extracted")
     p.add_argument("model", help="model file (.keras, .h5, TorchScript .pt)")
-    p.add_argument("--unsafe", action="store_true", help="allow code inside the file to run (trusted files only)")
+    p.add_argument(
+        "--unsafe", action="store_true", help="allow code inside the file to run (trusted files only)"
+    )
     p.set_defaults(func=_cmd_inspect)
 
-    p = sub.add_parser("demo", help="train a tiny LSTM on built-in bracketed text, trace it, find depth units")
+    p = sub.add_parser(
+        "demo", help="train a tiny LSTM on built-in bracketed text, trace it, find depth units"
+    )
     p.add_argument("--units", type=int, default=32, help="LSTM units (default 32)")
     p.add_argument("--epochs", type=int, default=6, help="training epochs (default 6)")
     p.add_argument("--seed", type=int, default=0)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DemoResult", "VOCAB", "depth_of", "make_corpus", "run_demo"]
+__all__ = ["VOCAB", "DemoResult", "depth_of", "make_corpus", "run_demo"]
 
 VOCAB = "_ab()"  # "_" pads (id 0, masked)
 MAX_DEPTH = 4
@@ -83,7 +83,6 @@ def run_demo(*, units: int = 32, epochs: int = 6, seed: int = 0, verbose: bool =
     """Train, trace and report. Returns the numbers it printed."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
-
     import rnnlens
 
     keras.utils.set_random_seed(seed)

@@ -7,7 +7,7 @@ direction is always stored in *input* time order.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -22,21 +22,28 @@ __all__ = ["DirectionStates", "Gates", "LayerStates", "States"]
 class Gates(Mapping[str, np.ndarray]):
     """Gate activations by canonical name, each (sample, time, unit); NaN at masked steps.
 
-    ``array`` is the whole block, (sample, time, gate, unit), in the order of ``names``.
+    ``array`` stacks them into one (sample, time, gate, unit) block in the order of
+    ``names`` (built on first use: a copy).
     """
 
-    def __init__(self, array: np.ndarray, names: tuple[str, ...]):
-        if array.ndim != 4 or array.shape[2] != len(names):
-            raise ValueError(f"gates must be (sample, time, {len(names)}, unit); got {array.shape}")
-        self.array = array
+    def __init__(self, parts: Sequence[np.ndarray], names: tuple[str, ...]):
+        if len(parts) != len(names):
+            raise ValueError(f"{len(names)} gate names {names} for {len(parts)} gate arrays")
+        self.parts = tuple(parts)
         self.names = names
+        self._array: np.ndarray | None = None
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = np.stack(self.parts, axis=2)
+        return self._array
 
     def __getitem__(self, name: str) -> np.ndarray:
         try:
-            k = self.names.index(name)
+            return self.parts[self.names.index(name)]
         except ValueError:
             raise LayerNotFoundError(name, self.names, what="gate") from None
-        return self.array[:, :, k, :]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names)
@@ -45,7 +52,8 @@ class Gates(Mapping[str, np.ndarray]):
         return len(self.names)
 
     def __repr__(self) -> str:
-        return f"Gates({', '.join(self.names)}; shape {self.array.shape})"
+        shape = self.parts[0].shape if self.parts else ()
+        return f"Gates({', '.join(self.names)}; each {shape})"
 
 
 class DirectionStates:
@@ -107,9 +115,7 @@ class LayerStates:
     output); ``forward`` and ``backward`` give one direction each.
     """
 
-    def __init__(
-        self, spec: LayerSpec, directions: Mapping[str, DirectionStates], mask: np.ndarray | None
-    ):
+    def __init__(self, spec: LayerSpec, directions: Mapping[str, DirectionStates], mask: np.ndarray | None):
         self.spec = spec
         self.directions = dict(directions)
         self.mask = mask
@@ -150,10 +156,11 @@ class LayerStates:
 
     @property
     def gates(self) -> Gates:
-        parts = [d.gates for d in self.directions.values()]
-        if len(parts) == 1:
-            return parts[0]
-        return Gates(np.concatenate([g.array for g in parts], axis=-1), parts[0].names)
+        per_direction = [d.gates for d in self.directions.values()]
+        if len(per_direction) == 1:
+            return per_direction[0]
+        names = per_direction[0].names
+        return Gates([np.concatenate([g[n] for g in per_direction], axis=-1) for n in names], names)
 
     def last(self, field: Literal["h", "c"] = "h") -> np.ndarray:
         """Final state of each direction, (sample, unit × directions).

@@ -36,8 +36,8 @@ class RawDirection:
     c0: np.ndarray | None = None
     reverse: bool = False
     weights: CellWeights | None = None
-    #: ``seq`` is an emitted ``[h, (c,) gates...]`` vector per step rather than the output h
-    emitted: bool = False
+    #: what an emitting probe returned: ``h, (c,) gate...`` arrays, (sample, time, unit), input order
+    parts: tuple[np.ndarray, ...] | None = None
 
 
 @dataclass
@@ -106,6 +106,7 @@ def resolve_fields(
                 )
     out: dict[str, tuple[Field, ...]] = {}
     for s in specs:
+        want: set[str]
         if fields is None:
             want = set(s.fields)
         else:
@@ -142,10 +143,16 @@ def to_direction_arrays(
             out[name] = DirectionArrays(h=d.seq)
             continue
         h0 = d.h0 if d.h0 is not None else np.zeros((d.seq.shape[0], spec.units), d.seq.dtype)
-        if d.emitted:
+        if d.parts is not None:
             out[name] = split_emitted(
-                spec.kind, spec.units, d.seq, h0, d.c0, raw.mask,
-                reverse=d.reverse, want_c=want_c, want_gates=want_gates,
+                spec.kind,
+                d.parts,
+                h0,
+                d.c0,
+                raw.mask,
+                reverse=d.reverse,
+                want_c=want_c,
+                want_gates=want_gates,
             )
             continue
         out[name] = reconstruct_direction(
@@ -182,7 +189,11 @@ def assemble(
             c = None if arrs[0].c is None else _cat([a.c for a in arrs if a.c is not None])
             g = None
             if arrs[0].gates is not None:
-                g = Gates(_cat([a.gates for a in arrs if a.gates is not None]), GATE_NAMES[spec.kind])
+                names = GATE_NAMES[spec.kind]
+                g = Gates(
+                    [_cat([a.gates[k] for a in arrs if a.gates is not None]) for k in range(len(names))],
+                    names,
+                )
             directions[dname] = DirectionStates(dname, h, c, g, mask, layer=spec.name)
         layers[spec.name] = LayerStates(spec, directions, mask)
     return States(layers, backend=backend)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from keras_helpers import canonical_weights
 
 import rnnlens
+from keras_helpers import canonical_weights
 from rnnlens.testing import hard_sigmoid, reference_rnn, sigmoid
 
 keras = pytest.importorskip("keras")

@@ -6,9 +6,9 @@ import warnings
 
 import numpy as np
 import pytest
-from keras_helpers import canonical_weights
 
 import rnnlens
+from keras_helpers import canonical_weights
 from rnnlens.testing import reference_rnn
 
 keras = pytest.importorskip("keras")
@@ -53,8 +53,12 @@ def test_encoder_decoder_initial_state_and_return_state() -> None:
 
 def test_stacked_sequential_without_input_after_fit() -> None:
     model = keras.Sequential(
-        [L.LSTM(5, return_sequences=True, name="l1"), L.GRU(4, return_sequences=True, name="l2"),
-         L.SimpleRNN(3, name="l3"), L.Dense(1)]
+        [
+            L.LSTM(5, return_sequences=True, name="l1"),
+            L.GRU(4, return_sequences=True, name="l2"),
+            L.SimpleRNN(3, name="l3"),
+            L.Dense(1),
+        ]
     )
     model.compile("sgd", "mse")
     model.fit(X, np.zeros((3, 1)), epochs=1, verbose=0)

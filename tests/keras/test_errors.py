@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from keras_helpers import seed_model
 
 import rnnlens
+from keras_helpers import seed_model
 
 keras = pytest.importorskip("keras")
 L = keras.layers
@@ -58,12 +58,12 @@ def test_wrong_input(model, x, match) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_float_token_ids_are_refused() -> None:
-    with pytest.raises(rnnlens.InputError, match="non-integer values.*token ids"):
+    with pytest.raises(rnnlens.InputError, match=r"non-integer values.*token ids"):
         rnnlens.trace(seed_model(), np.array([[1.5, 2.0, 0.0]]))
 
 
 def test_field_a_layer_does_not_have(model) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(rnnlens.FieldNotAvailableError, match="'decoder_gru'.*has no \\['c'\\]"):
+    with pytest.raises(rnnlens.FieldNotAvailableError, match=r"'decoder_gru'.*has no \['c'\]"):
         rnnlens.trace(model, X, fields=("h", "c"))
     states = rnnlens.trace(model, X, layers="encoder_lstm", fields=("h", "c"))
     with pytest.raises(rnnlens.FieldNotAvailableError, match="'gates'"):
@@ -93,7 +93,7 @@ def test_models_rnnlens_cannot_see_into() -> None:
 
     sub = Sub()
     sub(X)
-    with pytest.raises(rnnlens.UnsupportedModelError, match="subclassed keras.Model"):
+    with pytest.raises(rnnlens.UnsupportedModelError, match=r"subclassed keras\.Model"):
         rnnlens.trace(sub, X)
     with pytest.raises(rnnlens.UnsupportedModelError, match="bare LSTM layer"):
         rnnlens.trace(L.LSTM(2), X)

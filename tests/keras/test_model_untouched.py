@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from keras_helpers import seed_model
 
 import rnnlens
+from keras_helpers import seed_model
 
 keras = pytest.importorskip("keras")
 

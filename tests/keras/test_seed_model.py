@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from keras_helpers import canonical_weights, seed_model
 
 import rnnlens
+from keras_helpers import canonical_weights, seed_model
 from rnnlens.testing import reference_rnn
 
 keras = pytest.importorskip("keras")
@@ -42,7 +42,12 @@ def test_seed_model_all_layers_all_steps() -> None:
         for direction, sub in (("forward", layer.forward_layer), ("backward", layer.backward_layer)):
             w = canonical_weights(sub.cell)
             ref = reference_rnn(
-                "lstm", layer_in, w["kernel"], w["recurrent_kernel"], w["bias"], mask=mask,
+                "lstm",
+                layer_in,
+                w["kernel"],
+                w["recurrent_kernel"],
+                w["bias"],
+                mask=mask,
                 reverse=direction == "backward",
             )
             got = states[name].directions[direction]

@@ -47,17 +47,37 @@ def problems(draw):  # type: ignore[no-untyped-def]
 
 
 def _weights(p, **override) -> CellWeights:  # type: ignore[no-untyped-def]
-    kw = {k: p[k] for k in ("kernel", "recurrent_kernel", "bias", "recurrent_bias", "reset_after",
-                            "recurrent_activation", "projection")}
+    kw = {
+        k: p[k]
+        for k in (
+            "kernel",
+            "recurrent_kernel",
+            "bias",
+            "recurrent_bias",
+            "reset_after",
+            "recurrent_activation",
+            "projection",
+        )
+    }
     kw.update(override)
     return CellWeights(kind=p["kind"], activation=np.tanh, **kw)
 
 
 def _reference(p):  # type: ignore[no-untyped-def]
     return reference_rnn(
-        p["kind"], p["x"], p["kernel"], p["recurrent_kernel"], p["bias"], p["recurrent_bias"],
-        h0=p["h0"], c0=p["c0"], mask=p["mask"], reverse=p["reverse"], reset_after=p["reset_after"],
-        recurrent_activation=p["recurrent_activation"], projection=p["projection"],
+        p["kind"],
+        p["x"],
+        p["kernel"],
+        p["recurrent_kernel"],
+        p["bias"],
+        p["recurrent_bias"],
+        h0=p["h0"],
+        c0=p["c0"],
+        mask=p["mask"],
+        reverse=p["reverse"],
+        reset_after=p["reset_after"],
+        recurrent_activation=p["recurrent_activation"],
+        projection=p["projection"],
     )
 
 
@@ -71,11 +91,19 @@ def _kernel_output(p, ref):  # type: ignore[no-untyped-def]
 def test_reconstruction_equals_reference(p) -> None:  # type: ignore[no-untyped-def]
     ref = _reference(p)
     out = reconstruct_direction(
-        _weights(p), p["x"], _kernel_output(p, ref), p["h0"], p["c0"], p["mask"],
-        reverse=p["reverse"], want_c=True, want_gates=True, layer="l",
+        _weights(p),
+        p["x"],
+        _kernel_output(p, ref),
+        p["h0"],
+        p["c0"],
+        p["mask"],
+        reverse=p["reverse"],
+        want_c=True,
+        want_gates=True,
+        layer="l",
     )
     np.testing.assert_allclose(out.h, ref["h"], rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(out.gates, ref["gates"], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(np.stack(out.gates, axis=2), ref["gates"], rtol=1e-10, atol=1e-10)
     if p["kind"] == "lstm":
         np.testing.assert_allclose(out.c, ref["c"], rtol=1e-10, atol=1e-10)
 
@@ -93,8 +121,16 @@ def test_wrong_equations_raise_parity_error(p) -> None:  # type: ignore[no-untyp
         return
     with pytest.raises(ParityError, match="does not reproduce"):
         reconstruct_direction(
-            _weights(p, kernel=k), p["x"], _kernel_output(p, ref), p["h0"], p["c0"], p["mask"],
-            reverse=p["reverse"], want_c=True, want_gates=True, layer="l",
+            _weights(p, kernel=k),
+            p["x"],
+            _kernel_output(p, ref),
+            p["h0"],
+            p["c0"],
+            p["mask"],
+            reverse=p["reverse"],
+            want_c=True,
+            want_gates=True,
+            layer="l",
         )
 
 

@@ -12,24 +12,12 @@ import numpy as np
 from ..errors import InputError, UnsupportedModelError
 from ..spec import FIELDS_BY_KIND, CellWeights, Field, Kind, LayerSpec
 from ..states import States
-from .keras_probe import Strategy, cell_kind, choose_strategy, is_model, is_recurrent, probe_for
 from ..tracing import RawDirection, RawLayer, assemble, resolve_fields, select_layers, to_direction_arrays
+from .keras_probe import Strategy, cell_kind, choose_strategy, is_model, is_recurrent, probe_for
 
-__all__ = ["describe", "is_keras_model", "trace"]
+__all__ = ["describe", "trace"]
 
 DEFAULT_BATCH_SIZE = 1024
-
-
-def is_keras_model(obj: object) -> bool:
-    """True for a Keras 3 ``Model`` or ``Layer`` (checked without importing Keras)."""
-    mod = type(obj).__module__
-    if not (mod.startswith("keras") or mod.startswith("tf_keras")):
-        # user subclasses live in the user's module: look at the class hierarchy instead
-        if not any(c.__module__.startswith("keras") for c in type(obj).__mro__):
-            return False
-    import keras
-
-    return isinstance(obj, keras.layers.Layer)
 
 
 # --------------------------------------------------------------------------- discovery
@@ -266,12 +254,12 @@ def _check_one(a: np.ndarray, spec: Any) -> np.ndarray:
             f"(shape {shape})."
         )
     want_dtype = np.dtype(spec.dtype) if spec.dtype is not None else a.dtype
-    if want_dtype.kind in "iu" and a.dtype.kind == "f":
-        if not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
-            raise InputError(
-                f"Input {name!r} has dtype {a.dtype} with non-integer values; the model expects "
-                f"{want_dtype} (token ids). Pass integer ids."
-            )
+    integral = a.dtype.kind != "f" or bool(np.isfinite(a).all() and (a == np.round(a)).all())
+    if want_dtype.kind in "iu" and not integral:
+        raise InputError(
+            f"Input {name!r} has dtype {a.dtype} with non-integer values; the model expects "
+            f"{want_dtype} (token ids). Pass integer ids."
+        )
     # float64 data narrows to the model's float32 here, as Keras itself does
     return a.astype(want_dtype, copy=False)
 
@@ -309,7 +297,9 @@ def trace(
         for s in specs
         if s.kind in ("lstm", "gru")
         and ("c" in wanted[s.name] or "gates" in wanted[s.name])
-        and all(choose_strategy(sub, strategy) == "emit" for sub in _directions(layer_by_name[s.name]).values())
+        and all(
+            choose_strategy(sub, strategy) == "emit" for sub in _directions(layer_by_name[s.name]).values()
+        )
     )
     probe = probe_for(model, recurrent, wanted, emit)
     step = n if batch_size is None and n <= DEFAULT_BATCH_SIZE else (batch_size or DEFAULT_BATCH_SIZE)
@@ -320,7 +310,10 @@ def trace(
         sl = slice(start, min(start + step, n))
         captured = probe(_slice(x, sl), None if user_mask is None else user_mask[sl])
         batches.append(
-            {s.name: _layer_arrays(s, captured, weights[s.name], wanted[s.name], s.name in emit) for s in specs}
+            {
+                s.name: _layer_arrays(s, captured, weights[s.name], wanted[s.name], s.name in emit)
+                for s in specs
+            }
         )
     return assemble(specs, batches, backend=f"keras/{_keras().backend.backend()}")
 
@@ -375,13 +368,23 @@ def _layer_arrays(  # type: ignore[no-untyped-def]
             mask = mask[..., 0]
     raw = RawLayer(x=captured.get(f"{name}|x"), mask=mask)
     for direction, (w, reverse) in weights.items():
-        seq = captured[f"{name}|{direction}|seq"]
+        # Keras returns a backward run in processing order; emitted parts come time-major.
+        to_input = (lambda a: a[:, ::-1]) if reverse else (lambda a: a)
+        parts = None
+        if emitted:
+            n_parts = 6 if spec.kind == "lstm" else 4
+            parts = tuple(
+                to_input(captured[f"{name}|{direction}|emit{k}"].transpose(1, 0, 2)) for k in range(n_parts)
+            )
+            seq = parts[0]
+        else:
+            seq = to_input(captured[f"{name}|{direction}|seq"])
         raw.directions[direction] = RawDirection(
-            seq=seq[:, ::-1] if reverse else seq,  # Keras returns a backward run in processing order
+            seq=seq,
             h0=captured.get(f"{name}|{direction}|h0"),
             c0=captured.get(f"{name}|{direction}|c0"),
             reverse=reverse,
             weights=w,
-            emitted=emitted,
+            parts=parts,
         )
     return to_direction_arrays(spec, raw, fields), mask

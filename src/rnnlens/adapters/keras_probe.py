@@ -8,10 +8,10 @@ layers see the same tensors. Two stand-ins, chosen per layer (see :func:`choose_
 * **sibling** (``h``, or ``reconstruct``): a ``__dict__`` copy of the layer sharing its cell and
   weights, with ``return_sequences=True, return_state=True, stateful=False``. It runs the
   framework's own kernel (the generic loop, or cuDNN where Keras would pick it).
-* **emitter** (``emit``): a ``keras.layers.RNN`` around :class:`EmitCell`, which performs the
-  cell's own operations in the cell's own order and emits ``[h, c, gates]`` as both its
-  output and its single state (so every backend's masked loop carries all of it together).
-  One pass yields h, c and gates; h is bitwise what the original computes.
+* **emitter** (``emit``): Keras' own loop (``backend.rnn``, time-major) around a step that
+  performs the cell's operations in the cell's order and outputs ``h, c`` and every gate as
+  separate tensors. One pass yields h, c and gates; no per-step concatenation and no
+  transposes of the wide outputs (they come back time-major and are viewed batch-major).
 
 On TensorFlow the walk runs in one cached ``tf.function``. Nothing is added to the model:
 calling layers on concrete tensors records no graph nodes, and stateful layers start from
@@ -56,7 +56,7 @@ def cell_kind(cell: Any) -> Kind:
     )
     for kind, cls in known:
         # A subclass that overrides call() computes something else: treat it as unknown.
-        if isinstance(cell, cls) and type(cell).call is cls.call:
+        if isinstance(cell, cls) and getattr(type(cell), "call", None) is getattr(cls, "call", None):
             return kind
     return "rnn"
 
@@ -73,21 +73,28 @@ def _gpu_present() -> bool:
 def choose_strategy(layer: Any, strategy: Strategy) -> Literal["emit", "reconstruct"]:
     """``emit`` where Keras runs the generic loop anyway (CPU): one pass, ~1.1–1.3× the plain
     forward. ``reconstruct`` where a fused kernel (cuDNN) is much faster than that loop, and
-    for ``implementation=1`` cells, whose operation order the emitter does not replicate."""
+    for ``implementation=1`` cells, whose operation order the emitter does not replicate, and
+    unrolled layers."""
     if strategy != "auto":
         return strategy
-    if getattr(layer.cell, "implementation", 2) != 2:
-        return "reconstruct"
+    if getattr(layer.cell, "implementation", 2) != 2 or layer.unroll:
+        return "reconstruct"  # (the unrolled loop cannot carry several outputs under a mask)
     if getattr(layer, "use_cudnn", False) in ("auto", True) and _gpu_present():
         return "reconstruct"
     return "emit"
 
 
 def _to_numpy(v: Any) -> Any:
-    # EagerTensor.numpy() shares the buffer; keras' convert_to_numpy copies it (slowly, via
-    # __array__), which costs more than the whole reconstruction on big outputs.
-    numpy = getattr(v, "numpy", None)
-    return numpy() if callable(numpy) else _keras().ops.convert_to_numpy(v)
+    # keras' convert_to_numpy and EagerTensor.numpy() both copy; on big per-step outputs that
+    # copy costs more than the reconstruction. EagerTensor._numpy() shares the buffer (a
+    # private TF method, stable since TF 2.0; fall back to the public path without it).
+    shared = getattr(v, "_numpy", None)
+    if callable(shared):
+        try:
+            return shared()
+        except Exception:  # e.g. a resource tensor; the public path knows what to do
+            pass
+    return _keras().ops.convert_to_numpy(v)
 
 
 def _sibling(layer: Any) -> Any:
@@ -99,100 +106,66 @@ def _sibling(layer: Any) -> Any:
     """
     sib = object.__new__(type(layer))
     sib.__dict__.update(layer.__dict__)
-    sib.__dict__.update(
-        return_sequences=True, return_state=True, stateful=False, zero_output_for_mask=False
-    )
+    sib.__dict__.update(return_sequences=True, return_state=True, stateful=False, zero_output_for_mask=False)
     return sib
 
 
-def _emit_cell_class():  # type: ignore[no-untyped-def]
-    k = _keras()
-    ops = k.ops
+def _emit_step(cell: Any, kind: Kind) -> Callable[[Any, Any], Any]:
+    """A step function for ``backend.rnn``: the cell's own operations (``LSTMCell.call`` /
+    ``GRUCell.call``, implementation 2, inference), in the same order, emitting
+    ``(h, c, i, f, g, o)`` or ``(h, z, r, n)``."""
+    ops = _keras().ops
+    u = int(cell.units)
 
-    class EmitCell(k.layers.Layer):
-        """Runs a trained LSTM/GRU cell's step (implementation 2, inference) and emits
-        ``[h, c, i, f, g, o]`` (LSTM) or ``[h, z, r, n]`` (GRU) as output and state."""
+    def lstm_step(inputs: Any, states: Any) -> Any:
+        h_tm1, c_tm1 = states[0], states[1]
+        z = ops.matmul(inputs, cell.kernel)
+        z = ops.add(z, ops.matmul(h_tm1, cell.recurrent_kernel))
+        if cell.use_bias:
+            z = ops.add(z, cell.bias)
+        z0, z1, z2, z3 = ops.split(z, 4, axis=1)
+        i = cell.recurrent_activation(z0)
+        f = cell.recurrent_activation(z1)
+        g = cell.activation(z2)
+        c = f * c_tm1 + i * g
+        o = cell.recurrent_activation(z3)
+        h = o * cell.activation(c)
+        return (h, c, i, f, g, o), [h, c]
 
-        def __init__(self, cell: Any, kind: Kind):
-            super().__init__(dtype=cell.dtype_policy, name=f"{cell.name}_emit")
-            object.__setattr__(self, "src", cell)  # untracked: the weights stay the cell's own
-            self.kind = kind
-            self.units = int(cell.units)
-            n = (2 + 4) if kind == "lstm" else (1 + 3)
-            self.state_size = n * self.units
-            self.output_size = n * self.units
-            self.built = True
-
-        def call(self, inputs: Any, states: Any, training: bool = False) -> Any:
-            cell, u = self.src, self.units
-            prev = states[0] if isinstance(states, (list, tuple)) else states
-            h_tm1 = prev[:, :u]
-            if self.kind == "lstm":
-                # the operations of LSTMCell.call (implementation 2), in the same order
-                c_tm1 = prev[:, u : 2 * u]
-                z = ops.matmul(inputs, cell.kernel)
-                z = ops.add(z, ops.matmul(h_tm1, cell.recurrent_kernel))
-                if cell.use_bias:
-                    z = ops.add(z, cell.bias)
-                z0, z1, z2, z3 = ops.split(z, 4, axis=1)
-                i = cell.recurrent_activation(z0)
-                f = cell.recurrent_activation(z1)
-                g = cell.activation(z2)
-                c = f * c_tm1 + i * g
-                o = cell.recurrent_activation(z3)
-                h = o * cell.activation(c)
-                out = ops.concatenate([h, c, i, f, g, o], axis=-1)
+    def gru_step(inputs: Any, states: Any) -> Any:
+        h_tm1 = states[0]
+        input_bias = recurrent_bias = None
+        if cell.use_bias:
+            if not cell.reset_after:
+                input_bias = cell.bias
             else:
-                # the operations of GRUCell.call (implementation 2), in the same order
-                input_bias = recurrent_bias = None
-                if cell.use_bias:
-                    if not cell.reset_after:
-                        input_bias = cell.bias
-                    else:
-                        input_bias, recurrent_bias = (
-                            ops.squeeze(e, axis=0) for e in ops.split(cell.bias, cell.bias.shape[0], axis=0)
-                        )
-                matrix_x = ops.matmul(inputs, cell.kernel)
-                if cell.use_bias:
-                    matrix_x = ops.add(matrix_x, input_bias)
-                x_z, x_r, x_h = ops.split(matrix_x, 3, axis=-1)
-                if cell.reset_after:
-                    matrix_inner = ops.matmul(h_tm1, cell.recurrent_kernel)
-                    if cell.use_bias:
-                        matrix_inner += recurrent_bias
-                else:
-                    matrix_inner = ops.matmul(h_tm1, cell.recurrent_kernel[:, : 2 * u])
-                recurrent_z = matrix_inner[:, :u]
-                recurrent_r = matrix_inner[:, u : 2 * u]
-                recurrent_h = matrix_inner[:, 2 * u :]
-                zg = cell.recurrent_activation(x_z + recurrent_z)
-                r = cell.recurrent_activation(x_r + recurrent_r)
-                if cell.reset_after:
-                    recurrent_h = r * recurrent_h
-                else:
-                    recurrent_h = ops.matmul(r * h_tm1, cell.recurrent_kernel[:, 2 * u :])
-                hh = cell.activation(x_h + recurrent_h)
-                h = zg * h_tm1 + (1 - zg) * hh
-                out = ops.concatenate([h, zg, r, hh], axis=-1)
-            return out, [out]
+                input_bias, recurrent_bias = (
+                    ops.squeeze(e, axis=0) for e in ops.split(cell.bias, cell.bias.shape[0], axis=0)
+                )
+        matrix_x = ops.matmul(inputs, cell.kernel)
+        if cell.use_bias:
+            matrix_x = ops.add(matrix_x, input_bias)
+        x_z, x_r, x_h = ops.split(matrix_x, 3, axis=-1)
+        if cell.reset_after:
+            matrix_inner = ops.matmul(h_tm1, cell.recurrent_kernel)
+            if cell.use_bias:
+                matrix_inner += recurrent_bias
+        else:
+            matrix_inner = ops.matmul(h_tm1, cell.recurrent_kernel[:, : 2 * u])
+        recurrent_z = matrix_inner[:, :u]
+        recurrent_r = matrix_inner[:, u : 2 * u]
+        recurrent_h = matrix_inner[:, 2 * u :]
+        z = cell.recurrent_activation(x_z + recurrent_z)
+        r = cell.recurrent_activation(x_r + recurrent_r)
+        if cell.reset_after:
+            recurrent_h = r * recurrent_h
+        else:
+            recurrent_h = ops.matmul(r * h_tm1, cell.recurrent_kernel[:, 2 * u :])
+        hh = cell.activation(x_h + recurrent_h)
+        h = z * h_tm1 + (1 - z) * hh
+        return (h, z, r, hh), [h]
 
-    return EmitCell
-
-
-def _emitter(layer: Any, kind: Kind) -> Any:
-    k = _keras()
-    rnn = k.layers.RNN(
-        _emit_cell_class()(layer.cell, kind),
-        return_sequences=True,
-        return_state=True,
-        go_backwards=layer.go_backwards,
-        unroll=layer.unroll,
-        zero_output_for_mask=False,
-        dtype=layer.dtype_policy,
-        name=f"{layer.name}_rnnlens_emit",
-    )
-    rnn.built = True
-    return rnn
+    return lstm_step if kind == "lstm" else gru_step
 
 
 class Probe:
@@ -200,7 +173,8 @@ class Probe:
 
     ``targets`` maps a layer name to its fields; ``emit`` names the layers (by name) to run
     through an emitter. Captured keys: ``name|mask``, ``name|x``, ``name|direction|seq``
-    (sibling output or emitted vector, processing order), ``name|direction|h0`` / ``c0``.
+    (sibling output, batch-major, processing order) or ``name|direction|emit<k>`` (the k-th
+    emitted tensor, time-major, processing order), ``name|direction|h0`` / ``c0``.
     """
 
     def __init__(
@@ -224,7 +198,7 @@ class Probe:
             )
             for sub in subs:
                 if name in emit:
-                    self.runners[id(sub)] = (_emitter(sub, cell_kind(sub.cell)), True)
+                    self.runners[id(sub)] = (_emit_step(sub.cell, cell_kind(sub.cell)), True)
                 else:
                     self.runners[id(sub)] = (_sibling(sub), False)
         self._compiled: Callable[..., Any] | None = None
@@ -291,7 +265,9 @@ class Probe:
             kwargs["training"] = False
         return op(*args, **kwargs)
 
-    def _call_recurrent(self, layer: Any, args: list[Any], kwargs: dict[str, Any], captured: dict[str, Any]) -> Any:
+    def _call_recurrent(
+        self, layer: Any, args: list[Any], kwargs: dict[str, Any], captured: dict[str, Any]
+    ) -> Any:
         k = _keras()
         ops = k.ops
         from keras.src.backend import get_keras_mask, set_keras_mask
@@ -375,22 +351,30 @@ class Probe:
             initial_state = [initial_state]
         runner, emits = self.runners[id(layer)]
         if emits:
-            u = int(layer.cell.units)
+            from keras.src import backend
+
             dtype = layer.compute_dtype
-            h0 = ops.cast(initial_state[0], dtype)
-            parts = [h0]
-            n_gates = 3
-            if kind == "lstm":
-                parts.append(ops.cast(initial_state[1], dtype))
-                n_gates = 4
-            parts.append(ops.zeros((ops.shape(x)[0], n_gates * u), dtype=dtype))
-            seq, final = runner(x, initial_state=[ops.concatenate(parts, axis=-1)], mask=mask, training=False)
-            out_seq = seq[:, :, :u]
-            states = [final[:, :u], final[:, u : 2 * u]] if kind == "lstm" else [final[:, :u]]
+            init = [ops.cast(s, dtype) for s in initial_state]
+            _, emitted, final = backend.rnn(
+                runner,
+                ops.transpose(x, (1, 0, 2)),
+                init,
+                go_backwards=layer.go_backwards,
+                mask=None if mask is None else ops.transpose(mask, (1, 0)),
+                unroll=False,
+                input_length=x.shape[1],
+                time_major=True,
+                zero_output_for_mask=False,
+                return_all_outputs=True,
+            )
+            for k, tensor in enumerate(emitted):
+                record[f"{direction}|emit{k}"] = tensor
+            out_seq = ops.transpose(emitted[0], (1, 0, 2))
+            states = list(final)
         else:
             seq, *states = runner(x, initial_state=initial_state, mask=mask, training=False)
+            record[f"{direction}|seq"] = seq
             out_seq = seq
-        record[f"{direction}|seq"] = seq
         if kind != "rnn":
             record[f"{direction}|h0"] = initial_state[0]
             if kind == "lstm":

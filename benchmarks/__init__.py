@@ -1,0 +1,1 @@
+"""rnnlens benchmarks: ``python -m benchmarks`` (or ``make bench``). See README.md."""
