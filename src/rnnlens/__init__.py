@@ -5,7 +5,6 @@ loads when that model is first traced.
 """
 
 from .api import Description, describe, trace
-from .loading import load_model
 from .errors import (
     DirectionNotAvailableError,
     FieldNotAvailableError,
@@ -18,6 +17,7 @@ from .errors import (
     UnsupportedLayerError,
     UnsupportedModelError,
 )
+from .loading import load_model
 from .spec import LayerSpec
 from .states import DirectionStates, Gates, LayerStates, States
 
