@@ -1,0 +1,102 @@
+"""PyTorch (CPU) cases: the floor, rnnlens, and what users do today."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .harness import Case
+
+BATCH, TIME, FEATURES, UNITS, LAYERS = 512, 100, 32, 128, 3
+
+
+def _module() -> Any:
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.LSTM(FEATURES, UNITS, num_layers=LAYERS, batch_first=True).eval()
+
+
+def _data() -> Any:
+    import torch
+
+    return torch.from_numpy(np.random.default_rng(0).normal(size=(BATCH, TIME, FEATURES)).astype("float32"))
+
+
+def cell_loop(lstm: Any, x: Any) -> Callable[[], Any]:
+    """nn.LSTMCell per layer, a Python loop over time: every layer's h and c, no gates."""
+    import torch
+
+    cells = []
+    for k in range(lstm.num_layers):
+        cell = torch.nn.LSTMCell(lstm.input_size if k == 0 else lstm.hidden_size, lstm.hidden_size)
+        with torch.no_grad():
+            cell.weight_ih.copy_(getattr(lstm, f"weight_ih_l{k}"))
+            cell.weight_hh.copy_(getattr(lstm, f"weight_hh_l{k}"))
+            cell.bias_ih.copy_(getattr(lstm, f"bias_ih_l{k}"))
+            cell.bias_hh.copy_(getattr(lstm, f"bias_hh_l{k}"))
+        cells.append(cell.eval())
+
+    def run() -> Any:
+        with torch.inference_mode():
+            seq = x
+            for cell in cells:
+                h = c = torch.zeros(x.shape[0], lstm.hidden_size)
+                hs = []
+                for t in range(seq.shape[1]):
+                    h, c = cell(seq[:, t], (h, c))
+                    hs.append(h)
+                seq = torch.stack(hs, dim=1)
+            return seq
+
+    return run
+
+
+def layer_by_layer(lstm: Any, x: Any) -> Callable[[], Any]:
+    """Rebuild the stack as single-layer nn.LSTMs (what users write by hand): every layer's h."""
+    import torch
+
+    layers = []
+    for k in range(lstm.num_layers):
+        size_in = lstm.input_size if k == 0 else lstm.hidden_size
+        one = torch.nn.LSTM(size_in, lstm.hidden_size, batch_first=True)
+        with torch.no_grad():
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(one, f"{name}_l0").copy_(getattr(lstm, f"{name}_l{k}"))
+        layers.append(one.eval())
+
+    def run() -> Any:
+        with torch.inference_mode():
+            seq, outs = x, []
+            for one in layers:
+                seq, _ = one(seq)
+                outs.append(seq)
+            return outs
+
+    return run
+
+
+def main_cases() -> list[Case]:
+    import torch
+
+    import rnnlens
+
+    lstm, x = _module(), _data()
+
+    def plain() -> Any:
+        with torch.inference_mode():
+            return lstm(x)
+
+    return [
+        Case("module(x) (floor)", plain, "inference_mode"),
+        Case("rnnlens h", lambda: rnnlens.trace(lstm, x, fields=("h",))),
+        Case("rnnlens h,c", lambda: rnnlens.trace(lstm, x, fields=("h", "c"))),
+        Case("rnnlens h,c,gates", lambda: rnnlens.trace(lstm, x)),
+        Case("single-layer nn.LSTMs by hand", layer_by_layer(lstm, x), "h only"),
+        Case("nn.LSTMCell loop", cell_loop(lstm, x), "h, c; no gates"),
+    ]
+
+
+SUITES: dict[str, Callable[[], list[Case]]] = {"torch-lstm3": main_cases}
