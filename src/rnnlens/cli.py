@@ -27,7 +27,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    result = run_demo(units=args.units, epochs=args.epochs, seed=args.seed)
+    result = run_demo(units=args.units, epochs=args.epochs, seed=args.seed, report=args.out)
     best = abs(result.top_units[0][2])
     if best <= result.random_baseline:
         print("The best unit does not beat a random unit: training failed.", file=sys.stderr)
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--units", type=int, default=32, help="LSTM units (default 32)")
     p.add_argument("--epochs", type=int, default=6, help="training epochs (default 6)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--out", default="rnnlens-demo.html", help="HTML report (default rnnlens-demo.html)")
     p.set_defaults(func=_cmd_demo)
     return parser
 

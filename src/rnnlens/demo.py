@@ -79,8 +79,16 @@ def _correlations(values: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.asarray((v * t[:, None]).sum(axis=0) / denom)
 
 
-def run_demo(*, units: int = 32, epochs: int = 6, seed: int = 0, verbose: bool = True) -> DemoResult:
-    """Train, trace and report. Returns the numbers it printed."""
+def run_demo(
+    *,
+    units: int = 32,
+    epochs: int = 6,
+    seed: int = 0,
+    verbose: bool = True,
+    report: str | os.PathLike[str] | None = None,
+) -> DemoResult:
+    """Train, trace and report. Returns the numbers it printed; writes an HTML report to
+    ``report`` when given."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
     import rnnlens
@@ -124,4 +132,22 @@ def run_demo(*, units: int = 32, epochs: int = 6, seed: int = 0, verbose: bool =
         print("  text  " + " ".join(f"{ch:>5}" for ch in text[:16]))
         print("  depth " + " ".join(f"{d:>5d}" for d in depth[0, :16]))
         print("  unit  " + " ".join(f"{v:>+5.2f}" for v in trace[:16]))
+    if report is not None:
+        from .viz import html_report
+
+        html_report(
+            report,
+            states["lstm"],
+            texts=held_out_texts,
+            units=ranked[:4],
+            title="rnnlens demo: units that count brackets",
+            notes=(
+                f"A {units}-unit character LSTM trained for {epochs} epochs on generated bracketed text "
+                f"(next-character accuracy {accuracy:.3f}). Units ranked by |Pearson r| with the "
+                f"nesting depth over held-out text; a random unit of the layer reaches a median "
+                f"|r| of {baseline:.3f}."
+            ),
+        )
+        if verbose:
+            print(f"\nReport: {os.fspath(report)}")
     return DemoResult(held_out_texts, depth, states, ranked[:10], baseline, accuracy)

@@ -1,0 +1,156 @@
+"""Plots as functions: heatmap (unit × time), unit traces, PCA trajectory, gate small multiples.
+
+Example:
+    >>> import keras, numpy as np, rnnlens
+    >>> from rnnlens.viz import heatmap
+    >>> model = keras.Sequential([keras.Input((6, 2)), keras.layers.LSTM(4, name="lstm")])
+    >>> states = rnnlens.trace(model, np.ones((1, 6, 2), "float32"))
+    >>> ax = heatmap(states["lstm"], sample=0, tokens=list("abcdef"))
+    >>> ax.get_ylabel()
+    'unit'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+
+__all__ = ["gate_grid", "heatmap", "pca_trajectory", "unit_traces"]
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError("Plots need matplotlib: pip install 'rnnlens[viz]'.") from None
+    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        import os
+
+        if not os.environ.get("DISPLAY"):
+            matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _field(states: Any, field: str, sample: int) -> np.ndarray:
+    arr = getattr(states, field) if field in ("h", "c") else states.gates[field]
+    n = arr.shape[0]
+    if not -n <= sample < n:
+        raise InputError(f"sample {sample} is out of range: the states hold {n} sequence(s).")
+    return np.asarray(arr[sample], dtype=np.float64)
+
+
+def _mask(states: Any, sample: int, length: int) -> np.ndarray:
+    mask = getattr(states, "mask", None)
+    return np.ones(length, bool) if mask is None else np.asarray(mask[sample], bool)
+
+
+def _time_axis(ax: Any, tokens: Sequence[str] | None, length: int) -> None:
+    if tokens is not None:
+        if len(tokens) != length:
+            raise InputError(f"{len(tokens)} tokens for a sequence of {length} steps; pass one per step.")
+        ax.set_xticks(range(length))
+        ax.set_xticklabels(
+            list(tokens), fontsize=8, rotation=0 if max(map(len, tokens), default=1) <= 2 else 90
+        )
+    ax.set_xlabel("time")
+
+
+def heatmap(
+    states: Any,
+    sample: int = 0,
+    *,
+    field: str = "h",
+    units: Sequence[int] | None = None,
+    tokens: Sequence[str] | None = None,
+    ax: Any = None,
+    cmap: str = "RdBu_r",
+) -> Any:
+    """Unit × time image of one sample's ``field`` (``h``, ``c`` or a gate name); masked steps hatched."""
+    plt = _pyplot()
+    values = _field(states, field, sample)  # (time, unit)
+    if units is not None:
+        values = values[:, list(units)]
+    mask = _mask(states, sample, values.shape[0])
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(4.0, values.shape[0] * 0.25), max(2.5, values.shape[1] * 0.12)))
+    finite = values[np.isfinite(values)]
+    lim = float(np.abs(finite).max()) if finite.size else 1.0
+    image = ax.imshow(values.T, aspect="auto", cmap=cmap, vmin=-lim, vmax=lim, interpolation="nearest")
+    for t in np.flatnonzero(~mask):
+        ax.add_patch(
+            plt.Rectangle((t - 0.5, -0.5), 1, values.shape[1], fill=False, hatch="///", lw=0, color="grey")
+        )
+    ax.figure.colorbar(image, ax=ax, fraction=0.03)
+    shown = list(units) if units is not None else list(range(values.shape[1]))
+    step = max(1, len(shown) // 16)
+    ax.set_yticks(range(0, len(shown), step))
+    ax.set_yticklabels([str(u) for u in shown[::step]], fontsize=7)
+    ax.set_ylabel("unit")
+    ax.set_title(f"{getattr(states, 'name', '')} {field}, sample {sample}".strip())
+    _time_axis(ax, tokens, values.shape[0])
+    return ax
+
+
+def unit_traces(
+    states: Any,
+    sample: int,
+    units: Sequence[int],
+    *,
+    field: str = "h",
+    tokens: Sequence[str] | None = None,
+    ax: Any = None,
+) -> Any:
+    """One line per unit over time."""
+    plt = _pyplot()
+    values = _field(states, field, sample)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(4.0, values.shape[0] * 0.25), 3))
+    for u in units:
+        ax.plot(values[:, u], label=f"{field}[{u}]")
+    ax.axhline(0.0, color="grey", lw=0.5)
+    ax.legend(fontsize=7, loc="upper right")
+    _time_axis(ax, tokens, values.shape[0])
+    return ax
+
+
+def pca_trajectory(states: Any, sample: int = 0, *, field: str = "h", ax: Any = None) -> Any:
+    """One sample's path through the 2-D PCA plane fitted on every valid step of every sample."""
+    plt = _pyplot()
+    arr = np.asarray(getattr(states, field), dtype=np.float64)
+    n, t = arr.shape[:2]
+    mask = getattr(states, "mask", None)
+    valid = np.ones((n, t), bool) if mask is None else np.asarray(mask, bool)
+    points = arr[valid]
+    mean = points.mean(axis=0)
+    _, _, vt = np.linalg.svd(points - mean, full_matrices=False)
+    basis = vt[:2].T
+    path = (arr[sample][valid[sample]] - mean) @ basis
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(*((points - mean) @ basis).T, s=2, color="lightgrey", label="all steps")
+    ax.plot(path[:, 0], path[:, 1], "-o", ms=3, color="C3", label=f"sample {sample}")
+    ax.annotate("start", path[0])
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.legend(fontsize=7)
+    return ax
+
+
+def gate_grid(states: Any, sample: int = 0, *, units: Sequence[int] | None = None) -> Any:
+    """Small multiples: one heatmap per gate (and ``c`` where present). Returns the figure."""
+    plt = _pyplot()
+    names = list(states.gates)
+    if "c" in getattr(states, "fields", ()):
+        names.append("c")
+    fig, axes = plt.subplots(len(names), 1, figsize=(6, 1.8 * len(names)), squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        heatmap(states, sample, field=name, units=units, ax=ax)
+        ax.set_title(name, fontsize=9)
+    fig.tight_layout()
+    return fig
