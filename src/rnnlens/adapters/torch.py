@@ -38,15 +38,26 @@ During the one ``forward`` pass (in eval mode, under ``torch.no_grad()``; every 
 ``training`` flag is restored afterwards) each recurrent module gets an instance attribute
 ``forward`` that records its arguments and results, removed again in a ``finally`` (an
 instance ``forward`` the user had set is put back). No hooks are registered and no parameter
-is touched. A multi-layer module is run *layer by layer* through PyTorch's own fused kernel
-(``_VF.lstm`` and friends with that layer's weights, ``num_layers=1``) instead of in one
-call: this gives every layer's full output sequence for the cost of the one forward pass,
-and returns to the model exactly what the module returns (bitwise on CPU). ``c`` and the
-gates are then recovered in NumPy (:func:`rnnlens.cells.reconstruct_direction`: one batched
-matmul for all steps, an elementwise scan for ``c``, and a parity check against the
-kernel's ``h``). If the model modifies a captured tensor in place after the recurrent module
-returned it (``out += residual``), rnnlens notices (tensor version counters) and runs the
-forward once more, this time keeping copies.
+is touched. The stand-in returns to the model what the module itself returns, so the rest of
+``forward`` runs as usual, once.
+
+* ``h`` only: a multi-layer module runs *layer by layer* through PyTorch's own kernel
+  (``_VF.lstm`` and friends with that layer's weights, ``num_layers=1``, via the module's own
+  ``forward`` on a one-layer view sharing its parameters) instead of in one call: every
+  layer's full sequence for the cost of the one forward pass, bitwise what the fused
+  multi-layer call returns on CPU. A single-layer module simply runs its own ``forward``.
+* ``c`` / gates, ``strategy="emit"`` (the default on CPU): the layers whose ``c`` or gates are
+  asked for run in rnnlens' step loop, which performs PyTorch's native CPU cell op for op
+  (input projection of all steps in one matmul, then per step one matmul and in-place
+  activations written straight into the output buffers): ``h`` is bitwise PyTorch's native
+  kernel, within ~1e-7 of the oneDNN kernel PyTorch picks for float32 LSTMs.
+* ``strategy="reconstruct"`` (the default off CPU and for ``PackedSequence`` inputs): ``h``
+  from the kernel, then :func:`rnnlens.cells.reconstruct_direction` (gates in one batched
+  matmul, ``c`` by an elementwise scan, parity-checked against the kernel's ``h``).
+
+If the model modifies a captured tensor in place after the recurrent module returned it
+(``out += residual``), rnnlens notices (tensor version counters) and runs the forward once
+more, keeping copies; if it modified its own *input* in place, that is an error.
 
 Arguments: ``trace(module, *args, **kwargs)`` calls ``module(*args, **kwargs)``. The
 ``mask=`` and ``batch_size=`` options of :func:`rnnlens.trace` are not used for PyTorch
@@ -71,6 +82,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import mmap
 import os
 import pickle
 import re
@@ -356,6 +368,7 @@ class _Plan:
     record: bool  # some entry of this module is selected
     loop: bool  # run layer by layer (inner layers are needed)
     emit: frozenset[int] = frozenset()  # layers whose c or gates are wanted
+    strategy: str = "auto"
 
 
 @dataclass
@@ -534,7 +547,7 @@ class _Recorder:
                 return out
             packed = isinstance(input, PackedSequence)
             unbatched = not packed and isinstance(input, torch.Tensor) and input.dim() == 2
-            emit = plan.emit if _can_emit(input, cfg) else frozenset()
+            emit = plan.emit if _can_emit(input, cfg, plan.strategy) else frozenset()
             call = _SeqCall(plan, -1, packed, unbatched)
             if not plan.loop and not emit:  # the module's own call: all it gives is needed
                 out = cls_forward(m, input, hx)
@@ -569,14 +582,41 @@ class _Recorder:
         return forward
 
 
-def _can_emit(input: Any, cfg: _Config) -> bool:
-    """Emit c and gates from a loop where that is as fast as PyTorch's own kernel: on CPU."""
-    return (
-        isinstance(input, torch.Tensor)
-        and input.device.type == "cpu"
-        and input.dtype in (torch.float32, torch.float64)
-        and cfg.kind in ("lstm", "gru")
-    )
+def _can_emit(input: Any, cfg: _Config, strategy: str) -> bool:
+    """Whether to emit c and gates from rnnlens' loop rather than rebuild them from the kernel's h.
+
+    ``"auto"``: on CPU, where the loop costs about what PyTorch's own kernel does; on a GPU the
+    fused cuDNN kernel plus reconstruction is faster. PackedSequence inputs always reconstruct.
+    """
+    if strategy == "reconstruct" or cfg.kind not in ("lstm", "gru") or not isinstance(input, torch.Tensor):
+        return False
+    if strategy == "emit":
+        return input.dtype in (torch.float16, torch.float32, torch.float64)
+    return input.device.type == "cpu" and input.dtype in (torch.float32, torch.float64)
+
+
+_HUGE = 2 << 20
+
+
+def _empty(like: torch.Tensor, *shape: int) -> torch.Tensor:
+    """``like.new_empty(shape)``, on Linux backed by transparent huge pages when large.
+
+    The emitted c and gates are hundreds of MB; with 4 KiB pages, first-touch page faults
+    cost about as much as computing them. 2 MiB pages (``MADV_HUGEPAGE``) make that ~6× cheaper.
+    """
+    n = int(np.prod(shape))
+    dtype = np.dtype(str(like.dtype).removeprefix("torch."))
+    nbytes = n * dtype.itemsize
+    if nbytes < 4 * _HUGE or like.device.type != "cpu" or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return like.new_empty(shape)
+    try:
+        mm = mmap.mmap(-1, nbytes + _HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        mm.madvise(mmap.MADV_HUGEPAGE)
+    except (OSError, ValueError, AttributeError):
+        return like.new_empty(shape)
+    raw = np.frombuffer(mm, dtype=np.uint8)
+    start = (-raw.ctypes.data) % _HUGE
+    return torch.from_numpy(raw[start : start + nbytes].view(dtype).reshape(shape))
 
 
 def _emit_layer(
@@ -587,10 +627,10 @@ def _emit_layer(
     It performs PyTorch's own CPU cell (``aten/src/ATen/native/RNN.cpp``: ``FullLayer`` with
     the input projection computed for all steps at once, ``LSTMCell``/``GRUCell``) op for op,
     on tensors of the same layout, so ``h`` is bitwise what PyTorch's native kernel computes
-    (oneDNN, which PyTorch may pick for float32 LSTMs, rounds differently by ~1e-7). Takes and
-    returns what ``view``'s forward would (layout, unbatched, hx), returns per direction
-    ``c`` (sample, time, cell_unit) and gates (sample, time, gate, cell_unit) in canonical
-    order and input time order.
+    (oneDNN, which PyTorch picks for float32 LSTMs on CPU, rounds differently by ~1e-7). Takes
+    and returns what ``view``'s forward would (layout, unbatched, hx); also returns, per
+    direction, ``c`` (time, sample, cell_unit) and the gates (time, sample, gate, cell_unit),
+    canonical gate order, input time order.
     """
     lstm = cfg.kind == "lstm"
     bd = 0 if cfg.batch_first else 1
@@ -613,6 +653,7 @@ def _emit_layer(
     steps = x_tm.shape[0]
     y = x_tm.new_empty(steps, n, d_ * u)
     n_gates = 4 if lstm else 3
+    linear = torch.nn.functional.linear
     cs: list[torch.Tensor] = []
     gs: list[torch.Tensor] = []
     finals_h, finals_c = [], []
@@ -622,27 +663,27 @@ def _emit_layer(
         b_ih = getattr(view, "bias_ih" + sfx) if cfg.bias else None
         b_hh = getattr(view, "bias_hh" + sfx) if cfg.bias else None
         w_hr = getattr(view, "weight_hr" + sfx).t() if cfg.proj_size else None
-        xw = torch.nn.functional.linear(x_tm.flip(0) if d else x_tm, w_ih, b_ih)
-        gbuf = x_tm.new_empty(n, steps, n_gates, h_)
+        x_in = x_tm.flip(0) if d else x_tm
+        # Time-major buffers: each step's gates and c are computed in place in their slot.
+        gbuf = _empty(x_tm, steps, n, n_gates, h_)
         out = y[:, :, d * u : (d + 1) * u]
         h = h0[d]
+        xw = linear(x_in, w_ih, b_ih)  # the input projection of every step at once, as ATen does
         if lstm:
-            cbuf = x_tm.new_empty(n, steps, h_)
+            cbuf = _empty(x_tm, steps, n, h_)
             c = c0[d]
             for t in range(steps):
                 s = steps - 1 - t if d else t
-                g = torch.nn.functional.linear(h, w_hh, b_hh).add_(xw[t])
+                g = torch.add(linear(h, w_hh, b_hh), xw[t], out=gbuf[s].view(n, 4 * h_))
                 i, f, gg, o = g.unsafe_chunk(4, 1)
                 i.sigmoid_()
                 f.sigmoid_()
                 gg.tanh_()
                 o.sigmoid_()
-                c = (f * c).add_(i * gg)
+                c = torch.mul(f, c, out=cbuf[s]).add_(i * gg)
                 h = o * c.tanh()
                 if w_hr is not None:
                     h = torch.matmul(h, w_hr)
-                gbuf[:, s] = g.view(n, 4, h_)
-                cbuf[:, s] = c
                 out[s] = h
             cs.append(cbuf)
             finals_c.append(c)
@@ -650,14 +691,13 @@ def _emit_layer(
             for t in range(steps):
                 s = steps - 1 - t if d else t
                 ig = xw[t].unsafe_chunk(3, 1)
-                hg = torch.nn.functional.linear(h, w_hh, b_hh).unsafe_chunk(3, 1)
-                r = hg[0].add_(ig[0]).sigmoid_()
-                z = hg[1].add_(ig[1]).sigmoid_()
+                hg = linear(h, w_hh, b_hh).unsafe_chunk(3, 1)
+                slot = gbuf[s]
+                r = torch.add(hg[0], ig[0], out=slot[:, 1]).sigmoid_()
+                z = torch.add(hg[1], ig[1], out=slot[:, 0]).sigmoid_()
                 cand = ig[2].add(hg[2].mul_(r)).tanh_()
+                slot[:, 2] = cand
                 h = (h - cand).mul_(z).add_(cand)
-                gbuf[:, s, 0] = z
-                gbuf[:, s, 1] = r
-                gbuf[:, s, 2] = cand
                 out[s] = h
         gs.append(gbuf)
         finals_h.append(h)
@@ -790,26 +830,27 @@ def _seq_layer(
     _check_dtype(out, spec.name, fields)
     seq, mask = _batch_major(out, cfg, call.unbatched)
     u = cfg.units
-    if layer in call.gates:  # emitted by the loop: nothing to reconstruct
-        arrays = {}
-        for d, direction in enumerate(cfg.directions):
-            arrays[direction] = DirectionArrays(
-                h=seq[:, :, d * u : (d + 1) * u],
-                c=_np(call.c[layer][d]) if "c" in fields else None,
-                gates=_np(call.gates[layer][d]) if "gates" in fields else None,
-            )
-        return arrays, mask
-    x = _batch_major(call.inputs[layer], cfg, call.unbatched)[0] if _need_x(fields) else None
+    emitted = layer in call.gates  # by the loop: nothing to reconstruct
+    x = None
+    if _need_x(fields) and not emitted:
+        x = _batch_major(call.inputs[layer], cfg, call.unbatched)[0]
     hx = call.hx.get(layer)
     h0s, c0s = (hx[0], hx[1]) if isinstance(hx, tuple) else (hx, None)
     raw = RawLayer(x=x, mask=mask)
     for d, direction in enumerate(cfg.directions):
+        h = seq[:, :, d * u : (d + 1) * u]
+        parts = None
+        if emitted:  # (time, sample, gate, unit) buffers: zero-copy (sample, time, unit) views
+            gates = _np(call.gates[layer][d]).transpose(1, 0, 2, 3)
+            cs = [_np(call.c[layer][d]).transpose(1, 0, 2)] if cfg.kind == "lstm" else []
+            parts = (h, *cs, *(gates[:, :, k] for k in range(gates.shape[2])))
         raw.directions[direction] = RawDirection(
-            seq=seq[:, :, d * u : (d + 1) * u],
+            seq=h,
             h0=_state(h0s, d, call.unbatched),
             c0=_state(c0s, d, call.unbatched),
             reverse=d == 1,
             weights=weights(call.plan, layer, d == 1),
+            parts=parts,
         )
     return to_direction_arrays(spec, raw, fields), mask
 
@@ -894,7 +935,7 @@ def _cell_entry(
             gates = gru_gates(w, np.ascontiguousarray(x), h_prev)
             z, n = gates[:, :, 0], gates[:, :, 2]
             check_parity(h, z * h_prev + (1 - z) * n, None, layer=name, what="z * h_prev + (1 - z) * n")
-        result.gates = gates
+        result.gates = tuple(gates[:, :, k] for k in range(gates.shape[2]))
     return {"forward": result}, None
 
 
@@ -934,13 +975,20 @@ def trace(
     fields: str | Iterable[str] | None = None,
     mask: Any = None,
     batch_size: int | None = None,
+    strategy: str = "auto",
     **kwargs: Any,
 ) -> States:
     """PyTorch implementation of :func:`rnnlens.trace`: calls ``model(*args, **kwargs)`` once.
 
+    ``strategy`` says how ``c`` and gates of ``nn.LSTM``/``nn.GRU`` are obtained (both exact):
+    ``"emit"``: rnnlens' step loop emits them; ``"reconstruct"``: ``h`` from PyTorch's fused
+    kernel, gates rebuilt in one batched matmul and ``c`` by a scan, checked against ``h``;
+    ``"auto"`` (default): emit on CPU, reconstruct elsewhere and for PackedSequence inputs.
     See the module docstring for names, semantics and what is (temporarily) touched.
     """
     _require_module(model)
+    if strategy not in ("auto", "emit", "reconstruct"):
+        raise InputError(f"strategy must be 'auto', 'emit' or 'reconstruct'; received {strategy!r}.")
     if isinstance(model, torch.jit.ScriptModule):
         raise UnsupportedModelError(
             f"{type(model).__name__} is a TorchScript module: its forward runs compiled code, which "
@@ -991,13 +1039,22 @@ def trace(
             for n, f in mine.items()
             if _need_x(f) and not cfg.cell and cfg.kind in ("lstm", "gru")
         )
-        plans.append(_Plan(name, m, cfg, record=bool(mine), loop=loop, emit=emit))
+        plans.append(_Plan(name, m, cfg, record=bool(mine), loop=loop, emit=emit, strategy=strategy))
 
     flags = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
+        given = [(t, t._version) for t in _tensors([*args, *kwargs.values()])]
         rec = _run(model, args, kwargs, plans, clone=False)
         if rec.tampered():  # the model changed a captured tensor in place: run again, keeping copies
+            changed = [tuple(t.shape) for t, v in given if t._version != v]
+            if changed:
+                raise UnsupportedModelError(
+                    f"forward modified its own input tensor(s) of shape {changed} in place after a "
+                    "recurrent module read them, so rnnlens can neither use what it captured nor run "
+                    "forward again on the original input. Pass a copy (x.clone()) for rnnlens to "
+                    "trace, or avoid in-place operations on the input in forward."
+                )
             rec = _run(model, args, kwargs, plans, clone=True)
     finally:
         for m, flag in flags:
@@ -1005,7 +1062,7 @@ def trace(
 
     entries = _entries(rec, static_fields)
     dynamic = [spec for spec, _ in entries]
-    if not dynamic:
+    if not dynamic and names is None:
         raise UnsupportedLayerError(
             "forward did not call any of the selected recurrent modules "
             f"{[p.name for p in plans if p.record]} with these arguments, so there are no states to "

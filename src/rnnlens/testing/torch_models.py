@@ -58,10 +58,7 @@ class CellLoop(nn.Module):
             out = self.cell(x[:, t], hx)
             h = out[0] if self.kind == "lstm" else out
             outputs.append(h)
-            if self.kind == "lstm":
-                hx = (out[0] * self.decay, out[1])
-            else:
-                hx = out * self.decay
+            hx = (out[0] * self.decay, out[1]) if self.kind == "lstm" else out * self.decay
         return torch.stack(outputs, dim=1)
 
 
