@@ -17,6 +17,8 @@ from .errors import (
     UnsupportedLayerError,
     UnsupportedModelError,
 )
+from .extract import Run, extract_to
+from .io.zarr import open_states
 from .loading import load_model
 from .spec import LayerSpec
 from .states import DirectionStates, Gates, LayerStates, States
@@ -37,11 +39,14 @@ __all__ = [
     "ParityError",
     "RnnLensError",
     "RnnLensWarning",
+    "Run",
     "States",
     "UnsupportedLayerError",
     "UnsupportedModelError",
     "__version__",
     "describe",
+    "extract_to",
     "load_model",
+    "open_states",
     "trace",
 ]

@@ -1,0 +1,320 @@
+"""Where extraction input comes from: arrays, ``.npy`` / ``.npz`` files, or iterables of batches.
+
+A *batch* follows Keras' conventions: an array (or a list / dict of arrays for a model with
+several inputs), or a tuple ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)`` of which only
+``x`` is used (so a ``tf.data.Dataset`` or a ``torch.utils.data.DataLoader`` built for
+training can be passed as is; a list batch is read like a tuple, as Keras does). A dict with
+the key ``"x"`` and only the keys ``x``, ``y``, ``mask``, ``lengths``, ``sample_weight``
+carries per-batch ``mask`` (sample, time) and/or ``lengths`` (sample,). Tensors of any
+framework are turned into NumPy arrays here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .errors import DataFileError
+
+__all__ = ["Batch", "Digest", "load_array", "load_data", "open_source", "unpack_batch"]
+
+_STRUCT_KEYS = frozenset({"x", "y", "mask", "lengths", "sample_weight"})
+
+
+@dataclass
+class Batch:
+    """One batch of model input, as NumPy: ``x`` an array, or a list / dict of arrays."""
+
+    x: Any
+    mask: np.ndarray | None = None
+    lengths: np.ndarray | None = None
+
+    @property
+    def size(self) -> int:
+        return int(_leaves(self.x)[0][1].shape[0])
+
+    def slice(self, start: int, stop: int) -> Batch:
+        sl = slice(start, stop)
+        return Batch(
+            _map(self.x, lambda a: a[sl]),
+            None if self.mask is None else self.mask[sl],
+            None if self.lengths is None else self.lengths[sl],
+        )
+
+
+# --------------------------------------------------------------------------- files
+
+
+def load_array(path: str | os.PathLike[str], *, what: str = "data") -> np.ndarray:
+    """A ``.npy`` file, memory-mapped read-only (``np.load(mmap_mode="r")``; never unpickles).
+
+    Example:
+        >>> load_array("missing.npy")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: No data file at 'missing.npy'.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"No {what} file at {str(path)!r}.")
+    if p.suffix.lower() != ".npy":
+        raise DataFileError(f"{what} file {p.name!r}: expected a NumPy .npy file.")
+    try:
+        a = np.load(p, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataFileError(
+            f"Could not read {what} file {p.name} as a NumPy .npy array ({type(e).__name__}: {e}). "
+            "The file may be truncated or corrupt, or hold Python objects (refused: they would "
+            "be unpickled); re-save it with numpy.save(path, array) from a numeric array."
+        ) from None
+    if not isinstance(a, np.ndarray):  # pragma: no cover - np.load returns arrays for .npy
+        raise DataFileError(f"{what} file {p.name} does not hold one array.")
+    if a.ndim == 0:
+        raise DataFileError(f"{what} file {p.name} holds a scalar; expected (sample, time, ...) data.")
+    return a
+
+
+def load_data(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``x, mask, lengths`` from a ``.npy`` file (x only) or an ``.npz`` file with an array
+    ``x`` (or a single array) and optional ``mask`` and ``lengths``."""
+    p = Path(path)
+    if p.suffix.lower() != ".npz":
+        return load_array(p), None, None
+    if not p.is_file():
+        raise FileNotFoundError(f"No data file at {str(path)!r}.")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            keys = list(z.files)
+            if "x" in keys:
+                key = "x"
+            elif len(keys) == 1:
+                key = keys[0]
+            else:
+                raise DataFileError(
+                    f"{p.name} holds arrays {keys}; expected one named 'x' (optional: 'mask', 'lengths')."
+                )
+            x = z[key]
+            mask = z["mask"] if "mask" in keys else None
+            lengths = z["lengths"] if "lengths" in keys else None
+    except DataFileError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise DataFileError(
+            f"Could not read data file {p.name} as a NumPy .npz archive ({type(e).__name__}: {e}). "
+            "The file may be truncated or corrupt; re-save it with numpy.savez(path, x=..., lengths=...)."
+        ) from None
+    return x, mask, lengths
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def _to_numpy(v: Any, what: str) -> np.ndarray:
+    if isinstance(v, np.ndarray):
+        return v
+    if type(v).__module__.split(".", 1)[0] == "torch" and hasattr(v, "detach"):
+        return np.asarray(v.detach().cpu().numpy())
+    if hasattr(v, "numpy"):
+        v = v.numpy()
+    try:
+        a = np.asarray(v)
+    except ValueError as e:
+        raise InputError(
+            f"{what} could not be turned into an array ({e}). Pad sequences to one length and pass "
+            "lengths= (or a mask)."
+        ) from None
+    return a
+
+
+def _leaves(x: Any) -> list[tuple[str, np.ndarray]]:
+    if isinstance(x, Mapping):
+        return [(f"[{k!r}]", v) for k, v in x.items()]
+    if isinstance(x, (list, tuple)):
+        return [(f"[{i}]", v) for i, v in enumerate(x)]
+    return [("", x)]
+
+
+def _map(x: Any, fn: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {k: fn(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [fn(v) for v in x]
+    return fn(x)
+
+
+def _is_packed(batch: Any) -> bool:
+    return type(batch).__name__ == "PackedSequence" and hasattr(batch, "batch_sizes")
+
+
+def _check_x(x: Any, what: str) -> Any:
+    x = _map(x, lambda v: _to_numpy(v, what))
+    leaves = _leaves(x)
+    if not leaves:
+        raise InputError(f"{what} holds no arrays.")
+    sizes = set()
+    for key, a in leaves:
+        if a.ndim < 2:
+            raise InputError(
+                f"{what}{key} has shape {a.shape}; expected (sample, time, ...) with a batch axis first. "
+                "For one sequence use x[None]."
+            )
+        if a.dtype.kind not in "biuf":
+            raise InputError(f"{what}{key} has dtype {a.dtype}; expected numbers.")
+        sizes.add(a.shape[0])
+    if len(sizes) != 1:
+        raise InputError(f"All arrays of {what} must have the same number of samples; got {sorted(sizes)}.")
+    if sizes == {0}:
+        raise InputError(f"{what} has 0 samples (an empty batch).")
+    return x
+
+
+def unpack_batch(batch: Any, *, mask: Any = None, lengths: Any = None, what: str = "batch") -> Batch:
+    """One batch in Keras' conventions → :class:`Batch` (see the module docstring)."""
+    if _is_packed(batch):
+        raise InputError(
+            f"{what} is a PackedSequence; streaming extraction needs padded batches it can split and "
+            "store. Pass the padded tensor (torch.nn.utils.rnn.pad_packed_sequence(..., "
+            "batch_first=True)) with lengths=."
+        )
+    if isinstance(batch, Mapping) and "x" in batch and set(batch) <= _STRUCT_KEYS:
+        if mask is None:
+            mask = batch.get("mask")
+        if lengths is None:
+            lengths = batch.get("lengths")
+        batch = batch["x"]
+    elif isinstance(batch, (tuple, list)):
+        if not 1 <= len(batch) <= 3:
+            raise InputError(
+                f"{what} is a {type(batch).__name__} of {len(batch)} items; expected (x,), (x, y) or "
+                "(x, y, sample_weight) as in Keras. For a model with several inputs make x itself a "
+                "list or dict: ([x1, x2], y)."
+            )
+        batch = batch[0]
+    x = _check_x(batch, what)
+    n = int(_leaves(x)[0][1].shape[0])
+    m = None if mask is None else _to_numpy(mask, "mask")
+    ln = None if lengths is None else _to_numpy(lengths, "lengths")
+    if m is not None:
+        if m.ndim != 2 or m.shape[0] != n:
+            raise InputError(f"mask has shape {m.shape}; expected (sample, time) with {n} samples.")
+        m = m.astype(bool, copy=False)
+    if ln is not None:
+        if ln.ndim != 1 or ln.shape[0] != n:
+            raise InputError(f"lengths has shape {ln.shape}; expected ({n},), one length per sample.")
+        if ln.dtype.kind not in "iu" or (ln.size and int(ln.min()) < 0):
+            raise InputError("lengths must be non-negative integers (the number of valid steps).")
+    return Batch(x, m, ln)
+
+
+@dataclass
+class Source:
+    """Batches to extract; ``total`` samples when known in advance."""
+
+    batches: Iterator[Batch]
+    total: int | None
+
+
+def open_source(data: Any, *, batch_size: int, mask: Any = None, lengths: Any = None) -> Source:
+    """Normalise ``data`` (see :func:`rnnlens.extract_to`) into a stream of batches."""
+    if isinstance(data, (str, os.PathLike)):
+        x, file_mask, file_lengths = load_data(data)
+        mask = file_mask if mask is None else mask
+        lengths = file_lengths if lengths is None else lengths
+        data = x
+    if isinstance(mask, (str, os.PathLike)):
+        mask = load_array(mask, what="mask")
+    if isinstance(lengths, (str, os.PathLike)):
+        lengths = load_array(lengths, what="lengths")
+    if _is_whole(data):
+        whole = unpack_batch(data, mask=mask, lengths=lengths, what="data")
+        return Source(_slices(whole, batch_size), whole.size)
+    if isinstance(data, Iterable):
+        return Source(_stream(data, mask, lengths), None)
+    raise InputError(
+        f"data is a {type(data).__name__}; expected an array, a dict of arrays, a .npy/.npz path, "
+        "or an iterable of batches (a tf.data.Dataset, a torch DataLoader, a list of arrays)."
+    )
+
+
+def _is_array(v: Any) -> bool:
+    return hasattr(v, "shape") and hasattr(v, "dtype") and not isinstance(v, (str, bytes))
+
+
+def _is_whole(data: Any) -> bool:
+    """One array (or a dict of arrays for several inputs) holding every sample; lists, tuples
+    and other iterables are streams of batches."""
+    if _is_packed(data):
+        return False
+    if _is_array(data):
+        return True
+    if not isinstance(data, Mapping) or not data:
+        return False
+    if "x" in data and set(data) <= _STRUCT_KEYS:
+        x = data["x"]
+        if isinstance(x, Mapping):
+            return bool(x) and all(_is_array(v) for v in x.values())
+        return _is_array(x)
+    return all(_is_array(v) for v in data.values())
+
+
+def _slices(whole: Batch, batch_size: int) -> Iterator[Batch]:
+    n = whole.size
+    for start in range(0, n, batch_size):
+        yield whole.slice(start, min(start + batch_size, n))
+
+
+def _stream(data: Iterable[Any], mask: Any, lengths: Any) -> Iterator[Batch]:
+    offset = 0
+    for i, item in enumerate(data):
+        b = unpack_batch(item, what=f"batch {i}")
+        if mask is not None and b.mask is None:
+            b.mask = np.asarray(mask[offset : offset + b.size], dtype=bool)
+        if lengths is not None and b.lengths is None:
+            b.lengths = np.asarray(lengths[offset : offset + b.size])
+        if b.mask is not None or b.lengths is not None:
+            b = unpack_batch(b.x, mask=b.mask, lengths=b.lengths, what=f"batch {i}")
+        offset += b.size
+        yield b
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+class Digest:
+    """sha256 of a chunk's input, independent of how the chunk's samples were split into batches."""
+
+    def __init__(self) -> None:
+        self._parts: dict[str, Any] = {}
+
+    def update(self, b: Batch) -> None:
+        items = [(f"x{key}", a) for key, a in _leaves(b.x)]
+        if b.mask is not None:
+            items.append(("mask", b.mask))
+        if b.lengths is not None:
+            items.append(("lengths", b.lengths))
+        for key, a in items:
+            a = np.ascontiguousarray(a)
+            h = self._parts.get(key)
+            if h is None:
+                h = self._parts[key] = hashlib.sha256(f"{a.dtype.str}{a.shape[1:]}".encode())
+            h.update(a.data.cast("B"))
+
+    def hexdigest(self) -> str:
+        total = hashlib.sha256()
+        for key in sorted(self._parts):
+            total.update(key.encode())
+            total.update(self._parts[key].digest())
+        return total.hexdigest()
+
+
+def chain(previous: str, chunk_digest: str) -> str:
+    """The running input hash after one more chunk."""
+    return hashlib.sha256(f"{previous}:{chunk_digest}".encode()).hexdigest()

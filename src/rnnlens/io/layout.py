@@ -1,0 +1,303 @@
+"""The on-disk schema of a state store, in one place.
+
+A store is a Zarr v3 hierarchy (a directory)::
+
+    run.zarr/
+      zarr.json                      root group; attributes describe the run (below)
+      mask                           (sample, time) bool: which steps are real
+      lengths                        (sample,) int32: number of real steps per sequence
+      layers/<layer>/                group per traced layer; attributes: the layer's spec
+      layers/<layer>/<direction>/    "forward" / "backward", each with
+          h                          (sample, time, unit)
+          c                          (sample, time, cell_unit)            LSTM only
+          gates                      (sample, time, gate, unit)           GRU
+                                     (sample, time, gate, cell_unit)      LSTM
+                                     attribute ``gate_names`` (canonical order: i f g o / z r n)
+      manifest/                      a Zarr group whose attributes are the resume manifest
+
+Every array carries Zarr v3 ``dimension_names``, so ``xarray.open_zarr(path, group=
+"layers/<layer>/<direction>", consolidated=False)`` and ``xarray.open_datatree(path,
+engine="zarr")`` give named dimensions without rnnlens. Arrays are chunked along ``sample``
+only: one chunk is one extraction batch (``batch_size`` sequences), whole in ``time`` and
+``unit``. Backward directions are stored in *input* time order.
+
+Time axis: fixed when the first batch is written (its number of steps, or ``max_time``).
+Shorter batches are padded at the end: states there are NaN (the Zarr fill value), ``mask``
+is False; steps the model masked itself keep what the model computed (the carried state; NaN
+gates), with ``mask`` False as well. ``lengths`` counts the True steps of ``mask``.
+
+Layer names become group names unchanged where Zarr allows it; ``/`` and ``%`` are
+percent-encoded (``"enc/lstm"`` → ``"enc%2Flstm"``), and the original name is the group's
+``name`` attribute.
+
+Root attributes: ``schema_version``, ``rnnlens_version``, ``backend`` (``States.backend``),
+``model_name``, ``model_sha256`` (sha256 over the weight arrays' bytes, shapes and dtypes),
+``fields`` / ``layers`` (as requested; null = all), ``layer_names`` (as traced),
+``time_order`` ("input"), ``batch_size`` (samples per chunk), ``max_time``, ``dtype``,
+``n_samples`` and ``complete`` (set when the run was closed).
+
+The manifest (``manifest/zarr.json``, rewritten atomically: temp file + ``os.replace``,
+after each chunk's arrays are fully written) holds the run's configuration, the layout
+chosen from the first batch, ``chunks_done`` (chunks are written in order, so the first
+``chunks_done`` chunks are complete), ``samples_done`` and ``input_sha256``, a hash chained
+over the input of every completed chunk, so that resuming with different data is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+from ..spec import GATE_NAMES, LayerSpec
+
+__all__ = [
+    "DIMS",
+    "MANIFEST_GROUP",
+    "SCHEMA_VERSION",
+    "ArraySpec",
+    "LayerLayout",
+    "Layout",
+    "array_dims",
+    "decode_name",
+    "direction_path",
+    "encode_name",
+    "read_manifest",
+    "write_manifest",
+]
+
+SCHEMA_VERSION = 1
+FORMAT = "rnnlens.states"
+MANIFEST_GROUP = "manifest"
+MANIFEST_FILE = f"{MANIFEST_GROUP}/zarr.json"
+LAYERS_GROUP = "layers"
+TIME_ORDER = "input"
+
+#: dimension names of each stored array
+DIMS: dict[str, tuple[str, ...]] = {
+    "mask": ("sample", "time"),
+    "lengths": ("sample",),
+    "h": ("sample", "time", "unit"),
+    "c": ("sample", "time", "cell_unit"),
+}
+
+
+def array_dims(field: str, kind: str) -> tuple[str, ...]:
+    """Dimension names of a stored field of a layer of ``kind``."""
+    if field == "gates":
+        return ("sample", "time", "gate", "cell_unit" if kind == "lstm" else "unit")
+    return DIMS[field]
+
+
+_UNSAFE = re.compile(r"^(\.+|__.*)$")
+
+
+def encode_name(name: str) -> str:
+    """A layer name as a Zarr node name (``/`` and ``%`` percent-encoded).
+
+    Example:
+        >>> encode_name("encoder.rnn.l0"), encode_name("enc/lstm"), encode_name("a%b")
+        ('encoder.rnn.l0', 'enc%2Flstm', 'a%25b')
+        >>> decode_name(encode_name("enc/lstm#1"))
+        'enc/lstm#1'
+    """
+    if not name:
+        raise ValueError("A layer name cannot be empty.")
+    encoded = quote(name, safe="#.-_~+=,@()[]{}!$&'")
+    if _UNSAFE.match(encoded):  # ".", "..", or Zarr's reserved "__" prefix
+        encoded = "%" + format(ord(encoded[0]), "02X") + encoded[1:]
+    return encoded
+
+
+def decode_name(encoded: str) -> str:
+    return unquote(encoded)
+
+
+def direction_path(layer: str, direction: str) -> str:
+    """Group path of one direction of one layer, relative to the store root."""
+    return f"{LAYERS_GROUP}/{encode_name(layer)}/{direction}"
+
+
+# --------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One stored array: its key under the root, shape after ``sample``, dtype, dims, fill."""
+
+    key: str
+    tail: tuple[int, ...]
+    dtype: str
+    dims: tuple[str, ...]
+    fill: Any
+    attrs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LayerLayout:
+    """What is stored for one layer: its spec, the fields traced, and their dtype."""
+
+    name: str
+    kind: str
+    layer_type: str
+    units: int
+    cell_units: int | None
+    directions: tuple[str, ...]
+    fields: tuple[str, ...]
+    dtype: str
+    notes: tuple[str, ...] = ()
+
+    @property
+    def gate_names(self) -> tuple[str, ...]:
+        return GATE_NAMES.get(self.kind, ())
+
+    def width(self, field: str) -> int:
+        if field == "h" or (field == "gates" and self.kind != "lstm"):
+            return self.units
+        return self.cell_units if self.cell_units is not None else self.units
+
+    def spec(self) -> LayerSpec:
+        return LayerSpec(
+            name=self.name,
+            kind=self.kind,  # type: ignore[arg-type]
+            layer_type=self.layer_type,
+            units=self.units,
+            directions=self.directions,
+            fields=self.fields,  # type: ignore[arg-type]
+            cell_units=self.cell_units,
+            notes=self.notes,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "layer_type": self.layer_type,
+            "units": self.units,
+            "cell_units": self.cell_units,
+            "directions": list(self.directions),
+            "fields": list(self.fields),
+            "dtype": self.dtype,
+            "notes": list(self.notes),
+            "gate_names": list(self.gate_names),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LayerLayout:
+        return cls(
+            name=str(d["name"]),
+            kind=str(d["kind"]),
+            layer_type=str(d["layer_type"]),
+            units=int(d["units"]),
+            cell_units=None if d.get("cell_units") is None else int(d["cell_units"]),
+            directions=tuple(d["directions"]),
+            fields=tuple(d["fields"]),
+            dtype=str(d["dtype"]),
+            notes=tuple(d.get("notes", ())),
+        )
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Everything fixed by the first batch: time steps, backend, and each layer's arrays."""
+
+    max_time: int
+    backend: str
+    layers: tuple[LayerLayout, ...]
+
+    def arrays(self) -> list[ArraySpec]:
+        out = [
+            ArraySpec("mask", (self.max_time,), "bool", DIMS["mask"], False, {}),
+            ArraySpec("lengths", (), "int32", DIMS["lengths"], 0, {}),
+        ]
+        for layer in self.layers:
+            for direction in layer.directions:
+                base = direction_path(layer.name, direction)
+                for field in layer.fields:
+                    tail: tuple[int, ...] = (self.max_time, layer.width(field))
+                    attrs: dict[str, Any] = {}
+                    if field == "gates":
+                        tail = (self.max_time, len(layer.gate_names), layer.width(field))
+                        attrs = {"gate_names": list(layer.gate_names)}
+                    out.append(
+                        ArraySpec(
+                            f"{base}/{field}",
+                            tail,
+                            layer.dtype,
+                            array_dims(field, layer.kind),
+                            float("nan"),
+                            attrs,
+                        )
+                    )
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "max_time": self.max_time,
+            "backend": self.backend,
+            "layers": [layer.to_json() for layer in self.layers],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Layout:
+        return cls(
+            max_time=int(d["max_time"]),
+            backend=str(d["backend"]),
+            layers=tuple(LayerLayout.from_json(x) for x in d["layers"]),
+        )
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def read_manifest(root: Path) -> dict[str, Any] | None:
+    """The manifest of the store at ``root``; None when there is none (not an rnnlens store,
+    or a run killed before it wrote anything)."""
+    path = root / MANIFEST_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        doc = json.loads(text)
+        manifest = doc["attributes"]["rnnlens_manifest"]
+    except (ValueError, KeyError, TypeError) as e:
+        from .errors import StoreError
+
+        raise StoreError(
+            f"The resume manifest {path} is unreadable ({type(e).__name__}: {e}). It is written "
+            "atomically by rnnlens, so another program changed it. Pass overwrite=True (CLI: "
+            "--overwrite) to start the extraction over."
+        ) from None
+    if not isinstance(manifest, dict):
+        from .errors import StoreError
+
+        raise StoreError(f"The resume manifest {path} does not hold a mapping; pass overwrite=True.")
+    return manifest
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    """Replace the manifest atomically: write a temp file beside it, flush, ``os.replace``.
+
+    The manifest is stored as the attributes of a Zarr group, so Zarr and xarray see a valid
+    (empty) group named ``manifest`` rather than an unknown file.
+    """
+    target = root / MANIFEST_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"zarr_format": 3, "node_type": "group", "attributes": {"rnnlens_manifest": manifest}}
+    data = json.dumps(doc, indent=1, sort_keys=True).encode("utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".partial", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

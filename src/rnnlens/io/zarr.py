@@ -1,0 +1,175 @@
+"""Zarr v3 reading and writing of state stores (schema: :mod:`rnnlens.io.layout`).
+
+``zarr`` is imported on first use; without it these functions raise
+:class:`~rnnlens.io.errors.MissingDependencyError` naming ``pip install 'rnnlens[zarr]'``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import RnnLensWarning
+from ._deps import require
+from .errors import StoreError, StoreMismatchError
+from .layout import (
+    FORMAT,
+    LAYERS_GROUP,
+    SCHEMA_VERSION,
+    Layout,
+    direction_path,
+    encode_name,
+    read_manifest,
+)
+from .stored import StoredStates
+
+__all__ = ["StoreWriter", "open_states"]
+
+
+def _zarr() -> Any:
+    return require("zarr", purpose="Storing states (extract_to, open_states)")
+
+
+class StoreWriter:
+    """Creates a store's arrays from a :class:`Layout` and writes whole chunks into them.
+
+    Used from one thread at a time (the extraction's writer thread).
+    """
+
+    def __init__(self, root: Path, layout: Layout, *, batch_size: int, n_samples: int | None):
+        self.root = root
+        self.layout = layout
+        self.batch_size = batch_size
+        self.n_samples = n_samples
+        self.arrays: dict[str, Any] = {}
+        self._rows = 0
+
+    def create(self, attrs: dict[str, Any]) -> None:
+        """Create every array afresh (a store with no completed chunk)."""
+        zarr = _zarr()
+        group = zarr.open_group(str(self.root), mode="a", zarr_format=3)
+        rows = self.n_samples or 0
+        for layer in self.layout.layers:
+            lg = group.require_group(f"{LAYERS_GROUP}/{encode_name(layer.name)}")
+            lg.attrs.put(layer.to_json())
+            for direction in layer.directions:
+                dg = group.require_group(direction_path(layer.name, direction))
+                dg.attrs.put({"layer": layer.name, "direction": direction, "time_order": "input"})
+        for spec in self.layout.arrays():
+            self.arrays[spec.key] = group.create_array(
+                name=spec.key,
+                shape=(rows, *spec.tail),
+                chunks=(self.batch_size, *spec.tail),
+                dtype=spec.dtype,
+                fill_value=spec.fill,
+                dimension_names=spec.dims,
+                attributes=spec.attrs,
+                overwrite=True,
+            )
+        self._rows = rows
+        group.attrs.update(attrs)
+
+    def open(self) -> None:
+        """Open the arrays of a store being resumed, checking they match the layout."""
+        zarr = _zarr()
+        group = zarr.open_group(str(self.root), mode="r+", zarr_format=3)
+        rows = None
+        for spec in self.layout.arrays():
+            try:
+                arr = group[spec.key]
+            except KeyError:
+                raise StoreError(
+                    f"{self.root} lacks the array {spec.key!r} that its manifest promises; the store was "
+                    "changed by another program. Pass overwrite=True to start over."
+                ) from None
+            if tuple(arr.shape[1:]) != spec.tail or np.dtype(arr.dtype) != np.dtype(spec.dtype):
+                raise StoreMismatchError(
+                    f"Array {spec.key!r} in {self.root} has shape {arr.shape} and dtype {arr.dtype}; "
+                    f"expected (sample, {', '.join(map(str, spec.tail))}) {spec.dtype}. Pass "
+                    "overwrite=True to start over."
+                )
+            self.arrays[spec.key] = arr
+            rows = arr.shape[0] if rows is None else min(rows, arr.shape[0])
+        self._rows = rows or 0
+
+    def write(self, index: int, n: int, chunk: dict[str, np.ndarray]) -> None:
+        """Write chunk ``index`` (``n`` samples; every array of the layout) and return once stored."""
+        start = index * self.batch_size
+        stop = start + n
+        if stop > self._rows:
+            for arr in self.arrays.values():
+                arr.resize((stop, *arr.shape[1:]))
+            self._rows = stop
+        for key, arr in self.arrays.items():
+            arr[start:stop] = chunk[key]
+
+    def finish(self, n_samples: int, attrs: dict[str, Any]) -> None:
+        """Set the final number of samples and the root attributes of a complete run."""
+        for arr in self.arrays.values():
+            if arr.shape[0] != n_samples:
+                arr.resize((n_samples, *arr.shape[1:]))
+        self._rows = n_samples
+        zarr = _zarr()
+        group = zarr.open_group(str(self.root), mode="r+", zarr_format=3)
+        group.attrs.update(attrs)
+
+
+def open_states(path: str | os.PathLike[str]) -> StoredStates:
+    """Open a store written by :func:`rnnlens.extract_to` as a lazy :class:`~rnnlens.States`.
+
+    Nothing is read until indexed: ``states["lstm"].forward.h`` is a ``zarr.Array``
+    (``[...]`` or ``[0:10]`` reads NumPy), ``states["lstm"].forward.gates["f"]`` and the
+    joined ``states["bilstm"].h`` are lazy views that read on indexing (or ``np.asarray``).
+    ``states.mask`` / ``states.lengths`` are the stored arrays; ``states.load()`` reads
+    everything (or a range of samples) into an in-memory :class:`~rnnlens.States`.
+
+    Example:
+        >>> import rnnlens
+        >>> rnnlens.open_states("missing.zarr")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: No state store at 'missing.zarr'.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"No state store at {str(path)!r}.")
+    zarr = _zarr()
+    try:
+        group = zarr.open_group(str(root), mode="r", zarr_format=3)
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
+        raise StoreError(
+            f"{root} is not a Zarr v3 store ({type(e).__name__}: {e}). Expected a directory written by "
+            "rnnlens.extract_to / rnnlens extract."
+        ) from None
+    attrs = dict(group.attrs)
+    if attrs.get("format") != FORMAT:
+        raise StoreError(
+            f"{root} is a Zarr store but not one written by rnnlens (its root attribute 'format' is "
+            f"{attrs.get('format')!r}, expected {FORMAT!r})."
+        )
+    version = int(attrs.get("schema_version", 0))
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{root} was written with store schema {version}; this rnnlens reads up to "
+            f"{SCHEMA_VERSION}. Upgrade rnnlens."
+        )
+    if "layout" not in attrs:
+        raise StoreError(
+            f"{root} holds no states yet: its extraction stopped before the first batch was written. "
+            "Rerun the extraction (it resumes)."
+        )
+    layout = Layout.from_json(attrs["layout"])
+    if not attrs.get("complete", False):
+        manifest = read_manifest(root) or {}
+        done = manifest.get("samples_done", 0)
+        warnings.warn(
+            f"{root} is incomplete: {done} sample(s) were written before the extraction stopped; "
+            "samples after them read as NaN (mask False). Rerun the same extraction to resume it.",
+            RnnLensWarning,
+            stacklevel=2,
+        )
+    return StoredStates.from_group(group, layout, attrs, path=root)
