@@ -41,7 +41,9 @@ def test_every_field_round_trips_bitwise(fmodel, fdata, tmp_path) -> None:  # ty
     np.testing.assert_array_equal(stored["bilstm"].h[3:5, 1], mem["bilstm"].h[3:5, 1])
     np.testing.assert_array_equal(stored["bilstm"].h[..., 5], mem["bilstm"].h[..., 5])
     np.testing.assert_array_equal(np.asarray(stored["bilstm"].gates["f"]), mem["bilstm"].gates["f"])
-    np.testing.assert_array_equal(stored["gru"].forward.gates["r"][:, -1], mem["gru"].forward.gates["r"][:, -1])
+    np.testing.assert_array_equal(
+        stored["gru"].forward.gates["r"][:, -1], mem["gru"].forward.gates["r"][:, -1]
+    )
     np.testing.assert_array_equal(stored["bilstm"].last(), mem["bilstm"].last())
     np.testing.assert_array_equal(stored["bilstm"].backward.last("c"), mem["bilstm"].backward.last("c"))
     loaded = stored.load(slice(8, 16))
@@ -89,17 +91,21 @@ def test_append_in_a_with_block_with_ragged_batches(tmodel, tdata, tmp_path) -> 
 
 def test_longer_batch_asks_for_max_time(tmodel, tdata, tmp_path) -> None:  # type: ignore[no-untyped-def]
     x, _ = tdata
-    with pytest.raises(rnnlens.InputError, match="max_time"):
-        with rnnlens.extract_to(tmp_path / "s.zarr", tmodel, batch_size=4) as run:
-            run.append(x[:4, :3])
-            run.append(x[4:8])
+    with (
+        pytest.raises(rnnlens.InputError, match="max_time"),
+        rnnlens.extract_to(tmp_path / "s.zarr", tmodel, batch_size=4) as run,
+    ):
+        run.append(x[:4, :3])
+        run.append(x[4:8])
 
 
 def test_iterable_and_tf_dataset(fmodel, fdata, tmp_path) -> None:  # type: ignore[no-untyped-def]
     tf = pytest.importorskip("tensorflow")
     ds = tf.data.Dataset.from_tensor_slices((fdata, np.zeros(len(fdata)))).batch(8)
     rnnlens.extract_to(tmp_path / "tf.zarr", fmodel, ds, layers="gru", batch_size=8)
-    rnnlens.extract_to(tmp_path / "list.zarr", fmodel, [fdata[:8], fdata[8:16], fdata[16:]], layers="gru", batch_size=8)
+    rnnlens.extract_to(
+        tmp_path / "list.zarr", fmodel, [fdata[:8], fdata[8:16], fdata[16:]], layers="gru", batch_size=8
+    )
     mem = rnnlens.trace(fmodel, fdata, layers="gru", fields="h", batch_size=8)
     for name in ("tf.zarr", "list.zarr"):
         stored = rnnlens.open_states(tmp_path / name)
@@ -129,5 +135,7 @@ def test_model_file_and_npy_memmap(fmodel, fdata, tmp_path) -> None:  # type: ig
     assert stored.attrs["model_file"] == "m.keras"
     assert stored.attrs["model_sha256"] == rnnlens.extract.weights_sha256(fmodel)
     assert (stored.lengths[...] == 4).all() and not stored.mask[:, 4:].any()
-    mem = rnnlens.trace(fmodel, fdata, fields="h", mask=np.arange(6)[None] < np.full((22, 1), 4), batch_size=16)
+    mem = rnnlens.trace(
+        fmodel, fdata, fields="h", mask=np.arange(6)[None] < np.full((22, 1), 4), batch_size=16
+    )
     np.testing.assert_array_equal(stored["gru"].h[...], mem["gru"].h)
