@@ -56,7 +56,7 @@ def describe(model: Any) -> Description:
         >>> model = keras.Sequential([keras.Input((None, 3)), keras.layers.LSTM(4, name="enc")])
         >>> rnnlens.describe(model)
         layer  type  kind  units  directions  fields
-        -----  ----  ----  -----  ----------  -----------
+        -----  ----  ----  -----  ----------  ---------
         enc    LSTM  lstm  4      forward     h,c,gates
     """
     if _framework(model) == "keras":
@@ -124,5 +124,13 @@ def trace(
     from .adapters import torch as tadapter  # type: ignore[attr-defined]
 
     return tadapter.trace(  # type: ignore[no-any-return]
-        model, x, *args, layers=layers, fields=fields, mask=mask, batch_size=batch_size, **kwargs
+        model,
+        x,
+        *args,
+        layers=layers,
+        fields=fields,
+        mask=mask,
+        batch_size=batch_size,
+        strategy=strategy,
+        **kwargs,
     )
