@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import InputError
 from .errors import DataFileError
 
-__all__ = ["Batch", "Digest", "load_array", "load_data", "open_source", "unpack_batch"]
+__all__ = ["Batch", "Digest", "NpyFile", "load_array", "load_data", "open_source", "unpack_batch"]
 
 _STRUCT_KEYS = frozenset({"x", "y", "mask", "lengths", "sample_weight"})
 
@@ -82,12 +82,49 @@ def load_array(path: str | os.PathLike[str], *, what: str = "data") -> np.ndarra
     return a
 
 
-def load_data(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """``x, mask, lengths`` from a ``.npy`` file (x only) or an ``.npz`` file with an array
-    ``x`` (or a single array) and optional ``mask`` and ``lengths``."""
+class NpyFile:
+    """A ``.npy`` file that reads one batch at a time through a short-lived memory map.
+
+    Indexing maps the file (``np.load(mmap_mode="r")``), copies the selection and unmaps it
+    again, so the pages read for earlier batches do not stay in the process's resident
+    memory: extracting a file ten times larger takes no more memory.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, what: str = "data"):
+        a = load_array(path, what=what)  # checks the header and the file's size once
+        self.path = Path(path)
+        self.shape: tuple[int, ...] = tuple(int(d) for d in a.shape)
+        self.dtype = a.dtype
+        del a
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        m = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        try:
+            return np.array(m[key])
+        finally:
+            del m
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        a = self[...]
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"NpyFile({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def load_data(path: str | os.PathLike[str]) -> tuple[Any, np.ndarray | None, np.ndarray | None]:
+    """``x, mask, lengths`` from a ``.npy`` file (x only, as an :class:`NpyFile`) or an
+    ``.npz`` file with an array ``x`` (or a single array) and optional ``mask`` and ``lengths``."""
     p = Path(path)
     if p.suffix.lower() != ".npz":
-        return load_array(p), None, None
+        return NpyFile(p), None, None
     if not p.is_file():
         raise FileNotFoundError(f"No data file at {str(path)!r}.")
     try:
@@ -117,8 +154,8 @@ def load_data(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | No
 # --------------------------------------------------------------------------- batches
 
 
-def _to_numpy(v: Any, what: str) -> np.ndarray:
-    if isinstance(v, np.ndarray):
+def _to_numpy(v: Any, what: str) -> Any:
+    if isinstance(v, (np.ndarray, NpyFile)):
         return v
     if type(v).__module__.split(".", 1)[0] == "torch" and hasattr(v, "detach"):
         return np.asarray(v.detach().cpu().numpy())
@@ -200,8 +237,8 @@ def unpack_batch(batch: Any, *, mask: Any = None, lengths: Any = None, what: str
         batch = batch[0]
     x = _check_x(batch, what)
     n = int(_leaves(x)[0][1].shape[0])
-    m = None if mask is None else _to_numpy(mask, "mask")
-    ln = None if lengths is None else _to_numpy(lengths, "lengths")
+    m = None if mask is None else np.asarray(_to_numpy(mask, "mask"))
+    ln = None if lengths is None else np.asarray(_to_numpy(lengths, "lengths"))
     if m is not None:
         if m.ndim != 2 or m.shape[0] != n:
             raise InputError(f"mask has shape {m.shape}; expected (sample, time) with {n} samples.")

@@ -19,7 +19,9 @@ Every array carries Zarr v3 ``dimension_names``, so ``xarray.open_zarr(path, gro
 "layers/<layer>/<direction>", consolidated=False)`` and ``xarray.open_datatree(path,
 engine="zarr")`` give named dimensions without rnnlens. Arrays are chunked along ``sample``
 only: one chunk is one extraction batch (``batch_size`` sequences), whole in ``time`` and
-``unit``. Backward directions are stored in *input* time order.
+``unit``. Chunks are not compressed: hidden states are dense floats (zstd saved under 10%
+here at several times the cost of writing them). Backward directions are stored in *input*
+time order.
 
 Time axis: fixed when the first batch is written (its number of steps, or ``max_time``).
 Shorter batches are padded at the end: states there are NaN (the Zarr fill value), ``mask``

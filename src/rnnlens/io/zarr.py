@@ -68,6 +68,7 @@ class StoreWriter:
                 fill_value=spec.fill,
                 dimension_names=spec.dims,
                 attributes=spec.attrs,
+                compressors=None,
                 overwrite=True,
             )
         self._rows = rows
