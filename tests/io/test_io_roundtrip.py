@@ -113,12 +113,15 @@ def test_iterable_and_tf_dataset(fmodel, fdata, tmp_path) -> None:  # type: igno
         assert stored["gru"].h[...].tobytes() == mem["gru"].h.tobytes()
 
 
-def test_torch_dataloader_as_a_data_source(fmodel, fdata, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    torch = pytest.importorskip("torch")
-    from torch.utils.data import DataLoader, TensorDataset
+def test_torch_dataloader_of_numpy_samples_as_a_data_source(fmodel, fdata, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("torch")
+    from torch.utils.data import DataLoader
 
-    loader = DataLoader(TensorDataset(torch.from_numpy(fdata), torch.zeros(len(fdata))), batch_size=8)
-    rnnlens.extract_to(tmp_path / "torch.zarr", fmodel, loader, layers=["gru"], batch_size=8)
+    # a list of NumPy samples, collated by the DataLoader into (x, y) tensor batches
+    samples = [(fdata[i], np.float32(0)) for i in range(len(fdata))]
+    rnnlens.extract_to(
+        tmp_path / "torch.zarr", fmodel, DataLoader(samples, batch_size=8), layers=["gru"], batch_size=8
+    )
     mem = rnnlens.trace(fmodel, fdata, layers="gru", fields="h", batch_size=8)
     assert rnnlens.open_states(tmp_path / "torch.zarr")["gru"].h[...].tobytes() == mem["gru"].h.tobytes()
 
@@ -139,3 +142,36 @@ def test_model_file_and_npy_memmap(fmodel, fdata, tmp_path) -> None:  # type: ig
         fmodel, fdata, fields="h", mask=np.arange(6)[None] < np.full((22, 1), 4), batch_size=16
     )
     np.testing.assert_array_equal(stored["gru"].h[...], mem["gru"].h)
+
+
+def test_a_torch_module_streams_like_a_keras_model(fdata, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(3, 4, num_layers=2, batch_first=True, bidirectional=True).eval()
+    run = rnnlens.extract_to(tmp_path / "t.zarr", lstm, fdata, fields=None, batch_size=8)
+    stored = run.open()
+    assert stored.backend == "torch" and list(stored) == ["lstm.l0", "lstm.l1"]
+    assert stored.attrs["model_sha256"] == rnnlens.extract.weights_sha256(lstm)
+    for start in (0, 8, 16):
+        mem = rnnlens.trace(lstm, torch.from_numpy(fdata[start : start + 8]))
+        for name in mem:
+            for dname in ("forward", "backward"):
+                got = stored[name].directions[dname]
+                want = mem[name].directions[dname]
+                assert got.c[start : start + 8].tobytes() == want.c.tobytes()
+                assert got.gates.array[start : start + 8].tobytes() == want.gates.array.tobytes()
+
+
+def test_nested_layer_names_with_a_slash(fdata, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def encoder(name: str):  # type: ignore[no-untyped-def]
+        lstm = keras.layers.LSTM(3, return_sequences=True, name="lstm")
+        return keras.Sequential([keras.Input((None, 3)), lstm], name=name)
+
+    inp = keras.Input((None, 3))
+    model = keras.Model(inp, encoder("enc2")(encoder("enc1")(inp)))
+    rnnlens.extract_to(tmp_path / "n.zarr", model, fdata[:5], fields=("h", "c"), batch_size=4)
+    stored = rnnlens.open_states(tmp_path / "n.zarr")
+    assert list(stored) == ["enc1/lstm", "enc2/lstm"]
+    assert (tmp_path / "n.zarr" / "layers" / "enc2%2Flstm" / "forward" / "c" / "zarr.json").is_file()
+    mem = rnnlens.trace(model, fdata[:5], fields=("h", "c"), batch_size=4)
+    assert stored["enc2/lstm"].c[...].tobytes() == mem["enc2/lstm"].c.tobytes()
