@@ -332,6 +332,10 @@ class Run:
                 raise StoreExistsError(f"{root} exists and is a file, not a store; choose another path.")
             has_entries = any(root.iterdir())
             manifest = read_manifest(root) if not overwrite else None
+            if manifest is not None and not manifest.get("chunks_done") and not manifest.get("complete"):
+                # an earlier run stopped before storing anything: nothing to mix with, start afresh
+                shutil.rmtree(root)
+                has_entries, manifest = False, None
             if has_entries and overwrite:
                 if not ((root / "zarr.json").exists() or (root / "manifest" / "zarr.json").exists()):
                     raise StoreExistsError(

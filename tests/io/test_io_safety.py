@@ -97,3 +97,12 @@ def test_an_unused_run_and_a_new_model_object_with_the_same_weights(fdata, tmp_p
         rnnlens.extract_to(tmp_path / "bad.zarr", a, fdata, batch_size=0)
     with pytest.raises(rnnlens.InputError, match=r"run\.append"):
         rnnlens.extract_to(tmp_path / "bad.zarr", a, mask=np.ones((2, 6), bool))
+
+
+def test_a_run_that_stored_nothing_does_not_pin_its_configuration(fmodel, fdata, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "run.zarr"
+    with pytest.raises(rnnlens.LayerNotFoundError):
+        rnnlens.extract_to(path, fmodel, fdata, layers="lstm")  # a typo: fails on the first batch
+    assert read_manifest(path)["chunks_done"] == 0
+    rnnlens.extract_to(path, fmodel, fdata, layers="gru", batch_size=8)  # the fix is accepted
+    assert list(rnnlens.open_states(path)) == ["gru"]
