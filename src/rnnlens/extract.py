@@ -165,7 +165,19 @@ def extract_to(
 
 class Run:
     """An extraction in progress; see :func:`extract_to`. Use it as a context manager, or
-    call :meth:`close` at the end (only a closed run is marked complete)."""
+    call :meth:`close` at the end (only a closed run is marked complete; after an exception
+    in the ``with`` block the chunks already written stay, and rerunning resumes).
+
+    Example:
+        >>> import keras, numpy as np, rnnlens, tempfile, os
+        >>> model = keras.Sequential([keras.Input((None, 2)), keras.layers.GRU(3, name="gru")])
+        >>> out = os.path.join(tempfile.mkdtemp(), "run.zarr")
+        >>> with rnnlens.extract_to(out, model, fields=("h", "gates"), batch_size=8) as run:
+        ...     for batch in np.ones((3, 8, 5, 2), "float32"):  # any loader
+        ...         run.append(batch)
+        >>> run.n_samples, rnnlens.open_states(out)["gru"].gates["z"].shape
+        (24, (24, 5, 3))
+    """
 
     def __init__(
         self,
@@ -185,6 +197,7 @@ class Run:
             raise InputError(f"batch_size must be a positive integer; received {batch_size!r}.")
         if max_time is not None and (not isinstance(max_time, (int, np.integer)) or max_time < 1):
             raise InputError(f"max_time must be a positive integer or None; received {max_time!r}.")
+        progress_sink = _progress(progress)
         from .io.zarr import _zarr
 
         _zarr()  # fail early, before any work, when zarr is missing
@@ -242,8 +255,8 @@ class Run:
         self._error: BaseException | None = None
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_SIZE)
         self._thread = threading.Thread(target=self._write_loop, name="rnnlens-writer", daemon=True)
+        self._progress = progress_sink
         self._thread.start()
-        self._progress = _progress(progress)
 
     # ------------------------------------------------------------------ public
 
