@@ -7,6 +7,8 @@ run), the scaling table, and writes benchmarks/results/latest.json and scaling.p
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
 import os
 import platform
@@ -25,12 +27,9 @@ def all_suites() -> dict[str, Callable[[], list[Case]]]:
     from . import keras_suite
 
     suites = dict(keras_suite.SUITES)
-    try:
-        from . import torch_suite
-
-        suites.update(torch_suite.SUITES)
-    except ImportError:
-        pass
+    for module in ("torch_suite", "streaming"):
+        with contextlib.suppress(ImportError):
+            suites.update(importlib.import_module(f"benchmarks.{module}").SUITES)
     return suites
 
 

@@ -1,4 +1,5 @@
-"""The README's Python example runs, and prints what the README says it prints."""
+"""The README's Python examples (```python blocks; ```py ones need files) run, and print what
+the README says they print."""
 
 from __future__ import annotations
 
