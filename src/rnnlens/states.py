@@ -7,7 +7,7 @@ direction is always stored in *input* time order.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -209,20 +209,7 @@ class States(Mapping[str, LayerStates]):
         return len(self._layers)
 
     def __repr__(self) -> str:
-        table = format_table(
-            ("layer", "kind", "units", "directions", "fields", "shape"),
-            [
-                (
-                    ls.name,
-                    ls.kind,
-                    str(ls.units),
-                    "+".join(ls.directions),
-                    ",".join(ls.fields),
-                    "×".join(map(str, ls.shape)),
-                )
-                for ls in self._layers.values()
-            ],
-        )
+        table = layer_table(self._layers.values())
         masked = "none" if self.mask is None else f"{int((~self.mask).sum())} masked steps"
         return f"States ({len(self)} layers, mask: {masked})\n{table}"
 
@@ -235,3 +222,21 @@ def _need(value, field: str, layer: str):  # type: ignore[no-untyped-def]
             "gates, GRU layers h and gates, other layers h."
         )
     return value
+
+
+def layer_table(layers: Iterable[LayerStates]) -> str:
+    """The table ``repr(States)`` shows: one row per layer."""
+    return format_table(
+        ("layer", "kind", "units", "directions", "fields", "shape"),
+        [
+            (
+                ls.name,
+                ls.kind,
+                str(ls.units),
+                "+".join(ls.directions),
+                ",".join(ls.fields),
+                "×".join(map(str, ls.shape)),
+            )
+            for ls in layers
+        ],
+    )

@@ -14,8 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .._table import format_table
-from ..states import DirectionStates, Gates, LayerStates, States
+from ..states import DirectionStates, Gates, LayerStates, States, layer_table
 from .layout import LayerLayout, Layout, direction_path
 
 __all__ = ["LazyArray", "StoredDirectionStates", "StoredGates", "StoredLayerStates", "StoredStates"]
@@ -248,20 +247,7 @@ class StoredStates(States):
         n, t = (int(s) for s in self.mask.shape)
         masked = n * t - int(np.asarray(self.lengths[...], dtype=np.int64).sum())
         state = "" if self.complete else ", incomplete"
-        table = format_table(
-            ("layer", "kind", "units", "directions", "fields", "shape"),
-            [
-                (
-                    ls.name,
-                    ls.kind,
-                    str(ls.units),
-                    "+".join(ls.directions),
-                    ",".join(ls.fields),
-                    "×".join(map(str, ls.shape)),
-                )
-                for ls in self.values()
-            ],
-        )
+        table = layer_table(self.values())
         head = f"StoredStates {self.path} ({len(self)} layers, {n} samples, {masked} masked steps{state})"
         return f"{head}\n{table}"
 
