@@ -35,13 +35,21 @@ class Description(tuple[LayerSpec, ...]):
         return [s.name for s in self]
 
 
-def _framework(model: Any) -> str:
+def framework_of(model: Any) -> str | None:
+    """``"keras"``, ``"torch"``, or None, from the model's class hierarchy (imports nothing)."""
     for cls in type(model).__mro__:
         root = cls.__module__.split(".", 1)[0]
         if root in ("keras", "tf_keras"):
             return "keras"
         if root == "torch":
             return "torch"
+    return None
+
+
+def _framework(model: Any) -> str:
+    found = framework_of(model)
+    if found is not None:
+        return found
     raise UnsupportedModelError(
         f"rnnlens traces Keras 3 models and PyTorch modules; received {type(model).__module__}."
         f"{type(model).__name__}. Load a model file first (keras.saving.load_model) and pass the model."

@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from .api import framework_of
 from .errors import InputError
 from .io.data import Batch, Digest, chain, open_source, unpack_batch
 from .io.errors import StoreError, StoreExistsError, StoreMismatchError
@@ -660,13 +661,7 @@ def _torch_bytes(t: Any) -> np.ndarray:
 
 
 def _framework(model: Any) -> str:
-    for cls in type(model).__mro__:
-        root = cls.__module__.split(".", 1)[0]
-        if root in ("keras", "tf_keras"):
-            return "keras"
-        if root == "torch":
-            return "torch"
-    return "other"
+    return framework_of(model) or "other"
 
 
 def _model_name(model: Any) -> str:
