@@ -1,7 +1,8 @@
 """Run the benchmarks: ``python -m benchmarks [--quick] [--device cpu|cuda] [--no-rss]``.
 
 Prints one table per model (ratios to the plain forward pass, measured interleaved in this
-run), the scaling table, and writes benchmarks/results/latest.json and scaling.png.
+run, and the peak memory each case adds), the streaming memory figures, the scaling table,
+and writes benchmarks/results/latest.json, latest.md and scaling.png.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ import importlib
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .harness import Case, Result, format_table, interleaved, markdown_table
+from .harness import Case, Result, format_table, interleaved, markdown_table, measure_rss
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -31,20 +31,6 @@ def all_suites() -> dict[str, Callable[[], list[Case]]]:
         with contextlib.suppress(ImportError):
             suites.update(importlib.import_module(f"benchmarks.{module}").SUITES)
     return suites
-
-
-def _rss(suite: str, case: str) -> float | None:
-    try:
-        out = subprocess.run(
-            [sys.executable, "-m", "benchmarks.rss", suite, case],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=Path(__file__).parent.parent,
-        )
-        return float(out.stdout.strip().splitlines()[-1])
-    except (subprocess.SubprocessError, ValueError, IndexError):
-        return None
 
 
 def machine() -> str:
@@ -69,32 +55,66 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {versions}"
 
 
+def gpus() -> dict[str, bool]:
+    """Which frameworks see a CUDA GPU here."""
+    seen = {"tensorflow": False, "torch": False}
+    with contextlib.suppress(ImportError):
+        import tensorflow as tf
+
+        seen["tensorflow"] = bool(tf.config.list_physical_devices("GPU"))
+    with contextlib.suppress(ImportError):
+        import torch
+
+        seen["torch"] = torch.cuda.is_available()
+    return seen
+
+
+def _framework_of_suite(name: str) -> str:
+    return "torch" if name.startswith("torch") else "tensorflow"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--quick", action="store_true", help="fewer repeats and scaling points (a smoke run)")
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--no-rss", action="store_true", help="skip the per-case peak-RSS subprocesses")
+    p.add_argument("--no-rss", action="store_true", help="skip the memory figures (extra run per case)")
     p.add_argument("--no-scaling", action="store_true")
-    p.add_argument("--only", default=None, help="comma-separated suite names")
+    p.add_argument("--only", default=None, help="comma-separated suite names (see --list)")
+    p.add_argument("--list", action="store_true", help="list the suites and exit")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = p.parse_args(argv)
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before any framework import: CPU kernels only
+    os.environ["RNNLENS_BENCH_DEVICE"] = args.device
+    suites = all_suites()
+    if args.list:
+        print("\n".join(suites))
+        return 0
+    chosen = args.only.split(",") if args.only else list(suites)
+    unknown = [n for n in chosen if n not in suites]
+    if unknown:
+        p.error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(suites)}")
     if args.device == "cuda":
-        import tensorflow as tf
-
-        if not tf.config.list_physical_devices("GPU"):
-            print("--device cuda: no GPU visible here; skipping (nothing measured).")
+        seen = gpus()
+        if not any(seen.values()):
+            print("--device cuda: neither TensorFlow nor PyTorch sees a CUDA GPU here; nothing measured.")
             return 0
-    else:
-        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+        skipped = [n for n in chosen if not seen[_framework_of_suite(n)]]
+        for n in skipped:
+            print(f"--device cuda: {_framework_of_suite(n)} sees no GPU; skipping suite {n}.")
+        chosen = [n for n in chosen if n not in skipped]
     repeats = args.repeats or (2 if args.quick else 5)
     RESULTS.mkdir(exist_ok=True)
-    report: dict[str, object] = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "suites": {}}
-    print(f"Machine: {report['machine']}")
-    suites = all_suites()
-    chosen = args.only.split(",") if args.only else list(suites)
+    report: dict[str, object] = {
+        "machine": machine(),
+        "device": args.device,
+        "date": time.strftime("%Y-%m-%d"),
+        "suites": {},
+    }
+    print(f"Machine: {report['machine']}; device {args.device}")
     md = []
     for name in chosen:
-        cases = suites[name]()
+        t0 = time.perf_counter()
         if name == "keras-main":
             from .keras_suite import main_cases
 
@@ -102,17 +122,28 @@ def main(argv: list[str] | None = None) -> int:
             for n in notes:
                 print(f"  note: {n}")
             report["notes"] = notes
+        else:
+            cases = suites[name]()
         results: list[Result] = interleaved(cases, repeats=repeats)
         if not args.no_rss:
-            for r in results:
-                r.rss_mib = _rss(name, r.name)
+            measure_rss(results, cases)
         print(
             format_table(
-                f"[{name}] ratio = time / {cases[0].name}, median of {repeats} interleaved rounds", results
+                f"[{name}] ratio = time / {cases[0].name}, median of {repeats} interleaved rounds; "
+                "+RSS = peak memory the case adds",
+                results,
             )
         )
+        print(f"  ({time.perf_counter() - t0:.0f} s)")
         report["suites"][name] = [r.as_dict() for r in results]  # type: ignore[index]
         md.append(f"**{name}**\n\n{markdown_table(results)}\n")
+        if name == "streaming" and not args.no_rss:
+            from .streaming import memory_report
+
+            mem = memory_report(quick=args.quick)
+            print(mem)
+            report["streaming_memory"] = mem
+            md.append(f"```{mem}\n```\n")
     if not args.no_scaling and not args.only:
         from .scaling import format_scaling, plot, run
 

@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .harness import Case, format_table, interleaved
+from .harness import Case, PeakRSS, format_table, interleaved
 
 BATCH, TIME, FEATURES, UNITS, LAYERS = 256, 100, 32, 64, 2
 N = 2048  # timing: 8 chunks
@@ -78,33 +77,6 @@ def cases(fields: tuple[str, ...] = FIELDS, n: int = N) -> list[Case]:
 SUITES: dict[str, Callable[[], list[Case]]] = {"streaming": cases}
 
 
-class _PeakRSS:
-    """Current resident memory (``/proc/self/statm``), sampled every few ms in a thread."""
-
-    def __init__(self) -> None:
-        self.page = os.sysconf("SC_PAGE_SIZE")
-        self.peak = self.now()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def now(self) -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self.page / 2**20
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self.now())
-
-    def __enter__(self) -> _PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.now())
-
-
 def _rss_child(n: int, how: str) -> None:
     import rnnlens
 
@@ -114,7 +86,7 @@ def _rss_child(n: int, how: str) -> None:
         write_npy(tmp / "x.npy", n)
         # warm up: the framework's first pass allocates its own buffers
         rnnlens.trace(m, data(BATCH), fields=RSS_FIELDS, batch_size=BATCH)
-        with _PeakRSS() as rss:
+        with PeakRSS() as rss:
             base = rss.now()
             t0 = time.perf_counter()
             if how == "extract":
@@ -156,16 +128,23 @@ def main() -> None:
         print(f"throughput of extract_to relative to in-memory trace: {1 / rate:.2f}×")
     if args.part == "timing":
         return
-    sizes = [N_RSS] if args.quick else [N_RSS, 10 * N_RSS]
+    print(memory_report(quick=args.quick))
+
+
+def memory_report(quick: bool = False) -> str:
+    """Peak RSS of extracting 1× and 10× the data (each in a fresh process) vs in-memory trace."""
+    sizes = [N_RSS] if quick else [N_RSS, 10 * N_RSS]
+    lines = []
     per_seq = LAYERS * TIME * UNITS * 2 * 4 / 2**20
-    print(f"\npeak RSS (MiB) with {','.join(RSS_FIELDS)}: {per_seq:.3f} MiB of states per sequence")
-    for how, n in [("extract", n) for n in sizes] + [("trace", N_RSS)]:
+    lines.append(f"\npeak RSS (MiB) with {','.join(RSS_FIELDS)}: {per_seq:.3f} MiB of states per sequence")
+    for how, n in [("extract", n) for n in sizes] + [("trace", n) for n in sizes]:
         base, peak, seconds = _rss(n, how)
         label = "extract_to .npy -> zarr" if how == "extract" else "trace in memory"
         grow = peak - base
-        print(
+        lines.append(
             f"{label:<24} {n:>6} sequences: {base:.0f} before, peak {peak:.0f} (+{grow:.0f}), {seconds:.1f} s"
         )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""PyTorch (CPU) cases: the floor, rnnlens, and what users do today."""
+"""PyTorch cases: the floor, rnnlens, and what users do today. On CPU by default; on the
+GPU with ``python -m benchmarks --device cuda`` (every case then ends with a
+``torch.cuda.synchronize()``, so the times are the kernels', not their launches')."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -12,17 +15,36 @@ from .harness import Case
 BATCH, TIME, FEATURES, UNITS, LAYERS = 512, 100, 32, 128, 3
 
 
+def device() -> str:
+    return os.environ.get("RNNLENS_BENCH_DEVICE", "cpu")
+
+
 def _module() -> Any:
     import torch
 
     torch.manual_seed(0)
-    return torch.nn.LSTM(FEATURES, UNITS, num_layers=LAYERS, batch_first=True).eval()
+    return torch.nn.LSTM(FEATURES, UNITS, num_layers=LAYERS, batch_first=True).eval().to(device())
 
 
 def _data() -> Any:
     import torch
 
-    return torch.from_numpy(np.random.default_rng(0).normal(size=(BATCH, TIME, FEATURES)).astype("float32"))
+    x = np.random.default_rng(0).normal(size=(BATCH, TIME, FEATURES)).astype("float32")
+    return torch.from_numpy(x).to(device())
+
+
+def synced(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` followed by a CUDA synchronize when running on the GPU."""
+    if device() != "cuda":
+        return fn
+    import torch
+
+    def run() -> Any:
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+
+    return run
 
 
 def cell_loop(lstm: Any, x: Any) -> Callable[[], Any]:
@@ -37,13 +59,13 @@ def cell_loop(lstm: Any, x: Any) -> Callable[[], Any]:
             cell.weight_hh.copy_(getattr(lstm, f"weight_hh_l{k}"))
             cell.bias_ih.copy_(getattr(lstm, f"bias_ih_l{k}"))
             cell.bias_hh.copy_(getattr(lstm, f"bias_hh_l{k}"))
-        cells.append(cell.eval())
+        cells.append(cell.eval().to(x.device))
 
     def run() -> Any:
         with torch.inference_mode():
             seq = x
             for cell in cells:
-                h = c = torch.zeros(x.shape[0], lstm.hidden_size)
+                h = c = torch.zeros(x.shape[0], lstm.hidden_size, device=x.device)
                 hs = []
                 for t in range(seq.shape[1]):
                     h, c = cell(seq[:, t], (h, c))
@@ -65,7 +87,7 @@ def layer_by_layer(lstm: Any, x: Any) -> Callable[[], Any]:
         with torch.no_grad():
             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
                 getattr(one, f"{name}_l0").copy_(getattr(lstm, f"{name}_l{k}"))
-        layers.append(one.eval())
+        layers.append(one.eval().to(x.device))
 
     def run() -> Any:
         with torch.inference_mode():
@@ -89,14 +111,17 @@ def main_cases() -> list[Case]:
         with torch.inference_mode():
             return lstm(x)
 
-    return [
+    cases = [
         Case("module(x) (floor)", plain, "inference_mode"),
         Case("rnnlens h", lambda: rnnlens.trace(lstm, x, fields=("h",))),
         Case("rnnlens h,c", lambda: rnnlens.trace(lstm, x, fields=("h", "c"))),
-        Case("rnnlens h,c,gates", lambda: rnnlens.trace(lstm, x)),
+        Case("rnnlens h,c,gates (auto)", lambda: rnnlens.trace(lstm, x)),
+        Case("rnnlens h,c,gates emit", lambda: rnnlens.trace(lstm, x, strategy="emit")),
+        Case("rnnlens h,c,gates reconstruct", lambda: rnnlens.trace(lstm, x, strategy="reconstruct")),
         Case("single-layer nn.LSTMs by hand", layer_by_layer(lstm, x), "h only"),
         Case("nn.LSTMCell loop", cell_loop(lstm, x), "h, c; no gates"),
     ]
+    return [Case(c.name, synced(c.fn), c.note) for c in cases]
 
 
 SUITES: dict[str, Callable[[], list[Case]]] = {"torch-lstm3": main_cases}
