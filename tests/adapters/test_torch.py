@@ -26,6 +26,7 @@ from rnnlens.errors import (
     FieldNotAvailableError,
     InputError,
     LayerNotFoundError,
+    ModelFileError,
     RnnLensWarning,
     UnsupportedLayerError,
     UnsupportedModelError,
@@ -686,14 +687,18 @@ def test_full_pickle_needs_unsafe(tmp_path: Any) -> None:
     path = tmp_path / "whole.pt"
     src = EncoderDecoder()
     torch.save(src, path)
-    with pytest.raises(UnsupportedModelError, match="unsafe=True"):
+    with pytest.raises(ModelFileError, match="unsafe=True"):
         tadapter.load_model(path)
     loaded = tadapter.load_model(path, unsafe=True)
     assert isinstance(loaded, EncoderDecoder) and _same_weights(src, loaded)
     not_torch = tmp_path / "junk.pt"
     not_torch.write_bytes(pickle.dumps([1, 2]) + b"garbage")
-    with pytest.raises(UnsupportedModelError):
+    with pytest.raises(ModelFileError, match="not a PyTorch file"):
         tadapter.load_model(not_torch)
+    no_weights = tmp_path / "list.pt"
+    torch.save([1, 2], no_weights)
+    with pytest.raises(ModelFileError, match="not model weights"):
+        tadapter.load_model(no_weights)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning")

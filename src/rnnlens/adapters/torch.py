@@ -101,6 +101,7 @@ from ..cells import DirectionArrays, check_parity, gru_gates, lstm_gates
 from ..errors import (
     InputError,
     LayerNotFoundError,
+    ModelFileError,
     RnnLensError,
     UnsupportedLayerError,
     UnsupportedModelError,
@@ -1222,6 +1223,9 @@ def load_model(path: str | os.PathLike[str], module: Any = None, *, unsafe: bool
       cannot be observed); with ``module`` its weights are loaded into that Python module.
     * A whole pickled module (``torch.save(model)``) can run arbitrary code when loaded: it
       is refused unless ``unsafe=True`` (only for files you trust).
+
+    A file that cannot be read, holds no weights, or would run code raises
+    :class:`~rnnlens.errors.ModelFileError`, as for Keras files.
     """
     p = os.fspath(path)
     if not os.path.isfile(p):
@@ -1233,15 +1237,16 @@ def load_model(path: str | os.PathLike[str], module: Any = None, *, unsafe: bool
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if not unsafe:
-            raise UnsupportedModelError(
-                f"{p!r} is not weights only: it holds pickled Python objects (a whole module saved "
-                "with torch.save(model)?), and loading it can run arbitrary code from the file. If "
-                "you trust the file, pass unsafe=True. Safer: save model.state_dict() and load it "
-                "with load_model(path, module=MyModel(...))."
+            raise ModelFileError(
+                f"{p!r} cannot be read as weights only: it holds pickled Python objects (a whole "
+                "module saved with torch.save(model)?) or is not a PyTorch file at all, and loading "
+                "pickled objects can run arbitrary code from the file. If you trust the file, pass "
+                "unsafe=True. Safer: save model.state_dict() and load it with "
+                "load_model(path, module=MyModel(...))."
             ) from e
         obj = torch.load(p, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise UnsupportedModelError(
+        raise ModelFileError(
             f"{p!r} is not a file torch.load can read ({type(e).__name__}: {e}). Expected a state "
             "dict (.pt/.pth), a TorchScript file, or (with unsafe=True) a pickled module."
         ) from e
@@ -1249,7 +1254,7 @@ def load_model(path: str | os.PathLike[str], module: Any = None, *, unsafe: bool
         return obj if module is None else _load_into(module, obj.state_dict(), p)
     state = _state_dict(obj)
     if state is None:
-        raise UnsupportedModelError(
+        raise ModelFileError(
             f"{p!r} holds a {type(obj).__name__}, not model weights; expected a state dict "
             "(torch.save(model.state_dict(), path)) or a TorchScript file."
         )
