@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main"]
 
@@ -43,24 +44,19 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
+    import contextlib
+
     from .extract import extract_to
 
+    data = args.data[0] if len(args.data) == 1 else args.data
     try:
-        extract_to(
-            args.out,
-            args.model,
-            args.data,
-            layers=_split(args.layers),
-            fields=_split(args.fields) or ("h",),
-            batch_size=args.batch_size,
-            resume=not args.no_resume,
-            overwrite=args.overwrite,
-            lengths=args.lengths,
-            mask=args.mask,
-            max_time=args.max_time,
-            progress=True,
-            unsafe=args.unsafe,
-        )
+        with contextlib.ExitStack() as stack:
+            client = None
+            if args.scheduler:
+                from .distributed import connect
+
+                client = stack.enter_context(connect(args.scheduler))
+            _extract(args, extract_to, data, client)
     except KeyboardInterrupt:
         print(
             f"\nrnnlens extract: interrupted; completed chunks are kept in {args.out}. "
@@ -71,11 +67,80 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extract(args: argparse.Namespace, extract_to: Any, data: Any, client: Any) -> None:
+    extract_to(
+        args.out,
+        args.model,
+        data,
+        layers=_split(args.layers),
+        fields=_split(args.fields) or ("h",),
+        batch_size=args.batch_size,
+        resume=not args.no_resume,
+        overwrite=args.overwrite,
+        lengths=args.lengths,
+        mask=args.mask,
+        max_time=args.max_time,
+        progress=True,
+        unsafe=args.unsafe,
+        client=client,
+    )
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from .io.export import export
 
     path = export(args.store, args.out, to=args.to)
     print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _units(text: str | None) -> list[int] | None:
+    items = _split(text)
+    if items is None:
+        return None
+    try:
+        return [int(u) for u in items]
+    except ValueError:
+        from .errors import InputError
+
+        raise InputError(f"--units takes unit numbers separated by commas; received {text!r}.") from None
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .io.zarr import open_states
+    from .viz.render import read_tokens, render, save
+
+    states = open_states(args.store)
+    kind = "gates" if args.field == "gates" else args.kind
+    field = "h" if args.field == "gates" else args.field
+    tokens = None
+    if args.tokens is not None:
+        tokens = read_tokens(args.tokens, args.sample, int(states.mask.shape[1]), chars=args.chars)
+    fig = render(
+        states,
+        layer=args.layer,
+        sample=args.sample,
+        kind=kind,
+        field=field,
+        direction=args.direction,
+        units=_units(args.units),
+        tokens=tokens,
+    )
+    print(f"wrote {save(fig, args.out)}", file=sys.stderr)
+    return 0
+
+
+def _cmd_view(args: argparse.Namespace) -> int:
+    from .viewer import serve
+
+    serve(
+        args.store,
+        host=args.host,
+        port=args.port,
+        tokens=args.tokens,
+        chars=args.chars,
+        open_browser=not args.no_browser,
+    )
     return 0
 
 
@@ -112,8 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model file (.keras, .h5, TorchScript .pt)")
     p.add_argument(
         "data",
-        help="input: a .npy array (memory-mapped) or an .npz with an array 'x' and optional "
-        "'mask' / 'lengths'",
+        nargs="+",
+        help="input: a .npy array (memory-mapped), several .npy files read as one (same shape "
+        "after the sample axis), or an .npz with an array 'x' and optional 'mask' / 'lengths'",
     )
     p.add_argument("-o", "--out", required=True, help="output store directory (e.g. run.zarr)")
     p.add_argument("--layers", help="comma-separated layer names (default: every recurrent layer)")
@@ -127,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue an interrupted run at --out")
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on a Dask cluster (e.g. tcp://host:8786): workers trace the chunks and write them "
+        "into --out, which must be on storage every worker sees at the same path",
+    )
     p.set_defaults(func=_cmd_extract)
 
     p = sub.add_parser(
@@ -141,6 +213,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", choices=("npz", "hdf5"), help="format (default: from the -o suffix)")
     p.add_argument("-o", "--out", required=True, help="output file (.npz, .h5, .hdf5)")
     p.set_defaults(func=_cmd_export)
+
+    tokens_help = (
+        "text file, one line per sequence (line N is sample N); tokens separated by whitespace "
+        "(--chars: one token per character)"
+    )
+    p = sub.add_parser(
+        "plot",
+        help="draw one sample of a stored layer: heatmap, unit traces, PCA trajectory or gates",
+        description="Draw one sample of one layer of a store (reads only that sample) to an image file.",
+    )
+    p.add_argument("store", help="store directory written by 'rnnlens extract'")
+    p.add_argument("--layer", required=True, help="layer name")
+    p.add_argument("--sample", type=int, default=0, help="sequence number (default 0)")
+    p.add_argument("-o", "--out", required=True, help="image file (.png, .svg, .pdf)")
+    p.add_argument(
+        "--kind", choices=("heatmap", "traces", "pca", "gates"), default="heatmap", help="default heatmap"
+    )
+    p.add_argument("--field", default="h", help="h, c, a gate name (i f g o / z r n) or gates (default h)")
+    p.add_argument("--direction", choices=("forward", "backward"), help="one direction (default: both)")
+    p.add_argument("--units", help="comma-separated units to draw (default: all; traces: first 8)")
+    p.add_argument("--tokens", help=tokens_help)
+    p.add_argument("--chars", action="store_true", help="tokens file: one token per character")
+    p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser(
+        "view",
+        help="local web viewer of a store (LSTMVis-style select and match)",
+        description="Serve a local web viewer of STORE (read lazily). Prints its URL on a line of its "
+        "own and opens a browser; Ctrl-C stops it. Binds 127.0.0.1 on a free port by default.",
+    )
+    p.add_argument("store", help="store directory written by 'rnnlens extract'")
+    p.add_argument("--tokens", help=tokens_help)
+    p.add_argument("--chars", action="store_true", help="tokens file: one token per character")
+    p.add_argument("--port", type=int, default=0, help="port (default 0: a free one)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.set_defaults(func=_cmd_view)
     return parser
 
 

@@ -28,7 +28,7 @@ def _commands() -> list[list[str]]:
         if (
             argv
             and argv[0] == "rnnlens"
-            and argv[1] in ("inspect", "extract", "export")
+            and argv[1] in ("inspect", "extract", "export", "plot")  # view serves until stopped
             and "--unsafe" not in argv
         ):
             out.append(argv[1:])
@@ -45,10 +45,11 @@ def test_readme_cli_examples(tmp_path, monkeypatch, capsys) -> None:  # type: ig
     tokens[:, 5:] = 0
     np.save("data.npy", tokens)
     commands = _commands()
-    assert [c[0] for c in commands] == ["inspect", "extract", "export"]
+    assert [c[0] for c in commands] == ["inspect", "extract", "export", "plot"]
     for argv in commands:
         assert main(argv) == 0, (argv, capsys.readouterr().err)
     assert Path("run.zarr").is_dir() and Path("states.h5").is_file()
+    assert Path("heat.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import rnnlens
 
     stored = rnnlens.open_states("run.zarr")

@@ -119,18 +119,38 @@ def unit_traces(
     return ax
 
 
-def pca_trajectory(states: Any, sample: int = 0, *, field: str = "h", ax: Any = None) -> Any:
-    """One sample's path through the 2-D PCA plane fitted on every valid step of every sample."""
+def pca_trajectory(
+    states: Any, sample: int = 0, *, field: str = "h", ax: Any = None, fit_samples: int | None = None
+) -> Any:
+    """One sample's path through the 2-D PCA plane fitted on every valid step of every sample
+    (of the first ``fit_samples`` samples, when given: bounded reading on a large store)."""
     plt = _pyplot()
-    arr = np.asarray(getattr(states, field), dtype=np.float64)
-    n, t = arr.shape[:2]
+    full = getattr(states, field)
+    n_all = int(full.shape[0])
+    if not -n_all <= sample < n_all:
+        raise InputError(f"sample {sample} is out of range: the states hold {n_all} sequence(s).")
+    sample = sample % n_all
+    n = n_all if fit_samples is None else max(1, min(int(fit_samples), n_all))
+    arr = np.asarray(full[:n], dtype=np.float64)
     mask = getattr(states, "mask", None)
-    valid = np.ones((n, t), bool) if mask is None else np.asarray(mask, bool)
+    valid = np.ones(arr.shape[:2], bool) if mask is None else np.asarray(mask[:n], bool)
+    valid &= np.isfinite(arr).all(axis=-1)
     points = arr[valid]
+    own = np.asarray(full[sample], dtype=np.float64)
+    own_valid = np.ones(own.shape[0], bool) if mask is None else np.asarray(mask[sample], bool)
+    own = own[own_valid & np.isfinite(own).all(axis=-1)]
+    if sample >= n:  # fit on the chosen sample too
+        points = np.concatenate([points, own])
+    if len(points) < 2:
+        raise InputError(
+            f"PCA needs at least 2 valid steps; sample {sample} and its fit set have {len(points)}."
+        )
     mean = points.mean(axis=0)
     _, _, vt = np.linalg.svd(points - mean, full_matrices=False)
     basis = vt[:2].T
-    path = (arr[sample][valid[sample]] - mean) @ basis
+    if basis.shape[1] < 2:  # one unit: a second, zero axis
+        basis = np.pad(basis, ((0, 0), (0, 2 - basis.shape[1])))
+    path = (own - mean) @ basis
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 4))
     ax.scatter(*((points - mean) @ basis).T, s=2, color="lightgrey", label="all steps")

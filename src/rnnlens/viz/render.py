@@ -1,0 +1,121 @@
+"""One picture of one sample from a store or an in-memory States: what ``rnnlens plot`` draws.
+
+Example:
+    >>> import keras, numpy as np, rnnlens
+    >>> from rnnlens.viz.render import render
+    >>> model = keras.Sequential([keras.Input((5, 2)), keras.layers.GRU(3, name="gru")])
+    >>> states = rnnlens.trace(model, np.ones((2, 5, 2), "float32"))
+    >>> fig = render(states, layer="gru", sample=1, kind="heatmap")
+    >>> fig.axes[0].images[0].get_array().shape  # unit × time
+    (3, 5)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import FieldNotAvailableError, InputError
+from .plots import _pyplot, gate_grid, heatmap, pca_trajectory, unit_traces
+
+__all__ = ["KINDS", "read_tokens", "render", "save"]
+
+KINDS = ("heatmap", "traces", "pca", "gates")
+Kind = Literal["heatmap", "traces", "pca", "gates"]
+
+
+def read_tokens(path: str | os.PathLike[str], sample: int, length: int, *, chars: bool = False) -> list[str]:
+    """Tokens of ``sample`` from a tokens file (line ``sample``; whitespace-separated, or one
+    token per character with ``chars``), padded with ``""`` to ``length`` steps."""
+    from ..viewer.store import Tokens
+
+    tokens = Tokens(path, chars=chars)
+    if sample >= len(tokens):
+        raise InputError(
+            f"The tokens file {path} has {len(tokens)} line(s); sample {sample} needs line {sample + 1}. "
+            "Pass a file with one line per sequence."
+        )
+    line = tokens.get(sample)
+    if len(line) > length:
+        raise InputError(
+            f"Line {sample + 1} of {path} has {len(line)} tokens, more than the {length} steps of sample "
+            f"{sample}. Tokens are separated by whitespace (or use --chars for one per character)."
+        )
+    return line + [""] * (length - len(line))
+
+
+def _open(states: Any) -> Any:
+    if isinstance(states, (str, os.PathLike)):
+        from ..io.zarr import open_states
+
+        return open_states(states)
+    return states
+
+
+def render(
+    states: Any,
+    *,
+    layer: str,
+    sample: int,
+    kind: Kind | str = "heatmap",
+    field: str = "h",
+    direction: str | None = None,
+    units: Sequence[int] | None = None,
+    tokens: Sequence[str] | None = None,
+    fit_samples: int | None = 2048,
+) -> Any:
+    """Draw one sample of one layer and return the matplotlib figure.
+
+    ``states``: a :class:`~rnnlens.States`, a stored one, or a store path (opened lazily: only
+    the chosen sample is read, plus the first ``fit_samples`` samples for ``kind="pca"``).
+    ``field``: ``h``, ``c`` or a gate name; ``kind="gates"`` draws every gate (and ``c``).
+    ``direction``: one direction of a bidirectional layer (default: both, joined along unit).
+    ``units``: the units to draw (default: all; ``traces``: the first eight).
+    """
+    if kind not in KINDS:
+        raise InputError(f"kind must be one of {list(KINDS)}; received {kind!r}.")
+    opened = _open(states)
+    ls = opened[layer]  # LayerNotFoundError with a suggestion
+    target = ls if direction is None else ls._direction(direction)
+    n = int(ls.h.shape[0])
+    if not 0 <= sample < n:
+        raise InputError(f"sample {sample} is out of range: {layer!r} holds {n} sequence(s) (0..{n - 1}).")
+    if field not in ("h", "c") and kind != "gates":
+        if "gates" not in ls.fields:
+            raise FieldNotAvailableError(
+                f"Layer {layer!r} has no gates stored (fields: {', '.join(ls.fields)}); "
+                "extract with --fields h,c,gates."
+            )
+        names = list(target.gates)
+        if field not in names:
+            raise FieldNotAvailableError(f"{field!r} is not a gate of {layer!r}; its gates are {names}.")
+    elif field == "c" and "c" not in ls.fields:
+        raise FieldNotAvailableError(f"Layer {layer!r} has no c stored (fields: {', '.join(ls.fields)}).")
+    if kind == "gates":
+        return gate_grid(target, sample, units=units)
+    if kind == "pca":
+        if field not in ("h", "c"):
+            raise InputError("kind='pca' draws h or c; pass field='h' or 'c'.")
+        ax = pca_trajectory(target, sample, field=field, fit_samples=fit_samples)
+        ax.set_title(f"{layer} {field}, sample {sample}")
+        return ax.figure
+    if kind == "traces":
+        arr = target.h if field == "h" else target.c if field == "c" else target.gates[field]
+        width = int(arr.shape[-1])
+        chosen = list(units) if units is not None else list(range(min(8, width)))
+        ax = unit_traces(target, sample, chosen, field=field, tokens=tokens)
+        ax.set_title(f"{layer} {field}, sample {sample}")
+        return ax.figure
+    ax = heatmap(target, sample, field=field, units=units, tokens=tokens)
+    ax.set_title(f"{layer} {field}{'' if direction is None else ' ' + direction}, sample {sample}")
+    return ax.figure
+
+
+def save(fig: Any, out: str | os.PathLike[str], *, dpi: int = 100) -> Path:
+    """Write ``fig`` (format from the suffix: .png, .svg, .pdf) and close it."""
+    path = Path(out)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path

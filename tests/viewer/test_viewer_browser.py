@@ -1,0 +1,147 @@
+"""The viewer end to end in a real headless browser (Debian's chromium driven by Playwright):
+the page loads without console errors, select-and-match driven through the UI lists the planted
+spans, clicking a result jumps there, and a screenshot is taken.
+
+Without chromium the test skips, unless ``RNNLENS_REQUIRE_BROWSER=1`` (CI) makes that a
+failure. ``RNNLENS_VIEWER_SCREENSHOT=path.png`` also writes the screenshot there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from viewer_helpers import start
+
+from rnnlens.viewer.synthetic import LONG, PLANTED
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium")
+    why = None
+    if path is None:
+        why = "Debian's chromium is not installed (apt-get install chromium)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            why = "playwright is not installed (pip install 'rnnlens[test]')"
+    if why is not None:
+        if os.environ.get("RNNLENS_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"RNNLENS_REQUIRE_BROWSER=1 but {why}.")
+        pytest.skip(why)
+    assert path is not None
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, args=["--no-sandbox", "--headless=new"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, planted, tokens_file) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+    server = start(planted, tokens=tokens_file)
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = ctx.new_page()
+    problems: list[str] = []
+    pg.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    pg.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    pg.set_default_timeout(10_000)
+    pg.goto(server.url)
+    pg.wait_for_selector("body[data-ready='1']")
+    pg.problems = problems  # type: ignore[attr-defined]
+    yield pg
+    ctx.close()
+    server.shutdown()
+    server.server_close()
+
+
+def expect(locator: Any) -> Any:
+    """Playwright's retrying assertions (they poll without evaluating strings: the page's CSP
+    forbids eval, so wait_for_function cannot be used)."""
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
+def drag(page, t0: int, t1: int) -> None:  # type: ignore[no-untyped-def]
+    """Select steps [t0, t1) with the mouse, the way a user does."""
+    canvas = page.locator("#heatmap")
+    box = canvas.bounding_box()
+    left, top, cw = (float(canvas.get_attribute(f"data-{k}")) for k in ("left", "top", "cell-width"))
+    y = box["y"] + top + 10
+    page.mouse.move(box["x"] + left + (t0 + 0.5) * cw, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + left + (t1 - 0.5) * cw, y, steps=4)
+    page.mouse.up()
+
+
+def results(page) -> list[tuple[int, int, int]]:  # type: ignore[no-untyped-def]
+    items = page.locator("#results li")
+    return [
+        tuple(int(items.nth(i).get_attribute(f"data-{k}")) for k in ("sample", "start", "end"))  # type: ignore[misc]
+        for i in range(items.count())
+    ]
+
+
+def test_select_and_match_in_the_browser(page, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    s, a, b = PLANTED[0]
+    page.fill("#sample", str(s))
+    page.locator("#sample").dispatch_event("change")
+    expect(page.locator("#status")).to_have_text(re.compile(rf"^sample {s}:"))
+    drag(page, a, b)
+    assert page.input_value("#t0") == str(a) and page.input_value("#t1") == str(b)
+    page.fill("#threshold", "0.5")
+    page.locator("#threshold").dispatch_event("change")
+    expect(page.locator("#selected-units .chip")).to_have_count(2)
+    assert page.locator("#selected-units .chip").all_inner_texts() == ["3", "7"]
+    page.click("#match")
+    page.wait_for_selector("#results li")
+    found = results(page)
+    assert set(found[: len(PLANTED)]) == set(PLANTED)
+    assert found[len(PLANTED)] == LONG and len(found) == len(PLANTED) + 1
+    first = page.locator("#results li").first
+    assert "score 1.000" in first.inner_text() and first.locator(".on").count() == 4  # tokens of the span
+
+    # clicking a result jumps there: that sample, that range
+    target = PLANTED[2]
+    page.locator(f"#results li[data-sample='{target[0]}']").click()
+    expect(page.locator("#status")).to_have_text(re.compile(rf"^sample {target[0]}:"))
+    assert page.input_value("#sample") == str(target[0])
+    assert (page.input_value("#t0"), page.input_value("#t1")) == (str(target[1]), str(target[2]))
+
+    # a unit over the whole data set
+    page.locator("#selected-units .chip").first.click()
+    expect(page.locator("#unit-info")).to_contain_text("mean")
+    assert page.locator("#unit-title").inner_text() == "lstm.h[3]"
+
+    shot = tmp_path / "viewer.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("RNNLENS_VIEWER_SCREENSHOT"):
+        shutil.copy(shot, Path(os.environ["RNNLENS_VIEWER_SCREENSHOT"]))
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
+def test_bad_input_in_the_page_shows_an_error_not_a_crash(page) -> None:  # type: ignore[no-untyped-def]
+    page.fill("#sample", "100000")
+    page.locator("#sample").dispatch_event("change")
+    page.wait_for_selector("#status.error")
+    assert "out of range" in page.inner_text("#status")
+    page.fill("#sample", "3")
+    page.locator("#sample").dispatch_event("change")
+    expect(page.locator("#status")).to_have_text(re.compile(r"^sample 3:"))
+    # failed fetches (the 400 above) are logged by chromium as console errors: nothing else is
+    assert all("400" in p for p in page.problems), page.problems  # type: ignore[attr-defined]
