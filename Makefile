@@ -23,10 +23,10 @@ demo: install  ## train a tiny model on built-in data, trace it, print what it f
 	$(VENV)/bin/rnnlens demo
 
 test: install  ## the full test suite (what CI runs)
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m pytest -n 2 --dist loadgroup -q
 
 test-fast: install
-	$(PY) -m pytest -n 2 -q -m "not slow"
+	$(PY) -m pytest -n 2 --dist loadgroup -q -m "not slow"
 
 lint: install  ## ruff and mypy on src/
 	$(VENV)/bin/ruff check src tests benchmarks

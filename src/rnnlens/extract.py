@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from .api import framework_of
-from .errors import InputError
+from .errors import InputError, UnsupportedLayerError
 from .io.data import Batch, Digest, chain, open_source, unpack_batch
 from .io.errors import StoreError, StoreExistsError, StoreMismatchError
 from .io.layout import (
@@ -64,15 +64,17 @@ from .io.layout import (
     ArraySpec,
     LayerLayout,
     Layout,
+    any_chunk_done,
     direction_path,
     read_manifest,
+    record_chunk,
     write_manifest,
 )
 from .io.progress import ProgressBar
 from .spec import ALL_FIELDS
 from .states import States
 
-__all__ = ["Run", "extract_to", "weights_sha256"]
+__all__ = ["Run", "StoreTarget", "extract_to", "weights_sha256"]
 
 ProgressArg = bool | Callable[[int, "int | None"], None] | None
 _QUEUE_SIZE = 2
@@ -93,6 +95,7 @@ def extract_to(
     progress: ProgressArg = None,
     max_time: int | None = None,
     unsafe: bool = False,
+    client: Any = None,
 ) -> Run:
     """Trace ``model`` on ``data`` batch by batch and store the states at ``path`` (Zarr v3).
 
@@ -117,9 +120,13 @@ def extract_to(
         progress: True for a progress bar on stderr, or a callable ``(done, total)``.
         max_time: the stored time axis (default: the first batch's number of steps).
         unsafe: let a model file run code it contains (trusted files only).
+        client: a ``dask.distributed.Client``: trace the chunks on its workers, each writing
+            its own chunks into the store (see :mod:`rnnlens.distributed`; ``data`` must be
+            sliceable: arrays, ``.npy``/``.npz`` path(s), a Zarr array). Same store, bit for bit.
 
     Returns:
-        The :class:`Run`: closed when ``data`` was given, open otherwise.
+        The :class:`Run`: closed when ``data`` was given, open otherwise (with ``client``: a
+        closed :class:`rnnlens.distributed.DistributedRun`).
 
     Example:
         >>> import keras, numpy as np, rnnlens, tempfile, os
@@ -133,6 +140,25 @@ def extract_to(
         >>> bool((states["enc"].forward.h[:] == rnnlens.trace(model, x, batch_size=4)["enc"].h).all())
         True
     """
+    if client is not None:
+        from .distributed import extract_distributed
+
+        return extract_distributed(
+            path,
+            model,
+            data,
+            client=client,
+            layers=layers,
+            fields=fields,
+            batch_size=batch_size,
+            resume=resume,
+            overwrite=overwrite,
+            mask=mask,
+            lengths=lengths,
+            progress=progress,
+            max_time=max_time,
+            unsafe=unsafe,
+        )
     if data is None and (mask is not None or lengths is not None):
         raise InputError(
             "mask= and lengths= go with data=; without data, pass them per batch: "
@@ -215,33 +241,25 @@ class Run:
             model = load_model(model, unsafe=unsafe)
         self.model = model
         self.framework = _framework(model)
-        self.config: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION,
-            "model_sha256": weights_sha256(model),
-            "layers": _norm_layers(layers),
-            "fields": _norm_fields(fields),
-            "batch_size": self.batch_size,
-            "max_time": self.max_time,
-        }
-        self._root_attrs: dict[str, Any] = {
-            "format": FORMAT,
-            "schema_version": SCHEMA_VERSION,
-            "rnnlens_version": _version(),
-            "model_name": _model_name(model),
-            "model_file": model_file,
-            "model_sha256": self.config["model_sha256"],
-            "layers": self.config["layers"],
-            "fields": self.config["fields"],
-            "time_order": TIME_ORDER,
-            "batch_size": self.batch_size,
-            "max_time": self.max_time,
-            "complete": False,
-        }
+        self._target = StoreTarget(
+            self.path,
+            model_sha256=weights_sha256(model),
+            model_name=_model_name(model),
+            model_file=model_file,
+            layers=layers,
+            fields=fields,
+            batch_size=self.batch_size,
+            max_time=self.max_time,
+        )
+        self.config = self._target.config
+        self._root_attrs = self._target.root_attrs
         self._layout: Layout | None = None
         self._writer: Any = None
         self._specs: dict[str, ArraySpec] = {}
         self._total: int | None = None
-        self._manifest = self._prepare_store(resume=resume, overwrite=overwrite)
+        self._manifest = self._target.prepare(resume=resume, overwrite=overwrite)
+        # chunks a Dask run finished out of order are recomputed here, in order (same bytes)
+        self._manifest.pop("pending", None)
         self._done_chunks = int(self._manifest["chunks_done"])
         self._done_samples = int(self._manifest["samples_done"])
         if self._done_chunks > 0:
@@ -292,10 +310,7 @@ class Run:
                 raise InputError("No data was appended: the data set or loader yielded no batches.")
             self._stop_writer()
             self._raise_writer_error()
-            attrs = {**self._root_attrs, "complete": True, "n_samples": self._offset}
-            self._writer.finish(self._offset, attrs)
-            self._manifest.update(complete=True, samples_done=self._offset)
-            write_manifest(self.path, self._manifest)
+            self._target.finish(self._writer, self._manifest, self._offset)
         except BaseException:
             self._abort()
             raise
@@ -338,7 +353,204 @@ class Run:
 
     # ------------------------------------------------------------------ store
 
-    def _prepare_store(self, *, resume: bool, overwrite: bool) -> dict[str, Any]:
+    def _open_writer(self, *, create: bool) -> None:
+        assert self._layout is not None
+        self._writer = self._target.writer(self._layout, self._manifest, total=self._total, create=create)
+        self._specs = {spec.key: spec for spec in self._layout.arrays()}
+
+    def _expect(self, total: int | None) -> None:
+        self._total = total
+
+    # ------------------------------------------------------------------ batches
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"This run of {self.path} is closed; start a new one with extract_to(...).")
+        self._raise_writer_error()
+
+    def _append(self, b: Batch) -> None:
+        self._check_open()
+        b_size = b.size
+        pos = 0
+        while pos < b_size:
+            index = self._offset // self.batch_size
+            room = (index + 1) * self.batch_size - self._offset
+            take = min(room, b_size - pos)
+            piece = b if take == b_size else b.slice(pos, pos + take)
+            self._digest.update(piece)
+            if index >= self._done_chunks:
+                self._add(self._trace(piece), take)
+            self._offset += take
+            pos += take
+            if self._offset % self.batch_size == 0:
+                self._end_chunk()
+            self._progress_update()
+
+    def _trace(self, piece: Batch) -> dict[str, np.ndarray]:
+        states, user_mask = trace_piece(
+            self.model, self.framework, piece, layers=self._layers, fields=self._fields
+        )
+        layout, arrays = piece_arrays(
+            states,
+            user_mask,
+            piece.size,
+            layout=self._layout,
+            max_time=self.max_time,
+            offset=self._offset,
+            path=self.path,
+        )
+        if self._layout is None:
+            self._layout = layout
+            self._open_writer(create=True)
+        return arrays
+
+    def _add(self, arrays: dict[str, np.ndarray], n: int) -> None:
+        """Put one traced piece into the current chunk (no copy when it is the whole chunk)."""
+        assert self._layout is not None
+        full_time = arrays["mask"].shape[1] == self._layout.max_time
+        whole = self._filled == 0 and n == self.batch_size and full_time
+        if whole:
+            self._buffer = {k: _cast(a, self._specs[k].dtype) for k, a in arrays.items()}
+            self._filled = n
+            return
+        if self._buffer is None:
+            self._buffer = {
+                key: np.full((self.batch_size, *spec.tail), spec.fill, dtype=spec.dtype)
+                for key, spec in self._specs.items()
+            }
+        start, stop = self._filled, self._filled + n
+        for key, a in arrays.items():
+            if key == "lengths":
+                self._buffer[key][start:stop] = a
+            else:
+                self._buffer[key][start:stop, : a.shape[1]] = a
+        self._filled = stop
+
+    def _end_chunk(self) -> None:
+        index = (self._offset - 1) // self.batch_size
+        digest = self._digest.hexdigest()
+        self._chain = chain(self._chain, digest)
+        self._digest = Digest()
+        if index < self._done_chunks:
+            if index == self._done_chunks - 1 and self._chain != self._manifest["input_sha256"]:
+                raise StoreMismatchError(
+                    f"The data fed to this run differs from the data of the interrupted run that wrote "
+                    f"{self.path} (input hash of its first {self._done_samples} samples). Resuming needs "
+                    "the same data in the same order (no shuffling). Pass overwrite=True to start over."
+                )
+            return
+        assert self._buffer is not None
+        n = self._filled
+        chunk = {k: v[:n] for k, v in self._buffer.items()}
+        self._buffer, self._filled = None, 0
+        self._put((index, n, chunk, digest))
+
+    # ------------------------------------------------------------------ writer thread
+
+    def _put(self, item: Any) -> None:
+        while True:
+            self._raise_writer_error()
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue  # drain without writing after a failure
+            index, n, chunk, digest = item
+            try:
+                self._writer.write(index, n, chunk)
+                record_chunk(self._manifest, index, n, digest)
+                write_manifest(self.path, self._manifest)
+            except BaseException as e:
+                self._error = e
+
+    def _stop_writer(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _raise_writer_error(self) -> None:
+        if self._error is not None:
+            e = self._error
+            raise StoreError(f"Writing to {self.path} failed: {type(e).__name__}: {e}") from e
+
+    def _abort(self) -> None:
+        """Stop after an error: finish writing chunks already complete, leave the rest undone."""
+        if self._closed:
+            return
+        self._closed = True
+        self._buffer = None
+        self._stop_writer()
+        if isinstance(self._progress, ProgressBar):
+            self._progress.abort()
+
+    def _progress_update(self, final: bool = False) -> None:
+        if self._progress is None:
+            return
+        if isinstance(self._progress, ProgressBar):
+            self._progress.update(self._offset)
+            if self._total is not None:
+                self._progress.total = self._total
+            if final:
+                self._progress.close(f"-> {self.path}")
+        else:
+            self._progress(self._offset, self._total)
+
+
+class StoreTarget:
+    """The store side of one extraction: its configuration (what must match to resume), root
+    attributes, preparation (create, resume or refuse), array creation and completion.
+
+    Shared by :class:`Run` (one process) and the Dask driver (:mod:`rnnlens.distributed`),
+    which knows the model only by its weights hash, name and file.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        model_sha256: str,
+        model_name: str,
+        model_file: str | None,
+        layers: str | Iterable[str] | None,
+        fields: str | Sequence[str] | None,
+        batch_size: int,
+        max_time: int | None,
+    ):
+        self.path = path
+        self.batch_size = batch_size
+        self.config: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "model_sha256": model_sha256,
+            "layers": _norm_layers(layers),
+            "fields": _norm_fields(fields),
+            "batch_size": batch_size,
+            "max_time": max_time,
+        }
+        self.root_attrs: dict[str, Any] = {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "rnnlens_version": _version(),
+            "model_name": model_name,
+            "model_file": model_file,
+            "model_sha256": model_sha256,
+            "layers": self.config["layers"],
+            "fields": self.config["fields"],
+            "time_order": TIME_ORDER,
+            "batch_size": batch_size,
+            "max_time": max_time,
+            "complete": False,
+        }
+
+    def prepare(self, *, resume: bool, overwrite: bool) -> dict[str, Any]:
+        """Create the store, or check the one there may be resumed; return its manifest."""
         root = self.path
         manifest = None
         if root.exists():
@@ -346,7 +558,7 @@ class Run:
                 raise StoreExistsError(f"{root} exists and is a file, not a store; choose another path.")
             has_entries = any(root.iterdir())
             manifest = read_manifest(root) if not overwrite else None
-            if manifest is not None and not manifest.get("chunks_done") and not manifest.get("complete"):
+            if manifest is not None and not any_chunk_done(manifest) and not manifest.get("complete"):
                 # an earlier run stopped before storing anything: nothing to mix with, start afresh
                 shutil.rmtree(root)
                 has_entries, manifest = False, None
@@ -396,224 +608,143 @@ class Run:
         from .io.zarr import _zarr
 
         group = _zarr().open_group(str(self.path), mode="a", zarr_format=3)
-        attrs = dict(self._root_attrs)
+        attrs = dict(self.root_attrs)
         if manifest.get("complete"):
             attrs.update(complete=True, n_samples=manifest["samples_done"])
         group.attrs.update(attrs)
 
-    def _open_writer(self, *, create: bool) -> None:
+    def writer(self, layout: Layout, manifest: dict[str, Any], *, total: int | None, create: bool) -> Any:
+        """A :class:`~rnnlens.io.zarr.StoreWriter`: the arrays created afresh (the manifest
+        records the layout first) or opened to resume."""
         from .io.zarr import StoreWriter
 
-        assert self._layout is not None
-        writer = StoreWriter(self.path, self._layout, batch_size=self.batch_size, n_samples=self._total)
-        self._specs = {spec.key: spec for spec in self._layout.arrays()}
+        writer = StoreWriter(self.path, layout, batch_size=self.batch_size, n_samples=total)
         if create:
-            self._manifest.update(layout=self._layout.to_json(), chunks_done=0, samples_done=0)
-            write_manifest(self.path, self._manifest)
+            manifest.update(layout=layout.to_json(), chunks_done=0, samples_done=0, input_sha256="")
+            manifest.pop("pending", None)
+            write_manifest(self.path, manifest)
             writer.create(
                 {
-                    **self._root_attrs,
-                    "backend": self._layout.backend,
-                    "layer_names": [layer.name for layer in self._layout.layers],
-                    "layout": self._layout.to_json(),
+                    **self.root_attrs,
+                    "backend": layout.backend,
+                    "layer_names": [layer.name for layer in layout.layers],
+                    "layout": layout.to_json(),
                 }
             )
         else:
             writer.open()
-        self._writer = writer
+        return writer
 
-    def _expect(self, total: int | None) -> None:
-        self._total = total
+    def finish(self, writer: Any, manifest: dict[str, Any], n_samples: int) -> None:
+        """Set the final size and attributes, then mark the manifest complete."""
+        writer.finish(n_samples, {**self.root_attrs, "complete": True, "n_samples": n_samples})
+        manifest.update(complete=True, samples_done=n_samples)
+        write_manifest(self.path, manifest)
 
-    # ------------------------------------------------------------------ batches
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreError(f"This run of {self.path} is closed; start a new one with extract_to(...).")
-        self._raise_writer_error()
+# --------------------------------------------------------------------------- one chunk
 
-    def _append(self, b: Batch) -> None:
-        self._check_open()
-        b_size = b.size
-        pos = 0
-        while pos < b_size:
-            index = self._offset // self.batch_size
-            room = (index + 1) * self.batch_size - self._offset
-            take = min(room, b_size - pos)
-            piece = b if take == b_size else b.slice(pos, pos + take)
-            self._digest.update(piece)
-            if index >= self._done_chunks:
-                self._add(self._trace(piece), take)
-            self._offset += take
-            pos += take
-            if self._offset % self.batch_size == 0:
-                self._end_chunk()
-            self._progress_update()
 
-    def _trace(self, piece: Batch) -> dict[str, np.ndarray]:
-        import rnnlens
+def trace_piece(
+    model: Any,
+    framework: str,
+    piece: Batch,
+    *,
+    layers: str | Iterable[str] | None,
+    fields: str | Sequence[str] | None,
+) -> tuple[States, np.ndarray | None]:
+    """Trace one piece of input as one batch; also return the user's mask (from ``mask`` or
+    ``lengths``) as (sample, time) bool, or None."""
+    import rnnlens
 
-        user_mask = piece.mask
-        if user_mask is None and piece.lengths is not None:
-            steps = _time_steps(piece.x)
-            if piece.lengths.size and int(piece.lengths.max()) > steps:
-                raise InputError(
-                    f"lengths has a value {int(piece.lengths.max())} above the batch's {steps} time steps."
-                )
-            user_mask = np.arange(steps)[None, :] < np.asarray(piece.lengths)[:, None]
-        if self.framework == "keras":
-            states = rnnlens.trace(
-                self.model,
-                piece.x,
-                layers=self._layers,
-                fields=self._fields,
-                mask=user_mask,
-                batch_size=piece.size,
-            )
-        else:
-            states = rnnlens.trace(self.model, _to_torch(piece.x), layers=self._layers, fields=self._fields)
-        return self._arrays(states, user_mask, piece.size)
-
-    def _arrays(self, states: States, user_mask: np.ndarray | None, n: int) -> dict[str, np.ndarray]:
-        first = next(iter(states.values()))
-        steps = int(first.directions[next(iter(first.directions))].h.shape[1])
-        max_time = self._layout.max_time if self._layout is not None else self.max_time or steps
-        if steps > max_time:
+    user_mask = piece.mask
+    if user_mask is None and piece.lengths is not None:
+        steps = _time_steps(piece.x)
+        if piece.lengths.size and int(piece.lengths.max()) > steps:
             raise InputError(
-                f"Samples {self._offset}..{self._offset + n - 1} have {steps} time steps, but the store's "
-                f"time axis has {max_time} (fixed by {'max_time' if self.max_time else 'the first batch'}). "
-                "Pass max_time=<longest sequence> (CLI: --max-time) with overwrite=True, or pad every "
-                "batch to one length."
+                f"lengths has a value {int(piece.lengths.max())} above the batch's {steps} time steps."
             )
-        layout = _layout_of(states, max_time)
-        if self._layout is None:
-            self._layout = layout
-            self._open_writer(create=True)
-        elif layout.layers != self._layout.layers or layout.backend != self._layout.backend:
-            raise StoreMismatchError(
-                f"This batch's states ({_describe_layout(layout)}) differ from those already in "
-                f"{self.path} ({_describe_layout(self._layout)}). Pass overwrite=True to start over."
+        user_mask = np.arange(steps)[None, :] < np.asarray(piece.lengths)[:, None]
+    if framework == "keras":
+        states = rnnlens.trace(
+            model, piece.x, layers=layers, fields=fields, mask=user_mask, batch_size=piece.size
+        )
+    elif framework == "onnx":  # NumPy straight to ONNX Runtime; valid steps come from the graph
+        states = rnnlens.trace(model, piece.x, layers=layers, fields=fields)
+    else:
+        states = rnnlens.trace(model, _to_torch(piece.x), layers=layers, fields=fields)
+    return states, user_mask
+
+
+def piece_arrays(
+    states: States,
+    user_mask: np.ndarray | None,
+    n: int,
+    *,
+    layout: Layout | None,
+    max_time: int | None,
+    offset: int,
+    path: Path,
+) -> tuple[Layout, dict[str, np.ndarray]]:
+    """The stored arrays of one traced piece (``mask``, ``lengths``, each layer's fields, not
+    yet padded in time), and the layout: ``layout`` when given (checked to match), else the
+    one these states define. ``max_time``: the store's time axis requested by the caller."""
+    first = next(iter(states.values()))
+    steps = int(first.directions[next(iter(first.directions))].h.shape[1])
+    axis = layout.max_time if layout is not None else max_time or steps
+    if steps > axis:
+        raise InputError(
+            f"Samples {offset}..{offset + n - 1} have {steps} time steps, but the store's "
+            f"time axis has {axis} (fixed by {'max_time' if max_time else 'the first batch'}). "
+            "Pass max_time=<longest sequence> (CLI: --max-time) with overwrite=True, or pad every "
+            "batch to one length."
+        )
+    mine = _layout_of(states, axis)
+    if layout is None:
+        layout = mine
+    elif mine.layers != layout.layers or mine.backend != layout.backend:
+        raise StoreMismatchError(
+            f"This batch's states ({_describe_layout(mine)}) differ from those already in "
+            f"{path} ({_describe_layout(layout)}). Pass overwrite=True to start over."
+        )
+    mask = np.ones((n, steps), dtype=bool)
+    for given, what in ((states.mask, "the model's mask"), (user_mask, "mask")):
+        if given is None:
+            continue
+        given = np.asarray(given, dtype=bool)
+        if given.shape != (n, steps):
+            raise InputError(
+                f"{what} has shape {given.shape}; the traced states have (sample, time) = {(n, steps)}."
             )
-        mask = np.ones((n, steps), dtype=bool)
-        for given, what in ((states.mask, "the model's mask"), (user_mask, "mask")):
-            if given is None:
-                continue
-            given = np.asarray(given, dtype=bool)
-            if given.shape != (n, steps):
-                raise InputError(
-                    f"{what} has shape {given.shape}; the traced states have (sample, time) = {(n, steps)}."
-                )
-            mask &= given
-        out: dict[str, np.ndarray] = {"mask": mask, "lengths": mask.sum(axis=1, dtype=np.int32)}
-        for lay in self._layout.layers:
-            ls = states[lay.name]
-            for dname in lay.directions:
-                d = ls.directions[dname]
-                base = direction_path(lay.name, dname)
-                for field in lay.fields:
-                    arr = d.gates.array if field == "gates" else getattr(d, field)
-                    out[f"{base}/{field}"] = arr
-        return out
+        mask &= given
+    out: dict[str, np.ndarray] = {"mask": mask, "lengths": mask.sum(axis=1, dtype=np.int32)}
+    for lay in layout.layers:
+        ls = states[lay.name]
+        for dname in lay.directions:
+            d = ls.directions[dname]
+            base = direction_path(lay.name, dname)
+            for field in lay.fields:
+                arr = d.gates.array if field == "gates" else getattr(d, field)
+                out[f"{base}/{field}"] = arr
+    return layout, out
 
-    def _add(self, arrays: dict[str, np.ndarray], n: int) -> None:
-        """Put one traced piece into the current chunk (no copy when it is the whole chunk)."""
-        assert self._layout is not None
-        full_time = arrays["mask"].shape[1] == self._layout.max_time
-        whole = self._filled == 0 and n == self.batch_size and full_time
-        if whole:
-            self._buffer = {k: _cast(a, self._specs[k].dtype) for k, a in arrays.items()}
-            self._filled = n
-            return
-        if self._buffer is None:
-            self._buffer = {
-                key: np.full((self.batch_size, *spec.tail), spec.fill, dtype=spec.dtype)
-                for key, spec in self._specs.items()
-            }
-        start, stop = self._filled, self._filled + n
-        for key, a in arrays.items():
-            if key == "lengths":
-                self._buffer[key][start:stop] = a
-            else:
-                self._buffer[key][start:stop, : a.shape[1]] = a
-        self._filled = stop
 
-    def _end_chunk(self) -> None:
-        index = (self._offset - 1) // self.batch_size
-        self._chain = chain(self._chain, self._digest.hexdigest())
-        self._digest = Digest()
-        if index < self._done_chunks:
-            if index == self._done_chunks - 1 and self._chain != self._manifest["input_sha256"]:
-                raise StoreMismatchError(
-                    f"The data fed to this run differs from the data of the interrupted run that wrote "
-                    f"{self.path} (input hash of its first {self._done_samples} samples). Resuming needs "
-                    "the same data in the same order (no shuffling). Pass overwrite=True to start over."
-                )
-            return
-        assert self._buffer is not None
-        n = self._filled
-        chunk = {k: v[:n] for k, v in self._buffer.items()}
-        self._buffer, self._filled = None, 0
-        self._put((index, n, chunk, self._chain, self._offset))
-
-    # ------------------------------------------------------------------ writer thread
-
-    def _put(self, item: Any) -> None:
-        while True:
-            self._raise_writer_error()
-            try:
-                self._queue.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
-    def _write_loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if self._error is not None:
-                continue  # drain without writing after a failure
-            index, n, chunk, input_hash, samples_end = item
-            try:
-                self._writer.write(index, n, chunk)
-                self._manifest.update(
-                    chunks_done=index + 1, samples_done=samples_end, input_sha256=input_hash
-                )
-                write_manifest(self.path, self._manifest)
-            except BaseException as e:
-                self._error = e
-
-    def _stop_writer(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-
-    def _raise_writer_error(self) -> None:
-        if self._error is not None:
-            e = self._error
-            raise StoreError(f"Writing to {self.path} failed: {type(e).__name__}: {e}") from e
-
-    def _abort(self) -> None:
-        """Stop after an error: finish writing chunks already complete, leave the rest undone."""
-        if self._closed:
-            return
-        self._closed = True
-        self._buffer = None
-        self._stop_writer()
-        if isinstance(self._progress, ProgressBar):
-            self._progress.abort()
-
-    def _progress_update(self, final: bool = False) -> None:
-        if self._progress is None:
-            return
-        if isinstance(self._progress, ProgressBar):
-            self._progress.update(self._offset)
-            if self._total is not None:
-                self._progress.total = self._total
-            if final:
-                self._progress.close(f"-> {self.path}")
+def whole_chunk(arrays: dict[str, np.ndarray], layout: Layout, n: int) -> dict[str, np.ndarray]:
+    """One traced piece as a chunk of ``n`` samples: cast to the stored dtypes and padded in
+    time with the fill values, exactly as :class:`Run` assembles a chunk."""
+    specs = {spec.key: spec for spec in layout.arrays()}
+    if arrays["mask"].shape[1] == layout.max_time:
+        return {k: _cast(a, specs[k].dtype) for k, a in arrays.items()}
+    out = {}
+    for key, spec in specs.items():
+        buf = np.full((n, *spec.tail), spec.fill, dtype=spec.dtype)
+        a = arrays[key]
+        if key == "lengths":
+            buf[:] = a
         else:
-            self._progress(self._offset, self._total)
+            buf[:, : a.shape[1]] = a
+        out[key] = buf
+    return out
 
 
 # --------------------------------------------------------------------------- helpers
@@ -623,7 +754,7 @@ def weights_sha256(model: Any) -> str:
     """sha256 over a model's weight arrays (shapes, dtypes and bytes, in order; not their
     names, which Keras renames when a model is loaded twice).
 
-    Keras: ``model.weights``; PyTorch: ``model.state_dict()``.
+    Keras: ``model.weights``; PyTorch: ``model.state_dict()``; ONNX: the initializers.
 
     Example:
         >>> import keras, rnnlens.extract as ex
@@ -635,6 +766,10 @@ def weights_sha256(model: Any) -> str:
     state_dict = getattr(model, "state_dict", None)
     if _framework(model) == "torch" and callable(state_dict):
         arrays = [_torch_bytes(t) for t in state_dict().values()]
+    elif _framework(model) == "onnx":  # initializers and Constant tensors, in graph order
+        from .adapters import onnx as oadapter
+
+        arrays = oadapter.weight_arrays(model)
     else:
         arrays = [_np(v) for v in getattr(model, "weights", [])]
     for a in arrays:
@@ -713,6 +848,15 @@ def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def _layout_of(states: States, max_time: int) -> Layout:
     layers = []
     for name, ls in states.items():
+        if ls.spec.feature_shape is not None:  # the store's arrays are (sample, time, unit)
+            others = [n for n in states if states[n].spec.feature_shape is None]
+            raise UnsupportedLayerError(
+                f"Layer {name!r} ({ls.spec.layer_type}) has feature-map states, each step "
+                f"{ls.spec.feature_shape}; Zarr stores hold (sample, time, unit) states only "
+                "(ConvLSTM storage is not supported yet, issue #8). Trace it in memory with "
+                f"rnnlens.trace(model, x, layers=[{name!r}], batch_size=...), or leave it out of "
+                + (f"the store with layers={others}." if others else "the store with layers=[...].")
+            )
         d0 = next(iter(ls.directions.values()))
         layers.append(
             LayerLayout(

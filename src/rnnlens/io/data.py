@@ -24,7 +24,17 @@ import numpy as np
 from ..errors import InputError
 from .errors import DataFileError
 
-__all__ = ["Batch", "Digest", "NpyFile", "load_array", "load_data", "open_source", "unpack_batch"]
+__all__ = [
+    "Batch",
+    "Digest",
+    "NpyFile",
+    "NpyFiles",
+    "load_array",
+    "load_data",
+    "open_source",
+    "open_whole",
+    "unpack_batch",
+]
 
 _STRUCT_KEYS = frozenset({"x", "y", "mask", "lengths", "sample_weight"})
 
@@ -119,6 +129,77 @@ class NpyFile:
         return f"NpyFile({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
 
 
+class NpyFiles:
+    """Several ``.npy`` files read as one array, concatenated along the first (sample) axis.
+
+    Every file must have the same dtype and the same shape after the first axis. Slices
+    read only the files they cross, each through a short-lived memory map (:class:`NpyFile`).
+
+    Example:
+        >>> import numpy as np, tempfile, os
+        >>> d = tempfile.mkdtemp()
+        >>> for i, n in enumerate((3, 2)):
+        ...     np.save(os.path.join(d, f"{i}.npy"), np.full((n, 4, 1), i, "float32"))
+        >>> x = NpyFiles([os.path.join(d, "0.npy"), os.path.join(d, "1.npy")])
+        >>> x.shape, x[2:4, 0, 0].tolist()
+        ((5, 4, 1), [0.0, 1.0])
+    """
+
+    def __init__(self, paths: Iterable[str | os.PathLike[str]], *, what: str = "data"):
+        self.files = [NpyFile(p, what=what) for p in paths]
+        if not self.files:
+            raise InputError(f"The list of {what} files is empty; expected one or more .npy paths.")
+        first = self.files[0]
+        for f in self.files[1:]:
+            if f.dtype != first.dtype or f.shape[1:] != first.shape[1:]:
+                raise DataFileError(
+                    f"{what} file {f.path.name} holds {f.shape} {f.dtype}, but {first.path.name} holds "
+                    f"{first.shape} {first.dtype}; files read as one data set need the same dtype and "
+                    "the same shape after the first (sample) axis. Pad them to one length."
+                )
+        self.starts = np.cumsum([0] + [len(f) for f in self.files])
+        self.shape: tuple[int, ...] = (int(self.starts[-1]), *first.shape[1:])
+        self.dtype = first.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        rest: tuple[Any, ...] = ()
+        if isinstance(key, tuple):
+            key, rest = (key[0], key[1:]) if key else (slice(None), ())
+        if key is Ellipsis:
+            key, rest = slice(None), (Ellipsis,) + rest
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (self.shape[0] if key < 0 else 0)
+            if not 0 <= i < self.shape[0]:
+                raise IndexError(f"index {key} is out of range for {self.shape[0]} samples")
+            k = int(np.searchsorted(self.starts, i, side="right")) - 1
+            return self.files[k][(i - int(self.starts[k]),) + rest]
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("NpyFiles takes an integer or a contiguous slice along the sample axis.")
+        start, stop, _ = key.indices(self.shape[0])
+        parts = []
+        for k, f in enumerate(self.files):
+            lo, hi = max(start, int(self.starts[k])), min(stop, int(self.starts[k + 1]))
+            if lo < hi:
+                parts.append(f[(slice(lo - int(self.starts[k]), hi - int(self.starts[k])),) + rest])
+        if not parts:
+            return np.empty((0, *self.shape[1:]), self.dtype)[(slice(None),) + rest]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        a = self[...]
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"NpyFiles({len(self.files)} files, shape={self.shape}, dtype={self.dtype})"
+
+
 def load_data(path: str | os.PathLike[str]) -> tuple[Any, np.ndarray | None, np.ndarray | None]:
     """``x, mask, lengths`` from a ``.npy`` file (x only, as an :class:`NpyFile`) or an
     ``.npz`` file with an array ``x`` (or a single array) and optional ``mask`` and ``lengths``."""
@@ -154,8 +235,15 @@ def load_data(path: str | os.PathLike[str]) -> tuple[Any, np.ndarray | None, np.
 # --------------------------------------------------------------------------- batches
 
 
+def _is_lazy(v: Any) -> bool:
+    """An array read on indexing: ``.npy`` file(s) or a Zarr array (kept lazy, read per batch)."""
+    if isinstance(v, (NpyFile, NpyFiles)):
+        return True
+    return type(v).__module__.startswith("zarr.") and hasattr(v, "shape") and hasattr(v, "dtype")
+
+
 def _to_numpy(v: Any, what: str) -> Any:
-    if isinstance(v, (np.ndarray, NpyFile)):
+    if isinstance(v, np.ndarray) or _is_lazy(v):
         return v
     if type(v).__module__.split(".", 1)[0] == "torch" and hasattr(v, "detach"):
         return np.asarray(v.detach().cpu().numpy())
@@ -259,9 +347,19 @@ class Source:
     total: int | None
 
 
-def open_source(data: Any, *, batch_size: int, mask: Any = None, lengths: Any = None) -> Source:
-    """Normalise ``data`` (see :func:`rnnlens.extract_to`) into a stream of batches."""
-    if isinstance(data, (str, os.PathLike)):
+def _is_path_list(data: Any) -> bool:
+    return (
+        isinstance(data, (list, tuple))
+        and bool(data)
+        and all(isinstance(p, (str, os.PathLike)) for p in data)
+    )
+
+
+def _resolve(data: Any, mask: Any, lengths: Any) -> tuple[Any, Any, Any]:
+    """Open what ``data``, ``mask`` and ``lengths`` name as files (lazily where possible)."""
+    if _is_path_list(data):
+        data = NpyFiles(data)
+    elif isinstance(data, (str, os.PathLike)):
         x, file_mask, file_lengths = load_data(data)
         mask = file_mask if mask is None else mask
         lengths = file_lengths if lengths is None else lengths
@@ -270,6 +368,27 @@ def open_source(data: Any, *, batch_size: int, mask: Any = None, lengths: Any = 
         mask = load_array(mask, what="mask")
     if isinstance(lengths, (str, os.PathLike)):
         lengths = load_array(lengths, what="lengths")
+    return data, mask, lengths
+
+
+def open_whole(data: Any, *, mask: Any = None, lengths: Any = None, why: str = "") -> Batch:
+    """``data`` (an array, a dict of arrays, a ``.npy`` / ``.npz`` path, a list of ``.npy``
+    paths, a Zarr array) as one :class:`Batch` holding every sample; files and Zarr arrays
+    stay lazy (read when sliced). Iterables of batches are refused: they cannot be split."""
+    data, mask, lengths = _resolve(data, mask, lengths)
+    if not _is_whole(data):
+        raise InputError(
+            f"data is a {type(data).__name__}; {why or 'this needs'} data that can be sliced by sample: "
+            "a NumPy or Zarr array (or a dict of them), a .npy/.npz path or a list of .npy paths. "
+            "Iterables of batches (loaders, tf.data) cannot be split into chunks; save them to "
+            ".npy first, or extract them in one process."
+        )
+    return unpack_batch(data, mask=mask, lengths=lengths, what="data")
+
+
+def open_source(data: Any, *, batch_size: int, mask: Any = None, lengths: Any = None) -> Source:
+    """Normalise ``data`` (see :func:`rnnlens.extract_to`) into a stream of batches."""
+    data, mask, lengths = _resolve(data, mask, lengths)
     if _is_whole(data):
         whole = unpack_batch(data, mask=mask, lengths=lengths, what="data")
         return Source(_slices(whole, batch_size), whole.size)

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from ..errors import RnnLensError
 
-__all__ = ["DataFileError", "MissingDependencyError", "StoreError", "StoreExistsError", "StoreMismatchError"]
+__all__ = [
+    "DataFileError",
+    "MissingDependencyError",
+    "SchedulerError",
+    "StoreError",
+    "StoreExistsError",
+    "StoreMismatchError",
+]
 
 
 class MissingDependencyError(RnnLensError, ImportError):
@@ -26,3 +33,7 @@ class StoreExistsError(StoreError, FileExistsError):
 
 class StoreMismatchError(StoreError):
     """Resuming a store with a different model, layers, fields, batch size or data."""
+
+
+class SchedulerError(RnnLensError, ConnectionError):
+    """The Dask scheduler of a distributed extraction cannot be reached."""

@@ -40,9 +40,14 @@ Root attributes: ``schema_version``, ``rnnlens_version``, ``backend`` (``States.
 
 The manifest (``manifest/zarr.json``, rewritten atomically: temp file + ``os.replace``,
 after each chunk's arrays are fully written) holds the run's configuration, the layout
-chosen from the first batch, ``chunks_done`` (chunks are written in order, so the first
-``chunks_done`` chunks are complete), ``samples_done`` and ``input_sha256``, a hash chained
-over the input of every completed chunk, so that resuming with different data is refused.
+chosen from the first batch, ``chunks_done`` (the first ``chunks_done`` chunks are complete),
+``samples_done`` (the samples in them) and ``input_sha256``, a hash chained over the input of
+each of those chunks, so that resuming with different data is refused. A distributed run
+(:mod:`rnnlens.distributed`) finishes chunks out of order: a chunk completed beyond the
+first gap is kept in ``pending`` (``{"<index>": {"n": samples, "input_sha256": digest}}``)
+until the chunks before it are done, when it joins the chain (:func:`record_chunk`). So the
+manifest stays small (the chain plus the few chunks in flight) and one process and a Dask
+cluster resume each other's runs.
 """
 
 from __future__ import annotations
@@ -65,11 +70,14 @@ __all__ = [
     "ArraySpec",
     "LayerLayout",
     "Layout",
+    "any_chunk_done",
     "array_dims",
     "decode_name",
     "direction_path",
+    "done_chunks",
     "encode_name",
     "read_manifest",
+    "record_chunk",
     "write_manifest",
 ]
 
@@ -303,3 +311,38 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def record_chunk(manifest: dict[str, Any], index: int, n: int, digest: str) -> None:
+    """Count chunk ``index`` (``n`` samples, input hash ``digest``) as complete, in place.
+
+    Chunks after a gap wait in ``pending``; each chunk that closes the gap joins the chained
+    ``input_sha256`` in index order. Recording a chunk again is a no-op (a retried task).
+
+    Example:
+        >>> m = {"chunks_done": 0, "samples_done": 0, "input_sha256": ""}
+        >>> record_chunk(m, 1, 4, "b"); m["chunks_done"], sorted(m["pending"])
+        (0, ['1'])
+        >>> record_chunk(m, 0, 4, "a"); m["chunks_done"], m["samples_done"], m["pending"]
+        (2, 8, {})
+    """
+    from .data import chain
+
+    pending = manifest.setdefault("pending", {})
+    if index < int(manifest["chunks_done"]) or str(index) in pending:
+        return
+    pending[str(index)] = {"n": int(n), "input_sha256": digest}
+    while str(manifest["chunks_done"]) in pending:
+        entry = pending.pop(str(manifest["chunks_done"]))
+        manifest["input_sha256"] = chain(manifest["input_sha256"], entry["input_sha256"])
+        manifest["chunks_done"] = int(manifest["chunks_done"]) + 1
+        manifest["samples_done"] = int(manifest["samples_done"]) + int(entry["n"])
+
+
+def done_chunks(manifest: dict[str, Any]) -> set[int]:
+    """Indices of every chunk the manifest counts as complete (the prefix and ``pending``)."""
+    return set(range(int(manifest.get("chunks_done", 0)))) | {int(k) for k in manifest.get("pending", {})}
+
+
+def any_chunk_done(manifest: dict[str, Any]) -> bool:
+    return bool(manifest.get("chunks_done")) or bool(manifest.get("pending"))

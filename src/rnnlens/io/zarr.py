@@ -97,6 +97,13 @@ class StoreWriter:
             rows = arr.shape[0] if rows is None else min(rows, arr.shape[0])
         self._rows = rows or 0
 
+    def resize(self, n_samples: int) -> None:
+        """Give every array ``n_samples`` rows (a no-op when they have them)."""
+        if self._rows != n_samples:
+            for arr in self.arrays.values():
+                arr.resize((n_samples, *arr.shape[1:]))
+            self._rows = n_samples
+
     def write(self, index: int, n: int, chunk: dict[str, np.ndarray]) -> None:
         """Write chunk ``index`` (``n`` samples; every array of the layout) and return once stored."""
         start = index * self.batch_size
