@@ -3,6 +3,7 @@ until a model of that framework arrives."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
@@ -36,13 +37,18 @@ class Description(tuple[LayerSpec, ...]):
 
 
 def framework_of(model: Any) -> str | None:
-    """``"keras"``, ``"torch"``, or None, from the model's class hierarchy (imports nothing)."""
+    """``"keras"``, ``"torch"``, ``"onnx"`` or None, from the model's class hierarchy (imports
+    nothing); a path ending in ``.onnx`` is ``"onnx"`` too."""
+    if isinstance(model, (str, os.PathLike)):
+        return "onnx" if os.fspath(model).lower().endswith(".onnx") else None
     for cls in type(model).__mro__:
         root = cls.__module__.split(".", 1)[0]
         if root in ("keras", "tf_keras"):
             return "keras"
         if root == "torch":
             return "torch"
+        if root == "onnx":  # onnx.ModelProto
+            return "onnx"
     return None
 
 
@@ -51,8 +57,9 @@ def _framework(model: Any) -> str:
     if found is not None:
         return found
     raise UnsupportedModelError(
-        f"rnnlens traces Keras 3 models and PyTorch modules; received {type(model).__module__}."
-        f"{type(model).__name__}. Load a model file first (keras.saving.load_model) and pass the model."
+        f"rnnlens traces Keras 3 models and PyTorch modules, and ONNX models (onnx.ModelProto or a "
+        f".onnx path); received {type(model).__module__}.{type(model).__name__}. Load a model file first "
+        "(rnnlens.load_model) and pass the model."
     )
 
 
@@ -67,10 +74,15 @@ def describe(model: Any) -> Description:
         -----  ----  ----  -----  ----------  ---------
         enc    LSTM  lstm  4      forward     h,c,gates
     """
-    if _framework(model) == "keras":
+    framework = _framework(model)
+    if framework == "keras":
         from .adapters import keras as adapter
 
         return Description(adapter.describe(model))
+    if framework == "onnx":
+        from .adapters import onnx as oadapter
+
+        return Description(oadapter.describe(model))
     from .adapters import torch as tadapter  # type: ignore[attr-defined]
 
     return Description(tadapter.describe(model))
@@ -90,10 +102,12 @@ def trace(
     """Hidden state (and for LSTM cell state and gates) of every recurrent layer at every step.
 
     Args:
-        model: a built Keras 3 ``Model`` (Functional or Sequential) or a ``torch.nn.Module``.
-            It is not modified.
+        model: a built Keras 3 ``Model`` (Functional or Sequential), a ``torch.nn.Module``, or
+            an ONNX model (``onnx.ModelProto`` or a ``.onnx`` path, opened with
+            :func:`rnnlens.load_model`). It is not modified.
         x: the input as the model takes it: an array, or a list/dict for several inputs.
             PyTorch: the positional arguments of ``forward`` (``*args``, ``**kwargs`` follow).
+            ONNX: the graph's inputs in order (``*args`` continue), or by name (``**kwargs``).
         layers: a layer name, a list of names, or None for every recurrent layer.
         fields: a subset of ``("h", "c", "gates")``; None (default) gives every field each
             layer has (LSTM: h, c, gates; GRU: h, gates; others: h). ``h`` always comes.
@@ -118,7 +132,22 @@ def trace(
         >>> bool(np.allclose(states["enc"].last(), model.predict(np.ones((2, 5, 3)), verbose=0), atol=1e-6))
         True
     """
-    if _framework(model) == "keras":
+    framework = _framework(model)
+    if framework == "onnx":
+        from .adapters import onnx as oadapter
+
+        return oadapter.trace(
+            model,
+            x,
+            *args,
+            layers=layers,
+            fields=fields,
+            mask=mask,
+            batch_size=batch_size,
+            strategy=strategy,
+            **kwargs,
+        )
+    if framework == "keras":
         if args or kwargs:
             raise TypeError(
                 "A Keras model takes one x (use a list or dict for several inputs); "
