@@ -61,15 +61,16 @@ def carry_forward(seq: np.ndarray, mask: np.ndarray | None, h0: np.ndarray) -> n
     """The state sequence: ``seq`` where ``mask``, else the previous state (``h0`` before t=0).
 
     Frameworks disagree on what they *output* at masked steps (previous output, zeros);
-    the state is always carried. ``seq`` is (sample, time, unit), processing order.
+    the state is always carried. ``seq`` is (sample, time, unit), processing order (or
+    (sample, time, *feature_shape) for ConvLSTM feature maps).
     """
     if mask is None or mask.all():
         return seq
     t = mask.shape[1]
     steps = np.where(mask, np.arange(1, t + 1), 0)
     np.maximum.accumulate(steps, axis=1, out=steps)  # index of the last valid step, 1-based
-    padded = np.concatenate([h0[:, None, :].astype(seq.dtype, copy=False), seq], axis=1)
-    return np.take_along_axis(padded, steps[:, :, None], axis=1)
+    padded = np.concatenate([h0[:, None].astype(seq.dtype, copy=False), seq], axis=1)
+    return np.take_along_axis(padded, steps.reshape(steps.shape + (1,) * (seq.ndim - 2)), axis=1)
 
 
 def _previous(h: np.ndarray, h0: np.ndarray) -> np.ndarray:
@@ -238,7 +239,7 @@ def split_emitted(
     h = flip(carry_forward(flip(parts[0]), mp, h0))
     out = DirectionArrays(h=h)
     gates = list(parts[1:])
-    if kind == "lstm":
+    if kind in ("lstm", "convlstm"):
         c_part = gates.pop(0)
         if want_c:
             if c0 is None:
@@ -247,6 +248,11 @@ def split_emitted(
     if want_gates:
         if mask is not None and not mask.all():
             invalid = ~mask
-            gates = [np.where(invalid[:, :, None], np.nan, g).astype(g.dtype, copy=False) for g in gates]
+            gates = [
+                np.where(invalid.reshape(invalid.shape + (1,) * (g.ndim - 2)), np.nan, g).astype(
+                    g.dtype, copy=False
+                )
+                for g in gates
+            ]
         out.gates = tuple(gates)
     return out

@@ -24,7 +24,8 @@ __all__ = [
 
 #: ``lstm``, ``gru`` and ``simple`` are cells rnnlens knows the equations of; ``rnn`` is any
 #: other recurrent layer: its per-step outputs are available, its internals are not.
-Kind = Literal["lstm", "gru", "simple", "rnn"]
+#: ``convlstm`` (Keras ConvLSTM1D/2D/3D) is an LSTM whose states are feature maps.
+Kind = Literal["lstm", "gru", "simple", "rnn", "convlstm"]
 Field = Literal["h", "c", "gates"]
 
 ALL_FIELDS: tuple[Field, ...] = ("h", "c", "gates")
@@ -35,6 +36,7 @@ GATE_NAMES: dict[str, tuple[str, ...]] = {
     "gru": ("z", "r", "n"),
     "simple": (),
     "rnn": (),
+    "convlstm": ("i", "f", "g", "o"),
 }
 
 FIELDS_BY_KIND: dict[str, tuple[Field, ...]] = {
@@ -42,6 +44,7 @@ FIELDS_BY_KIND: dict[str, tuple[Field, ...]] = {
     "gru": ("h", "gates"),
     "simple": ("h",),
     "rnn": ("h",),
+    "convlstm": ("h", "c", "gates"),
 }
 
 Activation = Callable[[np.ndarray], np.ndarray]
@@ -88,7 +91,11 @@ class CellWeights:
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """What rnnlens found about one recurrent layer (see :func:`rnnlens.describe`)."""
+    """What rnnlens found about one recurrent layer (see :func:`rnnlens.describe`).
+
+    ``feature_shape`` is the per-step shape of h, c and each gate where it is not
+    ``(units,)``: ConvLSTM feature maps, e.g. ``(8, 8, 16)`` for ``(*spatial, channels)``.
+    """
 
     name: str
     kind: Kind
@@ -98,6 +105,7 @@ class LayerSpec:
     fields: tuple[Field, ...]
     cell_units: int | None = None
     notes: tuple[str, ...] = field(default=())
+    feature_shape: tuple[int, ...] | None = None
 
     @property
     def gate_names(self) -> tuple[str, ...]:

@@ -1,8 +1,9 @@
 """Containers for traced states: :class:`States` → :class:`LayerStates` → :class:`DirectionStates`.
 
 They hold arrays and answer lookups; analysis and plotting live elsewhere. Shapes use the
-dimension names ``sample, time, unit`` (and ``gate`` inside :attr:`Gates.array`). A backward
-direction is always stored in *input* time order.
+dimension names ``sample, time, unit`` (and ``gate`` inside :attr:`Gates.array`); for a
+ConvLSTM layer ``unit`` is the layer's feature map, ``(*spatial, channel)`` as the layer
+outputs it. A backward direction is always stored in *input* time order.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ class LayerStates:
 
     @property
     def c(self) -> np.ndarray:
-        """(sample, time, cell_unit × directions); LSTM only."""
+        """(sample, time, cell_unit × directions); LSTM and ConvLSTM only."""
         return self._join([d.c for d in self.directions.values()])
 
     @property

@@ -139,7 +139,7 @@ def to_direction_arrays(
     out: dict[str, DirectionArrays] = {}
     want_c, want_gates = "c" in fields, "gates" in fields
     for name, d in raw.directions.items():
-        if spec.kind == "rnn" or d.weights is None:
+        if spec.kind == "rnn" or (d.weights is None and d.parts is None):
             out[name] = DirectionArrays(h=d.seq)
             continue
         h0 = d.h0 if d.h0 is not None else np.zeros((d.seq.shape[0], spec.units), d.seq.dtype)
@@ -154,19 +154,19 @@ def to_direction_arrays(
                 want_c=want_c,
                 want_gates=want_gates,
             )
-            continue
-        out[name] = reconstruct_direction(
-            d.weights,
-            raw.x,
-            d.seq,
-            h0,
-            d.c0,
-            raw.mask,
-            reverse=d.reverse,
-            want_c=want_c,
-            want_gates=want_gates,
-            layer=spec.name,
-        )
+        elif d.weights is not None:
+            out[name] = reconstruct_direction(
+                d.weights,
+                raw.x,
+                d.seq,
+                h0,
+                d.c0,
+                raw.mask,
+                reverse=d.reverse,
+                want_c=want_c,
+                want_gates=want_gates,
+                layer=spec.name,
+            )
     return out
 
 

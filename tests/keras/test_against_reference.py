@@ -10,7 +10,7 @@ import functools
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import rnnlens
@@ -105,11 +105,29 @@ def _data(cfg):  # type: ignore[no-untyped-def]
     return x, mask
 
 
+# On JAX every new model is compiled (jax.jit, ~2 s): fewer examples there. The maths is
+# backend-independent; the backend plumbing is covered by these and tests/keras/test_backends.py.
+_EXAMPLES = settings().max_examples
+if keras.backend.backend() == "jax":
+    _EXAMPLES = max(_EXAMPLES // 3, 10)
+
+
+@settings(max_examples=_EXAMPLES)
 @given(configs())
 def test_every_direction_matches_reference(cfg) -> None:  # type: ignore[no-untyped-def]
     keras.utils.set_random_seed(cfg["seed"])
     x, mask = _data(cfg)
     masked = cfg["padding"] != "none"
+    # Keras' own torch loop fails on unroll + mask + go_backwards (it flips a tuple of steps):
+    # the model itself cannot run there.
+    assume(
+        not (
+            keras.backend.backend() == "torch"
+            and cfg["unroll"]
+            and masked
+            and (cfg["go_backwards"] or cfg["bidirectional"])
+        )
+    )
     inp = keras.Input((cfg["time"], cfg["features"]))
     hidden = keras.layers.Masking(0.0)(inp) if masked else inp
     layer = _make_layer(cfg)

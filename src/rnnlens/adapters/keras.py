@@ -13,6 +13,7 @@ from ..errors import InputError, UnsupportedModelError
 from ..spec import FIELDS_BY_KIND, CellWeights, Field, Kind, LayerSpec
 from ..states import States
 from ..tracing import RawDirection, RawLayer, assemble, resolve_fields, select_layers, to_direction_arrays
+from . import keras_conv
 from .keras_probe import Strategy, cell_kind, choose_strategy, is_model, is_recurrent, probe_for
 
 __all__ = ["describe", "trace"]
@@ -65,6 +66,8 @@ def _spec(name: str, layer: Any) -> LayerSpec:
         directions = ("backward",) if layer.go_backwards else ("forward",)
         layer_type = type(layer).__name__
     kind = cell_kind(inner.cell)
+    if kind == "convlstm":
+        return keras_conv.conv_spec(name, layer_type, directions, inner.cell)
     units = getattr(inner.cell, "units", None)
     if units is None:
         size = inner.cell.output_size if hasattr(inner.cell, "output_size") else inner.cell.state_size
@@ -128,7 +131,7 @@ def _numpy_fn(fn: Callable[..., Any]) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _cell_weights(cell: Any, kind: Kind) -> CellWeights | None:
-    if kind == "rnn":
+    if kind in ("rnn", "convlstm"):  # ConvLSTM: always emitted, its kernels are convolutions
         return None
     k = _keras()
     kernel = k.ops.convert_to_numpy(cell.kernel)
@@ -295,8 +298,9 @@ def trace(
     emit = frozenset(
         s.name
         for s in specs
-        if s.kind in ("lstm", "gru")
-        and ("c" in wanted[s.name] or "gates" in wanted[s.name])
+        if s.kind in ("lstm", "gru", "convlstm")
+        # ConvLSTM is always emitted (h too): Keras has no faster kernel for it to reuse
+        and (s.kind == "convlstm" or "c" in wanted[s.name] or "gates" in wanted[s.name])
         and all(
             choose_strategy(sub, strategy) == "emit" for sub in _directions(layer_by_name[s.name]).values()
         )
@@ -373,8 +377,11 @@ def _layer_arrays(  # type: ignore[no-untyped-def]
         parts = None
         if emitted:
             n_parts = 6 if spec.kind == "lstm" else 4
+            if spec.kind == "convlstm":
+                n_parts = keras_conv.n_parts(fields)
+                keras_conv.check_parity(captured, f"{name}|{direction}|", layer=name)
             parts = tuple(
-                to_input(captured[f"{name}|{direction}|emit{k}"].transpose(1, 0, 2)) for k in range(n_parts)
+                to_input(captured[f"{name}|{direction}|emit{k}"].swapaxes(0, 1)) for k in range(n_parts)
             )
             seq = parts[0]
         else:

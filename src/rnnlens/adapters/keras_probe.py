@@ -13,7 +13,9 @@ layers see the same tensors. Two stand-ins, chosen per layer (see :func:`choose_
   separate tensors. One pass yields h, c and gates; no per-step concatenation and no
   transposes of the wide outputs (they come back time-major and are viewed batch-major).
 
-On TensorFlow the walk runs in one cached ``tf.function``. Nothing is added to the model:
+The walk is compiled once per model and cached: a ``tf.function`` on TensorFlow, ``jax.jit``
+of a pure function of the weights on JAX (variables passed in through a ``StatelessScope``),
+eager under ``torch.inference_mode`` on PyTorch. Nothing is added to the model:
 calling layers on concrete tensors records no graph nodes, and stateful layers start from
 their current state (passed as ``initial_state``) and are never advanced.
 """
@@ -26,6 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from ..spec import Field, Kind
+from . import keras_conv
 
 __all__ = ["Strategy", "cell_kind", "choose_strategy", "is_model", "is_recurrent", "probe_for"]
 
@@ -54,6 +57,9 @@ def cell_kind(cell: Any) -> Kind:
         ("gru", k.layers.GRUCell),
         ("simple", k.layers.SimpleRNNCell),
     )
+    conv_cell = keras_conv.conv_lstm_cell_class()
+    if conv_cell is not None:
+        known += (("convlstm", conv_cell),)
     for kind, cls in known:
         # A subclass that overrides call() computes something else: treat it as unknown.
         if isinstance(cell, cls) and getattr(type(cell), "call", None) is getattr(cls, "call", None):
@@ -62,12 +68,22 @@ def cell_kind(cell: Any) -> Kind:
 
 
 def _gpu_present() -> bool:
-    k = _keras()
-    if k.backend.backend() != "tensorflow":
-        return False
-    import tensorflow as tf
+    """Whether Keras' backend runs on a GPU, where its LSTM/GRU use cuDNN (all three backends
+    do, for the default activations)."""
+    backend = _keras().backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
 
-    return bool(tf.config.list_logical_devices("GPU"))
+        return bool(tf.config.list_logical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() == "gpu"
+    if backend == "torch":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    return False
 
 
 def choose_strategy(layer: Any, strategy: Strategy) -> Literal["emit", "reconstruct"]:
@@ -75,6 +91,8 @@ def choose_strategy(layer: Any, strategy: Strategy) -> Literal["emit", "reconstr
     forward. ``reconstruct`` where a fused kernel (cuDNN) is much faster than that loop, and
     for ``implementation=1`` cells, whose operation order the emitter does not replicate, and
     unrolled layers."""
+    if cell_kind(layer.cell) == "convlstm":
+        return "emit"  # Keras has no fused ConvLSTM kernel: its loop is the generic one
     if strategy != "auto":
         return strategy
     if getattr(layer.cell, "implementation", 2) != 2 or layer.unroll:
@@ -97,6 +115,24 @@ def _to_numpy(v: Any) -> Any:
     return _keras().ops.convert_to_numpy(v)
 
 
+def _model_variables(model: Any) -> list[Any]:
+    """Every variable the walk reads: the model's own, and stateful layers' current states
+    (which Keras does not always track as model variables)."""
+    from keras.src import tree
+
+    seen: dict[int, Any] = {id(v): v for v in model.variables}
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop()
+        stack.extend(getattr(layer, "layers", ()))
+        for sub in (layer, getattr(layer, "forward_layer", None), getattr(layer, "backward_layer", None)):
+            states = getattr(sub, "states", None) if getattr(sub, "stateful", False) else None
+            if states is not None:
+                for v in tree.flatten(states):
+                    seen.setdefault(id(v), v)
+    return list(seen.values())
+
+
 def _sibling(layer: Any) -> Any:
     """A copy of ``layer`` that shares its cell and weights but returns every step and state.
 
@@ -110,10 +146,12 @@ def _sibling(layer: Any) -> Any:
     return sib
 
 
-def _emit_step(cell: Any, kind: Kind) -> Callable[[Any, Any], Any]:
+def _emit_step(cell: Any, kind: Kind, gates: bool = True) -> Callable[[Any, Any], Any]:
     """A step function for ``backend.rnn``: the cell's own operations (``LSTMCell.call`` /
     ``GRUCell.call``, implementation 2, inference), in the same order, emitting
     ``(h, c, i, f, g, o)`` or ``(h, z, r, n)``."""
+    if kind == "convlstm":
+        return keras_conv.emit_step(cell, gates=gates)
     ops = _keras().ops
     u = int(cell.units)
 
@@ -168,6 +206,65 @@ def _emit_step(cell: Any, kind: Kind) -> Callable[[Any, Any], Any]:
     return lstm_step if kind == "lstm" else gru_step
 
 
+def _emit_loop(
+    step: Callable[[Any, Any], Any], x: Any, mask: Any, init: list[Any], *, go_backwards: bool
+) -> tuple[Any, Any]:
+    """Keras' own loop (``backend.rnn``, time-major) around an emitting step. Returns the
+    emitted tensors (time-major, processing order) and the final states.
+
+    TensorFlow's and PyTorch's loops carry every emitted tensor over masked steps themselves.
+    JAX's masked loop assumes one output tensor (it ``where``s the output against
+    ``states[0]``) and flips a backward run's outputs as one array, so on JAX the step masks
+    the states itself and the sequence is reversed beforehand. Emitted values at masked steps
+    are never used (:func:`rnnlens.cells.split_emitted` carries h and c and sets gates to NaN),
+    so they need no masking.
+    """
+    from keras.src import backend
+
+    ops = _keras().ops
+    xt = ops.swapaxes(x, 0, 1)
+    mt = None if mask is None else ops.transpose(mask, (1, 0))
+    if backend.backend() != "jax":
+        _, emitted, final = backend.rnn(
+            step,
+            xt,
+            init,
+            go_backwards=go_backwards,
+            mask=mt,
+            unroll=False,
+            # time-major: with no static length backend.rnn would take the batch axis (shape[1])
+            # as its iteration cap (fixed batch, variable time); the loop stops at the real length
+            input_length=x.shape[1] or 2**31 - 1,
+            time_major=True,
+            zero_output_for_mask=False,
+            return_all_outputs=True,
+        )
+        return emitted, final
+    if go_backwards:
+        xt = ops.flip(xt, axis=0)
+        mt = None if mt is None else ops.flip(mt, axis=0)
+    inputs: Any = xt
+    fn = step
+    if mt is not None:
+        inputs = (xt, ops.cast(mt, "bool"))
+
+        def fn(packed: Any, states: Any) -> Any:
+            x_t, m_t = packed
+            out, new = step(x_t, states)
+            kept = [ops.where(_rows(m_t, s), n, s) for n, s in zip(new, states)]
+            # h is the layer's output too: repeat the previous one at masked steps, as Keras
+            # does, since downstream layers read it.
+            return (ops.where(_rows(m_t, out[0]), out[0], states[0]), *out[1:]), kept
+
+    _, emitted, final = backend.rnn(fn, inputs, init, unroll=False, time_major=True, return_all_outputs=True)
+    return emitted, final
+
+
+def _rows(m: Any, like: Any) -> Any:
+    """A (batch,) mask shaped to broadcast over ``like``'s rows."""
+    return _keras().ops.reshape(m, (-1,) + (1,) * (len(like.shape) - 1))
+
+
 class Probe:
     """Runs the model's graph once, capturing the recurrent layers in ``targets``.
 
@@ -198,7 +295,8 @@ class Probe:
             )
             for sub in subs:
                 if name in emit:
-                    self.runners[id(sub)] = (_emit_step(sub.cell, cell_kind(sub.cell)), True)
+                    gates = "gates" in self.targets.get(name, ())
+                    self.runners[id(sub)] = (_emit_step(sub.cell, cell_kind(sub.cell), gates), True)
                 else:
                     self.runners[id(sub)] = (_sibling(sub), False)
         self._compiled: Callable[..., Any] | None = None
@@ -206,14 +304,46 @@ class Probe:
     # ---- entry point
     def __call__(self, inputs: Any, mask: Any) -> dict[str, Any]:
         if self._compiled is None:
-            fn = self._run
-            if _keras().backend.backend() == "tensorflow":
-                import tensorflow as tf
-
-                fn = tf.function(fn, reduce_retracing=True)
-            self._compiled = fn
+            self._compiled = self._compile()
         out = self._compiled(inputs, mask)
         return {key: _to_numpy(v) for key, v in out.items()}
+
+    def _compile(self) -> Callable[[Any, Any], dict[str, Any]]:
+        """The walk, compiled the way each backend runs a model fastest for inference."""
+        backend = _keras().backend.backend()
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return tf.function(self._run, reduce_retracing=True)  # type: ignore[no-any-return]
+        if backend == "jax":
+            return self._jax_compiled()
+        if backend == "torch":
+            import torch
+
+            def eager(inputs: Any, mask: Any) -> dict[str, Any]:
+                with torch.inference_mode():  # no autograd bookkeeping
+                    return self._run(inputs, mask)
+
+            return eager
+        return self._run
+
+    def _jax_compiled(self) -> Callable[[Any, Any], dict[str, Any]]:
+        """``jax.jit`` of a pure function of the weights: every variable's value is an argument,
+        read inside a ``StatelessScope``, so a later change to the weights (more training, a
+        stateful layer's state) is seen by the next call instead of being baked into the
+        compiled program as a constant, and nothing is ever written to the model."""
+        import jax
+
+        from keras import StatelessScope  # type: ignore[attr-defined]
+
+        variables = _model_variables(self._model())
+
+        def pure(values: list[Any], inputs: Any, mask: Any) -> dict[str, Any]:
+            with StatelessScope(state_mapping=list(zip(variables, values))):
+                return self._run(inputs, mask)
+
+        jitted = jax.jit(pure)
+        return lambda inputs, mask: jitted([v.value for v in variables], inputs, mask)  # type: ignore[no-any-return]
 
     def _run(self, inputs: Any, mask: Any) -> dict[str, Any]:
         captured: dict[str, Any] = {}
@@ -351,25 +481,17 @@ class Probe:
             initial_state = [initial_state]
         runner, emits = self.runners[id(layer)]
         if emits:
-            from keras.src import backend
-
             dtype = layer.compute_dtype
             init = [ops.cast(s, dtype) for s in initial_state]
-            _, emitted, final = backend.rnn(
-                runner,
-                ops.transpose(x, (1, 0, 2)),
-                init,
-                go_backwards=layer.go_backwards,
-                mask=None if mask is None else ops.transpose(mask, (1, 0)),
-                unroll=False,
-                input_length=x.shape[1],
-                time_major=True,
-                zero_output_for_mask=False,
-                return_all_outputs=True,
-            )
+            emitted, final = _emit_loop(runner, x, mask, init, go_backwards=layer.go_backwards)
             for k, tensor in enumerate(emitted):
                 record[f"{direction}|emit{k}"] = tensor
-            out_seq = ops.transpose(emitted[0], (1, 0, 2))
+            out_seq = ops.swapaxes(emitted[0], 0, 1)
+            if kind == "convlstm":
+                checks = keras_conv.last_step_check(
+                    layer.cell, x, mask, init, emitted, go_backwards=layer.go_backwards
+                )
+                record.update({f"{direction}|{key}": v for key, v in checks.items()})
             states = list(final)
         else:
             seq, *states = runner(x, initial_state=initial_state, mask=mask, training=False)
@@ -377,14 +499,15 @@ class Probe:
             out_seq = seq
         if kind != "rnn":
             record[f"{direction}|h0"] = initial_state[0]
-            if kind == "lstm":
+            if kind in ("lstm", "convlstm"):
                 record[f"{direction}|c0"] = initial_state[1]
         # Rebuild the original layer's own output (processing order, like Keras returns it).
         if layer.return_sequences:
             y = out_seq
             if layer.zero_output_for_mask and mask is not None:
                 m = ops.flip(mask, axis=1) if layer.go_backwards else mask
-                y = ops.where(ops.expand_dims(m, -1), out_seq, ops.zeros_like(out_seq))
+                m = ops.reshape(m, (*ops.shape(m), *(1,) * (len(out_seq.shape) - 2)))  # N-D feature maps
+                y = ops.where(m, out_seq, ops.zeros_like(out_seq))
         else:
             y = out_seq[:, -1] if kind == "rnn" else states[0]
         return y, states
