@@ -22,8 +22,10 @@ install: $(STAMP)
 demo: install  ## train a tiny model on built-in data, trace it, print what it found
 	$(VENV)/bin/rnnlens demo
 
-test: install  ## the full test suite (what CI runs)
+test: install  ## the full test suite (what CI runs), then the Keras suite on the JAX and PyTorch backends
 	$(PY) -m pytest -n 2 --dist loadgroup -q
+	KERAS_BACKEND=jax $(PY) -m pytest tests/keras -n 2 -q -p no:cacheprovider
+	KERAS_BACKEND=torch $(PY) -m pytest tests/keras -n 2 -q -p no:cacheprovider
 
 test-fast: install
 	$(PY) -m pytest -n 2 --dist loadgroup -q -m "not slow"
