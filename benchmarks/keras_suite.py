@@ -16,9 +16,17 @@ from .harness import Case
 BATCH, TIME, FEATURES, UNITS = 512, 100, 32, 128
 
 
+def _quiet_tensorflow() -> None:
+    """The scaling sweep builds many models of other shapes: TF's retracing advice is expected."""
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+
+
 def stacked_lstm(units: int = UNITS, layers: int = 3, time: int = TIME, features: int = FEATURES) -> Any:
     import keras
 
+    _quiet_tensorflow()
     keras.utils.set_random_seed(0)
     inp = keras.Input((time, features))
     h = inp
