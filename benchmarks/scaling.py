@@ -34,7 +34,7 @@ def _point(time: int, units: int, batch: int, repeats: int) -> dict[str, float]:
     return {r.name: r.ratio for r in results[1:]} | {"floor_s": results[0].median}
 
 
-def run(quick: bool = False, repeats: int = 3) -> dict[str, list[dict[str, Any]]]:
+def run(quick: bool = False, repeats: int = 2) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for axis, values in (QUICK_AXES if quick else AXES).items():
         rows = []
