@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from store_helpers import assert_same_store as _same
+
 
 def torch_lstm():  # type: ignore[no-untyped-def]
     """Two stacked LSTM layers (entries ``lstm.l0``, ``lstm.l1``): h, c and gates."""
@@ -30,33 +32,8 @@ def data(n: int, time: int = 6, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, time, 3)).astype("float32")
 
 
-def stored_arrays(path: Path) -> dict[str, np.ndarray]:
-    """Every array of a store, by path (read with zarr only)."""
-    import zarr
-
-    out: dict[str, np.ndarray] = {}
-
-    def walk(group, prefix: str) -> None:  # type: ignore[no-untyped-def]
-        for key, arr in group.arrays():
-            out[f"{prefix}{key}"] = arr[...]
-        for key, sub in group.groups():
-            walk(sub, f"{prefix}{key}/")
-
-    walk(zarr.open_group(str(path), mode="r"), "")
-    return out
-
-
 def assert_same_store(a: Path, b: Path) -> None:
-    """Every array equal bit for bit (NaN payloads included), same keys, shapes and dtypes,
-    and both stores complete."""
-    import zarr
+    """Equal bit for bit, and both runs complete."""
+    _same(a, b, complete=True)
 
-    left, right = stored_arrays(a), stored_arrays(b)
-    assert sorted(left) == sorted(right)
-    assert len(left) > 2  # mask, lengths and states
-    for key in left:
-        assert left[key].dtype == right[key].dtype, key
-        assert left[key].shape == right[key].shape, key
-        assert left[key].tobytes() == right[key].tobytes(), key
-    for p in (a, b):
-        assert zarr.open_group(str(p), mode="r").attrs["complete"] is True
+

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
+
+from store_helpers import assert_same_store  # noqa: F401  (re-exported for the io tests)
 
 keras = pytest.importorskip("keras")
 
@@ -28,27 +27,3 @@ def token_model():  # type: ignore[no-untyped-def]
     return keras.Model(inp, h, name="token_model")
 
 
-def stored_arrays(path: Path) -> dict[str, np.ndarray]:
-    """Every array of a store, by path (read with zarr only)."""
-    import zarr
-
-    out: dict[str, np.ndarray] = {}
-
-    def walk(group, prefix: str) -> None:  # type: ignore[no-untyped-def]
-        for key, arr in group.arrays():
-            out[f"{prefix}{key}"] = arr[...]
-        for key, sub in group.groups():
-            walk(sub, f"{prefix}{key}/")
-
-    walk(zarr.open_group(str(path), mode="r"), "")
-    return out
-
-
-def assert_same_store(a: Path, b: Path) -> None:
-    """Every array equal bit for bit (NaN payloads included), same keys, shapes and dtypes."""
-    left, right = stored_arrays(a), stored_arrays(b)
-    assert sorted(left) == sorted(right)
-    for key in left:
-        assert left[key].dtype == right[key].dtype, key
-        assert left[key].shape == right[key].shape, key
-        assert left[key].tobytes() == right[key].tobytes(), key
