@@ -25,9 +25,10 @@ This module is the ConvLSTM hook of :mod:`rnnlens.adapters.keras` and
 
 Example:
     >>> import keras, numpy as np, rnnlens
-    >>> model = keras.Sequential([keras.Input((5, 8, 8, 1)), keras.layers.ConvLSTM2D(4, 3, padding="same")])
+    >>> layer = keras.layers.ConvLSTM2D(4, 3, padding="same", name="conv")
+    >>> model = keras.Sequential([keras.Input((5, 8, 8, 1)), layer])
     >>> states = rnnlens.trace(model, np.ones((2, 5, 8, 8, 1), "float32"))
-    >>> conv = states["conv_lstm2d"]
+    >>> conv = states["conv"]
     >>> conv.kind, conv.h.shape, conv.c.shape, conv.gates["f"].shape, conv.last("c").shape
     ('convlstm', (2, 5, 8, 8, 4), (2, 5, 8, 8, 4), (2, 5, 8, 8, 4), (2, 8, 8, 4))
 """
