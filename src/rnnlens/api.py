@@ -3,6 +3,7 @@ until a model of that framework arrives."""
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
@@ -63,6 +64,12 @@ def _framework(model: Any) -> str:
     )
 
 
+def _adapter(framework: str) -> Any:
+    """The adapter module of a framework (``rnnlens.adapters.keras``/``torch``/``onnx``),
+    imported on first use."""
+    return importlib.import_module(f"{__package__}.adapters.{framework}")
+
+
 def describe(model: Any) -> Description:
     """The recurrent layers of ``model``: name, kind, units, directions and extractable fields.
 
@@ -74,18 +81,7 @@ def describe(model: Any) -> Description:
         -----  ----  ----  -----  ----------  ---------
         enc    LSTM  lstm  4      forward     h,c,gates
     """
-    framework = _framework(model)
-    if framework == "keras":
-        from .adapters import keras as adapter
-
-        return Description(adapter.describe(model))
-    if framework == "onnx":
-        from .adapters import onnx as oadapter
-
-        return Description(oadapter.describe(model))
-    from .adapters import torch as tadapter  # type: ignore[attr-defined]
-
-    return Description(tadapter.describe(model))
+    return Description(_adapter(_framework(model)).describe(model))
 
 
 def trace(
@@ -133,34 +129,12 @@ def trace(
         True
     """
     framework = _framework(model)
-    if framework == "onnx":
-        from .adapters import onnx as oadapter
-
-        return oadapter.trace(
-            model,
-            x,
-            *args,
-            layers=layers,
-            fields=fields,
-            mask=mask,
-            batch_size=batch_size,
-            strategy=strategy,
-            **kwargs,
+    if framework == "keras" and (args or kwargs):
+        raise TypeError(
+            "A Keras model takes one x (use a list or dict for several inputs); "
+            f"received {len(args)} extra positional and {sorted(kwargs)} keyword argument(s)."
         )
-    if framework == "keras":
-        if args or kwargs:
-            raise TypeError(
-                "A Keras model takes one x (use a list or dict for several inputs); "
-                f"received {len(args)} extra positional and {sorted(kwargs)} keyword argument(s)."
-            )
-        from .adapters import keras as adapter
-
-        return adapter.trace(
-            model, x, layers=layers, fields=fields, mask=mask, batch_size=batch_size, strategy=strategy
-        )
-    from .adapters import torch as tadapter  # type: ignore[attr-defined]
-
-    return tadapter.trace(  # type: ignore[no-any-return]
+    return _adapter(framework).trace(  # type: ignore[no-any-return]
         model,
         x,
         *args,
