@@ -1,10 +1,23 @@
-"""Comparing Zarr stores array by array, with zarr only (shared by the io and dask tests)."""
+"""Shared by the io and dask tests: a tiny Keras model with every field, and comparing Zarr
+stores array by array (with zarr only)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+
+def bilstm_gru_model(name: str):  # type: ignore[no-untyped-def]
+    """A bidirectional LSTM into a GRU on float features: both directions, every field, two
+    cell kinds. Rebuilt with the same seed, it has the same weights (and weights hash)."""
+    import keras
+
+    keras.utils.set_random_seed(7)
+    inp = keras.Input((None, 3), name="features")
+    b = keras.layers.Bidirectional(keras.layers.LSTM(4, return_sequences=True), name="bilstm")(inp)
+    g = keras.layers.GRU(3, return_sequences=True, name="gru")(b)
+    return keras.Model(inp, g, name=name)
 
 
 def stored_arrays(path: Path) -> dict[str, np.ndarray]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from store_helpers import assert_same_store as _same
+from store_helpers import bilstm_gru_model
 
 
 def torch_lstm():  # type: ignore[no-untyped-def]
@@ -19,13 +20,7 @@ def torch_lstm():  # type: ignore[no-untyped-def]
 
 def keras_model():  # type: ignore[no-untyped-def]
     """A bidirectional LSTM into a GRU: both directions, every field, two cell kinds."""
-    import keras
-
-    keras.utils.set_random_seed(7)
-    inp = keras.Input((None, 3), name="features")
-    b = keras.layers.Bidirectional(keras.layers.LSTM(4, return_sequences=True), name="bilstm")(inp)
-    g = keras.layers.GRU(3, return_sequences=True, name="gru")(b)
-    return keras.Model(inp, g, name="dask_keras_model")
+    return bilstm_gru_model("dask_keras_model")
 
 
 def data(n: int, time: int = 6, seed: int = 0) -> np.ndarray:

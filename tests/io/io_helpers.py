@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from store_helpers import assert_same_store  # noqa: F401  (re-exported for the io tests)
+from store_helpers import assert_same_store, bilstm_gru_model  # noqa: F401  (assert_same_store: re-exported)
 
 keras = pytest.importorskip("keras")
 
 
 def float_model():  # type: ignore[no-untyped-def]
     """Bidirectional LSTM into a GRU, float features: every field and both directions."""
-    keras.utils.set_random_seed(7)
-    inp = keras.Input((None, 3), name="features")
-    b = keras.layers.Bidirectional(keras.layers.LSTM(4, return_sequences=True), name="bilstm")(inp)
-    g = keras.layers.GRU(3, return_sequences=True, name="gru")(b)
-    return keras.Model(inp, g, name="float_model")
+    return bilstm_gru_model("float_model")
 
 
 def token_model():  # type: ignore[no-untyped-def]
