@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("inspect", help="list a model file's recurrent layers and what can be extracted")
-    p.add_argument("model", help="model file (.keras, .h5, TorchScript .pt)")
+    p.add_argument("model", help="model file (.keras, .h5, .onnx, .pt; TorchScript needs --unsafe)")
     p.add_argument(
         "--unsafe", action="store_true", help="allow code inside the file to run (trusted files only)"
     )
@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Trace MODEL over DATA batch by batch and write the states to a Zarr v3 store. "
         "An interrupted run resumes when the same command is run again.",
     )
-    p.add_argument("model", help="model file (.keras, .h5, TorchScript .pt)")
+    p.add_argument("model", help="model file (.keras, .h5, .onnx, .pt; TorchScript needs --unsafe)")
     p.add_argument(
         "data",
         nargs="+",

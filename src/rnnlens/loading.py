@@ -23,7 +23,8 @@ def load_model(path: str | os.PathLike[str], *, unsafe: bool = False, module: An
     unless ``unsafe``. A Keras 2 ``.h5`` file is converted so that it computes what it did in
     Keras 2 (``hard_sigmoid``, ``CuDNNLSTM`` / ``CuDNNGRU``: :mod:`rnnlens.adapters.keras_legacy`).
     ``.pt`` / ``.pth``: a state dict loaded with ``weights_only=True`` into
-    ``module`` (your ``nn.Module`` instance), or a TorchScript file. ``.onnx``: an
+    ``module`` (your ``nn.Module`` instance), or (``unsafe`` only: it runs code when opened) a
+    TorchScript file. ``.onnx``: an
     ``onnx.ModelProto`` (``onnx.load``, validated with ``onnx.checker``; ONNX files hold no code).
 
     Example:

@@ -707,14 +707,16 @@ def test_torchscript(tmp_path: Any) -> None:
     src = Small().eval()
     path = tmp_path / "scripted.pt"
     torch.jit.script(src).save(str(path))
-    scripted = tadapter.load_model(path)
+    with pytest.raises(ModelFileError, match="unsafe=True"):  # opening TorchScript runs its code
+        tadapter.load_model(path)
+    scripted = tadapter.load_model(path, unsafe=True)
     assert isinstance(scripted, torch.jit.ScriptModule)
     assert rnnlens.describe(scripted).names == ["rnn"]
     with pytest.raises(UnsupportedModelError, match=r"TorchScript.*module=") as info:
         rnnlens.trace(scripted, torch.randn(1, 2, 3))
     assert "load_model" in str(info.value)
     # weights into the Python module: traceable
-    python = tadapter.load_model(path, module=Small())
+    python = tadapter.load_model(path, module=Small(), unsafe=True)
     x = torch.randn(2, 3, 3)
     with torch.no_grad():
         want = scripted(x)

@@ -994,7 +994,7 @@ def trace(
         raise UnsupportedModelError(
             f"{type(model).__name__} is a TorchScript module: its forward runs compiled code, which "
             "rnnlens cannot observe step by step. Load the weights into the Python module and trace "
-            "that: rnnlens.adapters.torch.load_model(path, module=MyModel(...)). describe() works "
+            "that: rnnlens.load_model(path, module=MyModel(...), unsafe=True). describe() works "
             "on TorchScript modules."
         )
     _option(
@@ -1218,9 +1218,11 @@ def load_model(path: str | os.PathLike[str], module: Any = None, *, unsafe: bool
       is read with ``torch.load(weights_only=True)``, which runs no code from the file. Weights
       need the code that uses them: pass ``module``, the model's instance (or a class that
       takes no arguments); the weights are loaded into it and it is returned.
-    * A TorchScript file (``torch.jit.save``) is loaded with ``torch.jit.load``. Without
-      ``module`` the ScriptModule is returned (describe works, trace does not: compiled code
-      cannot be observed); with ``module`` its weights are loaded into that Python module.
+    * A TorchScript file (``torch.jit.save``) runs code when opened: ``torch.jit.load``
+      executes the archive's compiled ``__setstate__`` methods, which can read and write files.
+      It is refused unless ``unsafe=True`` (only for files you trust). With ``unsafe=True`` and
+      without ``module`` the ScriptModule is returned (describe works, trace does not: compiled
+      code cannot be observed); with ``module`` its weights are loaded into that Python module.
     * A whole pickled module (``torch.save(model)``) can run arbitrary code when loaded: it
       is refused unless ``unsafe=True`` (only for files you trust).
 
@@ -1231,6 +1233,14 @@ def load_model(path: str | os.PathLike[str], module: Any = None, *, unsafe: bool
     if not os.path.isfile(p):
         raise FileNotFoundError(f"No model file at {p!r}.")
     if _is_torchscript(p):
+        if not unsafe:
+            raise ModelFileError(
+                f"{p!r} is a TorchScript archive: opening it runs the compiled code inside it "
+                "(its __setstate__ methods can read and write files). If you trust the file, pass "
+                "unsafe=True (CLI: --unsafe). Safer: on a machine where the file is trusted, save "
+                "its weights with torch.save(torch.jit.load(path).state_dict(), 'weights.pt') and "
+                "load those with rnnlens.load_model('weights.pt', module=MyModel(...))."
+            )
         scripted = torch.jit.load(p, map_location="cpu")
         return scripted if module is None else _load_into(module, scripted.state_dict(), p)
     try:
