@@ -1,17 +1,19 @@
-"""Public entry points. Each dispatches on the model's framework; no framework is imported
-until a model of that framework arrives."""
+"""Public entry points: options are checked here once, then the model's adapter
+(:mod:`rnnlens.adapters`) captures and the core assembles. No framework is imported until a
+model of that framework arrives."""
 
 from __future__ import annotations
 
-import importlib
-import os
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
+from . import adapters
 from ._table import format_table
-from .errors import UnsupportedModelError
+from .adapters.base import TraceOptions
+from .options import check_batch_size, check_fields, check_layers, check_mask, check_strategy
 from .spec import LayerSpec
 from .states import States
+from .tracing import assemble
 
 __all__ = ["Description", "describe", "trace"]
 
@@ -37,39 +39,6 @@ class Description(tuple[LayerSpec, ...]):
         return [s.name for s in self]
 
 
-def framework_of(model: Any) -> str | None:
-    """``"keras"``, ``"torch"``, ``"onnx"`` or None, from the model's class hierarchy (imports
-    nothing); a path ending in ``.onnx`` is ``"onnx"`` too."""
-    if isinstance(model, (str, os.PathLike)):
-        return "onnx" if os.fspath(model).lower().endswith(".onnx") else None
-    for cls in type(model).__mro__:
-        root = cls.__module__.split(".", 1)[0]
-        if root in ("keras", "tf_keras"):
-            return "keras"
-        if root == "torch":
-            return "torch"
-        if root == "onnx":  # onnx.ModelProto
-            return "onnx"
-    return None
-
-
-def _framework(model: Any) -> str:
-    found = framework_of(model)
-    if found is not None:
-        return found
-    raise UnsupportedModelError(
-        f"rnnlens traces Keras 3 models and PyTorch modules, and ONNX models (onnx.ModelProto or a "
-        f".onnx path); received {type(model).__module__}.{type(model).__name__}. Load a model file first "
-        "(rnnlens.load_model) and pass the model."
-    )
-
-
-def _adapter(framework: str) -> Any:
-    """The adapter module of a framework (``rnnlens.adapters.keras``/``torch``/``onnx``),
-    imported on first use."""
-    return importlib.import_module(f"{__package__}.adapters.{framework}")
-
-
 def describe(model: Any) -> Description:
     """The recurrent layers of ``model``: name, kind, units, directions and extractable fields.
 
@@ -81,7 +50,7 @@ def describe(model: Any) -> Description:
         -----  ----  ----  -----  ----------  ---------
         enc    LSTM  lstm  4      forward     h,c,gates
     """
-    return Description(_adapter(_framework(model)).describe(model))
+    return Description(adapters.for_model(model).describe(model))
 
 
 def trace(
@@ -128,20 +97,14 @@ def trace(
         >>> bool(np.allclose(states["enc"].last(), model.predict(np.ones((2, 5, 3)), verbose=0), atol=1e-6))
         True
     """
-    framework = _framework(model)
-    if framework == "keras" and (args or kwargs):
-        raise TypeError(
-            "A Keras model takes one x (use a list or dict for several inputs); "
-            f"received {len(args)} extra positional and {sorted(kwargs)} keyword argument(s)."
-        )
-    return _adapter(framework).trace(  # type: ignore[no-any-return]
-        model,
-        x,
-        *args,
-        layers=layers,
-        fields=fields,
-        mask=mask,
-        batch_size=batch_size,
-        strategy=strategy,
-        **kwargs,
+    adapter = adapters.for_model(model)
+    options = TraceOptions(
+        layers=check_layers(layers),
+        fields=check_fields(fields),
+        # an adapter that takes mask= as valid steps gets it checked; others see it as given
+        mask=check_mask(mask) if adapter.takes_mask else mask,
+        batch_size=check_batch_size(batch_size),
+        strategy=check_strategy(strategy, adapter.strategies, adapter.name),
     )
+    captured = adapter.capture(model, (x, *args), kwargs, options)
+    return assemble(captured.specs, captured.batches, backend=captured.backend)

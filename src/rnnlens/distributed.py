@@ -64,18 +64,11 @@ from typing import Any
 
 import numpy as np
 
+from . import adapters
 from .errors import InputError
-from .extract import (
-    Run,
-    StoreTarget,
-    _framework,
-    _model_name,
-    _progress,
-    piece_arrays,
-    trace_piece,
-    weights_sha256,
-    whole_chunk,
-)
+from .extract.chunks import piece_arrays, trace_piece, whole_chunk
+from .extract.run import Run, _progress
+from .extract.target import StoreTarget, _model_name
 from .io.data import Batch, Digest, _map, chain, open_whole
 from .io.errors import MissingDependencyError, SchedulerError, StoreMismatchError
 from .io.layout import Layout, done_chunks, record_chunk, write_manifest
@@ -313,7 +306,7 @@ class _Driver:
                 import cloudpickle
 
                 spec, model_file = _ModelBytes(), None
-                expected = weights_sha256(model)
+                expected = adapters.model_digest(model)
                 # refuse a mismatched store before shipping the model anywhere
                 target = self._target(expected, _model_name(model), None)
                 manifest = target.prepare(resume=resume, overwrite=overwrite)
@@ -591,7 +584,6 @@ class _WorkerRun:
     def __init__(self) -> None:
         self.lock = threading.Lock()  # one load, and one trace at a time (adapters patch the model)
         self.model: Any = None
-        self.framework = ""
         self.sha256 = ""
         self.name = ""
         self.writer: Any = None
@@ -604,8 +596,7 @@ class _WorkerRun:
         with self.lock:
             if self.model is None:
                 model = spec.load(payload)
-                self.framework = _framework(model)
-                self.sha256 = weights_sha256(model)
+                self.sha256 = adapters.model_digest(model)
                 self.name = _model_name(model)
                 self.model = model
                 self.loads += 1
@@ -641,14 +632,13 @@ def _probe_task(
     info: dict[str, Any] = {
         "sha256": state.sha256,
         "name": state.name,
-        "framework": state.framework,
         "worker": _address(),
         "layout": None,
     }
     if piece is not None:
         batch = piece.read()
         with state.lock:
-            traced = trace_piece(model, state.framework, batch, layers=layers, fields=fields)
+            traced = trace_piece(model, batch, layers=layers, fields=fields)
             state.traces += 1
         states, user_mask = traced
         layout, _ = piece_arrays(
@@ -686,7 +676,7 @@ def _chunk_task(
     traced = state.first.pop(piece.index, None)
     if traced is None:
         with state.lock:
-            traced = trace_piece(model, state.framework, batch, layers=layers, fields=fields)
+            traced = trace_piece(model, batch, layers=layers, fields=fields)
             state.traces += 1
     layout = Layout.from_json(layout_json)
     states, user_mask = traced

@@ -12,14 +12,22 @@ import difflib
 from collections.abc import Iterable
 
 __all__ = [
+    "DataFileError",
     "DirectionNotAvailableError",
     "FieldNotAvailableError",
     "InputError",
     "LayerNotFoundError",
+    "MissingDependencyError",
     "ModelFileError",
+    "OptionError",
+    "OptionTypeError",
     "ParityError",
     "RnnLensError",
     "RnnLensWarning",
+    "SchedulerError",
+    "StoreError",
+    "StoreExistsError",
+    "StoreMismatchError",
     "UnsupportedLayerError",
     "UnsupportedModelError",
 ]
@@ -56,6 +64,39 @@ class ModelFileError(RnnLensError, ValueError):
 
 class InputError(RnnLensError, ValueError):
     """Model input with the wrong shape, dtype or size."""
+
+
+class OptionError(InputError):
+    """An option of :func:`rnnlens.trace` (``layers``, ``fields``, ``batch_size``, ``strategy``,
+    ...) with a value rnnlens cannot use."""
+
+
+class OptionTypeError(OptionError, TypeError):
+    """An option of the wrong type (``batch_size=2.5``, ``layers=5``)."""
+
+
+class MissingDependencyError(RnnLensError, ImportError):
+    """An optional package (zarr, xarray, h5py, onnx) that this feature needs is not installed."""
+
+
+class DataFileError(RnnLensError, ValueError):
+    """A data file (``.npy`` / ``.npz``) that is missing, corrupt, truncated or of the wrong kind."""
+
+
+class StoreError(RnnLensError, ValueError):
+    """A state store that cannot be written or read as asked."""
+
+
+class StoreExistsError(StoreError, FileExistsError):
+    """The output path exists and may not be resumed or replaced as asked."""
+
+
+class StoreMismatchError(StoreError):
+    """Resuming a store with a different model, layers, fields, batch size or data."""
+
+
+class SchedulerError(RnnLensError, ConnectionError):
+    """The Dask scheduler of a distributed extraction cannot be reached."""
 
 
 class FieldNotAvailableError(RnnLensError, ValueError):

@@ -37,7 +37,8 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
-import rnnlens.adapters.torch as tadapter  # noqa: E402
+import rnnlens.adapters.torch_.load as tload  # noqa: E402
+import rnnlens.adapters.torch_.trace as tadapter  # noqa: E402
 from rnnlens.testing.torch_models import CellLoop, EncoderDecoder, PackedClassifier  # noqa: E402
 
 RTOL, ATOL = 1e-4, 1e-5  # float32 trace vs float64 reference
@@ -203,7 +204,7 @@ def test_matches_reference(cfg: dict[str, Any]) -> None:
     args = (arg,) if hx is None else (arg, hx)
     fields = ("h",) if cfg["mode"] == "h" else None
     strategy = "reconstruct" if cfg["mode"] == "reconstruct" else "auto"
-    states = tadapter.trace(m, *args, fields=fields, strategy=strategy)
+    states = rnnlens.trace(m, *args, fields=fields, strategy=strategy)
     with torch.no_grad():
         out, final = m(*args)
 
@@ -310,8 +311,8 @@ def test_emit_and_reconstruct_agree_on_large_buffers(cls: Any) -> None:
     torch.manual_seed(11)
     m = cls(8, 64, num_layers=2, bidirectional=cls is nn.GRU, batch_first=True).eval()
     x = torch.randn(256, 40, 8)
-    emitted = tadapter.trace(m, x, strategy="emit")
-    rebuilt = tadapter.trace(m, x, strategy="reconstruct")
+    emitted = rnnlens.trace(m, x, strategy="emit")
+    rebuilt = rnnlens.trace(m, x, strategy="reconstruct")
     for name in emitted:
         a, b = emitted[name], rebuilt[name]
         np.testing.assert_allclose(a.h, b.h, rtol=0, atol=KERNEL_ATOL)
@@ -320,7 +321,7 @@ def test_emit_and_reconstruct_agree_on_large_buffers(cls: Any) -> None:
         if cls is nn.LSTM:
             np.testing.assert_allclose(a.c, b.c, rtol=RTOL, atol=ATOL)
     with pytest.raises(InputError, match="strategy"):
-        tadapter.trace(m, x, strategy="fast")
+        rnnlens.trace(m, x, strategy="fast")
 
 
 def test_float64_module() -> None:
@@ -642,7 +643,7 @@ def test_module_call_errors_outside_recurrent_modules() -> None:
     with pytest.raises(InputError, match="forward failed"):
         rnnlens.trace(Tagger(), torch.randn(2, 4, 7))
     with pytest.raises(UnsupportedModelError, match=r"torch\.nn\.Module"):
-        tadapter.trace(object(), 1)
+        tadapter.capture(object(), (1,), {}, rnnlens.adapters.TraceOptions())
 
 
 # --------------------------------------------------------------------------- loading
@@ -668,18 +669,18 @@ def test_load_state_dict(tmp_path: Any) -> None:
     path = tmp_path / "small.pt"
     torch.save(src.state_dict(), path)
     with pytest.raises(UnsupportedModelError, match="module=") as info:
-        tadapter.load_model(path)
+        tload.load_model(path)
     assert "state dict" in str(info.value)
-    loaded = tadapter.load_model(path, module=Small())
+    loaded = tload.load_model(path, module=Small())
     assert _same_weights(src, loaded)
-    assert _same_weights(src, tadapter.load_model(str(path), module=Small))  # a class works too
+    assert _same_weights(src, tload.load_model(str(path), module=Small))  # a class works too
     ckpt = tmp_path / "ckpt.pth"
     torch.save({"epoch": 3, "state_dict": src.state_dict()}, ckpt)
-    assert _same_weights(src, tadapter.load_model(ckpt, module=Small()))
+    assert _same_weights(src, tload.load_model(ckpt, module=Small()))
     with pytest.raises(InputError, match="do not fit"):
-        tadapter.load_model(path, module=Tagger())
+        tload.load_model(path, module=Tagger())
     with pytest.raises(FileNotFoundError):
-        tadapter.load_model(tmp_path / "missing.pt", module=Small())
+        tload.load_model(tmp_path / "missing.pt", module=Small())
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
@@ -688,17 +689,17 @@ def test_full_pickle_needs_unsafe(tmp_path: Any) -> None:
     src = EncoderDecoder()
     torch.save(src, path)
     with pytest.raises(ModelFileError, match="unsafe=True"):
-        tadapter.load_model(path)
-    loaded = tadapter.load_model(path, unsafe=True)
+        tload.load_model(path)
+    loaded = tload.load_model(path, unsafe=True)
     assert isinstance(loaded, EncoderDecoder) and _same_weights(src, loaded)
     not_torch = tmp_path / "junk.pt"
     not_torch.write_bytes(pickle.dumps([1, 2]) + b"garbage")
     with pytest.raises(ModelFileError, match="not a PyTorch file"):
-        tadapter.load_model(not_torch)
+        tload.load_model(not_torch)
     no_weights = tmp_path / "list.pt"
     torch.save([1, 2], no_weights)
     with pytest.raises(ModelFileError, match="not model weights"):
-        tadapter.load_model(no_weights)
+        tload.load_model(no_weights)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning")
@@ -708,15 +709,15 @@ def test_torchscript(tmp_path: Any) -> None:
     path = tmp_path / "scripted.pt"
     torch.jit.script(src).save(str(path))
     with pytest.raises(ModelFileError, match="unsafe=True"):  # opening TorchScript runs its code
-        tadapter.load_model(path)
-    scripted = tadapter.load_model(path, unsafe=True)
+        tload.load_model(path)
+    scripted = tload.load_model(path, unsafe=True)
     assert isinstance(scripted, torch.jit.ScriptModule)
     assert rnnlens.describe(scripted).names == ["rnn"]
     with pytest.raises(UnsupportedModelError, match=r"TorchScript.*module=") as info:
         rnnlens.trace(scripted, torch.randn(1, 2, 3))
     assert "load_model" in str(info.value)
     # weights into the Python module: traceable
-    python = tadapter.load_model(path, module=Small(), unsafe=True)
+    python = tload.load_model(path, module=Small(), unsafe=True)
     x = torch.randn(2, 3, 3)
     with torch.no_grad():
         want = scripted(x)

@@ -108,7 +108,7 @@ def test_mismatched_store_or_data_is_refused(client, tmp_path) -> None:  # type:
     with torch.no_grad():
         other.weight_hh_l0.add_(1.0)
     torch.save(other, tmp_path / "other.pt")
-    with pytest.raises(StoreMismatchError, match="model weights"):
+    with pytest.raises(StoreMismatchError, match="weights and architecture"):
         rnnlens.extract_to(store, tmp_path / "other.pt", x, batch_size=4, client=client, unsafe=True)
     with pytest.raises(StoreExistsError, match="already holds"):
         rnnlens.extract_to(store, model, x, batch_size=4, client=client, resume=False)

@@ -136,7 +136,7 @@ def test_model_file_and_npy_memmap(fmodel, fdata, tmp_path) -> None:  # type: ig
     )
     stored = run.open()
     assert stored.attrs["model_file"] == "m.keras"
-    assert stored.attrs["model_sha256"] == rnnlens.extract.weights_sha256(fmodel)
+    assert stored.attrs["model_sha256"] == rnnlens.adapters.model_digest(fmodel)
     assert (stored.lengths[...] == 4).all() and not stored.mask[:, 4:].any()
     mem = rnnlens.trace(
         fmodel, fdata, fields="h", mask=np.arange(6)[None] < np.full((22, 1), 4), batch_size=16
@@ -151,7 +151,7 @@ def test_a_torch_module_streams_like_a_keras_model(fdata, tmp_path) -> None:  # 
     run = rnnlens.extract_to(tmp_path / "t.zarr", lstm, fdata, fields=None, batch_size=8)
     stored = run.open()
     assert stored.backend == "torch" and list(stored) == ["lstm.l0", "lstm.l1"]
-    assert stored.attrs["model_sha256"] == rnnlens.extract.weights_sha256(lstm)
+    assert stored.attrs["model_sha256"] == rnnlens.adapters.model_digest(lstm)
     for start in (0, 8, 16):
         mem = rnnlens.trace(lstm, torch.from_numpy(fdata[start : start + 8]))
         for name in mem:

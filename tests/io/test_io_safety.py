@@ -24,7 +24,7 @@ def done(fmodel, fdata, tmp_path_factory):  # type: ignore[no-untyped-def]
 def test_mismatched_model_layers_fields_batch_size_are_refused(done, fmodel, fdata) -> None:  # type: ignore[no-untyped-def]
     other = keras.models.clone_model(fmodel)  # same architecture, fresh weights
     cases = [
-        ((other,), {"layers": "gru", "batch_size": 8}, "model weights"),
+        ((other,), {"layers": "gru", "batch_size": 8}, "weights and architecture"),
         ((fmodel,), {"layers": "bilstm", "batch_size": 8}, "layers"),
         ((fmodel,), {"layers": "gru", "fields": ("h", "gates"), "batch_size": 8}, "fields"),
         ((fmodel,), {"layers": "gru", "batch_size": 4}, "batch_size"),

@@ -372,7 +372,7 @@ def test_describe_reports_feature_maps() -> None:
 
 
 def test_last_step_parity_check_catches_a_wrong_step() -> None:
-    from rnnlens.adapters import keras_conv
+    from rnnlens.adapters.keras_ import conv as keras_conv
 
     layer = keras.layers.ConvLSTM1D(2, 3, padding="same", name="conv")
     _model(layer, (4, 6, 1))

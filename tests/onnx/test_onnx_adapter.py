@@ -38,7 +38,7 @@ from torch import nn  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
 import rnnlens  # noqa: E402
-import rnnlens.adapters.onnx as oadapter  # noqa: E402
+import rnnlens.adapters.onnx_.trace as oadapter  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 from rnnlens.testing import reference_rnn  # noqa: E402
 
@@ -395,7 +395,13 @@ def test_session_is_cached_by_content(tmp_path: Path) -> None:
 
 
 def test_load_model_and_framework_of(tmp_path: Path) -> None:
-    from rnnlens.api import framework_of
+    from rnnlens.adapters import for_model
+
+    def framework_of(m: Any) -> str | None:
+        try:
+            return for_model(m).name
+        except rnnlens.UnsupportedModelError:
+            return None
 
     torch.manual_seed(2)
     path = export(_module("rnn_tanh", batch_first=True), (torch.randn(2, 4, 3),), tmp_path / "r.onnx")
@@ -428,7 +434,7 @@ def test_corrupt_file_is_a_model_file_error(tmp_path: Path, damage: Any) -> None
 def test_extract_to_with_onnx_path(tmp_path: Path) -> None:
     """What ``rnnlens extract m.onnx data.npy -o run.zarr --fields h,c --batch-size 3`` runs."""
     pytest.importorskip("zarr")
-    from rnnlens.extract import weights_sha256
+    from rnnlens.adapters import model_digest as weights_sha256
     from rnnlens.io.errors import StoreMismatchError
 
     torch.manual_seed(4)

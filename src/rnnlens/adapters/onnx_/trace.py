@@ -93,8 +93,8 @@ from typing import Any
 
 import numpy as np
 
-from ..cells import DirectionArrays, carry_forward, check_parity, reconstruct_direction
-from ..errors import (
+from ...cells import DirectionArrays, carry_forward, check_parity, reconstruct_direction
+from ...errors import (
     InputError,
     ModelFileError,
     RnnLensWarning,
@@ -102,11 +102,11 @@ from ..errors import (
     UnsupportedModelError,
     suggest,
 )
-from ..spec import FIELDS_BY_KIND, CellWeights, Field, Kind, LayerSpec
-from ..states import States
-from ..tracing import assemble, resolve_fields, select_layers
+from ...spec import FIELDS_BY_KIND, CellWeights, Field, Kind, LayerSpec
+from ...tracing import resolve_fields, select_layers
+from ..base import Captured, TraceOptions
 
-__all__ = ["describe", "load_model", "trace", "weight_arrays"]
+__all__ = ["capture", "describe", "load_model", "weight_arrays"]
 
 _KINDS: dict[str, Kind] = {"LSTM": "lstm", "GRU": "gru", "RNN": "simple"}
 _N_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -122,7 +122,7 @@ def _onnx() -> Any:
     try:
         import onnx
     except ImportError as e:
-        from ..io.errors import MissingDependencyError
+        from ...errors import MissingDependencyError
 
         raise MissingDependencyError(
             f"ONNX models need the optional package 'onnx', which is not installed ({e}). "
@@ -135,7 +135,7 @@ def _ort() -> Any:
     try:
         import onnxruntime
     except ImportError as e:
-        from ..io.errors import MissingDependencyError
+        from ...errors import MissingDependencyError
 
         raise MissingDependencyError(
             f"Tracing an ONNX model needs the optional package 'onnxruntime', which is not installed "
@@ -525,9 +525,7 @@ _CACHE_LOCK = threading.Lock()
 def _model(model: Any) -> Any:
     """The ``ModelProto`` of ``model`` (a path is opened with :func:`rnnlens.load_model`)."""
     if isinstance(model, (str, os.PathLike)):
-        from ..loading import load_model as load_any
-
-        return load_any(model)
+        return load_model(model)
     onnx = _onnx()
     if not isinstance(model, onnx.ModelProto):
         raise UnsupportedModelError(
@@ -577,6 +575,8 @@ def load_model(path: str | os.PathLike[str]) -> Any:
     """
     onnx = _onnx()
     p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"No model file at {str(path)!r}.")
     try:
         model = onnx.load(str(p))
     except Exception as e:  # protobuf's DecodeError, or a missing external-data file
@@ -608,40 +608,30 @@ def weight_arrays(model: Any) -> list[np.ndarray]:
     return out
 
 
-def trace(
-    model: Any,
-    x: Any,
-    *args: Any,
-    layers: str | Iterable[str] | None = None,
-    fields: str | Iterable[str] | None = None,
-    mask: Any = None,
-    batch_size: int | None = None,
-    strategy: str = "auto",
-    **kwargs: Any,
-) -> States:
-    """ONNX implementation of :func:`rnnlens.trace`: one ONNX Runtime run of a copy of ``model``.
+def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions) -> Captured:
+    """ONNX implementation of :meth:`rnnlens.adapters.Adapter.capture`: one ONNX Runtime run
+    of a copy of ``model``.
 
-    ``x``, ``*args`` and ``**kwargs`` are the graph's inputs (see the module docstring);
-    ``strategy`` may be ``"auto"`` or ``"reconstruct"`` (what ONNX always does: ``h`` from ONNX
-    Runtime, ``c`` and gates rebuilt and checked).
+    ``args`` and ``kwargs`` are the graph's inputs (see the module docstring); ``strategy``
+    is ``"auto"`` or ``"reconstruct"`` (what ONNX always does: ``h`` from ONNX Runtime, ``c``
+    and gates rebuilt and checked).
     """
-    if strategy not in ("auto", "reconstruct"):
-        raise InputError(
-            f"strategy={strategy!r} is not available for ONNX models: ONNX Runtime runs the node's own "
-            "kernel, and c and gates are rebuilt from its h ('reconstruct'). Use 'auto' or 'reconstruct'."
-        )
-    if mask is not None:
+    layers, fields = options.layers, options.fields
+    if options.mask is not None:
         raise InputError(
             "mask= is not used for ONNX models: each LSTM/GRU/RNN node takes its valid steps from its "
             "sequence_lens input, computed by the graph. Feed the lengths as the graph input that "
             "produces it (trace(model, x, lengths=...)); without sequence_lens every step is valid."
         )
-    if batch_size is not None:
+    if options.batch_size is not None:
         raise InputError(
             "batch_size= is not used for ONNX models: the graph runs once on the inputs as given (rnnlens "
             "cannot know which axis of each input is the batch). Split large inputs yourself and trace "
             "each part, or use rnnlens.extract_to."
         )
+    if not args and not kwargs:
+        raise InputError(f"No inputs given; the model's inputs are: {_signature(_prepare(model))}.")
+    x, rest = (args[0], args[1:]) if args else (None, ())
     prep = _prepare(model)
     if not prep.nodes:
         raise UnsupportedLayerError(
@@ -654,7 +644,7 @@ def trace(
     nodes = {n.name: n for n in prep.nodes}
     _check_fields([nodes[s.name] for s in chosen], fields)
     want = resolve_fields(chosen, fields)
-    feeds = _feeds(prep, x, args, kwargs)
+    feeds = _feeds(prep, x, rest, kwargs)
     session = prep.session()
 
     needs: dict[str, list[str]] = {}
@@ -692,7 +682,7 @@ def trace(
         s.name: _input_order(nodes[s.name], *_node_states(nodes[s.name], want[s.name], tensor), tensor)
         for s in chosen
     }
-    return assemble(chosen, [batch], backend="onnx")
+    return Captured(chosen, [batch], backend="onnx")
 
 
 # --------------------------------------------------------------------------- per node
@@ -893,7 +883,7 @@ def _feeds(prep: _Prepared, x: Any, args: Sequence[Any], kwargs: Mapping[str, An
             )
         given.update(x)
     else:
-        positional = [*(x if isinstance(x, (list, tuple)) else [x]), *args]
+        positional = [*(x if isinstance(x, (list, tuple)) else [] if x is None else [x]), *args]
         if len(positional) > len(names):
             raise InputError(
                 f"Received {len(positional)} positional input(s); the model has {len(names)}: "

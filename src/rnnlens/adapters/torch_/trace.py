@@ -83,11 +83,8 @@ from __future__ import annotations
 
 import inspect
 import mmap
-import os
-import pickle
 import re
 import weakref
-import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,20 +94,19 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from ..cells import DirectionArrays, check_parity, gru_gates, lstm_gates
-from ..errors import (
+from ...cells import DirectionArrays, check_parity, gru_gates, lstm_gates
+from ...errors import (
     InputError,
     LayerNotFoundError,
-    ModelFileError,
     RnnLensError,
     UnsupportedLayerError,
     UnsupportedModelError,
 )
-from ..spec import FIELDS_BY_KIND, CellWeights, Field, Kind, LayerSpec
-from ..states import States
-from ..tracing import RawDirection, RawLayer, assemble, resolve_fields, select_layers, to_direction_arrays
+from ...spec import FIELDS_BY_KIND, CellWeights, Field, Kind, LayerSpec
+from ...tracing import RawDirection, RawLayer, resolve_fields, select_layers, to_direction_arrays
+from ..base import Captured, TraceOptions
 
-__all__ = ["describe", "load_model", "trace"]
+__all__ = ["capture", "describe"]
 
 _SEQ_KINDS: dict[str, Kind] = {"LSTM": "lstm", "GRU": "gru", "RNN": "simple"}
 _CELL_KINDS: dict[str, Kind] = {"LSTMCell": "lstm", "GRUCell": "gru", "RNNCell": "simple"}
@@ -287,7 +283,7 @@ def _require_module(model: Any) -> None:
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(
             f"Expected a torch.nn.Module; received {type(model).__module__}.{type(model).__name__}. "
-            "Load a model file with rnnlens.adapters.torch.load_model first."
+            "Load a model file with rnnlens.load_model first."
         )
 
 
@@ -969,17 +965,9 @@ def _names(layers: str | Iterable[str] | None) -> list[str] | None:
     return [layers] if isinstance(layers, str) else list(layers)
 
 
-def trace(
-    model: Any,
-    *args: Any,
-    layers: str | Iterable[str] | None = None,
-    fields: str | Iterable[str] | None = None,
-    mask: Any = None,
-    batch_size: int | None = None,
-    strategy: str = "auto",
-    **kwargs: Any,
-) -> States:
-    """PyTorch implementation of :func:`rnnlens.trace`: calls ``model(*args, **kwargs)`` once.
+def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions) -> Captured:
+    """PyTorch implementation of :meth:`rnnlens.adapters.Adapter.capture`: calls
+    ``model(*args, **kwargs)`` once.
 
     ``strategy`` says how ``c`` and gates of ``nn.LSTM``/``nn.GRU`` are obtained (both exact):
     ``"emit"``: rnnlens' step loop emits them; ``"reconstruct"``: ``h`` from PyTorch's fused
@@ -987,9 +975,15 @@ def trace(
     ``"auto"`` (default): emit on CPU, reconstruct elsewhere and for PackedSequence inputs.
     See the module docstring for names, semantics and what is (temporarily) touched.
     """
+    layers, fields, mask, batch_size, strategy = (
+        options.layers,
+        options.fields,
+        options.mask,
+        options.batch_size,
+        options.strategy,
+    )
+    kwargs = dict(kwargs)
     _require_module(model)
-    if strategy not in ("auto", "emit", "reconstruct"):
-        raise InputError(f"strategy must be 'auto', 'emit' or 'reconstruct'; received {strategy!r}.")
     if isinstance(model, torch.jit.ScriptModule):
         raise UnsupportedModelError(
             f"{type(model).__name__} is a TorchScript module: its forward runs compiled code, which "
@@ -1081,7 +1075,7 @@ def trace(
         return weights_cache[key]
 
     batch = {spec.name: builders[spec](weights) for spec in selected}
-    return assemble(selected, [batch], backend="torch")
+    return Captured(selected, [batch], backend="torch")
 
 
 def _entries(
@@ -1152,125 +1146,3 @@ def _select_dynamic(
         raise err
     wanted = set(names)
     return [s for s in dynamic if s.name in wanted]
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _is_torchscript(path: str) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any(n.endswith("constants.pkl") for n in z.namelist())
-
-
-def _state_dict(obj: Any) -> Mapping[str, Any] | None:
-    def is_sd(o: Any) -> bool:
-        return (
-            isinstance(o, Mapping)
-            and len(o) > 0
-            and all(isinstance(k, str) for k in o)
-            and any(isinstance(v, torch.Tensor) for v in o.values())
-        )
-
-    if is_sd(obj):
-        return obj  # type: ignore[no-any-return]
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if is_sd(obj.get(key)):
-                return obj[key]  # type: ignore[no-any-return]
-    return None
-
-
-def _instantiate(module: Any) -> Any:
-    if isinstance(module, nn.Module):
-        return module
-    if isinstance(module, type) and issubclass(module, nn.Module):
-        try:
-            return module()
-        except TypeError as e:
-            raise UnsupportedModelError(
-                f"{module.__name__}() needs arguments ({e}). Pass an instance instead: "
-                f"load_model(path, module={module.__name__}(...))."
-            ) from None
-    raise UnsupportedModelError(
-        f"module must be a torch.nn.Module instance or class; received {type(module).__name__}."
-    )
-
-
-def _load_into(module: Any, state: Mapping[str, Any], path: str) -> Any:
-    target = _instantiate(module)
-    try:
-        target.load_state_dict(state)
-    except RuntimeError as e:
-        raise InputError(
-            f"The weights in {path!r} do not fit {type(target).__name__}: {e} -- pass the module the "
-            "file was saved from, built with the same sizes."
-        ) from None
-    return target
-
-
-def load_model(path: str | os.PathLike[str], module: Any = None, *, unsafe: bool = False) -> Any:
-    """Load a PyTorch model file safely.
-
-    * A state dict (``torch.save(model.state_dict(), "m.pt")``; ``.pt``/``.pth``, also a
-      checkpoint dict holding one under ``"state_dict"``, ``"model_state_dict"`` or ``"model"``)
-      is read with ``torch.load(weights_only=True)``, which runs no code from the file. Weights
-      need the code that uses them: pass ``module``, the model's instance (or a class that
-      takes no arguments); the weights are loaded into it and it is returned.
-    * A TorchScript file (``torch.jit.save``) runs code when opened: ``torch.jit.load``
-      executes the archive's compiled ``__setstate__`` methods, which can read and write files.
-      It is refused unless ``unsafe=True`` (only for files you trust). With ``unsafe=True`` and
-      without ``module`` the ScriptModule is returned (describe works, trace does not: compiled
-      code cannot be observed); with ``module`` its weights are loaded into that Python module.
-    * A whole pickled module (``torch.save(model)``) can run arbitrary code when loaded: it
-      is refused unless ``unsafe=True`` (only for files you trust).
-
-    A file that cannot be read, holds no weights, or would run code raises
-    :class:`~rnnlens.errors.ModelFileError`, as for Keras files.
-    """
-    p = os.fspath(path)
-    if not os.path.isfile(p):
-        raise FileNotFoundError(f"No model file at {p!r}.")
-    if _is_torchscript(p):
-        if not unsafe:
-            raise ModelFileError(
-                f"{p!r} is a TorchScript archive: opening it runs the compiled code inside it "
-                "(its __setstate__ methods can read and write files). If you trust the file, pass "
-                "unsafe=True (CLI: --unsafe). Safer: on a machine where the file is trusted, save "
-                "its weights with torch.save(torch.jit.load(path).state_dict(), 'weights.pt') and "
-                "load those with rnnlens.load_model('weights.pt', module=MyModel(...))."
-            )
-        scripted = torch.jit.load(p, map_location="cpu")
-        return scripted if module is None else _load_into(module, scripted.state_dict(), p)
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if not unsafe:
-            raise ModelFileError(
-                f"{p!r} cannot be read as weights only: it holds pickled Python objects (a whole "
-                "module saved with torch.save(model)?) or is not a PyTorch file at all, and loading "
-                "pickled objects can run arbitrary code from the file. If you trust the file, pass "
-                "unsafe=True. Safer: save model.state_dict() and load it with "
-                "load_model(path, module=MyModel(...))."
-            ) from e
-        obj = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ModelFileError(
-            f"{p!r} is not a file torch.load can read ({type(e).__name__}: {e}). Expected a state "
-            "dict (.pt/.pth), a TorchScript file, or (with unsafe=True) a pickled module."
-        ) from e
-    if isinstance(obj, nn.Module):
-        return obj if module is None else _load_into(module, obj.state_dict(), p)
-    state = _state_dict(obj)
-    if state is None:
-        raise ModelFileError(
-            f"{p!r} holds a {type(obj).__name__}, not model weights; expected a state dict "
-            "(torch.save(model.state_dict(), path)) or a TorchScript file."
-        )
-    if module is None:
-        raise UnsupportedModelError(
-            f"{p!r} is a state dict: weights without the code that uses them. Pass the model: "
-            "load_model(path, module=MyModel(...)) (an instance, or a class that takes no arguments)."
-        )
-    return _load_into(module, state, p)

@@ -1,22 +1,22 @@
 """Keras 3 adapter: find recurrent layers, check inputs, run one probe pass
-(:mod:`rnnlens.adapters.keras_probe`), and hand NumPy arrays to the backend-independent core.
+(:mod:`rnnlens.adapters.keras_.probe`), and hand NumPy arrays to the backend-independent core.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, UnsupportedModelError
-from ..spec import FIELDS_BY_KIND, CellWeights, Field, Kind, LayerSpec
-from ..states import States
-from ..tracing import RawDirection, RawLayer, assemble, resolve_fields, select_layers, to_direction_arrays
-from . import keras_conv
-from .keras_probe import Strategy, cell_kind, choose_strategy, is_model, is_recurrent, probe_for
+from ...errors import InputError, UnsupportedModelError
+from ...spec import FIELDS_BY_KIND, CellWeights, Field, Kind, LayerSpec
+from ...tracing import RawDirection, RawLayer, resolve_fields, select_layers, to_direction_arrays
+from ..base import Captured, TraceOptions
+from . import conv as keras_conv
+from .probe import cell_kind, choose_strategy, is_model, is_recurrent, probe_for
 
-__all__ = ["describe", "trace"]
+__all__ = ["capture", "describe"]
 
 DEFAULT_BATCH_SIZE = 1024
 
@@ -270,28 +270,23 @@ def _check_one(a: np.ndarray, spec: Any) -> np.ndarray:
 # --------------------------------------------------------------------------- trace
 
 
-def trace(
-    model: Any,
-    x: Any,
-    *,
-    layers: str | Iterable[str] | None = None,
-    fields: str | Iterable[str] | None = None,
-    mask: Any = None,
-    batch_size: int | None = None,
-    strategy: Strategy = "auto",
-) -> States:
-    """Keras implementation of :func:`rnnlens.trace`."""
-    if strategy not in ("auto", "emit", "reconstruct"):
-        raise ValueError(f"strategy must be 'auto', 'emit' or 'reconstruct'; received {strategy!r}.")
+def capture(model: Any, x: Any, options: TraceOptions) -> Captured:
+    """Keras implementation of :meth:`rnnlens.adapters.Adapter.capture` (``x``: the model's
+    input: an array, or a list/dict for several inputs; options validated by the core)."""
     _require_graph(model)
     recurrent, others = _recurrent_layers(model)
     specs_all = [_spec(name, layer) for name, layer in recurrent]
-    specs = select_layers(specs_all, layers, other_layers=others)
-    wanted = resolve_fields(specs, fields)
+    specs = select_layers(specs_all, options.layers, other_layers=others)
+    wanted = resolve_fields(specs, options.fields)
     x, n = _prepare_inputs(model, x)
-    user_mask = None if mask is None else np.asarray(mask, dtype=bool)
-    if user_mask is not None and user_mask.shape[0] != n:
-        raise InputError(f"mask has {user_mask.shape[0]} samples; x has {n}.")
+    user_mask = options.mask
+    if user_mask is not None:
+        steps = _time_steps(x)
+        if user_mask.shape[0] != n or (steps is not None and user_mask.shape[1] != steps):
+            raise InputError(
+                f"mask has shape {user_mask.shape}; x has (sample, time) = {(n, steps)}. Pass one "
+                "bool per sample and step."
+            )
     _check_stateful(recurrent, n)
     layer_by_name = dict(recurrent)
     weights = {s.name: _weights_by_direction(layer_by_name[s.name]) for s in specs}
@@ -302,13 +297,13 @@ def trace(
         # ConvLSTM is always emitted (h too): Keras has no faster kernel for it to reuse
         and (s.kind == "convlstm" or "c" in wanted[s.name] or "gates" in wanted[s.name])
         and all(
-            choose_strategy(sub, strategy) == "emit" for sub in _directions(layer_by_name[s.name]).values()
+            choose_strategy(sub, options.strategy) == "emit"  # type: ignore[arg-type]
+            for sub in _directions(layer_by_name[s.name]).values()
         )
     )
     probe = probe_for(model, recurrent, wanted, emit)
+    batch_size = options.batch_size
     step = n if batch_size is None and n <= DEFAULT_BATCH_SIZE else (batch_size or DEFAULT_BATCH_SIZE)
-    if step < 1:
-        raise InputError(f"batch_size must be a positive integer; received {batch_size}.")
     batches = []
     for start in range(0, n, step):
         sl = slice(start, min(start + step, n))
@@ -319,7 +314,13 @@ def trace(
                 for s in specs
             }
         )
-    return assemble(specs, batches, backend=f"keras/{_keras().backend.backend()}")
+    return Captured(specs, batches, backend=f"keras/{_keras().backend.backend()}")
+
+
+def _time_steps(x: Any) -> int | None:
+    """The time axis of the (first) input, where it has one."""
+    first = next(iter(x.values())) if isinstance(x, dict) else x[0] if isinstance(x, list) else x
+    return int(first.shape[1]) if getattr(first, "ndim", 0) >= 2 else None
 
 
 def _slice(x: Any, sl: slice) -> Any:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelFileError, RnnLensWarning, UnsupportedModelError
+from ...errors import ModelFileError, RnnLensWarning, UnsupportedModelError
 
 __all__ = ["is_keras2_h5", "keras2_hard_sigmoid", "load_keras2_h5", "register_custom_objects"]
 
@@ -48,7 +48,7 @@ def keras2_hard_sigmoid(x: Any) -> Any:
 
     Example:
         >>> import numpy as np
-        >>> from rnnlens.adapters.keras_legacy import keras2_hard_sigmoid
+        >>> from rnnlens.adapters.keras_.legacy_h5 import keras2_hard_sigmoid
         >>> y = np.asarray(keras2_hard_sigmoid(np.array([-3.0, 0.0, 1.0, 3.0], "float32")))
         >>> [round(float(v), 3) for v in y]  # Keras 3's hard_sigmoid(1.0) is 0.667
         [0.0, 0.5, 0.7, 1.0]

@@ -21,7 +21,7 @@ is a :class:`~rnnlens.errors.ParityError`. The step is one function applied at e
 so one step per sequence checks the equations at the cost of one extra cell call.
 
 This module is the ConvLSTM hook of :mod:`rnnlens.adapters.keras` and
-:mod:`rnnlens.adapters.keras_probe`; they call into it where ``kind == "convlstm"``.
+:mod:`rnnlens.adapters.keras_.probe`; they call into it where ``kind == "convlstm"``.
 
 Example:
     >>> import keras, numpy as np, rnnlens
@@ -41,9 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from ..cells import tolerance
-from ..errors import ParityError
-from ..spec import FIELDS_BY_KIND, LayerSpec
+from ...cells import tolerance
+from ...errors import ParityError
+from ...spec import FIELDS_BY_KIND, LayerSpec
 
 __all__ = [
     "check_parity",

@@ -27,8 +27,8 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from ..spec import Field, Kind
-from . import keras_conv
+from ...spec import Field, Kind
+from . import conv as keras_conv
 
 __all__ = ["Strategy", "cell_kind", "choose_strategy", "is_model", "is_recurrent", "probe_for"]
 

@@ -1,0 +1,161 @@
+"""The adapter contract: what every framework adapter provides, in one place.
+
+The core (:func:`rnnlens.trace`, :func:`rnnlens.describe`, :func:`rnnlens.load_model`,
+:func:`rnnlens.extract_to`, the Dask driver and the CLI) talks to frameworks only through
+:class:`Adapter`. An adapter knows one framework; the core knows options, cell kinds,
+:class:`~rnnlens.states.States` and stores.
+
+The flow of one trace:
+
+1. the core validates every option once (:class:`TraceOptions`), the same for every
+   framework, and picks the adapter whose :meth:`Adapter.can_trace` accepts the model;
+2. :meth:`Adapter.capture` runs the model (unmodified) and returns :class:`Captured`:
+   the selected layers' specs and, per batch, framework-neutral NumPy arrays per layer
+   and direction (built from :class:`rnnlens.tracing.RawLayer` by the core's
+   reconstruction);
+3. the core assembles :class:`~rnnlens.states.States` from them.
+
+A third-party adapter subclasses :class:`Adapter` and is registered through the
+``rnnlens.adapters`` entry-point group (``name = "pkg.module:MyAdapter"``) or
+:func:`rnnlens.adapters.register`; it is checked with :class:`rnnlens.testing.AdapterTests`.
+
+Example:
+    >>> from rnnlens.adapters import Adapter, registered
+    >>> sorted(registered())
+    ['keras', 'onnx', 'torch']
+    >>> issubclass(type(registered()["torch"]), Adapter)
+    True
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..cells import DirectionArrays
+from ..errors import UnsupportedModelError
+from ..spec import Field, LayerSpec
+
+__all__ = ["Adapter", "Captured", "Inputs", "LayerBatch", "TraceOptions", "mro_roots"]
+
+#: One layer of one batch: its directions' arrays and its valid-step mask (or None).
+LayerBatch = tuple[dict[str, DirectionArrays], "np.ndarray | None"]
+
+
+@dataclass(frozen=True)
+class TraceOptions:
+    """The options of :func:`rnnlens.trace`, validated and normalised by the core.
+
+    ``layers``: names in the caller's order, or None for all. ``fields``: the fields asked
+    for, or None for every field each layer has. ``mask``: (sample, time) bool or None.
+    ``batch_size``: a positive int or None. ``strategy``: one of the adapter's
+    :attr:`Adapter.strategies`.
+    """
+
+    layers: tuple[str, ...] | None = None
+    fields: tuple[Field, ...] | None = None
+    mask: np.ndarray | None = None
+    batch_size: int | None = None
+    strategy: str = "auto"
+
+
+@dataclass
+class Captured:
+    """What :meth:`Adapter.capture` returns: the traced layers and their arrays per batch."""
+
+    specs: list[LayerSpec]
+    batches: list[dict[str, LayerBatch]]
+    backend: str
+
+
+@dataclass
+class Inputs:
+    """One piece of streamed data as :func:`rnnlens.trace` should receive it.
+
+    ``args``/``kwargs`` are the model's inputs; ``options`` the trace options to use
+    (``mask``/``batch_size`` only where the framework takes them).
+    """
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def mro_roots(model: Any) -> set[str]:
+    """Top-level package names in ``model``'s class hierarchy (imports nothing)."""
+    return {cls.__module__.split(".", 1)[0] for cls in type(model).__mro__}
+
+
+class Adapter(ABC):
+    """One framework behind rnnlens. Subclass, fill in the abstract methods, register.
+
+    Class attributes:
+        name: short name (``"keras"``), also the ``States.backend`` prefix.
+        accepts: what models it takes, in words, for "unsupported model" messages.
+        suffixes: model file suffixes :meth:`load` opens (lower case, with the dot).
+        strategies: the values of ``strategy=`` it supports (``"auto"`` always).
+        takes_mask: whether ``mask=`` is the (sample, time) valid steps (checked and turned
+            into bool by the core); otherwise the adapter gets it as given and refuses it
+            clearly, or passes it on (PyTorch: to a ``forward`` with a ``mask`` parameter).
+    """
+
+    name: ClassVar[str]
+    accepts: ClassVar[str]
+    suffixes: ClassVar[tuple[str, ...]] = ()
+    strategies: ClassVar[tuple[str, ...]] = ("auto",)
+    takes_mask: ClassVar[bool] = False
+
+    # ------------------------------------------------------------------ required
+
+    @abstractmethod
+    def can_trace(self, model: Any) -> bool:
+        """Whether ``model`` is this framework's. Must import nothing (look at the class)."""
+
+    @abstractmethod
+    def describe(self, model: Any) -> list[LayerSpec]:
+        """The model's recurrent layers, in model order."""
+
+    @abstractmethod
+    def capture(
+        self, model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions
+    ) -> Captured:
+        """Run ``model`` on its inputs once (without changing it) and capture every selected
+        layer's per-step arrays. Raise an :class:`~rnnlens.errors.RnnLensError` for anything
+        it cannot see exactly."""
+
+    @abstractmethod
+    def model_digest(self, model: Any) -> str:
+        """The model's identity for resuming a store: sha256 (hex) over its weights *and*
+        its architecture (graph, activations, layer configurations)."""
+
+    @abstractmethod
+    def to_inputs(self, x: Any, *, mask: np.ndarray | None, size: int) -> Inputs:
+        """How one streamed piece (NumPy ``x``: array, list or dict; ``size`` samples;
+        the user's (sample, time) ``mask`` or None) is passed to :func:`rnnlens.trace`."""
+
+    # ------------------------------------------------------------------ optional
+
+    def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
+        """Open a model file ending in one of :attr:`suffixes`. Nothing in the file may run
+        unless ``unsafe``; an unreadable file is a :class:`~rnnlens.errors.ModelFileError`."""
+        raise UnsupportedModelError(f"The {self.name} adapter does not open model files.")
+
+    def can_open(self, path: str | os.PathLike[str]) -> bool:
+        """Whether :meth:`load` opens ``path`` (by default: by suffix)."""
+        return os.fspath(path).lower().endswith(self.suffixes) if self.suffixes else False
+
+    def intervene(self, model: Any, *args: Any, **kwargs: Any) -> Any:
+        """Room for interventions (set, ablate or patch states and rerun): not yet provided."""
+        raise NotImplementedError(f"The {self.name} adapter does not support interventions yet.")
+
+    def record(self, model: Any, *args: Any, **kwargs: Any) -> Any:
+        """Room for recording across calls: not yet provided."""
+        raise NotImplementedError(f"The {self.name} adapter does not support recording yet.")
+
+    def __repr__(self) -> str:
+        return f"<rnnlens adapter {self.name!r}: {self.accepts}>"

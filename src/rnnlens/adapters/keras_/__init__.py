@@ -1,0 +1,99 @@
+"""The Keras 3 adapter (TensorFlow, JAX and PyTorch backends; Keras 2 ``.h5`` files).
+
+This module imports no framework: Keras is imported when a Keras model arrives.
+``trace`` (discovery, inputs, the probe run), ``probe`` (the compiled emitting walk),
+``conv`` (ConvLSTM), ``load`` and ``legacy_h5`` (Keras 2 files) do the work.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import InputError
+from ...spec import LayerSpec
+from ..base import Adapter, Captured, Inputs, TraceOptions, mro_roots
+
+__all__ = ["KerasAdapter"]
+
+
+class KerasAdapter(Adapter):
+    name = "keras"
+    accepts = "a built Functional or Sequential keras.Model; .keras/.h5/.hdf5 files"
+    suffixes = (".keras", ".h5", ".hdf5")
+    strategies = ("auto", "emit", "reconstruct")
+    takes_mask = True
+
+    def can_trace(self, model: Any) -> bool:
+        return bool(mro_roots(model) & {"keras", "tf_keras"})
+
+    def describe(self, model: Any) -> list[LayerSpec]:
+        from . import trace
+
+        return trace.describe(model)
+
+    def capture(
+        self, model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions
+    ) -> Captured:
+        if len(args) != 1 or kwargs:
+            raise InputError(
+                "A Keras model takes one x (use a list or dict for several inputs); received "
+                f"{len(args)} positional and {sorted(kwargs)} keyword input argument(s)."
+            )
+        from . import trace
+
+        return trace.capture(model, args[0], options)
+
+    def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
+        if options:
+            raise InputError(f"Keras model files take no options besides unsafe; received {sorted(options)}.")
+        from .load import load
+
+        return load(Path(path), unsafe=unsafe)
+
+    def model_digest(self, model: Any) -> str:
+        from ...digest import canonical_json, model_sha256
+
+        arrays = [np.asarray(v.numpy() if hasattr(v, "numpy") else v) for v in model.weights]
+        return model_sha256(arrays, canonical_json(_architecture(model)))
+
+    def to_inputs(self, x: Any, *, mask: np.ndarray | None, size: int) -> Inputs:
+        return Inputs((x,), options={"mask": mask, "batch_size": size})
+
+
+def _architecture(model: Any) -> Any:
+    """The model's configuration (graph, layers, activations), without weights, and with the
+    layers' names replaced by their order of appearance: Keras names layers it builds
+    (``lstm_3``) by what the process built before, so a model rebuilt or reloaded elsewhere
+    keeps its identity. (The store's layout compares the traced layers' names itself.)"""
+    try:
+        config: Any = {"class": type(model).__qualname__, "config": model.get_config()}
+    except Exception:  # a model without get_config: each layer's own configuration
+        layers = []
+        for layer in getattr(model, "layers", []):
+            try:
+                layer_config = layer.get_config()
+            except Exception:
+                layer_config = None
+            layers.append((type(layer).__qualname__, layer_config))
+        config = {"class": type(model).__qualname__, "layers": layers}
+    try:
+        names = {layer.name for layer in model._flatten_layers(include_self=True, recursive=True)}
+    except Exception:
+        names = {model.name, *(layer.name for layer in getattr(model, "layers", []))}
+    order: dict[str, str] = {}
+
+    def anonymous(o: Any) -> Any:
+        if isinstance(o, dict):
+            return {k: anonymous(o[k]) for k in sorted(o, key=str)}
+        if isinstance(o, (list, tuple)):
+            return [anonymous(v) for v in o]
+        if isinstance(o, str) and o in names:
+            return order.setdefault(o, f"<layer {len(order)}>")
+        return o
+
+    return anonymous(config)

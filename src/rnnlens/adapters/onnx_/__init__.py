@@ -1,0 +1,67 @@
+"""The ONNX adapter: ``onnx.ModelProto`` objects and ``.onnx`` files, run by ONNX Runtime.
+
+This module imports no framework: onnx and onnxruntime are imported when an ONNX model
+arrives. ``trace`` (the graph, the private session, feeds, per-node states) does the work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ...errors import InputError
+from ...spec import LayerSpec
+from ..base import Adapter, Captured, Inputs, TraceOptions, mro_roots
+
+__all__ = ["OnnxAdapter"]
+
+
+class OnnxAdapter(Adapter):
+    name = "onnx"
+    accepts = "an onnx.ModelProto or a .onnx path (the graph's inputs in order or by name)"
+    suffixes = (".onnx",)
+    strategies = ("auto", "reconstruct")
+
+    def can_trace(self, model: Any) -> bool:
+        if isinstance(model, (str, os.PathLike)):
+            return self.can_open(model)
+        return "onnx" in mro_roots(model)
+
+    def describe(self, model: Any) -> list[LayerSpec]:
+        from . import trace
+
+        return trace.describe(model)
+
+    def capture(
+        self, model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions
+    ) -> Captured:
+        from . import trace
+
+        return trace.capture(model, args, kwargs, options)
+
+    def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
+        if options:
+            raise InputError(f"ONNX files take no options; received {sorted(options)}.")
+        from . import trace
+
+        return trace.load_model(path)  # ONNX files hold no code: unsafe changes nothing
+
+    def model_digest(self, model: Any) -> str:
+        from ...digest import model_sha256
+        from . import trace
+
+        proto = trace._model(model)
+        arrays = trace.weight_arrays(proto)
+        # every node (attributes, activations, subgraph bodies), the graph's signature, the opsets
+        lines = [hashlib.sha256(n.SerializeToString()).hexdigest() for n in proto.graph.node]
+        lines += [i.SerializeToString().hex() for i in [*proto.graph.input, *proto.graph.output]]
+        lines += [f"{o.domain}:{o.version}" for o in proto.opset_import]
+        return model_sha256(arrays, "\n".join(lines))
+
+    def to_inputs(self, x: Any, *, mask: np.ndarray | None, size: int) -> Inputs:
+        # NumPy straight to ONNX Runtime; valid steps come from the graph
+        return Inputs((x,))

@@ -1,0 +1,109 @@
+"""The PyTorch adapter: ``nn.Module`` objects and ``.pt``/``.pth`` files.
+
+This module imports no framework: torch is imported when a torch model arrives. ``trace``
+(discovery, the recording run, the emitting step loop) and ``load`` do the work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ...errors import InputError
+from ...spec import LayerSpec
+from ..base import Adapter, Captured, Inputs, TraceOptions, mro_roots
+
+__all__ = ["TorchAdapter"]
+
+
+class TorchAdapter(Adapter):
+    name = "torch"
+    accepts = "a torch.nn.Module (its forward's arguments as inputs); .pt/.pth state dicts with module="
+    suffixes = (".pt", ".pth", ".ts", ".torchscript", ".jit")
+    strategies = ("auto", "emit", "reconstruct")
+
+    def can_trace(self, model: Any) -> bool:
+        return "torch" in mro_roots(model)
+
+    def describe(self, model: Any) -> list[LayerSpec]:
+        from . import trace
+
+        return trace.describe(model)
+
+    def capture(
+        self, model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions
+    ) -> Captured:
+        from . import trace
+
+        return trace.capture(model, args, kwargs, options)
+
+    def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
+        from .load import load_model
+
+        module = options.pop("module", None)
+        if options:
+            raise InputError(f"PyTorch model files take module= and unsafe=; received {sorted(options)}.")
+        return load_model(path, module, unsafe=unsafe)
+
+    def model_digest(self, model: Any) -> str:
+        from ...digest import model_sha256
+
+        arrays = [_bytes_of(t) for t in model.state_dict().values()]
+        return model_sha256(arrays, _architecture(model))
+
+    def to_inputs(self, x: Any, *, mask: np.ndarray | None, size: int) -> Inputs:
+        # valid steps come from the PackedSequence the model builds; the store keeps the user's mask
+        return Inputs((_to_torch(x),))
+
+
+def _architecture(model: Any) -> str:
+    """The module tree with its hyperparameters (``repr``), and per module class the source of
+    its ``forward`` where Python has it (what the module computes)."""
+    lines = [repr(model)]
+    seen: set[type] = set()
+    for name, m in model.named_modules():
+        cls = type(m)
+        lines.append(f"{name}: {cls.__module__}.{cls.__qualname__}")
+        if cls in seen:
+            continue
+        seen.add(cls)
+        try:
+            source = inspect.getsource(cls.forward)
+        except (OSError, TypeError):
+            continue
+        lines.append(hashlib.sha256(source.encode()).hexdigest())
+    return "\n".join(lines)
+
+
+def _bytes_of(t: Any) -> np.ndarray:
+    if not hasattr(t, "detach"):
+        return np.asarray(t)
+    t = t.detach().cpu().contiguous()
+    try:
+        return np.asarray(t.numpy())
+    except TypeError:  # bfloat16 and other dtypes NumPy lacks: hash the raw bytes
+        import torch
+
+        flat = t.reshape(-1) if t.dim() else t.reshape(1)
+        return np.asarray(flat.view(torch.uint8).numpy())
+
+
+def _to_torch(x: Any) -> Any:
+    import torch
+
+    def conv(a: np.ndarray) -> Any:
+        a = np.asarray(a)
+        if not a.flags.writeable or not a.flags.c_contiguous:
+            a = np.array(a)
+        return torch.from_numpy(a)
+
+    if isinstance(x, dict):
+        return {k: conv(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [conv(v) for v in x]
+    return conv(x)

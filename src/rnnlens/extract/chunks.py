@@ -1,0 +1,174 @@
+"""One piece of input through the model's adapter, and its states as the arrays of a store chunk
+(shared by :class:`~rnnlens.extract.run.Run` and the Dask driver)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import adapters
+from ..errors import InputError, UnsupportedLayerError
+from ..io.data import Batch
+from ..io.errors import StoreMismatchError
+from ..io.layout import (
+    LayerLayout,
+    Layout,
+    direction_path,
+)
+from ..states import States
+
+# --------------------------------------------------------------------------- one chunk
+
+
+def trace_piece(
+    model: Any,
+    piece: Batch,
+    *,
+    layers: str | Iterable[str] | None,
+    fields: str | Sequence[str] | None,
+) -> tuple[States, np.ndarray | None]:
+    """Trace one piece of input as one batch, passed as the model's adapter says
+    (:meth:`~rnnlens.adapters.Adapter.to_inputs`); also return the user's mask (from ``mask``
+    or ``lengths``) as (sample, time) bool, or None."""
+    from ..api import trace
+
+    user_mask = piece.mask
+    if user_mask is None and piece.lengths is not None:
+        steps = _time_steps(piece.x)
+        if piece.lengths.size and int(piece.lengths.max()) > steps:
+            raise InputError(
+                f"lengths has a value {int(piece.lengths.max())} above the batch's {steps} time steps."
+            )
+        user_mask = np.arange(steps)[None, :] < np.asarray(piece.lengths)[:, None]
+    inputs = adapters.for_model(model).to_inputs(piece.x, mask=user_mask, size=piece.size)
+    x, *rest = inputs.args
+    states = trace(model, x, *rest, layers=layers, fields=fields, **inputs.options, **inputs.kwargs)
+    return states, user_mask
+
+
+def piece_arrays(
+    states: States,
+    user_mask: np.ndarray | None,
+    n: int,
+    *,
+    layout: Layout | None,
+    max_time: int | None,
+    offset: int,
+    path: Path,
+) -> tuple[Layout, dict[str, np.ndarray]]:
+    """The stored arrays of one traced piece (``mask``, ``lengths``, each layer's fields, not
+    yet padded in time), and the layout: ``layout`` when given (checked to match), else the
+    one these states define. ``max_time``: the store's time axis requested by the caller."""
+    first = next(iter(states.values()))
+    steps = int(first.directions[next(iter(first.directions))].h.shape[1])
+    axis = layout.max_time if layout is not None else max_time or steps
+    if steps > axis:
+        raise InputError(
+            f"Samples {offset}..{offset + n - 1} have {steps} time steps, but the store's "
+            f"time axis has {axis} (fixed by {'max_time' if max_time else 'the first batch'}). "
+            "Pass max_time=<longest sequence> (CLI: --max-time) with overwrite=True, or pad every "
+            "batch to one length."
+        )
+    mine = _layout_of(states, axis)
+    if layout is None:
+        layout = mine
+    elif mine.layers != layout.layers or mine.backend != layout.backend:
+        raise StoreMismatchError(
+            f"This batch's states ({_describe_layout(mine)}) differ from those already in "
+            f"{path} ({_describe_layout(layout)}). Pass overwrite=True to start over."
+        )
+    mask = np.ones((n, steps), dtype=bool)
+    for given, what in ((states.mask, "the model's mask"), (user_mask, "mask")):
+        if given is None:
+            continue
+        given = np.asarray(given, dtype=bool)
+        if given.shape != (n, steps):
+            raise InputError(
+                f"{what} has shape {given.shape}; the traced states have (sample, time) = {(n, steps)}."
+            )
+        mask &= given
+    out: dict[str, np.ndarray] = {"mask": mask, "lengths": mask.sum(axis=1, dtype=np.int32)}
+    for lay in layout.layers:
+        ls = states[lay.name]
+        for dname in lay.directions:
+            d = ls.directions[dname]
+            base = direction_path(lay.name, dname)
+            for field in lay.fields:
+                arr = d.gates.array if field == "gates" else getattr(d, field)
+                out[f"{base}/{field}"] = arr
+    return layout, out
+
+
+def whole_chunk(arrays: dict[str, np.ndarray], layout: Layout, n: int) -> dict[str, np.ndarray]:
+    """One traced piece as a chunk of ``n`` samples: cast to the stored dtypes and padded in
+    time with the fill values, exactly as :class:`Run` assembles a chunk."""
+    specs = {spec.key: spec for spec in layout.arrays()}
+    if arrays["mask"].shape[1] == layout.max_time:
+        return {k: _cast(a, specs[k].dtype) for k, a in arrays.items()}
+    out = {}
+    for key, spec in specs.items():
+        buf = np.full((n, *spec.tail), spec.fill, dtype=spec.dtype)
+        a = arrays[key]
+        if key == "lengths":
+            buf[:] = a
+        else:
+            buf[:, : a.shape[1]] = a
+        out[key] = buf
+    return out
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _layout_of(states: States, max_time: int) -> Layout:
+    layers = []
+    for name, ls in states.items():
+        if ls.spec.feature_shape is not None:  # the store's arrays are (sample, time, unit)
+            others = [n for n in states if states[n].spec.feature_shape is None]
+            raise UnsupportedLayerError(
+                f"Layer {name!r} ({ls.spec.layer_type}) has feature-map states, each step "
+                f"{ls.spec.feature_shape}; Zarr stores hold (sample, time, unit) states only "
+                "(ConvLSTM storage is not supported yet, issue #8). Trace it in memory with "
+                f"rnnlens.trace(model, x, layers=[{name!r}], batch_size=...), or leave it out of "
+                + (f"the store with layers={others}." if others else "the store with layers=[...].")
+            )
+        d0 = next(iter(ls.directions.values()))
+        layers.append(
+            LayerLayout(
+                name=name,
+                kind=ls.spec.kind,
+                layer_type=ls.spec.layer_type,
+                units=int(ls.spec.units),
+                cell_units=None if ls.spec.cell_units is None else int(ls.spec.cell_units),
+                directions=tuple(ls.directions),
+                fields=tuple(d0.fields),
+                dtype=np.dtype(d0.h.dtype).name,
+                notes=tuple(ls.spec.notes),
+            )
+        )
+    return Layout(max_time=max_time, backend=states.backend, layers=tuple(layers))
+
+
+def _describe_layout(layout: Layout) -> str:
+    return (
+        "; ".join(
+            f"{lay.name}: {lay.kind} {lay.units} units, {'+'.join(lay.directions)}, {','.join(lay.fields)}"
+            for lay in layout.layers
+        )
+        + f"; backend {layout.backend}"
+    )
+
+
+def _cast(a: np.ndarray, dtype: str) -> np.ndarray:
+    return a if a.dtype == np.dtype(dtype) else a.astype(dtype)
+
+
+def _time_steps(x: Any) -> int:
+    if isinstance(x, dict):
+        x = next(iter(x.values()))
+    elif isinstance(x, (list, tuple)):
+        x = x[0]
+    return int(x.shape[1])
