@@ -4,6 +4,7 @@ model of that framework arrives."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
@@ -50,6 +51,7 @@ def describe(model: Any) -> Description:
         -----  ----  ----  -----  ----------  ---------
         enc    LSTM  lstm  4      forward     h,c,gates
     """
+    model = _opened(model)
     return Description(adapters.for_model(model).describe(model))
 
 
@@ -67,9 +69,9 @@ def trace(
     """Hidden state (and for LSTM cell state and gates) of every recurrent layer at every step.
 
     Args:
-        model: a built Keras 3 ``Model`` (Functional or Sequential), a ``torch.nn.Module``, or
-            an ONNX model (``onnx.ModelProto`` or a ``.onnx`` path, opened with
-            :func:`rnnlens.load_model`). It is not modified.
+        model: a built Keras 3 ``Model`` (Functional or Sequential), a ``torch.nn.Module``, an
+            ONNX model (``onnx.ModelProto``), or a model file path (opened with
+            :func:`rnnlens.load_model` in safe mode). It is not modified.
         x: the input as the model takes it: an array, or a list/dict for several inputs.
             PyTorch: the positional arguments of ``forward`` (``*args``, ``**kwargs`` follow).
             ONNX: the graph's inputs in order (``*args`` continue), or by name (``**kwargs``).
@@ -97,6 +99,7 @@ def trace(
         >>> bool(np.allclose(states["enc"].last(), model.predict(np.ones((2, 5, 3)), verbose=0), atol=1e-6))
         True
     """
+    model = _opened(model)
     adapter = adapters.for_model(model)
     options = TraceOptions(
         layers=check_layers(layers),
@@ -108,3 +111,15 @@ def trace(
     )
     captured = adapter.capture(model, (x, *args), kwargs, options)
     return assemble(captured.specs, captured.batches, backend=captured.backend)
+
+
+def _opened(model: Any) -> Any:
+    """A model file path that no adapter traces as a path is opened with
+    :func:`rnnlens.load_model` (safe mode: a file that would run code is refused)."""
+    if isinstance(model, (str, os.PathLike)) and not any(
+        a.can_trace(model) for a in adapters.registered().values()
+    ):
+        from .loading import load_model
+
+        return load_model(model)
+    return model

@@ -15,7 +15,8 @@ import pytest
 from dask_helpers import assert_same_store, data, torch_lstm
 
 import rnnlens
-from rnnlens.distributed import _client_ids, held_runs
+from rnnlens.distributed import held_runs
+from rnnlens.extract.dask_tasks import _client_ids
 from rnnlens.io.errors import StoreExistsError, StoreMismatchError
 from rnnlens.io.layout import done_chunks, read_manifest
 

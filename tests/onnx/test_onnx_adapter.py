@@ -38,6 +38,7 @@ from torch import nn  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
 import rnnlens  # noqa: E402
+import rnnlens.adapters.onnx_.session as osession  # noqa: E402
 import rnnlens.adapters.onnx_.trace as oadapter  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 from rnnlens.testing import reference_rnn  # noqa: E402
@@ -621,7 +622,7 @@ def test_wrong_weights_are_a_parity_error_not_wrong_states() -> None:
             rnnlens.trace(model, x)
         assert rnnlens.trace(model, x, fields="h")["rec"].h.shape == (2, 5, 4)  # h is ONNX Runtime's own
     finally:
-        oadapter._CACHE.clear()
+        osession._CACHE.clear()
 
 
 def test_graph_without_recurrent_nodes() -> None:

@@ -115,7 +115,7 @@ def extract_to(
         True
     """
     if client is not None:
-        from ..distributed import extract_distributed
+        from .dask_driver import extract_distributed
 
         return extract_distributed(
             path,

@@ -245,7 +245,7 @@ def _is_lazy(v: Any) -> bool:
 def _to_numpy(v: Any, what: str) -> Any:
     if isinstance(v, np.ndarray) or _is_lazy(v):
         return v
-    if type(v).__module__.split(".", 1)[0] == "torch" and hasattr(v, "detach"):
+    if hasattr(v, "detach") and hasattr(v, "cpu"):  # a tensor that may need grad or sit on a device
         return np.asarray(v.detach().cpu().numpy())
     if hasattr(v, "numpy"):
         v = v.numpy()

@@ -1,7 +1,8 @@
 """The ONNX adapter: ``onnx.ModelProto`` objects and ``.onnx`` files, run by ONNX Runtime.
 
 This module imports no framework: onnx and onnxruntime are imported when an ONNX model
-arrives. ``trace`` (the graph, the private session, feeds, per-node states) does the work.
+arrives. ``trace`` (capture), ``graph`` (nodes, incl. activations), ``session`` (the private
+copy run by ONNX Runtime, cached), ``feeds`` (inputs) and ``states`` (per-node states) do the work.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """The PyTorch adapter: ``nn.Module`` objects and ``.pt``/``.pth`` files.
 
 This module imports no framework: torch is imported when a torch model arrives. ``trace``
-(discovery, the recording run, the emitting step loop) and ``load`` do the work.
+(``capture``: planning, the run, the entries) and ``load`` do the work, with ``discover``
+(static configuration, ``describe``), ``weights``, ``calls`` (the recorded data),
+``record`` (the recording run), ``emit`` (the emitting step loop) and ``convert`` (recorded
+tensors to arrays; error messages).
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ class TorchAdapter(Adapter):
     ) -> Captured:
         from . import trace
 
+        # NumPy arrays given for tensors are converted (as torch.from_numpy would), not passed on
+        args = tuple(_from_numpy(a) for a in args)
+        kwargs = {k: _from_numpy(v) for k, v in kwargs.items()}
         return trace.capture(model, args, kwargs, options)
 
     def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
@@ -91,6 +97,10 @@ def _bytes_of(t: Any) -> np.ndarray:
 
         flat = t.reshape(-1) if t.dim() else t.reshape(1)
         return np.asarray(flat.view(torch.uint8).numpy())
+
+
+def _from_numpy(a: Any) -> Any:
+    return _to_torch(a) if isinstance(a, np.ndarray) else a
 
 
 def _to_torch(x: Any) -> Any:

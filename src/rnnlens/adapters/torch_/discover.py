@@ -1,0 +1,207 @@
+"""Static discovery of a torch model's recurrent modules, before anything runs.
+
+:class:`_Config` is a recurrent module's configuration (the torch class it behaves as, its
+kind, sizes, layers, directions, layout), read from the module itself or, for TorchScript,
+from its parameters; :func:`_walk` finds every recurrent module in ``named_modules`` order and
+:func:`_static_specs` turns one into its :class:`~rnnlens.spec.LayerSpec` entries (one per
+layer when ``num_layers > 1``). :func:`describe` is the adapter's ``describe``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...errors import UnsupportedModelError
+from ...spec import FIELDS_BY_KIND, Kind, LayerSpec
+
+__all__ = ["describe"]
+
+_SEQ_KINDS: dict[str, Kind] = {"LSTM": "lstm", "GRU": "gru", "RNN": "simple"}
+_CELL_KINDS: dict[str, Kind] = {"LSTMCell": "lstm", "GRUCell": "gru", "RNNCell": "simple"}
+_CLASSES: tuple[tuple[Any, str], ...] = (
+    (nn.LSTM, "LSTM"),
+    (nn.GRU, "GRU"),
+    (nn.RNN, "RNN"),
+    (nn.LSTMCell, "LSTMCell"),
+    (nn.GRUCell, "GRUCell"),
+    (nn.RNNCell, "RNNCell"),
+)
+
+
+@dataclass(frozen=True)
+class _Config:
+    """A recurrent module's static configuration, read once before the forward pass."""
+
+    base: str  # the torch class it behaves as: LSTM, GRU, RNN, LSTMCell, GRUCell, RNNCell
+    kind: Kind
+    input_size: int
+    hidden_size: int
+    proj_size: int = 0
+    num_layers: int = 1
+    bidirectional: bool = False
+    batch_first: bool = False
+    bias: bool = True
+    nonlinearity: str = "tanh"
+    scripted: bool = False
+
+    @property
+    def cell(self) -> bool:
+        return self.base.endswith("Cell")
+
+    @property
+    def units(self) -> int:
+        return self.proj_size or self.hidden_size
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        return ("forward", "backward") if self.bidirectional else ("forward",)
+
+    @property
+    def n_dir(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def expanded(self) -> bool:
+        """One entry per layer (a known multi-layer module)."""
+        return not self.cell and self.kind != "rnn" and self.num_layers > 1
+
+
+def _config(m: Any) -> _Config | None:
+    if isinstance(m, torch.jit.ScriptModule):
+        return _script_config(m)
+    for cls, base in _CLASSES:
+        if isinstance(m, cls):
+            standard = type(m).forward is cls.forward and "forward" not in vars(m)
+            kinds = _CELL_KINDS if base.endswith("Cell") else _SEQ_KINDS
+            kind: Kind = kinds[base] if standard else "rnn"
+            if base.endswith("Cell"):
+                return _Config(
+                    base,
+                    kind,
+                    int(m.input_size),
+                    int(m.hidden_size),
+                    bias=bool(m.bias),
+                    nonlinearity=str(getattr(m, "nonlinearity", "tanh")),
+                )
+            nonlinearity = "relu" if getattr(m, "mode", "") == "RNN_RELU" else "tanh"
+            return _Config(
+                base,
+                kind,
+                int(m.input_size),
+                int(m.hidden_size),
+                int(m.proj_size),
+                int(m.num_layers),
+                bool(m.bidirectional),
+                bool(m.batch_first),
+                bool(m.bias),
+                nonlinearity,
+            )
+    return None
+
+
+def _script_config(m: Any) -> _Config | None:
+    """A TorchScript submodule's configuration, read from its parameters (describe only)."""
+    base = getattr(m, "original_name", None)
+    if base not in _SEQ_KINDS and base not in _CELL_KINDS:
+        return None
+    params = dict(m.named_parameters(recurse=False))
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[base.replace("Cell", "")]
+    nonlinearity = str(getattr(m, "nonlinearity", "tanh"))
+    if base in _CELL_KINDS:
+        w = params["weight_ih"]
+        return _Config(
+            base,
+            _CELL_KINDS[base],
+            int(w.shape[1]),
+            int(w.shape[0]) // gates,
+            bias="bias_ih" in params,
+            nonlinearity=nonlinearity,
+            scripted=True,
+        )
+    w = params["weight_ih_l0"]
+    hr = params.get("weight_hr_l0")
+    return _Config(
+        base,
+        _SEQ_KINDS[base],
+        int(w.shape[1]),
+        int(w.shape[0]) // gates,
+        proj_size=0 if hr is None else int(hr.shape[0]),
+        num_layers=sum(1 for k in params if re.fullmatch(r"weight_ih_l\d+", k)),
+        bidirectional="weight_ih_l0_reverse" in params,
+        batch_first=bool(getattr(m, "batch_first", False)),
+        bias="bias_ih_l0" in params,
+        nonlinearity=nonlinearity,
+        scripted=True,
+    )
+
+
+def _walk(root: Any) -> tuple[list[tuple[str, Any, _Config]], list[str]]:
+    """(name, module, config) of every recurrent module in ``named_modules`` order; other paths."""
+    recurrent: list[tuple[str, Any, _Config]] = []
+    others: list[str] = []
+    for path, m in root.named_modules():
+        cfg = _config(m)
+        if cfg is None:
+            if path:
+                others.append(path)
+        else:
+            recurrent.append((path or cfg.base.lower(), m, cfg))
+    return recurrent, others
+
+
+def _static_specs(name: str, cfg: _Config) -> list[LayerSpec]:
+    fields = FIELDS_BY_KIND[cfg.kind]
+    cell_units = cfg.hidden_size if cfg.kind == "lstm" else None
+    notes: list[str] = []
+    if cfg.kind == "rnn":
+        notes.append("forward is overridden: per-step outputs only")
+    if cfg.proj_size:
+        notes.append(f"proj_size={cfg.proj_size}: h has {cfg.proj_size} units, c {cfg.hidden_size}")
+    if cfg.scripted:
+        notes.append("TorchScript: describe only; trace the Python module")
+    if cfg.cell:
+        notes.append("one time step per call; the calls in one forward pass form the time axis")
+        return [
+            LayerSpec(name, cfg.kind, cfg.base, cfg.units, ("forward",), fields, cell_units, tuple(notes))
+        ]
+    if not cfg.expanded:
+        return [
+            LayerSpec(name, cfg.kind, cfg.base, cfg.units, cfg.directions, fields, cell_units, tuple(notes))
+        ]
+    return [
+        LayerSpec(
+            f"{name}.l{layer}",
+            cfg.kind,
+            f"{cfg.base} layer {layer}/{cfg.num_layers}",
+            cfg.units,
+            cfg.directions,
+            fields,
+            cell_units,
+            tuple(notes),
+        )
+        for layer in range(cfg.num_layers)
+    ]
+
+
+def _require_module(model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise UnsupportedModelError(
+            f"Expected a torch.nn.Module; received {type(model).__module__}.{type(model).__name__}. "
+            "Load a model file with rnnlens.load_model first."
+        )
+
+
+def describe(model: Any) -> list[LayerSpec]:
+    """Every recurrent submodule of ``model`` (``num_layers`` expanded, cells listed), static.
+
+    Lists what the module *contains*; :func:`trace` returns what ``forward`` *calls*
+    (modules called twice get a second entry ``"#1"``; modules never called get none).
+    """
+    _require_module(model)
+    recurrent, _ = _walk(model)
+    return [spec for name, _, cfg in recurrent for spec in _static_specs(name, cfg)]

@@ -1,0 +1,240 @@
+"""The recording forward pass: instance ``forward`` stand-ins that capture every recurrent call.
+
+:class:`_Recorder` builds, per :class:`~.calls._Plan`, a stand-in ``forward`` that runs the
+module (its own ``forward``, layer by layer through one-layer views sharing its parameters, or
+the emitting step loop) and stores its inputs, ``hx`` and outputs, copied or watched for
+in-place changes; :func:`_run` installs the stand-ins as instance attributes, calls the model
+once under ``torch.no_grad()``, removes them again and turns a failing call into an
+:class:`~rnnlens.errors.InputError`.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch.nn.utils.rnn import PackedSequence
+
+from ...errors import RnnLensError
+from .calls import _CellCalls, _Plan, _SeqCall
+from .convert import _input_error
+from .discover import _Config
+from .emit import _can_emit, _emit_layer
+
+_LAYER_OF = re.compile(r"_l(\d+)(?:_reverse)?$")
+
+
+def _tensors(obj: Any) -> Iterable[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, PackedSequence):
+        yield obj.data
+    elif isinstance(obj, (tuple, list)):
+        for o in obj:
+            yield from _tensors(o)
+
+
+def _clone(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.clone()
+    if isinstance(obj, PackedSequence):
+        return PackedSequence(obj.data.clone(), obj.batch_sizes, obj.sorted_indices, obj.unsorted_indices)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_clone(o) for o in obj)
+    return obj
+
+
+def _hx_slice(hx: Any, layer: int, n_dir: int) -> Any:
+    if hx is None:
+        return None
+    rows = slice(layer * n_dir, (layer + 1) * n_dir)
+    if isinstance(hx, (tuple, list)):
+        return tuple(h[rows] for h in hx)
+    return hx[rows]
+
+
+def _layer_view(m: Any, cfg: _Config, layer: int) -> Any:
+    """A one-layer stand-in for layer ``layer`` of ``m`` sharing its parameters (not a copy).
+
+    Only its class ``forward`` is ever called (never ``__call__``, so no hooks run): PyTorch's
+    own argument handling and kernel, with ``num_layers=1`` and that layer's weights.
+    """
+    view = object.__new__(type(m))
+    d = view.__dict__
+    d.update(vars(m))
+    d.pop("forward", None)
+    names = [n for n in m._flat_weights_names if int(_LAYER_OF.search(n).group(1)) == layer]  # type: ignore[union-attr]
+    flat = [getattr(m, n) for n in names]
+    d["num_layers"] = 1
+    if layer > 0:
+        d["input_size"] = cfg.n_dir * cfg.units
+    d["_flat_weights_names"] = names
+    d["_flat_weights"] = flat
+    d["_flat_weight_refs"] = [weakref.ref(w) if w is not None else None for w in flat]
+    half = len(names) // cfg.n_dir
+    d["_all_weights"] = [names[i * half : (i + 1) * half] for i in range(cfg.n_dir)]
+    return view
+
+
+class _Recorder:
+    """Instance-level ``forward`` stand-ins that record each recurrent module's calls."""
+
+    def __init__(self, plans: Sequence[_Plan], *, clone: bool):
+        self.plans = list(plans)
+        self.clone = clone
+        self.entries: list[_SeqCall | _CellCalls] = []
+        self.counts: dict[int, int] = {}
+        self.cells: dict[int, _CellCalls] = {}
+        self.active: list[tuple[_Plan, Any]] = []
+        self.watched: list[tuple[torch.Tensor, int]] = []
+
+    # ---- bookkeeping
+    def keep(self, obj: Any) -> Any:
+        """What to store of a tensor the model's own code also holds (copy or watch it)."""
+        if self.clone:
+            return _clone(obj)
+        self.watched.extend((t, t._version) for t in _tensors(obj))
+        return obj
+
+    def tampered(self) -> bool:
+        return any(t._version != v for t, v in self.watched)
+
+    # ---- stand-ins
+    def stand_in(self, plan: _Plan) -> Callable[..., Any]:
+        m, cfg = plan.module, plan.cfg
+        original = m.forward  # bound: the class forward, or the user's own instance attribute
+        if cfg.kind == "rnn":
+            return self._generic(plan, original)
+        if cfg.cell:
+            return self._cell(plan, type(m).forward)
+        views = [m]
+        if cfg.num_layers > 1 and plan.record and (plan.loop or plan.emit):
+            views = [_layer_view(m, cfg, layer) for layer in range(cfg.num_layers)]
+        return self._seq(plan, type(m).forward, views)
+
+    def _generic(self, plan: _Plan, original: Callable[..., Any]) -> Callable[..., Any]:
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            self.active.append((plan, args[0] if args else next(iter(kwargs.values()), None)))
+            out = original(*args, **kwargs)
+            self.active.pop()
+            if plan.record:
+                if plan.cfg.cell:
+                    calls = self._cell_calls(plan)
+                    calls.outs.append(self.keep(out))
+                else:
+                    call = self._new_call(plan)
+                    call.raw_output = self.keep(out)
+            return out
+
+        return forward
+
+    def _cell_calls(self, plan: _Plan) -> _CellCalls:
+        key = id(plan.module)
+        if key not in self.cells:
+            self.cells[key] = _CellCalls(plan)
+            self.entries.append(self.cells[key])
+        return self.cells[key]
+
+    def _count(self, plan: _Plan) -> int:
+        key = id(plan.module)
+        index = self.counts.get(key, 0)
+        self.counts[key] = index + 1
+        return index
+
+    def _new_call(self, plan: _Plan) -> _SeqCall:
+        call = _SeqCall(plan, self._count(plan))
+        self.entries.append(call)
+        return call
+
+    def _cell(self, plan: _Plan, cls_forward: Callable[..., Any]) -> Callable[..., Any]:
+        m = plan.module
+
+        def forward(input: Any, hx: Any = None) -> Any:
+            self.active.append((plan, input))
+            out = cls_forward(m, input, hx)
+            self.active.pop()
+            if plan.record:
+                calls = self._cell_calls(plan)
+                calls.xs.append(self.keep(input))
+                calls.hxs.append(self.keep(hx))
+                calls.outs.append(self.keep(out))
+            return out
+
+        return forward
+
+    def _seq(self, plan: _Plan, cls_forward: Callable[..., Any], views: list[Any]) -> Callable[..., Any]:
+        m, cfg = plan.module, plan.cfg
+        top = cfg.num_layers - 1
+
+        def forward(input: Any, hx: Any = None) -> Any:
+            self.active.append((plan, input))
+            if not plan.record:
+                out = cls_forward(m, input, hx)
+                self.active.pop()
+                return out
+            packed = isinstance(input, PackedSequence)
+            unbatched = not packed and isinstance(input, torch.Tensor) and input.dim() == 2
+            emit = plan.emit if _can_emit(input, cfg, plan.strategy) else frozenset()
+            call = _SeqCall(plan, -1, packed, unbatched)
+            if not plan.loop and not emit:  # the module's own call: all it gives is needed
+                out = cls_forward(m, input, hx)
+                call.inputs, call.outputs = {top: input}, {top: out[0]}
+            else:
+                finals = []
+                x = input
+                for layer, view in enumerate(views):
+                    hx_l = _hx_slice(hx, layer, cfg.n_dir)
+                    if layer in emit:
+                        y, final, call.c[layer], call.gates[layer] = _emit_layer(view, cfg, layer, x, hx_l)
+                    else:
+                        y, final = cls_forward(view, x, hx_l)
+                    call.inputs[layer], call.outputs[layer] = x, y
+                    finals.append(final)
+                    x = y
+                if cfg.kind == "lstm":
+                    hidden: Any = tuple(torch.cat([f[k] for f in finals], 0) for k in range(2))
+                else:
+                    hidden = torch.cat(finals, 0)
+                out = (y, hidden)
+            self.active.pop()
+            call.index = self._count(plan)
+            self.entries.append(call)
+            kept_hx = self.keep(hx)
+            call.hx = {layer: _hx_slice(kept_hx, layer, cfg.n_dir) for layer in call.inputs}
+            first = min(call.inputs)
+            call.inputs[first] = self.keep(call.inputs[first])
+            call.outputs[top] = self.keep(call.outputs[top])
+            return out
+
+        return forward
+
+
+_MISSING = object()
+
+
+def _run(
+    model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], plans: Sequence[_Plan], *, clone: bool
+) -> _Recorder:
+    rec = _Recorder(plans, clone=clone)
+    installed: list[tuple[Any, Any]] = []
+    try:
+        for plan in plans:
+            stand_in = rec.stand_in(plan)
+            installed.append((plan.module, vars(plan.module).get("forward", _MISSING)))
+            vars(plan.module)["forward"] = stand_in
+        with torch.no_grad():
+            model(*args, **kwargs)
+    except RnnLensError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise _input_error(e, rec.active, model, args, kwargs) from e
+    finally:
+        for m, previous in reversed(installed):
+            if previous is _MISSING:
+                vars(m).pop("forward", None)
+            else:
+                vars(m)["forward"] = previous
+    return rec

@@ -1,0 +1,69 @@
+"""A module's weights as NumPy :class:`~rnnlens.spec.CellWeights`, for reconstruction.
+
+:func:`_weights` reads one direction of one layer of an ``nn.LSTM``/``GRU``/``RNN`` (or a
+cell) into rnnlens' canonical gate order (GRU: PyTorch's ``r, z, n`` become ``z, r, n``), with
+torch's own elementwise activations wrapped as NumPy → NumPy functions; :func:`_np` is the
+tensor → NumPy conversion every other module uses (bfloat16 goes through float32).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...spec import CellWeights
+from .discover import _Config
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    t = t.detach()
+    if t.dtype == torch.bfloat16:  # NumPy has no bfloat16
+        t = t.float()
+    return t.cpu().numpy()
+
+
+def _torch_fn(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[np.ndarray], np.ndarray]:
+    """A torch elementwise function as NumPy → NumPy (zero-copy in, multithreaded)."""
+
+    def apply(a: np.ndarray) -> np.ndarray:
+        if not a.flags.writeable or any(s < 0 for s in a.strides):
+            a = np.array(a)
+        return fn(torch.from_numpy(a)).numpy()
+
+    return apply
+
+
+_SIGMOID = _torch_fn(torch.sigmoid)
+_TANH = _torch_fn(torch.tanh)
+_RELU = _torch_fn(torch.relu)
+
+
+def _weights(m: Any, cfg: _Config, layer: int, reverse: bool) -> CellWeights | None:
+    """One direction of one layer in canonical gate order (GRU: PyTorch's r,z,n → z,r,n)."""
+    if cfg.kind == "rnn":
+        return None
+    sfx = "" if cfg.cell else f"_l{layer}" + ("_reverse" if reverse else "")
+    w_ih, w_hh = _np(getattr(m, "weight_ih" + sfx)), _np(getattr(m, "weight_hh" + sfx))
+    b_ih = _np(getattr(m, "bias_ih" + sfx)) if cfg.bias else None
+    b_hh = _np(getattr(m, "bias_hh" + sfx)) if cfg.bias else None
+    projection = _np(getattr(m, "weight_hr" + sfx)).T if cfg.proj_size else None
+    if cfg.kind == "gru":
+        h = cfg.hidden_size
+        order = np.r_[h : 2 * h, 0:h, 2 * h : 3 * h]
+        w_ih, w_hh = w_ih[order], w_hh[order]
+        b_ih = None if b_ih is None else b_ih[order]
+        b_hh = None if b_hh is None else b_hh[order]
+    return CellWeights(
+        kind=cfg.kind,
+        kernel=w_ih.T,
+        recurrent_kernel=w_hh.T,
+        bias=b_ih,
+        recurrent_bias=b_hh,
+        activation=_RELU if cfg.nonlinearity == "relu" else _TANH,
+        recurrent_activation=_SIGMOID,
+        reset_after=True,
+        projection=projection,
+    )
