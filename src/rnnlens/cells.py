@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ParityError
+from .kinds import KINDS
 from .spec import CellWeights
 
 __all__ = [
@@ -122,6 +123,10 @@ def gru_gates(w: CellWeights, x: np.ndarray, h_prev: np.ndarray) -> np.ndarray:
     return gates
 
 
+#: The gate function of each reconstructable kind (``KINDS[k].reconstructable``).
+GATES = {"lstm": lstm_gates, "gru": gru_gates}
+
+
 def cell_scan(
     i: np.ndarray, f: np.ndarray, g: np.ndarray, c0: np.ndarray, mask: np.ndarray | None
 ) -> np.ndarray:
@@ -189,13 +194,14 @@ def reconstruct_direction(
     mp = None if mask is None else flip(mask)
     h = carry_forward(flip(seq), mp, h0)
     out = DirectionArrays(h=h)
-    if w.kind in ("lstm", "gru") and (want_c or want_gates):
+    kind = KINDS[w.kind]
+    if kind.reconstructable and (want_c or want_gates):
         if x is None:
             raise ValueError(f"layer {layer!r}: c and gates need the layer's input sequence")
         xp = flip(x)
         h_prev = _previous(h, h0)
-        if w.kind == "lstm":
-            gates = lstm_gates(w, np.ascontiguousarray(xp), h_prev)
+        gates = GATES[w.kind](w, np.ascontiguousarray(xp), h_prev)
+        if kind.has_c:
             if c0 is None:
                 c0 = np.zeros((h.shape[0], w.cell_units), dtype=h.dtype)
             c = cell_scan(gates[:, :, 0], gates[:, :, 1], gates[:, :, 2], c0, mp)
@@ -204,8 +210,7 @@ def reconstruct_direction(
                 h_rec = _affine(h_rec, w.projection, None)
             check_parity(h, h_rec, mp, layer=layer, what="o * act(c)")
             out.c = flip(c) if want_c else None
-        else:
-            gates = gru_gates(w, np.ascontiguousarray(xp), h_prev)
+        else:  # GRU
             z, n = gates[:, :, 0], gates[:, :, 2]
             check_parity(h, z * h_prev + (1 - z) * n, mp, layer=layer, what="z * h_prev + (1 - z) * n")
         if want_gates:
@@ -239,7 +244,7 @@ def split_emitted(
     h = flip(carry_forward(flip(parts[0]), mp, h0))
     out = DirectionArrays(h=h)
     gates = list(parts[1:])
-    if kind in ("lstm", "convlstm"):
+    if KINDS[kind].has_c:
         c_part = gates.pop(0)
         if want_c:
             if c0 is None:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
+
+from .kinds import FIELDS_BY_KIND, GATE_NAMES, KINDS, Field, Kind
 
 __all__ = [
     "ALL_FIELDS",
@@ -22,30 +23,7 @@ __all__ = [
     "LayerSpec",
 ]
 
-#: ``lstm``, ``gru`` and ``simple`` are cells rnnlens knows the equations of; ``rnn`` is any
-#: other recurrent layer: its per-step outputs are available, its internals are not.
-#: ``convlstm`` (Keras ConvLSTM1D/2D/3D) is an LSTM whose states are feature maps.
-Kind = Literal["lstm", "gru", "simple", "rnn", "convlstm"]
-Field = Literal["h", "c", "gates"]
-
 ALL_FIELDS: tuple[Field, ...] = ("h", "c", "gates")
-
-#: Canonical gate names, in the order rnnlens stores them (post-activation values).
-GATE_NAMES: dict[str, tuple[str, ...]] = {
-    "lstm": ("i", "f", "g", "o"),
-    "gru": ("z", "r", "n"),
-    "simple": (),
-    "rnn": (),
-    "convlstm": ("i", "f", "g", "o"),
-}
-
-FIELDS_BY_KIND: dict[str, tuple[Field, ...]] = {
-    "lstm": ("h", "c", "gates"),
-    "gru": ("h", "gates"),
-    "simple": ("h",),
-    "rnn": ("h",),
-    "convlstm": ("h", "c", "gates"),
-}
 
 Activation = Callable[[np.ndarray], np.ndarray]
 
@@ -78,7 +56,7 @@ class CellWeights:
     @property
     def cell_units(self) -> int:
         """Width of ``c`` and of each gate block."""
-        n = max(len(GATE_NAMES[self.kind]), 1)
+        n = max(len(KINDS[self.kind].gates), 1)
         return int(self.kernel.shape[1]) // n
 
     @property

@@ -21,6 +21,7 @@ from .errors import (
     UnsupportedLayerError,
     suggest,
 )
+from .kinds import KINDS
 from .spec import ALL_FIELDS, GATE_NAMES, CellWeights, Field, LayerSpec
 from .states import DirectionStates, Gates, LayerStates, States
 
@@ -112,7 +113,7 @@ def resolve_fields(
         else:
             want = {"h", *asked}
             missing = want - set(s.fields)
-            if missing and s.kind == "rnn":
+            if missing and not KINDS[s.kind].known:
                 want = {"h"}
             elif missing:
                 raise FieldNotAvailableError(
@@ -120,7 +121,7 @@ def resolve_fields(
                     f"{list(s.fields)}. Drop {sorted(missing)} from fields, or select layers "
                     "that have them with layers=[...]."
                 )
-        if s.kind == "rnn" and (fields is None or len(want) < len({"h", *asked})):
+        if not KINDS[s.kind].known and (fields is None or len(want) < len({"h", *asked})):
             warnings.warn(
                 f"Layer {s.name!r} ({s.layer_type}) has a cell rnnlens does not know: it gives "
                 "per-step h (the layer's outputs) only; c and gates need an LSTM, GRU or "
@@ -139,7 +140,7 @@ def to_direction_arrays(
     out: dict[str, DirectionArrays] = {}
     want_c, want_gates = "c" in fields, "gates" in fields
     for name, d in raw.directions.items():
-        if spec.kind == "rnn" or (d.weights is None and d.parts is None):
+        if not KINDS[spec.kind].known or (d.weights is None and d.parts is None):
             out[name] = DirectionArrays(h=d.seq)
             continue
         h0 = d.h0 if d.h0 is not None else np.zeros((d.seq.shape[0], spec.units), d.seq.dtype)

@@ -89,7 +89,7 @@ def test_progress_bar_draws_on_a_terminal_only() -> None:
     bar.update(50)
     bar.close("-> run.zarr")
     text = tty.getvalue()
-    assert "\r" in text and "50/100" in text and "ETA" in text and text.endswith("-> run.zarr\n")
+    assert "\r" in text and "50/100" in text and "%|" in text and text.endswith("-> run.zarr\n")
     pipe = io.StringIO()
     bar = ProgressBar(None, stream=pipe, label="extract", interval=0)
     bar.update(7)

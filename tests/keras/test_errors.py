@@ -120,3 +120,31 @@ def test_multi_input_count_and_names() -> None:
         rnnlens.trace(m, {"a": np.zeros((1, 4, 2))})
     with pytest.raises(rnnlens.InputError, match="same number of samples"):
         rnnlens.trace(m, [np.zeros((1, 4, 2)), np.zeros((2, 4, 2))])
+
+
+def test_masks_are_checked_before_the_framework_sees_them() -> None:
+    model = keras.Sequential([keras.Input((None, 3)), L.LSTM(2, name="lstm")])
+    x = np.zeros((2, 5, 3), "float32")
+    for mask, match in (
+        (np.ones((2, 4), bool), r"mask has shape \(2, 4\); x has \(sample, time\) = \(2, 5\)"),
+        (np.ones((3, 5), bool), r"mask has shape \(3, 5\)"),
+        (np.full((2, 5), 2), r"booleans \(or only 0 and 1\); received \[2\]"),
+        (np.full((2, 5), 0.5), r"received \[0\.5\]"),
+        (np.ones(5, bool), r"\(sample, time\) array of booleans; received shape \(5,\)"),
+        (np.array([["a"] * 5] * 2), "booleans"),
+    ):
+        with pytest.raises(rnnlens.InputError, match=match):
+            rnnlens.trace(model, x, mask=mask)
+    ok = rnnlens.trace(model, x, mask=np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]))  # 0/1 ints are fine
+    assert ok["lstm"].mask.tolist() == [[True] * 3 + [False] * 2, [True] * 5]
+
+
+def test_options_of_the_wrong_type_are_type_errors_too() -> None:
+    model = keras.Sequential([keras.Input((None, 3)), L.GRU(2, name="gru")])
+    x = np.zeros((2, 5, 3), "float32")
+    for options in ({"batch_size": 2.5}, {"batch_size": "8"}, {"layers": 5}, {"fields": 7}):
+        with pytest.raises(rnnlens.OptionTypeError) as info:
+            rnnlens.trace(model, x, **options)
+        assert isinstance(info.value, TypeError) and isinstance(info.value, ValueError)
+    with pytest.raises(rnnlens.OptionError, match="batch_size must be a positive integer"):
+        rnnlens.trace(model, x, batch_size=0)

@@ -11,8 +11,8 @@ pytest.importorskip("zarr")
 
 from viewer_helpers import MAX_TIME, N_SAMPLES, UNITS, start
 
+from rnnlens.testing.stores import planted_store
 from rnnlens.viewer import ViewerServer
-from rnnlens.viewer.synthetic import planted_store
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import pytest
 from viewer_helpers import MAX_TIME, N_SAMPLES, UNITS
 
 import rnnlens
-from rnnlens.viewer.synthetic import DECOYS, LONG, PLANTED
+from rnnlens.testing.stores import DECOYS, LONG, PLANTED
 
 H = "layer=lstm&field=h&direction=forward"
 
@@ -130,8 +130,8 @@ def naive_match(h: np.ndarray, mask: np.ndarray, units: list[int], theta: float,
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_match_equals_naive_definition_on_random_stores(tmp_path, seed) -> None:  # type: ignore[no-untyped-def]
+    from rnnlens.testing.stores import write_store
     from rnnlens.viewer import StoreView
-    from rnnlens.viewer.synthetic import write_store
 
     rng = np.random.default_rng(seed)
     h = rng.normal(size=(30, 15, 4)).astype("float32")

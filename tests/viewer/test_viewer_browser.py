@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from viewer_helpers import start
 
-from rnnlens.viewer.synthetic import LONG, PLANTED
+from rnnlens.testing.stores import LONG, PLANTED
 
 
 def _chromium() -> str:

@@ -20,8 +20,8 @@ def main(out: str) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     from rnnlens.demo import run_demo
+    from rnnlens.testing.stores import write_store
     from rnnlens.viewer import StoreView, make_server
-    from rnnlens.viewer.synthetic import write_store
 
     result = run_demo(verbose=False)
     h = np.asarray(result.states["lstm"].h)  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ from ..errors import InputError, UnsupportedLayerError
 from ..io.data import Batch
 from ..io.errors import StoreMismatchError
 from ..io.layout import (
+    ArraySpec,
     LayerLayout,
     Layout,
     direction_path,
@@ -102,22 +103,63 @@ def piece_arrays(
     return layout, out
 
 
+class ChunkAssembler:
+    """Traced pieces into one store chunk of up to ``size`` samples: cast to the stored dtypes
+    and padded in time with the fill values. A piece that is a whole chunk is used as it is
+    (no copy). The one assembler of :class:`~rnnlens.extract.run.Run` and the Dask workers.
+
+    Example:
+        >>> import numpy as np
+        >>> from rnnlens.io.layout import ArraySpec
+        >>> spec = ArraySpec("lengths", (), "int32", ("sample",), 0, {})
+        >>> a = ChunkAssembler({"lengths": spec}, size=4)
+        >>> a.add({"lengths": np.array([3, 2])}, 2); a.add({"lengths": np.array([1])}, 1)
+        >>> a.filled, a.take()["lengths"].tolist(), a.filled
+        (3, [3, 2, 1], 0)
+    """
+
+    def __init__(self, specs: dict[str, ArraySpec], size: int) -> None:
+        self.specs, self.size = specs, size
+        self.filled = 0
+        self._buffer: dict[str, np.ndarray] | None = None
+        self._max_time = next((s.tail[0] for s in specs.values() if s.tail), None)
+
+    def add(self, arrays: dict[str, np.ndarray], n: int) -> None:
+        """Append one traced piece of ``n`` samples (its time axis may be shorter)."""
+        full_time = arrays["mask"].shape[1] == self._max_time if "mask" in arrays else True
+        if self.filled == 0 and n == self.size and full_time:
+            self._buffer = {k: _cast(a, self.specs[k].dtype) for k, a in arrays.items()}
+            self.filled = n
+            return
+        if self._buffer is None:
+            self._buffer = {
+                key: np.full((self.size, *spec.tail), spec.fill, dtype=spec.dtype)
+                for key, spec in self.specs.items()
+            }
+        start, stop = self.filled, self.filled + n
+        for key, a in arrays.items():
+            if key == "lengths":
+                self._buffer[key][start:stop] = a
+            else:
+                self._buffer[key][start:stop, : a.shape[1]] = a
+        self.filled = stop
+
+    def take(self) -> dict[str, np.ndarray]:
+        """The chunk so far (its first :attr:`filled` samples); the assembler starts empty again."""
+        assert self._buffer is not None, "no piece was added"
+        chunk = {k: v[: self.filled] for k, v in self._buffer.items()}
+        self._buffer, self.filled = None, 0
+        return chunk
+
+    def clear(self) -> None:
+        self._buffer, self.filled = None, 0
+
+
 def whole_chunk(arrays: dict[str, np.ndarray], layout: Layout, n: int) -> dict[str, np.ndarray]:
-    """One traced piece as a chunk of ``n`` samples: cast to the stored dtypes and padded in
-    time with the fill values, exactly as :class:`Run` assembles a chunk."""
-    specs = {spec.key: spec for spec in layout.arrays()}
-    if arrays["mask"].shape[1] == layout.max_time:
-        return {k: _cast(a, specs[k].dtype) for k, a in arrays.items()}
-    out = {}
-    for key, spec in specs.items():
-        buf = np.full((n, *spec.tail), spec.fill, dtype=spec.dtype)
-        a = arrays[key]
-        if key == "lengths":
-            buf[:] = a
-        else:
-            buf[:, : a.shape[1]] = a
-        out[key] = buf
-    return out
+    """One traced piece as a chunk of ``n`` samples, assembled as :class:`Run` assembles one."""
+    assembler = ChunkAssembler({spec.key: spec for spec in layout.arrays()}, n)
+    assembler.add(arrays, n)
+    return assembler.take()
 
 
 # --------------------------------------------------------------------------- helpers

@@ -17,13 +17,12 @@ from ..errors import InputError
 from ..io.data import Batch, Digest, chain, unpack_batch
 from ..io.errors import StoreError, StoreMismatchError
 from ..io.layout import (
-    ArraySpec,
     Layout,
     record_chunk,
     write_manifest,
 )
 from ..io.progress import ProgressBar
-from .chunks import _cast, piece_arrays, trace_piece
+from .chunks import ChunkAssembler, piece_arrays, trace_piece
 from .target import StoreTarget, _model_name
 
 ProgressArg = bool | Callable[[int, "int | None"], None] | None
@@ -93,7 +92,7 @@ class Run:
         self._root_attrs = self._target.root_attrs
         self._layout: Layout | None = None
         self._writer: Any = None
-        self._specs: dict[str, ArraySpec] = {}
+        self._chunk: ChunkAssembler | None = None  # set when the layout is known (_open_writer)
         self._total: int | None = None
         self._manifest = self._target.prepare(resume=resume, overwrite=overwrite)
         # chunks a Dask run finished out of order are recomputed here, in order (same bytes)
@@ -106,8 +105,6 @@ class Run:
         self._offset = 0
         self._chain = ""
         self._digest = Digest()
-        self._buffer: dict[str, np.ndarray] | None = None
-        self._filled = 0
         self._closed = False
         self._error: BaseException | None = None
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_SIZE)
@@ -194,7 +191,8 @@ class Run:
     def _open_writer(self, *, create: bool) -> None:
         assert self._layout is not None
         self._writer = self._target.writer(self._layout, self._manifest, total=self._total, create=create)
-        self._specs = {spec.key: spec for spec in self._layout.arrays()}
+        specs = {spec.key: spec for spec in self._layout.arrays()}
+        self._chunk = ChunkAssembler(specs, self.batch_size)
 
     def _expect(self, total: int | None) -> None:
         self._total = total
@@ -243,26 +241,9 @@ class Run:
         return arrays
 
     def _add(self, arrays: dict[str, np.ndarray], n: int) -> None:
-        """Put one traced piece into the current chunk (no copy when it is the whole chunk)."""
-        assert self._layout is not None
-        full_time = arrays["mask"].shape[1] == self._layout.max_time
-        whole = self._filled == 0 and n == self.batch_size and full_time
-        if whole:
-            self._buffer = {k: _cast(a, self._specs[k].dtype) for k, a in arrays.items()}
-            self._filled = n
-            return
-        if self._buffer is None:
-            self._buffer = {
-                key: np.full((self.batch_size, *spec.tail), spec.fill, dtype=spec.dtype)
-                for key, spec in self._specs.items()
-            }
-        start, stop = self._filled, self._filled + n
-        for key, a in arrays.items():
-            if key == "lengths":
-                self._buffer[key][start:stop] = a
-            else:
-                self._buffer[key][start:stop, : a.shape[1]] = a
-        self._filled = stop
+        """Put one traced piece into the current chunk."""
+        assert self._chunk is not None
+        self._chunk.add(arrays, n)
 
     def _end_chunk(self) -> None:
         index = (self._offset - 1) // self.batch_size
@@ -277,11 +258,9 @@ class Run:
                     "the same data in the same order (no shuffling). Pass overwrite=True to start over."
                 )
             return
-        assert self._buffer is not None
-        n = self._filled
-        chunk = {k: v[:n] for k, v in self._buffer.items()}
-        self._buffer, self._filled = None, 0
-        self._put((index, n, chunk, digest))
+        assert self._chunk is not None
+        n = self._chunk.filled
+        self._put((index, n, self._chunk.take(), digest))
 
     # ------------------------------------------------------------------ writer thread
 
@@ -324,7 +303,8 @@ class Run:
         if self._closed:
             return
         self._closed = True
-        self._buffer = None
+        if self._chunk is not None:
+            self._chunk.clear()
         self._stop_writer()
         if isinstance(self._progress, ProgressBar):
             self._progress.abort()

@@ -10,12 +10,12 @@ from typing import Any
 
 from ..io.errors import StoreExistsError, StoreMismatchError
 from ..io.layout import (
-    FORMAT,
     SCHEMA_VERSION,
-    TIME_ORDER,
     Layout,
     any_chunk_done,
+    layout_attributes,
     read_manifest,
+    root_attributes,
     write_manifest,
 )
 from ..spec import ALL_FIELDS
@@ -51,20 +51,16 @@ class StoreTarget:
             "batch_size": batch_size,
             "max_time": max_time,
         }
-        self.root_attrs: dict[str, Any] = {
-            "format": FORMAT,
-            "schema_version": SCHEMA_VERSION,
-            "rnnlens_version": _version(),
-            "model_name": model_name,
-            "model_file": model_file,
-            "model_sha256": model_sha256,
-            "layers": self.config["layers"],
-            "fields": self.config["fields"],
-            "time_order": TIME_ORDER,
-            "batch_size": batch_size,
-            "max_time": max_time,
-            "complete": False,
-        }
+        self.root_attrs: dict[str, Any] = root_attributes(
+            model_name=model_name,
+            model_file=model_file,
+            model_sha256=model_sha256,
+            layers=self.config["layers"],
+            fields=self.config["fields"],
+            batch_size=batch_size,
+            max_time=max_time,
+            version=_version(),
+        )
 
     def prepare(self, *, resume: bool, overwrite: bool) -> dict[str, Any]:
         """Create the store, or check the one there may be resumed; return its manifest."""
@@ -140,14 +136,7 @@ class StoreTarget:
             manifest.update(layout=layout.to_json(), chunks_done=0, samples_done=0, input_sha256="")
             manifest.pop("pending", None)
             write_manifest(self.path, manifest)
-            writer.create(
-                {
-                    **self.root_attrs,
-                    "backend": layout.backend,
-                    "layer_names": [layer.name for layer in layout.layers],
-                    "layout": layout.to_json(),
-                }
-            )
+            writer.create({**self.root_attrs, **layout_attributes(layout)})
         else:
             writer.open()
         return writer

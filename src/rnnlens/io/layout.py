@@ -33,7 +33,8 @@ percent-encoded (``"enc/lstm"`` → ``"enc%2Flstm"``), and the original name is 
 ``name`` attribute.
 
 Root attributes: ``schema_version``, ``rnnlens_version``, ``backend`` (``States.backend``),
-``model_name``, ``model_sha256`` (sha256 over the weight arrays' bytes, shapes and dtypes),
+``model_name``, ``model_sha256`` (the model's identity: sha256 over its weights and
+architecture, :mod:`rnnlens.digest`),
 ``fields`` / ``layers`` (as requested; null = all), ``layer_names`` (as traced),
 ``time_order`` ("input"), ``batch_size`` (samples per chunk), ``max_time``, ``dtype``,
 ``n_samples`` and ``complete`` (set when the run was closed).
@@ -61,6 +62,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
+from ..kinds import KINDS
 from ..spec import GATE_NAMES, LayerSpec
 
 __all__ = [
@@ -76,8 +78,10 @@ __all__ = [
     "direction_path",
     "done_chunks",
     "encode_name",
+    "layout_attributes",
     "read_manifest",
     "record_chunk",
+    "root_attributes",
     "write_manifest",
 ]
 
@@ -100,7 +104,7 @@ DIMS: dict[str, tuple[str, ...]] = {
 def array_dims(field: str, kind: str) -> tuple[str, ...]:
     """Dimension names of a stored field of a layer of ``kind``."""
     if field == "gates":
-        return ("sample", "time", "gate", "cell_unit" if kind == "lstm" else "unit")
+        return ("sample", "time", "gate", "cell_unit" if KINDS[kind].has_c else "unit")
     return DIMS[field]
 
 
@@ -167,7 +171,7 @@ class LayerLayout:
         return GATE_NAMES.get(self.kind, ())
 
     def width(self, field: str) -> int:
-        if field == "h" or (field == "gates" and self.kind != "lstm"):
+        if field == "h" or (field == "gates" and not KINDS[self.kind].has_c):
             return self.units
         return self.cell_units if self.cell_units is not None else self.units
 
@@ -346,3 +350,42 @@ def done_chunks(manifest: dict[str, Any]) -> set[int]:
 
 def any_chunk_done(manifest: dict[str, Any]) -> bool:
     return bool(manifest.get("chunks_done")) or bool(manifest.get("pending"))
+
+
+def root_attributes(
+    *,
+    model_name: str,
+    batch_size: int,
+    max_time: int | None,
+    model_sha256: str | None = None,
+    model_file: str | None = None,
+    layers: list[str] | None = None,
+    fields: list[str] | None = None,
+    version: str | None = None,
+) -> dict[str, Any]:
+    """The root group's attributes of a store being written (the one place they are built:
+    extraction and the synthetic stores of :mod:`rnnlens.testing.stores` both use it);
+    :func:`layout_attributes` adds what the first traced batch fixes."""
+    return {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "rnnlens_version": version,
+        "model_name": model_name,
+        "model_file": model_file,
+        "model_sha256": model_sha256,
+        "layers": layers,
+        "fields": fields,
+        "time_order": TIME_ORDER,
+        "batch_size": batch_size,
+        "max_time": max_time,
+        "complete": False,
+    }
+
+
+def layout_attributes(layout: Layout) -> dict[str, Any]:
+    """Root attributes fixed by the layout: backend, layer names and the layout itself."""
+    return {
+        "backend": layout.backend,
+        "layer_names": [layer.name for layer in layout.layers],
+        "layout": layout.to_json(),
+    }

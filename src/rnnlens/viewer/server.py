@@ -393,7 +393,7 @@ def make_server(
 
     Example:
         >>> import numpy as np, tempfile, os, threading, urllib.request, json
-        >>> from rnnlens.viewer.synthetic import write_store
+        >>> from rnnlens.testing.stores import write_store
         >>> path = write_store(os.path.join(tempfile.mkdtemp(), "s.zarr"), np.zeros((2, 3, 4), "float32"))
         >>> server = make_server(path)
         >>> threading.Thread(target=server.serve_forever, daemon=True).start()

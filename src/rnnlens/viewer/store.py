@@ -135,7 +135,7 @@ class StoreView:
 
     Example:
         >>> import numpy as np, tempfile, os
-        >>> from rnnlens.viewer.synthetic import write_store
+        >>> from rnnlens.testing.stores import write_store
         >>> h = np.zeros((4, 6, 3), "float32"); h[2, 1:4, 1] = 1.0
         >>> path = write_store(os.path.join(tempfile.mkdtemp(), "s.zarr"), h)
         >>> view = StoreView(path)

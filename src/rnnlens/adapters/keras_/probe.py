@@ -27,6 +27,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
+from ...kinds import KINDS
 from ...spec import Field, Kind
 from . import conv as keras_conv
 from .steps import _emit_loop, _emit_step
@@ -359,7 +360,7 @@ class Probe:
         kind = cell_kind(layer.cell)
         if initial_state is None and layer.stateful and layer.states is not None:
             initial_state = [ops.convert_to_tensor(v.value) for v in tree.flatten(layer.states)]
-        if initial_state is None and kind != "rnn":
+        if initial_state is None and KINDS[kind].known:
             initial_state = layer.get_initial_state(batch_size=ops.shape(x)[0])
         if initial_state is not None and not tree.is_nested(initial_state):
             initial_state = [initial_state]
@@ -371,7 +372,7 @@ class Probe:
             for k, tensor in enumerate(emitted):
                 record[f"{direction}|emit{k}"] = tensor
             out_seq = ops.swapaxes(emitted[0], 0, 1)
-            if kind == "convlstm":
+            if KINDS[kind].feature_maps:
                 checks = keras_conv.last_step_check(
                     layer.cell, x, mask, init, emitted, go_backwards=layer.go_backwards
                 )
@@ -381,9 +382,9 @@ class Probe:
             seq, *states = runner(x, initial_state=initial_state, mask=mask, training=False)
             record[f"{direction}|seq"] = seq
             out_seq = seq
-        if kind != "rnn":
+        if KINDS[kind].known:
             record[f"{direction}|h0"] = initial_state[0]
-            if kind in ("lstm", "convlstm"):
+            if KINDS[kind].has_c:
                 record[f"{direction}|c0"] = initial_state[1]
         # Rebuild the original layer's own output (processing order, like Keras returns it).
         if layer.return_sequences:
@@ -393,7 +394,7 @@ class Probe:
                 m = ops.reshape(m, (*ops.shape(m), *(1,) * (len(out_seq.shape) - 2)))  # N-D feature maps
                 y = ops.where(m, out_seq, ops.zeros_like(out_seq))
         else:
-            y = out_seq[:, -1] if kind == "rnn" else states[0]
+            y = out_seq[:, -1] if not KINDS[kind].known else states[0]
         return y, states
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError, UnsupportedModelError
+from ...kinds import KINDS
 from ...spec import FIELDS_BY_KIND, CellWeights, Field, Kind, LayerSpec
 from ...tracing import RawDirection, RawLayer, resolve_fields, select_layers, to_direction_arrays
 from ..base import Captured, TraceOptions
@@ -72,7 +73,7 @@ def _spec(name: str, layer: Any) -> LayerSpec:
     if units is None:
         size = inner.cell.output_size if hasattr(inner.cell, "output_size") else inner.cell.state_size
         units = size if isinstance(size, int) else int(np.prod(np.atleast_1d(size)[-1]))
-    notes = ("unknown cell: per-step outputs only",) if kind == "rnn" else ()
+    notes = ("unknown cell: per-step outputs only",) if not KINDS[kind].known else ()
     return LayerSpec(
         name=name,
         kind=kind,
@@ -80,7 +81,7 @@ def _spec(name: str, layer: Any) -> LayerSpec:
         units=int(units),
         directions=directions,
         fields=FIELDS_BY_KIND[kind],
-        cell_units=int(units) if kind == "lstm" else None,
+        cell_units=int(units) if KINDS[kind].has_c else None,
         notes=notes,
     )
 
@@ -293,9 +294,9 @@ def capture(model: Any, x: Any, options: TraceOptions) -> Captured:
     emit = frozenset(
         s.name
         for s in specs
-        if s.kind in ("lstm", "gru", "convlstm")
+        if KINDS[s.kind].gates  # kinds with gates can be emitted
         # ConvLSTM is always emitted (h too): Keras has no faster kernel for it to reuse
-        and (s.kind == "convlstm" or "c" in wanted[s.name] or "gates" in wanted[s.name])
+        and (KINDS[s.kind].feature_maps or "c" in wanted[s.name] or "gates" in wanted[s.name])
         and all(
             choose_strategy(sub, options.strategy) == "emit"  # type: ignore[arg-type]
             for sub in _directions(layer_by_name[s.name]).values()
@@ -377,8 +378,8 @@ def _layer_arrays(  # type: ignore[no-untyped-def]
         to_input = (lambda a: a[:, ::-1]) if reverse else (lambda a: a)
         parts = None
         if emitted:
-            n_parts = 6 if spec.kind == "lstm" else 4
-            if spec.kind == "convlstm":
+            n_parts = KINDS[spec.kind].n_emitted
+            if KINDS[spec.kind].feature_maps:
                 n_parts = keras_conv.n_parts(fields)
                 keras_conv.check_parity(captured, f"{name}|{direction}|", layer=name)
             parts = tuple(

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import UnsupportedLayerError
+from ...kinds import KINDS
 from ...spec import FIELDS_BY_KIND, Kind, LayerSpec
 from .deps import _onnx
 
@@ -85,7 +86,7 @@ class _Node:
     def spec(self) -> LayerSpec:
         fields = FIELDS_BY_KIND[self.kind] if self.problem is None else ("h",)
         notes = () if self.problem is None else (f"h only: {self.problem}",)
-        cell_units = self.hidden if self.kind == "lstm" else None
+        cell_units = self.hidden if KINDS[self.kind].has_c else None
         return LayerSpec(
             self.name, self.kind, self.op, self.hidden, self.directions, fields, cell_units, notes
         )

@@ -17,6 +17,7 @@ import numpy as np
 
 from ...cells import DirectionArrays, carry_forward, check_parity, reconstruct_direction
 from ...errors import RnnLensWarning, UnsupportedLayerError
+from ...kinds import KINDS
 from ...spec import CellWeights, Field
 from .graph import _ACTIVATIONS, _B, _C0, _H0, _R, _SEQ_LENS, _W, _X, _Node
 
@@ -87,7 +88,7 @@ def _node_states(
     started = np.ones(n, bool) if lens is None else np.asarray(lens).reshape(-1) > 0
     y_h, y_c = state(node.outputs[1]), state(node.outputs[2])
     h0s, c0s = state(node.inputs[_H0]), state(node.inputs[_C0])
-    rebuild = node.kind in ("lstm", "gru") and len(fields) > 1
+    rebuild = KINDS[node.kind].reconstructable and len(fields) > 1
     x = w = r = b = None
     if rebuild:
         x = tensor(node.inputs[_X])
@@ -110,7 +111,7 @@ def _node_states(
                 c0,
                 mask,
                 reverse=reverse,
-                want_c=node.kind == "lstm",  # for the Y_c check even when only gates are asked
+                want_c=KINDS[node.kind].has_c,  # for the Y_c check even when only gates are asked
                 want_gates="gates" in fields,
                 layer=node.name,
             )

@@ -87,6 +87,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError, UnsupportedLayerError
+from ...kinds import KINDS
 from ...spec import LayerSpec
 from ...tracing import resolve_fields, select_layers
 from ..base import Captured, TraceOptions
@@ -159,7 +160,7 @@ def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], option
     needs: dict[str, list[str]] = {}
     for s in chosen:
         node = nodes[s.name]
-        rebuild = node.kind in ("lstm", "gru") and len(want[s.name]) > 1
+        rebuild = KINDS[node.kind].reconstructable and len(want[s.name]) > 1
         names = [node.outputs[0], node.outputs[1], node.inputs[_SEQ_LENS], node.inputs[_H0]]
         if node.op == "LSTM":
             names += [node.outputs[2], node.inputs[_C0]]

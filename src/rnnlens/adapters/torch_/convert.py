@@ -18,6 +18,7 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from ...cells import DirectionArrays, check_parity, gru_gates, lstm_gates
 from ...errors import InputError, UnsupportedLayerError
+from ...kinds import KINDS
 from ...spec import Field, LayerSpec
 from ...tracing import RawDirection, RawLayer, to_direction_arrays
 from .calls import _CellCalls, _Plan, _SeqCall
@@ -128,7 +129,7 @@ def _seq_layer(
         parts = None
         if emitted:  # (time, sample, gate, unit) buffers: zero-copy (sample, time, unit) views
             gates = _np(call.gates[layer][d]).transpose(1, 0, 2, 3)
-            cs = [_np(call.c[layer][d]).transpose(1, 0, 2)] if cfg.kind == "lstm" else []
+            cs = [_np(call.c[layer][d]).transpose(1, 0, 2)] if KINDS[cfg.kind].has_c else []
             parts = (h, *cs, *(gates[:, :, k] for k in range(gates.shape[2])))
         raw.directions[direction] = RawDirection(
             seq=h,
@@ -185,7 +186,7 @@ def _cell_entry(
     cfg, name = calls.plan.cfg, spec.name
     lstm = cfg.base == "LSTMCell"
     outs = calls.outs
-    if cfg.kind == "rnn":
+    if not KINDS[cfg.kind].known:
         outs = [o[0] if isinstance(o, (tuple, list)) else o for o in outs]
         if not all(isinstance(o, torch.Tensor) and o.shape[-1] == cfg.units for o in outs):
             raise UnsupportedLayerError(
@@ -200,7 +201,7 @@ def _cell_entry(
     result = DirectionArrays(h=h)
     if lstm and "c" in fields:
         result.c = _stack([o[1] for o in outs], name, "outputs")
-    if "gates" in fields and cfg.kind in ("lstm", "gru"):
+    if "gates" in fields and KINDS[cfg.kind].reconstructable:
         w = weights(calls.plan, 0, False)
         x = _stack(calls.xs, name, "inputs")
 

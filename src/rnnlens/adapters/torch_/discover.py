@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ...errors import UnsupportedModelError
+from ...kinds import KINDS
 from ...spec import FIELDS_BY_KIND, Kind, LayerSpec
 
 __all__ = ["describe"]
@@ -68,7 +69,7 @@ class _Config:
     @property
     def expanded(self) -> bool:
         """One entry per layer (a known multi-layer module)."""
-        return not self.cell and self.kind != "rnn" and self.num_layers > 1
+        return not self.cell and KINDS[self.kind].known and self.num_layers > 1
 
 
 def _config(m: Any) -> _Config | None:
@@ -156,9 +157,9 @@ def _walk(root: Any) -> tuple[list[tuple[str, Any, _Config]], list[str]]:
 
 def _static_specs(name: str, cfg: _Config) -> list[LayerSpec]:
     fields = FIELDS_BY_KIND[cfg.kind]
-    cell_units = cfg.hidden_size if cfg.kind == "lstm" else None
+    cell_units = cfg.hidden_size if KINDS[cfg.kind].has_c else None
     notes: list[str] = []
-    if cfg.kind == "rnn":
+    if not KINDS[cfg.kind].known:
         notes.append("forward is overridden: per-step outputs only")
     if cfg.proj_size:
         notes.append(f"proj_size={cfg.proj_size}: h has {cfg.proj_size} units, c {cfg.hidden_size}")

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...kinds import KINDS
 from .discover import _Config
 
 
@@ -23,7 +24,9 @@ def _can_emit(input: Any, cfg: _Config, strategy: str) -> bool:
     ``"auto"``: on CPU, where the loop costs about what PyTorch's own kernel does; on a GPU the
     fused cuDNN kernel plus reconstruction is faster. PackedSequence inputs always reconstruct.
     """
-    if strategy == "reconstruct" or cfg.kind not in ("lstm", "gru") or not isinstance(input, torch.Tensor):
+    if strategy == "reconstruct" or not isinstance(input, torch.Tensor):
+        return False
+    if not KINDS[cfg.kind].reconstructable:
         return False
     if strategy == "emit":
         return input.dtype in (torch.float16, torch.float32, torch.float64)

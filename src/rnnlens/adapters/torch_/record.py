@@ -19,6 +19,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 from ...errors import RnnLensError
+from ...kinds import KINDS
 from .calls import _CellCalls, _Plan, _SeqCall
 from .convert import _input_error
 from .discover import _Config
@@ -106,7 +107,7 @@ class _Recorder:
     def stand_in(self, plan: _Plan) -> Callable[..., Any]:
         m, cfg = plan.module, plan.cfg
         original = m.forward  # bound: the class forward, or the user's own instance attribute
-        if cfg.kind == "rnn":
+        if not KINDS[cfg.kind].known:
             return self._generic(plan, original)
         if cfg.cell:
             return self._cell(plan, type(m).forward)

@@ -94,6 +94,7 @@ from ...errors import (
     UnsupportedLayerError,
     UnsupportedModelError,
 )
+from ...kinds import KINDS
 from ...spec import CellWeights, Field, LayerSpec
 from ...tracing import resolve_fields, select_layers
 from ..base import Captured, TraceOptions
@@ -201,7 +202,7 @@ def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], option
         emit = frozenset(
             int(n.rsplit(".l", 1)[1]) if cfg.expanded else 0
             for n, f in mine.items()
-            if _need_x(f) and not cfg.cell and cfg.kind in ("lstm", "gru")
+            if _need_x(f) and not cfg.cell and KINDS[cfg.kind].reconstructable
         )
         plans.append(_Plan(name, m, cfg, record=bool(mine), loop=loop, emit=emit, strategy=strategy))
 
@@ -276,7 +277,7 @@ def _entries(
                 base.notes,
             )
             f = static_fields[base.name]
-            if plan.cfg.kind == "rnn":
+            if not KINDS[plan.cfg.kind].known:
                 out.append((spec, lambda w, spec=spec, entry=entry: _generic_seq(spec, entry)))
             else:
                 real = layer if plan.cfg.expanded else plan.cfg.num_layers - 1

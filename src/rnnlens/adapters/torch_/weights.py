@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...kinds import KINDS
 from ...spec import CellWeights
 from .discover import _Config
 
@@ -43,7 +44,7 @@ _RELU = _torch_fn(torch.relu)
 
 def _weights(m: Any, cfg: _Config, layer: int, reverse: bool) -> CellWeights | None:
     """One direction of one layer in canonical gate order (GRU: PyTorch's r,z,n → z,r,n)."""
-    if cfg.kind == "rnn":
+    if not KINDS[cfg.kind].known:
         return None
     sfx = "" if cfg.cell else f"_l{layer}" + ("_reverse" if reverse else "")
     w_ih, w_hh = _np(getattr(m, "weight_ih" + sfx)), _np(getattr(m, "weight_hh" + sfx))

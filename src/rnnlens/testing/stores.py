@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.layout import FORMAT, SCHEMA_VERSION, TIME_ORDER, LayerLayout, Layout, direction_path
+from ..io.layout import LayerLayout, Layout, direction_path, layout_attributes, root_attributes
 from ..io.zarr import StoreWriter
 
 __all__ = ["planted_store", "write_store"]
@@ -60,16 +60,8 @@ def write_store(
     root.mkdir(parents=True, exist_ok=True)
     writer = StoreWriter(root, layout, batch_size=batch_size, n_samples=n_samples)
     attrs = {
-        "format": FORMAT,
-        "schema_version": SCHEMA_VERSION,
-        "backend": backend,
-        "model_name": backend,
-        "layer_names": [layer],
-        "layout": layout.to_json(),
-        "time_order": TIME_ORDER,
-        "batch_size": batch_size,
-        "max_time": max_time,
-        "complete": False,
+        **root_attributes(model_name=backend, batch_size=batch_size, max_time=max_time),
+        **layout_attributes(layout),
     }
     writer.create(attrs)
     key = f"{direction_path(layer, 'forward')}/h"

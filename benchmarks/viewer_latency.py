@@ -1,4 +1,4 @@
-"""Select-and-match latency on a large synthetic store: ``python -m rnnlens.viewer.bench``.
+"""Select-and-match latency on a large synthetic store: ``python -m benchmarks.viewer_latency``.
 
 Writes a store of ``--samples`` sequences (default 100 000 × 50 steps × 32 units, 640 MB of
 float32) with a pattern planted in every 1000th sequence, then times the viewer's queries
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .synthetic import write_store
+from rnnlens.testing.stores import write_store
 
 __all__ = ["main"]
 

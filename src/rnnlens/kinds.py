@@ -1,0 +1,76 @@
+"""One table of the recurrent cell kinds rnnlens knows: a new kind is one entry here (and, if
+its gates can be rebuilt, one gate function in :mod:`rnnlens.cells`).
+
+Each entry says what the core needs to know without asking "which kind is this?": its gate
+names, the fields it has, whether rnnlens knows its equations, whether it has a cell state,
+whether its gates can be rebuilt from (x, h_prev), whether its states are feature maps, and how
+many arrays an emitting probe returns per step (``h``, ``c`` where it has one, each gate).
+
+Example:
+    >>> from rnnlens.kinds import KINDS
+    >>> KINDS["lstm"].gates, KINDS["lstm"].fields, KINDS["lstm"].n_emitted
+    (('i', 'f', 'g', 'o'), ('h', 'c', 'gates'), 6)
+    >>> KINDS["rnn"].known
+    False
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["FIELDS_BY_KIND", "GATE_NAMES", "KINDS", "CellKind", "Field", "Kind"]
+
+#: ``lstm``, ``gru`` and ``simple`` are cells rnnlens knows the equations of; ``rnn`` is any
+#: other recurrent layer: its per-step outputs are available, its internals are not.
+#: ``convlstm`` (Keras ConvLSTM1D/2D/3D) is an LSTM whose states are feature maps.
+Kind = Literal["lstm", "gru", "simple", "rnn", "convlstm"]
+Field = Literal["h", "c", "gates"]
+
+
+@dataclass(frozen=True)
+class CellKind:
+    """What the core knows about one kind of cell."""
+
+    name: Kind
+    #: canonical gate names, in the order rnnlens stores them (post-activation values)
+    gates: tuple[str, ...]
+    #: whether rnnlens knows the equations (else only per-step ``h``, the layer's outputs)
+    known: bool = True
+    #: whether it has a cell state ``c``
+    has_c: bool = False
+    #: whether gates (and ``c``) can be rebuilt from the layer's input and ``h_prev``
+    reconstructable: bool = False
+    #: whether ``h``, ``c`` and gates are feature maps (``(*spatial, channels)`` per step)
+    feature_maps: bool = False
+
+    @property
+    def fields(self) -> tuple[Field, ...]:
+        out: list[Field] = ["h"]
+        if self.has_c:
+            out.append("c")
+        if self.gates:
+            out.append("gates")
+        return tuple(out)
+
+    @property
+    def n_emitted(self) -> int:
+        """Arrays an emitting probe returns per step: ``h``, ``c`` (if any), then each gate."""
+        return 1 + int(self.has_c) + len(self.gates)
+
+
+KINDS: dict[str, CellKind] = {
+    k.name: k
+    for k in (
+        CellKind("lstm", ("i", "f", "g", "o"), has_c=True, reconstructable=True),
+        CellKind("gru", ("z", "r", "n"), reconstructable=True),
+        CellKind("simple", ()),
+        CellKind("rnn", (), known=False),
+        CellKind("convlstm", ("i", "f", "g", "o"), has_c=True, feature_maps=True),
+    )
+}
+
+#: Canonical gate names per kind (a view of :data:`KINDS`).
+GATE_NAMES: dict[str, tuple[str, ...]] = {name: k.gates for name, k in KINDS.items()}
+#: The fields each kind has (a view of :data:`KINDS`).
+FIELDS_BY_KIND: dict[str, tuple[Field, ...]] = {name: k.fields for name, k in KINDS.items()}
