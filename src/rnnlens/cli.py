@@ -269,6 +269,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RnnLensError, FileNotFoundError) as e:
         print(f"rnnlens {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permissions, names the filesystem refuses: the user's to fix
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"rnnlens {args.command}: error: {e.strerror or e}{where}.", file=sys.stderr)
+        return 2
+    except Exception as e:  # never a traceback; RNNLENS_DEBUG=1 shows it for a bug report
+        if os.environ.get("RNNLENS_DEBUG"):
+            raise
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(
+            f"rnnlens {args.command}: error: {type(e).__name__}: {text} (an unexpected error; rerun "
+            "with RNNLENS_DEBUG=1 for the traceback and please report it)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,6 +27,7 @@ __all__ = [
     "SchedulerError",
     "StoreError",
     "StoreExistsError",
+    "StoreLockedError",
     "StoreMismatchError",
     "UnsupportedLayerError",
     "UnsupportedModelError",
@@ -89,6 +90,10 @@ class StoreError(RnnLensError, ValueError):
 
 class StoreExistsError(StoreError, FileExistsError):
     """The output path exists and may not be resumed or replaced as asked."""
+
+
+class StoreLockedError(StoreError):
+    """The store is being written by another extraction (its lock file is held)."""
 
 
 class StoreMismatchError(StoreError):

@@ -34,6 +34,7 @@ from .dask_tasks import (
     _prune_task,
     _release_task,
 )
+from .lock import StoreLock
 from .run import Run, _progress
 from .target import StoreTarget, _model_name
 
@@ -184,6 +185,7 @@ class _Driver:
         payload = None
         target: StoreTarget | None = None
         manifest: dict[str, Any] | None = None
+        lock = StoreLock(self.path).acquire()  # the driver holds the store for the whole run
         try:
             if isinstance(model, (str, os.PathLike)):
                 p = Path(model)
@@ -219,6 +221,7 @@ class _Driver:
             self._cancel()
             raise
         finally:
+            lock.release()
             if payload is not None:
                 self._quietly(lambda: client.cancel([payload]))
 

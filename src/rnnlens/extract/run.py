@@ -23,6 +23,7 @@ from ..io.layout import (
 )
 from ..io.progress import ProgressBar
 from .chunks import ChunkAssembler, piece_arrays, trace_piece
+from .lock import StoreLock
 from .target import StoreTarget, _model_name
 
 ProgressArg = bool | Callable[[int, "int | None"], None] | None
@@ -94,14 +95,23 @@ class Run:
         self._writer: Any = None
         self._chunk: ChunkAssembler | None = None  # set when the layout is known (_open_writer)
         self._total: int | None = None
-        self._manifest = self._target.prepare(resume=resume, overwrite=overwrite)
+        self._lock = StoreLock(self.path).acquire()  # one writer per store, for the whole run
+        try:
+            self._manifest = self._target.prepare(resume=resume, overwrite=overwrite)
+        except BaseException:
+            self._lock.release()
+            raise
         # chunks a Dask run finished out of order are recomputed here, in order (same bytes)
         self._manifest.pop("pending", None)
         self._done_chunks = int(self._manifest["chunks_done"])
         self._done_samples = int(self._manifest["samples_done"])
         if self._done_chunks > 0:
             self._layout = Layout.from_json(self._manifest["layout"])
-            self._open_writer(create=False)
+            try:
+                self._open_writer(create=False)
+            except BaseException:
+                self._lock.release()
+                raise
         self._offset = 0
         self._chain = ""
         self._digest = Digest()
@@ -150,6 +160,7 @@ class Run:
             self._abort()
             raise
         self._closed = True
+        self._lock.release()
         if self._progress is not None:
             self._progress_update(final=True)
 
@@ -305,7 +316,10 @@ class Run:
         self._closed = True
         if self._chunk is not None:
             self._chunk.clear()
-        self._stop_writer()
+        try:
+            self._stop_writer()
+        finally:
+            self._lock.release()
         if isinstance(self._progress, ProgressBar):
             self._progress.abort()
 

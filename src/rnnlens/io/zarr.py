@@ -34,6 +34,9 @@ def _zarr() -> Any:
     return require("zarr", purpose="Storing states (extract_to, open_states)")
 
 
+_WRITE_CONFIG = {"write_empty_chunks": True}
+
+
 class StoreWriter:
     """Creates a store's arrays from a :class:`Layout` and writes whole chunks into them.
 
@@ -68,7 +71,11 @@ class StoreWriter:
                 fill_value=spec.fill,
                 dimension_names=spec.dims,
                 attributes=spec.attrs,
-                compressors=None,
+                # a crc32c checksum per chunk: flipped bytes are an error on read, never data
+                compressors=[zarr.codecs.Crc32cCodec()],
+                # every chunk is written, even one equal to the fill value, so that a missing
+                # chunk file always means damage (and is reported) rather than "all fill"
+                config=_WRITE_CONFIG,
                 overwrite=True,
             )
         self._rows = rows
@@ -93,7 +100,7 @@ class StoreWriter:
                     f"expected (sample, {', '.join(map(str, spec.tail))}) {spec.dtype}. Pass "
                     "overwrite=True to start over."
                 )
-            self.arrays[spec.key] = arr
+            self.arrays[spec.key] = arr.with_config(_WRITE_CONFIG)
             rows = arr.shape[0] if rows is None else min(rows, arr.shape[0])
         self._rows = rows or 0
 
@@ -126,7 +133,7 @@ class StoreWriter:
         group.attrs.update(attrs)
 
 
-def open_states(path: str | os.PathLike[str]) -> StoredStates:
+def open_states(path: str | os.PathLike[str], *, verify: bool = True) -> StoredStates:
     """Open a store written by :func:`rnnlens.extract_to` as a lazy :class:`~rnnlens.States`.
 
     Nothing is read until indexed: ``states["lstm"].forward.h`` is a ``zarr.Array``
@@ -134,6 +141,10 @@ def open_states(path: str | os.PathLike[str]) -> StoredStates:
     joined ``states["bilstm"].h`` are lazy views that read on indexing (or ``np.asarray``).
     ``states.mask`` / ``states.lengths`` are the stored arrays; ``states.load()`` reads
     everything (or a range of samples) into an in-memory :class:`~rnnlens.States`.
+
+    Integrity: each chunk carries a crc32c checksum, checked whenever it is read (a damaged
+    chunk raises instead of returning its bytes); with ``verify`` (default) opening a
+    complete store also checks that no chunk file is missing.
 
     Example:
         >>> import rnnlens
@@ -180,4 +191,33 @@ def open_states(path: str | os.PathLike[str]) -> StoredStates:
             RnnLensWarning,
             stacklevel=2,
         )
+    if attrs.get("complete", False) and verify:
+        check_chunks(group, layout, root)
     return StoredStates.from_group(group, layout, attrs, path=root)
+
+
+def check_chunks(group: Any, layout: Layout, root: Path) -> None:
+    """Every chunk of every array of a complete store is there (a deleted chunk would read
+    back as the fill value: NaN states, an all-False mask). Checksums are verified as chunks
+    are read (crc32c)."""
+    for spec in layout.arrays():
+        try:
+            arr = group[spec.key]
+        except KeyError:
+            raise StoreError(
+                f"{root} lacks the array {spec.key!r} (deleted or damaged). Rerun the extraction "
+                "with overwrite=True to rebuild it."
+            ) from None
+        if not _checksummed(arr):
+            continue  # written before checksums (schema 1 stores of rnnlens 0.1): nothing to compare
+        have, want = arr.nchunks_initialized, arr.nchunks
+        if have != want:
+            raise StoreError(
+                f"{root}: array {spec.key!r} is missing {want - have} of its {want} chunks (deleted or "
+                "damaged files). Its data cannot be trusted; rerun the extraction (it rewrites them) "
+                "or open with verify=False to read what is there."
+            )
+
+
+def _checksummed(arr: Any) -> bool:
+    return any(type(c).__name__ == "Crc32cCodec" for c in getattr(arr.metadata, "codecs", ()))

@@ -67,14 +67,29 @@ class TorchAdapter(Adapter):
         return Inputs((_to_torch(x),))
 
 
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _hyperparameters(m: Any) -> list[tuple[str, Any]]:
+    """A module's plain attributes (``nonlinearity``, ``hidden_size``, ``dropout``, ...), which
+    ``repr`` does not always show (``nn.RNN`` hides ``nonlinearity="relu"``)."""
+    out = []
+    for k, v in sorted(vars(m).items()):
+        if k.startswith("_") or k == "training":
+            continue
+        if isinstance(v, _PLAIN) or (isinstance(v, (tuple, list)) and all(isinstance(e, _PLAIN) for e in v)):
+            out.append((k, v))
+    return out
+
+
 def _architecture(model: Any) -> str:
-    """The module tree with its hyperparameters (``repr``), and per module class the source of
-    its ``forward`` where Python has it (what the module computes)."""
+    """The module tree with its hyperparameters (``repr`` and every plain attribute), and per
+    module class the source of its ``forward`` where Python has it (what the module computes)."""
     lines = [repr(model)]
     seen: set[type] = set()
     for name, m in model.named_modules():
         cls = type(m)
-        lines.append(f"{name}: {cls.__module__}.{cls.__qualname__}")
+        lines.append(f"{name}: {cls.__module__}.{cls.__qualname__} {_hyperparameters(m)!r}")
         if cls in seen:
             continue
         seen.add(cls)

@@ -1,0 +1,125 @@
+"""One writer per store: an exclusive lock file beside the store, held for a whole run.
+
+``run.zarr.lock`` is created with ``O_CREAT | O_EXCL`` (atomic on local filesystems and NFS
+v3+) and records the owner's pid, host and start time. A second run on the same store gets a
+:class:`~rnnlens.errors.StoreLockedError` naming the owner. A lock left by a process that no
+longer runs *on this host* is taken over; one from another host is never guessed dead (delete
+the file by hand once you know that run is gone).
+
+The lock sits beside the store, not inside it, so that ``overwrite=True`` (which removes the
+store) cannot remove another run's lock with it.
+
+Example:
+    >>> import tempfile, os
+    >>> from rnnlens.extract.lock import StoreLock
+    >>> store = os.path.join(tempfile.mkdtemp(), "run.zarr")
+    >>> with StoreLock(store):
+    ...     StoreLock(store).acquire()
+    Traceback (most recent call last):
+    ...
+    rnnlens.errors.StoreLockedError: ... is in use by another extraction ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import StoreError, StoreLockedError
+
+__all__ = ["StoreLock", "lock_path"]
+
+
+def lock_path(store: str | os.PathLike[str]) -> Path:
+    p = Path(store)
+    return p.with_name(p.name + ".lock")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class StoreLock:
+    """The lock of one store; a context manager. :meth:`acquire` raises if it is held."""
+
+    def __init__(self, store: str | os.PathLike[str]) -> None:
+        self.store = Path(store)
+        self.path = lock_path(store)
+        self.held = False
+        self._owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+
+    def acquire(self) -> StoreLock:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise StoreError(
+                f"Cannot write a store at {self.store}: a part of its parent path {self.path.parent} is "
+                "a file, not a directory. Choose another output path."
+            ) from None
+        except OSError as e:
+            raise StoreError(f"Cannot create {self.path.parent} for the store ({e.strerror}).") from None
+        for _ in range(3):  # a stale lock taken over by another process meanwhile: try again
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._read()
+                if owner is not None and not self._stale(owner):
+                    raise StoreLockedError(self._message(owner)) from None
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)  # stale (dead process on this host) or unreadable
+                continue
+            except OSError as e:
+                raise StoreError(f"Cannot create the store's lock {self.path} ({e.strerror}).") from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(self._owner, f)
+            self.held = True
+            return self
+        raise StoreLockedError(f"{self.store}: could not take its lock {self.path}; try again.")
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        owner = self._read()
+        mine = owner is not None and all(owner.get(k) == self._owner[k] for k in ("pid", "host"))
+        if mine:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    def __enter__(self) -> StoreLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            owner = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None  # half-written by a process that died at once, or removed meanwhile
+        return owner if isinstance(owner, dict) else None
+
+    def _stale(self, owner: dict[str, Any]) -> bool:
+        pid = owner.get("pid")
+        return owner.get("host") == self._owner["host"] and isinstance(pid, int) and not _alive(pid)
+
+    def _message(self, owner: dict[str, Any]) -> str:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(owner.get("started", 0))))
+        return (
+            f"{self.store} is in use by another extraction (pid {owner.get('pid')} on host "
+            f"{owner.get('host')!r}, since {since}). Wait for it to finish, or write to another path. "
+            f"If that run is gone, delete {self.path}."
+        )

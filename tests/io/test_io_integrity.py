@@ -1,0 +1,53 @@
+"""Damage to a store is an error, never data: a flipped byte fails its chunk's crc32c checksum, a
+deleted chunk (which zarr would read back as the fill value: NaN states, an all-False mask) is
+found when the store is opened."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rnnlens
+from rnnlens.cli import main
+from rnnlens.errors import StoreError
+
+
+@pytest.fixture
+def store(fmodel, fdata, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+    path = tmp_path / "run.zarr"
+    rnnlens.extract_to(path, fmodel, fdata, layers="gru", fields=("h",), batch_size=8)
+    return path
+
+
+def _chunks(store: Path, key: str) -> list[Path]:
+    return sorted(p for p in (store / key / "c").rglob("*") if p.is_file())
+
+
+def test_every_chunk_is_written_and_checksummed(store: Path, fdata: np.ndarray) -> None:
+    assert len(_chunks(store, "mask")) == 3  # 22 samples in chunks of 8, an all-True mask chunk too
+    meta = (store / "mask" / "zarr.json").read_text()
+    assert "crc32c" in meta
+
+
+def test_a_flipped_byte_is_an_error_not_data(store: Path) -> None:
+    chunk = _chunks(store, "layers/gru/forward/h")[1]
+    raw = bytearray(chunk.read_bytes())
+    raw[10] ^= 0xFF
+    chunk.write_bytes(bytes(raw))
+    states = rnnlens.open_states(store)
+    states["gru"].forward.h[:8]  # an undamaged chunk still reads
+    with pytest.raises(ValueError, match="checksum"):
+        states["gru"].forward.h[8:16]
+
+
+@pytest.mark.parametrize("key", ["mask", "layers/gru/forward/h"])
+def test_a_deleted_chunk_is_found_on_open(store: Path, key: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _chunks(store, key)[-1].unlink()
+    with pytest.raises(StoreError, match=rf"array '{key}' is missing 1 of its 3 chunks"):
+        rnnlens.open_states(store)
+    assert rnnlens.open_states(store, verify=False)["gru"].forward.h.shape[0] == 22
+    assert main(["export", str(store), "-o", str(store.parent / "out.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "missing 1 of its 3 chunks" in err and "Traceback" not in err
