@@ -131,7 +131,11 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_view(args: argparse.Namespace) -> int:
+    from .errors import InputError
     from .viewer import serve
+
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port must be 0 (any free port) or 1..65535; received {args.port}.")
 
     serve(
         args.store,
@@ -268,6 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except (RnnLensError, FileNotFoundError) as e:
         print(f"rnnlens {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except MemoryError as e:
+        print(f"rnnlens {args.command}: error: out of memory ({e}); use smaller batches.", file=sys.stderr)
         return 2
     except OSError as e:  # disk full, permissions, names the filesystem refuses: the user's to fix
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""

@@ -31,7 +31,7 @@ def model_sha256(arrays: Iterable[np.ndarray], architecture: str) -> str:
     for a in arrays:
         a = np.asarray(a)
         h.update(f"{a.dtype.str}|{a.shape}|".encode())
-        h.update(np.ascontiguousarray(a).data.cast("B"))
+        h.update(np.ascontiguousarray(a).data.cast("B") if a.size else b"")
     h.update(b"|architecture|")
     h.update(architecture.encode())
     return h.hexdigest()

@@ -46,7 +46,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, RnnLensError
 from ..io.data import open_source
 from .run import ProgressArg, Run
 from .target import StoreTarget
@@ -138,6 +138,17 @@ def extract_to(
             "mask= and lengths= go with data=; without data, pass them per batch: "
             "run.append(x, mask=..., lengths=...)."
         )
+    source = None
+    sized = isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0
+    if data is not None and sized and not hasattr(data, "__next__"):
+        try:
+            source = open_source(data, batch_size=batch_size, mask=mask, lengths=lengths)
+        except RnnLensError:
+            source = None  # reported below, after the model's own errors, as before
+        if source is not None and source.total and batch_size > source.total:
+            # chunks (and their buffers) are sized by the data, not by a huge option
+            batch_size = source.total
+            source = open_source(data, batch_size=batch_size, mask=mask, lengths=lengths)
     run = Run(
         path,
         model,
@@ -153,7 +164,8 @@ def extract_to(
     if data is None:
         return run
     try:
-        source = open_source(data, batch_size=batch_size, mask=mask, lengths=lengths)
+        if source is None:
+            source = open_source(data, batch_size=batch_size, mask=mask, lengths=lengths)
         run._expect(source.total)
         for b in source.batches:
             run._append(b)

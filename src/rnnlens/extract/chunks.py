@@ -36,6 +36,11 @@ def trace_piece(
     or ``lengths``) as (sample, time) bool, or None."""
     from ..api import trace
 
+    if _time_steps(piece.x) == 0:
+        raise InputError(
+            f"The data has 0 time steps (input shape {_shape(piece.x)}): there are no states to "
+            "store. Pass sequences of at least one step, (sample, time, feature...)."
+        )
     user_mask = piece.mask
     if user_mask is None and piece.lengths is not None:
         steps = _time_steps(piece.x)
@@ -206,6 +211,11 @@ def _describe_layout(layout: Layout) -> str:
 
 def _cast(a: np.ndarray, dtype: str) -> np.ndarray:
     return a if a.dtype == np.dtype(dtype) else a.astype(dtype)
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    first = next(iter(x.values())) if isinstance(x, dict) else x[0] if isinstance(x, (list, tuple)) else x
+    return tuple(first.shape)
 
 
 def _time_steps(x: Any) -> int:

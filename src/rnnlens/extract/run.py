@@ -203,6 +203,7 @@ class Run:
         assert self._layout is not None
         self._writer = self._target.writer(self._layout, self._manifest, total=self._total, create=create)
         specs = {spec.key: spec for spec in self._layout.arrays()}
+        _check_chunk_memory(specs, self.batch_size)
         self._chunk = ChunkAssembler(specs, self.batch_size)
 
     def _expect(self, total: int | None) -> None:
@@ -346,3 +347,22 @@ def _progress(progress: ProgressArg) -> Any:
     raise InputError(
         f"progress must be True, False, None or a callable (done, total); received {progress!r}."
     )
+
+
+def _check_chunk_memory(specs: dict[str, Any], rows: int) -> None:
+    """Refuse a chunk that cannot fit in memory (``batch_size`` × ``max_time`` too large)
+    before allocating it, with what to change."""
+    per_sample = sum(
+        int(np.prod(s.tail, dtype=np.int64)) * np.dtype(s.dtype).itemsize for s in specs.values()
+    )
+    need = rows * per_sample
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not on this platform: no limit known
+        return
+    if need > have // 2:
+        raise InputError(
+            f"One chunk of {rows} samples would need {need / 2**30:,.1f} GiB (the store's time axis "
+            f"and fields for each sample), more than half of this machine's {have / 2**30:,.0f} GiB. "
+            "Lower batch_size (--batch-size) or max_time (--max-time)."
+        )

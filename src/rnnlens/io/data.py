@@ -461,7 +461,7 @@ class Digest:
             h = self._parts.get(key)
             if h is None:
                 h = self._parts[key] = hashlib.sha256(f"{a.dtype.str}{a.shape[1:]}".encode())
-            h.update(a.data.cast("B"))
+            h.update(a.data.cast("B") if a.size else b"")
 
     def hexdigest(self) -> str:
         total = hashlib.sha256()

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import RnnLensWarning
+from ..errors import RnnLensError, RnnLensWarning
 from ._deps import require
 from .errors import StoreError, StoreMismatchError
 from .layout import (
@@ -191,12 +191,25 @@ def open_states(path: str | os.PathLike[str], *, verify: bool = True) -> StoredS
             RnnLensWarning,
             stacklevel=2,
         )
-    if attrs.get("complete", False) and verify:
-        check_chunks(group, layout, root)
-    return StoredStates.from_group(group, layout, attrs, path=root)
+    try:
+        if attrs.get("complete", False) and verify:
+            check_chunks(group, layout, root, int(attrs.get("n_samples", -1)))
+        return StoredStates.from_group(group, layout, attrs, path=root)
+    except (ValueError, KeyError, TypeError) as e:
+        if isinstance(e, RnnLensError):
+            raise
+        raise StoreError(
+            f"{root} has damaged metadata ({type(e).__name__}: {_first_line(e)}): an array's zarr.json "
+            "is truncated or was edited. Rerun the extraction with overwrite=True to rebuild the store."
+        ) from None
 
 
-def check_chunks(group: Any, layout: Layout, root: Path) -> None:
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else "no message"
+
+
+def check_chunks(group: Any, layout: Layout, root: Path, n_samples: int) -> None:
     """Every chunk of every array of a complete store is there (a deleted chunk would read
     back as the fill value: NaN states, an all-False mask). Checksums are verified as chunks
     are read (crc32c)."""
@@ -208,6 +221,12 @@ def check_chunks(group: Any, layout: Layout, root: Path) -> None:
                 f"{root} lacks the array {spec.key!r} (deleted or damaged). Rerun the extraction "
                 "with overwrite=True to rebuild it."
             ) from None
+        if n_samples >= 0 and arr.shape[0] != n_samples:  # sizes bounded by what the run recorded
+            raise StoreError(
+                f"{root}: array {spec.key!r} has {arr.shape[0]} samples in its metadata, but the run "
+                f"recorded {n_samples}. The store was edited or damaged; rerun the extraction with "
+                "overwrite=True."
+            )
         if not _checksummed(arr):
             continue  # written before checksums (schema 1 stores of rnnlens 0.1): nothing to compare
         have, want = arr.nchunks_initialized, arr.nchunks

@@ -93,6 +93,15 @@ def render(
             raise FieldNotAvailableError(f"{field!r} is not a gate of {layer!r}; its gates are {names}.")
     elif field == "c" and "c" not in ls.fields:
         raise FieldNotAvailableError(f"Layer {layer!r} has no c stored (fields: {', '.join(ls.fields)}).")
+    if units is not None:
+        width = int(target.h.shape[-1]) if field == "h" or kind == "gates" else int(ls.spec.units)
+        if kind != "gates" and field == "c" and ls.spec.cell_units:
+            width = int(ls.spec.cell_units) * len(ls.directions if direction is None else [direction])
+        bad = [u for u in units if not 0 <= u < width]
+        if bad:
+            raise InputError(
+                f"Unit(s) {bad} out of range: {layer!r} has {width} unit(s) here (0..{width - 1})."
+            )
     if kind == "gates":
         return gate_grid(target, sample, units=units)
     if kind == "pca":
@@ -116,6 +125,14 @@ def render(
 def save(fig: Any, out: str | os.PathLike[str], *, dpi: int = 100) -> Path:
     """Write ``fig`` (format from the suffix: .png, .svg, .pdf) and close it."""
     path = Path(out)
+    formats = fig.canvas.get_supported_filetypes()
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in formats:
+        _pyplot().close(fig)
+        raise InputError(
+            f"Cannot write {path.name!r}: the image format comes from the suffix, one of "
+            f"{', '.join('.' + f for f in sorted(formats))} (e.g. plot.png, plot.svg, plot.pdf)."
+        )
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     _pyplot().close(fig)
     return path

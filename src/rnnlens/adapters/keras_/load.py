@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ...archive import check_archive
 from ...errors import ModelFileError, RnnLensError
 from . import legacy_h5
 
@@ -14,6 +15,7 @@ __all__ = ["load"]
 
 def load(p: Path, *, unsafe: bool) -> Any:
     """A Keras 3 model from ``p``; a Keras 2 ``.h5`` is converted (:mod:`.legacy_h5`)."""
+    check_archive(p)  # before Keras decompresses anything
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 

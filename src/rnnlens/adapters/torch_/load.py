@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...archive import check_archive
 from ...errors import InputError, ModelFileError, UnsupportedModelError
 
 __all__ = ["load_model"]
@@ -92,6 +93,7 @@ def load_model(path: str | os.PathLike[str], module: Any = None, *, unsafe: bool
     p = os.fspath(path)
     if not os.path.isfile(p):
         raise FileNotFoundError(f"No model file at {p!r}.")
+    check_archive(p)  # PyTorch's format is a zip: bounded before anything is read
     if _is_torchscript(p):
         if not unsafe:
             raise ModelFileError(
