@@ -94,6 +94,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .io.zarr import verify_store
+
+    checked = verify_store(args.store)
+    total = sum(checked.values())
+    print(f"{args.store}: ok, {total} chunks in {len(checked)} arrays checked", file=sys.stderr)
+    return 0
+
+
 def _units(text: str | None) -> list[int] | None:
     items = _split(text)
     if items is None:
@@ -217,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", choices=("npz", "hdf5"), help="format (default: from the -o suffix)")
     p.add_argument("-o", "--out", required=True, help="output file (.npz, .h5, .hdf5)")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "verify",
+        help="check every chunk of a store (present, checksum) and exit 0 only if all are intact",
+    )
+    p.add_argument("store", help="store directory written by 'rnnlens extract'")
+    p.set_defaults(func=_cmd_verify)
 
     tokens_help = (
         "text file, one line per sequence (line N is sample N); tokens separated by whitespace "

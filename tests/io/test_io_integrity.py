@@ -51,3 +51,22 @@ def test_a_deleted_chunk_is_found_on_open(store: Path, key: str, capsys: pytest.
     assert main(["export", str(store), "-o", str(store.parent / "out.npz")]) == 2
     err = capsys.readouterr().err
     assert "missing 1 of its 3 chunks" in err and "Traceback" not in err
+
+
+def test_verify_checks_every_chunk(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["verify", str(store)]) == 0
+    assert "ok, 9 chunks in 3 arrays checked" in capsys.readouterr().err
+    chunk = _chunks(store, "mask")[0]
+    raw = bytearray(chunk.read_bytes())
+    raw[0] ^= 0x01
+    chunk.write_bytes(bytes(raw))
+    assert main(["verify", str(store)]) == 2
+    assert "chunk 0 of array 'mask'" in capsys.readouterr().err
+
+
+def test_resuming_a_store_with_a_deleted_chunk_is_refused(store: Path, fmodel, fdata) -> None:  # type: ignore[no-untyped-def]
+    _chunks(store, "layers/gru/forward/h")[0].unlink()
+    with pytest.raises(StoreError, match="lacks some of the 3 chunks"):
+        rnnlens.extract_to(store, fmodel, fdata, layers="gru", fields=("h",), batch_size=8)
+    rnnlens.extract_to(store, fmodel, fdata, layers="gru", fields=("h",), batch_size=8, overwrite=True)
+    assert main(["verify", str(store)]) == 0

@@ -281,3 +281,28 @@ def test_column_cache_is_bounded(planted) -> None:  # type: ignore[no-untyped-de
     # cached or not, the answer is the same
     fresh = StoreView(planted).match("lstm", "h", "forward", [3, 7], 0.5, query_length=4)
     assert view.match("lstm", "h", "forward", [3, 7], 0.5, query_length=4) == fresh
+
+
+def test_many_clients_at_once_and_aborted_connections(server, capfd) -> None:  # type: ignore[no-untyped-def]
+    import concurrent.futures
+    import time
+
+    assert server.request_queue_size >= 128
+    port = server.server_address[1]
+    # 40 clients connect at once: none waits for a TCP retry (1 s) behind a short backlog
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(40)]
+    for s in socks:  # clients that go away without a request, or mid-request
+        s.sendall(b"GET /api/meta HTTP/1.1\r\n")
+        s.close()
+
+    def one(_: int) -> float:
+        start = time.perf_counter()
+        status, _, _ = request(server, "/api/meta")
+        assert status == 200
+        return time.perf_counter() - start
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        latencies = sorted(pool.map(one, range(40)))
+    assert latencies[int(0.95 * len(latencies))] < 0.9
+    time.sleep(0.2)
+    assert "Traceback" not in capfd.readouterr().err

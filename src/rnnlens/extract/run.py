@@ -8,7 +8,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -109,6 +109,7 @@ class Run:
             self._layout = Layout.from_json(self._manifest["layout"])
             try:
                 self._open_writer(create=False)
+                cast(Any, self._writer).check_done(self._done_chunks)  # set by _open_writer
             except BaseException:
                 self._lock.release()
                 raise

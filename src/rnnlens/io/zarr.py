@@ -104,6 +104,17 @@ class StoreWriter:
             rows = arr.shape[0] if rows is None else min(rows, arr.shape[0])
         self._rows = rows or 0
 
+    def check_done(self, n_chunks: int) -> None:
+        """Before resuming: the chunks the manifest counts as done are all there (a deleted one
+        would otherwise stay missing in a store reported complete)."""
+        for key, arr in self.arrays.items():
+            if _checksummed(arr) and arr.nchunks_initialized < n_chunks:
+                raise StoreError(
+                    f"{self.root}: array {key!r} lacks some of the {n_chunks} chunks its manifest counts "
+                    "as done (deleted or damaged files), so resuming would leave holes. Pass "
+                    "overwrite=True (CLI: --overwrite) to start over."
+                )
+
     def resize(self, n_samples: int) -> None:
         """Give every array ``n_samples`` rows (a no-op when they have them)."""
         if self._rows != n_samples:
@@ -240,3 +251,33 @@ def check_chunks(group: Any, layout: Layout, root: Path, n_samples: int) -> None
 
 def _checksummed(arr: Any) -> bool:
     return any(type(c).__name__ == "Crc32cCodec" for c in getattr(arr.metadata, "codecs", ()))
+
+
+def verify_store(path: str | os.PathLike[str]) -> dict[str, int]:
+    """Check a store completely: every chunk present and every chunk's crc32c checksum, read
+    chunk by chunk (memory: one chunk). Returns ``{array key: chunks checked}``; raises
+    :class:`~rnnlens.errors.StoreError` naming the first damaged array and chunk.
+
+    Example:
+        >>> verify_store("missing.zarr")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: No state store at 'missing.zarr'.
+    """
+    states = open_states(path, verify=True)
+    zarr = _zarr()
+    group = zarr.open_group(str(Path(path)), mode="r", zarr_format=3)
+    checked: dict[str, int] = {}
+    for spec in states.layout.arrays():
+        arr = group[spec.key]
+        step = int(arr.chunks[0])
+        for index, start in enumerate(range(0, int(arr.shape[0]), step)):
+            try:
+                arr[start : start + step]
+            except ValueError as e:
+                raise StoreError(
+                    f"{path}: chunk {index} of array {spec.key!r} (samples {start}..) is damaged "
+                    f"({_first_line(e)}). Rerun the extraction with overwrite=True."
+                ) from None
+        checked[spec.key] = index + 1 if arr.shape[0] else 0
+    return checked

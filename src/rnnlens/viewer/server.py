@@ -99,6 +99,20 @@ class ViewerServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = False
+    # many tabs and parallel fetches: the default backlog of 5 makes clients wait for TCP retries
+    request_queue_size = 128
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One line for a connection that failed (a client that went away mid-reply is normal:
+        a closed tab, a cancelled fetch), never a traceback in the terminal."""
+        import sys
+
+        e = sys.exc_info()[1]
+        if isinstance(e, (ConnectionError, TimeoutError)):
+            if self.verbose:
+                print(f"rnnlens view: {client_address[0]}: {type(e).__name__}", file=sys.stderr)
+            return
+        print(f"rnnlens view: error serving {client_address[0]}: {type(e).__name__}: {e}", file=sys.stderr)
 
     def __init__(self, address: tuple[str, int], view: StoreView, *, verbose: bool = False):
         super().__init__(address, ViewerHandler)
@@ -127,6 +141,8 @@ class ViewerHandler(BaseHTTPRequestHandler):
     server: ViewerServer
     server_version = "rnnlens-viewer"
     sys_version = ""
+    # an idle or stalled connection is closed after this many seconds (its thread ends with it)
+    timeout = 30
 
     # ------------------------------------------------------------------ plumbing
 
