@@ -53,7 +53,12 @@ class ToyAdapter(Adapter):
     ) -> Captured:
         specs = select_layers(self.describe(model), options.layers)
         fields = resolve_fields(specs, options.fields)
-        x = np.asarray(args[0], np.float32)
+        try:
+            x = np.asarray(args[0], np.float32)
+        except (TypeError, ValueError) as e:
+            raise rnnlens.InputError(f"x must be a float array ({e}).") from None
+        if x.ndim != 3 or x.shape[2] != model.W.shape[0]:
+            raise rnnlens.InputError(f"x must be (sample, time, {model.W.shape[0]}); received {x.shape}.")
         weights = CellWeights("simple", model.W, model.U, model.b, None, np.tanh, np.tanh)
         raw = RawLayer(x, None, {"forward": RawDirection(seq=model(x), weights=weights)})
         batch = {s.name: (to_direction_arrays(s, raw, fields[s.name]), None) for s in specs}

@@ -27,7 +27,6 @@ from rnnlens.errors import (
     InputError,
     LayerNotFoundError,
     ModelFileError,
-    RnnLensWarning,
     UnsupportedLayerError,
     UnsupportedModelError,
 )
@@ -502,7 +501,10 @@ def test_in_place_change_of_a_captured_output_is_noticed() -> None:
     no_leftovers(model)
 
 
-def test_overridden_forward_is_traced_as_unknown() -> None:
+def test_a_subclass_overriding_forward_is_traced_through_super_forward() -> None:
+    """A subclass's own forward runs unchanged; its super().forward call is what is traced:
+    every field of every layer, exact, no warning (it was kind "rnn" with a warning before)."""
+
     class Doubling(nn.GRU):
         def forward(self, input: Any, hx: Any = None) -> Any:  # type: ignore[override]
             out, h = super().forward(input, hx)
@@ -510,11 +512,44 @@ def test_overridden_forward_is_traced_as_unknown() -> None:
 
     m = Doubling(3, 4, batch_first=True).eval()
     x = torch.randn(2, 5, 3)
-    with pytest.warns(RnnLensWarning, match="does not know"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         states = rnnlens.trace(m, x)
-    assert states["gru"].kind == "rnn" and states["gru"].fields == ("h",)
+    assert states["gru"].kind == "gru" and states["gru"].fields == ("h", "gates")
     with torch.no_grad():
-        np.testing.assert_array_equal(states["gru"].h, m(x)[0].numpy())
+        out, _ = m(x)
+    np.testing.assert_allclose(states["gru"].h, out.numpy() / 2, rtol=0, atol=KERNEL_ATOL)
+    want = reference_rnn("gru", x.numpy(), **canonical(m, "gru", 0, False))
+    np.testing.assert_allclose(states["gru"].gates.array, want["gates"], rtol=1e-5, atol=1e-5)
+    assert type(m) is Doubling and "forward" not in vars(m)
+
+
+class Forecasting(nn.LSTM):
+    """As a forecasting library ships it: handles zero-length sequences and packs itself."""
+
+    def forward(self, x: Any, lengths: Any = None, hx: Any = None) -> Any:  # type: ignore[override]
+        if lengths is None:
+            return super().forward(x, hx)
+        packed = pack_padded_sequence(x, lengths.clamp(min=1), batch_first=True, enforce_sorted=False)
+        out, (h, c) = super().forward(packed, hx)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        return out, (h, c)
+
+
+def test_a_packing_lstm_subclass_gives_every_layer_with_its_mask() -> None:
+    torch.manual_seed(7)
+    m = Forecasting(3, 4, num_layers=2, batch_first=True).eval()
+    x, lengths = torch.randn(3, 6, 3), torch.tensor([6, 2, 4])
+    states = rnnlens.trace(m, x, lengths)
+    assert list(states) == ["lstm.l0", "lstm.l1"]
+    with torch.no_grad():
+        _, (h_n, c_n) = m(x, lengths)
+    for layer in (0, 1):
+        ls = states[f"lstm.l{layer}"]
+        assert ls.kind == "lstm" and ls.mask.sum(axis=1).tolist() == [6, 2, 4]
+        np.testing.assert_allclose(ls.last(), h_n[layer].numpy(), rtol=0, atol=KERNEL_ATOL)
+        np.testing.assert_allclose(ls.last("c"), c_n[layer].numpy(), rtol=1e-6, atol=1e-6)
+    no_leftovers(m)
 
 
 def test_root_names_and_describe() -> None:

@@ -28,7 +28,7 @@ def _commands() -> list[list[str]]:
         if (
             argv
             and argv[0] == "rnnlens"
-            and argv[1] in ("inspect", "extract", "export", "plot")  # view serves until stopped
+            and argv[1] in ("inspect", "extract", "export", "plot", "verify")  # view serves until stopped
             and "--unsafe" not in argv
         ):
             out.append(argv[1:])
@@ -45,7 +45,7 @@ def test_readme_cli_examples(tmp_path, monkeypatch, capsys) -> None:  # type: ig
     tokens[:, 5:] = 0
     np.save("data.npy", tokens)
     commands = _commands()
-    assert [c[0] for c in commands] == ["inspect", "extract", "export", "plot"]
+    assert [c[0] for c in commands] == ["inspect", "extract", "export", "plot", "verify"]
     for argv in commands:
         assert main(argv) == 0, (argv, capsys.readouterr().err)
     assert Path("run.zarr").is_dir() and Path("states.h5").is_file()

@@ -235,3 +235,35 @@ class AdapterTests:
         for name, ls in direct.items():
             for dname, d in ls.directions.items():
                 np.testing.assert_array_equal(stored[name].directions[dname].h[:], d.h)
+
+    def test_malformed_inputs_give_an_rnnlens_error_or_states(self) -> None:
+        """Wrong rank, sizes, dtypes (strings, objects, bools), empty batches or steps, NaN: each
+        is an :class:`~rnnlens.errors.RnnLensError` or a result (NaN in, NaN out), never a
+        framework's own exception. NumPy is passed as is (adapters convert or refuse it)."""
+        import rnnlens
+
+        built = self._built(self.kinds[0], False)
+        f, n, t = self.features, 2, 3
+        nan = np.full((n, t, f), np.nan, np.float32)
+        cases: list[Any] = [
+            np.zeros((n, f), np.float32),  # no time axis
+            np.zeros((n, t, f, 2), np.float32),  # one axis too many
+            np.zeros((n, t, f + 1), np.float32),  # other features
+            np.zeros((0, t, f), np.float32),  # no samples
+            np.zeros((n, t, f)).astype(str),  # strings
+            np.zeros((n, t, f), dtype=object),
+            np.zeros((n, t, f), bool),
+            np.zeros((n, t, f), np.float64),
+            [[1.0, 2.0], [3.0]],  # ragged
+            None,
+            nan,
+        ]
+        for x in cases:
+            try:
+                states = rnnlens.trace(built.model, x)
+            except rnnlens.RnnLensError:
+                continue
+            except Exception as e:
+                shown = getattr(x, "shape", x)
+                raise AssertionError(f"input {shown!r} raised {type(e).__name__}: {e}") from e
+            assert len(states) >= 1

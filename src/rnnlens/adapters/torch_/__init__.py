@@ -115,7 +115,14 @@ def _bytes_of(t: Any) -> np.ndarray:
 
 
 def _from_numpy(a: Any) -> Any:
-    return _to_torch(a) if isinstance(a, np.ndarray) else a
+    if not isinstance(a, np.ndarray):
+        return a
+    if a.dtype.kind not in "biuf":
+        raise InputError(
+            f"An input has NumPy dtype {a.dtype}; a torch module takes tensors of numbers. Convert "
+            "strings or objects to numbers first (a tokenizer, a vocabulary), then pass the array."
+        )
+    return _to_torch(a)
 
 
 def _to_torch(x: Any) -> Any:

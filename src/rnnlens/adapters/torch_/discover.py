@@ -49,6 +49,9 @@ class _Config:
     bias: bool = True
     nonlinearity: str = "tanh"
     scripted: bool = False
+    #: a subclass whose class ``forward`` is its own (it calls ``super().forward`` inside): the
+    #: inner call of the base class's forward is what is traced (:mod:`.record`)
+    overridden: bool = False
 
     @property
     def cell(self) -> bool:
@@ -77,7 +80,9 @@ def _config(m: Any) -> _Config | None:
         return _script_config(m)
     for cls, base in _CLASSES:
         if isinstance(m, cls):
-            standard = type(m).forward is cls.forward and "forward" not in vars(m)
+            own_instance_forward = "forward" in vars(m)
+            overridden = type(m).forward is not cls.forward and not base.endswith("Cell")
+            standard = not own_instance_forward and (type(m).forward is cls.forward or overridden)
             kinds = _CELL_KINDS if base.endswith("Cell") else _SEQ_KINDS
             kind: Kind = kinds[base] if standard else "rnn"
             if base.endswith("Cell"):
@@ -101,8 +106,14 @@ def _config(m: Any) -> _Config | None:
                 bool(m.batch_first),
                 bool(m.bias),
                 nonlinearity,
+                overridden=standard and overridden,
             )
     return None
+
+
+def base_class(cfg: _Config) -> Any:
+    """The torch class a recurrent module behaves as (``nn.LSTM`` for an ``nn.LSTM`` subclass)."""
+    return next(cls for cls, base in _CLASSES if base == cfg.base)
 
 
 def _script_config(m: Any) -> _Config | None:

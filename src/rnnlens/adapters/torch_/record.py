@@ -22,7 +22,7 @@ from ...errors import RnnLensError
 from ...kinds import KINDS
 from .calls import _CellCalls, _Plan, _SeqCall
 from .convert import _input_error
-from .discover import _Config
+from .discover import _Config, base_class
 from .emit import _can_emit, _emit_layer
 
 _LAYER_OF = re.compile(r"_l(\d+)(?:_reverse)?$")
@@ -114,6 +114,8 @@ class _Recorder:
         views = [m]
         if cfg.num_layers > 1 and plan.record and (plan.loop or plan.emit):
             views = [_layer_view(m, cfg, layer) for layer in range(cfg.num_layers)]
+        if cfg.overridden:
+            return _through_subclass(m, self._seq(plan, base_class(cfg).forward, views))
         return self._seq(plan, type(m).forward, views)
 
     def _generic(self, plan: _Plan, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -230,7 +232,7 @@ def _run(
             model(*args, **kwargs)
     except RnnLensError:
         raise
-    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+    except (RuntimeError, ValueError, TypeError, IndexError, AttributeError, KeyError) as e:
         raise _input_error(e, rec.active, model, args, kwargs) from e
     finally:
         for m, previous in reversed(installed):
@@ -239,3 +241,28 @@ def _run(
             else:
                 vars(m)["forward"] = previous
     return rec
+
+
+def _through_subclass(m: Any, inner: Callable[..., Any]) -> Callable[..., Any]:
+    """The stand-in for a subclass that overrides ``forward`` and calls ``super().forward``:
+    its own ``forward`` runs unchanged, on a proxy whose class puts one more class between the
+    subclass and the torch base class in the MRO, so that ``super().forward(...)`` reaches
+    ``inner`` (which records that call and runs the base class's kernel). The proxy shares the
+    module's ``__dict__`` (its parameters, buffers and attributes): nothing is copied, and
+    neither the module nor its class is changed."""
+    sub = type(m)
+    base = next(c for c in sub.__mro__[1:] if c.__module__.startswith("torch.nn"))
+
+    def forward(self: Any, input: Any, hx: Any = None) -> Any:
+        return inner(input, hx)
+
+    interceptor = type("_RnnLensIntercept", (base,), {"forward": forward})
+    shadow = type(sub.__name__, (sub, interceptor), {"__module__": sub.__module__})
+    proxy: Any = object.__new__(shadow)
+    object.__setattr__(proxy, "__dict__", m.__dict__)
+    subclass_forward = sub.forward
+
+    def stand_in(*args: Any, **kwargs: Any) -> Any:
+        return subclass_forward(proxy, *args, **kwargs)
+
+    return stand_in

@@ -6,8 +6,11 @@ What is traced
 ``num_layers``, ``bidirectional``, ``batch_first``, ``bias``, ``proj_size`` (LSTM: ``h`` has
 ``proj_size`` units, ``c`` has ``hidden_size``), user-given ``hx``, unbatched inputs and
 ``PackedSequence`` inputs; and hand-written loops over ``nn.LSTMCell`` / ``nn.GRUCell`` /
-``nn.RNNCell``. A subclass that overrides ``forward`` computes something rnnlens does not
-know: it is traced as kind ``"rnn"`` (its per-step outputs as ``h``, with a warning).
+``nn.RNNCell``. A subclass of ``nn.LSTM``/``nn.GRU``/``nn.RNN`` that overrides ``forward``
+(packing its input itself, handling empty sequences, ...) runs its own ``forward`` unchanged;
+the ``super().forward(...)`` call inside it is what is traced, with every field. A module whose
+*instance* ``forward`` was replaced, or a cell subclass that overrides ``forward``, computes
+something rnnlens does not know: its per-step outputs are given as ``h`` (kind ``"rnn"``).
 
 Names
 -----
