@@ -16,22 +16,28 @@ from rnnlens.testing import Built
 _MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "simple": nn.RNN}
 
 
-def reference_kwargs(m: Any, kind: str, reverse: bool) -> dict[str, Any]:
-    """One direction of a one-layer nn.LSTM/GRU/RNN as reference_rnn keyword arguments."""
-    sfx = "_l0" + ("_reverse" if reverse else "")
-    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-    w = {k: getattr(m, k + sfx).detach().double().numpy() for k in names}
-    if kind == "gru":
-        for k, a in w.items():
-            r, z, n = np.split(a, 3, axis=0)
-            w[k] = np.concatenate([z, r, n], axis=0)
-    return {
-        "kernel": w["weight_ih"].T,
-        "recurrent_kernel": w["weight_hh"].T,
-        "bias": w["bias_ih"],
-        "recurrent_bias": w["bias_hh"],
-        "reverse": reverse,
+def canonical_from_torch(m: Any, kind: str, layer: int, reverse: bool) -> dict[str, Any]:
+    """One direction of a torch nn.LSTM/GRU/RNN as reference weights (GRU r,z,n → z,r,n)."""
+    sfx = f"_l{layer}" + ("_reverse" if reverse else "")
+    get = {
+        k: getattr(m, k + sfx).detach().double().numpy()
+        for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
     }
+    if kind == "gru":
+        for k, a in get.items():
+            r, z, n = np.split(a, 3, axis=0)
+            get[k] = np.concatenate([z, r, n], axis=0)
+    return {
+        "kernel": get["weight_ih"].T,
+        "recurrent_kernel": get["weight_hh"].T,
+        "bias": get["bias_ih"],
+        "recurrent_bias": get["bias_hh"],
+    }
+
+
+def reference_kwargs(m: Any, kind: str, reverse: bool, layer: int = 0) -> dict[str, Any]:
+    """One direction of layer ``layer`` of an nn.LSTM/GRU/RNN as reference_rnn keyword arguments."""
+    return {**canonical_from_torch(m, kind, layer, reverse), "reverse": reverse}
 
 
 class Net(nn.Module):

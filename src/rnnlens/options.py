@@ -27,21 +27,26 @@ from .spec import ALL_FIELDS, Field
 __all__ = ["check_batch_size", "check_fields", "check_layers", "check_mask", "check_strategy"]
 
 
+def _names(value: Any, option: str, what: str, example: str) -> list[Any]:
+    """A name or a non-empty iterable of names, as a list (``what``: a layer, a field)."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, Iterable) or isinstance(value, (bytes, dict)):
+        raise OptionTypeError(
+            f"{option} must be {what} name, a list of names or None; received {type(value).__name__} "
+            f"{value!r}. Pass e.g. {example}."
+        )
+    names = list(value)
+    if not names:
+        raise OptionError(f"{option}=[] selects nothing; pass None for all, or e.g. {example}.")
+    return names
+
+
 def check_layers(layers: Any) -> tuple[str, ...] | None:
     """None, a layer name, or a non-empty iterable of names (order kept, duplicates dropped)."""
     if layers is None:
         return None
-    if isinstance(layers, str):
-        names: list[Any] = [layers]
-    elif isinstance(layers, Iterable) and not isinstance(layers, (bytes, dict)):
-        names = list(layers)
-    else:
-        raise OptionTypeError(
-            f"layers must be a layer name, a list of names or None; received {type(layers).__name__} "
-            f"{layers!r}. Pass e.g. layers='lstm' or layers=['enc', 'dec']."
-        )
-    if not names:
-        raise OptionError("layers=[] selects nothing; pass None for every recurrent layer.")
+    names = _names(layers, "layers", "a layer", "layers='lstm' or layers=['enc', 'dec']")
     bad = [n for n in names if not isinstance(n, str)]
     if bad:
         raise OptionTypeError(
@@ -54,17 +59,7 @@ def check_fields(fields: Any) -> tuple[Field, ...] | None:
     """None, a field name, or an iterable of names from ``h``, ``c``, ``gates``."""
     if fields is None:
         return None
-    if isinstance(fields, str):
-        asked: list[Any] = [fields]
-    elif isinstance(fields, Iterable) and not isinstance(fields, (bytes, dict)):
-        asked = list(fields)
-    else:
-        raise OptionTypeError(
-            f"fields must be a field name, a list of names or None; received {type(fields).__name__} "
-            f"{fields!r}. Pass a subset of {list(ALL_FIELDS)}, e.g. fields=['h', 'c']."
-        )
-    if not asked:
-        raise OptionError(f"fields=[] selects nothing; pass a subset of {list(ALL_FIELDS)} or None.")
+    asked = _names(fields, "fields", "a field", f"a subset of {list(ALL_FIELDS)}, fields=['h', 'c']")
     for f in asked:
         if f not in ALL_FIELDS:
             hint = suggest(f, ALL_FIELDS) if isinstance(f, str) else None

@@ -66,25 +66,6 @@ def canonical_from_onnx(op: str, w: np.ndarray, r: np.ndarray, b: np.ndarray | N
     return out
 
 
-def canonical_from_torch(m: Any, kind: str, layer: int, reverse: bool) -> dict[str, Any]:
-    """One direction of a torch nn.LSTM/GRU/RNN as reference weights (GRU r,z,n → z,r,n)."""
-    sfx = f"_l{layer}" + ("_reverse" if reverse else "")
-    get = {
-        k: getattr(m, k + sfx).detach().double().numpy()
-        for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-    }
-    if kind == "gru":
-        for k, a in get.items():
-            r, z, n = np.split(a, 3, axis=0)
-            get[k] = np.concatenate([z, r, n], axis=0)
-    return {
-        "kernel": get["weight_ih"].T,
-        "recurrent_kernel": get["weight_hh"].T,
-        "bias": get["bias_ih"],
-        "recurrent_bias": get["bias_hh"],
-    }
-
-
 # --------------------------------------------------------------------------- hand-built graphs
 
 

@@ -29,7 +29,6 @@ torch = pytest.importorskip("torch")
 from onnx_helpers import (  # noqa: E402
     ACTS,
     canonical_from_onnx,
-    canonical_from_torch,
     export,
     recurrent_model,
     run_ort,
@@ -42,6 +41,7 @@ import rnnlens.adapters.onnx_.session as osession  # noqa: E402
 import rnnlens.adapters.onnx_.trace as oadapter  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 from rnnlens.testing import reference_rnn  # noqa: E402
+from torch_nets import canonical_from_torch  # noqa: E402
 
 TORCH_RTOL, TORCH_ATOL = 1e-5, 1e-6  # ONNX trace vs PyTorch trace, float32
 REF_RTOL, REF_ATOL = 1e-4, 1e-5  # float32 trace vs float64 reference

@@ -228,9 +228,10 @@ def _as_array(v: Any, what: str) -> np.ndarray:
             f"{what} could not be turned into an array ({e}). Sequences of different lengths must be "
             "padded to one length (keras.utils.pad_sequences) and masked."
         ) from None
-    if a.dtype.kind not in "biuf":
+    if a.dtype.kind not in "biufUSO":
         raise InputError(
-            f"{what} has dtype {a.dtype}; expected numbers (float for features, int for token ids)."
+            f"{what} has dtype {a.dtype}; expected numbers (float for features, int for token ids), "
+            "or strings for a model that takes text."
         )
     return a
 
@@ -257,6 +258,15 @@ def _check_one(a: np.ndarray, spec: Any) -> np.ndarray:
             f"Input {name!r} has {label} size {got} (shape {a.shape}); the model expects {want} "
             f"(shape {shape})."
         )
+    if str(spec.dtype) == "string" or a.dtype.kind in "USO":
+        if str(spec.dtype) != "string" or a.dtype.kind not in "USO":
+            raise InputError(
+                f"Input {name!r} has dtype {a.dtype}; the model expects {spec.dtype}"
+                + (" (text: pass strings)." if str(spec.dtype) == "string" else " (numbers).")
+            )
+        if a.dtype.kind == "O" and not all(isinstance(v, (str, bytes)) for v in a.reshape(-1)):
+            raise InputError(f"Input {name!r} holds objects that are not strings; the model takes text.")
+        return a.astype(str) if a.dtype.kind == "O" else a  # text goes to the model as given
     want_dtype = np.dtype(spec.dtype) if spec.dtype is not None else a.dtype
     integral = a.dtype.kind != "f" or bool(np.isfinite(a).all() and (a == np.round(a)).all())
     if want_dtype.kind in "iu" and not integral:

@@ -112,6 +112,9 @@ class _Prepared:
     others: list[str]  # names of the other nodes
     inputs: list[_Input]  # graph inputs that are not initializers
     static: dict[str, Any]  # initializer / Constant output name → TensorProto or array
+    #: recurrent nodes rnnlens cannot run (inside If/Loop/Scan bodies or functions; quantized
+    #: ops of other domains), as "path: op" for errors
+    hidden: list[str] = field(default_factory=list)
     _session: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -206,7 +209,37 @@ def _analyse(model: Any) -> _Prepared:
     for node in nodes:
         node.outputs = _output_names(node, graph.node[node.index], used)
         node.batch_gathers = _batch_gathers(node.inputs[_X], 0 if node.layout else 1, producer, static)
-    return _Prepared(model, nodes, others, inputs, static)
+    return _Prepared(model, nodes, others, inputs, static, hidden=_hidden_recurrent(model))
+
+
+#: recurrent ops of other domains (ONNX Runtime's quantization writes these)
+_FOREIGN_RECURRENT = {"DynamicQuantizeLSTM", "QLinearLSTM", "DynamicQuantizeGRU", "AttnLSTM"}
+
+
+def _hidden_recurrent(model: Any) -> list[str]:
+    """Recurrent nodes outside what rnnlens runs: in subgraphs (``If`` branches, ``Loop`` /
+    ``Scan`` bodies, at any depth), in model-local functions, and quantized recurrent ops."""
+    onnx = _onnx()
+    found: list[str] = []
+
+    def walk(nodes: Any, path: str, top: bool) -> None:
+        for k, n in enumerate(nodes):
+            label = n.name or f"{n.op_type}_{k}"
+            if n.op_type in _FOREIGN_RECURRENT or (
+                not top and n.op_type in _KINDS and n.domain in ("", "ai.onnx")
+            ):
+                found.append(f"{path}{label} ({n.domain + '.' if n.domain else ''}{n.op_type})")
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    walk(a.g.node, f"{path}{label}/{a.name}/", False)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for j, g in enumerate(a.graphs):
+                        walk(g.node, f"{path}{label}/{a.name}[{j}]/", False)
+
+    walk(model.graph.node, "", True)
+    for f in model.functions:
+        walk(f.node, f"function {f.name}/", False)
+    return found
 
 
 _SAME_SHAPE = {

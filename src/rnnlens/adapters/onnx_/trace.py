@@ -102,7 +102,28 @@ __all__ = ["capture", "describe", "load_model", "weight_arrays"]
 
 def describe(model: Any) -> list[LayerSpec]:
     """The ``LSTM``/``GRU``/``RNN`` nodes of ``model`` (an ``onnx.ModelProto`` or a ``.onnx`` path)."""
-    return [n.spec for n in _prepare(model).nodes]
+    prep = _prepare(model)
+    if prep.hidden and not prep.nodes:
+        _require_nodes(prep)  # "No recurrent layers." would be wrong: say where they are
+    return [n.spec for n in prep.nodes]
+
+
+def _require_nodes(prep: Any) -> None:
+    if prep.nodes:
+        return
+    if prep.hidden:
+        more = f"; ... ({len(prep.hidden)} in all)" if len(prep.hidden) > 5 else ""
+        shown = "; ".join(prep.hidden[:5]) + more
+        raise UnsupportedLayerError(
+            f"The ONNX graph's recurrent nodes are where rnnlens cannot run them yet: {shown}. rnnlens "
+            "traces LSTM/GRU/RNN nodes of the main graph (not inside If/Loop/Scan bodies or functions, "
+            "not quantized ops). Export the model without the control flow (one export per branch, "
+            "e.g. per sample rate) or before quantization, and trace that file."
+        )
+    raise UnsupportedLayerError(
+        "The ONNX graph has no LSTM, GRU or RNN node. An exporter may have unrolled the recurrence "
+        "into MatMul ops: torch.onnx.export(dynamo=True) does so for nn.RNN; export with dynamo=False."
+    )
 
 
 def weight_arrays(model: Any) -> list[np.ndarray]:
@@ -143,12 +164,7 @@ def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], option
         raise InputError(f"No inputs given; the model's inputs are: {_signature(_prepare(model))}.")
     x, rest = (args[0], args[1:]) if args else (None, ())
     prep = _prepare(model)
-    if not prep.nodes:
-        raise UnsupportedLayerError(
-            "The ONNX graph has no LSTM, GRU or RNN node (nodes inside If/Loop/Scan bodies and "
-            "functions are not searched). An exporter may have unrolled the recurrence into MatMul "
-            "ops: torch.onnx.export(dynamo=True) does so for nn.RNN; export with dynamo=False."
-        )
+    _require_nodes(prep)
     specs = {n.name: n.spec for n in prep.nodes}
     chosen = select_layers(list(specs.values()), layers, other_layers=prep.others)
     nodes = {n.name: n for n in prep.nodes}
