@@ -68,3 +68,8 @@ def test_demo_finds_depth_units_far_above_a_random_unit(capsys) -> None:  # type
     # Measured on 2 CPU cores: best |r| 0.876 vs a random unit's median |r| 0.331 (4 epochs).
     assert best > 0.7
     assert best > 2 * result.random_baseline
+
+
+def test_python_dash_m_rnnlens() -> None:
+    result = subprocess.run([sys.executable, "-m", "rnnlens", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "usage: rnnlens" in result.stdout

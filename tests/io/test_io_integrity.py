@@ -70,3 +70,17 @@ def test_resuming_a_store_with_a_deleted_chunk_is_refused(store: Path, fmodel, f
         rnnlens.extract_to(store, fmodel, fdata, layers="gru", fields=("h",), batch_size=8)
     rnnlens.extract_to(store, fmodel, fdata, layers="gru", fields=("h",), batch_size=8, overwrite=True)
     assert main(["verify", str(store)]) == 0
+
+
+def test_a_chunk_replaced_by_a_symlink_is_refused(store: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"not yours")
+    chunk = _chunks(store, "layers/gru/forward/h")[0]
+    chunk.unlink()
+    chunk.symlink_to(secret)
+    with pytest.raises(StoreError, match="symbolic link"):
+        rnnlens.open_states(store)
+    from rnnlens.viewer.store import StoreView
+
+    with pytest.raises(StoreError, match="symbolic link"):
+        StoreView(store)

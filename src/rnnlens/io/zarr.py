@@ -202,6 +202,8 @@ def open_states(path: str | os.PathLike[str], *, verify: bool = True) -> StoredS
             RnnLensWarning,
             stacklevel=2,
         )
+    if verify:
+        _refuse_links(root)
     try:
         if attrs.get("complete", False) and verify:
             check_chunks(group, layout, root, int(attrs.get("n_samples", -1)))
@@ -213,6 +215,20 @@ def open_states(path: str | os.PathLike[str], *, verify: bool = True) -> StoredS
             f"{root} has damaged metadata ({type(e).__name__}: {_first_line(e)}): an array's zarr.json "
             "is truncated or was edited. Rerun the extraction with overwrite=True to rebuild the store."
         ) from None
+
+
+def _refuse_links(root: Path) -> None:
+    """A store is plain files: a symlink inside it (a chunk pointing at another file) is damage
+    or an attack, and is never followed."""
+    for base, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(base, name)
+            if path.is_symlink():
+                raise StoreError(
+                    f"{root} contains a symbolic link ({path.relative_to(root)} -> {os.readlink(path)}); "
+                    "rnnlens does not follow links inside a store. Replace it with the real file, or "
+                    "rerun the extraction."
+                )
 
 
 def _first_line(e: BaseException) -> str:
