@@ -38,5 +38,5 @@ def test_strings_in_states_out() -> None:
     valid = ls.mask
     np.testing.assert_allclose(ls.h[valid], own[valid], rtol=1e-5, atol=1e-6)
     assert rnnlens.trace(model, [[t] for t in TEXTS])["bilstm"].h.shape == (3, 6, 8)  # a list works too
-    with pytest.raises(rnnlens.InputError, match="expects string"):
+    with pytest.raises(rnnlens.InputError, match="expected strings"):
         rnnlens.trace(model, np.zeros((3, 1)))

@@ -260,9 +260,10 @@ def _check_one(a: np.ndarray, spec: Any) -> np.ndarray:
         )
     if str(spec.dtype) == "string" or a.dtype.kind in "USO":
         if str(spec.dtype) != "string" or a.dtype.kind not in "USO":
+            text = str(spec.dtype) == "string"
             raise InputError(
-                f"Input {name!r} has dtype {a.dtype}; the model expects {spec.dtype}"
-                + (" (text: pass strings)." if str(spec.dtype) == "string" else " (numbers).")
+                f"Input {name!r} has dtype {a.dtype}; expected {'strings' if text else 'numbers'} "
+                f"(the model's input is {spec.dtype})."
             )
         if a.dtype.kind == "O" and not all(isinstance(v, (str, bytes)) for v in a.reshape(-1)):
             raise InputError(f"Input {name!r} holds objects that are not strings; the model takes text.")
