@@ -64,12 +64,27 @@ def test_verify_checks_every_chunk(store: Path, capsys: pytest.CaptureFixture[st
     assert "chunk 0 of array 'mask'" in capsys.readouterr().err
 
 
-def test_resuming_a_store_with_a_deleted_chunk_is_refused(store: Path, fmodel, fdata) -> None:  # type: ignore[no-untyped-def]
-    _chunks(store, "layers/gru/forward/h")[0].unlink()
-    with pytest.raises(StoreError, match="lacks some of the 3 chunks"):
-        rnnlens.extract_to(store, fmodel, fdata, layers="gru", fields=("h",), batch_size=8)
-    rnnlens.extract_to(store, fmodel, fdata, layers="gru", fields=("h",), batch_size=8, overwrite=True)
+def test_resume_rewrites_deleted_chunks_from_the_same_data(store: Path, fmodel, fdata) -> None:  # type: ignore[no-untyped-def]
+    before = rnnlens.open_states(store)["gru"].forward.h[:]
+    _chunks(store, "layers/gru/forward/h")[1].unlink()
+    _chunks(store, "mask")[2].unlink()
+    # other data: refused, and nothing is written (the rewritten chunks wait for the input check)
+    with pytest.raises(rnnlens.io.errors.StoreMismatchError, match="same data in the same order"):
+        rnnlens.extract_to(store, fmodel, fdata[::-1].copy(), layers="gru", fields=("h",), batch_size=8)
+    assert len(_chunks(store, "layers/gru/forward/h")) == 2
+    run = rnnlens.extract_to(store, fmodel, fdata, layers="gru", fields=("h",), batch_size=8)
+    assert run.completed_samples == 22
     assert main(["verify", str(store)]) == 0
+    np.testing.assert_array_equal(rnnlens.open_states(store)["gru"].forward.h[:], before)
+
+
+def test_too_many_missing_chunks_ask_for_overwrite(fmodel, fdata, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "small.zarr"
+    rnnlens.extract_to(path, fmodel, fdata, layers="gru", fields=("h",), batch_size=2)
+    for chunk in _chunks(path, "layers/gru/forward/h"):
+        chunk.unlink()
+    with pytest.raises(StoreError, match="too many to rewrite in place"):
+        rnnlens.extract_to(path, fmodel, fdata, layers="gru", fields=("h",), batch_size=2)
 
 
 def test_a_chunk_replaced_by_a_symlink_is_refused(store: Path, tmp_path: Path) -> None:

@@ -28,6 +28,8 @@ from .target import StoreTarget, _model_name
 
 ProgressArg = bool | Callable[[int, "int | None"], None] | None
 _QUEUE_SIZE = 2
+#: missing chunks a resume rewrites in place (each held in memory until the input is verified)
+_MAX_REDO = 8
 
 class Run:
     """An extraction in progress; see :func:`extract_to`. Use it as a context manager, or
@@ -94,6 +96,8 @@ class Run:
         self._layout: Layout | None = None
         self._writer: Any = None
         self._chunk: ChunkAssembler | None = None  # set when the layout is known (_open_writer)
+        self._redo: set[int] = set()  # done chunks whose files are missing: rewritten on resume
+        self._held: list[Any] = []  # rewritten chunks, written once the input is verified
         self._total: int | None = None
         self._lock = StoreLock(self.path).acquire()  # one writer per store, for the whole run
         try:
@@ -109,7 +113,14 @@ class Run:
             self._layout = Layout.from_json(self._manifest["layout"])
             try:
                 self._open_writer(create=False)
-                cast(Any, self._writer).check_done(self._done_chunks)  # set by _open_writer
+                # chunks the manifest counts as done but whose files are gone are traced again
+                self._redo = cast(Any, self._writer).missing_chunks(self._done_chunks)  # set by _open_writer
+                if len(self._redo) > _MAX_REDO:
+                    raise StoreError(
+                        f"{self.path}: {len(self._redo)} chunks the manifest counts as done are missing "
+                        "(deleted or damaged files): too many to rewrite in place. Pass overwrite=True "
+                        "(CLI: --overwrite) to start over."
+                    )
             except BaseException:
                 self._lock.release()
                 raise
@@ -227,7 +238,7 @@ class Run:
             take = min(room, b_size - pos)
             piece = b if take == b_size else b.slice(pos, pos + take)
             self._digest.update(piece)
-            if index >= self._done_chunks:
+            if index >= self._done_chunks or index in self._redo:
                 self._add(self._trace(piece), take)
             self._offset += take
             pos += take
@@ -264,12 +275,20 @@ class Run:
         self._chain = chain(self._chain, digest)
         self._digest = Digest()
         if index < self._done_chunks:
-            if index == self._done_chunks - 1 and self._chain != self._manifest["input_sha256"]:
-                raise StoreMismatchError(
-                    f"The data fed to this run differs from the data of the interrupted run that wrote "
-                    f"{self.path} (input hash of its first {self._done_samples} samples). Resuming needs "
-                    "the same data in the same order (no shuffling). Pass overwrite=True to start over."
-                )
+            if index in self._redo:  # held until the input is known to be the earlier run's
+                assert self._chunk is not None
+                self._held.append((index, self._chunk.filled, self._chunk.take(), digest))
+            if index == self._done_chunks - 1:
+                if self._chain != self._manifest["input_sha256"]:
+                    raise StoreMismatchError(
+                        f"The data fed to this run differs from the data of the interrupted run that "
+                        f"wrote {self.path} (input hash of its first {self._done_samples} samples). "
+                        "Resuming needs the same data in the same order (no shuffling). Pass "
+                        "overwrite=True to start over."
+                    )
+                for item in self._held:
+                    self._put(item)
+                self._held = []
             return
         assert self._chunk is not None
         n = self._chunk.filled

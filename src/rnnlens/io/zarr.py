@@ -104,16 +104,18 @@ class StoreWriter:
             rows = arr.shape[0] if rows is None else min(rows, arr.shape[0])
         self._rows = rows or 0
 
-    def check_done(self, n_chunks: int) -> None:
-        """Before resuming: the chunks the manifest counts as done are all there (a deleted one
-        would otherwise stay missing in a store reported complete)."""
-        for key, arr in self.arrays.items():
-            if _checksummed(arr) and arr.nchunks_initialized < n_chunks:
-                raise StoreError(
-                    f"{self.root}: array {key!r} lacks some of the {n_chunks} chunks its manifest counts "
-                    "as done (deleted or damaged files), so resuming would leave holes. Pass "
-                    "overwrite=True (CLI: --overwrite) to start over."
-                )
+    def missing_chunks(self, n_chunks: int) -> set[int]:
+        """Before resuming: which of the first ``n_chunks`` chunks (those the manifest counts as
+        done) have a missing file in some array (deleted or lost; every chunk is written, so a
+        missing file is always damage). Stores written before checksums are not checked."""
+        missing: set[int] = set()
+        for arr in self.arrays.values():
+            if not _checksummed(arr) or arr.nchunks_initialized >= n_chunks:
+                continue
+            tail = ["0"] * (len(arr.shape) - 1)
+            base = self.root / arr.path / "c"
+            missing |= {i for i in range(n_chunks) if not base.joinpath(str(i), *tail).exists()}
+        return missing
 
     def resize(self, n_samples: int) -> None:
         """Give every array ``n_samples`` rows (a no-op when they have them)."""
