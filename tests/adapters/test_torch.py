@@ -757,3 +757,34 @@ def test_torchscript(tmp_path: Any) -> None:
     with torch.no_grad():
         want = scripted(x)
     np.testing.assert_allclose(rnnlens.trace(python, x)["rnn"].h, want.numpy(), rtol=0, atol=KERNEL_ATOL)
+
+
+def test_a_subclass_that_never_calls_super_forward_is_an_error() -> None:
+    class Replaced(nn.GRU):
+        def forward(self, input: Any, hx: Any = None) -> Any:  # type: ignore[override]
+            return input * 2, None  # computes something else entirely
+
+    m = Replaced(3, 4, batch_first=True)
+    with pytest.raises(rnnlens.UnsupportedLayerError, match=r"did not go through super\(\)\.forward"):
+        rnnlens.trace(nn.Sequential(m), torch.randn(2, 5, 3))
+    no_leftovers(m)
+
+
+def test_the_digest_of_a_module_without_source_is_the_same_in_another_process() -> None:
+    """As on a Dask worker: a class defined in a notebook, pickled by value, has no source file."""
+    import subprocess
+    import sys
+
+    cloudpickle = pytest.importorskip("cloudpickle")
+    code = (
+        "import cloudpickle, sys, torch\n"
+        "from rnnlens.adapters import model_digest\n"
+        "exec('class Net(torch.nn.Module):\\n def __init__(self):\\n  super().__init__()\\n"
+        "  self.rnn = torch.nn.GRU(3, 4)\\n def forward(self, x):\\n  return self.rnn(x)[0] * 2\\n')\n"
+        "torch.manual_seed(0)\n"
+        "m = Net()\n"
+        "sys.stdout.buffer.write(cloudpickle.dumps((m, model_digest(m))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, timeout=120)
+    model, digest = cloudpickle.loads(out.stdout)
+    assert rnnlens.adapters.model_digest(model) == digest

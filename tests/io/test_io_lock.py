@@ -90,3 +90,11 @@ def test_a_parent_that_is_a_file_is_one_line(tmp_path: Path, capsys: pytest.Capt
     out = str(tmp_path / "afile" / "s.zarr")
     rc = main(["extract", str(tmp_path / "none.keras"), str(tmp_path / "x.npy"), "-o", out])
     assert rc == 2 and "Traceback" not in capsys.readouterr().err
+
+
+def test_an_unreadable_lock_is_not_guessed_stale(fmodel, fdata, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "run.zarr"
+    lock_path(path).write_text("")
+    with pytest.raises(StoreLockedError, match="cannot be read"):
+        rnnlens.extract_to(path, fmodel, fdata, layers="gru", batch_size=8)
+    assert lock_path(path).exists()

@@ -36,3 +36,15 @@ def test_resume_refuses_a_torch_module_with_the_same_weights_and_another_nonline
     with pytest.raises(rnnlens.io.errors.StoreMismatchError, match="weights and architecture"):
         rnnlens.extract_to(path, relu, x, batch_size=4)
     assert rnnlens.extract_to(path, tanh, x, batch_size=4).completed_samples == 6
+
+
+def test_a_keras_graph_rebuilt_in_one_process_keeps_its_identity() -> None:
+    """Keras names raw ops by what the process built before (``add``, then ``add_1``)."""
+    keras = pytest.importorskip("keras")
+
+    def build():  # type: ignore[no-untyped-def]
+        keras.utils.set_random_seed(0)
+        a, b = keras.Input((None, 3)), keras.Input((None, 3))
+        return keras.Model([a, b], keras.layers.GRU(3)(a + b))
+
+    assert model_digest(build()) == model_digest(build())

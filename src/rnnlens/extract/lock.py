@@ -1,8 +1,9 @@
 """One writer per store: an exclusive lock file beside the store, held for a whole run.
 
-``run.zarr.lock`` is created with ``O_CREAT | O_EXCL`` (atomic on local filesystems and NFS
-v3+) and records the owner's pid, host and start time. A second run on the same store gets a
-:class:`~rnnlens.errors.StoreLockedError` naming the owner. A lock left by a process that no
+``run.zarr.lock`` records the owner's pid, host and start time; it is written to a temporary
+file and hard-linked into place (atomic on local filesystems and NFS, and never seen empty).
+A second run on the same store gets a :class:`~rnnlens.errors.StoreLockedError` naming the
+owner. A lock left by a process that no
 longer runs *on this host* is taken over; one from another host is never guessed dead (delete
 the file by hand once you know that run is gone).
 
@@ -69,23 +70,56 @@ class StoreLock:
             ) from None
         except OSError as e:
             raise StoreError(f"Cannot create {self.path.parent} for the store ({e.strerror}).") from None
-        for _ in range(3):  # a stale lock taken over by another process meanwhile: try again
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._read()
-                if owner is not None and not self._stale(owner):
-                    raise StoreLockedError(self._message(owner)) from None
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path)  # stale (dead process on this host) or unreadable
-                continue
-            except OSError as e:
-                raise StoreError(f"Cannot create the store's lock {self.path} ({e.strerror}).") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(self._owner, f)
-            self.held = True
-            return self
+        for _ in range(5):  # a stale lock taken over by another process meanwhile: look again
+            if self._create():
+                self.held = True
+                return self
+            owner = self._read()
+            if owner is None and not self.path.exists():
+                continue  # released meanwhile
+            if owner is None:  # never empty (written before it is linked into place): not ours
+                raise StoreLockedError(
+                    f"{self.store} has a lock file {self.path} that cannot be read. If no extraction "
+                    "is writing this store, delete it."
+                )
+            if not self._stale(owner):
+                raise StoreLockedError(self._message(owner))
+            self._take_over(owner)
         raise StoreLockedError(f"{self.store}: could not take its lock {self.path}; try again.")
+
+    def _create(self) -> bool:
+        """Put a lock file holding our owner record in place atomically (written to a temporary
+        file first, then hard-linked: the lock is never seen half-written). False if one exists."""
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{id(self)}.tmp")
+        try:
+            tmp.write_text(json.dumps(self._owner))
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:
+            raise StoreError(f"Cannot create the store's lock {self.path} ({e.strerror}).") from None
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def _take_over(self, stale: dict[str, Any]) -> None:
+        """Move a dead owner's lock aside (one process wins the rename); if what was moved is not
+        the lock we judged dead (another process took over meanwhile), put it back."""
+        aside = self.path.with_name(f"{self.path.name}.{os.getpid()}.stale")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        try:
+            moved = json.loads(aside.read_text())
+        except (OSError, ValueError):
+            moved = None
+        if moved != stale:
+            with contextlib.suppress(OSError):
+                os.link(aside, self.path)
+        with contextlib.suppress(OSError):
+            aside.unlink()
 
     def release(self) -> None:
         if not self.held:

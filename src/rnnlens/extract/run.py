@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -22,6 +23,7 @@ from ..io.layout import (
     write_manifest,
 )
 from ..io.progress import ProgressBar
+from ..options import check_fields, check_layers
 from .chunks import ChunkAssembler, piece_arrays, trace_piece
 from .lock import StoreLock
 from .target import StoreTarget, _model_name
@@ -61,9 +63,13 @@ class Run:
         max_time: int | None = None,
         unsafe: bool = False,
     ):
+        check_layers(layers)  # the same option errors as trace()
+        check_fields(fields)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer; received {batch_size!r}.")
-        if max_time is not None and (not isinstance(max_time, (int, np.integer)) or max_time < 1):
+        if max_time is not None and (
+            isinstance(max_time, bool) or not isinstance(max_time, (int, np.integer)) or max_time < 1
+        ):
             raise InputError(f"max_time must be a positive integer or None; received {max_time!r}.")
         progress_sink = _progress(progress)
         from ..io.zarr import _zarr
@@ -100,30 +106,13 @@ class Run:
         self._held: list[Any] = []  # rewritten chunks, written once the input is verified
         self._total: int | None = None
         self._lock = StoreLock(self.path).acquire()  # one writer per store, for the whole run
+        # a Run dropped without close() (its loop raised elsewhere) still frees the store
+        weakref.finalize(self, self._lock.release)
         try:
-            self._manifest = self._target.prepare(resume=resume, overwrite=overwrite)
+            self._resume_state(resume=resume, overwrite=overwrite)
         except BaseException:
             self._lock.release()
             raise
-        # chunks a Dask run finished out of order are recomputed here, in order (same bytes)
-        self._manifest.pop("pending", None)
-        self._done_chunks = int(self._manifest["chunks_done"])
-        self._done_samples = int(self._manifest["samples_done"])
-        if self._done_chunks > 0:
-            self._layout = Layout.from_json(self._manifest["layout"])
-            try:
-                self._open_writer(create=False)
-                # chunks the manifest counts as done but whose files are gone are traced again
-                self._redo = cast(Any, self._writer).missing_chunks(self._done_chunks)  # set by _open_writer
-                if len(self._redo) > _MAX_REDO:
-                    raise StoreError(
-                        f"{self.path}: {len(self._redo)} chunks the manifest counts as done are missing "
-                        "(deleted or damaged files): too many to rewrite in place. Pass overwrite=True "
-                        "(CLI: --overwrite) to start over."
-                    )
-            except BaseException:
-                self._lock.release()
-                raise
         self._offset = 0
         self._chain = ""
         self._digest = Digest()
@@ -136,6 +125,25 @@ class Run:
 
     # ------------------------------------------------------------------ public
 
+
+    def _resume_state(self, *, resume: bool, overwrite: bool) -> None:
+        """Prepare the store and read what an earlier run left (under the lock)."""
+        self._manifest = self._target.prepare(resume=resume, overwrite=overwrite)
+        # chunks a Dask run finished out of order are recomputed here, in order (same bytes)
+        self._manifest.pop("pending", None)
+        self._done_chunks = int(self._manifest["chunks_done"])
+        self._done_samples = int(self._manifest["samples_done"])
+        if self._done_chunks > 0:
+            self._layout = Layout.from_json(self._manifest["layout"])
+            self._open_writer(create=False)
+            # chunks the manifest counts as done but whose files are gone are traced again
+            self._redo = cast(Any, self._writer).missing_chunks(self._done_chunks)  # set by _open_writer
+            if len(self._redo) > _MAX_REDO:
+                raise StoreError(
+                    f"{self.path}: {len(self._redo)} chunks the manifest counts as done are missing "
+                    "(deleted or damaged files): too many to rewrite in place. Pass overwrite=True "
+                    "(CLI: --overwrite) to start over."
+                )
     def append(self, batch: Any, *, mask: Any = None, lengths: Any = None) -> None:
         """Trace one batch and queue its states for writing.
 

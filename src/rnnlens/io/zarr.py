@@ -110,8 +110,8 @@ class StoreWriter:
         missing file is always damage). Stores written before checksums are not checked."""
         missing: set[int] = set()
         for arr in self.arrays.values():
-            if not _checksummed(arr) or arr.nchunks_initialized >= n_chunks:
-                continue
+            if not _checksummed(arr):
+                continue  # (chunks past the done ones may exist: every done index is looked at)
             tail = ["0"] * (len(arr.shape) - 1)
             base = self.root / arr.path / "c"
             missing |= {i for i in range(n_chunks) if not base.joinpath(str(i), *tail).exists()}
@@ -283,11 +283,21 @@ def verify_store(path: str | os.PathLike[str]) -> dict[str, int]:
         FileNotFoundError: No state store at 'missing.zarr'.
     """
     states = open_states(path, verify=True)
+    if not states.attrs.get("complete", False):
+        raise StoreError(
+            f"{path} is incomplete (its extraction stopped); rerun the same extraction to finish it, "
+            "then verify it."
+        )
     zarr = _zarr()
     group = zarr.open_group(str(Path(path)), mode="r", zarr_format=3)
     checked: dict[str, int] = {}
     for spec in states.layout.arrays():
         arr = group[spec.key]
+        if not _checksummed(arr):
+            raise StoreError(
+                f"{path} was written before rnnlens kept checksums (array {spec.key!r} has none): "
+                "there is nothing to verify it against. Rerun the extraction with overwrite=True."
+            )
         step = int(arr.chunks[0])
         for index, start in enumerate(range(0, int(arr.shape[0]), step)):
             try:

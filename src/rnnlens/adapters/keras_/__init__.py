@@ -85,6 +85,9 @@ def _architecture(model: Any) -> Any:
         names = {layer.name for layer in model._flatten_layers(include_self=True, recursive=True)}
     except Exception:
         names = {model.name, *(layer.name for layer in getattr(model, "layers", []))}
+    # Functional graphs also name their raw ops (``add``, ``add_1``) by what was built before
+    ops = getattr(model, "operations", [])
+    names |= {op.name for op in ops if isinstance(getattr(op, "name", None), str)}
     order: dict[str, str] = {}
 
     def anonymous(o: Any) -> Any:

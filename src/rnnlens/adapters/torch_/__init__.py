@@ -10,7 +10,6 @@ tensors to arrays; error messages).
 from __future__ import annotations
 
 import hashlib
-import inspect
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -49,6 +48,9 @@ class TorchAdapter(Adapter):
         return trace.capture(model, args, kwargs, options)
 
     def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
+        from ...archive import check_archive
+
+        check_archive(path)  # before torch is even imported
         from .load import load_model
 
         module = options.pop("module", None)
@@ -93,12 +95,25 @@ def _architecture(model: Any) -> str:
         if cls in seen:
             continue
         seen.add(cls)
-        try:
-            source = inspect.getsource(cls.forward)
-        except (OSError, TypeError):
-            continue
-        lines.append(hashlib.sha256(source.encode()).hexdigest())
+        code = getattr(cls.forward, "__code__", None)
+        if code is not None:  # the bytecode, not the source: a Dask worker may have no source file
+            lines.append(hashlib.sha256(_code_text(code).encode()).hexdigest())
     return "\n".join(lines)
+
+
+def _code_text(code: Any) -> str:
+    """A code object as text that is the same in every process (no addresses, no set order)."""
+
+    def const(c: Any) -> str:
+        if hasattr(c, "co_code"):
+            return _code_text(c)
+        if isinstance(c, frozenset):
+            return "frozenset(" + ",".join(sorted(map(const, c))) + ")"
+        if isinstance(c, tuple):
+            return "(" + ",".join(map(const, c)) + ")"
+        return repr(c)
+
+    return "|".join([code.co_code.hex(), ",".join(code.co_names), ",".join(map(const, code.co_consts))])
 
 
 def _bytes_of(t: Any) -> np.ndarray:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
-from ...errors import RnnLensError
+from ...errors import RnnLensError, UnsupportedLayerError
 from ...kinds import KINDS
 from .calls import _CellCalls, _Plan, _SeqCall
 from .convert import _input_error
@@ -115,7 +115,7 @@ class _Recorder:
         if cfg.num_layers > 1 and plan.record and (plan.loop or plan.emit):
             views = [_layer_view(m, cfg, layer) for layer in range(cfg.num_layers)]
         if cfg.overridden:
-            return _through_subclass(m, self._seq(plan, base_class(cfg).forward, views))
+            return _through_subclass(m, self._seq(plan, base_class(cfg).forward, views), plan.record)
         return self._seq(plan, type(m).forward, views)
 
     def _generic(self, plan: _Plan, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -243,7 +243,7 @@ def _run(
     return rec
 
 
-def _through_subclass(m: Any, inner: Callable[..., Any]) -> Callable[..., Any]:
+def _through_subclass(m: Any, inner: Callable[..., Any], record: bool) -> Callable[..., Any]:
     """The stand-in for a subclass that overrides ``forward`` and calls ``super().forward``:
     its own ``forward`` runs unchanged, on a proxy whose class puts one more class between the
     subclass and the torch base class in the MRO, so that ``super().forward(...)`` reaches
@@ -253,7 +253,10 @@ def _through_subclass(m: Any, inner: Callable[..., Any]) -> Callable[..., Any]:
     sub = type(m)
     base = next(c for c in sub.__mro__[1:] if c.__module__.startswith("torch.nn"))
 
+    calls = [0]
+
     def forward(self: Any, input: Any, hx: Any = None) -> Any:
+        calls[0] += 1
         return inner(input, hx)
 
     interceptor = type("_RnnLensIntercept", (base,), {"forward": forward})
@@ -263,6 +266,14 @@ def _through_subclass(m: Any, inner: Callable[..., Any]) -> Callable[..., Any]:
     subclass_forward = sub.forward
 
     def stand_in(*args: Any, **kwargs: Any) -> Any:
-        return subclass_forward(proxy, *args, **kwargs)
+        before = calls[0]
+        out = subclass_forward(proxy, *args, **kwargs)
+        if record and calls[0] == before:  # it computed something else: nothing to trace exactly
+            raise UnsupportedLayerError(
+                f"{sub.__name__} overrides forward and this call did not go through "
+                f"super().forward(...), so rnnlens sees no {base.__name__} computation to trace. "
+                "Select other layers with layers=[...], or call super().forward in the subclass."
+            )
+        return out
 
     return stand_in
