@@ -44,12 +44,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, RnnLensError
 from ..io.data import open_source
 from .run import ProgressArg, Run
 from .target import StoreTarget
+
+if TYPE_CHECKING:
+    from .dask_driver import DistributedRun
 
 __all__ = ["Run", "StoreTarget", "extract_to"]
 
@@ -70,7 +73,7 @@ def extract_to(
     max_time: int | None = None,
     unsafe: bool = False,
     client: Any = None,
-) -> Run:
+) -> Run | DistributedRun:
     """Trace ``model`` on ``data`` batch by batch and store the states at ``path`` (Zarr v3).
 
     Args:

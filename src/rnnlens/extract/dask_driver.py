@@ -35,7 +35,7 @@ from .dask_tasks import (
     _release_task,
 )
 from .lock import StoreLock
-from .run import Run, _progress
+from .run import _progress
 from .target import StoreTarget, _model_name
 
 __all__ = ["DistributedRun", "connect", "extract_distributed"]
@@ -111,9 +111,10 @@ def extract_distributed(
     return driver.run(model, unsafe=unsafe, resume=resume, overwrite=overwrite)
 
 
-class DistributedRun(Run):
-    """The result of a distributed extraction: a closed :class:`rnnlens.Run` (``open()``,
-    ``n_samples``, ``completed_samples``) plus what each worker did.
+class DistributedRun:
+    """The result of a distributed extraction, finished when it is returned: what a closed
+    :class:`rnnlens.Run` tells (``open()``, ``n_samples``, ``completed_samples``, ``closed``)
+    plus what each worker did. Not a :class:`~rnnlens.Run`: it takes no batches.
 
     ``worker_stats``: ``{worker address: {"loads": models loaded, "chunks": chunks written,
     "traces": trace passes}}`` for the workers alive at the end (a worker that died took its
@@ -121,7 +122,9 @@ class DistributedRun(Run):
     ``run_id``: the run's id on the workers (see :func:`held_runs`).
     """
 
-    def __init__(  # built by extract_distributed; Run's constructor is not used
+    closed = True
+
+    def __init__(
         self,
         path: Path,
         *,
@@ -132,12 +135,17 @@ class DistributedRun(Run):
         run_id: str,
     ):
         self.path = path
-        self._offset = n_samples
-        self._done_samples = resumed_samples
-        self._closed = True
+        self.n_samples = n_samples
+        self.completed_samples = resumed_samples
         self.worker_stats = worker_stats
         self.chunks_traced = chunks_traced
         self.run_id = run_id
+
+    def open(self) -> Any:
+        """The stored states (:func:`rnnlens.open_states` of this run's path)."""
+        from ..io.zarr import open_states
+
+        return open_states(self.path)
 
     def append(self, batch: Any, *, mask: Any = None, lengths: Any = None) -> None:
         raise InputError("A distributed run takes all its data at once (extract_to(..., data, client=)).")
@@ -145,11 +153,15 @@ class DistributedRun(Run):
     def close(self) -> None:
         return None
 
+    def __enter__(self) -> DistributedRun:
+        return self
+
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         return None
 
     def __repr__(self) -> str:
-        return f"DistributedRun({str(self.path)!r}, {self._offset} samples, {len(self.worker_stats)} workers)"
+        workers = len(self.worker_stats)
+        return f"DistributedRun({str(self.path)!r}, {self.n_samples} samples, {workers} workers)"
 
 
 class _Driver:
