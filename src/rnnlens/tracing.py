@@ -17,6 +17,7 @@ from .cells import DirectionArrays, reconstruct_direction, split_emitted
 from .errors import (
     FieldNotAvailableError,
     LayerNotFoundError,
+    OptionError,
     RnnLensWarning,
     UnsupportedLayerError,
     suggest,
@@ -71,7 +72,7 @@ def select_layers(
         return list(specs)
     names = [layers] if isinstance(layers, str) else list(layers)
     if not names:
-        raise ValueError("layers=[] selects nothing; pass None for every recurrent layer.")
+        raise OptionError("layers=[] selects nothing; pass None for every recurrent layer.")
     by_name = {s.name: s for s in specs}
     others = set(other_layers)
     for name in names:
