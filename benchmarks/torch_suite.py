@@ -100,6 +100,67 @@ def layer_by_layer(lstm: Any, x: Any) -> Callable[[], Any]:
     return run
 
 
+def hand_loop(lstm: Any, x: Any) -> Callable[[], Any]:
+    """What a careful user writes for h, c and gates of every layer: per layer one ``addmm`` for
+    every step's input projection into a (time, sample, 4·H) buffer, then per step ``addmm_`` of
+    ``h @ W_hh.T`` in place on that step's slot, in-place activations, ``c`` and ``h`` written
+    into preallocated buffers."""
+    import torch
+
+    weights = []
+    for k in range(lstm.num_layers):
+        w_ih, w_hh = getattr(lstm, f"weight_ih_l{k}"), getattr(lstm, f"weight_hh_l{k}")
+        b = getattr(lstm, f"bias_ih_l{k}") + getattr(lstm, f"bias_hh_l{k}")
+        weights.append((w_ih.detach().t(), w_hh.detach().t(), b.detach()))
+    hid = lstm.hidden_size
+
+    def run() -> Any:
+        with torch.inference_mode():
+            seq, n, steps = x.transpose(0, 1), x.shape[0], x.shape[1]
+            outs = []
+            for w_ih_t, w_hh_t, b in weights:
+                g = torch.addmm(b, seq.reshape(steps * n, -1), w_ih_t).view(steps, n, 4 * hid)
+                c_buf = x.new_empty(steps, n, hid)
+                h_buf = x.new_empty(steps, n, hid)
+                h = c = x.new_zeros(n, hid)
+                for t in range(steps):
+                    gt = g[t].addmm_(h, w_hh_t)
+                    i, f, gg, o = gt.unsafe_chunk(4, 1)
+                    gt[:, : 2 * hid].sigmoid_()
+                    o.sigmoid_()
+                    gg.tanh_()
+                    c = torch.mul(f, c, out=c_buf[t]).addcmul_(i, gg)
+                    h = torch.tanh(c, out=h_buf[t]).mul_(o)
+                outs.append((h_buf, c_buf, g))
+                seq = h_buf
+            return outs
+
+    return run
+
+
+def packed_cases() -> list[Case]:
+    """A PackedSequence input (lengths 50–100), what ``auto`` reconstructs from the fused kernel."""
+    import torch
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    import rnnlens
+
+    lstm, x = _module(), _data()
+    lengths = torch.from_numpy(np.random.default_rng(1).integers(TIME // 2, TIME + 1, size=BATCH))
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+
+    def plain() -> Any:
+        with torch.inference_mode():
+            return lstm(packed)
+
+    cases = [
+        Case("module(packed) (floor)", plain, "inference_mode"),
+        Case("rnnlens h", lambda: rnnlens.trace(lstm, packed, fields=("h",))),
+        Case("rnnlens h,c,gates (auto = reconstruct)", lambda: rnnlens.trace(lstm, packed)),
+    ]
+    return [Case(c.name, synced(c.fn), c.note) for c in cases]
+
+
 def main_cases() -> list[Case]:
     import torch
 
@@ -118,10 +179,11 @@ def main_cases() -> list[Case]:
         Case("rnnlens h,c,gates (auto)", lambda: rnnlens.trace(lstm, x)),
         Case("rnnlens h,c,gates emit", lambda: rnnlens.trace(lstm, x, strategy="emit")),
         Case("rnnlens h,c,gates reconstruct", lambda: rnnlens.trace(lstm, x, strategy="reconstruct")),
+        Case("hand-written loop, h,c,gates", hand_loop(lstm, x), "addmm_ in place, preallocated"),
         Case("single-layer nn.LSTMs by hand", layer_by_layer(lstm, x), "h only"),
         Case("nn.LSTMCell loop", cell_loop(lstm, x), "h, c; no gates"),
     ]
     return [Case(c.name, synced(c.fn), c.note) for c in cases]
 
 
-SUITES: dict[str, Callable[[], list[Case]]] = {"torch-lstm3": main_cases}
+SUITES: dict[str, Callable[[], list[Case]]] = {"torch-lstm3": main_cases, "torch-packed": packed_cases}

@@ -6,7 +6,7 @@ The framework's own kernel gives ``h`` at every step. The gates at step ``t`` de
 must give back the kernel's own ``h`` (:func:`check_parity`), otherwise :class:`ParityError`.
 
 All functions take arrays in *processing order* (time already reversed for a backward
-direction) except :func:`reconstruct_direction`, which takes and returns input order.
+direction). The fast whole-sequence path built on these is :mod:`rnnlens.rebuild`.
 """
 
 from __future__ import annotations
@@ -23,11 +23,9 @@ from .spec import CellWeights
 __all__ = [
     "DirectionArrays",
     "carry_forward",
-    "cell_scan",
     "check_parity",
     "gru_gates",
     "lstm_gates",
-    "reconstruct_direction",
     "split_emitted",
     "tolerance",
 ]
@@ -72,10 +70,6 @@ def carry_forward(seq: np.ndarray, mask: np.ndarray | None, h0: np.ndarray) -> n
     np.maximum.accumulate(steps, axis=1, out=steps)  # index of the last valid step, 1-based
     padded = np.concatenate([h0[:, None].astype(seq.dtype, copy=False), seq], axis=1)
     return np.take_along_axis(padded, steps.reshape(steps.shape + (1,) * (seq.ndim - 2)), axis=1)
-
-
-def _previous(h: np.ndarray, h0: np.ndarray) -> np.ndarray:
-    return np.concatenate([h0[:, None, :].astype(h.dtype, copy=False), h[:, :-1]], axis=1)
 
 
 def _affine(a: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
@@ -127,27 +121,6 @@ def gru_gates(w: CellWeights, x: np.ndarray, h_prev: np.ndarray) -> np.ndarray:
 GATES = {"lstm": lstm_gates, "gru": gru_gates}
 
 
-def cell_scan(
-    i: np.ndarray, f: np.ndarray, g: np.ndarray, c0: np.ndarray, mask: np.ndarray | None
-) -> np.ndarray:
-    """``c_t = f_t * c_{t-1} + i_t * g_t``, carried where ``mask`` is False. Processing order."""
-    n, t, u = i.shape
-    c = np.empty((n, t, u), dtype=i.dtype)
-    prev = c0.astype(i.dtype, copy=True)
-    ig = np.empty((n, u), dtype=i.dtype)
-    for s in range(t):
-        cur = c[:, s]
-        np.multiply(f[:, s], prev, out=cur)
-        np.multiply(i[:, s], g[:, s], out=ig)
-        cur += ig
-        if mask is not None:
-            m = mask[:, s]
-            if not m.all():
-                cur[~m] = prev[~m]
-        prev = cur
-    return c
-
-
 def check_parity(
     expected: np.ndarray, got: np.ndarray, mask: np.ndarray | None, *, layer: str, what: str
 ) -> None:
@@ -168,58 +141,6 @@ def check_parity(
         "The cell probably computes something other than the standard equations (a subclassed "
         "cell with its own call?). Ask for fields=('h',), which comes straight from the kernel."
     )
-
-
-def reconstruct_direction(
-    w: CellWeights,
-    x: np.ndarray | None,
-    seq: np.ndarray,
-    h0: np.ndarray,
-    c0: np.ndarray | None,
-    mask: np.ndarray | None,
-    *,
-    reverse: bool,
-    want_c: bool,
-    want_gates: bool,
-    layer: str,
-) -> DirectionArrays:
-    """States of one direction from the kernel's output sequence.
-
-    ``x`` (sample, time, feature) is the layer's input, ``seq`` (sample, time, unit) the
-    kernel's per-step output and ``mask`` (sample, time) the valid steps, all in *input*
-    order; ``reverse`` says the direction reads the sequence back to front. Returns the
-    carried ``h`` and, when asked, ``c`` and gates (NaN at masked steps), in input order.
-    """
-    flip = (lambda a: a[:, ::-1]) if reverse else (lambda a: a)
-    mp = None if mask is None else flip(mask)
-    h = carry_forward(flip(seq), mp, h0)
-    out = DirectionArrays(h=h)
-    kind = KINDS[w.kind]
-    if kind.reconstructable and (want_c or want_gates):
-        if x is None:
-            raise ValueError(f"layer {layer!r}: c and gates need the layer's input sequence")
-        xp = flip(x)
-        h_prev = _previous(h, h0)
-        gates = GATES[w.kind](w, np.ascontiguousarray(xp), h_prev)
-        if kind.has_c:
-            if c0 is None:
-                c0 = np.zeros((h.shape[0], w.cell_units), dtype=h.dtype)
-            c = cell_scan(gates[:, :, 0], gates[:, :, 1], gates[:, :, 2], c0, mp)
-            h_rec = gates[:, :, 3] * np.asarray(w.activation(c))
-            if w.projection is not None:
-                h_rec = _affine(h_rec, w.projection, None)
-            check_parity(h, h_rec, mp, layer=layer, what="o * act(c)")
-            out.c = flip(c) if want_c else None
-        else:  # GRU
-            z, n = gates[:, :, 0], gates[:, :, 2]
-            check_parity(h, z * h_prev + (1 - z) * n, mp, layer=layer, what="z * h_prev + (1 - z) * n")
-        if want_gates:
-            if mp is not None and not mp.all():
-                gates[~mp] = np.nan
-            fg = flip(gates)
-            out.gates = tuple(fg[:, :, k] for k in range(fg.shape[2]))
-    out.h = flip(h)
-    return out
 
 
 def split_emitted(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cells import DirectionArrays, reconstruct_direction, split_emitted
+from .cells import DirectionArrays, split_emitted
 from .errors import (
     FieldNotAvailableError,
     LayerNotFoundError,
@@ -23,6 +23,7 @@ from .errors import (
     suggest,
 )
 from .kinds import KINDS
+from .rebuild import reconstruct_direction
 from .spec import ALL_FIELDS, GATE_NAMES, CellWeights, Field, LayerSpec
 from .states import DirectionStates, Gates, LayerStates, States
 

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rnnlens.cells import carry_forward, reconstruct_direction
+from rnnlens.cells import carry_forward
 from rnnlens.errors import ParityError
+from rnnlens.rebuild import reconstruct_direction
 from rnnlens.spec import CellWeights
 from rnnlens.testing import hard_sigmoid, reference_rnn, sigmoid
 
@@ -139,3 +140,39 @@ def test_carry_forward_repeats_last_valid_state_and_starts_from_h0() -> None:
     mask = np.array([[False, True, False, False, True]])
     out = carry_forward(seq, mask, np.array([[-1.0]]))
     np.testing.assert_array_equal(out[0, :, 0], [-1.0, 2.0, 2.0, 2.0, 5.0])
+
+
+def _inplace(fn):  # type: ignore[no-untyped-def]
+    """``fn`` with the optional in-place form an adapter may attach (see rnnlens.rebuild)."""
+
+    def apply(a):  # type: ignore[no-untyped-def]
+        return fn(a)
+
+    def inplace(a):  # type: ignore[no-untyped-def]
+        a[...] = fn(a) * 1.0
+
+    apply.inplace = inplace  # type: ignore[attr-defined]
+    return apply
+
+
+@settings(max_examples=50)
+@given(problems())
+def test_adapter_fast_paths_give_the_same_states(p) -> None:  # type: ignore[no-untyped-def]
+    """A framework GEMM (``matmul``) and in-place activations change nothing but speed."""
+    ref = _reference(p)
+    calls = []
+
+    def matmul(a, b):  # type: ignore[no-untyped-def]
+        calls.append(a.shape)
+        return np.matmul(a, b)
+
+    fast = _weights(p, matmul=matmul, recurrent_activation=_inplace(p["recurrent_activation"]))
+    fast = CellWeights(**{**fast.__dict__, "activation": _inplace(np.tanh)})
+    out = reconstruct_direction(
+        fast, p["x"], _kernel_output(p, ref), p["h0"], p["c0"], p["mask"],
+        reverse=p["reverse"], want_c=True, want_gates=True, layer="l",
+    )  # fmt: skip
+    assert calls  # the adapter's GEMM did the work
+    np.testing.assert_allclose(np.stack(out.gates, axis=2), ref["gates"], rtol=1e-10, atol=1e-10)
+    if p["kind"] == "lstm":
+        np.testing.assert_allclose(out.c, ref["c"], rtol=1e-10, atol=1e-10)

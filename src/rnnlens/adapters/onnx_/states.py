@@ -2,7 +2,7 @@
 
 :func:`_node_states` turns the tensors of one recurrent node into a
 :class:`~rnnlens.cells.DirectionArrays` per direction (rebuilding ``c`` and gates with
-:func:`~rnnlens.cells.reconstruct_direction` from :func:`_cell_weights`, the weights in canonical
+:func:`~rnnlens.rebuild.reconstruct_direction` from :func:`_cell_weights`, the weights in canonical
 gate order) and checks the last step against the node's own ``Y_h`` / ``Y_c``
 (:func:`_check_last`); :func:`_input_order` puts the samples back in the order of the graph's
 inputs, and :func:`_check_fields` refuses or warns about fields a node cannot give.
@@ -15,9 +15,10 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ...cells import DirectionArrays, carry_forward, check_parity, reconstruct_direction
+from ...cells import DirectionArrays, carry_forward, check_parity
 from ...errors import RnnLensWarning, UnsupportedLayerError
 from ...kinds import KINDS
+from ...rebuild import reconstruct_direction
 from ...spec import CellWeights, Field
 from .graph import _ACTIVATIONS, _B, _C0, _H0, _R, _SEQ_LENS, _W, _X, _Node
 

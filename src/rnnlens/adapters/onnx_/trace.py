@@ -21,7 +21,7 @@ samples back (a ``Gather`` that drops or repeats samples gives a warning instead
 * ``h`` of every node comes straight from ONNX Runtime: the node's own ``Y`` output, made a
   graph output of a private copy of the model.
 * ``c`` (LSTM) and the gates (LSTM ``i, f, g, o``; GRU ``z, r, n``) are rebuilt from the
-  node's weights with :func:`rnnlens.cells.reconstruct_direction` (one batched matmul for the
+  node's weights with :func:`rnnlens.rebuild.reconstruct_direction` (one batched matmul for the
   gates, an elementwise scan for ``c``) and checked against ``Y`` at every step and against
   the node's own last states ``Y_h`` / ``Y_c``: a mismatch is a
   :class:`~rnnlens.errors.ParityError`, never returned.

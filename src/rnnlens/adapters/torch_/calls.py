@@ -43,7 +43,7 @@ class _SeqCall:
     hx: dict[int, Any] = field(default_factory=dict)
     raw_output: Any = None  # kind "rnn": what the module returned
     c: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # emitted: per direction
-    gates: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    gates: dict[int, list[tuple[torch.Tensor, ...]]] = field(default_factory=dict)
 
 
 @dataclass

@@ -127,10 +127,10 @@ def _seq_layer(
     for d, direction in enumerate(cfg.directions):
         h = seq[:, :, d * u : (d + 1) * u]
         parts = None
-        if emitted:  # (time, sample, gate, unit) buffers: zero-copy (sample, time, unit) views
-            gates = _np(call.gates[layer][d]).transpose(1, 0, 2, 3)
+        if emitted:  # (time, sample, unit) buffers: zero-copy (sample, time, unit) views
+            gates = [_np(g).transpose(1, 0, 2) for g in call.gates[layer][d]]
             cs = [_np(call.c[layer][d]).transpose(1, 0, 2)] if KINDS[cfg.kind].has_c else []
-            parts = (h, *cs, *(gates[:, :, k] for k in range(gates.shape[2])))
+            parts = (h, *cs, *gates)
         raw.directions[direction] = RawDirection(
             seq=h,
             h0=_state(h0s, d, call.unbatched),

@@ -55,7 +55,7 @@ is touched. The stand-in returns to the model what the module itself returns, so
   activations written straight into the output buffers): ``h`` is bitwise PyTorch's native
   kernel, within ~1e-7 of the oneDNN kernel PyTorch picks for float32 LSTMs.
 * ``strategy="reconstruct"`` (the default off CPU and for ``PackedSequence`` inputs): ``h``
-  from the kernel, then :func:`rnnlens.cells.reconstruct_direction` (gates in one batched
+  from the kernel, then :func:`rnnlens.rebuild.reconstruct_direction` (gates in one batched
   matmul, ``c`` by an elementwise scan, parity-checked against the kernel's ``h``).
 
 If the model modifies a captured tensor in place after the recurrent module returned it

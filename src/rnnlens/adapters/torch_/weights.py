@@ -26,7 +26,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.cpu().numpy()
 
 
-def _torch_fn(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[np.ndarray], np.ndarray]:
+def _torch_fn(fn: Callable[..., torch.Tensor]) -> Callable[[np.ndarray], np.ndarray]:
     """A torch elementwise function as NumPy → NumPy (zero-copy in, multithreaded)."""
 
     def apply(a: np.ndarray) -> np.ndarray:
@@ -34,7 +34,23 @@ def _torch_fn(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[np.ndarra
             a = np.array(a)
         return fn(torch.from_numpy(a)).numpy()
 
+    def inplace(a: np.ndarray) -> None:  # on a writeable view: no allocation, no copy back
+        t = torch.from_numpy(a)
+        fn(t, out=t)
+
+    apply.inplace = inplace  # type: ignore[attr-defined]  # used by rnnlens.rebuild
     return apply
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    if not a.flags.writeable or any(s < 0 for s in a.strides):
+        a = np.array(a)
+    return torch.from_numpy(a)
+
+
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """PyTorch's GEMM on NumPy arrays (zero-copy in), on PyTorch's own thread pool."""
+    return torch.matmul(_tensor(a), _tensor(b)).numpy()
 
 
 _SIGMOID = _torch_fn(torch.sigmoid)
@@ -67,4 +83,5 @@ def _weights(m: Any, cfg: _Config, layer: int, reverse: bool) -> CellWeights | N
         recurrent_activation=_SIGMOID,
         reset_after=True,
         projection=projection,
+        matmul=_matmul,
     )
