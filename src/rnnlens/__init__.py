@@ -5,6 +5,7 @@ loads when that model is first traced.
 """
 
 from .api import Description, describe, trace
+from .edits import Edit
 from .errors import (
     DirectionNotAvailableError,
     FieldNotAvailableError,
@@ -20,6 +21,7 @@ from .errors import (
     UnsupportedModelError,
 )
 from .extract import Run, extract_to
+from .intervene import Intervention, intervene
 from .io.zarr import open_states
 from .loading import load_model
 from .spec import LayerSpec
@@ -31,9 +33,11 @@ __all__ = [
     "Description",
     "DirectionNotAvailableError",
     "DirectionStates",
+    "Edit",
     "FieldNotAvailableError",
     "Gates",
     "InputError",
+    "Intervention",
     "LayerNotFoundError",
     "LayerSpec",
     "LayerStates",
@@ -50,6 +54,7 @@ __all__ = [
     "__version__",
     "describe",
     "extract_to",
+    "intervene",
     "load_model",
     "open_states",
     "trace",

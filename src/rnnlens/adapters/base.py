@@ -38,10 +38,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..cells import DirectionArrays
+from ..edits import LayerEdits
 from ..errors import UnsupportedModelError
 from ..spec import Field, LayerSpec
 
-__all__ = ["Adapter", "Captured", "Inputs", "LayerBatch", "TraceOptions", "mro_roots"]
+__all__ = ["Adapter", "Captured", "Inputs", "Intervened", "LayerBatch", "TraceOptions", "mro_roots"]
 
 #: One layer of one batch: its directions' arrays and its valid-step mask (or None).
 LayerBatch = tuple[dict[str, DirectionArrays], "np.ndarray | None"]
@@ -71,6 +72,15 @@ class Captured:
     specs: list[LayerSpec]
     batches: list[dict[str, LayerBatch]]
     backend: str
+
+
+@dataclass
+class Intervened:
+    """What :meth:`Adapter.intervene` returns: the model's outputs with the edits applied (NumPy,
+    in the model's own structure) and the edited run's states, as :meth:`Adapter.capture` gives."""
+
+    outputs: Any
+    captured: Captured
 
 
 @dataclass
@@ -149,9 +159,23 @@ class Adapter(ABC):
         """Whether :meth:`load` opens ``path`` (by default: by suffix)."""
         return os.fspath(path).lower().endswith(self.suffixes) if self.suffixes else False
 
-    def intervene(self, model: Any, *args: Any, **kwargs: Any) -> Any:
-        """Room for interventions (set, ablate or patch states and rerun): not yet provided."""
-        raise NotImplementedError(f"The {self.name} adapter does not support interventions yet.")
+    def intervene(
+        self,
+        model: Any,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        edits: Mapping[str, LayerEdits],
+        options: TraceOptions,
+    ) -> Intervened:
+        """Run ``model`` once with ``edits`` applied to the named layers' states as they run
+        (see :mod:`rnnlens.edits` for the semantics, :meth:`LayerEdits.steps` for the
+        per-call operations), and capture the selected layers of that edited run. ``edits`` is
+        checked against :meth:`describe` by the core. Adapters that cannot edit raise
+        :class:`~rnnlens.errors.UnsupportedModelError` (the default)."""
+        raise UnsupportedModelError(
+            f"The {self.name} adapter does not support interventions yet; rnnlens.intervene works on "
+            "PyTorch models."
+        )
 
     def record(self, model: Any, *args: Any, **kwargs: Any) -> Any:
         """Room for recording across calls: not yet provided."""

@@ -54,12 +54,15 @@ def reference_rnn(
     recurrent_activation: Act = sigmoid,
     reset_after: bool = True,
     projection: np.ndarray | None = None,
+    edit: Callable[[int, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Run one direction of an LSTM / GRU / simple RNN step by step.
 
     Returns ``h`` (sample, time, unit), and for LSTM ``c``, for LSTM and GRU ``gates``
     (sample, time, gate, unit), all in *input* time order, float64. At a masked step the
     state is carried and the gates are NaN; a ``reverse`` direction reads from the end.
+    ``edit(t, h, c) -> (h, c)``, if given, replaces the state after input step ``t`` (the
+    oracle of :func:`rnnlens.intervene`): what is stored and carried is what it returns.
     """
     x = np.asarray(x, np.float64)
     n, t, _ = x.shape
@@ -111,6 +114,8 @@ def reference_rnn(
         valid = m[:, step][:, None]
         h = np.where(valid, h_new, h)
         c = np.where(valid, c_new, c)
+        if edit is not None:
+            h, c = (np.asarray(a, np.float64) for a in edit(step, h.copy(), c.copy()))
         hs[:, step], cs[:, step] = h, c
         if n_gates > 1:
             gs[:, step] = np.where(valid[:, :, None], gates, np.nan)

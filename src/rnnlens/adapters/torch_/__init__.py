@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from ...edits import LayerEdits
 from ...errors import InputError
 from ...spec import LayerSpec
-from ..base import Adapter, Captured, Inputs, TraceOptions, mro_roots
+from ..base import Adapter, Captured, Inputs, Intervened, TraceOptions, mro_roots
 
 __all__ = ["TorchAdapter"]
 
@@ -46,6 +47,20 @@ class TorchAdapter(Adapter):
         args = tuple(_from_numpy(a) for a in args)
         kwargs = {k: _from_numpy(v) for k, v in kwargs.items()}
         return trace.capture(model, args, kwargs, options)
+
+    def intervene(
+        self,
+        model: Any,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        edits: Mapping[str, LayerEdits],
+        options: TraceOptions,
+    ) -> Intervened:
+        from . import trace
+
+        args = tuple(_from_numpy(a) for a in args)
+        kwargs = {k: _from_numpy(v) for k, v in kwargs.items()}
+        return trace.intervene(model, args, kwargs, edits, options)
 
     def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
         from ...archive import check_archive

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ...edits import LayerEdits
 from .discover import _Config
 
 
@@ -28,6 +29,15 @@ class _Plan:
     loop: bool  # run layer by layer (inner layers are needed)
     emit: frozenset[int] = frozenset()  # layers whose c or gates are wanted
     strategy: str = "auto"
+    # interventions: entry name ("lstm.l0", "lstm.l0#1" for the second call) -> its edits
+    edits: dict[str, LayerEdits] = field(default_factory=dict)
+    layer_names: dict[int, str] = field(default_factory=dict)  # layer index -> entry name
+
+    def edits_for(self, layer: int, call: int) -> LayerEdits | None:
+        name = self.layer_names.get(layer)
+        if name is None or not self.edits:
+            return None
+        return self.edits.get(f"{name}#{call}" if call else name)
 
 
 @dataclass
@@ -54,3 +64,4 @@ class _CellCalls:
     xs: list[Any] = field(default_factory=list)
     hxs: list[Any] = field(default_factory=list)
     outs: list[Any] = field(default_factory=list)
+    computed: dict[int, Any] = field(default_factory=dict)  # edited steps: the output before the edit

@@ -212,15 +212,18 @@ def _cell_entry(
             return np.stack(cols, axis=1)
 
         h_prev = prev(0)
+        # at edited steps the parity check is against what the cell computed before the edit
+        computed = [calls.computed.get(k, o) for k, o in enumerate(outs)]
+        h_cell = _stack([o[0] for o in computed] if lstm else computed, name, "outputs")
         if lstm:
             gates = lstm_gates(w, np.ascontiguousarray(x), h_prev)
-            c = result.c if result.c is not None else _stack([o[1] for o in outs], name, "outputs")
+            c = _stack([o[1] for o in computed], name, "outputs")
             i, f, g, o = (gates[:, :, k] for k in range(4))
             check_parity(c, f * prev(1) + i * g, None, layer=name, what="f * c_prev + i * g")
-            check_parity(h, o * w.activation(c), None, layer=name, what="o * tanh(c)")
+            check_parity(h_cell, o * w.activation(c), None, layer=name, what="o * tanh(c)")
         else:
             gates = gru_gates(w, np.ascontiguousarray(x), h_prev)
             z, n = gates[:, :, 0], gates[:, :, 2]
-            check_parity(h, z * h_prev + (1 - z) * n, None, layer=name, what="z * h_prev + (1 - z) * n")
+            check_parity(h_cell, z * h_prev + (1 - z) * n, None, layer=name, what="z * h_prev + (1 - z) * n")
         result.gates = tuple(gates[:, :, k] for k in range(gates.shape[2]))
     return {"forward": result}, None

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...edits import LayerEdits, Op
 from ...kinds import KINDS
 from .discover import _Config
 
@@ -58,7 +59,7 @@ def _empty(like: torch.Tensor, *shape: int) -> torch.Tensor:
 
 
 def _emit_layer(
-    view: Any, cfg: _Config, layer: int, x: Any, hx: Any
+    view: Any, cfg: _Config, layer: int, x: Any, hx: Any, edits: LayerEdits | None = None
 ) -> tuple[torch.Tensor, Any, list[torch.Tensor], list[tuple[torch.Tensor, ...]]]:
     """One layer's recurrence, step by step, emitting c and the gates at every step.
 
@@ -71,6 +72,11 @@ def _emit_layer(
     biases differs; the tests bound it by 1e-6). Takes and returns what ``view``'s forward would
     (layout, unbatched, hx); also returns, per direction, ``c`` (time, sample, cell_unit) and the
     gates as (time, sample, cell_unit) views in canonical order, input time order.
+
+    ``edits`` (:class:`rnnlens.edits.LayerEdits`) are applied in place as the loop runs: an
+    ``h`` edit at step ``s`` on the output slot (which is also the carried state), a ``c``
+    edit on the cell-state slot, before step ``s + 1`` reads them. ``nn.RNN`` layers (no c,
+    no gates) run here only for edits.
     """
     lstm = cfg.kind == "lstm"
     bd = 0 if cfg.batch_first else 1
@@ -93,7 +99,7 @@ def _emit_layer(
     steps = x_tm.shape[0]
     x2d = x_tm.reshape(steps * n, x_tm.shape[2])
     y = _empty(x_tm, steps, n, d_ * u)
-    n_gates = 4 if lstm else 3
+    n_gates = {"lstm": 4, "gru": 3}.get(cfg.kind, 1)
     cs: list[torch.Tensor] = []
     gs: list[tuple[torch.Tensor, ...]] = []
     finals_h, finals_c = [], []
@@ -104,6 +110,9 @@ def _emit_layer(
         b_hh = getattr(view, "bias_hh" + sfx) if cfg.bias else None
         w_hh_t = w_hh.t().contiguous()  # MKL is ~20% faster on a row-major right operand
         order = range(steps - 1, -1, -1) if d else range(steps)
+        direction = cfg.directions[d]
+        eh = _ops(edits, direction, "h", steps, n)
+        ec = _ops(edits, direction, "c", steps, n)
         # Time-major, input time order: step s's gates are computed and activated in gbuf[s].
         gbuf = _empty(x_tm, steps, n, n_gates * h_)
         out = y[:, :, d * u : (d + 1) * u]
@@ -129,10 +138,23 @@ def _emit_layer(
                     h = torch.tanh(c, out=out[s]).mul_(o)
                 else:
                     h = torch.mm(torch.tanh(c, out=tmp).mul_(o), w_hr_t, out=out[s])
+                if s in eh:
+                    _apply(h, eh[s])
+                if s in ec:
+                    _apply(c, ec[s])
             cs.append(cbuf)
             finals_c.append(c)
             i_, f_, o_, g_ = gbuf.unsafe_chunk(4, 2)
             gs.append((i_, f_, g_, o_))  # canonical order: i, f, g, o
+        elif cfg.kind == "simple":
+            bias = None if b_ih is None or b_hh is None else b_ih + b_hh
+            _project(x2d, w_ih, bias, gbuf)
+            act = torch.relu_ if cfg.nonlinearity == "relu" else torch.tanh_
+            for s in order:
+                h = act(torch.addmm(gbuf[s], h, w_hh_t, out=out[s]))
+                if s in eh:
+                    _apply(h, eh[s])
+            gs.append(())
         else:
             # r and z take both biases; n's recurrent part is scaled by r, so b_hn stays with it.
             bias = b_ih
@@ -152,6 +174,8 @@ def _emit_layer(
                     hn.add_(b_hn)
                 nn_.addcmul_(r, hn).tanh_()
                 h = torch.sub(h, nn_, out=out[s]).mul_(z).add_(nn_)
+                if s in eh:
+                    _apply(h, eh[s])
             r_, z_, n_ = gbuf.unsafe_chunk(3, 2)
             gs.append((z_, r_, n_))  # canonical order: z, r, n
         finals_h.append(h)
@@ -162,6 +186,22 @@ def _emit_layer(
         yb, h_n = yb.squeeze(bd), h_n.squeeze(1)
         c_n = None if c_n is None else c_n.squeeze(1)
     return yb, ((h_n, c_n) if lstm else h_n), cs, gs
+
+
+def _ops(edits: LayerEdits | None, direction: str, field: str, steps: int, n: int) -> dict[int, list[Op]]:
+    return {} if edits is None else edits.steps(direction, field, steps, n)
+
+
+def _apply(state: torch.Tensor, ops: list[Op]) -> None:
+    """``state[:, units] = / += / *= value`` for each op, in order, in place."""
+    for op in ops:
+        value = torch.as_tensor(op.value, dtype=state.dtype, device=state.device)
+        units = op.units if isinstance(op.units, slice) else torch.as_tensor(op.units, device=state.device)
+        if op.mode == "set":
+            state[:, units] = value
+        else:
+            part = state[:, units]
+            state[:, units] = part + value if op.mode == "add" else part * value
 
 
 def _project(x2d: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:

@@ -23,7 +23,7 @@ from ...kinds import KINDS
 from .calls import _CellCalls, _Plan, _SeqCall
 from .convert import _input_error
 from .discover import _Config, base_class
-from .emit import _can_emit, _emit_layer
+from .emit import _apply, _can_emit, _emit_layer
 
 _LAYER_OF = re.compile(r"_l(\d+)(?:_reverse)?$")
 
@@ -91,6 +91,7 @@ class _Recorder:
         self.cells: dict[int, _CellCalls] = {}
         self.active: list[tuple[_Plan, Any]] = []
         self.watched: list[tuple[torch.Tensor, int]] = []
+        self.output: Any = None  # what the model returned
 
     # ---- bookkeeping
     def keep(self, obj: Any) -> Any:
@@ -159,6 +160,11 @@ class _Recorder:
             self.active.append((plan, input))
             out = cls_forward(m, input, hx)
             self.active.pop()
+            edits = plan.edits_for(0, 0)
+            if edits is not None:
+                step = len(self._cell_calls(plan).xs)
+                self._cell_calls(plan).computed[step] = _clone(out)  # for the parity check
+                out = _edit_cell_output(plan, edits, step, out)
             if plan.record:
                 calls = self._cell_calls(plan)
                 calls.xs.append(self.keep(input))
@@ -181,6 +187,11 @@ class _Recorder:
             packed = isinstance(input, PackedSequence)
             unbatched = not packed and isinstance(input, torch.Tensor) and input.dim() == 2
             emit = plan.emit if _can_emit(input, cfg, plan.strategy) else frozenset()
+            number = self.counts.get(id(m), 0)
+            edits = {k: e for k in range(cfg.num_layers) if (e := plan.edits_for(k, number)) is not None}
+            if edits:
+                _check_editable(plan, input)
+                emit = emit | frozenset(edits)
             call = _SeqCall(plan, -1, packed, unbatched)
             if not plan.loop and not emit:  # the module's own call: all it gives is needed
                 out = cls_forward(m, input, hx)
@@ -191,7 +202,9 @@ class _Recorder:
                 for layer, view in enumerate(views):
                     hx_l = _hx_slice(hx, layer, cfg.n_dir)
                     if layer in emit:
-                        y, final, call.c[layer], call.gates[layer] = _emit_layer(view, cfg, layer, x, hx_l)
+                        y, final, call.c[layer], call.gates[layer] = _emit_layer(
+                            view, cfg, layer, x, hx_l, edits.get(layer)
+                        )
                     else:
                         y, final = cls_forward(view, x, hx_l)
                     call.inputs[layer], call.outputs[layer] = x, y
@@ -215,6 +228,32 @@ class _Recorder:
         return forward
 
 
+def _check_editable(plan: _Plan, input: Any) -> None:
+    if isinstance(input, PackedSequence):
+        raise UnsupportedLayerError(
+            f"{plan.name!r} was called with a PackedSequence; rnnlens edits states of padded tensor "
+            "inputs only so far. Call the model on the padded batch (pad_packed_sequence) to intervene."
+        )
+    if not isinstance(input, torch.Tensor) or input.dtype not in (
+        torch.float16,
+        torch.float32,
+        torch.float64,
+    ):
+        raise UnsupportedLayerError(f"{plan.name!r}: edits need a floating-point input tensor.")
+
+
+def _edit_cell_output(plan: _Plan, edits: Any, step: int, out: Any) -> Any:
+    """A cell call is one step: edit its returned h (and c) in place, as the loop will carry them."""
+    lstm = plan.cfg.kind == "lstm"
+    h, c = (out[0], out[1]) if lstm else (out, None)
+    unbatched = h.dim() == 1
+    for field_name, state in (("h", h), ("c", c)):
+        if state is not None:
+            ops = edits.ops_at("forward", field_name, step, 1 if unbatched else h.shape[0])
+            _apply(state.unsqueeze(0) if unbatched else state, ops)
+    return out
+
+
 _MISSING = object()
 
 
@@ -229,7 +268,7 @@ def _run(
             installed.append((plan.module, vars(plan.module).get("forward", _MISSING)))
             vars(plan.module)["forward"] = stand_in
         with torch.no_grad():
-            model(*args, **kwargs)
+            rec.output = model(*args, **kwargs)
     except RnnLensError:
         raise
     except (RuntimeError, ValueError, TypeError, IndexError, AttributeError, KeyError) as e:

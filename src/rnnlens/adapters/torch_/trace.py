@@ -90,7 +90,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import PackedSequence
 
+from ...edits import LayerEdits
 from ...errors import (
     InputError,
     LayerNotFoundError,
@@ -100,12 +102,12 @@ from ...errors import (
 from ...kinds import KINDS
 from ...spec import CellWeights, Field, LayerSpec
 from ...tracing import resolve_fields, select_layers
-from ..base import Captured, TraceOptions
+from ..base import Captured, Intervened, TraceOptions
 from .calls import _CellCalls, _Plan
 from .convert import _cell_entry, _generic_seq, _need_x, _seq_layer
 from .discover import _require_module, _static_specs, _walk, describe
 from .record import _Recorder, _run, _tensors
-from .weights import _weights
+from .weights import _np, _weights
 
 __all__ = ["capture", "describe"]
 
@@ -139,6 +141,45 @@ def _names(layers: str | Iterable[str] | None) -> list[str] | None:
 
 
 def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions) -> Captured:
+    """PyTorch implementation of :meth:`rnnlens.adapters.Adapter.capture` (see :func:`_capture`)."""
+    return _capture(model, args, kwargs, options, {})[0]
+
+
+def intervene(
+    model: Any,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    edits: Mapping[str, LayerEdits],
+    options: TraceOptions,
+) -> Intervened:
+    """PyTorch implementation of :meth:`rnnlens.adapters.Adapter.intervene`: one forward pass
+    in which every edited layer runs rnnlens' step loop with the edits applied in place."""
+    captured, output = _capture(model, args, kwargs, options, edits)
+    return Intervened(outputs=_outputs(output), captured=captured)
+
+
+def _outputs(obj: Any) -> Any:
+    """The model's return value with every tensor as a NumPy array, structure kept."""
+    if isinstance(obj, torch.Tensor):
+        return _np(obj).copy()
+    if isinstance(obj, PackedSequence):
+        return PackedSequence(*(_outputs(getattr(obj, f)) for f in obj._fields))
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a named tuple
+        return type(obj)(*(_outputs(o) for o in obj))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_outputs(o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _outputs(v) for k, v in obj.items()}
+    return obj
+
+
+def _capture(
+    model: Any,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    options: TraceOptions,
+    edits: Mapping[str, LayerEdits],
+) -> tuple[Captured, Any]:
     """PyTorch implementation of :meth:`rnnlens.adapters.Adapter.capture`: calls
     ``model(*args, **kwargs)`` once.
 
@@ -191,7 +232,13 @@ def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], option
     plans = []
     for name, m, cfg in recurrent:
         mine = {s.name: static_fields[s.name] for s in chosen if owner[s.name] == name}
-        if mine and cfg.scripted:
+        specs = _static_specs(name, cfg)
+        layer_names = {k: s.name for k, s in enumerate(specs)} if cfg.expanded else {cfg.num_layers - 1: name}
+        own_edits = {key: e for key, e in edits.items() if _CALL_SUFFIX.sub("", key) in layer_names.values()}
+        if own_edits and cfg.scripted:
+            raise UnsupportedModelError(
+                f"Recurrent submodule {name!r} is TorchScript (compiled): it cannot be edited."
+            )
             raise UnsupportedModelError(
                 f"Recurrent submodule {name!r} is TorchScript (compiled), so rnnlens cannot observe it. "
                 "Build the model from Python modules and load the weights into it "
@@ -207,7 +254,19 @@ def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], option
             for n, f in mine.items()
             if _need_x(f) and not cfg.cell and KINDS[cfg.kind].reconstructable
         )
-        plans.append(_Plan(name, m, cfg, record=bool(mine), loop=loop, emit=emit, strategy=strategy))
+        plans.append(
+            _Plan(
+                name,
+                m,
+                cfg,
+                record=bool(mine) or bool(own_edits),
+                loop=loop or (bool(own_edits) and cfg.expanded),
+                emit=emit,
+                strategy=strategy,
+                edits=own_edits,
+                layer_names=layer_names,
+            )
+        )
 
     flags = [(m, m.training) for m in model.modules()]
     try:
@@ -248,7 +307,7 @@ def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], option
         return weights_cache[key]
 
     batch = {spec.name: builders[spec](weights) for spec in selected}
-    return Captured(selected, [batch], backend="torch")
+    return Captured(selected, [batch], backend="torch"), rec.output
 
 
 def _entries(
