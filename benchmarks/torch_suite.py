@@ -179,6 +179,13 @@ def main_cases() -> list[Case]:
         Case("rnnlens h,c,gates (auto)", lambda: rnnlens.trace(lstm, x)),
         Case("rnnlens h,c,gates emit", lambda: rnnlens.trace(lstm, x, strategy="emit")),
         Case("rnnlens h,c,gates reconstruct", lambda: rnnlens.trace(lstm, x, strategy="reconstruct")),
+        Case(
+            "rnnlens.intervene, one edit",
+            lambda: rnnlens.intervene(
+                lstm, x, rnnlens.Edit("lstm.l1", TIME // 2, units=list(range(16)), scale=0)
+            ),
+            "output + every layer's h, c, gates",
+        ),
         Case("hand-written loop, h,c,gates", hand_loop(lstm, x), "addmm_ in place, preallocated"),
         Case("single-layer nn.LSTMs by hand", layer_by_layer(lstm, x), "h only"),
         Case("nn.LSTMCell loop", cell_loop(lstm, x), "h, c; no gates"),
@@ -186,4 +193,38 @@ def main_cases() -> list[Case]:
     return [Case(c.name, synced(c.fn), c.note) for c in cases]
 
 
-SUITES: dict[str, Callable[[], list[Case]]] = {"torch-lstm3": main_cases, "torch-packed": packed_cases}
+def ablation_cases() -> list[Case]:
+    """An ablation scan of 16 units against 16 plain forward passes of the same batch."""
+    import torch
+
+    import rnnlens
+
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(FEATURES, UNITS, batch_first=True).eval().to(device())
+    x = np.random.default_rng(0).normal(size=(64, TIME, FEATURES)).astype("float32")
+    xt = torch.from_numpy(x).to(device())
+    n_units = 16
+
+    def plain() -> Any:
+        with torch.inference_mode():
+            return [lstm(xt) for _ in range(n_units)]
+
+    def metric(out: Any) -> float:
+        return float(out[0][:, -1].sum())
+
+    cases = [
+        Case(f"{n_units} x module(x) (floor)", plain, "64 samples each"),
+        Case(
+            f"ablation_scan, {n_units} units",
+            lambda: rnnlens.ablation_scan(lstm, x, "lstm", metric, units=range(n_units)),
+            "one pass of 16 x 64 samples + the baseline",
+        ),
+    ]
+    return [Case(c.name, synced(c.fn), c.note) for c in cases]
+
+
+SUITES: dict[str, Callable[[], list[Case]]] = {
+    "torch-lstm3": main_cases,
+    "torch-packed": packed_cases,
+    "torch-ablate": ablation_cases,
+}

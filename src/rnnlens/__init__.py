@@ -4,6 +4,7 @@ Importing rnnlens imports no deep-learning framework; the adapter for a model's 
 loads when that model is first traced.
 """
 
+from .ablation import AblationScan, ablation_scan
 from .api import Description, describe, trace
 from .edits import Edit
 from .errors import (
@@ -30,6 +31,7 @@ from .states import DirectionStates, Gates, LayerStates, States
 __version__ = "0.1.0"
 
 __all__ = [
+    "AblationScan",
     "Description",
     "DirectionNotAvailableError",
     "DirectionStates",
@@ -52,6 +54,7 @@ __all__ = [
     "UnsupportedLayerError",
     "UnsupportedModelError",
     "__version__",
+    "ablation_scan",
     "describe",
     "extract_to",
     "intervene",

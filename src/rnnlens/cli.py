@@ -157,6 +157,71 @@ def _cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
+def _steps(text: str) -> int | slice:
+    from .errors import InputError
+
+    try:
+        if ":" not in text:
+            return int(text)
+        parts = [int(p) if p.strip() else None for p in text.split(":")]
+        if len(parts) > 3:
+            raise ValueError
+        return slice(*parts)
+    except ValueError:
+        raise InputError(f"--steps takes a step (5), or a range like 5: or 2:7; received {text!r}.") from None
+
+
+def _leaves(obj: Any, prefix: str) -> dict[str, Any]:
+    import numpy as np
+
+    if isinstance(obj, np.ndarray):
+        return {prefix: obj}
+    if isinstance(obj, (tuple, list)):
+        return {k: v for i, o in enumerate(obj) for k, v in _leaves(o, f"{prefix}_{i}").items()}
+    if isinstance(obj, dict):
+        return {k: v for key, o in obj.items() for k, v in _leaves(o, f"{prefix}_{key}").items()}
+    return {}
+
+
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import rnnlens
+
+    from .errors import InputError
+
+    if not str(args.out).endswith(".npz"):
+        raise InputError(f"-o must name an .npz file; received {args.out!r}.")
+    model = rnnlens.load_model(args.model, unsafe=args.unsafe)
+    try:
+        loaded = np.load(args.data, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"Cannot read {args.data!r} as .npy/.npz: {e}") from None
+    x = loaded["x"] if isinstance(loaded, np.lib.npyio.NpzFile) else loaded
+    step = _steps(args.steps)
+    units = _units(args.units)
+    edit = rnnlens.Edit(
+        args.layer, step, field=args.field, units=units, direction=args.direction, set=args.value
+    )
+    edited = rnnlens.intervene(model, x, edit).outputs
+    base = rnnlens.intervene(model, x, rnnlens.Edit(args.layer, step, field=args.field, add=0.0)).outputs
+    arrays = _leaves(edited, "ablated") | _leaves(base, "baseline")
+    np.savez(args.out, **arrays)
+    change = max(
+        (
+            float(np.abs(a - arrays["baseline" + k[len("ablated") :]]).max())
+            for k, a in arrays.items()
+            if k.startswith("ablated")
+        ),
+        default=0.0,
+    )
+    print(
+        f"wrote {args.out}: {len(arrays) // 2} output array(s) with and without; max |change| {change:.4g}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rnnlens",
@@ -213,6 +278,27 @@ def build_parser() -> argparse.ArgumentParser:
         "into --out, which must be on storage every worker sees at the same path",
     )
     p.set_defaults(func=_cmd_extract)
+
+    p = sub.add_parser(
+        "ablate",
+        help="run a model with some units of a layer ablated and save its outputs with and without",
+        description="Set UNITS of LAYER to --value (default 0) at --steps, rerun the model exactly "
+        "from there, and write the model's outputs with the ablation (ablated_*) and without "
+        "(baseline_*) to an .npz file.",
+    )
+    p.add_argument("model", help="model file (.pt needs --unsafe or a state dict's module; see inspect)")
+    p.add_argument("data", help="input: a .npy array, or an .npz with an array 'x'")
+    p.add_argument("--layer", required=True, help="layer name (see rnnlens inspect)")
+    p.add_argument("--units", help="comma-separated units (default: all)")
+    p.add_argument("--steps", default=":", help="a step (5) or a range (5:, 2:7; default: every step)")
+    p.add_argument("--field", choices=("h", "c"), default="h", help="h (default) or c (LSTM cell state)")
+    p.add_argument("--direction", choices=("forward", "backward"), help="one direction (default: all)")
+    p.add_argument("--value", type=float, default=0.0, help="value the units are set to (default 0)")
+    p.add_argument(
+        "--unsafe", action="store_true", help="allow code inside the model file to run (trusted files only)"
+    )
+    p.add_argument("-o", "--out", required=True, help="output .npz")
+    p.set_defaults(func=_cmd_ablate)
 
     p = sub.add_parser(
         "export",

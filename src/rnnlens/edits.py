@@ -88,6 +88,11 @@ class LayerEdits:
         for edit, directions, units, width in self.edits:
             if edit.field != field_name or direction not in directions:
                 continue
+            values = {
+                mode: _value(edit, mode, getattr(edit, mode), n_samples, width)
+                for mode in ("set", "add", "scale")
+                if getattr(edit, mode) is not None
+            }  # one array per edit, shared by its steps
             for t in _resolve_steps(edit, n_steps):
                 if mask is not None and not bool(np.all(mask[:, t])):
                     raise OptionError(
@@ -95,11 +100,8 @@ class LayerEdits:
                         f"{np.flatnonzero(~mask[:, t]).tolist()[:10]}; the state there is carried, not "
                         "computed. Edit valid steps only, or trace a batch without those samples."
                     )
-                for mode in ("set", "add", "scale"):
-                    value = getattr(edit, mode)
-                    if value is not None:
-                        op = Op(units, mode, _value(edit, mode, value, n_samples, width))  # type: ignore[arg-type]
-                        out.setdefault(t, []).append(op)
+                for mode, value in values.items():
+                    out.setdefault(t, []).append(Op(units, mode, value))  # type: ignore[arg-type]
         return out
 
     def ops_at(self, direction: str, field_name: str, step: int, n_samples: int) -> list[Op]:

@@ -113,6 +113,7 @@ def _emit_layer(
         direction = cfg.directions[d]
         eh = _ops(edits, direction, "h", steps, n)
         ec = _ops(edits, direction, "c", steps, n)
+        cache: dict[int, Any] = {}
         # Time-major, input time order: step s's gates are computed and activated in gbuf[s].
         gbuf = _empty(x_tm, steps, n, n_gates * h_)
         out = y[:, :, d * u : (d + 1) * u]
@@ -139,9 +140,9 @@ def _emit_layer(
                 else:
                     h = torch.mm(torch.tanh(c, out=tmp).mul_(o), w_hr_t, out=out[s])
                 if s in eh:
-                    _apply(h, eh[s])
+                    _apply(h, eh[s], cache)
                 if s in ec:
-                    _apply(c, ec[s])
+                    _apply(c, ec[s], cache)
             cs.append(cbuf)
             finals_c.append(c)
             i_, f_, o_, g_ = gbuf.unsafe_chunk(4, 2)
@@ -153,7 +154,7 @@ def _emit_layer(
             for s in order:
                 h = act(torch.addmm(gbuf[s], h, w_hh_t, out=out[s]))
                 if s in eh:
-                    _apply(h, eh[s])
+                    _apply(h, eh[s], cache)
             gs.append(())
         else:
             # r and z take both biases; n's recurrent part is scaled by r, so b_hn stays with it.
@@ -175,7 +176,7 @@ def _emit_layer(
                 nn_.addcmul_(r, hn).tanh_()
                 h = torch.sub(h, nn_, out=out[s]).mul_(z).add_(nn_)
                 if s in eh:
-                    _apply(h, eh[s])
+                    _apply(h, eh[s], cache)
             r_, z_, n_ = gbuf.unsafe_chunk(3, 2)
             gs.append((z_, r_, n_))  # canonical order: z, r, n
         finals_h.append(h)
@@ -192,10 +193,17 @@ def _ops(edits: LayerEdits | None, direction: str, field: str, steps: int, n: in
     return {} if edits is None else edits.steps(direction, field, steps, n)
 
 
-def _apply(state: torch.Tensor, ops: list[Op]) -> None:
-    """``state[:, units] = / += / *= value`` for each op, in order, in place."""
+def _apply(state: torch.Tensor, ops: list[Op], cache: dict[int, Any] | None = None) -> None:
+    """``state[:, units] = / += / *= value`` for each op, in order, in place. ``cache`` keeps
+    each value's tensor across the steps of one loop (an edit's value is one array)."""
     for op in ops:
-        value = torch.as_tensor(op.value, dtype=state.dtype, device=state.device)
+        key = id(op.value)
+        if cache is not None and key in cache:
+            value = cache[key][1]
+        else:
+            value = torch.as_tensor(op.value, dtype=state.dtype, device=state.device)
+            if cache is not None:
+                cache[key] = (op.value, value)  # holding op.value keeps its id unique
         units = op.units if isinstance(op.units, slice) else torch.as_tensor(op.units, device=state.device)
         if op.mode == "set":
             state[:, units] = value
