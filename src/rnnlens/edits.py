@@ -28,7 +28,7 @@ from .errors import FieldNotAvailableError, LayerNotFoundError, OptionError, Opt
 from .kinds import KINDS
 from .spec import LayerSpec
 
-__all__ = ["Edit", "LayerEdits", "Op", "plan_edits"]
+__all__ = ["Edit", "LayerEdits", "Op", "check_masked", "edit_arrays", "plan_edits"]
 
 Mode = Literal["set", "add", "scale"]
 _CALL = re.compile(r"#\d+$")
@@ -117,6 +117,51 @@ class LayerEdits:
                     if value is not None:
                         out.append(Op(units, mode, _value(edit, mode, value, n_samples, width)))  # type: ignore[arg-type]
         return out
+
+
+def edit_arrays(edits: LayerEdits, direction: str, n_steps: int, n_samples: int) -> np.ndarray:
+    """The edits of one direction as dense affine maps ``state' = a * state + b`` per step:
+    (sample, time, [a_h, b_h(, a_c, b_c)] × unit), input time order, ``a = 1, b = 0`` where
+    nothing is edited. For adapters whose loop runs compiled (the edit enters as an input)."""
+    spec = edits.spec
+    fields = ("h", "c") if KINDS[spec.kind].has_c else ("h",)
+    widths = {"h": int(spec.units), "c": int(spec.cell_units or spec.units)}
+    blocks = []
+    for f in fields:
+        a = np.ones((n_samples, n_steps, widths[f]))
+        b = np.zeros((n_samples, n_steps, widths[f]))
+        for t, ops in edits.steps(direction, f, n_steps, n_samples).items():
+            for op in ops:
+                v = np.broadcast_to(op.value, (n_samples, a[:, t, op.units].shape[1]))
+                if op.mode == "set":
+                    a[:, t, op.units] = 0.0
+                    b[:, t, op.units] = v
+                elif op.mode == "add":
+                    b[:, t, op.units] += v
+                else:
+                    a[:, t, op.units] *= v
+                    b[:, t, op.units] *= v
+        blocks += [a, b]
+    return np.concatenate(blocks, axis=-1)
+
+
+def check_masked(edits: LayerEdits, mask: Any, n_steps: int, n_samples: int, first: int = 0) -> None:
+    """Refuse edits at masked steps once the layer's (sample, time) ``mask`` is known (for
+    samples ``first …`` of the call); see :meth:`LayerEdits.steps`."""
+    if mask is None:
+        return
+    m = np.asarray(mask, bool)
+    if m.ndim == 3:
+        m = m[..., 0]
+    for d in edits.spec.directions:
+        for f in ("h", "c") if KINDS[edits.spec.kind].has_c else ("h",):
+            for t in edits.steps(d, f, n_steps, n_samples):
+                if t < m.shape[1] and not m[:, t].all():
+                    bad = (np.flatnonzero(~m[:, t]) + first).tolist()[:10]
+                    raise OptionError(
+                        f"Edit on {edits.spec.name!r} at step {t}: that step is masked for sample(s) {bad}; "
+                        "the state there is carried, not computed. Edit valid steps only."
+                    )
 
 
 def _open_steps(edit: Edit) -> range:

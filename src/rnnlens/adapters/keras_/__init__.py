@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from ...edits import LayerEdits
 from ...errors import InputError
 from ...spec import LayerSpec
-from ..base import Adapter, Captured, Inputs, TraceOptions, mro_roots
+from ..base import Adapter, Captured, Inputs, Intervened, TraceOptions, mro_roots
 
 __all__ = ["KerasAdapter"]
 
@@ -47,6 +48,23 @@ class KerasAdapter(Adapter):
         from . import trace
 
         return trace.capture(model, args[0], options)
+
+    def intervene(
+        self,
+        model: Any,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        edits: Mapping[str, LayerEdits],
+        options: TraceOptions,
+    ) -> Intervened:
+        if len(args) != 1 or kwargs:
+            raise InputError(
+                "A Keras model takes one x (use a list or dict for several inputs); received "
+                f"{len(args)} positional and {sorted(kwargs)} keyword input argument(s)."
+            )
+        from . import trace
+
+        return trace.intervene(model, args[0], edits, options)
 
     def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
         if options:

@@ -30,7 +30,7 @@ from typing import Any, Literal
 from ...kinds import KINDS
 from ...spec import Field, Kind
 from . import conv as keras_conv
-from .steps import _emit_loop, _emit_step
+from .steps import _edited_step, _emit_loop, _emit_step
 
 __all__ = ["Strategy", "cell_kind", "choose_strategy", "is_model", "is_recurrent", "probe_for"]
 
@@ -163,13 +163,18 @@ class Probe:
         recurrent: list[tuple[str, Any]],
         targets: Mapping[str, tuple[Field, ...]],
         emit: frozenset[str],
+        edited: frozenset[tuple[str, str]] = frozenset(),
     ):
         k = _keras()
+        self.edited = edited  # (layer, direction) run with an edit input: see _edited_step
+        self.outputs = bool(edited)  # interventions also return the model's outputs
+        self._edits: Mapping[str, Any] = {}
         # weak: the probe is cached per model and must not keep the model alive
         self._model = weakref.ref(model)
         self.names = {id(layer): name for name, layer in recurrent}
         self.targets = dict(targets)
         self.runners: dict[int, tuple[Any, bool]] = {}
+        self._owner: dict[int, str] = {}  # a Bidirectional's direction layers -> its name
         for name, layer in recurrent:
             subs = (
                 (layer.forward_layer, layer.backward_layer)
@@ -177,6 +182,7 @@ class Probe:
                 else (layer,)
             )
             for sub in subs:
+                self._owner[id(sub)] = name
                 if name in emit:
                     gates = "gates" in self.targets.get(name, ())
                     self.runners[id(sub)] = (_emit_step(sub.cell, cell_kind(sub.cell), gates), True)
@@ -185,13 +191,17 @@ class Probe:
         self._compiled: Callable[..., Any] | None = None
 
     # ---- entry point
-    def __call__(self, inputs: Any, mask: Any) -> dict[str, Any]:
+    def __call__(self, inputs: Any, mask: Any, edits: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``edits``: per ``"layer|direction"`` in :attr:`edited`, the (sample, time, k·units)
+        affine edit arrays, input time order (see :func:`~.steps._edited_step`)."""
+        from keras import tree
+
         if self._compiled is None:
             self._compiled = self._compile()
-        out = self._compiled(inputs, mask)
-        return {key: _to_numpy(v) for key, v in out.items()}
+        out = self._compiled(inputs, mask, dict(edits or {}))
+        return {key: tree.map_structure(_to_numpy, v) for key, v in out.items()}
 
-    def _compile(self) -> Callable[[Any, Any], dict[str, Any]]:
+    def _compile(self) -> Callable[[Any, Any, Any], dict[str, Any]]:
         """The walk, compiled the way each backend runs a model fastest for inference."""
         backend = _keras().backend.backend()
         if backend == "tensorflow":
@@ -203,14 +213,14 @@ class Probe:
         if backend == "torch":
             import torch
 
-            def eager(inputs: Any, mask: Any) -> dict[str, Any]:
+            def eager(inputs: Any, mask: Any, edits: Any) -> dict[str, Any]:
                 with torch.inference_mode():  # no autograd bookkeeping
-                    return self._run(inputs, mask)
+                    return self._run(inputs, mask, edits)
 
             return eager
         return self._run
 
-    def _jax_compiled(self) -> Callable[[Any, Any], dict[str, Any]]:
+    def _jax_compiled(self) -> Callable[[Any, Any, Any], dict[str, Any]]:
         """``jax.jit`` of a pure function of the weights: every variable's value is an argument,
         read inside a ``StatelessScope``, so a later change to the weights (more training, a
         stateful layer's state) is seen by the next call instead of being baked into the
@@ -221,16 +231,22 @@ class Probe:
 
         variables = _model_variables(self._model())
 
-        def pure(values: list[Any], inputs: Any, mask: Any) -> dict[str, Any]:
+        def pure(values: list[Any], inputs: Any, mask: Any, edits: Any) -> dict[str, Any]:
             with StatelessScope(state_mapping=list(zip(variables, values))):
-                return self._run(inputs, mask)
+                return self._run(inputs, mask, edits)
 
         jitted = jax.jit(pure)
-        return lambda inputs, mask: jitted([v.value for v in variables], inputs, mask)  # type: ignore[no-any-return]
+        return lambda inputs, mask, edits: jitted([v.value for v in variables], inputs, mask, edits)  # type: ignore[no-any-return]
 
-    def _run(self, inputs: Any, mask: Any) -> dict[str, Any]:
+    def _run(self, inputs: Any, mask: Any, edits: Mapping[str, Any]) -> dict[str, Any]:
         captured: dict[str, Any] = {}
-        self._run_model(self._model(), inputs, mask, captured)
+        self._edits = edits  # read by _run_rnn while the graph is walked (traced)
+        try:
+            out = self._run_model(self._model(), inputs, mask, captured)
+        finally:
+            self._edits = {}
+        if self.outputs:
+            captured["|outputs"] = out
         return captured
 
     # ---- graph walking
@@ -368,7 +384,13 @@ class Probe:
         if emits:
             dtype = layer.compute_dtype
             init = [ops.cast(s, dtype) for s in initial_state]
-            emitted, final = _emit_loop(runner, x, mask, init, go_backwards=layer.go_backwards)
+            key = f"{self._owner[id(layer)]}|{direction}"
+            step_input = x
+            if key in self._edits:
+                features = int(x.shape[-1])
+                runner = _edited_step(runner, kind, features, int(layer.cell.units))
+                step_input = ops.concatenate([ops.cast(x, dtype), ops.cast(self._edits[key], dtype)], axis=-1)
+            emitted, final = _emit_loop(runner, step_input, mask, init, go_backwards=layer.go_backwards)
             for k, tensor in enumerate(emitted):
                 record[f"{direction}|emit{k}"] = tensor
             out_seq = ops.swapaxes(emitted[0], 0, 1)
@@ -408,9 +430,10 @@ def probe_for(
     recurrent: list[tuple[str, Any]],
     targets: Mapping[str, tuple[Field, ...]],
     emit: frozenset[str],
+    edited: frozenset[tuple[str, str]] = frozenset(),
 ) -> Probe:
-    key = (tuple(id(layer) for _, layer in recurrent), tuple(sorted(targets.items())), emit)
+    key = (tuple(id(layer) for _, layer in recurrent), tuple(sorted(targets.items())), emit, edited)
     per_model = _PROBES.setdefault(model, {})
     if key not in per_model:
-        per_model[key] = Probe(model, recurrent, targets, emit)
+        per_model[key] = Probe(model, recurrent, targets, emit, edited)
     return per_model[key]

@@ -76,7 +76,36 @@ def _emit_step(cell: Any, kind: Kind, gates: bool = True) -> Callable[[Any, Any]
         h = z * h_tm1 + (1 - z) * hh
         return (h, z, r, hh), [h]
 
-    return lstm_step if kind == "lstm" else gru_step
+    def simple_step(inputs: Any, states: Any) -> Any:  # SimpleRNNCell.call, inference
+        h = ops.matmul(inputs, cell.kernel)
+        if cell.bias is not None:
+            h = ops.add(h, cell.bias)
+        out = h + ops.matmul(states[0], cell.recurrent_kernel)
+        if cell.activation is not None:
+            out = cell.activation(out)
+        return (out,), [out]
+
+    return {"lstm": lstm_step, "gru": gru_step, "simple": simple_step}[kind]
+
+
+def _edited_step(
+    step: Callable[[Any, Any], Any], kind: Kind, features: int, units: int
+) -> Callable[[Any, Any], Any]:
+    """``step`` with an intervention: each step's input carries, after its ``features`` input
+    features, the affine edit ``state' = a * state + b`` of that step (``a_h, b_h`` and for an
+    LSTM ``a_c, b_c``, ``units`` wide each; ``a = 1, b = 0`` where nothing is edited), applied
+    to the step's h (output and carried state) and c (carried state) before the next step."""
+
+    def edited(inputs: Any, states: Any) -> Any:
+        x_t, e = inputs[:, :features], inputs[:, features:]
+        out, _ = step(x_t, states)
+        h = e[:, :units] * out[0] + e[:, units : 2 * units]
+        if kind == "lstm":
+            c = e[:, 2 * units : 3 * units] * out[1] + e[:, 3 * units :]
+            return (h, c, *out[2:]), [h, c]
+        return (h, *out[1:]), [h]
+
+    return edited
 
 
 def _emit_loop(

@@ -9,11 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import InputError, UnsupportedModelError
+from ...edits import LayerEdits, check_masked, edit_arrays
+from ...errors import InputError, LayerNotFoundError, UnsupportedLayerError, UnsupportedModelError
 from ...kinds import KINDS
 from ...spec import FIELDS_BY_KIND, CellWeights, Field, Kind, LayerSpec
 from ...tracing import RawDirection, RawLayer, resolve_fields, select_layers, to_direction_arrays
-from ..base import Captured, TraceOptions
+from ..base import Captured, Intervened, TraceOptions
 from . import conv as keras_conv
 from .probe import cell_kind, choose_strategy, is_model, is_recurrent, probe_for
 
@@ -307,11 +308,34 @@ def _check_one(a: np.ndarray, spec: Any) -> np.ndarray:
 def capture(model: Any, x: Any, options: TraceOptions) -> Captured:
     """Keras implementation of :meth:`rnnlens.adapters.Adapter.capture` (``x``: the model's
     input: an array, or a list/dict for several inputs; options validated by the core)."""
+    return _capture(model, x, options, {})[0]
+
+
+def intervene(model: Any, x: Any, edits: Mapping[str, LayerEdits], options: TraceOptions) -> Intervened:
+    """Keras implementation of :meth:`rnnlens.adapters.Adapter.intervene`: the probe's walk with
+    every edited layer run by the emitter, whose step applies that step's edit (as an affine map
+    ``a * state + b`` fed in beside the step's input), so layers above see the edited output."""
+    captured, outputs = _capture(model, x, options, edits)
+    return Intervened(outputs=outputs, captured=captured)
+
+
+def _capture(
+    model: Any, x: Any, options: TraceOptions, edits: Mapping[str, LayerEdits]
+) -> tuple[Captured, Any]:
     _require_graph(model)
     recurrent, others = _recurrent_layers(model)
     specs_all = [_spec(name, layer) for name, layer in recurrent]
     specs = select_layers(specs_all, options.layers, other_layers=others)
     wanted = resolve_fields(specs, options.fields)
+    layer_by_name = dict(recurrent)
+    for name, le in edits.items():
+        if "#" in name:
+            raise LayerNotFoundError(name, [s.name for s in specs_all])
+        if KINDS[le.spec.kind].feature_maps:
+            raise UnsupportedLayerError(
+                f"Layer {name!r} ({le.spec.layer_type}): editing ConvLSTM states is not supported yet."
+            )
+        wanted.setdefault(name, ("h",))  # recorded for its mask, even when not returned
     x, n = _prepare_inputs(model, x)
     user_mask = options.mask
     if user_mask is not None:
@@ -322,7 +346,6 @@ def capture(model: Any, x: Any, options: TraceOptions) -> Captured:
                 "bool per sample and step."
             )
     _check_stateful(recurrent, n)
-    layer_by_name = dict(recurrent)
     weights = {s.name: _weights_by_direction(layer_by_name[s.name]) for s in specs}
     emit = frozenset(
         s.name
@@ -334,21 +357,60 @@ def capture(model: Any, x: Any, options: TraceOptions) -> Captured:
             choose_strategy(sub, options.strategy) == "emit"  # type: ignore[arg-type]
             for sub in _directions(layer_by_name[s.name]).values()
         )
-    )
-    probe = probe_for(model, recurrent, wanted, emit)
+    ) | frozenset(edits)
+    edited = frozenset((name, d) for name in edits for d in _directions(layer_by_name[name]))
+    probe = probe_for(model, recurrent, wanted, emit, edited)
+    time_of = {name: _layer_time(layer_by_name[name], x) for name in edits}
     batch_size = options.batch_size
     step = n if batch_size is None and n <= DEFAULT_BATCH_SIZE else (batch_size or DEFAULT_BATCH_SIZE)
-    batches = []
+    batches, outputs = [], []
     for start in range(0, n, step):
         sl = slice(start, min(start + step, n))
-        captured = probe(_slice(x, sl), None if user_mask is None else user_mask[sl])
+        arrays = {
+            f"{name}|{d}": edit_arrays(le, d, time_of[name], n)[sl] for name, le in edits.items() for d in
+            _directions(layer_by_name[name])
+        }  # fmt: skip
+        try:
+            captured = probe(_slice(x, sl), None if user_mask is None else user_mask[sl], arrays)
+        except (ValueError, TypeError) as e:
+            if not edits:
+                raise
+            raise InputError(
+                f"The edited run failed: {e}. Do the edits' steps match the layer's time axis?"
+            ) from e
+        for name, le in edits.items():
+            check_masked(le, captured.get(f"{name}|mask"), time_of[name], n, sl.start)
+        outputs.append(captured.get("|outputs"))
         batches.append(
             {
                 s.name: _layer_arrays(s, captured, weights[s.name], wanted[s.name], s.name in emit)
                 for s in specs
             }
         )
-    return Captured(specs, batches, backend=f"keras/{_keras().backend.backend()}")
+    return Captured(specs, batches, backend=f"keras/{_keras().backend.backend()}"), _join_outputs(outputs)
+
+
+def _layer_time(layer: Any, x: Any) -> int:
+    """The time length the layer reads: its static input shape where known, else the model input's."""
+    try:
+        t = layer.input.shape[1]
+    except (AttributeError, ValueError, IndexError, TypeError):
+        t = None
+    if t is None:
+        t = _time_steps(x)
+    if t is None:
+        raise InputError("Cannot tell the edited layer's number of steps from the input.")
+    return int(t)
+
+
+def _join_outputs(parts: list[Any]) -> Any:
+    from keras import tree
+
+    if not parts or parts[0] is None:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    return tree.map_structure(lambda *a: np.concatenate(a, axis=0), *parts)
 
 
 def _time_steps(x: Any) -> int | None:
