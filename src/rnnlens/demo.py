@@ -67,6 +67,26 @@ class DemoResult:
     top_units: list[tuple[str, int, float]]
     random_baseline: float
     accuracy: float
+    closing: tuple[float, float, list[float]] = (0.0, 0.0, [])  # p(")"): intact, top ablated, random ablated
+
+
+def _closing_probability(outputs: np.ndarray, ids: np.ndarray) -> float:
+    """Mean probability the model gives ")" where the next character is ")"."""
+    close = VOCAB.index(")")
+    where = ids[:, 1:] == close
+    return float(outputs[:, :-1, close][where].mean())
+
+
+def _ablate(model: object, ids: np.ndarray, units: list[tuple[str, int, float]]) -> float:
+    """p(")") with ``units`` of the LSTM set to 0 at every step (rnnlens.intervene)."""
+    import rnnlens
+
+    edits = [
+        rnnlens.Edit("lstm", slice(None), field=field, units=[u for f, u, _ in units if f == field], set=0.0)
+        for field in ("h", "c")
+        if any(f == field for f, _, _ in units)
+    ]
+    return _closing_probability(rnnlens.intervene(model, ids, edits).outputs, ids)
 
 
 def _correlations(values: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -117,6 +137,18 @@ def run_demo(
     ranked.sort(key=lambda item: -abs(item[2]))
     # Baseline: how well a unit picked at random from the same layer tracks depth.
     baseline = float(np.median([abs(r_value) for _, _, r_value in ranked]))
+    # Causal check: ablate the 3 best depth units, and 3 random other units (5 draws), and see
+    # what happens to the model's predictions of closing brackets.
+    intact = _closing_probability(np.asarray(model.predict(held_out, verbose=0)), held_out)
+    top = ranked[:3]
+    chosen = {(f, u) for f, u, _ in top}
+    others = [item for item in ranked if (item[0], item[1]) not in chosen]
+    rng = np.random.default_rng(seed)
+    random_effects = [
+        _ablate(model, held_out, [others[i] for i in rng.choice(len(others), size=3, replace=False)])
+        for _ in range(5)
+    ]
+    closing = (intact, _ablate(model, held_out, top), random_effects)
 
     if verbose:
         print(states)
@@ -125,6 +157,12 @@ def run_demo(
         for field, unit, r_value in ranked[:5]:
             print(f"  lstm.{field}[{unit:>2}]  r = {r_value:+.3f}")
         print(f"  a random unit of the layer: median |r| = {baseline:.3f}")
+        lo, hi = min(closing[2]), max(closing[2])
+        print('\nAblating them (rnnlens.intervene, set to 0 at every step): p(")") where ")" comes next')
+        print(f"  intact model              {closing[0]:.3f}")
+        print(f"  3 top depth units ablated {closing[1]:.3f}")
+        median = float(np.median(closing[2]))
+        print(f"  3 random units ablated    {median:.3f} (median of 5 draws, {lo:.3f}-{hi:.3f})")
         text = held_out_texts[0]
         field, unit, _ = ranked[0]
         trace = getattr(states["lstm"], field)[0, :, unit]
@@ -150,4 +188,4 @@ def run_demo(
         )
         if verbose:
             print(f"\nReport: {os.fspath(report)}")
-    return DemoResult(held_out_texts, depth, states, ranked[:10], baseline, accuracy)
+    return DemoResult(held_out_texts, depth, states, ranked[:10], baseline, accuracy, closing)
