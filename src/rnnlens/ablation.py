@@ -84,6 +84,13 @@ class AblationScan:
         ax.figure.colorbar(im, ax=ax)
         return ax
 
+    def _repr_html_(self) -> str:
+        from ._html import heatmap_svg, table_html
+
+        rows = [(u, *(f"{v:+.4g}" for v in row)) for u, row in zip(self.units, self.effect)]
+        caption = f"AblationScan of {self.layer}.{self.field}: baseline {self.baseline:.6g}"
+        return table_html(("unit", *self.steps), rows, caption) + heatmap_svg(self.effect, cell=10)
+
     def __repr__(self) -> str:
         rows = [(str(u), *(f"{v:+.4g}" for v in row)) for u, row in zip(self.units, self.effect)]
         head = f"AblationScan of {self.layer}.{self.field}: baseline {self.baseline:.6g}\n"

@@ -66,6 +66,19 @@ def carry_forward(seq: np.ndarray, mask: np.ndarray | None, h0: np.ndarray) -> n
     if mask is None or mask.all():
         return seq
     t = mask.shape[1]
+    lengths = mask.sum(axis=1)
+    ramp = np.arange(t)
+    if np.array_equal(mask, ramp < lengths[:, None]):  # padded at the end: repeat the last valid
+        out = np.array(seq)
+        for i in np.flatnonzero(lengths < t):
+            n_valid = int(lengths[i])
+            out[i, n_valid:] = out[i, n_valid - 1] if n_valid else h0[i]
+        return out
+    if np.array_equal(mask, ramp >= (t - lengths)[:, None]):  # padded at the start: h0 until then
+        out = np.array(seq)
+        for i in np.flatnonzero(lengths < t):
+            out[i, : t - int(lengths[i])] = h0[i]
+        return out
     steps = np.where(mask, np.arange(1, t + 1), 0)
     np.maximum.accumulate(steps, axis=1, out=steps)  # index of the last valid step, 1-based
     padded = np.concatenate([h0[:, None].astype(seq.dtype, copy=False), seq], axis=1)

@@ -7,18 +7,64 @@ with exit status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 __all__ = ["main"]
 
 
+def _module_instance(spec: str, kwargs_json: str | None) -> Any:
+    """``--module pkg.module:Class`` (with ``--module-kwargs JSON``): the user's own class,
+    instantiated, for a PyTorch state dict to be loaded into. Importing it runs the user's own
+    code, which they named; nothing in the model file runs."""
+    import importlib
+    import json
+
+    from .errors import InputError
+
+    mod_name, _, attr = spec.partition(":")
+    if not mod_name or not attr:
+        raise InputError(f"--module takes pkg.module:Class; received {spec!r}.")
+    try:
+        kwargs = json.loads(kwargs_json) if kwargs_json else {}
+    except json.JSONDecodeError as e:
+        raise InputError(f"--module-kwargs is not valid JSON: {e}.") from None
+    if not isinstance(kwargs, dict):
+        raise InputError("--module-kwargs must be a JSON object of keyword arguments.")
+    sys.path.insert(0, os.getcwd())  # a module in the current directory, as `python -m` finds it
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise InputError(f"--module: cannot import {mod_name!r}: {e}.") from None
+    finally:
+        sys.path.pop(0)
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise InputError(f"--module: {mod_name!r} has no {attr!r}.")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise InputError(
+            f"--module: {spec}(**{kwargs}) failed: {e}. Pass its arguments with --module-kwargs."
+        ) from None
+
+
+def _open(args: argparse.Namespace) -> Any:
+    import rnnlens
+
+    if getattr(args, "module", None):
+        instance = _module_instance(args.module, args.module_kwargs)
+        return rnnlens.load_model(args.model, module=instance, unsafe=args.unsafe)
+    return rnnlens.load_model(args.model, unsafe=args.unsafe)
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     import rnnlens
 
-    model = rnnlens.load_model(args.model, unsafe=args.unsafe)
+    model = _open(args)
     description = rnnlens.describe(model)
     print(f"{args.model}: {len(description)} recurrent layer(s)")
     print(description)
@@ -70,7 +116,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 def _extract(args: argparse.Namespace, extract_to: Any, data: Any, client: Any) -> None:
     extract_to(
         args.out,
-        args.model,
+        _open(args) if args.module else args.model,
         data,
         layers=_split(args.layers),
         fields=_split(args.fields) or ("h",),
@@ -192,7 +238,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 
     if not str(args.out).endswith(".npz"):
         raise InputError(f"-o must name an .npz file; received {args.out!r}.")
-    model = rnnlens.load_model(args.model, unsafe=args.unsafe)
+    model = _open(args)
     try:
         loaded = np.load(args.data, allow_pickle=False)
     except (OSError, ValueError) as e:
@@ -228,13 +274,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hidden states, cell states and gates of trained recurrent networks, every step.",
     )
     parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument(
+        "--verbose", action="store_true", help="show the frameworks' own log lines (TensorFlow's C++ logs)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def module_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--module",
+            metavar="PKG.MODULE:CLASS",
+            help="for a PyTorch state dict (.pt): your nn.Module class to load the weights into",
+        )
+        p.add_argument("--module-kwargs", metavar="JSON", help="keyword arguments for --module's class")
 
     p = sub.add_parser("inspect", help="list a model file's recurrent layers and what can be extracted")
     p.add_argument("model", help="model file (.keras, .h5, .onnx, .pt; TorchScript needs --unsafe)")
     p.add_argument(
         "--unsafe", action="store_true", help="allow code inside the file to run (trusted files only)"
     )
+    module_options(p)
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser(
@@ -277,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run on a Dask cluster (e.g. tcp://host:8786): workers trace the chunks and write them "
         "into --out, which must be on storage every worker sees at the same path",
     )
+    module_options(p)
     p.set_defaults(func=_cmd_extract)
 
     p = sub.add_parser(
@@ -298,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--unsafe", action="store_true", help="allow code inside the model file to run (trusted files only)"
     )
     p.add_argument("-o", "--out", required=True, help="output .npz")
+    module_options(p)
     p.set_defaults(func=_cmd_ablate)
 
     p = sub.add_parser(
@@ -365,15 +425,61 @@ def _version() -> str:
     return f"rnnlens {__version__}"
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr(quiet: bool) -> Iterator[None]:
+    """Without ``--verbose``: what native code writes to file descriptor 2 (TensorFlow's C++
+    and absl log lines, printed on import whatever ``TF_CPP_MIN_LOG_LEVEL`` says) goes to
+    /dev/null, while Python's ``sys.stderr`` (rnnlens' messages, progress bars, warnings) keeps
+    writing to the real stderr through a duplicate of it. Only when ``sys.stderr`` is the
+    process's own (not under a test's capture)."""
+    original = sys.stderr
+    if not quiet or original is None or original is not sys.__stderr__:
+        yield
+        return
+    assert original is not None
+    try:
+        original.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        yield
+        return
+    original = sys.stderr
+    sys.stderr = os.fdopen(
+        os.dup(saved), "w", buffering=1, encoding=original.encoding, errors="backslashreplace"
+    )
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        sys.stderr.close()
+        sys.stderr = original
+
+
+def _line(e: BaseException) -> str:
+    """An error message on one line (frameworks' messages span several)."""
+    return " ".join(str(e).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args = build_parser().parse_args(argv)
+    if not args.verbose:  # before any framework is imported: TensorFlow reads it once
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with _quiet_native_stderr(not args.verbose):
+        return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     from .errors import RnnLensError
 
     try:
         return int(args.func(args))
     except (RnnLensError, FileNotFoundError) as e:
-        print(f"rnnlens {args.command}: error: {e}", file=sys.stderr)
+        print(f"rnnlens {args.command}: error: {_line(e)}", file=sys.stderr)
         return 2
     except MemoryError as e:
         print(f"rnnlens {args.command}: error: out of memory ({e}); use smaller batches.", file=sys.stderr)
@@ -385,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # never a traceback; RNNLENS_DEBUG=1 shows it for a bug report
         if os.environ.get("RNNLENS_DEBUG"):
             raise
-        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        text = _line(e)
         print(
             f"rnnlens {args.command}: error: {type(e).__name__}: {text} (an unexpected error; rerun "
             "with RNNLENS_DEBUG=1 for the traceback and please report it)",

@@ -44,6 +44,16 @@ class Intervention:
         lines.append(f"  states: {len(self.states)} layer(s): {', '.join(self.states)}")
         return "\n".join(lines)
 
+    def _repr_html_(self) -> str:
+        import html
+
+        from ._html import states_html
+
+        edits = "".join(f"<li><code>{html.escape(repr(e))}</code></li>" for e in self.edits)
+        return f"<p><b>Intervention</b>: {len(self.edits)} edit(s)</p><ul>{edits}</ul>" + states_html(
+            self.states
+        )
+
 
 def intervene(
     model: Any,

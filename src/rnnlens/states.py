@@ -184,6 +184,11 @@ class LayerStates:
             f"directions={list(self.directions)}, fields={self.fields}, shape={self.shape})"
         )
 
+    def _repr_html_(self) -> str:  # notebooks: the table row and a heatmap of sample 0's h
+        from ._html import layer_html
+
+        return layer_html(self)
+
 
 class States(Mapping[str, LayerStates]):
     """Traced states of a model: a mapping from layer name to :class:`LayerStates`, in model order.
@@ -213,6 +218,11 @@ class States(Mapping[str, LayerStates]):
         table = layer_table(self._layers.values())
         masked = "none" if self.mask is None else f"{int((~self.mask).sum())} masked steps"
         return f"States ({len(self)} layers, mask: {masked})\n{table}"
+
+    def _repr_html_(self) -> str:  # notebooks: the table and a heatmap per layer
+        from ._html import states_html
+
+        return states_html(self)
 
 
 def _need(value, field: str, layer: str):  # type: ignore[no-untyped-def]

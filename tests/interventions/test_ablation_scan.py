@@ -87,3 +87,15 @@ def test_cli_ablate_writes_outputs_with_and_without(tmp_path: Any) -> None:
     np.testing.assert_allclose(got["baseline_0"], m(torch.from_numpy(x))[0].detach().numpy(), atol=1e-6)
     assert main(["ablate", str(tmp_path / "m.pt"), str(tmp_path / "x.npy"), "--layer", "lstm",
                  "--steps", "x", "--unsafe", "-o", str(out)]) == 2  # fmt: skip
+
+
+def test_notebook_views_are_html_with_a_heatmap() -> None:
+    torch.manual_seed(6)
+    m = nn.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=True).eval()
+    x = np.random.default_rng(6).normal(size=(2, 5, 3)).astype("float32")
+    run = rnnlens.intervene(m, x, rnnlens.Edit("lstm.l0", 1, scale=0))
+    for obj in (run, run.states, run.states["lstm.l1"]):
+        page = obj._repr_html_()
+        assert "<table>" in page and "<svg" in page and "lstm.l1" in page
+    scan = rnnlens.ablation_scan(m, x, "lstm.l1", lambda o: float(o[0].sum()), units=[0, 1])
+    assert "<svg" in scan._repr_html_() and "lstm.l1.h" in scan._repr_html_()

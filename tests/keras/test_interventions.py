@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from keras_helpers import canonical_weights
 
 import rnnlens
+from keras_helpers import canonical_weights
 from rnnlens.errors import OptionError
 from rnnlens.testing import reference_rnn
 
@@ -36,7 +36,8 @@ def _edit_fn(edits: list[rnnlens.Edit], t_len: int):  # type: ignore[no-untyped-
             steps = range(t_len)[e.step] if isinstance(e.step, slice) else [e.step % t_len]
             if t not in steps:
                 continue
-            idx: Any = slice(None) if e.units is None else ([e.units] if isinstance(e.units, int) else e.units)
+            one = [e.units] if isinstance(e.units, int) else e.units
+            idx: Any = slice(None) if e.units is None else one
             target = h if e.field == "h" else c
             part = target[:, idx]
             if e.set is not None:

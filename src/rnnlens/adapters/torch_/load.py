@@ -133,6 +133,7 @@ def load_model(path: str | os.PathLike[str], module: Any = None, *, unsafe: bool
     if module is None:
         raise UnsupportedModelError(
             f"{p!r} is a state dict: weights without the code that uses them. Pass the model: "
-            "load_model(path, module=MyModel(...)) (an instance, or a class that takes no arguments)."
+            "load_model(path, module=MyModel(...)) (an instance, or a class that takes no arguments); "
+            "on the command line: --module pkg.module:MyModel [--module-kwargs JSON]."
         )
     return _load_into(module, state, p)
