@@ -196,7 +196,8 @@ def plan_edits(edits: Edit | Sequence[Edit], specs: Sequence[LayerSpec]) -> dict
             raise OptionTypeError(f"edits must contain rnnlens.Edit objects; received {type(edit).__name__}")
         if not isinstance(edit.layer, str):
             raise OptionTypeError(f"Edit layer must be a layer name (str); received {edit.layer!r}")
-        spec = by_name.get(_CALL.sub("", edit.layer))  # "name#k": the k-th call of that layer
+        # "name#k": the k-th call of layer "name" (unless a layer is named so: ONNX duplicates)
+        spec = by_name.get(edit.layer) or by_name.get(_CALL.sub("", edit.layer))
         if spec is None:
             raise LayerNotFoundError(edit.layer, list(by_name))
         out.setdefault(edit.layer, LayerEdits(spec)).edits.append(_check(edit, spec))

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from ...edits import LayerEdits
 from ...errors import InputError
 from ...spec import LayerSpec
-from ..base import Adapter, Captured, Inputs, TraceOptions, mro_roots
+from ..base import Adapter, Captured, Inputs, Intervened, TraceOptions, mro_roots
 
 __all__ = ["OnnxAdapter"]
 
@@ -43,6 +44,18 @@ class OnnxAdapter(Adapter):
         from . import trace
 
         return trace.capture(model, args, kwargs, options)
+
+    def intervene(
+        self,
+        model: Any,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        edits: Mapping[str, LayerEdits],
+        options: TraceOptions,
+    ) -> Intervened:
+        from . import trace
+
+        return trace.intervene(model, args, kwargs, edits, options)
 
     def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
         if options:

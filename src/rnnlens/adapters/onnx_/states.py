@@ -62,7 +62,7 @@ def _cell_weights(node: _Node, d: int, w: np.ndarray, r: np.ndarray, b: np.ndarr
         recurrent_kernel=r[d][idx].T,
         bias=None if b is None else b[d][:width][idx],
         recurrent_bias=None if b is None else b[d][width:][idx],
-        activation=_ACTIVATIONS[acts[1]],
+        activation=_ACTIVATIONS[acts[1] if len(acts) > 1 else acts[0]],  # an RNN has one: f
         recurrent_activation=_ACTIVATIONS[acts[0]],
         # linear_before_reset=1 is r * (h U_n + Rb_n) (Keras reset_after, PyTorch);
         # 0 is (r * h) U_n + Rb_n, what cells computes for reset_after=False
@@ -193,3 +193,21 @@ def _check_last(
         layer=node.name,
         what=f"{what} after the last step (vs the node's own {output})",
     )
+
+
+def _needs(node: _Node, fields: tuple[Field, ...]) -> list[str]:
+    """The tensors :func:`_node_states` reads for ``node`` and ``fields``."""
+    rebuild = KINDS[node.kind].reconstructable and len(fields) > 1
+    names = [node.outputs[0], node.outputs[1], node.inputs[_SEQ_LENS], node.inputs[_H0]]
+    if node.op == "LSTM":
+        names += [node.outputs[2], node.inputs[_C0]]
+    if rebuild:
+        names += [node.inputs[_X], node.inputs[_W], node.inputs[_R], node.inputs[_B]]
+    return [n for n in [*names, *node.batch_gathers] if n]
+
+
+def _batch_of(
+    node: _Node, fields: tuple[Field, ...], tensor: Callable[[str], np.ndarray | None]
+) -> tuple[dict[str, DirectionArrays], np.ndarray | None]:
+    """One node's captured arrays (samples in the model input's order)."""
+    return _input_order(node, *_node_states(node, fields, tensor), tensor)

@@ -86,18 +86,18 @@ from typing import Any
 
 import numpy as np
 
+from ...edits import LayerEdits
 from ...errors import InputError, UnsupportedLayerError
-from ...kinds import KINDS
 from ...spec import LayerSpec
 from ...tracing import resolve_fields, select_layers
-from ..base import Captured, TraceOptions
+from ..base import Captured, Intervened, TraceOptions
 from .deps import _first_line, _onnx
 from .feeds import _feeds, _signature
-from .graph import _B, _C0, _H0, _R, _SEQ_LENS, _W, _X, _constant
+from .graph import _constant
 from .session import _model, _prepare, load_model  # onnx_/__init__.py calls trace._model, trace.load_model
-from .states import _check_fields, _input_order, _node_states
+from .states import _batch_of, _check_fields, _needs
 
-__all__ = ["capture", "describe", "load_model", "weight_arrays"]
+__all__ = ["capture", "describe", "intervene", "load_model", "weight_arrays"]
 
 
 def describe(model: Any) -> list[LayerSpec]:
@@ -139,6 +139,31 @@ def weight_arrays(model: Any) -> list[np.ndarray]:
     return out
 
 
+def intervene(
+    model: Any,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    edits: Mapping[str, LayerEdits],
+    options: TraceOptions,
+) -> Intervened:
+    """ONNX implementation of :meth:`rnnlens.adapters.Adapter.intervene` (see
+    :mod:`.intervene`): outputs are the graph's outputs as a list, in graph order."""
+    from . import intervene as onnx_intervene
+
+    if not args and not kwargs:
+        raise InputError(f"No inputs given; the model's inputs are: {_signature(_prepare(model))}.")
+    prep = _prepare(model)
+    _require_nodes(prep)
+    specs = {n.name: n.spec for n in prep.nodes}
+    chosen = select_layers(list(specs.values()), options.layers, other_layers=prep.others)
+    nodes = {n.name: n for n in prep.nodes}
+    _check_fields([nodes[s.name] for s in chosen], options.fields)
+    want = resolve_fields(chosen, options.fields)
+    x, rest = (args[0], args[1:]) if args else (None, ())
+    feeds = _feeds(prep, x, rest, kwargs)
+    return onnx_intervene.intervene(prep, feeds, edits, chosen, want)
+
+
 def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions) -> Captured:
     """ONNX implementation of :meth:`rnnlens.adapters.Adapter.capture`: one ONNX Runtime run
     of a copy of ``model``.
@@ -173,16 +198,7 @@ def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], option
     feeds = _feeds(prep, x, rest, kwargs)
     session = prep.session()
 
-    needs: dict[str, list[str]] = {}
-    for s in chosen:
-        node = nodes[s.name]
-        rebuild = KINDS[node.kind].reconstructable and len(want[s.name]) > 1
-        names = [node.outputs[0], node.outputs[1], node.inputs[_SEQ_LENS], node.inputs[_H0]]
-        if node.op == "LSTM":
-            names += [node.outputs[2], node.inputs[_C0]]
-        if rebuild:
-            names += [node.inputs[_X], node.inputs[_W], node.inputs[_R], node.inputs[_B]]
-        needs[s.name] = [n for n in [*names, *node.batch_gathers] if n]
+    needs = {s.name: _needs(nodes[s.name], want[s.name]) for s in chosen}
     fetch = list(
         dict.fromkeys(n for ns in needs.values() for n in ns if n not in feeds and n not in prep.static)
     )
@@ -204,8 +220,5 @@ def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], option
             return feeds[name]
         return prep.value(name)
 
-    batch = {
-        s.name: _input_order(nodes[s.name], *_node_states(nodes[s.name], want[s.name], tensor), tensor)
-        for s in chosen
-    }
+    batch = {s.name: _batch_of(nodes[s.name], want[s.name], tensor) for s in chosen}
     return Captured(chosen, [batch], backend="onnx")

@@ -1,0 +1,82 @@
+"""Helpers of the ``rnnlens`` command that are not commands: ``--module`` and quiet native logs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["module_instance", "quiet_native_stderr"]
+
+
+def module_instance(spec: str, kwargs_json: str | None) -> Any:
+    """``--module pkg.module:Class`` (with ``--module-kwargs JSON``): the user's own class,
+    instantiated, for a PyTorch state dict to be loaded into. Importing it runs the user's own
+    code, which they named; nothing in the model file runs."""
+    import importlib
+    import json
+
+    from .errors import InputError
+
+    mod_name, _, attr = spec.partition(":")
+    if not mod_name or not attr:
+        raise InputError(f"--module takes pkg.module:Class; received {spec!r}.")
+    try:
+        kwargs = json.loads(kwargs_json) if kwargs_json else {}
+    except json.JSONDecodeError as e:
+        raise InputError(f"--module-kwargs is not valid JSON: {e}.") from None
+    if not isinstance(kwargs, dict):
+        raise InputError("--module-kwargs must be a JSON object of keyword arguments.")
+    sys.path.insert(0, os.getcwd())  # a module in the current directory, as `python -m` finds it
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise InputError(f"--module: cannot import {mod_name!r}: {e}.") from None
+    finally:
+        sys.path.pop(0)
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise InputError(f"--module: {mod_name!r} has no {attr!r}.")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise InputError(
+            f"--module: {spec}(**{kwargs}) failed: {e}. Pass its arguments with --module-kwargs."
+        ) from None
+
+
+@contextlib.contextmanager
+def quiet_native_stderr(quiet: bool) -> Iterator[None]:
+    """Without ``--verbose``: what native code writes to file descriptor 2 (TensorFlow's C++
+    and absl log lines, printed on import whatever ``TF_CPP_MIN_LOG_LEVEL`` says) goes to
+    /dev/null, while Python's ``sys.stderr`` (rnnlens' messages, progress bars, warnings) keeps
+    writing to the real stderr through a duplicate of it. Only when ``sys.stderr`` is the
+    process's own (not under a test's capture)."""
+    original = sys.stderr
+    if not quiet or original is None or original is not sys.__stderr__:
+        yield
+        return
+    assert original is not None
+    try:
+        original.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        yield
+        return
+    original = sys.stderr
+    sys.stderr = os.fdopen(
+        os.dup(saved), "w", buffering=1, encoding=original.encoding, errors="backslashreplace"
+    )
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        sys.stderr.close()
+        sys.stderr = original
