@@ -65,6 +65,27 @@ def test_interrupted_run_resumes_to_the_uninterrupted_store(client, tmp_path, fi
     assert read_manifest(store)["complete"]
 
 
+def test_dask_resume_rewrites_deleted_and_corrupt_chunks(client, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model = torch_lstm()
+    x = data(12, time=6, seed=9)
+    np.save(tmp_path / "x.npy", x)
+    ref, store = tmp_path / "ref.zarr", tmp_path / "run.zarr"
+    rnnlens.extract_to(ref, model, x, fields=("h",), batch_size=3)
+    rnnlens.extract_to(store, model, tmp_path / "x.npy", fields=("h",), batch_size=3, client=client)
+    chunks = sorted(p for p in (store / "mask" / "c").rglob("*") if p.is_file())
+    chunks[1].unlink()
+    h_chunks = sorted(p for p in store.rglob("c/*/*/*") if p.is_file() and "layers" in p.parts)
+    raw = bytearray(h_chunks[0].read_bytes())
+    raw[9] ^= 0xFF
+    h_chunks[0].write_bytes(bytes(raw))
+    run = rnnlens.extract_to(store, model, tmp_path / "x.npy", fields=("h",), batch_size=3, client=client)
+    assert run.chunks_traced >= 2
+    assert_same_store(ref, store)
+    from rnnlens.io.zarr import verify_store
+
+    assert verify_store(store)
+
+
 def test_worker_killed_mid_run_loses_and_duplicates_nothing(client, tmp_path) -> None:  # type: ignore[no-untyped-def]
     model = torch_lstm()
     x = data(64, time=40, seed=8)  # 32 chunks of 2: the run outlasts the kill by many tasks

@@ -78,6 +78,25 @@ def test_resume_rewrites_deleted_chunks_from_the_same_data(store: Path, fmodel, 
     np.testing.assert_array_equal(rnnlens.open_states(store)["gru"].forward.h[:], before)
 
 
+def test_resume_rewrites_corrupt_and_linked_chunks(store: Path, fmodel, fdata, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A rerun of a complete store does not call flipped bytes or a linked chunk complete."""
+    before = rnnlens.open_states(store)["gru"].forward.h[:]
+    chunk = _chunks(store, "layers/gru/forward/h")[0]
+    raw = bytearray(chunk.read_bytes())
+    raw[12] ^= 0xFF
+    chunk.write_bytes(bytes(raw))
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"not yours")
+    linked = _chunks(store, "mask")[1]
+    linked.unlink()
+    linked.symlink_to(secret)
+    run = rnnlens.extract_to(store, fmodel, fdata, layers="gru", fields=("h",), batch_size=8)
+    assert run.completed_samples == 22
+    assert secret.read_bytes() == b"not yours" and not linked.is_symlink()
+    assert main(["verify", str(store)]) == 0
+    np.testing.assert_array_equal(rnnlens.open_states(store)["gru"].forward.h[:], before)
+
+
 def test_too_many_missing_chunks_ask_for_overwrite(fmodel, fdata, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "small.zarr"
     rnnlens.extract_to(path, fmodel, fdata, layers="gru", fields=("h",), batch_size=2)

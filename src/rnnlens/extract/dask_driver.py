@@ -319,6 +319,9 @@ class _Driver:
                 )
             writer = target.writer(layout, manifest, total=self.total, create=False)
             writer.resize(self.total)  # the size is set once, here: workers never resize
+            # done chunks whose files are gone or fail their checksum are traced again (their
+            # input was just verified to be the earlier run's, so they get the same bytes)
+            done = done - writer.damaged_chunks(max(done) + 1)
         todo = [p for p in self.pieces if p.index not in done]
         layout_json = layout.to_json()
         chunks: list[Any] = []

@@ -136,13 +136,14 @@ class Run:
         if self._done_chunks > 0:
             self._layout = Layout.from_json(self._manifest["layout"])
             self._open_writer(create=False)
-            # chunks the manifest counts as done but whose files are gone are traced again
-            self._redo = cast(Any, self._writer).missing_chunks(self._done_chunks)  # set by _open_writer
+            # chunks the manifest counts as done whose files are gone or fail their checksum are
+            # traced again (resuming reads every done chunk once to check it)
+            self._redo = cast(Any, self._writer).damaged_chunks(self._done_chunks)  # set by _open_writer
             if len(self._redo) > _MAX_REDO:
                 raise StoreError(
-                    f"{self.path}: {len(self._redo)} chunks the manifest counts as done are missing "
-                    "(deleted or damaged files): too many to rewrite in place. Pass overwrite=True "
-                    "(CLI: --overwrite) to start over."
+                    f"{self.path}: {len(self._redo)} chunks the manifest counts as done are missing or "
+                    "damaged (deleted files, flipped bytes): too many to rewrite in place. Pass "
+                    "overwrite=True (CLI: --overwrite) to start over."
                 )
     def append(self, batch: Any, *, mask: Any = None, lengths: Any = None) -> None:
         """Trace one batch and queue its states for writing.

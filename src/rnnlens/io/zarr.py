@@ -107,15 +107,40 @@ class StoreWriter:
     def missing_chunks(self, n_chunks: int) -> set[int]:
         """Before resuming: which of the first ``n_chunks`` chunks (those the manifest counts as
         done) have a missing file in some array (deleted or lost; every chunk is written, so a
-        missing file is always damage). Stores written before checksums are not checked."""
+        missing file is always damage). A chunk file replaced by a symbolic link is removed and
+        counts as missing. Stores written before checksums are not checked."""
         missing: set[int] = set()
         for arr in self.arrays.values():
             if not _checksummed(arr):
                 continue  # (chunks past the done ones may exist: every done index is looked at)
             tail = ["0"] * (len(arr.shape) - 1)
             base = self.root / arr.path / "c"
-            missing |= {i for i in range(n_chunks) if not base.joinpath(str(i), *tail).exists()}
+            for i in range(n_chunks):
+                chunk = base.joinpath(str(i), *tail)
+                if chunk.is_symlink():  # never read or write through a link: rewrite a real file
+                    chunk.unlink()
+                if not chunk.exists():
+                    missing.add(i)
         return missing
+
+    def damaged_chunks(self, n_chunks: int) -> set[int]:
+        """:meth:`missing_chunks` and the done chunks whose bytes fail their crc32c checksum (or do
+        not decode at all), read one chunk at a time (memory: one chunk). Resuming rewrites them,
+        so a store a rerun calls complete holds no damaged chunk."""
+        damaged = self.missing_chunks(n_chunks)
+        for arr in self.arrays.values():
+            if not _checksummed(arr):
+                continue
+            rows = int(arr.shape[0])
+            for i in range(n_chunks):
+                start = i * self.batch_size
+                if i in damaged or start >= rows:
+                    continue
+                try:
+                    arr[start : min(start + self.batch_size, rows)]
+                except Exception:  # a checksum mismatch, truncated bytes: the chunk is damaged
+                    damaged.add(i)
+        return damaged
 
     def resize(self, n_samples: int) -> None:
         """Give every array ``n_samples`` rows (a no-op when they have them)."""
