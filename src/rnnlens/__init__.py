@@ -25,6 +25,7 @@ from .extract import Run, extract_to
 from .intervene import Intervention, intervene
 from .io.zarr import open_states
 from .loading import load_model
+from .record import Recording, record
 from .spec import LayerSpec
 from .states import DirectionStates, Gates, LayerStates, States
 
@@ -47,6 +48,7 @@ __all__ = [
     "OptionError",
     "OptionTypeError",
     "ParityError",
+    "Recording",
     "RnnLensError",
     "RnnLensWarning",
     "Run",
@@ -60,5 +62,6 @@ __all__ = [
     "intervene",
     "load_model",
     "open_states",
+    "record",
     "trace",
 ]

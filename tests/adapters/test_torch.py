@@ -319,7 +319,7 @@ def test_emitted_h_at_benchmark_size_is_within_the_stated_tolerance(cls: Any) ->
 
 @pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
 def test_emit_and_reconstruct_agree_on_large_buffers(cls: Any) -> None:
-    """Sizes where the emitted buffers (> 8 MiB) are backed by huge pages."""
+    """Sizes where the emitted buffers are large (> 8 MiB): the same states either way."""
     torch.manual_seed(11)
     m = cls(8, 64, num_layers=2, bidirectional=cls is nn.GRU, batch_first=True).eval()
     x = torch.randn(256, 40, 8)

@@ -177,9 +177,17 @@ class Adapter(ABC):
             "PyTorch models."
         )
 
-    def record(self, model: Any, *args: Any, **kwargs: Any) -> Any:
-        """Room for recording across calls: not yet provided."""
-        raise NotImplementedError(f"The {self.name} adapter does not support recording yet.")
+    def record(self, model: Any, options: TraceOptions) -> Any:
+        """A recorder of ``model`` across calls, for :func:`rnnlens.record`: an object with
+        ``start()`` / ``stop()`` (install and remove whatever records the calls; ``stop`` must
+        leave nothing behind, also after an error), ``captured()`` (a :class:`Captured` with one
+        entry per recorded call, ``name#k`` for the k-th) and ``links()`` (``{entry: previous
+        entry}`` for calls that continued the previous call's final state). Adapters that
+        cannot record raise :class:`~rnnlens.errors.UnsupportedModelError` (the default)."""
+        raise UnsupportedModelError(
+            f"The {self.name} adapter does not support recording yet; rnnlens.record works on "
+            "PyTorch modules."
+        )
 
     def __repr__(self) -> str:
         return f"<rnnlens adapter {self.name!r}: {self.accepts}>"

@@ -62,6 +62,11 @@ class TorchAdapter(Adapter):
         kwargs = {k: _from_numpy(v) for k, v in kwargs.items()}
         return trace.intervene(model, args, kwargs, edits, options)
 
+    def record(self, model: Any, options: TraceOptions) -> Any:
+        from .recording import TorchRecording
+
+        return TorchRecording(model, options)
+
     def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
         from ...archive import check_archive
 

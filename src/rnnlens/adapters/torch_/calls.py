@@ -52,6 +52,7 @@ class _SeqCall:
     outputs: dict[int, Any] = field(default_factory=dict)
     hx: dict[int, Any] = field(default_factory=dict)
     raw_output: Any = None  # kind "rnn": what the module returned
+    final: Any = None  # the module's returned final state (h_n or (h_n, c_n)), for recordings
     c: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # emitted: per direction
     gates: dict[int, list[tuple[torch.Tensor, ...]]] = field(default_factory=dict)
 

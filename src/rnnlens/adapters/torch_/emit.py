@@ -1,17 +1,15 @@
 """rnnlens' own step loop for ``nn.LSTM``/``nn.GRU`` layers, emitting ``c`` and the gates.
 
 :func:`_emit_layer` runs one layer's cell step by step, writing each step's gates, ``c`` and
-``h`` straight into preallocated buffers (:func:`_empty`, backed by huge pages when large);
+``h`` straight into preallocated buffers (:func:`_empty`);
 :func:`_can_emit` decides, per call and ``strategy``, whether a layer goes through this loop
 or is reconstructed from the kernel's ``h``.
 """
 
 from __future__ import annotations
 
-import mmap
 from typing import Any
 
-import numpy as np
 import torch
 
 from ...edits import LayerEdits, Op
@@ -34,28 +32,15 @@ def _can_emit(input: Any, cfg: _Config, strategy: str) -> bool:
     return input.device.type == "cpu" and input.dtype in (torch.float32, torch.float64)
 
 
-_HUGE = 2 << 20
-
-
 def _empty(like: torch.Tensor, *shape: int) -> torch.Tensor:
-    """``like.new_empty(shape)``, on Linux backed by transparent huge pages when large.
+    """``like.new_empty(shape)``: the emitted buffers, written once, in place.
 
-    The emitted c and gates are hundreds of MB; with 4 KiB pages, first-touch page faults
-    cost about as much as computing them. 2 MiB pages (``MADV_HUGEPAGE``) make that ~6× cheaper.
+    (Round 1 backed them with transparent huge pages, ``MADV_HUGEPAGE``. Measured again on the
+    2-core VM this round, interleaved, that made all-fields tracing 2.2–3.1× the fused forward
+    with spreads up to 7× — huge-page faults stall there — against 1.5× with ordinary pages,
+    so it is gone.)
     """
-    n = int(np.prod(shape))
-    dtype = np.dtype(str(like.dtype).removeprefix("torch."))
-    nbytes = n * dtype.itemsize
-    if nbytes < 4 * _HUGE or like.device.type != "cpu" or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return like.new_empty(shape)
-    try:
-        mm = mmap.mmap(-1, nbytes + _HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        mm.madvise(mmap.MADV_HUGEPAGE)
-    except (OSError, ValueError, AttributeError):
-        return like.new_empty(shape)
-    raw = np.frombuffer(mm, dtype=np.uint8)
-    start = (-raw.ctypes.data) % _HUGE
-    return torch.from_numpy(raw[start : start + nbytes].view(dtype).reshape(shape))
+    return like.new_empty(shape)
 
 
 def _emit_layer(

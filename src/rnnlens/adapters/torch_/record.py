@@ -218,6 +218,7 @@ class _Recorder:
             self.active.pop()
             call.index = self._count(plan)
             self.entries.append(call)
+            call.final = self.keep(out[1]) if isinstance(out, (tuple, list)) and len(out) > 1 else None
             kept_hx = self.keep(hx)
             call.hx = {layer: _hx_slice(kept_hx, layer, cfg.n_dir) for layer in call.inputs}
             first = min(call.inputs)
@@ -257,16 +258,35 @@ def _edit_cell_output(plan: _Plan, edits: Any, step: int, out: Any) -> Any:
 _MISSING = object()
 
 
-def _run(
-    model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], plans: Sequence[_Plan], *, clone: bool
-) -> _Recorder:
-    rec = _Recorder(plans, clone=clone)
+def _install(rec: _Recorder, plans: Sequence[_Plan]) -> list[tuple[Any, Any]]:
+    """Put each plan's stand-in ``forward`` on its module (an instance attribute); returns what
+    :func:`_uninstall` needs to put everything back as it was."""
     installed: list[tuple[Any, Any]] = []
     try:
         for plan in plans:
             stand_in = rec.stand_in(plan)
             installed.append((plan.module, vars(plan.module).get("forward", _MISSING)))
             vars(plan.module)["forward"] = stand_in
+    except BaseException:
+        _uninstall(installed)
+        raise
+    return installed
+
+
+def _uninstall(installed: list[tuple[Any, Any]]) -> None:
+    for m, previous in reversed(installed):
+        if previous is _MISSING:
+            vars(m).pop("forward", None)
+        else:
+            vars(m)["forward"] = previous
+
+
+def _run(
+    model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], plans: Sequence[_Plan], *, clone: bool
+) -> _Recorder:
+    rec = _Recorder(plans, clone=clone)
+    installed = _install(rec, plans)
+    try:
         with torch.no_grad():
             rec.output = model(*args, **kwargs)
     except RnnLensError:
@@ -274,11 +294,7 @@ def _run(
     except (RuntimeError, ValueError, TypeError, IndexError, AttributeError, KeyError) as e:
         raise _input_error(e, rec.active, model, args, kwargs) from e
     finally:
-        for m, previous in reversed(installed):
-            if previous is _MISSING:
-                vars(m).pop("forward", None)
-            else:
-                vars(m)["forward"] = previous
+        _uninstall(installed)
     return rec
 
 

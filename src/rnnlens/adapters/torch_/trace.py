@@ -87,6 +87,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -221,6 +222,42 @@ def _capture(
         "the forward pass runs once on the arguments as given; split large inputs yourself and "
         "call trace per batch.",
     )
+    planned = _plans(model, layers, fields, strategy, edits)
+    plans = planned.plans
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        given = [(t, t._version) for t in _tensors([*args, *kwargs.values()])]
+        rec = _run(model, args, kwargs, plans, clone=False)
+        if rec.tampered():  # the model changed a captured tensor in place: run again, keeping copies
+            changed = [tuple(t.shape) for t, v in given if t._version != v]
+            if changed:
+                raise UnsupportedModelError(
+                    f"forward modified its own input tensor(s) of shape {changed} in place after a "
+                    "recurrent module read them, so rnnlens can neither use what it captured nor run "
+                    "forward again on the original input. Pass a copy (x.clone()) for rnnlens to "
+                    "trace, or avoid in-place operations on the input in forward."
+                )
+            rec = _run(model, args, kwargs, plans, clone=True)
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+    return _captured(rec, planned), rec.output
+
+
+@dataclass
+class _Planned:
+    """What ``_plans`` decided: the plans and what the conversion afterwards needs."""
+
+    plans: list[_Plan]
+    static_fields: dict[str, tuple[Field, ...]]
+    names: list[str] | None
+    static: list[tuple[LayerSpec, str]]
+
+
+def _plans(model: Any, layers: Any, fields: Any, strategy: str, edits: Mapping[str, LayerEdits]) -> _Planned:
+    """Validate names and fields and decide, per recurrent module, what to record (before running)."""
     recurrent, others = _walk(model)
     static = [(spec, name) for name, _, cfg in recurrent for spec in _static_specs(name, cfg)]
     names = _names(layers)
@@ -268,25 +305,12 @@ def _capture(
             )
         )
 
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        given = [(t, t._version) for t in _tensors([*args, *kwargs.values()])]
-        rec = _run(model, args, kwargs, plans, clone=False)
-        if rec.tampered():  # the model changed a captured tensor in place: run again, keeping copies
-            changed = [tuple(t.shape) for t, v in given if t._version != v]
-            if changed:
-                raise UnsupportedModelError(
-                    f"forward modified its own input tensor(s) of shape {changed} in place after a "
-                    "recurrent module read them, so rnnlens can neither use what it captured nor run "
-                    "forward again on the original input. Pass a copy (x.clone()) for rnnlens to "
-                    "trace, or avoid in-place operations on the input in forward."
-                )
-            rec = _run(model, args, kwargs, plans, clone=True)
-    finally:
-        for m, flag in flags:
-            m.training = flag
+    return _Planned(plans, dict(static_fields), names, static)
 
+
+def _captured(rec: _Recorder, planned: _Planned) -> Captured:
+    """The selected entries of a recording run, converted (reconstructing where needed)."""
+    static_fields, names, static, plans = planned.static_fields, planned.names, planned.static, planned.plans
     entries = _entries(rec, static_fields)
     dynamic = [spec for spec, _ in entries]
     if not dynamic and names is None:
@@ -307,7 +331,7 @@ def _capture(
         return weights_cache[key]
 
     batch = {spec.name: builders[spec](weights) for spec in selected}
-    return Captured(selected, [batch], backend="torch"), rec.output
+    return Captured(selected, [batch], backend="torch")
 
 
 def _entries(
