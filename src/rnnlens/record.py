@@ -8,8 +8,8 @@ loop, every call of each recurrent layer, with chained calls joined along time.
     ...     h = None
     ...     for t in range(6):  # a decoder fed one step at a time, carrying its state
     ...         out, h = rnn(x[:, t : t + 1], h)
-    >>> rec.states["gru"].h.shape, [(c.entry, c.start, c.stop) for c in rec.calls][:2]
-    ((2, 6, 4), [('gru', 0, 1), ('gru#1', 1, 2)])
+    >>> rec.states["gru"].h.shape, [(c.name, c.entry, c.start, c.stop) for c in rec.calls][:2]
+    ((2, 6, 4), [('gru', 'gru', 0, 1), ('gru#1', 'gru', 1, 2)])
 
 A call is *chained* to the previous call of the same layer when its initial state is exactly
 the state that call ended in (checked, not assumed); chained calls form one entry, named after
@@ -28,7 +28,7 @@ import numpy as np
 
 from . import adapters
 from .adapters.base import TraceOptions
-from .errors import RnnLensError
+from .errors import RnnLensError, UnsupportedModelError
 from .options import check_fields, check_layers
 from .states import DirectionStates, Gates, LayerStates, States
 from .tracing import assemble
@@ -51,6 +51,9 @@ class Recording:
     """A recording in progress or finished (see :func:`record`)."""
 
     def __init__(self, model: Any, layers: str | Iterable[str] | None, fields: str | Sequence[str] | None):
+        from .api import _opened
+
+        model = _opened(model)
         adapter = adapters.for_model(model)
         options = TraceOptions(layers=check_layers(layers), fields=check_fields(fields))
         self._impl = adapter.record(model, options)
@@ -66,6 +69,17 @@ class Recording:
     def __exit__(self, *exc: Any) -> None:
         self._impl.stop()
         self._active = False
+
+    def run(self, output_names: Sequence[str] | None, input_feed: Any, run_options: Any = None) -> Any:
+        """ONNX models: ``InferenceSession.run`` — the recording is a drop-in for the session in
+        the user's loop (``rec.run(None, {"x": chunk, "state": state})``)."""
+        run = getattr(self._impl, "run", None)
+        if run is None:
+            raise UnsupportedModelError(
+                "rec.run(...) is the ONNX Runtime session of an ONNX recording; "
+                "a PyTorch model is called as itself inside the with block."
+            )
+        return run(output_names, input_feed, run_options)
 
     @property
     def states(self) -> States:

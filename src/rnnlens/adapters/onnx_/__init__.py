@@ -57,6 +57,11 @@ class OnnxAdapter(Adapter):
 
         return trace.intervene(model, args, kwargs, edits, options)
 
+    def record(self, model: Any, options: TraceOptions) -> Any:
+        from .recording import OnnxRecording
+
+        return OnnxRecording(model, options)
+
     def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
         if options:
             raise InputError(f"ONNX files take no options; received {sorted(options)}.")
