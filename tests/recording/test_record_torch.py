@@ -83,3 +83,15 @@ def test_everything_is_removed_after_an_error_and_states_wait_for_the_end() -> N
         1 / 0  # noqa: B018
     assert "forward" not in vars(m)
     assert rec.states["lstm"].h.shape == (1, 2, 4)
+
+
+def test_a_cell_loop_is_one_entry_with_a_step_per_call() -> None:
+    torch.manual_seed(3)
+    cell = nn.LSTMCell(3, 4)
+    x = torch.randn(2, 5, 3)
+    with rnnlens.record(cell) as rec:
+        h = c = torch.zeros(2, 4)
+        for t in range(5):
+            h, c = cell(x[:, t], (h, c))
+    assert rec.states["lstmcell"].h.shape == (2, 5, 4)
+    assert [(k.start, k.stop) for k in rec.calls] == [(t, t + 1) for t in range(5)]

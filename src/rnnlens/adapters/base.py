@@ -182,7 +182,9 @@ class Adapter(ABC):
         ``start()`` / ``stop()`` (install and remove whatever records the calls; ``stop`` must
         leave nothing behind, also after an error), ``captured()`` (a :class:`Captured` with one
         entry per recorded call, ``name#k`` for the k-th) and ``links()`` (``{entry: previous
-        entry}`` for calls that continued the previous call's final state). Adapters that
+        entry}`` for calls that continued the previous call's final state) — or, instead of
+        those two, ``joined()`` returning the captured entries with chained calls already joined
+        and each call's ``(name, entry, start, stop)``. Adapters that
         cannot record raise :class:`~rnnlens.errors.UnsupportedModelError` (the default)."""
         raise UnsupportedModelError(
             f"The {self.name} adapter does not support recording yet; rnnlens.record works on "

@@ -21,8 +21,8 @@ from ...spec import LayerSpec
 from ...tracing import resolve_fields, select_layers
 from ..base import Captured, TraceOptions
 from .deps import _first_line
-from .feeds import _feeds, _signature
-from .graph import _C0, _H0
+from .feeds import _signature
+from .graph import _C0, _H0, _SEQ_LENS, _X
 from .session import _prepare
 from .states import _batch_of, _check_fields, _needs
 
@@ -61,7 +61,7 @@ class OnnxRecording:
     ) -> list[Any]:
         """``InferenceSession.run``: the outputs named (all when None), in that order."""
         names = list(self.outputs if output_names is None else output_names)
-        feeds = _feeds(self.prep, None, (), dict(input_feed))
+        feeds = dict(input_feed)  # as the user's own session would take them (it checks them)
         extra = [n for n in self.needs if n not in feeds and n not in self.prep.static and n not in names]
         try:
             results = self.session.run(names + extra, feeds, run_options)
@@ -74,37 +74,75 @@ class OnnxRecording:
         self.calls.append({n: got[n] if n in got else feeds[n] for n in self.needs if n in got or n in feeds})
         return results[: len(names)]
 
-    def captured(self) -> Captured:
+    def joined(self) -> tuple[Captured, list[tuple[str, str, int, int]]]:
+        """The recorded calls, chained ones joined before conversion (their inputs and outputs
+        concatenated along time, the first call's initial state: one rebuild per chain, not one
+        per call), and each call's ``(name, entry, start, stop)``."""
         specs: list[LayerSpec] = []
-        batches: list[dict[str, Any]] = [{}]
-        for k, call in enumerate(self.calls):
+        batch: dict[str, Any] = {}
+        spans: list[tuple[str, str, int, int]] = []
+        for s in self.chosen:
+            node = self.nodes[s.name]
+            for chain in self._chains(node):
+                first = chain[0]
+                entry = s.name if first == 0 else f"{s.name}#{first}"
+                call = self._merged(node, chain)
 
-            def tensor(name: str, call: dict[str, np.ndarray] = call) -> np.ndarray | None:
-                if not name:
-                    return None
-                return call[name] if name in call else self.prep.value(name)
+                def tensor(name: str, call: dict[str, np.ndarray] = call) -> np.ndarray | None:
+                    if not name:
+                        return None
+                    return call[name] if name in call else self.prep.value(name)
 
-            for s in self.chosen:
-                name = s.name if k == 0 else f"{s.name}#{k}"
                 specs.append(
                     LayerSpec(
-                        name, s.kind, s.layer_type, s.units, s.directions, s.fields, s.cell_units, s.notes
+                        entry, s.kind, s.layer_type, s.units, s.directions, s.fields, s.cell_units, s.notes
                     )
                 )
-                batches[0][name] = _batch_of(self.nodes[s.name], self.want[s.name], tensor)
-        return Captured(specs, batches, backend="onnx")
+                batch[entry] = _batch_of(node, self.want[s.name], tensor)
+                start = 0
+                for k in chain:
+                    steps = int(self.calls[k][node.outputs[0]].shape[0])
+                    spans.append((s.name if k == 0 else f"{s.name}#{k}", entry, start, start + steps))
+                    start += steps
+        return Captured(specs, [batch], backend="onnx"), spans
 
-    def links(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for k in range(1, len(self.calls)):
-            prev, cur = self.calls[k - 1], self.calls[k]
-            for s in self.chosen:
-                node = self.nodes[s.name]
-                pairs = [(node.inputs[_H0], node.outputs[1])]
-                if node.op == "LSTM":
-                    pairs.append((node.inputs[_C0], node.outputs[2]))
-                if all(_same(cur.get(i), prev.get(o)) for i, o in pairs):
-                    out[f"{s.name}#{k}"] = s.name if k == 1 else f"{s.name}#{k - 1}"
+    def _chains(self, node: Any) -> list[list[int]]:
+        """Runs of consecutive calls in which each starts from the state the previous one ended in
+        (only nodes without ``sequence_lens`` or sample reordering, one direction, are joined)."""
+        joinable = (
+            not node.inputs[_SEQ_LENS]
+            and not node.batch_gathers
+            and len(node.directions) == 1
+            and node.layout == 0
+        )
+        pairs = [(node.inputs[_H0], node.outputs[1])]
+        if node.op == "LSTM":
+            pairs.append((node.inputs[_C0], node.outputs[2]))
+        chains: list[list[int]] = []
+        for k in range(len(self.calls)):
+            prev = self.calls[k - 1] if k else None
+            linked = (
+                joinable
+                and prev is not None
+                and all(_same(self.calls[k].get(i), prev.get(o)) for i, o in pairs)
+            )
+            if linked:
+                chains[-1].append(k)
+            else:
+                chains.append([k])
+        return chains
+
+    def _merged(self, node: Any, chain: list[int]) -> dict[str, np.ndarray]:
+        if len(chain) == 1:
+            return self.calls[chain[0]]
+        first, last = self.calls[chain[0]], self.calls[chain[-1]]
+        out = dict(first)
+        for name in (node.inputs[_X], node.outputs[0]):  # (time, ...) tensors, layout 0
+            if name in first:
+                out[name] = np.concatenate([self.calls[k][name] for k in chain], axis=0)
+        for name in node.outputs[1:]:
+            if name and name in last:
+                out[name] = last[name]
         return out
 
 

@@ -47,6 +47,54 @@ class TorchRecording:
     def captured(self) -> Captured:
         return _captured(self.rec, self.planned)
 
+    def joined(self) -> tuple[Captured, list[tuple[str, str, int, int]]]:
+        """Chained calls merged before conversion (inputs and outputs concatenated along time, the
+        first call's ``hx``: one rebuild per chain instead of one per call) and each call's
+        ``(name, entry, start, stop)``."""
+        chains = self._chains()
+        merged: list[Any] = []
+        spans: list[tuple[str, str, int, int]] = []
+        for chain in chains:
+            first = chain[0]
+            if not isinstance(first, _SeqCall):  # a cell: its calls are the steps of one entry
+                merged.append(first)
+                name = first.plan.name
+                spans += [(name, name, k, k + 1) for k in range(len(getattr(first, "xs", ())))]
+                continue
+            merged.append(_merge(chain) if len(chain) > 1 else first)
+            for name in first.plan.layer_names.values():
+                entry = f"{name}#{first.index}" if first.index else name
+                start = 0
+                for call in chain:
+                    steps = _steps(call)
+                    spans.append(
+                        (f"{name}#{call.index}" if call.index else name, entry, start, start + steps)
+                    )
+                    start += steps
+        original = self.rec.entries
+        self.rec.entries = merged
+        try:
+            captured = _captured(self.rec, self.planned)
+        finally:
+            self.rec.entries = original
+        kept = {s.name for s in captured.specs}
+        return captured, [span for span in spans if span[1] in kept]
+
+    def _chains(self) -> list[list[Any]]:
+        chains: list[list[Any]] = []
+        last: dict[int, list[Any]] = {}
+        for entry in self.rec.entries:
+            if isinstance(entry, _SeqCall):
+                chain = last.get(id(entry.plan.module))
+                if chain is not None and _continues(chain[-1], entry):
+                    chain.append(entry)
+                    continue
+                chains.append([entry])
+                last[id(entry.plan.module)] = chains[-1]
+            else:
+                chains.append([entry])
+        return chains
+
     def links(self) -> dict[str, str]:
         """``{entry: previous entry}`` for each call that started from the state the previous call
         of the same module ended in (its ``hx`` equals that call's returned final state)."""
@@ -86,3 +134,36 @@ def _same(a: Any, b: Any) -> bool:
         and a.shape == b.shape
         and torch.equal(a, b)
     )
+
+
+def _continues(prev: _SeqCall, call: _SeqCall) -> bool:
+    """``call`` starts from exactly the state ``prev`` returned (one direction, tensors, not packed)."""
+    if prev.final is None or call.plan.cfg.n_dir != 1 or call.packed or prev.packed:
+        return False
+    if call.unbatched != prev.unbatched or not call.hx or any(v is None for v in call.hx.values()):
+        return False
+    return all(_same(call.hx[layer], _layer_of(prev.final, layer, call)) for layer in call.hx)
+
+
+def _time_axis(call: _SeqCall) -> int:
+    return 0 if call.unbatched or not call.plan.cfg.batch_first else 1
+
+
+def _steps(call: _SeqCall) -> int:
+    top = max(call.outputs)
+    return int(call.outputs[top].shape[_time_axis(call)])
+
+
+def _merge(chain: list[_SeqCall]) -> _SeqCall:
+    """One call standing for a chain: inputs and outputs of every layer joined along time, the
+    first call's initial state and the last call's final state."""
+    first = chain[0]
+    axis = _time_axis(first)
+    out = _SeqCall(first.plan, first.index, first.packed, first.unbatched)
+    out.hx = dict(first.hx)
+    out.final = chain[-1].final
+    for layer in first.inputs:
+        out.inputs[layer] = torch.cat([c.inputs[layer] for c in chain], dim=axis)
+    for layer in first.outputs:
+        out.outputs[layer] = torch.cat([c.outputs[layer] for c in chain], dim=axis)
+    return out
