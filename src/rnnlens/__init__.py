@@ -25,6 +25,7 @@ from .extract import Run, extract_to
 from .intervene import Intervention, intervene
 from .io.zarr import open_states
 from .loading import load_model
+from .probes import confirm, probe, rank_units
 from .record import Recording, record
 from .spec import LayerSpec
 from .states import DirectionStates, Gates, LayerStates, States
@@ -57,11 +58,14 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
     "ablation_scan",
+    "confirm",
     "describe",
     "extract_to",
     "intervene",
     "load_model",
     "open_states",
+    "probe",
+    "rank_units",
     "record",
     "trace",
 ]

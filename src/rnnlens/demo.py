@@ -89,16 +89,6 @@ def _ablate(model: object, ids: np.ndarray, units: list[tuple[str, int, float]])
     return _closing_probability(rnnlens.intervene(model, ids, edits).outputs, ids)
 
 
-def _correlations(values: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Pearson r of each unit (last axis) with ``target`` over all (sample, time) points."""
-    v = values.reshape(-1, values.shape[-1]).astype(np.float64)
-    t = target.reshape(-1).astype(np.float64)
-    v = v - v.mean(axis=0)
-    t = t - t.mean()
-    denom = np.sqrt((v**2).sum(axis=0) * (t**2).sum()) + 1e-12
-    return np.asarray((v * t[:, None]).sum(axis=0) / denom)
-
-
 def run_demo(
     *,
     units: int = 32,
@@ -131,10 +121,11 @@ def run_demo(
     depth = np.stack([depth_of(t) for t in held_out_texts])
     ranked: list[tuple[str, int, float]] = []
     for field in ("h", "c"):
-        values = getattr(states["lstm"], field)
-        r = _correlations(values, depth)
+        r = rnnlens.rank_units(states, depth, layer="lstm", field=field, permutations=0).scores
         ranked.extend((field, int(u), float(r[u])) for u in range(len(r)))
     ranked.sort(key=lambda item: -abs(item[2]))
+    # a diagnostic probe for depth on c, against the control task (a random depth per character)
+    depth_probe = rnnlens.probe(states, depth, layer="lstm", field="c", types=held_out, seed=seed)
     # Baseline: how well a unit picked at random from the same layer tracks depth.
     baseline = float(np.median([abs(r_value) for _, _, r_value in ranked]))
     # Causal check: ablate the 3 best depth units, and 3 random other units (5 draws), and see
@@ -157,6 +148,10 @@ def run_demo(
         for field, unit, r_value in ranked[:5]:
             print(f"  lstm.{field}[{unit:>2}]  r = {r_value:+.3f}")
         print(f"  a random unit of the layer: median |r| = {baseline:.3f}")
+        print(
+            f"  a logistic probe for depth on c: held-out accuracy {depth_probe.score:.3f}, control task "
+            f"{depth_probe.control_score:.3f}, selectivity {depth_probe.selectivity:+.3f}"
+        )
         lo, hi = min(closing[2]), max(closing[2])
         print('\nAblating them (rnnlens.intervene, set to 0 at every step): p(")") where ")" comes next')
         print(f"  intact model              {closing[0]:.3f}")
