@@ -233,6 +233,32 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_probe(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import rnnlens
+
+    from .errors import InputError
+
+    states = rnnlens.open_states(args.store)
+
+    def load(path: str, what: str) -> Any:
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise InputError(f"Cannot read {what} {path!r} as .npy: {e}") from None
+
+    labels = load(args.labels, "--labels")
+    types = None if args.types is None else load(args.types, "--types")
+    ranking = rnnlens.rank_units(
+        states, labels, layer=args.layer, field=args.field, permutations=args.permutations
+    )
+    print(ranking)
+    found = rnnlens.probe(states, labels, layer=args.layer, field=args.field, kind=args.kind, types=types)
+    print(found)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rnnlens",
@@ -324,6 +350,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="output .npz")
     module_options(p)
     p.set_defaults(func=_cmd_ablate)
+
+    p = sub.add_parser(
+        "probe",
+        help="rank a stored layer's units by a feature and train a diagnostic probe with a control task",
+        description="Rank the units of LAYER in STORE by their correlation with --labels (Pearson, "
+        "permutation p-values, read chunk by chunk) and train a probe (held-out score, control task, "
+        "selectivity).",
+    )
+    p.add_argument("store", help="store directory written by 'rnnlens extract'")
+    p.add_argument("--labels", required=True, help=".npy of labels per (sample, time) or per sample")
+    p.add_argument("--layer", required=True, help="layer name")
+    p.add_argument("--field", default="h", choices=("h", "c"), help="h (default) or c")
+    p.add_argument(
+        "--kind", default="logistic", choices=("logistic", "ridge"), help="probe (default logistic)"
+    )
+    p.add_argument("--types", help=".npy of token types per (sample, time), for the control task")
+    p.add_argument("--permutations", type=int, default=200, help="for the p-values (default 200)")
+    p.set_defaults(func=_cmd_probe)
 
     p = sub.add_parser(
         "export",

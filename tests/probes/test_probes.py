@@ -107,3 +107,18 @@ def test_confirm_ablates_the_top_units_in_the_model() -> None:
         abs(r - found.baseline) < abs(found.effect) + 1e-9 for r in found.random
     )
     assert "random units" in repr(found)
+
+
+def test_cli_probe_on_a_store(tmp_path: Path, capsys: Any) -> None:
+    from rnnlens.cli import main
+    from rnnlens.testing.stores import write_store
+
+    states, depth, mask = _planted()
+    path = write_store(
+        tmp_path / "s.zarr", np.nan_to_num(states["enc"].h), mask=mask, layer="enc", batch_size=8
+    )
+    np.save(tmp_path / "labels.npy", (depth > 1).astype(int))
+    assert main(["probe", str(path), "--labels", str(tmp_path / "labels.npy"), "--layer", "enc"]) == 0
+    out = capsys.readouterr().out
+    assert "UnitRanking of enc.h" in out and "selectivity" in out
+    assert main(["probe", str(path), "--labels", str(tmp_path / "nope.npy"), "--layer", "enc"]) == 2
