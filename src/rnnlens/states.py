@@ -9,7 +9,7 @@ outputs it. A backward direction is always stored in *input* time order.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -184,6 +184,12 @@ class LayerStates:
             f"directions={list(self.directions)}, fields={self.fields}, shape={self.shape})"
         )
 
+    def to_xarray(self, *, tokens: Any = None) -> Any:
+        """This layer as an ``xarray.Dataset`` (see :func:`rnnlens.xarray_views.layer_dataset`)."""
+        from .xarray_views import layer_dataset
+
+        return layer_dataset(self, tokens=tokens)
+
     def _repr_html_(self) -> str:  # notebooks: the table row and a heatmap of sample 0's h
         from ._html import layer_html
 
@@ -218,6 +224,13 @@ class States(Mapping[str, LayerStates]):
         table = layer_table(self._layers.values())
         masked = "none" if self.mask is None else f"{int((~self.mask).sum())} masked steps"
         return f"States ({len(self)} layers, mask: {masked})\n{table}"
+
+    def to_datatree(self) -> Any:
+        """Every layer as an ``xarray.DataTree`` in a store's structure (see
+        :func:`rnnlens.xarray_views.states_datatree`)."""
+        from .xarray_views import states_datatree
+
+        return states_datatree(self)
 
     def _repr_html_(self) -> str:  # notebooks: the table and a heatmap per layer
         from ._html import states_html
