@@ -43,6 +43,7 @@ def test_layer_to_xarray_has_named_dims_coordinates_and_tokens() -> None:
     tokens = np.array([list("abcde"), list("vwxyz")])
     ds = ls.to_xarray(tokens=tokens)
     assert ds["h"].dims == ("direction", "sample", "time", "unit")
-    assert list(ds["direction"].values) == ["forward", "backward"] and list(ds["gate"].values) == ["z", "r", "n"]
+    assert list(ds["direction"].values) == ["forward", "backward"]
+    assert list(ds["gate"].values) == ["z", "r", "n"]
     np.testing.assert_array_equal(ds["h"].sel(direction="backward").values, ls.backward.h)
     assert ds["token"].values[1, 2] == "x" and ds.attrs["kind"] == "gru"
