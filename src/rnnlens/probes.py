@@ -138,35 +138,35 @@ def rank_units(
     y_all = _feature(feature, n, t)
     rng = np.random.default_rng(seed)
     if method == "pearson":
-        sums = None
-        perm_xy = None
-        offset = 0
-        ys: list[np.ndarray] = []
-        chunks = list(_points(states, layer, field, direction, chunk)) if permutations else None
-        # the valid points' feature values, in iteration order (for the permutations)
-        for x, idx in chunks if chunks is not None else _points(states, layer, field, direction, chunk):
-            y = y_all[idx]
-            ys.append(y)
-            part = np.stack([x.sum(0), (x * x).sum(0), (x * y[:, None]).sum(0)])
-            sums = part if sums is None else sums + part
-        if sums is None:
-            raise InputError(f"Layer {layer!r} has no valid steps to rank units on.")
-        y_valid = np.concatenate(ys)
+        # the valid points' feature values in the order _points yields them (sample-major),
+        # known from the mask alone: the permutations are drawn before the one pass over x
+        valid = np.ones(n * t, bool) if ls.mask is None else np.asarray(ls.mask, bool).reshape(-1)
+        y_valid = y_all[valid]
         m = y_valid.size
+        if m == 0:
+            raise InputError(f"Layer {layer!r} has no valid steps to rank units on.")
+        perms = (
+            np.stack([rng.permutation(y_valid) for _ in range(permutations)], axis=1)
+            if permutations
+            else None
+        )
+        sums: Any = 0
+        perm_xy: Any = 0
+        offset = 0
+        for x, _ in _points(states, layer, field, direction, chunk):
+            y = y_valid[offset : offset + x.shape[0]]
+            sums = sums + np.stack([x.sum(0), (x * x).sum(0), (x * y[:, None]).sum(0)])
+            if perms is not None:
+                perm_xy = perm_xy + x.T @ perms[offset : offset + x.shape[0]]  # (unit, permutation)
+            offset += x.shape[0]
         sx, sxx, sxy = sums
         sy, syy = y_valid.sum(), (y_valid * y_valid).sum()
         denom = np.sqrt(np.maximum(m * sxx - sx * sx, 0) * max(m * syy - sy * sy, 0))
-        r = np.where(denom > 0, (m * sxy - sx * sy) / np.where(denom > 0, denom, 1), 0.0)
+        safe = np.where(denom > 0, denom, 1)
+        r = np.where(denom > 0, (m * sxy - sx * sy) / safe, 0.0)
         p = None
-        if permutations:
-            assert chunks is not None
-            perms = np.stack([rng.permutation(y_valid) for _ in range(permutations)], axis=1)  # (m, P)
-            perm_xy = 0
-            for x, _ in chunks:
-                rows = x.shape[0]
-                perm_xy = perm_xy + x.T @ perms[offset : offset + rows]  # (U, P)
-                offset += rows
-            r_perm = (m * perm_xy - sx[:, None] * sy) / np.where(denom > 0, denom, 1)[:, None]
+        if perms is not None:
+            r_perm = (m * perm_xy - sx[:, None] * sy) / safe[:, None]
             p = (1 + (np.abs(r_perm) >= np.abs(r)[:, None] - 1e-12).sum(1)) / (1 + permutations)
         return UnitRanking(layer, field, method, r, p, int(m))
     xs, ys2 = zip(*((x, y_all[idx]) for x, idx in _points(states, layer, field, direction, chunk)))
