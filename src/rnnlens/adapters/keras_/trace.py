@@ -361,15 +361,17 @@ def _capture(
     edited = frozenset((name, d) for name in edits for d in _directions(layer_by_name[name]))
     probe = probe_for(model, recurrent, wanted, emit, edited)
     time_of = {name: _layer_time(layer_by_name[name], x) for name in edits}
+    affine = {  # every sample's edits as affine maps, built once and sliced per batch
+        f"{name}|{d}": edit_arrays(le, d, time_of[name], n)
+        for name, le in edits.items()
+        for d in _directions(layer_by_name[name])
+    }
     batch_size = options.batch_size
     step = n if batch_size is None and n <= DEFAULT_BATCH_SIZE else (batch_size or DEFAULT_BATCH_SIZE)
     batches, outputs = [], []
     for start in range(0, n, step):
         sl = slice(start, min(start + step, n))
-        arrays = {
-            f"{name}|{d}": edit_arrays(le, d, time_of[name], n)[sl] for name, le in edits.items() for d in
-            _directions(layer_by_name[name])
-        }  # fmt: skip
+        arrays = {key: a[sl] for key, a in affine.items()}
         try:
             captured = probe(_slice(x, sl), None if user_mask is None else user_mask[sl], arrays)
         except (ValueError, TypeError) as e:
