@@ -24,13 +24,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from . import adapters
 from .adapters.base import TraceOptions
 from .errors import RnnLensError, UnsupportedModelError
 from .options import check_fields, check_layers
-from .states import DirectionStates, Gates, LayerStates, States
+from .states import States
 from .tracing import assemble
 
 __all__ = ["Call", "Recording", "record"]
@@ -87,13 +85,9 @@ class Recording:
         if self._active:
             raise RnnLensError("The recording is still running: read rec.states after the with block.")
         if self._states is None:
-            joined = getattr(self._impl, "joined", None)
-            if joined is not None:  # the adapter joins chained calls itself (before converting)
-                cap, spans = joined()
-                self._states = assemble(cap.specs, cap.batches, backend=cap.backend)
-                self._calls = [Call(*span) for span in spans]
-            else:
-                self._states, self._calls = _join(self._impl.captured(), self._impl.links())
+            cap, spans = self._impl.joined()  # chained calls joined by the adapter, before converting
+            self._states = assemble(cap.specs, cap.batches, backend=cap.backend)
+            self._calls = [Call(*span) for span in spans]
         return self._states
 
     @property
@@ -109,46 +103,3 @@ def record(
     """Record every call of ``model``'s recurrent layers inside a ``with`` block (see the module
     docstring); ``layers`` and ``fields`` as for :func:`rnnlens.trace`."""
     return Recording(model, layers, fields)
-
-
-def _join(captured: Any, links: dict[str, str]) -> tuple[States, list[Call]]:
-    states = assemble(captured.specs, captured.batches, backend=captured.backend)
-    groups: dict[str, list[str]] = {}
-    head: dict[str, str] = {}
-    for name in states:
-        first = head.get(links.get(name, "")) if name in links else None
-        first = first or name
-        head[name] = first
-        groups.setdefault(first, []).append(name)
-    layers: dict[str, LayerStates] = {}
-    calls: list[Call] = []
-    for first, names in groups.items():
-        parts = [states[n] for n in names]
-        start = 0
-        for n, part in zip(names, parts):
-            steps = int(part.h.shape[1])
-            calls.append(Call(n, first, start, start + steps))
-            start += steps
-        layers[first] = parts[0] if len(parts) == 1 else _concat(parts)
-    return States(layers, backend=states.backend), calls
-
-
-def _concat(parts: list[LayerStates]) -> LayerStates:
-    """Layer states of chained calls joined along time."""
-
-    def cat(arrays: list[np.ndarray | None]) -> np.ndarray | None:
-        return None if arrays[0] is None else np.concatenate(arrays, axis=1)  # type: ignore[arg-type]
-
-    first = parts[0]
-    directions = {}
-    for d, ds in first.directions.items():
-        pieces = [p.directions[d] for p in parts]
-        gates = None
-        if "gates" in ds.fields:
-            names = tuple(ds.gates)
-            gates = Gates([np.concatenate([p.gates[g] for p in pieces], axis=1) for g in names], names)
-        c = cat([p.c if "c" in p.fields else None for p in pieces])
-        mask = None if first.mask is None else np.concatenate([p.mask for p in parts], axis=1)  # type: ignore[misc]
-        directions[d] = DirectionStates(d, cat([p.h for p in pieces]), c, gates, mask, layer=first.name)
-    mask = None if first.mask is None else np.concatenate([p.mask for p in parts], axis=1)  # type: ignore[misc]
-    return LayerStates(first.spec, directions, mask)

@@ -180,11 +180,10 @@ class Adapter(ABC):
     def record(self, model: Any, options: TraceOptions) -> Any:
         """A recorder of ``model`` across calls, for :func:`rnnlens.record`: an object with
         ``start()`` / ``stop()`` (install and remove whatever records the calls; ``stop`` must
-        leave nothing behind, also after an error), ``captured()`` (a :class:`Captured` with one
-        entry per recorded call, ``name#k`` for the k-th) and ``links()`` (``{entry: previous
-        entry}`` for calls that continued the previous call's final state) — or, instead of
-        those two, ``joined()`` returning the captured entries with chained calls already joined
-        and each call's ``(name, entry, start, stop)``. Adapters that
+        leave nothing behind, also after an error) and ``joined()``: a :class:`Captured` in which
+        calls that continued the previous call's final state are joined along time into one
+        entry (named after the first call; other calls are ``name#k``), and each call's
+        ``(name, entry, start, stop)``. Adapters that
         cannot record raise :class:`~rnnlens.errors.UnsupportedModelError` (the default)."""
         raise UnsupportedModelError(
             f"The {self.name} adapter does not support recording yet; rnnlens.record works on "

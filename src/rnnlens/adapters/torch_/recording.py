@@ -26,7 +26,7 @@ __all__ = ["TorchRecording"]
 
 class TorchRecording:
     """One recording of one module: :meth:`start`, the user's loop, :meth:`stop`, then
-    :meth:`captured` and :meth:`links`."""
+    :meth:`joined`."""
 
     def __init__(self, model: Any, options: TraceOptions):
         _require_module(model)
@@ -43,9 +43,6 @@ class TorchRecording:
         if self._installed is not None:
             _uninstall(self._installed)
             self._installed = None
-
-    def captured(self) -> Captured:
-        return _captured(self.rec, self.planned)
 
     def joined(self) -> tuple[Captured, list[tuple[str, str, int, int]]]:
         """Chained calls merged before conversion (inputs and outputs concatenated along time, the
@@ -94,27 +91,6 @@ class TorchRecording:
             else:
                 chains.append([entry])
         return chains
-
-    def links(self) -> dict[str, str]:
-        """``{entry: previous entry}`` for each call that started from the state the previous call
-        of the same module ended in (its ``hx`` equals that call's returned final state)."""
-        out: dict[str, str] = {}
-        last: dict[int, _SeqCall] = {}
-        for entry in self.rec.entries:
-            if not isinstance(entry, _SeqCall):
-                continue
-            prev = last.get(id(entry.plan.module))
-            last[id(entry.plan.module)] = entry
-            if prev is None or prev.final is None or entry.plan.cfg.n_dir != 1:
-                continue
-            given = entry.hx
-            if not given or any(v is None for v in given.values()):
-                continue
-            if all(_same(given[layer], _layer_of(prev.final, layer, entry)) for layer in given):
-                for layer, name in entry.plan.layer_names.items():
-                    if layer in given:
-                        out[f"{name}#{entry.index}"] = f"{name}#{prev.index}" if prev.index else name
-        return out
 
 
 def _layer_of(final: Any, layer: int, call: _SeqCall) -> Any:
