@@ -18,13 +18,13 @@ import numpy as np
 
 from ...errors import InputError
 from ...spec import LayerSpec
-from ...tracing import resolve_fields, select_layers
 from ..base import Captured, TraceOptions
 from .deps import _first_line
 from .feeds import _signature
 from .graph import _C0, _H0, _SEQ_LENS, _X
 from .session import _prepare
-from .states import _batch_of, _check_fields, _needs
+from .states import _batch_of, _needs
+from .trace import _selection
 
 __all__ = ["OnnxRecording"]
 
@@ -36,13 +36,7 @@ class OnnxRecording:
         if options.mask is not None or options.batch_size is not None:
             raise InputError("mask= and batch_size= are not used for ONNX models.")
         self.prep = _prepare(model)
-        specs = {n.name: n.spec for n in self.prep.nodes}
-        self.chosen: list[LayerSpec] = select_layers(
-            list(specs.values()), options.layers, other_layers=self.prep.others
-        )
-        self.nodes = {n.name: n for n in self.prep.nodes}
-        _check_fields([self.nodes[s.name] for s in self.chosen], options.fields)
-        self.want = resolve_fields(self.chosen, options.fields)
+        self.chosen, self.nodes, self.want = _selection(self.prep, options.layers, options.fields)
         self.needs = list(
             dict.fromkeys(n for s in self.chosen for n in _needs(self.nodes[s.name], self.want[s.name]))
         )

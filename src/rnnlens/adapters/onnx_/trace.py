@@ -88,7 +88,7 @@ import numpy as np
 
 from ...edits import LayerEdits
 from ...errors import InputError, UnsupportedLayerError
-from ...spec import LayerSpec
+from ...spec import Field, LayerSpec
 from ...tracing import resolve_fields, select_layers
 from ..base import Captured, Intervened, TraceOptions
 from .deps import _first_line, _onnx
@@ -139,6 +139,19 @@ def weight_arrays(model: Any) -> list[np.ndarray]:
     return out
 
 
+def _selection(
+    prep: Any, layers: Any, fields: Any
+) -> tuple[list[LayerSpec], dict[str, Any], dict[str, tuple[Field, ...]]]:
+    """The selected nodes' specs, every node by name, and the fields each selected one gives
+    (checked: names, and fields a node cannot rebuild exactly); shared by trace, intervene and
+    record."""
+    _require_nodes(prep)
+    chosen = select_layers([n.spec for n in prep.nodes], layers, other_layers=prep.others)
+    nodes = {n.name: n for n in prep.nodes}
+    _check_fields([nodes[s.name] for s in chosen], fields)
+    return chosen, nodes, dict(resolve_fields(chosen, fields))
+
+
 def intervene(
     model: Any,
     args: tuple[Any, ...],
@@ -153,12 +166,7 @@ def intervene(
     if not args and not kwargs:
         raise InputError(f"No inputs given; the model's inputs are: {_signature(_prepare(model))}.")
     prep = _prepare(model)
-    _require_nodes(prep)
-    specs = {n.name: n.spec for n in prep.nodes}
-    chosen = select_layers(list(specs.values()), options.layers, other_layers=prep.others)
-    nodes = {n.name: n for n in prep.nodes}
-    _check_fields([nodes[s.name] for s in chosen], options.fields)
-    want = resolve_fields(chosen, options.fields)
+    chosen, _, want = _selection(prep, options.layers, options.fields)
     x, rest = (args[0], args[1:]) if args else (None, ())
     feeds = _feeds(prep, x, rest, kwargs)
     return onnx_intervene.intervene(prep, feeds, edits, chosen, want)
@@ -189,12 +197,7 @@ def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], option
         raise InputError(f"No inputs given; the model's inputs are: {_signature(_prepare(model))}.")
     x, rest = (args[0], args[1:]) if args else (None, ())
     prep = _prepare(model)
-    _require_nodes(prep)
-    specs = {n.name: n.spec for n in prep.nodes}
-    chosen = select_layers(list(specs.values()), layers, other_layers=prep.others)
-    nodes = {n.name: n for n in prep.nodes}
-    _check_fields([nodes[s.name] for s in chosen], fields)
-    want = resolve_fields(chosen, fields)
+    chosen, nodes, want = _selection(prep, layers, fields)
     feeds = _feeds(prep, x, rest, kwargs)
     session = prep.session()
 
