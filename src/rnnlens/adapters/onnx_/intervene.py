@@ -25,7 +25,7 @@ from ..base import Intervened
 from .deps import _first_line, _onnx, _ort
 from .feeds import _signature
 from .graph import _B, _C0, _H0, _R, _SEQ_LENS, _W, _X, _Node, _Prepared
-from .states import _batch_of, _cell_weights, _input_order, _needs
+from .states import _batch_of, _cell_weights, _input_order, _lookup, _needs
 
 __all__ = ["cut_run", "edited_node", "intervene"]
 
@@ -177,16 +177,3 @@ def intervene(
             batch[s.name] = _batch_of(nodes[s.name], want[s.name], tensor)
     outputs = [tensor(o.name) for o in prep.model.graph.output]
     return Intervened(outputs=outputs, captured=Captured(list(chosen), [batch], backend="onnx"))
-
-
-def _lookup(got: Mapping[str, Any], feeds: Mapping[str, Any], prep: _Prepared) -> Callable[[str], Any]:
-    def tensor(name: str) -> np.ndarray | None:
-        if not name:
-            return None
-        if name in got and got[name] is not None:
-            return got[name]
-        if name in feeds:
-            return feeds[name]
-        return prep.value(name)
-
-    return tensor

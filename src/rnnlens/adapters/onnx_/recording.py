@@ -23,7 +23,7 @@ from .deps import _first_line
 from .feeds import _signature
 from .graph import _C0, _H0, _SEQ_LENS, _X
 from .session import _prepare
-from .states import _batch_of, _needs
+from .states import _batch_of, _lookup, _needs
 from .trace import _selection
 
 __all__ = ["OnnxRecording"]
@@ -82,11 +82,7 @@ class OnnxRecording:
                 entry = s.name if first == 0 else f"{s.name}#{first}"
                 call = self._merged(node, chain)
 
-                def tensor(name: str, call: dict[str, np.ndarray] = call) -> np.ndarray | None:
-                    if not name:
-                        return None
-                    return call[name] if name in call else self.prep.value(name)
-
+                tensor = _lookup(call, {}, self.prep)
                 specs.append(
                     LayerSpec(
                         entry, s.kind, s.layer_type, s.units, s.directions, s.fields, s.cell_units, s.notes

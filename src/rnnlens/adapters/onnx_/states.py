@@ -11,7 +11,8 @@ inputs, and :func:`_check_fields` refuses or warns about fields a node cannot gi
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -211,3 +212,20 @@ def _batch_of(
 ) -> tuple[dict[str, DirectionArrays], np.ndarray | None]:
     """One node's captured arrays (samples in the model input's order)."""
     return _input_order(node, *_node_states(node, fields, tensor), tensor)
+
+
+def _lookup(
+    got: Mapping[str, Any], feeds: Mapping[str, Any], prep: Any
+) -> Callable[[str], np.ndarray | None]:
+    """A tensor by name: what a run returned, else what was fed, else what the graph holds."""
+
+    def tensor(name: str) -> np.ndarray | None:
+        if not name:
+            return None
+        if got.get(name) is not None:
+            return got[name]  # type: ignore[no-any-return]
+        if name in feeds:
+            return feeds[name]  # type: ignore[no-any-return]
+        return prep.value(name)  # type: ignore[no-any-return]
+
+    return tensor

@@ -95,7 +95,7 @@ from .deps import _first_line, _onnx
 from .feeds import _feeds, _signature
 from .graph import _constant
 from .session import _model, _prepare, load_model  # onnx_/__init__.py calls trace._model, trace.load_model
-from .states import _batch_of, _check_fields, _needs
+from .states import _batch_of, _check_fields, _lookup, _needs
 
 __all__ = ["capture", "describe", "intervene", "load_model", "weight_arrays"]
 
@@ -214,14 +214,6 @@ def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], option
         ) from e
     got: dict[str, np.ndarray] = dict(zip(fetch, results))
 
-    def tensor(name: str) -> np.ndarray | None:
-        if not name:
-            return None
-        if name in got:
-            return got[name]
-        if name in feeds:
-            return feeds[name]
-        return prep.value(name)
-
+    tensor = _lookup(got, feeds, prep)
     batch = {s.name: _batch_of(nodes[s.name], want[s.name], tensor) for s in chosen}
     return Captured(chosen, [batch], backend="onnx")
