@@ -223,9 +223,9 @@ def _lookup(
         if not name:
             return None
         if got.get(name) is not None:
-            return got[name]  # type: ignore[no-any-return]
+            return got[name]
         if name in feeds:
-            return feeds[name]  # type: ignore[no-any-return]
-        return prep.value(name)  # type: ignore[no-any-return]
+            return feeds[name]
+        return prep.value(name)
 
     return tensor
