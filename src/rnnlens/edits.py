@@ -79,11 +79,18 @@ class LayerEdits:
         return {e.field for e, _, _, _ in self.edits}
 
     def steps(
-        self, direction: str, field_name: str, n_steps: int, n_samples: int, mask: np.ndarray | None = None
+        self,
+        direction: str,
+        field_name: str,
+        n_steps: int,
+        n_samples: int,
+        mask: np.ndarray | None = None,
+        first: int = 0,
     ) -> dict[int, list[Op]]:
         """The operations on ``field_name`` of ``direction``, by input time step, for one call
         of ``n_steps`` steps and ``n_samples`` samples; ``mask`` (sample, time) refuses edits at
-        masked steps (their state is carried, not computed, so an edit there has no meaning)."""
+        masked steps (their state is carried, not computed, so an edit there has no meaning),
+        naming the samples counted from ``first``."""
         out: dict[int, list[Op]] = {}
         for edit, directions, units, width in self.edits:
             if edit.field != field_name or direction not in directions:
@@ -95,10 +102,11 @@ class LayerEdits:
             }  # one array per edit, shared by its steps
             for t in _resolve_steps(edit, n_steps):
                 if mask is not None and not bool(np.all(mask[:, t])):
+                    bad = (np.flatnonzero(~mask[:, t]) + first).tolist()[:10]
                     raise OptionError(
-                        f"Edit on {edit.layer!r} at step {t}: that step is masked for sample(s) "
-                        f"{np.flatnonzero(~mask[:, t]).tolist()[:10]}; the state there is carried, not "
-                        "computed. Edit valid steps only, or trace a batch without those samples."
+                        f"Edit on {edit.layer!r} at step {t}: that step is masked for sample(s) {bad}; "
+                        "the state there is carried, not computed. Edit valid steps only, or trace a "
+                        "batch without those samples."
                     )
                 for mode, value in values.items():
                     out.setdefault(t, []).append(Op(units, mode, value))  # type: ignore[arg-type]
@@ -155,13 +163,7 @@ def check_masked(edits: LayerEdits, mask: Any, n_steps: int, n_samples: int, fir
         m = m[..., 0]
     for d in edits.spec.directions:
         for f in ("h", "c") if KINDS[edits.spec.kind].has_c else ("h",):
-            for t in edits.steps(d, f, n_steps, n_samples):
-                if t < m.shape[1] and not m[:, t].all():
-                    bad = (np.flatnonzero(~m[:, t]) + first).tolist()[:10]
-                    raise OptionError(
-                        f"Edit on {edits.spec.name!r} at step {t}: that step is masked for sample(s) {bad}; "
-                        "the state there is carried, not computed. Edit valid steps only."
-                    )
+            edits.steps(d, f, n_steps, n_samples, mask=m, first=first)
 
 
 def _open_steps(edit: Edit) -> range:
