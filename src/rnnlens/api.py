@@ -22,9 +22,23 @@ __all__ = ["Description", "describe", "trace"]
 class Description(tuple[LayerSpec, ...]):
     """The recurrent layers of a model (a tuple of :class:`~rnnlens.spec.LayerSpec`), shown as a table."""
 
+    #: recurrent parts rnnlens found but cannot trace, each ``"where (what): why"``
+    untraced: tuple[str, ...] = ()
+
+    def __new__(cls, specs: Iterable[LayerSpec] = (), untraced: Iterable[str] = ()) -> Description:
+        self = super().__new__(cls, specs)
+        self.untraced = tuple(untraced)
+        return self
+
     def __repr__(self) -> str:
+        notes = "".join(f"\nnot traceable: {u}" for u in self.untraced)
         if not self:
-            return "No recurrent layers."
+            return ("No traceable recurrent layers." + notes) if self.untraced else "No recurrent layers."
+        return self._table() + notes
+
+    __str__ = __repr__
+
+    def _table(self) -> str:
         return format_table(
             ("layer", "type", "kind", "units", "directions", "fields"),
             [
@@ -32,8 +46,6 @@ class Description(tuple[LayerSpec, ...]):
                 for s in self
             ],
         )
-
-    __str__ = __repr__
 
     @property
     def names(self) -> list[str]:
@@ -52,7 +64,8 @@ def describe(model: Any) -> Description:
         enc    LSTM  lstm  4      forward     h,c,gates
     """
     model = _opened(model)
-    return Description(adapters.for_model(model).describe(model))
+    adapter = adapters.for_model(model)
+    return Description(adapter.describe(model), adapter.untraced(model))
 
 
 def trace(

@@ -135,10 +135,17 @@ GATES = {"lstm": lstm_gates, "gru": gru_gates}
 
 
 def check_parity(
-    expected: np.ndarray, got: np.ndarray, mask: np.ndarray | None, *, layer: str, what: str
+    expected: np.ndarray,
+    got: np.ndarray,
+    mask: np.ndarray | None,
+    *,
+    layer: str,
+    what: str,
+    tol: tuple[float, float] | None = None,
 ) -> None:
-    """Raise :class:`ParityError` unless ``got`` matches the kernel's ``expected`` at valid steps."""
-    rtol, atol = tolerance(expected.dtype)
+    """Raise :class:`ParityError` unless ``got`` matches the kernel's ``expected`` at valid steps
+    (within ``tol`` = ``(rtol, atol)``, by default :func:`tolerance` of the dtype)."""
+    rtol, atol = tol or tolerance(expected.dtype)
     err = np.abs(got - expected)
     bound = atol + rtol * np.abs(expected)
     bad = err > bound

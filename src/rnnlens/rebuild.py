@@ -57,6 +57,7 @@ def reconstruct_direction(
     want_c: bool,
     want_gates: bool,
     layer: str,
+    tol: tuple[float, float] | None = None,
 ) -> DirectionArrays:
     """States of one direction from the kernel's output sequence.
 
@@ -65,7 +66,8 @@ def reconstruct_direction(
     order; ``reverse`` says the direction reads the sequence back to front. Returns the
     carried ``h`` and, when asked, ``c`` and gates (NaN at masked steps), in input order, as
     (sample, time, unit) views of time-major buffers. Raises :class:`ParityError` when the
-    rebuilt ``h`` is not the kernel's.
+    rebuilt ``h`` is not the kernel's (within ``tol`` = ``(rtol, atol)``,
+    by default the dtype's :func:`~rnnlens.cells.tolerance`).
     """
     flip = (lambda a: a[:, ::-1]) if reverse else (lambda a: a)
     mp = None if mask is None else flip(mask)
@@ -78,7 +80,7 @@ def reconstruct_direction(
         raise ValueError(f"layer {layer!r}: c and gates need the layer's input sequence")
     m_tm = None if mp is None or mp.all() else np.ascontiguousarray(mp.T)
     xh = _inputs(flip(x), h, h0)
-    parity = _Parity(h, m_tm, layer)
+    parity = _Parity(h, m_tm, layer, tol)
     if kind.has_c:
         z, c = _lstm(w, xh, c0, m_tm, parity)
         if want_c:
@@ -136,9 +138,11 @@ def _act(fn: Activation, a: np.ndarray) -> None:
 class _Parity:
     """The rebuilt ``h`` against the kernel's, one step at a time (valid steps only)."""
 
-    def __init__(self, h: np.ndarray, mask_tm: np.ndarray | None, layer: str) -> None:
-        self.h, self.mask, self.layer = h, mask_tm, layer
-        self.rtol, self.atol = tolerance(h.dtype)
+    def __init__(
+        self, h: np.ndarray, mask_tm: np.ndarray | None, layer: str, tol: tuple[float, float] | None
+    ) -> None:
+        self.h, self.mask, self.layer, self.tol = h, mask_tm, layer, tol
+        self.rtol, self.atol = tol or tolerance(h.dtype)
         self.worst = 0.0
 
     def step(self, s: int, rebuilt: np.ndarray) -> None:
@@ -159,7 +163,7 @@ class _Parity:
         assert callable(rebuild)
         got, what = rebuild()
         mp = None if self.mask is None else self.mask.T
-        check_parity(self.h, got, mp, layer=self.layer, what=what)
+        check_parity(self.h, got, mp, layer=self.layer, what=what, tol=self.tol)
         raise ParityError(  # unreachable unless the two checks disagree on rounding
             f"Layer {self.layer!r}: the rebuilt h is off by {self.worst:.3g} from the framework's own h."
         )

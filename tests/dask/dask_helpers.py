@@ -30,5 +30,3 @@ def data(n: int, time: int = 6, seed: int = 0) -> np.ndarray:
 def assert_same_store(a: Path, b: Path) -> None:
     """Equal bit for bit, and both runs complete."""
     _same(a, b, complete=True)
-
-

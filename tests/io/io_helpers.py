@@ -21,5 +21,3 @@ def token_model():  # type: ignore[no-untyped-def]
     e = keras.layers.Embedding(12, 3, mask_zero=True, name="embedding")(inp)
     h = keras.layers.LSTM(5, return_sequences=True, name="lstm_1")(e)
     return keras.Model(inp, h, name="token_model")
-
-

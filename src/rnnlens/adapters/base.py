@@ -159,6 +159,12 @@ class Adapter(ABC):
         """Whether :meth:`load` opens ``path`` (by default: by suffix)."""
         return os.fspath(path).lower().endswith(self.suffixes) if self.suffixes else False
 
+    def untraced(self, model: Any) -> list[str]:
+        """Recurrent parts of ``model`` that :meth:`describe` leaves out because rnnlens cannot
+        trace them, each ``"where (what): why"``; :func:`rnnlens.describe` lists them under
+        its table (by default: none)."""
+        return []
+
     def intervene(
         self,
         model: Any,

@@ -33,6 +33,7 @@ _QUEUE_SIZE = 2
 #: missing chunks a resume rewrites in place (each held in memory until the input is verified)
 _MAX_REDO = 8
 
+
 class Run:
     """An extraction in progress; see :func:`extract_to`. Use it as a context manager, or
     call :meth:`close` at the end (only a closed run is marked complete; after an exception
@@ -125,7 +126,6 @@ class Run:
 
     # ------------------------------------------------------------------ public
 
-
     def _resume_state(self, *, resume: bool, overwrite: bool) -> None:
         """Prepare the store and read what an earlier run left (under the lock)."""
         self._manifest = self._target.prepare(resume=resume, overwrite=overwrite)
@@ -145,6 +145,7 @@ class Run:
                     "damaged (deleted files, flipped bytes): too many to rewrite in place. Pass "
                     "overwrite=True (CLI: --overwrite) to start over."
                 )
+
     def append(self, batch: Any, *, mask: Any = None, lengths: Any = None) -> None:
         """Trace one batch and queue its states for writing.
 
@@ -256,9 +257,7 @@ class Run:
             self._progress_update()
 
     def _trace(self, piece: Batch) -> dict[str, np.ndarray]:
-        states, user_mask = trace_piece(
-            self.model, piece, layers=self._layers, fields=self._fields
-        )
+        states, user_mask = trace_piece(self.model, piece, layers=self._layers, fields=self._fields)
         layout, arrays = piece_arrays(
             states,
             user_mask,

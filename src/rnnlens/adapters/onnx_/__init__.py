@@ -38,6 +38,11 @@ class OnnxAdapter(Adapter):
 
         return trace.describe(model)
 
+    def untraced(self, model: Any) -> list[str]:
+        from .session import _prepare
+
+        return list(_prepare(model).hidden)
+
     def capture(
         self, model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions
     ) -> Captured:

@@ -20,8 +20,14 @@ from ...errors import UnsupportedLayerError
 from ...kinds import KINDS
 from ...spec import FIELDS_BY_KIND, Kind, LayerSpec
 from .deps import _onnx
+from .subgraphs import expose_branches, inline, is_recurrent
 
 _KINDS: dict[str, Kind] = {"LSTM": "lstm", "GRU": "gru", "RNN": "simple"}
+#: (rtol, atol) of the h check of a quantized node's rebuilt c: the kernel quantizes x and h to
+#: uint8 at every matmul, which rnnlens' float rebuild does not (measured worst 2e-3..4e-3 with
+#: unit-scale inputs, 1.3e-2 with 128 units and inputs of scale 3; a wrong gate order or
+#: activation is off by 1e-1 or more)
+QUANTIZED_TOLERANCE = (5e-2, 2e-2)
 _DEFAULT_ACTS = {"LSTM": ("sigmoid", "tanh", "tanh"), "GRU": ("sigmoid", "tanh"), "RNN": ("tanh",)}
 # input positions of the ONNX recurrent ops
 _X, _W, _R, _B, _SEQ_LENS, _H0, _C0, _P = range(8)
@@ -69,6 +75,21 @@ class _Node:
     #: index tensors of ``Gather`` ops that reorder the batch between a graph input and this
     #: node, input side first (PyTorch exports ``enforce_sorted=False`` packing this way)
     batch_gathers: tuple[str, ...] = ()
+    #: ``DynamicQuantizeLSTM``: the names of ``W_scale``, ``W_zero_point``, ``R_scale``,
+    #: ``R_zero_point`` (its ``W``/``R`` are int8, input-major); empty for float nodes
+    quant: tuple[str, ...] = ()
+    #: a node inside ``If`` branches: (condition, then_branch?, If path) of each enclosing If;
+    #: it ran when every condition had that value (:mod:`.subgraphs`)
+    runs_if: tuple[tuple[str, bool, str], ...] = ()
+
+    @property
+    def inner(self) -> bool:
+        """Inside an ``If`` branch (its tensors are lifted to the main graph)."""
+        return bool(self.runs_if)
+
+    def ran(self, tensor: Callable[[str], Any]) -> bool:
+        """Whether the node's branch ran (always, for a main-graph node)."""
+        return all(bool(np.asarray(tensor(c)).reshape(-1)[0]) == then for c, then, _ in self.runs_if)
 
     @property
     def kind(self) -> Kind:
@@ -85,10 +106,19 @@ class _Node:
     @property
     def spec(self) -> LayerSpec:
         fields = FIELDS_BY_KIND[self.kind] if self.problem is None else ("h",)
-        notes = () if self.problem is None else (f"h only: {self.problem}",)
+        notes = [] if self.problem is None else [f"h only: {self.problem}"]
+        if self.quant:
+            rtol, atol = QUANTIZED_TOLERANCE
+            notes.append(
+                "quantized: h is the kernel's own; c and gates rebuilt with the dequantized weights "
+                f"at the kernel's h (checked within atol={atol:g}, rtol={rtol:g})"
+            )
+        if self.runs_if:
+            notes.append("inside If branches: traced when its branch runs")
         cell_units = self.hidden if KINDS[self.kind].has_c else None
+        layer_type = "DynamicQuantizeLSTM" if self.quant else self.op
         return LayerSpec(
-            self.name, self.kind, self.op, self.hidden, self.directions, fields, cell_units, notes
+            self.name, self.kind, layer_type, self.hidden, self.directions, fields, cell_units, tuple(notes)
         )
 
 
@@ -166,7 +196,13 @@ def _constant(node: Any) -> Any:
 
 
 def _analyse(model: Any) -> _Prepared:
+    """Read ``model`` (a private copy: functions are inlined and ``If`` branches holding
+    recurrent nodes rewritten in place, see :mod:`.subgraphs`)."""
     onnx = _onnx()
+    if model.functions:
+        inlined = inline(model)
+        model.CopyFrom(inlined)
+    inners = expose_branches(model)
     graph = model.graph
     static: dict[str, Any] = {t.name: t for t in graph.initializer}
     for n in graph.node:
@@ -190,55 +226,69 @@ def _analyse(model: Any) -> _Prepared:
     others: list[str] = []
     counts: dict[str, int] = {}
     taken: dict[str, int] = {}
+
+    def unique(name: str) -> str:
+        if name in taken:
+            taken[name] += 1
+            return f"{name}#{taken[name]}"
+        taken[name] = 0
+        return name
+
     for i, n in enumerate(graph.node):
-        if n.op_type not in _KINDS or n.domain not in ("", "ai.onnx"):
+        if not is_recurrent(n):
             if n.name:
                 others.append(n.name)
             continue
-        k = counts.get(n.op_type, 0)
-        counts[n.op_type] = k + 1
-        name = n.name or f"{n.op_type}_{k}"
-        if name in taken:
-            taken[name] += 1
-            name = f"{name}#{taken[name]}"
-        else:
-            taken[name] = 0
-        nodes.append(_read_node(i, name, n, static))
+        op = _op(n)
+        k = counts.get(op, 0)
+        counts[op] = k + 1
+        nodes.append(_read_node(i, unique(n.name or f"{op}_{k}"), n, static))
     used = {o for n in graph.node for o in n.output} | {i.name for i in graph.input} | set(static)
     producer = {o: n for n in graph.node for o in n.output if o}
     for node in nodes:
         node.outputs = _output_names(node, graph.node[node.index], used)
         node.batch_gathers = _batch_gathers(node.inputs[_X], 0 if node.layout else 1, producer, static)
+    for inner in inners:
+        node = _read_node(-1, unique(inner.name), inner.proto, inner.static)
+        node.inputs = tuple(inner.lifted(v) for v in node.inputs)
+        node.quant = tuple(inner.lifted(v) for v in node.quant)
+        node.outputs = (*(inner.lifted(v) for v in inner.proto.output[:3]), "", "")[:3]  # type: ignore[assignment]
+        node.runs_if = inner.runs_if
+        nodes.append(node)
     return _Prepared(model, nodes, others, inputs, static, hidden=_hidden_recurrent(model))
 
 
-#: recurrent ops of other domains (ONNX Runtime's quantization writes these)
-_FOREIGN_RECURRENT = {"DynamicQuantizeLSTM", "QLinearLSTM", "DynamicQuantizeGRU", "AttnLSTM"}
+def _op(n: Any) -> str:
+    """The float op a recurrent node computes (``DynamicQuantizeLSTM`` is an ``LSTM``)."""
+    return "LSTM" if n.op_type == "DynamicQuantizeLSTM" else n.op_type
+
+
+#: recurrent ops rnnlens does not read (other quantized forms, ONNX Runtime's attention LSTM)
+_FOREIGN_RECURRENT = {"QLinearLSTM", "DynamicQuantizeGRU", "AttnLSTM"}
 
 
 def _hidden_recurrent(model: Any) -> list[str]:
-    """Recurrent nodes outside what rnnlens runs: in subgraphs (``If`` branches, ``Loop`` /
-    ``Scan`` bodies, at any depth), in model-local functions, and quantized recurrent ops."""
+    """Recurrent nodes outside what rnnlens runs (after functions are inlined and ``If``
+    branches exposed): those in ``Loop`` / ``Scan`` bodies, at any depth, and foreign
+    recurrent ops, as ``"path (op)"``."""
     onnx = _onnx()
     found: list[str] = []
 
-    def walk(nodes: Any, path: str, top: bool) -> None:
+    def walk(nodes: Any, path: str, looped: bool) -> None:
         for k, n in enumerate(nodes):
             label = n.name or f"{n.op_type}_{k}"
-            if n.op_type in _FOREIGN_RECURRENT or (
-                not top and n.op_type in _KINDS and n.domain in ("", "ai.onnx")
-            ):
-                found.append(f"{path}{label} ({n.domain + '.' if n.domain else ''}{n.op_type})")
+            if n.op_type in _FOREIGN_RECURRENT or (looped and is_recurrent(n)):
+                why = "runs once per iteration of a Loop/Scan" if looped else "op not supported"
+                found.append(f"{path}{label} ({n.domain + '.' if n.domain else ''}{n.op_type}: {why})")
             for a in n.attribute:
+                inside = looped or n.op_type != "If"
                 if a.type == onnx.AttributeProto.GRAPH:
-                    walk(a.g.node, f"{path}{label}/{a.name}/", False)
+                    walk(a.g.node, f"{path}{label}/{a.name}/", inside)
                 elif a.type == onnx.AttributeProto.GRAPHS:
                     for j, g in enumerate(a.graphs):
-                        walk(g.node, f"{path}{label}/{a.name}[{j}]/", False)
+                        walk(g.node, f"{path}{label}/{a.name}[{j}]/", inside)
 
-    walk(model.graph.node, "", True)
-    for f in model.functions:
-        walk(f.node, f"function {f.name}/", False)
+    walk(model.graph.node, "", False)
     return found
 
 
@@ -342,9 +392,11 @@ def _output_names(node: _Node, proto: Any, used: set[str]) -> tuple[str, str, st
 
 
 def _read_node(index: int, name: str, n: Any, static: Mapping[str, Any]) -> _Node:
-    op = n.op_type
+    op = _op(n)
     a = _attrs(n)
-    inputs = tuple(n.input) + ("",) * (8 - len(n.input))
+    given_inputs = tuple(n.input) + ("",) * (12 - len(n.input))
+    inputs = given_inputs[:8]
+    quant = given_inputs[8:12] if n.op_type == "DynamicQuantizeLSTM" else ()
     direction = str(a.get("direction", "forward"))
     if direction not in ("forward", "reverse", "bidirectional"):
         raise UnsupportedLayerError(
@@ -362,7 +414,7 @@ def _read_node(index: int, name: str, n: Any, static: Mapping[str, Any]) -> _Nod
                 "computed in the graph, so rnnlens cannot tell its number of units. Re-export the model "
                 "with hidden_size set (every common exporter sets it)."
             )
-        hidden = int(dims[-1])
+        hidden = int(dims[1] if n.op_type == "DynamicQuantizeLSTM" else dims[-1])
     n_act = len(_DEFAULT_ACTS[op])
     given = [s.lower() for s in a.get("activations", [])]
     acts = given or list(_DEFAULT_ACTS[op]) * n_dir
@@ -401,4 +453,5 @@ def _read_node(index: int, name: str, n: Any, static: Mapping[str, Any]) -> _Nod
         inputs=inputs,
         activations=per_dir,
         problem="; ".join(problems) or None,
+        quant=quant,
     )

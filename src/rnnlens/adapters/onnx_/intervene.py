@@ -40,6 +40,8 @@ def cut_run(
     copy.CopyFrom(prep.model)
     graph = copy.graph
     for node in prep.nodes:  # the private copy's output names (see session._session)
+        if node.index < 0:
+            continue
         proto = graph.node[node.index]
         del proto.output[:]
         proto.output.extend(node.outputs[: 3 if node.op == "LSTM" else 2])

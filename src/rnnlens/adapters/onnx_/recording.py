@@ -24,7 +24,7 @@ from .feeds import _signature
 from .graph import _C0, _H0, _SEQ_LENS, _X
 from .session import _prepare
 from .states import _batch_of, _lookup, _needs
-from .trace import _selection
+from .trace import _selection, main_graph_only
 
 __all__ = ["OnnxRecording"]
 
@@ -37,6 +37,7 @@ class OnnxRecording:
             raise InputError("mask= and batch_size= are not used for ONNX models.")
         self.prep = _prepare(model)
         self.chosen, self.nodes, self.want = _selection(self.prep, options.layers, options.fields)
+        main_graph_only(self.chosen, self.nodes, "record")
         self.needs = list(
             dict.fromkeys(n for s in self.chosen for n in _needs(self.nodes[s.name], self.want[s.name]))
         )

@@ -38,11 +38,13 @@ def _session(prep: _Prepared) -> Any:
             outputs.add(name)
 
     for node in prep.nodes:
-        proto = graph.node[node.index]
-        n_out = 3 if node.op == "LSTM" else 2
-        del proto.output[:]
-        proto.output.extend(node.outputs[:n_out])
-        for name in (*node.outputs, *node.inputs, *node.batch_gathers):
+        if node.index >= 0:  # a main-graph node (one in If branches has its names already)
+            proto = graph.node[node.index]
+            n_out = 3 if node.op == "LSTM" else 2
+            del proto.output[:]
+            proto.output.extend(node.outputs[:n_out])
+        conds = (c for c, _, _ in node.runs_if)
+        for name in (*node.outputs, *node.inputs, *node.batch_gathers, *node.quant, *conds):
             expose(name)
     options = ort.SessionOptions()
     options.log_severity_level = 4  # rnnlens raises its own errors

@@ -21,7 +21,7 @@ from ...errors import RnnLensWarning, UnsupportedLayerError
 from ...kinds import KINDS
 from ...rebuild import reconstruct_direction
 from ...spec import CellWeights, Field
-from .graph import _ACTIVATIONS, _B, _C0, _H0, _R, _SEQ_LENS, _W, _X, _Node
+from .graph import _ACTIVATIONS, _B, _C0, _H0, _R, _SEQ_LENS, _W, _X, QUANTIZED_TOLERANCE, _Node
 
 _N_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 # ONNX LSTM blocks i, o, f, c → canonical i, f, g(=c), o; GRU z, r, h is already z, r, n
@@ -97,6 +97,9 @@ def _node_states(
         assert x is not None
         x = x if batch_major else x.transpose(1, 0, 2)
         w, r, b = tensor(node.inputs[_W]), tensor(node.inputs[_R]), tensor(node.inputs[_B])
+        if node.quant:
+            w, r = _dequantized(node, w, r, tensor, y.dtype)
+    tol = QUANTIZED_TOLERANCE if node.quant else None
     out: dict[str, DirectionArrays] = {}
     for d, direction in enumerate(node.directions):
         reverse = direction == "backward"
@@ -116,15 +119,16 @@ def _node_states(
                 want_c=KINDS[node.kind].has_c,  # for the Y_c check even when only gates are asked
                 want_gates="gates" in fields,
                 layer=node.name,
+                tol=tol,
             )
         else:
             flip = (lambda a: a[:, ::-1]) if reverse else (lambda a: a)
             arrays = DirectionArrays(
                 h=flip(carry_forward(flip(seq), None if mask is None else flip(mask), h0))
             )
-        _check_last(node, arrays.h, y_h, d, reverse, started, "h", "Y_h")
+        _check_last(node, arrays.h, y_h, d, reverse, started, "h", "Y_h", None)
         if arrays.c is not None:
-            _check_last(node, arrays.c, y_c, d, reverse, started, "c", "Y_c")
+            _check_last(node, arrays.c, y_c, d, reverse, started, "c", "Y_c", tol)
             if "c" not in fields:
                 arrays.c = None
         out[direction] = arrays
@@ -182,6 +186,7 @@ def _check_last(
     started: np.ndarray,
     what: str,
     output: str,
+    tol: tuple[float, float] | None,
 ) -> None:
     """The state after the last step must be the node's own ``Y_h`` / ``Y_c``."""
     if final is None:
@@ -193,6 +198,7 @@ def _check_last(
         None,
         layer=node.name,
         what=f"{what} after the last step (vs the node's own {output})",
+        tol=tol,
     )
 
 
@@ -203,8 +209,28 @@ def _needs(node: _Node, fields: tuple[Field, ...]) -> list[str]:
     if node.op == "LSTM":
         names += [node.outputs[2], node.inputs[_C0]]
     if rebuild:
-        names += [node.inputs[_X], node.inputs[_W], node.inputs[_R], node.inputs[_B]]
-    return [n for n in [*names, *node.batch_gathers] if n]
+        names += [node.inputs[_X], node.inputs[_W], node.inputs[_R], node.inputs[_B], *node.quant]
+    conds = [c for c, _, _ in node.runs_if]
+    return [n for n in [*names, *node.batch_gathers, *conds] if n]
+
+
+def _dequantized(
+    node: _Node, w: Any, r: Any, tensor: Callable[[str], np.ndarray | None], dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """``DynamicQuantizeLSTM``'s int8 ``W`` / ``R`` ([direction, input, 4 * unit], a scale and
+    zero point per direction or per direction and column) as float LSTM weights
+    ([direction, 4 * unit, input], ``(q - zero_point) * scale``)."""
+    w_scale, w_zero, r_scale, r_zero = (tensor(n) for n in node.quant)
+
+    def deq(q: Any, scale: Any, zero: Any) -> np.ndarray:
+        q = np.asarray(q).astype(dtype)
+        scale = np.asarray(scale, dtype)
+        zero = np.zeros_like(scale) if zero is None else np.asarray(zero).astype(dtype)
+        # a scale per direction broadcasts as (direction, 1, 1), one per column as (direction, 1, width)
+        shape = (q.shape[0], 1, 1) if scale.size == q.shape[0] else (q.shape[0], 1, q.shape[2])
+        return np.ascontiguousarray(((q - zero.reshape(shape)) * scale.reshape(shape)).transpose(0, 2, 1))
+
+    return deq(w, w_scale, w_zero), deq(r, r_scale, r_zero)
 
 
 def _batch_of(

@@ -2,8 +2,18 @@
 
 What is traced
 --------------
-Every ``LSTM``, ``GRU`` and ``RNN`` node of the model's main graph (nodes inside ``If``/
-``Loop``/``Scan`` bodies or model-local functions are not): ``direction`` forward, reverse
+Every ``LSTM``, ``GRU`` and ``RNN`` node of the model's main graph, of model-local functions
+(inlined with ``onnx.inliner``; such nodes are named as it names them) and of ``If`` branches at
+any depth (named by their path, ``"rate_switch/then_branch/inner_if/else_branch/lstm_8k"``;
+the branch that runs for the given inputs is traced, see :mod:`.subgraphs`), and ONNX
+Runtime's quantized ``com.microsoft.DynamicQuantizeLSTM`` (what ``quantize_dynamic`` writes):
+its ``h`` is the kernel's own, ``c`` and gates are rebuilt with the dequantized int8 weights at
+the kernel's ``h`` and checked against it within a stated tolerance
+(``graph.QUANTIZED_TOLERANCE``: the kernel also quantizes ``x`` and ``h`` at every matmul).
+Nodes inside ``Loop``/``Scan`` bodies (they run once per iteration) are named in an
+:class:`~rnnlens.errors.UnsupportedLayerError`; :func:`rnnlens.describe` lists them under its
+table. :func:`rnnlens.intervene` and :func:`rnnlens.record` take main-graph float nodes only.
+Supported: ``direction`` forward, reverse
 (the layer's one direction is ``"backward"``) and bidirectional, ``initial_h`` /
 ``initial_c``, ``sequence_lens`` (it becomes ``States.mask``), GRU
 ``linear_before_reset`` 1 (PyTorch's form) and 0, and the activations ``Sigmoid``, ``Tanh``,
@@ -115,10 +125,10 @@ def _require_nodes(prep: Any) -> None:
         more = f"; ... ({len(prep.hidden)} in all)" if len(prep.hidden) > 5 else ""
         shown = "; ".join(prep.hidden[:5]) + more
         raise UnsupportedLayerError(
-            f"The ONNX graph's recurrent nodes are where rnnlens cannot run them yet: {shown}. rnnlens "
-            "traces LSTM/GRU/RNN nodes of the main graph (not inside If/Loop/Scan bodies or functions, "
-            "not quantized ops). Export the model without the control flow (one export per branch, "
-            "e.g. per sample rate) or before quantization, and trace that file."
+            f"The ONNX graph's recurrent nodes are where rnnlens cannot run them: {shown}. rnnlens "
+            "traces LSTM/GRU/RNN and DynamicQuantizeLSTM nodes of the main graph, of If branches and "
+            "of model-local functions, not those inside Loop/Scan bodies (they run once per "
+            "iteration). Export the loop's body as a model of its own, or unroll the loop, and trace that."
         )
     raise UnsupportedLayerError(
         "The ONNX graph has no LSTM, GRU or RNN node. An exporter may have unrolled the recurrence "
@@ -166,10 +176,28 @@ def intervene(
     if not args and not kwargs:
         raise InputError(f"No inputs given; the model's inputs are: {_signature(_prepare(model))}.")
     prep = _prepare(model)
-    chosen, _, want = _selection(prep, options.layers, options.fields)
+    chosen, nodes, want = _selection(prep, options.layers, options.fields)
+    main_graph_only(chosen, nodes, "intervene")
+    for name in edits:
+        if name in nodes and nodes[name].quant:
+            raise UnsupportedLayerError(
+                f"Layer {name!r} is a quantized DynamicQuantizeLSTM: rnnlens' step loop computes in "
+                "float, not as the quantized kernel does, so its edited run would not be the model's. "
+                "Edit the float model (before quantization)."
+            )
     x, rest = (args[0], args[1:]) if args else (None, ())
     feeds = _feeds(prep, x, rest, kwargs)
     return onnx_intervene.intervene(prep, feeds, edits, chosen, want)
+
+
+def main_graph_only(chosen: list[LayerSpec], nodes: Mapping[str, Any], what: str) -> None:
+    """Refuse layers inside ``If`` branches for ``what`` (trace alone follows the branches)."""
+    inner = [s.name for s in chosen if nodes[s.name].inner]
+    if inner:
+        raise UnsupportedLayerError(
+            f"Layers {inner} sit inside If branches: rnnlens.trace follows the branch that runs, but "
+            f"{what} does not yet. Select main-graph layers with layers=[...], or trace."
+        )
 
 
 def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions) -> Captured:
@@ -215,5 +243,26 @@ def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], option
     got: dict[str, np.ndarray] = dict(zip(fetch, results))
 
     tensor = _lookup(got, feeds, prep)
+    chosen = _ran(chosen, nodes, tensor, named=layers is not None)
     batch = {s.name: _batch_of(nodes[s.name], want[s.name], tensor) for s in chosen}
     return Captured(chosen, [batch], backend="onnx")
+
+
+def _ran(chosen: list[LayerSpec], nodes: Mapping[str, Any], tensor: Any, *, named: bool) -> list[LayerSpec]:
+    """The chosen layers whose ``If`` branch ran; a layer asked for by name that did not run
+    (or no layer at all) is an error, as a torch module forward did not call."""
+    ran = [s for s in chosen if nodes[s.name].ran(tensor)]
+    skipped = [nodes[s.name] for s in chosen if s not in ran]
+    if skipped and (named or not ran):
+        node = skipped[0]
+        where = next(
+            f"the {'then' if then else 'else'}_branch of If {path!r}"
+            for c, then, path in node.runs_if
+            if bool(np.asarray(tensor(c)).reshape(-1)[0]) != then
+        )
+        raise UnsupportedLayerError(
+            f"Layer {node.name!r} sits in {where}, which did not run for these inputs, so it has no "
+            f"states. Layers that ran: {[s.name for s in ran]}. Give inputs that take that branch, "
+            "or select the layers that ran with layers=[...]."
+        )
+    return ran
