@@ -11,7 +11,7 @@ from typing import Any, Literal
 from . import adapters
 from ._table import format_table
 from .adapters.base import TraceOptions
-from .options import check_batch_size, check_fields, check_layers, check_mask, check_strategy
+from .options import check_batch_size, check_choice, check_fields, check_layers, check_mask, check_strategy
 from .spec import LayerSpec
 from .states import States
 from .tracing import assemble
@@ -77,6 +77,7 @@ def trace(
     mask: Any = None,
     batch_size: int | None = None,
     strategy: Literal["auto", "emit", "reconstruct"] = "auto",
+    calls: Literal["join", "each"] = "join",
     **kwargs: Any,
 ) -> States:
     """Hidden state (and for LSTM cell state and gates) of every recurrent layer at every step.
@@ -99,6 +100,11 @@ def trace(
             generic loop anyway, as on CPU); ``"reconstruct"`` takes h from the framework's
             fused kernel and rebuilds gates in one batched matmul and c by a scan, checked
             against h (fastest with cuDNN). ``"auto"`` picks per layer and device.
+        calls: a module that ``forward`` calls several times (PyTorch): ``"join"`` (default)
+            makes calls that each start from the state the previous call returned (a decoder
+            fed one token at a time) one entry along time, named after the first call;
+            ``"each"`` gives every call its own entry (``"decoder.rnn"``, ``"decoder.rnn#1"``,
+            ...). Calls that do not chain are separate entries either way.
 
     Returns:
         :class:`~rnnlens.States`, keyed by layer name in model order.
@@ -121,6 +127,7 @@ def trace(
         mask=check_mask(mask) if adapter.takes_mask else mask,
         batch_size=check_batch_size(batch_size),
         strategy=check_strategy(strategy, adapter.strategies, adapter.name),
+        calls=check_choice("calls", calls, ("join", "each")),
     )
     captured = adapter.capture(model, (x, *args), kwargs, options)
     return assemble(captured.specs, captured.batches, backend=captured.backend)

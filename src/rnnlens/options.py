@@ -103,6 +103,17 @@ def check_strategy(strategy: Any, supported: Sequence[str], framework: str) -> s
     return strategy
 
 
+def check_choice(option: str, value: Any, known: Sequence[str]) -> str:
+    """One of ``known`` (a near miss is suggested)."""
+    if isinstance(value, str) and value in known:
+        return value
+    hint = suggest(value, known) if isinstance(value, str) else None
+    raise OptionError(
+        f"{option} must be one of {list(known)}; received {value!r}."
+        + (f" Did you mean {hint!r}?" if hint else "")
+    )
+
+
 def check_mask(mask: Any) -> np.ndarray | None:
     """None, or a (sample, time) array of booleans (or of 0 and 1 only)."""
     if mask is None:

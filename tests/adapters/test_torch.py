@@ -414,7 +414,7 @@ def test_encoder_decoder_with_repeated_calls() -> None:
     torch.manual_seed(6)
     model = EncoderDecoder(features=3, hidden=4).eval()
     x = torch.randn(2, 5, 3)
-    states = rnnlens.trace(model, x)
+    states = rnnlens.trace(model, x, calls="each")
     assert list(states) == ["encoder.l0", "encoder.l1", "decoder", "decoder#1"]
     with torch.no_grad():
         enc, (h, _) = model.encoder(x)
@@ -432,9 +432,60 @@ def test_encoder_decoder_with_repeated_calls() -> None:
     )
     close(states["decoder#1"].gates.array, ref["gates"], "decoder#1 gates")
     # selecting one call by name
-    only = rnnlens.trace(model, x, layers=["decoder#1"], fields="h")
+    only = rnnlens.trace(model, x, layers=["decoder#1"], fields="h", calls="each")
     assert list(only) == ["decoder#1"]
     np.testing.assert_array_equal(only["decoder#1"].h, second.numpy())
+    # by default the second call, which starts from the first call's final state, is joined on
+    joined = rnnlens.trace(model, x)
+    assert list(joined) == ["encoder.l0", "encoder.l1", "decoder"]
+    np.testing.assert_array_equal(
+        joined["decoder"].h, np.concatenate([states["decoder"].h, states["decoder#1"].h], 1)
+    )
+    np.testing.assert_array_equal(
+        joined["decoder"].gates.array,
+        np.concatenate([states["decoder"].gates.array, states["decoder#1"].gates.array], 1),
+    )
+    no_leftovers(model)
+
+
+class GreedyDecoder(nn.Module):
+    """A decoder ``nn.LSTM`` fed one step at a time, its own output becoming the next input."""
+
+    def __init__(self, features: int, hidden: int, layers: int = 2) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(features, hidden, num_layers=layers, batch_first=True)
+        self.out = nn.Linear(hidden, features)
+
+    def forward(self, start: Any, steps: int) -> Any:
+        x, state, ys = start, None, []
+        for _ in range(steps):
+            y, state = self.rnn(x, state)
+            x = torch.tanh(self.out(y))
+            ys.append(x)
+        return torch.cat(ys, 1)
+
+
+@pytest.mark.parametrize("strategy", ["emit", "reconstruct"])
+def test_a_decoder_called_once_per_step_is_one_entry(strategy: str) -> None:
+    torch.manual_seed(11)
+    model = GreedyDecoder(3, 5).eval()
+    start, steps = torch.randn(2, 1, 3), 7
+    states = rnnlens.trace(model, start, steps, strategy=strategy)
+    assert list(states) == ["rnn.l0", "rnn.l1"]
+    with torch.no_grad():
+        ys = model(start, steps)
+    inputs = torch.cat([start, ys[:, :-1]], 1).double().numpy()  # what each step read, in order
+    ref0 = reference_rnn("lstm", inputs, **canonical(model.rnn, "lstm", 0))
+    ref1 = reference_rnn("lstm", ref0["h"], **canonical(model.rnn, "lstm", 1))
+    for name, ref in (("rnn.l0", ref0), ("rnn.l1", ref1)):
+        assert states[name].h.shape == (2, steps, 5)
+        close(states[name].h, ref["h"], f"{name} h")
+        close(states[name].c, ref["c"], f"{name} c")
+        close(states[name].gates.array, ref["gates"], f"{name} gates")
+    each = rnnlens.trace(model, start, steps, calls="each", fields="h")
+    assert len(each) == 2 * steps and "rnn.l1#6" in each
+    with pytest.raises(rnnlens.OptionError, match="Did you mean 'each'"):
+        rnnlens.trace(model, start, steps, calls="eahc")
     no_leftovers(model)
 
 

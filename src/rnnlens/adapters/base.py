@@ -55,7 +55,7 @@ class TraceOptions:
     ``layers``: names in the caller's order, or None for all. ``fields``: the fields asked
     for, or None for every field each layer has. ``mask``: (sample, time) bool or None.
     ``batch_size``: a positive int or None. ``strategy``: one of the adapter's
-    :attr:`Adapter.strategies`.
+    :attr:`Adapter.strategies`. ``calls``: ``"join"`` or ``"each"``.
     """
 
     layers: tuple[str, ...] | None = None
@@ -63,6 +63,9 @@ class TraceOptions:
     mask: np.ndarray | None = None
     batch_size: int | None = None
     strategy: str = "auto"
+    #: ``"join"``: calls of one module that continue the previous call's final state are one
+    #: entry along time; ``"each"``: one entry per call (``name#k``)
+    calls: str = "join"
 
 
 @dataclass

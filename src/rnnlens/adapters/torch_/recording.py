@@ -17,6 +17,7 @@ import torch
 from ...errors import UnsupportedModelError
 from ..base import Captured, TraceOptions
 from .calls import _SeqCall
+from .chains import chain_calls, merge, steps_of
 from .discover import _require_module
 from .record import _install, _Recorder, _uninstall
 from .trace import _captured, _plans
@@ -48,7 +49,7 @@ class TorchRecording:
         """Chained calls merged before conversion (inputs and outputs concatenated along time, the
         first call's ``hx``: one rebuild per chain instead of one per call) and each call's
         ``(name, entry, start, stop)``."""
-        chains = self._chains()
+        chains = chain_calls(self.rec.entries)
         merged: list[Any] = []
         spans: list[tuple[str, str, int, int]] = []
         for chain in chains:
@@ -58,12 +59,12 @@ class TorchRecording:
                 name = first.plan.name
                 spans += [(name, name, k, k + 1) for k in range(len(getattr(first, "xs", ())))]
                 continue
-            merged.append(_merge(chain) if len(chain) > 1 else first)
+            merged.append(merge(chain) if len(chain) > 1 else first)
             for name in first.plan.layer_names.values():
                 entry = f"{name}#{first.index}" if first.index else name
                 start = 0
                 for call in chain:
-                    steps = _steps(call)
+                    steps = steps_of(call)
                     spans.append(
                         (f"{name}#{call.index}" if call.index else name, entry, start, start + steps)
                     )
@@ -76,70 +77,3 @@ class TorchRecording:
             self.rec.entries = original
         kept = {s.name for s in captured.specs}
         return captured, [span for span in spans if span[1] in kept]
-
-    def _chains(self) -> list[list[Any]]:
-        chains: list[list[Any]] = []
-        last: dict[int, list[Any]] = {}
-        for entry in self.rec.entries:
-            if isinstance(entry, _SeqCall):
-                chain = last.get(id(entry.plan.module))
-                if chain is not None and _continues(chain[-1], entry):
-                    chain.append(entry)
-                    continue
-                chains.append([entry])
-                last[id(entry.plan.module)] = chains[-1]
-            else:
-                chains.append([entry])
-        return chains
-
-
-def _layer_of(final: Any, layer: int, call: _SeqCall) -> Any:
-    """Layer ``layer``'s rows of a returned final state (one direction: one row per layer)."""
-    rows = slice(layer, layer + 1)
-    if isinstance(final, (tuple, list)):
-        return tuple(f[rows] for f in final)
-    return final[rows]
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return (
-        isinstance(a, torch.Tensor)
-        and isinstance(b, torch.Tensor)
-        and a.shape == b.shape
-        and torch.equal(a, b)
-    )
-
-
-def _continues(prev: _SeqCall, call: _SeqCall) -> bool:
-    """``call`` starts from exactly the state ``prev`` returned (one direction, tensors, not packed)."""
-    if prev.final is None or call.plan.cfg.n_dir != 1 or call.packed or prev.packed:
-        return False
-    if call.unbatched != prev.unbatched or not call.hx or any(v is None for v in call.hx.values()):
-        return False
-    return all(_same(call.hx[layer], _layer_of(prev.final, layer, call)) for layer in call.hx)
-
-
-def _time_axis(call: _SeqCall) -> int:
-    return 0 if call.unbatched or not call.plan.cfg.batch_first else 1
-
-
-def _steps(call: _SeqCall) -> int:
-    top = max(call.outputs)
-    return int(call.outputs[top].shape[_time_axis(call)])
-
-
-def _merge(chain: list[_SeqCall]) -> _SeqCall:
-    """One call standing for a chain: inputs and outputs of every layer joined along time, the
-    first call's initial state and the last call's final state."""
-    first = chain[0]
-    axis = _time_axis(first)
-    out = _SeqCall(first.plan, first.index, first.packed, first.unbatched)
-    out.hx = dict(first.hx)
-    out.final = chain[-1].final
-    for layer in first.inputs:
-        out.inputs[layer] = torch.cat([c.inputs[layer] for c in chain], dim=axis)
-    for layer in first.outputs:
-        out.outputs[layer] = torch.cat([c.outputs[layer] for c in chain], dim=axis)
-    return out

@@ -20,9 +20,13 @@ PyTorch class in lower case (``"lstm"``, ``"gru"``, ``"rnn"``, ``"lstmcell"``, .
 
 * ``num_layers > 1``: one entry per layer, ``"<path>.l0"``, ``"<path>.l1"``, ... (a single
   layer module keeps the plain path).
-* The same ``nn.LSTM``/``nn.GRU``/``nn.RNN`` called several times in one ``forward``: every
-  call is its own entry; the first call has the plain name, later calls add ``"#1"``,
-  ``"#2"``, ... at the end (``"decoder.rnn"``, ``"decoder.rnn#1"``, ``"decoder.rnn.l0#1"``).
+* The same ``nn.LSTM``/``nn.GRU``/``nn.RNN`` called several times in one ``forward``: calls
+  that each start from exactly the state the previous call returned (a decoder fed one token
+  at a time: ``y, state = rnn(x, state)``) are joined along time into one entry under the
+  first call's name (``trace(..., calls="join")``, the default; one direction, tensor inputs).
+  Other calls, and every call with ``calls="each"``, are entries of their own: the first call
+  has the plain name, later calls add ``"#1"``, ``"#2"``, ... at the end (``"decoder.rnn"``,
+  ``"decoder.rnn#1"``, ``"decoder.rnn.l0#1"``). Interventions name calls this way too.
 * A cell (``nn.LSTMCell`` ...) called in a Python loop: every call is one time step; all calls
   of one cell module in one ``forward`` form one entry (plain path) whose time axis has one
   step per call, in call order. ``h`` and ``c`` are the cell's own outputs; the gates come
@@ -87,7 +91,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -105,6 +109,7 @@ from ...spec import CellWeights, Field, LayerSpec
 from ...tracing import resolve_fields, select_layers
 from ..base import Captured, Intervened, TraceOptions
 from .calls import _CellCalls, _Plan
+from .chains import chain_calls, merge
 from .convert import _cell_entry, _generic_seq, _need_x, _seq_layer
 from .discover import _require_module, _static_specs, _walk, describe
 from .record import _Recorder, _run, _tensors
@@ -155,7 +160,8 @@ def intervene(
 ) -> Intervened:
     """PyTorch implementation of :meth:`rnnlens.adapters.Adapter.intervene`: one forward pass
     in which every edited layer runs rnnlens' step loop with the edits applied in place."""
-    captured, output = _capture(model, args, kwargs, options, edits)
+    # edits name each call ("#k", steps counted per call), so the states keep one entry per call
+    captured, output = _capture(model, args, kwargs, replace(options, calls="each"), edits)
     return Intervened(outputs=_outputs(output), captured=captured)
 
 
@@ -243,7 +249,7 @@ def _capture(
         for m, flag in flags:
             m.training = flag
 
-    return _captured(rec, planned), rec.output
+    return _captured(rec, planned, join=options.calls == "join"), rec.output
 
 
 @dataclass
@@ -308,9 +314,17 @@ def _plans(model: Any, layers: Any, fields: Any, strategy: str, edits: Mapping[s
     return _Planned(plans, dict(static_fields), names, static)
 
 
-def _captured(rec: _Recorder, planned: _Planned) -> Captured:
-    """The selected entries of a recording run, converted (reconstructing where needed)."""
+def _captured(rec: _Recorder, planned: _Planned, *, join: bool = False) -> Captured:
+    """The selected entries of a recording run, converted (reconstructing where needed);
+    ``join``: calls of one module that chain become one entry (:mod:`.chains`)."""
     static_fields, names, static, plans = planned.static_fields, planned.names, planned.static, planned.plans
+    if join:
+        original = rec.entries
+        rec.entries = [merge(c) if len(c) > 1 else c[0] for c in chain_calls(rec.entries)]
+        try:
+            return _captured(rec, planned)
+        finally:
+            rec.entries = original
     entries = _entries(rec, static_fields)
     dynamic = [spec for spec, _ in entries]
     if not dynamic and names is None:
