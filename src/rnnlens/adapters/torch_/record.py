@@ -10,6 +10,7 @@ once under ``torch.no_grad()``, removes them again and turns a failing call into
 
 from __future__ import annotations
 
+import contextlib
 import re
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -20,6 +21,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from ...errors import RnnLensError, UnsupportedLayerError
 from ...kinds import KINDS
+from . import direct
 from .calls import _CellCalls, _Plan, _SeqCall
 from .convert import _input_error
 from .discover import _Config, base_class
@@ -266,7 +268,7 @@ def _install(rec: _Recorder, plans: Sequence[_Plan]) -> list[tuple[Any, Any]]:
         for plan in plans:
             stand_in = rec.stand_in(plan)
             installed.append((plan.module, vars(plan.module).get("forward", _MISSING)))
-            vars(plan.module)["forward"] = stand_in
+            vars(plan.module)["forward"] = direct.unwatched(stand_in)
     except BaseException:
         _uninstall(installed)
         raise
@@ -282,12 +284,21 @@ def _uninstall(installed: list[tuple[Any, Any]]) -> None:
 
 
 def _run(
-    model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], plans: Sequence[_Plan], *, clone: bool
+    model: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    plans: Sequence[_Plan],
+    *,
+    clone: bool,
+    planner: Callable[[str, Any], _Plan | None] | None = None,
 ) -> _Recorder:
+    """One recording forward pass; ``planner(name, module)`` plans a direct ``torch._VF``
+    recurrent call (:mod:`.direct`), or says None to let it run unrecorded."""
     rec = _Recorder(plans, clone=clone)
     installed = _install(rec, plans)
+    watch = _direct_watch(rec, model, planner) if planner is not None else contextlib.nullcontext()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), watch:
             rec.output = model(*args, **kwargs)
     except RnnLensError:
         raise
@@ -296,6 +307,37 @@ def _run(
     finally:
         _uninstall(installed)
     return rec
+
+
+def _direct_watch(rec: _Recorder, model: Any, planner: Callable[[str, Any], _Plan | None]) -> Any:
+    """The mode that routes direct recurrent op calls through recorded stand-ins (one plan and
+    one meta-device module per weight set, kept for later calls: they chain and count as one
+    module's calls)."""
+    paths = {id(m): path or type(model).__name__.lower() for path, m in model.named_modules()}
+    routes: dict[tuple[Any, ...], tuple[Callable[..., Any] | None, Any]] = {}
+    names: dict[str, int] = {}
+
+    def route(call: direct.DirectCall, func: Any, args: tuple[Any, ...]) -> Any:
+        if call.train and call.dropout > 0 and call.num_layers > 1:
+            raise UnsupportedLayerError(
+                f"A direct torch._VF.{call.base.lower()} call ran in training mode with dropout="
+                f"{call.dropout} between its layers, which rnnlens cannot reproduce. Call it with "
+                "train=self.training (rnnlens traces in eval mode)."
+            )
+        key = call.key()
+        if key not in routes:
+            path = direct.caller(paths) or f"vf_{call.base.lower()}"
+            k = names.get(path, 0)
+            names[path] = k + 1
+            module = direct.module_for(call)
+            plan = planner(path if k == 0 else f"{path}.vf{k}", module)
+            routes[key] = (None if plan is None else rec.stand_in(plan), module)
+        stand_in, _ = routes[key]
+        if stand_in is None:  # not selected: the op runs as the model called it
+            return func(*args)
+        return direct.op_result(call, stand_in(call.input, direct.user_order(call)))
+
+    return direct.DirectCalls(lambda: bool(rec.active), route)
 
 
 def _through_subclass(m: Any, inner: Callable[..., Any], record: bool) -> Callable[..., Any]:

@@ -11,6 +11,10 @@ What is traced
 the ``super().forward(...)`` call inside it is what is traced, with every field. A module whose
 *instance* ``forward`` was replaced, or a cell subclass that overrides ``forward``, computes
 something rnnlens does not know: its per-step outputs are given as ``h`` (kind ``"rnn"``).
+A module that holds its own weights and calls the fused op itself (``torch._VF.lstm`` /
+``gru`` / ``rnn_tanh`` / ``rnn_relu``, ``torch.lstm``; either overload) is traced too, with
+every field, under the calling module's path (:mod:`.direct`; ``layers=None`` only, since
+such calls are found while running; :func:`describe` cannot list them).
 
 Names
 -----
@@ -111,7 +115,7 @@ from ..base import Captured, Intervened, TraceOptions
 from .calls import _CellCalls, _Plan
 from .chains import chain_calls, merge
 from .convert import _cell_entry, _generic_seq, _need_x, _seq_layer
-from .discover import _require_module, _static_specs, _walk, describe
+from .discover import _config, _require_module, _static_specs, _walk, describe
 from .record import _Recorder, _run, _tensors
 from .weights import _np, _weights
 
@@ -234,7 +238,7 @@ def _capture(
     try:
         model.eval()
         given = [(t, t._version) for t in _tensors([*args, *kwargs.values()])]
-        rec = _run(model, args, kwargs, plans, clone=False)
+        rec = _run(model, args, kwargs, plans, clone=False, planner=planned.direct)
         if rec.tampered():  # the model changed a captured tensor in place: run again, keeping copies
             changed = [tuple(t.shape) for t, v in given if t._version != v]
             if changed:
@@ -244,7 +248,8 @@ def _capture(
                     "forward again on the original input. Pass a copy (x.clone()) for rnnlens to "
                     "trace, or avoid in-place operations on the input in forward."
                 )
-            rec = _run(model, args, kwargs, plans, clone=True)
+            planned = _plans(model, layers, fields, strategy, edits)  # fresh: direct plans again
+            rec = _run(model, args, kwargs, planned.plans, clone=True, planner=planned.direct)
     finally:
         for m, flag in flags:
             m.training = flag
@@ -260,6 +265,23 @@ class _Planned:
     static_fields: dict[str, tuple[Field, ...]]
     names: list[str] | None
     static: list[tuple[LayerSpec, str]]
+    fields: Any = None
+    strategy: str = "auto"
+
+    def direct(self, name: str, module: Any) -> _Plan | None:
+        """The plan of a direct ``torch._VF`` call found while running (:mod:`.direct`), named
+        ``name``; None when ``layers=`` did not select it (its layers' names are checked
+        before running, so only ``layers=None`` selects one)."""
+        cfg = _config(module)
+        assert cfg is not None
+        specs = _static_specs(name, cfg)
+        if self.names is not None:
+            return None
+        mine = dict(resolve_fields(specs, self.fields))
+        self.static_fields.update(mine)
+        plan = _plan_for(name, module, cfg, mine, self.strategy, {})
+        self.plans.append(plan)
+        return plan
 
 
 def _plans(model: Any, layers: Any, fields: Any, strategy: str, edits: Mapping[str, LayerEdits]) -> _Planned:
@@ -269,7 +291,12 @@ def _plans(model: Any, layers: Any, fields: Any, strategy: str, edits: Mapping[s
     names = _names(layers)
     # Validate names and fields before running anything: "#k" selects a later call of a module.
     stripped = None if names is None else list(dict.fromkeys(_CALL_SUFFIX.sub("", n) for n in names))
-    chosen = select_layers([s for s, _ in static], stripped, other_layers=others)
+    # no recurrent module: the forward pass may still call torch._VF's ops directly (.direct)
+    chosen = (
+        []
+        if not static and names is None
+        else select_layers([s for s, _ in static], stripped, other_layers=others)
+    )
     static_fields = resolve_fields(chosen, fields)
     owner = {s.name: module_name for s, module_name in static}
     plans = []
@@ -282,36 +309,40 @@ def _plans(model: Any, layers: Any, fields: Any, strategy: str, edits: Mapping[s
             raise UnsupportedModelError(
                 f"Recurrent submodule {name!r} is TorchScript (compiled): it cannot be edited."
             )
-            raise UnsupportedModelError(
-                f"Recurrent submodule {name!r} is TorchScript (compiled), so rnnlens cannot observe it. "
-                "Build the model from Python modules and load the weights into it "
-                "(load_model(path, module=...)), or select other layers with layers=[...]."
-            )
         if cfg.scripted:
             continue
-        loop = cfg.expanded and any(
-            n != f"{name}.l{cfg.num_layers - 1}" or _need_x(f) for n, f in mine.items()
-        )
-        emit = frozenset(
-            int(n.rsplit(".l", 1)[1]) if cfg.expanded else 0
-            for n, f in mine.items()
-            if _need_x(f) and not cfg.cell and KINDS[cfg.kind].reconstructable
-        )
-        plans.append(
-            _Plan(
-                name,
-                m,
-                cfg,
-                record=bool(mine) or bool(own_edits),
-                loop=loop or (bool(own_edits) and cfg.expanded),
-                emit=emit,
-                strategy=strategy,
-                edits=own_edits,
-                layer_names=layer_names,
-            )
-        )
+        plans.append(_plan_for(name, m, cfg, mine, strategy, own_edits))
+    return _Planned(plans, dict(static_fields), names, static, fields, strategy)
 
-    return _Planned(plans, dict(static_fields), names, static)
+
+def _plan_for(
+    name: str,
+    m: Any,
+    cfg: Any,
+    mine: Mapping[str, tuple[Field, ...]],
+    strategy: str,
+    own_edits: dict[str, LayerEdits],
+) -> _Plan:
+    """What to record of one module, given the fields of its selected entries (``mine``)."""
+    specs = _static_specs(name, cfg)
+    layer_names = {k: s.name for k, s in enumerate(specs)} if cfg.expanded else {cfg.num_layers - 1: name}
+    loop = cfg.expanded and any(n != f"{name}.l{cfg.num_layers - 1}" or _need_x(f) for n, f in mine.items())
+    emit = frozenset(
+        int(n.rsplit(".l", 1)[1]) if cfg.expanded else 0
+        for n, f in mine.items()
+        if _need_x(f) and not cfg.cell and KINDS[cfg.kind].reconstructable
+    )
+    return _Plan(
+        name,
+        m,
+        cfg,
+        record=bool(mine) or bool(own_edits),
+        loop=loop or (bool(own_edits) and cfg.expanded),
+        emit=emit,
+        strategy=strategy,
+        edits=own_edits,
+        layer_names=layer_names,
+    )
 
 
 def _captured(rec: _Recorder, planned: _Planned, *, join: bool = False) -> Captured:
@@ -327,6 +358,15 @@ def _captured(rec: _Recorder, planned: _Planned, *, join: bool = False) -> Captu
             rec.entries = original
     entries = _entries(rec, static_fields)
     dynamic = [spec for spec, _ in entries]
+    if not dynamic and not static:
+        raise UnsupportedLayerError(
+            "The model has no recurrent layer rnnlens can trace: no nn.LSTM/GRU/RNN module (or "
+            "subclass), no nn.LSTMCell/GRUCell/RNNCell called in a loop, and forward called no "
+            "recurrent op (torch._VF.lstm/gru/rnn_tanh/rnn_relu) itself. A recurrence written with "
+            "other layers (h = tanh(Linear(x) + Linear(h)) in a Python loop) has no recurrent op "
+            "rnnlens can see: write it with nn.RNNCell (the same weights: weight_ih, weight_hh) to "
+            "trace it. Check that you passed the model that contains them."
+        )
     if not dynamic and names is None:
         raise UnsupportedLayerError(
             "forward did not call any of the selected recurrent modules "
