@@ -812,15 +812,49 @@ def test_torchscript(tmp_path: Any) -> None:
     scripted = tload.load_model(path, unsafe=True)
     assert isinstance(scripted, torch.jit.ScriptModule)
     assert rnnlens.describe(scripted).names == ["rnn"]
-    with pytest.raises(UnsupportedModelError, match=r"TorchScript.*module=") as info:
-        rnnlens.trace(scripted, torch.randn(1, 2, 3))
-    assert "load_model" in str(info.value)
-    # weights into the Python module: traceable
-    python = tload.load_model(path, module=Small(), unsafe=True)
     x = torch.randn(2, 3, 3)
     with torch.no_grad():
         want = scripted(x)
+    # traced through its ONNX export, named as describe names it, against the reference
+    states = rnnlens.trace(scripted, x)
+    assert list(states) == ["rnn"]
+    ref = reference_rnn("gru", x.double().numpy(), **canonical(src.rnn, "gru"))
+    close(states["rnn"].h, ref["h"], "scripted h")
+    close(states["rnn"].gates.array, ref["gates"], "scripted gates")
+    np.testing.assert_allclose(states["rnn"].h, want.numpy(), rtol=0, atol=1e-6)
+    with pytest.raises(UnsupportedModelError, match=r"TorchScript.*load_model"):
+        rnnlens.intervene(scripted, x, [rnnlens.Edit("rnn", 0, scale=0)])
+    # weights into the Python module: traceable the usual way
+    python = tload.load_model(path, module=Small(), unsafe=True)
     np.testing.assert_allclose(rnnlens.trace(python, x)["rnn"].h, want.numpy(), rtol=0, atol=KERNEL_ATOL)
+
+
+class StackedTagger(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.LSTM(3, 5, num_layers=2, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(10, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.enc(x)[0])
+
+
+@pytest.mark.parametrize("compile", ["script", "trace"])
+def test_a_scripted_stacked_bilstm_is_traced_through_onnx(compile: str) -> None:
+    torch.manual_seed(12)
+    src = StackedTagger().eval()
+    x = torch.randn(2, 6, 3)
+    compiled = torch.jit.script(src) if compile == "script" else torch.jit.trace(src, x)
+    states = rnnlens.trace(compiled, x)
+    assert list(states) == ["enc.l0", "enc.l1"] == rnnlens.describe(compiled).names
+    refs = reference_stack(src.enc, "lstm", x.numpy(), None, None, None)
+    for layer in range(2):
+        for d, direction in enumerate(("forward", "backward")):
+            got = getattr(states[f"enc.l{layer}"], direction)
+            close(got.h, refs[layer][d]["h"], f"l{layer} {direction} h")
+            close(got.c, refs[layer][d]["c"], f"l{layer} {direction} c")
+    only = rnnlens.trace(compiled, x, layers="enc.l1", fields="h")
+    assert list(only) == ["enc.l1"]
 
 
 def test_a_subclass_that_never_calls_super_forward_is_an_error() -> None:

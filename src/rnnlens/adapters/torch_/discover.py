@@ -175,7 +175,7 @@ def _static_specs(name: str, cfg: _Config) -> list[LayerSpec]:
     if cfg.proj_size:
         notes.append(f"proj_size={cfg.proj_size}: h has {cfg.proj_size} units, c {cfg.hidden_size}")
     if cfg.scripted:
-        notes.append("TorchScript: describe only; trace the Python module")
+        notes.append("TorchScript: traced through its ONNX export")
     if cfg.cell:
         notes.append("one time step per call; the calls in one forward pass form the time axis")
         return [

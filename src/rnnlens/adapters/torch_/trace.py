@@ -76,9 +76,12 @@ Arguments: ``trace(module, *args, **kwargs)`` calls ``module(*args, **kwargs)``.
 module's ``forward`` has a parameter of that name they are passed to it, otherwise they are
 an :class:`~rnnlens.errors.InputError`.
 
-TorchScript modules run compiled code that cannot be observed step by step: :func:`describe`
-lists their recurrent submodules, :func:`trace` refuses them; load the weights into the Python
-module with :func:`load_model` (``module=``) and trace that.
+TorchScript modules (``torch.jit.script`` / ``torch.jit.trace``; opening a TorchScript file
+takes ``unsafe=True``) run compiled code that cannot be observed step by step: :func:`trace`
+reads them through their ONNX export, checked against the module's own outputs
+(:mod:`.scripted`; needs the ``onnx`` extra); :func:`rnnlens.intervene` and
+:func:`rnnlens.record` refuse them: load the weights into the Python module with
+:func:`load_model` (``module=``) for those.
 
 Example:
     >>> import torch, rnnlens
@@ -151,7 +154,12 @@ def _names(layers: str | Iterable[str] | None) -> list[str] | None:
 
 
 def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions) -> Captured:
-    """PyTorch implementation of :meth:`rnnlens.adapters.Adapter.capture` (see :func:`_capture`)."""
+    """PyTorch implementation of :meth:`rnnlens.adapters.Adapter.capture` (see :func:`_capture`;
+    a TorchScript module goes through its ONNX export, :mod:`.scripted`)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        from . import scripted
+
+        return scripted.capture(model, args, kwargs, options)
     return _capture(model, args, kwargs, options, {})[0]
 
 
@@ -212,9 +220,9 @@ def _capture(
     if isinstance(model, torch.jit.ScriptModule):
         raise UnsupportedModelError(
             f"{type(model).__name__} is a TorchScript module: its forward runs compiled code, which "
-            "rnnlens cannot observe step by step. Load the weights into the Python module and trace "
-            "that: rnnlens.load_model(path, module=MyModel(...), unsafe=True). describe() works "
-            "on TorchScript modules."
+            "rnnlens cannot edit step by step (rnnlens.trace reads it through its ONNX export). Load "
+            "the weights into the Python module and intervene on that: "
+            "rnnlens.load_model(path, module=MyModel(...), unsafe=True)."
         )
     _option(
         model,
