@@ -40,3 +40,29 @@ def test_strings_in_states_out() -> None:
     assert rnnlens.trace(model, [[t] for t in TEXTS])["bilstm"].h.shape == (3, 6, 8)  # a list works too
     with pytest.raises(rnnlens.InputError, match="expected strings"):
         rnnlens.trace(model, np.zeros((3, 1)))
+
+
+def test_a_flat_list_of_reviews_as_the_tutorial_predicts() -> None:
+    """``Input(shape=(), dtype="string")``: one string per sample, as a list, a NumPy str or
+    object array, or ``tf.constant``; the mask comes from the model (Embedding mask_zero)."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(4)
+    vec = keras.layers.TextVectorization(max_tokens=50)
+    vec.adapt(TEXTS)
+    model = keras.Sequential(
+        [keras.Input(shape=(), dtype="string"), vec, keras.layers.Embedding(50, 8, mask_zero=True),
+         keras.layers.Bidirectional(keras.layers.LSTM(4), name="bilstm"), keras.layers.Dense(1)]
+    )  # fmt: skip
+    first = rnnlens.trace(model, TEXTS)["bilstm"]
+    assert first.mask.sum(axis=1).tolist() == [4, 2, 7]
+    for x in (list(TEXTS), [str(t) for t in TEXTS], TEXTS.astype(object), tf.constant(TEXTS)):
+        ls = rnnlens.trace(model, x)["bilstm"]
+        np.testing.assert_array_equal(ls.h, first.h)
+        np.testing.assert_array_equal(ls.mask, first.mask)
+    # the last valid step of each direction is what the Bidirectional layer returns
+    inner = keras.Model(model.inputs, model.get_layer("bilstm").output)
+    own = np.asarray(inner.predict(tf.constant(TEXTS), verbose=0))
+    np.testing.assert_allclose(
+        np.concatenate([first.forward.last(), first.backward.last()], 1), own, rtol=1e-5, atol=1e-6
+    )

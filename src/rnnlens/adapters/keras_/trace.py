@@ -235,10 +235,11 @@ def _prepare_inputs(model: Any, x: Any) -> tuple[Any, int]:
 
 
 def _looks_like_one_array(x: Sequence[Any], specs: list[Any] | None) -> bool:
-    """A nested list of numbers for a single-input model (``[[1, 3, 2, 0, 0]]``)."""
+    """A nested list of numbers or strings for a single-input model (``[[1, 3, 2, 0, 0]]``,
+    ``["a review", "another"]``; NumPy scalars such as ``list(np.array([...]))``'s count as values)."""
     if specs is not None and len(specs) > 1:
         return False
-    return not any(hasattr(v, "shape") and hasattr(v, "dtype") for v in x)
+    return not any(hasattr(v, "shape") and hasattr(v, "dtype") and not isinstance(v, np.generic) for v in x)
 
 
 def _as_array(v: Any, what: str) -> np.ndarray:
