@@ -22,6 +22,9 @@ class TestTorchAdapter(AdapterTests):
     def inputs(self, model: Any, x: np.ndarray) -> tuple[tuple[Any, ...], dict[str, Any]]:
         return (torch.from_numpy(x),), {}
 
+    def native(self, x: np.ndarray) -> Any:
+        return torch.from_numpy(x) if x.dtype.kind in "biufc" else None
+
     def own_last(self, model: Any, layer: str, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             _, h_n = model(torch.from_numpy(x))

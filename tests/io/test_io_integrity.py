@@ -97,13 +97,23 @@ def test_resume_rewrites_corrupt_and_linked_chunks(store: Path, fmodel, fdata, t
     np.testing.assert_array_equal(rnnlens.open_states(store)["gru"].forward.h[:], before)
 
 
-def test_too_many_missing_chunks_ask_for_overwrite(fmodel, fdata, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_damaged_chunks_past_the_memory_bound_ask_for_overwrite(  # type: ignore[no-untyped-def]
+    fmodel, fdata, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Damaged chunks are held in memory until the input is verified: the bound is on bytes."""
+    import rnnlens.extract.run as run_module
+
     path = tmp_path / "small.zarr"
     rnnlens.extract_to(path, fmodel, fdata, layers="gru", fields=("h",), batch_size=2)
     for chunk in _chunks(path, "layers/gru/forward/h"):
         chunk.unlink()
-    with pytest.raises(StoreError, match="too many to rewrite in place"):
+    monkeypatch.setattr(run_module, "_MAX_REDO_BYTES", 1000)  # the chunks take more than this
+    with pytest.raises(StoreError, match=r"would hold .* MiB in memory"):
         rnnlens.extract_to(path, fmodel, fdata, layers="gru", fields=("h",), batch_size=2)
+    monkeypatch.undo()  # within the bound: every chunk is rewritten
+    run = rnnlens.extract_to(path, fmodel, fdata, layers="gru", fields=("h",), batch_size=2)
+    assert run.completed_samples == len(fdata)
+    assert main(["verify", str(path)]) == 0
 
 
 def test_a_chunk_replaced_by_a_symlink_is_refused(store: Path, tmp_path: Path) -> None:

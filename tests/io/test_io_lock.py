@@ -62,6 +62,17 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(fmodel, fdata, tmp_path: P
     lock_path(path).write_text(json.dumps({**owner, "host": "elsewhere.example"}))
     with pytest.raises(StoreLockedError, match=r"'elsewhere\.example'.*delete .*run\.zarr\.lock"):
         rnnlens.extract_to(path, fmodel, fdata, layers="gru", batch_size=8)
+    # nor one of another PID namespace on this host name (a container: its pids are not ours)
+    lock_path(path).write_text(json.dumps({**owner, "pidns": "pid:[1]"}))
+    with pytest.raises(StoreLockedError, match="in use by another extraction"):
+        rnnlens.extract_to(path, fmodel, fdata, layers="gru", batch_size=8)
+    lock_path(path).unlink()
+    # one of this namespace whose process is gone is taken over
+    from rnnlens.extract.lock import _pid_namespace
+
+    lock_path(path).write_text(json.dumps({**owner, "pidns": _pid_namespace()}))
+    rnnlens.extract_to(path, fmodel, fdata, layers="gru", batch_size=8, overwrite=True)
+    assert not lock_path(path).exists()
 
 
 def test_the_cli_refuses_a_double_launch(fmodel, fdata, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

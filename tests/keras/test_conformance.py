@@ -31,6 +31,9 @@ def _reference_kwargs(layer: Any, kind: str, reverse: bool) -> dict[str, Any]:
 class TestKerasAdapter(AdapterTests):
     adapter_name = "keras"
 
+    def native(self, x: np.ndarray) -> Any:  # the backend's own tensor (tf, jax or torch)
+        return keras.ops.convert_to_tensor(x) if x.dtype.kind in "biuf" else None
+
     def build(self, kind: str, *, bidirectional: bool, features: int, units: int, seed: int) -> Built:
         keras.utils.set_random_seed(seed)
         rnn = _LAYERS[kind](units, return_sequences=True, name="core")

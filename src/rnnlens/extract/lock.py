@@ -1,11 +1,12 @@
 """One writer per store: an exclusive lock file beside the store, held for a whole run.
 
-``run.zarr.lock`` records the owner's pid, host and start time; it is written to a temporary
-file and hard-linked into place (atomic on local filesystems and NFS, and never seen empty).
-A second run on the same store gets a :class:`~rnnlens.errors.StoreLockedError` naming the
-owner. A lock left by a process that no
-longer runs *on this host* is taken over; one from another host is never guessed dead (delete
-the file by hand once you know that run is gone).
+``run.zarr.lock`` records the owner's pid, host, PID namespace and start time; it is written to
+a temporary file and hard-linked into place (atomic on local filesystems and NFS, and never
+seen empty). A second run on the same store gets a :class:`~rnnlens.errors.StoreLockedError`
+naming the owner. A lock left by a process that no longer runs *on this host, in this PID
+namespace* is taken over; one from another host, or from another container sharing the host
+name (its pids are not ours to check), is never guessed dead (delete the file by hand once you
+know that run is gone).
 
 The lock sits beside the store, not inside it, so that ``overwrite=True`` (which removes the
 store) cannot remove another run's lock with it.
@@ -51,6 +52,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _pid_namespace() -> str | None:
+    """This process's PID namespace (Linux: the inode of /proc/self/ns/pid), else None."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 class StoreLock:
     """The lock of one store; a context manager. :meth:`acquire` raises if it is held."""
 
@@ -58,7 +67,12 @@ class StoreLock:
         self.store = Path(store)
         self.path = lock_path(store)
         self.held = False
-        self._owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        self._owner = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "pidns": _pid_namespace(),
+            "started": time.time(),
+        }
 
     def acquire(self) -> StoreLock:
         try:
@@ -148,7 +162,11 @@ class StoreLock:
 
     def _stale(self, owner: dict[str, Any]) -> bool:
         pid = owner.get("pid")
-        return owner.get("host") == self._owner["host"] and isinstance(pid, int) and not _alive(pid)
+        same_host = owner.get("host") == self._owner["host"]
+        # a container sharing the host name has pids of its own: os.kill here says nothing of them
+        # (a lock written without one, by an older rnnlens, is judged by host alone as then)
+        same_pids = owner.get("pidns", self._owner["pidns"]) == self._owner["pidns"]
+        return same_host and same_pids and isinstance(pid, int) and not _alive(pid)
 
     def _message(self, owner: dict[str, Any]) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(owner.get("started", 0))))

@@ -30,8 +30,9 @@ from .target import StoreTarget, _model_name
 
 ProgressArg = bool | Callable[[int, "int | None"], None] | None
 _QUEUE_SIZE = 2
-#: missing chunks a resume rewrites in place (each held in memory until the input is verified)
-_MAX_REDO = 8
+#: bytes of damaged chunks a resume rewrites in place: each is held in memory until the input
+#: is known to be the earlier run's, so the bound is on their size, not their number
+_MAX_REDO_BYTES = 1 << 30
 
 
 class Run:
@@ -139,11 +140,14 @@ class Run:
             # chunks the manifest counts as done whose files are gone or fail their checksum are
             # traced again (resuming reads every done chunk once to check it)
             self._redo = cast(Any, self._writer).damaged_chunks(self._done_chunks)  # set by _open_writer
-            if len(self._redo) > _MAX_REDO:
+            held = len(self._redo) * self.batch_size * self._layout.sample_bytes()
+            if held > _MAX_REDO_BYTES:
                 raise StoreError(
                     f"{self.path}: {len(self._redo)} chunks the manifest counts as done are missing or "
-                    "damaged (deleted files, flipped bytes): too many to rewrite in place. Pass "
-                    "overwrite=True (CLI: --overwrite) to start over."
+                    f"damaged (deleted files, flipped bytes): rewriting them in place would hold "
+                    f"{held / 2**20:.0f} MiB in memory until the input is verified (limit "
+                    f"{_MAX_REDO_BYTES / 2**20:.0f} MiB). Pass overwrite=True (CLI: --overwrite) to "
+                    "start over."
                 )
 
     def append(self, batch: Any, *, mask: Any = None, lengths: Any = None) -> None:

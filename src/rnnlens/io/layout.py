@@ -63,6 +63,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
+import numpy as np
+
 from ..kinds import KINDS
 from ..spec import GATE_NAMES, LayerSpec
 
@@ -262,6 +264,10 @@ class Layout:
                         )
                     )
         return out
+
+    def sample_bytes(self) -> int:
+        """Bytes one sample takes in memory, every array together."""
+        return sum(int(np.prod(a.tail, dtype=np.int64)) * np.dtype(a.dtype).itemsize for a in self.arrays())
 
     def to_json(self) -> dict[str, Any]:
         return {

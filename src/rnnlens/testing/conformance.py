@@ -12,7 +12,9 @@ adapter's framework:
 * ``describe`` agrees with ``trace``; the registry picks the adapter;
 * every bad option is an :class:`~rnnlens.errors.RnnLensError`, the same on every framework;
 * a store round trip (``extract_to`` + ``open_states``) equals ``trace``, where zarr is installed;
-* masks (valid steps carried, gates NaN) where the subclass can make a masked input.
+* masks (valid steps carried, gates NaN) where the subclass can make a masked input;
+* malformed inputs, fixed and fuzzed by hypothesis (rank, sizes, dtype, NaN, masks, NumPy or
+  the framework's tensors: :meth:`AdapterTests.native`): an ``RnnLensError`` or states.
 
 Tolerance: float32 models against the float64 reference, ``rtol = atol = 1e-5``.
 
@@ -267,3 +269,73 @@ class AdapterTests:
                 shown = getattr(x, "shape", x)
                 raise AssertionError(f"input {shown!r} raised {type(e).__name__}: {e}") from e
             assert len(states) >= 1
+
+    #: hook: how a fuzzed NumPy input is also given in the framework's own type (a torch
+    #: tensor, a ``tf.Tensor``), or None where there is none; both forms are fuzzed
+    def native(self, x: np.ndarray) -> Any:
+        return None
+
+    def test_fuzzed_inputs_and_masks_give_an_rnnlens_error_or_states(self) -> None:
+        """Hypothesis draws the input's rank, sizes (empty too), dtype and values (NaN, inf),
+        as NumPy, a nested list or the framework's own tensor, with a ``mask=`` of any shape
+        and dtype or none: each trace is an :class:`~rnnlens.errors.RnnLensError` or states
+        of the right shape, never another exception."""
+        try:
+            from hypothesis import HealthCheck, given, settings
+            from hypothesis import strategies as st
+            from hypothesis.extra import numpy as hnp
+        except ImportError:  # the suite runs without hypothesis too
+            return
+        import rnnlens
+
+        built = self._built(self.kinds[0], False)
+        f = self.features
+        dtypes = st.sampled_from(
+            ["float32", "float64", "float16", "int64", "int8", "bool", "U3", "O", "complex64"]
+        )
+        shapes = st.one_of(
+            st.just((2, 3, f)),
+            hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=f + 1),
+        )
+
+        def arrays(dtype: str, shape: tuple[int, ...]) -> Any:
+            if dtype == "O":
+                return st.just(np.zeros(shape, dtype=object))
+            if dtype == "U3":
+                return st.just(np.full(shape, "ab"))
+            return hnp.arrays(np.dtype(dtype), shape)  # floats include NaN and inf
+
+        inputs = st.tuples(dtypes, shapes).flatmap(lambda ds: arrays(*ds))
+        masks = st.one_of(
+            st.none(),
+            st.tuples(
+                st.sampled_from(["bool", "int64", "float32"]),
+                st.one_of(st.just((2, 3)), hnp.array_shapes(max_dims=3, max_side=4)),
+            ).flatmap(lambda ds: arrays(*ds)),
+        )
+        forms = st.sampled_from(["numpy", "list", "native"])
+
+        @settings(max_examples=40, deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+        @given(inputs, masks, forms)
+        def fuzz(x: np.ndarray, mask: Any, form: str) -> None:
+            given_x: Any = x
+            if form == "list":
+                given_x = x.tolist()
+            elif form == "native":
+                native = self.native(x)
+                given_x = x if native is None else native
+            options = {} if mask is None else {"mask": mask}
+            try:
+                states = rnnlens.trace(built.model, given_x, **options)
+            except rnnlens.RnnLensError:
+                return
+            except Exception as e:
+                shown = None if mask is None else (mask.dtype, mask.shape)
+                raise AssertionError(
+                    f"input {x.dtype} {x.shape} as {form}, mask {shown} raised {type(e).__name__}: {e}"
+                ) from e
+            ls = states[built.layer]
+            assert ls.h.shape[:2] == x.shape[:2] or x.ndim != 3, (ls.h.shape, x.shape)
+
+        fuzz()

@@ -8,7 +8,9 @@ Example:
     >>> import torch, rnnlens
     >>> from rnnlens.testing.torch_models import EncoderDecoder
     >>> model = EncoderDecoder(features=3, hidden=4)
-    >>> list(rnnlens.trace(model, torch.zeros(2, 5, 3), fields=("h",)))
+    >>> list(rnnlens.trace(model, torch.zeros(2, 5, 3), fields=("h",)))  # the 2nd call continues the 1st
+    ['encoder.l0', 'encoder.l1', 'decoder']
+    >>> list(rnnlens.trace(model, torch.zeros(2, 5, 3), fields=("h",), calls="each"))
     ['encoder.l0', 'encoder.l1', 'decoder', 'decoder#1']
 """
 
