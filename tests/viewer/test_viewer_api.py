@@ -234,6 +234,8 @@ def test_host_header_must_name_the_server(server) -> None:  # type: ignore[no-un
         assert status == 403, host
     assert request(server, "/api/meta", host=None)[0] == 403  # no Host at all
     assert request(server, "/", host=f"localhost:{port}")[0] == 200
+    assert request(server, "/", host=f"LOCALHOST:{port}")[0] == 200  # host names are case-insensitive
+    assert request(server, "/", host=f"localhost.evil:{port}")[0] == 403  # but exact
 
 
 def test_methods_and_garbage_requests(server) -> None:  # type: ignore[no-untyped-def]
