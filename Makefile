@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned to the CPU wheel (an unpinned torch pulls a multi-GB CUDA build)
-	$(PY) -m pip install -q -e ".[all,test,bench]"
+	$(PY) -m pip install -q -c requirements/constraints.txt -e ".[all,test,bench]"
 	# tf_keras (Keras 2) only writes legacy .h5 files in the tests; it declares `tensorflow`,
 	# which tensorflow-cpu already provides, hence --no-deps
 	$(PY) -m pip install -q --no-deps "tf_keras==2.21.0"

@@ -39,6 +39,7 @@ class DirectionArrays:
     h: np.ndarray
     c: np.ndarray | None = None
     gates: tuple[np.ndarray, ...] | None = None
+    state: np.ndarray | None = None  # state-space mixers: (sample, time, *state_shape)
 
 
 def tolerance(dtype: np.dtype) -> tuple[float, float]:

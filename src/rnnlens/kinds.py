@@ -24,8 +24,11 @@ __all__ = ["FIELDS_BY_KIND", "GATE_NAMES", "KINDS", "CellKind", "Field", "Kind"]
 #: ``lstm``, ``gru`` and ``simple`` are cells rnnlens knows the equations of; ``rnn`` is any
 #: other recurrent layer: its per-step outputs are available, its internals are not.
 #: ``convlstm`` (Keras ConvLSTM1D/2D/3D) is an LSTM whose states are feature maps.
-Kind = Literal["lstm", "gru", "simple", "rnn", "convlstm"]
-Field = Literal["h", "c", "gates"]
+#: ``mamba`` (Mamba / FalconMamba selective SSM mixers) and ``rglru`` (RecurrentGemma's
+#: real-gated linear recurrent unit) are state-space / linear-recurrent mixers: ``h`` is the
+#: mixer's output at each step, ``state`` its recurrent state.
+Kind = Literal["lstm", "gru", "simple", "rnn", "convlstm", "mamba", "rglru"]
+Field = Literal["h", "c", "gates", "state"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,9 @@ class CellKind:
     reconstructable: bool = False
     #: whether ``h``, ``c`` and gates are feature maps (``(*spatial, channels)`` per step)
     feature_maps: bool = False
+    #: whether it has a recurrent ``state`` apart from ``h`` (state-space mixers), and the
+    #: names of its dimensions after ``sample, time``
+    state_dims: tuple[str, ...] = ()
 
     @property
     def fields(self) -> tuple[Field, ...]:
@@ -51,6 +57,8 @@ class CellKind:
             out.append("c")
         if self.gates:
             out.append("gates")
+        if self.state_dims:
+            out.append("state")
         return tuple(out)
 
     @property
@@ -67,6 +75,10 @@ KINDS: dict[str, CellKind] = {
         CellKind("simple", ()),
         CellKind("rnn", (), known=False),
         CellKind("convlstm", ("i", "f", "g", "o"), has_c=True, feature_maps=True),
+        # step size dt (per channel), input and output projections B, C (per state dim)
+        CellKind("mamba", ("dt", "B", "C"), state_dims=("channel", "d_state")),
+        # recurrence gate (before a = exp(-8 r softplus(Λ))) and input gate, per LRU unit
+        CellKind("rglru", ("r", "i"), state_dims=("unit",)),
     )
 }
 

@@ -23,7 +23,7 @@ __all__ = [
     "LayerSpec",
 ]
 
-ALL_FIELDS: tuple[Field, ...] = ("h", "c", "gates")
+ALL_FIELDS: tuple[Field, ...] = ("h", "c", "gates", "state")
 
 Activation = Callable[[np.ndarray], np.ndarray]
 MatMul = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -79,6 +79,7 @@ class LayerSpec:
 
     ``feature_shape`` is the per-step shape of h, c and each gate where it is not
     ``(units,)``: ConvLSTM feature maps, e.g. ``(8, 8, 16)`` for ``(*spatial, channels)``.
+    ``state_shape`` is the per-step shape of ``state`` for kinds that have one.
     """
 
     name: str
@@ -90,6 +91,8 @@ class LayerSpec:
     cell_units: int | None = None
     notes: tuple[str, ...] = field(default=())
     feature_shape: tuple[int, ...] | None = None
+    #: the per-step shape of ``state`` (state-space mixers), e.g. ``(d_inner, d_state)``
+    state_shape: tuple[int, ...] | None = None
 
     @property
     def gate_names(self) -> tuple[str, ...]:

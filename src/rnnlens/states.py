@@ -69,9 +69,10 @@ class DirectionStates:
         mask: np.ndarray | None = None,
         *,
         layer: str = "",
+        state: np.ndarray | None = None,
     ):
         self.direction = direction
-        self._h, self._c, self._gates = h, c, gates
+        self._h, self._c, self._gates, self._state = h, c, gates, state
         self.mask = mask
         self._layer = layer
 
@@ -91,8 +92,14 @@ class DirectionStates:
         return _need(self._gates, "gates", self._layer)
 
     @property
+    def state(self) -> np.ndarray:
+        """The recurrent state after each step of a state-space mixer, (sample, time, *state
+        shape): Mamba (channel, d_state), RG-LRU (unit,)."""
+        return _need(self._state, "state", self._layer)
+
+    @property
     def fields(self) -> tuple[str, ...]:
-        present = (("h", self._h), ("c", self._c), ("gates", self._gates))
+        present = (("h", self._h), ("c", self._c), ("gates", self._gates), ("state", self._state))
         return tuple(name for name, value in present if value is not None)
 
     def last(self, field: Literal["h", "c"] = "h") -> np.ndarray:
@@ -162,6 +169,11 @@ class LayerStates:
             return per_direction[0]
         names = per_direction[0].names
         return Gates([np.concatenate([g[n] for g in per_direction], axis=-1) for n in names], names)
+
+    @property
+    def state(self) -> np.ndarray:
+        """(sample, time, *state shape): the recurrent state of a state-space mixer (one direction)."""
+        return self._direction(next(iter(self.directions))).state
 
     def last(self, field: Literal["h", "c"] = "h") -> np.ndarray:
         """Final state of each direction, (sample, unit × directions).

@@ -197,7 +197,8 @@ def assemble(
                     [_cat([a.gates[k] for a in arrs if a.gates is not None]) for k in range(len(names))],
                     names,
                 )
-            directions[dname] = DirectionStates(dname, h, c, g, mask, layer=spec.name)
+            st = None if arrs[0].state is None else _cat([a.state for a in arrs if a.state is not None])
+            directions[dname] = DirectionStates(dname, h, c, g, mask, layer=spec.name, state=st)
         layers[spec.name] = LayerStates(spec, directions, mask)
     return States(layers, backend=backend)
 

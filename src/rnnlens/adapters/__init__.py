@@ -41,6 +41,8 @@ ENTRY_POINT_GROUP = "rnnlens.adapters"
 #: Built-ins, tried in this order (a path is asked of every adapter's ``can_open``).
 BUILTINS: dict[str, str] = {
     "keras": "rnnlens.adapters.keras_:KerasAdapter",
+    # before torch: a transformers model is an nn.Module too; it claims only models with its mixers
+    "transformers": "rnnlens.adapters.hf_:TransformersAdapter",
     "torch": "rnnlens.adapters.torch_:TorchAdapter",
     "onnx": "rnnlens.adapters.onnx_:OnnxAdapter",
 }

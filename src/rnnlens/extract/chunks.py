@@ -173,6 +173,12 @@ def whole_chunk(arrays: dict[str, np.ndarray], layout: Layout, n: int) -> dict[s
 def _layout_of(states: States, max_time: int) -> Layout:
     layers = []
     for name, ls in states.items():
+        if ls.spec.state_shape is not None:
+            raise UnsupportedLayerError(
+                f"Layer {name!r} ({ls.spec.layer_type}) has a state of shape {ls.spec.state_shape} per "
+                "step; Zarr stores hold (sample, time, unit) states only so far. Trace it in memory "
+                f"(rnnlens.trace(model, input_ids, layers=[{name!r}])), or leave it out with layers=[...]."
+            )
         if ls.spec.feature_shape is not None:  # the store's arrays are (sample, time, unit)
             others = [n for n in states if states[n].spec.feature_shape is None]
             raise UnsupportedLayerError(

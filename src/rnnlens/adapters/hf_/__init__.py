@@ -1,0 +1,58 @@
+"""The transformers adapter: models with state-space / linear-recurrent mixers (Mamba,
+FalconMamba, RecurrentGemma), traced on transformers' pure-PyTorch path.
+
+This module imports no framework; :mod:`.trace` (discovery, the run) and the per-family
+rebuilds (:mod:`.mamba`, :mod:`.rglru`) do the work. A transformers model with none of these
+mixers is left to the PyTorch adapter (its ``nn.LSTM`` modules, if any).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ...spec import LayerSpec
+from ..base import Adapter, Captured, Inputs, TraceOptions, mro_roots
+
+__all__ = ["TransformersAdapter"]
+
+_CLASSES = {"MambaMixer", "FalconMambaMixer", "RecurrentGemmaRecurrentBlock"}
+
+
+class TransformersAdapter(Adapter):
+    name = "transformers"
+    accepts = "a transformers model with Mamba / FalconMamba / RecurrentGemma mixers (input_ids first)"
+
+    def can_trace(self, model: Any) -> bool:
+        if "transformers" not in mro_roots(model) or not hasattr(model, "modules"):
+            return False
+        return any(type(m).__name__ in _CLASSES for m in model.modules())
+
+    def describe(self, model: Any) -> list[LayerSpec]:
+        from . import trace
+
+        return trace.describe(model)
+
+    def capture(
+        self, model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions
+    ) -> Captured:
+        from . import trace
+
+        return trace.capture(model, args, kwargs, options)
+
+    def model_digest(self, model: Any) -> str:
+        """sha256 over the config and every parameter and buffer."""
+        h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+        for name, t in model.state_dict().items():
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(t.detach().cpu().float().numpy()).tobytes())
+        return h.hexdigest()
+
+    def to_inputs(self, x: Any, *, mask: np.ndarray | None, size: int) -> Inputs:
+        import torch
+
+        kwargs = {} if mask is None else {"attention_mask": torch.from_numpy(np.asarray(mask, np.int64))}
+        return Inputs(args=(torch.from_numpy(np.asarray(x)),), kwargs=kwargs)

@@ -1,0 +1,94 @@
+"""Mamba and FalconMamba mixers: every step's SSM state, rebuilt from what the mixer received.
+
+transformers' pure-PyTorch path (``MambaMixer.forward`` without ``mamba_ssm``) runs the
+selective scan step by step but keeps only the last state. :func:`mamba_states` repeats the
+mixer's own computation on the input it received, with its own weights and the modeling file's
+own helper functions (``apply_mask_to_padding_states``, ``causal_conv1d_fn``), keeping the state
+of every step, and checks the mixer output it rebuilds from those states against what the
+mixer returned (:class:`~rnnlens.errors.ParityError` otherwise):
+
+    dt = softplus(W_dt · dt_low + b_dt),  A = -exp(A_log)
+    s_t = exp(A dt_t) ⊙ s_{t-1} + dt_t B_t x_t,   y_t = s_t C_t + D x_t,   out = W_out (y ⊙ silu(z))
+
+FalconMamba also RMS-normalises ``dt_low``, ``B`` and ``C`` (its weightless norms).
+
+Example:
+    >>> from rnnlens.adapters.hf_.mamba import MIXERS
+    >>> sorted(MIXERS)
+    ['FalconMambaMixer', 'MambaMixer']
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...cells import DirectionArrays, check_parity
+
+__all__ = ["MIXERS", "mamba_states", "state_shape"]
+
+MIXERS = {"MambaMixer", "FalconMambaMixer"}
+
+
+def state_shape(mixer: Any) -> tuple[int, int]:
+    return int(mixer.intermediate_size), int(mixer.ssm_state_size)
+
+
+def _call(m: Any, x: torch.Tensor) -> torch.Tensor:
+    """A submodule's own forward, without its hooks (rnnlens runs nothing the user hooked)."""
+    return type(m).forward(m, x)
+
+
+def mamba_states(
+    mixer: Any, hidden_states: torch.Tensor, attention_mask: Any, out: torch.Tensor, *, name: str, gates: bool
+) -> DirectionArrays:
+    """The mixer's output ``h``, its SSM state (sample, time, d_inner, d_state) and, when asked,
+    its ``dt``, ``B``, ``C`` at every step, checked against the mixer's own output ``out``."""
+    mod = sys.modules[type(mixer).__module__]
+    falcon = hasattr(mixer, "b_layernorm")
+    dtype = hidden_states.dtype
+    hs = mod.apply_mask_to_padding_states(hidden_states, attention_mask)
+    projected = F.linear(hs, mixer.in_proj.weight, mixer.in_proj.bias).transpose(1, 2)
+    x, z = projected.chunk(2, dim=1)
+    x = mod.causal_conv1d_fn(
+        x, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias, activation=mixer.activation
+    )
+    x = mod.apply_mask_to_padding_states(x.transpose(1, 2), attention_mask)  # (b, t, d)
+    low, B, C = torch.split(
+        F.linear(x, mixer.x_proj.weight, mixer.x_proj.bias),
+        [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size],
+        dim=-1,
+    )
+    if falcon:
+        low, B, C = _call(mixer.dt_layernorm, low), _call(mixer.b_layernorm, B), _call(mixer.c_layernorm, C)
+    dt = mixer.dt_proj.weight @ low.transpose(1, 2)  # (b, d, t), as the mixer computes it
+    if mixer.dt_proj.bias is not None:
+        dt = dt + mixer.dt_proj.bias.float()[..., None]
+    dt = F.softplus(dt)
+    A = -torch.exp(mixer.A_log.float())
+    u = x.transpose(1, 2)  # (b, d, t)
+    d_a = torch.exp(A[None, :, None, :] * dt[:, :, :, None])  # (b, d, t, n)
+    d_bu = dt[:, :, :, None] * B[:, None, :, :].float() * u[:, :, :, None].float()
+    n, d, t = u.shape
+    states = torch.empty((n, t, d, mixer.ssm_state_size), dtype=dtype)
+    s = torch.zeros((n, d, mixer.ssm_state_size), dtype=dtype)
+    ys = []
+    for i in range(t):
+        s = d_a[:, :, i] * s + d_bu[:, :, i]
+        states[:, i] = s
+        ys.append(torch.matmul(s.to(dtype), C[:, i, :].unsqueeze(-1))[:, :, 0])
+    y = torch.stack(ys, dim=-1) + u * mixer.D.float()[None, :, None]
+    y = y * F.silu(z)
+    rebuilt = F.linear(y.transpose(1, 2).to(dtype), mixer.out_proj.weight, mixer.out_proj.bias)
+    h = out.detach().float().numpy()
+    check_parity(
+        h, rebuilt.float().numpy(), None, layer=name, what="the mixer output rebuilt from every step's state"
+    )
+    arrays = DirectionArrays(h=h, state=states.float().numpy())
+    if gates:
+        arrays.gates = tuple(np.ascontiguousarray(g.float().numpy()) for g in (dt.transpose(1, 2), B, C))
+    return arrays

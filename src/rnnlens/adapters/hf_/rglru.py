@@ -1,0 +1,76 @@
+"""RecurrentGemma (Griffin) recurrent blocks: the RG-LRU state at every step and its gates.
+
+The ``rg_lru`` submodule returns its state ``h_t`` at every step (transformers keeps only the
+last in ``rg_lru.recurrent_states``): that output *is* :attr:`state`, the module's own
+numbers. Its gates are recomputed from the input it received with its own weights,
+
+    r_t = σ(W_a x_t + b_a),  i_t = σ(W_x x_t + b_x),  a_t = exp(-8 r_t softplus(Λ))
+    h_t = a_t ⊙ h_{t-1} + sqrt(1 - a_t²) ⊙ (i_t ⊙ x_t)    (a_t = 0 and no sqrt where a segment starts)
+
+and checked by rebuilding ``h`` from them (:class:`~rnnlens.errors.ParityError` otherwise).
+``h`` of the entry is the recurrent block's output.
+
+Example:
+    >>> from rnnlens.adapters.hf_.rglru import BLOCKS
+    >>> sorted(BLOCKS)
+    ['RecurrentGemmaRecurrentBlock']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...cells import DirectionArrays, check_parity
+
+__all__ = ["BLOCKS", "rglru_states", "state_shape"]
+
+BLOCKS = {"RecurrentGemmaRecurrentBlock"}
+
+
+def state_shape(block: Any) -> tuple[int]:
+    return (int(block.lru_width),)
+
+
+def rglru_states(
+    lru: Any, activations: torch.Tensor, position_ids: torch.Tensor, h0: Any, state: torch.Tensor,
+    out: torch.Tensor, *, name: str, gates: bool,
+) -> DirectionArrays:  # fmt: skip
+    """``state`` is what ``lru`` returned for ``activations``; its gates are rebuilt and checked."""
+    n, t, width = activations.shape
+    heads, block = lru.num_attention_heads, lru.block_width
+    reset = position_ids[:, :, None] == 0
+    x = activations.reshape(n * t, heads, block).permute(1, 0, 2)
+    i_gate = torch.sigmoid(
+        torch.baddbmm(lru.input_gate_bias[:, None, :], x, lru.input_gate_weight)
+        .transpose(0, 1)
+        .reshape(n, t, width)
+    )
+    r_gate = torch.sigmoid(
+        torch.baddbmm(lru.recurrent_gate_bias[:, None, :], x, lru.recurrent_gate_weight)
+        .transpose(0, 1)
+        .reshape(n, t, width)
+    )
+    log_a = -8.0 * r_gate * F.softplus(lru.recurrent_param)
+    a = torch.exp(log_a)
+    multiplier = torch.sqrt(1 - torch.exp(2 * log_a))
+    multiplier = reset + ~reset * multiplier
+    normalized = activations * i_gate * multiplier.type(activations.dtype)
+    a = a * ~reset
+    s = torch.zeros((n, width), dtype=torch.float32) if h0 is None else h0.float()
+    rebuilt = torch.empty_like(state, dtype=torch.float32)
+    for k in range(t):
+        s = a[:, k].float() * s + normalized[:, k].float()
+        rebuilt[:, k] = s
+    got = state.detach().float().numpy()
+    check_parity(got, rebuilt.numpy(), None, layer=name, what="the RG-LRU state rebuilt from its gates")
+    arrays = DirectionArrays(h=out.detach().float().numpy(), state=got)
+    if gates:
+        arrays.gates = (
+            np.ascontiguousarray(r_gate.float().numpy()),
+            np.ascontiguousarray(i_gate.float().numpy()),
+        )
+    return arrays

@@ -1,0 +1,205 @@
+"""transformers models with state-space / linear-recurrent mixers: find them, run the model once,
+rebuild every step's state.
+
+What is traced: Mamba and FalconMamba mixers (kind ``mamba``: ``state`` (sample, time, d_inner,
+d_state), gates ``dt``, ``B``, ``C``; :mod:`.mamba`) and RecurrentGemma's recurrent blocks
+(kind ``rglru``: ``state`` (sample, time, lru_width), gates ``r``, ``i``; :mod:`.rglru`), on
+transformers' pure-PyTorch path (CPU; no ``mamba_ssm`` kernels). ``h`` is the mixer's (block's)
+output at each step. One entry per mixer, named by its module path
+(``"backbone.layers.0.mixer"``, ``"model.layers.0.temporal_block"``), in model order; attention
+and MLP layers are not entries.
+
+How: ``trace(model, input_ids, **kwargs)`` calls ``model(input_ids, **kwargs)`` once, in eval
+mode under ``torch.no_grad()`` (training flags restored). Each mixer gets an instance
+``forward`` that runs its own ``forward`` and keeps what it received and returned, removed
+again in a ``finally``: no hook, no weight or buffer is touched, and the model returns what it
+returns without rnnlens. The states are then rebuilt from the recorded inputs with the mixer's
+own weights and checked against the mixer's own output (float32: rtol 1e-4, atol 2e-5).
+``attention_mask`` (given as transformers takes it) becomes ``States.mask``; at padded steps
+the state is what the model computes (Mamba zeroes padded inputs; the state decays).
+
+A mixer called in decoding mode (one token, continuing a cache) is refused: trace the whole
+sequence in one call (a prefill).
+
+Example:
+    >>> import torch, rnnlens
+    >>> from transformers import MambaConfig, MambaForCausalLM
+    >>> model = MambaForCausalLM(MambaConfig(vocab_size=50, hidden_size=8, state_size=4,
+    ...                                      num_hidden_layers=2, expand=2))
+    >>> states = rnnlens.trace(model, torch.tensor([[1, 2, 3, 4]]))
+    >>> list(states), states["backbone.layers.0.mixer"].state.shape
+    (['backbone.layers.0.mixer', 'backbone.layers.1.mixer'], (1, 4, 16, 4))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...errors import InputError, UnsupportedLayerError
+from ...kinds import FIELDS_BY_KIND
+from ...spec import LayerSpec
+from ...tracing import resolve_fields, select_layers
+from ..base import Captured, TraceOptions
+from .mamba import MIXERS, mamba_states
+from .mamba import state_shape as mamba_shape
+from .rglru import BLOCKS, rglru_states
+from .rglru import state_shape as rglru_shape
+
+__all__ = ["capture", "describe", "mixers"]
+
+
+def mixers(model: Any) -> list[tuple[str, Any, str]]:
+    """``(path, module, kind)`` of every mixer rnnlens traces, in ``named_modules`` order."""
+    out = []
+    for path, m in model.named_modules():
+        name = type(m).__name__
+        if name in MIXERS:
+            out.append((path, m, "mamba"))
+        elif name in BLOCKS:
+            out.append((path, m, "rglru"))
+    return out
+
+
+def _spec(path: str, m: Any, kind: str) -> LayerSpec:
+    shape: tuple[int, ...]
+    if kind == "mamba":
+        units, shape = int(m.hidden_size), mamba_shape(m)
+        note = "h: the mixer output; state: the selective-scan state (d_inner, d_state)"
+    else:
+        units, shape = int(m.hidden_size), rglru_shape(m)
+        note = "h: the recurrent block's output; state: the RG-LRU state (lru_width)"
+    return LayerSpec(
+        path, kind, type(m).__name__, units, ("forward",), FIELDS_BY_KIND[kind],  # type: ignore[arg-type]
+        notes=(note,), state_shape=shape,
+    )  # fmt: skip
+
+
+def describe(model: Any) -> list[LayerSpec]:
+    """The state-space / linear-recurrent mixers of a transformers model, in model order."""
+    return [_spec(path, m, kind) for path, m, kind in mixers(model)]
+
+
+@dataclass
+class _Calls:
+    """What one mixer received and returned in the forward pass."""
+
+    kind: str
+    module: Any
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _mamba_stand_in(m: Any, rec: _Calls) -> Any:
+    def forward(hidden_states: Any, cache: Any = None, attention_mask: Any = None, **kwargs: Any) -> Any:
+        if (
+            cache is not None
+            and hidden_states.shape[1] == 1
+            and cache.get_recurrent_state(m.layer_idx, state_idx=0) is not None
+        ):
+            raise UnsupportedLayerError(
+                "A Mamba mixer was called in decoding mode (one token, continuing a cache): rnnlens "
+                "traces whole sequences. Pass the full input_ids in one call (no past cache)."
+            )
+        out = type(m).forward(m, hidden_states, cache=cache, attention_mask=attention_mask, **kwargs)
+        rec.calls.append({"x": hidden_states.clone(), "mask": attention_mask, "out": out.clone()})
+        return out
+
+    return forward
+
+
+def _rglru_stand_in(block: Any, rec: _Calls) -> tuple[Any, Any]:
+    lru = block.rg_lru
+    pending: dict[str, Any] = {}
+
+    def lru_forward(activations: Any, position_ids: Any) -> Any:
+        if activations.shape[1] == 1 and lru.recurrent_states is not None:
+            raise UnsupportedLayerError(
+                "A RecurrentGemma block was called in decoding mode (one token, continuing its "
+                "state): rnnlens traces whole sequences. Pass the full input_ids in one call."
+            )
+        h0 = None if lru.recurrent_states is None else lru.recurrent_states.clone()
+        state = type(lru).forward(lru, activations, position_ids)
+        pending.update(x=activations.clone(), pos=position_ids.clone(), h0=h0, state=state.clone())
+        return state
+
+    def block_forward(*args: Any, **kwargs: Any) -> Any:
+        out = type(block).forward(block, *args, **kwargs)
+        first = out[0] if isinstance(out, tuple) else out
+        rec.calls.append({**pending, "out": first.clone()})
+        pending.clear()
+        return out
+
+    return block_forward, lru_forward
+
+
+def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions) -> Captured:
+    """Run ``model(*args, **kwargs)`` once and rebuild every selected mixer's states."""
+    if options.mask is not None or options.batch_size is not None:
+        raise InputError(
+            "mask= and batch_size= are not used for transformers models: pass attention_mask= as "
+            "the model takes it (it becomes States.mask), and split large inputs yourself."
+        )
+    found = mixers(model)
+    specs = [_spec(path, m, kind) for path, m, kind in found]
+    chosen = select_layers(specs, options.layers)
+    fields = resolve_fields(chosen, options.fields)
+    wanted = {s.name for s in chosen}
+    recs = {path: _Calls(kind, m) for path, m, kind in found if path in wanted}
+    installed: list[Any] = []
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        for rec in recs.values():
+            m = rec.module
+            if rec.kind == "mamba":
+                vars(m)["forward"] = _mamba_stand_in(m, rec)
+                installed.append(m)
+            else:
+                block_forward, lru_forward = _rglru_stand_in(m, rec)
+                vars(m)["forward"] = block_forward
+                vars(m.rg_lru)["forward"] = lru_forward
+                installed += [m, m.rg_lru]
+        with torch.no_grad():
+            model(*args, **kwargs)
+    finally:
+        for m in installed:
+            vars(m).pop("forward", None)
+        for m, flag in flags:
+            m.training = flag
+    batch = {}
+    with torch.no_grad():
+        for s in chosen:
+            batch[s.name] = _arrays(s, recs[s.name], fields[s.name])
+    return Captured(chosen, [batch], backend="transformers")
+
+
+def _arrays(spec: LayerSpec, rec: _Calls, fields: tuple[str, ...]) -> Any:
+    if len(rec.calls) != 1:
+        raise UnsupportedLayerError(
+            f"Mixer {spec.name!r} was called {len(rec.calls)} times in one forward pass; rnnlens "
+            "traces one call per mixer (one whole sequence)."
+        )
+    call = rec.calls[0]
+    gates = "gates" in fields
+    if rec.kind == "mamba":
+        arrays = mamba_states(rec.module, call["x"], call["mask"], call["out"], name=spec.name, gates=gates)
+        mask = None if call["mask"] is None else np.asarray(call["mask"].bool().numpy())
+    else:
+        arrays = rglru_states(
+            rec.module.rg_lru,
+            call["x"],
+            call["pos"],
+            call["h0"],
+            call["state"],
+            call["out"],
+            name=spec.name,
+            gates=gates,
+        )
+        mask = None
+    if "state" not in fields:
+        arrays.state = None
+    return {"forward": arrays}, mask
