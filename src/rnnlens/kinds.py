@@ -27,7 +27,7 @@ __all__ = ["FIELDS_BY_KIND", "GATE_NAMES", "KINDS", "CellKind", "Field", "Kind"]
 #: ``mamba`` (Mamba / FalconMamba selective SSM mixers) and ``rglru`` (RecurrentGemma's
 #: real-gated linear recurrent unit) are state-space / linear-recurrent mixers: ``h`` is the
 #: mixer's output at each step, ``state`` its recurrent state.
-Kind = Literal["lstm", "gru", "simple", "rnn", "convlstm", "mamba", "rglru"]
+Kind = Literal["lstm", "gru", "simple", "rnn", "convlstm", "mamba", "mamba2", "rglru"]
 Field = Literal["h", "c", "gates", "state"]
 
 
@@ -77,6 +77,8 @@ KINDS: dict[str, CellKind] = {
         CellKind("convlstm", ("i", "f", "g", "o"), has_c=True, feature_maps=True),
         # step size dt (per channel), input and output projections B, C (per state dim)
         CellKind("mamba", ("dt", "B", "C"), state_dims=("channel", "d_state")),
+        # per-head step size dt, per-group input and output projections B, C
+        CellKind("mamba2", ("dt", "B", "C"), state_dims=("head", "head_dim", "d_state")),
         # recurrence gate (before a = exp(-8 r softplus(Λ))) and input gate, per LRU unit
         CellKind("rglru", ("r", "i"), state_dims=("unit",)),
     )

@@ -127,3 +127,58 @@ def test_stores_refuse_state_layers_clearly(tmp_path: Any) -> None:
     np.save(data, IDS.numpy())
     with pytest.raises(rnnlens.UnsupportedLayerError, match="state of shape"):
         rnnlens.extract_to(tmp_path / "run.zarr", model, str(data))
+
+
+def _mamba2() -> Any:
+    torch.manual_seed(2)
+    cfg = transformers.Mamba2Config(
+        vocab_size=50, hidden_size=16, state_size=8, num_heads=4, head_dim=8, n_groups=2,
+        num_hidden_layers=2, expand=2, chunk_size=4,
+    )  # fmt: skip
+    return transformers.Mamba2ForCausalLM(cfg).eval()
+
+
+def test_mamba2_states_at_every_step_equal_the_decode_cache() -> None:
+    """The chunked prefill keeps states at chunk boundaries only; rnnlens gives every step."""
+    model = _mamba2()
+    with torch.no_grad():
+        before = model(IDS).logits
+    states = rnnlens.trace(model, IDS)
+    names = ["backbone.layers.0.mixer", "backbone.layers.1.mixer"]
+    assert list(states) == names
+    ls = states[names[0]]
+    assert ls.kind == "mamba2" and ls.state.shape == (2, 7, 4, 8, 8)
+    assert ls.gates["dt"].shape == (2, 7, 4) and ls.gates["B"].shape == (2, 7, 2, 8)
+    with torch.no_grad():
+        prefill = model(IDS, use_cache=True).cache
+        out = model(IDS[:, :1], use_cache=True)
+        decoded = [[out.cache.get_recurrent_state(i, state_idx=0).clone() for i in range(2)]]
+        for t in range(1, IDS.shape[1]):
+            out = model(IDS[:, t : t + 1], cache=out.cache, use_cache=True)
+            decoded.append([out.cache.get_recurrent_state(i, state_idx=0).clone() for i in range(2)])
+    for i, name in enumerate(names):
+        np.testing.assert_allclose(
+            states[name].state[:, -1], prefill.get_recurrent_state(i, state_idx=0).numpy(), **TOL
+        )
+        for t in range(IDS.shape[1]):
+            np.testing.assert_allclose(states[name].state[:, t], decoded[t][i].numpy(), **TOL)
+    _untouched(model, before)
+
+
+def test_a_hybrid_gives_its_mamba2_layers_and_skips_attention() -> None:
+    torch.manual_seed(3)
+    cfg = transformers.BambaConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1,
+        intermediate_size=32, mamba_n_heads=4, mamba_d_head=8, mamba_n_groups=2, mamba_d_state=8,
+        mamba_expand=2, mamba_chunk_size=4, attn_layer_indices=[1],
+    )  # fmt: skip
+    model = transformers.BambaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        before = model(IDS).logits
+        prefill = model(IDS, use_cache=True).cache
+    states = rnnlens.trace(model, IDS)
+    assert list(states) == ["model.layers.0.mamba", "model.layers.2.mamba"]  # layer 1 is attention
+    for layer, name in ((0, "model.layers.0.mamba"), (2, "model.layers.2.mamba")):
+        own = prefill.get_recurrent_state(layer, state_idx=0).numpy()
+        np.testing.assert_allclose(states[name].state[:, -1], own, **TOL)
+    _untouched(model, before)

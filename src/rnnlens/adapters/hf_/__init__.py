@@ -19,7 +19,10 @@ from ..base import Adapter, Captured, Inputs, TraceOptions, mro_roots
 
 __all__ = ["TransformersAdapter"]
 
-_CLASSES = {"MambaMixer", "FalconMambaMixer", "RecurrentGemmaRecurrentBlock"}
+_CLASSES = {
+    "MambaMixer", "FalconMambaMixer", "Mamba2Mixer", "BambaMixer", "NemotronHMamba2Mixer",
+    "RecurrentGemmaRecurrentBlock",
+}  # fmt: skip
 
 
 class TransformersAdapter(Adapter):

@@ -47,6 +47,9 @@ from ...tracing import resolve_fields, select_layers
 from ..base import Captured, TraceOptions
 from .mamba import MIXERS, mamba_states
 from .mamba import state_shape as mamba_shape
+from .mamba2 import MIXERS as MIXERS2
+from .mamba2 import mamba2_states
+from .mamba2 import state_shape as mamba2_shape
 from .rglru import BLOCKS, rglru_states
 from .rglru import state_shape as rglru_shape
 
@@ -60,6 +63,8 @@ def mixers(model: Any) -> list[tuple[str, Any, str]]:
         name = type(m).__name__
         if name in MIXERS:
             out.append((path, m, "mamba"))
+        elif name in MIXERS2:
+            out.append((path, m, "mamba2"))
         elif name in BLOCKS:
             out.append((path, m, "rglru"))
     return out
@@ -70,6 +75,9 @@ def _spec(path: str, m: Any, kind: str) -> LayerSpec:
     if kind == "mamba":
         units, shape = int(m.hidden_size), mamba_shape(m)
         note = "h: the mixer output; state: the selective-scan state (d_inner, d_state)"
+    elif kind == "mamba2":
+        units, shape = int(m.hidden_size), mamba2_shape(m)
+        note = "h: the mixer output; state: the per-head SSM state (head, head_dim, d_state)"
     else:
         units, shape = int(m.hidden_size), rglru_shape(m)
         note = "h: the recurrent block's output; state: the RG-LRU state (lru_width)"
@@ -95,13 +103,15 @@ class _Calls:
 
 def _mamba_stand_in(m: Any, rec: _Calls) -> Any:
     def forward(hidden_states: Any, cache: Any = None, attention_mask: Any = None, **kwargs: Any) -> Any:
+        # Mamba's scan starts from zero unless it decodes one token; Mamba2's continues a cache
+        continues = hidden_states.shape[1] == 1 or rec.kind == "mamba2"
         if (
-            cache is not None
-            and hidden_states.shape[1] == 1
+            continues
+            and cache is not None
             and cache.get_recurrent_state(m.layer_idx, state_idx=0) is not None
         ):
             raise UnsupportedLayerError(
-                "A Mamba mixer was called in decoding mode (one token, continuing a cache): rnnlens "
+                f"Mixer {type(m).__name__} was called in decoding mode (one token, continuing a cache): rnnlens "
                 "traces whole sequences. Pass the full input_ids in one call (no past cache)."
             )
         out = type(m).forward(m, hidden_states, cache=cache, attention_mask=attention_mask, **kwargs)
@@ -155,7 +165,7 @@ def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], option
         model.eval()
         for rec in recs.values():
             m = rec.module
-            if rec.kind == "mamba":
+            if rec.kind in ("mamba", "mamba2"):
                 vars(m)["forward"] = _mamba_stand_in(m, rec)
                 installed.append(m)
             else:
@@ -185,8 +195,9 @@ def _arrays(spec: LayerSpec, rec: _Calls, fields: tuple[str, ...]) -> Any:
         )
     call = rec.calls[0]
     gates = "gates" in fields
-    if rec.kind == "mamba":
-        arrays = mamba_states(rec.module, call["x"], call["mask"], call["out"], name=spec.name, gates=gates)
+    if rec.kind in ("mamba", "mamba2"):
+        rebuild = mamba_states if rec.kind == "mamba" else mamba2_states
+        arrays = rebuild(rec.module, call["x"], call["mask"], call["out"], name=spec.name, gates=gates)
         mask = None if call["mask"] is None else np.asarray(call["mask"].bool().numpy())
     else:
         arrays = rglru_states(

@@ -1,0 +1,89 @@
+"""Mamba2 mixers (Mamba2, and the Mamba2 layers of hybrids: Bamba, NemotronH, Zamba2, ...):
+every step's per-head SSM state.
+
+transformers' pure-PyTorch path runs Mamba2 chunk by chunk (``segment_sum``), so states exist
+only at chunk boundaries. :func:`mamba2_states` runs the per-head recurrence step by step on
+what the mixer received, with its own weights and the modeling file's helpers,
+
+    dt = clamp(softplus(dt_raw + dt_bias), time_step_limit),  A = -exp(A_log)
+    s_t = exp(A dt_t) s_{t-1} + dt_t x_t ⊗ B_t,   y_t = s_t C_t + D x_t,   out = W_out norm(y, z)
+
+(per head; ``B``, ``C`` shared by the heads of a group), and checks the mixer output rebuilt
+from those states against the mixer's own (the chunked and the step-by-step sums round
+differently: float32 tolerance).
+
+Example:
+    >>> from rnnlens.adapters.hf_.mamba2 import MIXERS
+    >>> "Mamba2Mixer" in MIXERS
+    True
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...cells import DirectionArrays, check_parity
+
+__all__ = ["MIXERS", "mamba2_states", "state_shape"]
+
+MIXERS = {"Mamba2Mixer", "BambaMixer", "NemotronHMamba2Mixer"}
+
+
+def state_shape(mixer: Any) -> tuple[int, int, int]:
+    return int(mixer.num_heads), int(mixer.head_dim), int(mixer.ssm_state_size)
+
+
+def mamba2_states(
+    mixer: Any, hidden_states: torch.Tensor, attention_mask: Any, out: torch.Tensor, *, name: str, gates: bool
+) -> DirectionArrays:
+    """The mixer's output ``h``, its state (sample, time, head, head_dim, d_state) and, when
+    asked, ``dt`` (per head), ``B`` and ``C`` (per group and state dim) at every step."""
+    mod = sys.modules[type(mixer).__module__]
+    dtype = hidden_states.dtype
+    n, t, _ = hidden_states.shape
+    heads, p, d_state, groups = mixer.num_heads, mixer.head_dim, mixer.ssm_state_size, mixer.n_groups
+    hs = mod.apply_mask_to_padding_states(hidden_states, attention_mask)
+    projected = F.linear(hs, mixer.in_proj.weight, mixer.in_proj.bias)
+    d_mlp = (projected.shape[-1] - 2 * mixer.intermediate_size - 2 * groups * d_state - heads) // 2
+    if d_mlp:
+        raise ValueError(f"{name}: a Mamba2 mixer with a gated MLP in in_proj is not supported")
+    z, xbc, dt = projected.split([mixer.intermediate_size, mixer.conv_dim, heads], dim=-1)
+    xbc = mod.causal_conv1d_fn(
+        xbc.transpose(1, 2), mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias, activation=mixer.activation
+    )
+    xbc = mod.apply_mask_to_padding_states(xbc.transpose(1, 2), attention_mask)
+    x, B, C = torch.split(xbc, [mixer.intermediate_size, groups * d_state, groups * d_state], dim=-1)
+    limit = getattr(mixer, "time_step_limit", (0.0, float("inf")))
+    dt = torch.clamp(F.softplus(dt + mixer.dt_bias.to(dt.dtype)), min=limit[0], max=limit[1])
+    A = -torch.exp(mixer.A_log.float())
+    xh = x.float().reshape(n, t, heads, p)
+    Bg, Cg = B.float().reshape(n, t, groups, d_state), C.float().reshape(n, t, groups, d_state)
+    Bh = Bg.repeat_interleave(heads // groups, dim=2)
+    Ch = Cg.repeat_interleave(heads // groups, dim=2)
+    states = torch.empty((n, t, heads, p, d_state), dtype=torch.float32)
+    s = torch.zeros((n, heads, p, d_state), dtype=torch.float32)
+    ys = torch.empty((n, t, heads, p), dtype=torch.float32)
+    for k in range(t):
+        d_a = torch.exp(dt[:, k].float() * A)  # (n, heads)
+        s = (
+            s * d_a[:, :, None, None]
+            + (dt[:, k, :, None].float() * xh[:, k])[..., None] * Bh[:, k, :, None, :]
+        )
+        states[:, k] = s
+        ys[:, k] = torch.einsum("bhpn,bhn->bhp", s, Ch[:, k]) + mixer.D.float()[None, :, None] * xh[:, k]
+    y = ys.reshape(n, t, heads * p)
+    y = type(mixer.norm).forward(mixer.norm, y.to(dtype), z)
+    rebuilt = F.linear(y.to(dtype), mixer.out_proj.weight, mixer.out_proj.bias)
+    h = out.detach().float().numpy()
+    check_parity(
+        h, rebuilt.float().numpy(), None, layer=name, what="the mixer output rebuilt from every step's state"
+    )
+    arrays = DirectionArrays(h=h, state=states.numpy())
+    if gates:
+        arrays.gates = tuple(np.ascontiguousarray(g.float().numpy()) for g in (dt, Bg, Cg))
+    return arrays
