@@ -111,8 +111,9 @@ def _mamba_stand_in(m: Any, rec: _Calls) -> Any:
             and cache.get_recurrent_state(m.layer_idx, state_idx=0) is not None
         ):
             raise UnsupportedLayerError(
-                f"Mixer {type(m).__name__} was called in decoding mode (one token, continuing a cache): rnnlens "
-                "traces whole sequences. Pass the full input_ids in one call (no past cache)."
+                f"Mixer {type(m).__name__} was called in decoding mode (continuing a cache): rnnlens "
+                "traces whole sequences from their start. Pass the full input_ids in one call (no "
+                "past cache)."
             )
         out = type(m).forward(m, hidden_states, cache=cache, attention_mask=attention_mask, **kwargs)
         rec.calls.append({"x": hidden_states.clone(), "mask": attention_mask, "out": out.clone()})
