@@ -27,7 +27,7 @@ __all__ = ["FIELDS_BY_KIND", "GATE_NAMES", "KINDS", "CellKind", "Field", "Kind"]
 #: ``mamba`` (Mamba / FalconMamba selective SSM mixers) and ``rglru`` (RecurrentGemma's
 #: real-gated linear recurrent unit) are state-space / linear-recurrent mixers: ``h`` is the
 #: mixer's output at each step, ``state`` its recurrent state.
-Kind = Literal["lstm", "gru", "simple", "rnn", "convlstm", "mamba", "mamba2", "rglru"]
+Kind = Literal["lstm", "gru", "simple", "rnn", "convlstm", "mamba", "mamba2", "rglru", "rwkv4"]
 Field = Literal["h", "c", "gates", "state"]
 
 
@@ -81,6 +81,8 @@ KINDS: dict[str, CellKind] = {
         CellKind("mamba2", ("dt", "B", "C"), state_dims=("head", "head_dim", "d_state")),
         # recurrence gate (before a = exp(-8 r softplus(Λ))) and input gate, per LRU unit
         CellKind("rglru", ("r", "i"), state_dims=("unit",)),
+        # receptance (after its sigmoid), key, value; the WKV state's parts num, den, max
+        CellKind("rwkv4", ("r", "k", "v"), state_dims=("part", "unit")),
     )
 }
 

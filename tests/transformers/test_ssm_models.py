@@ -182,3 +182,32 @@ def test_a_hybrid_gives_its_mamba2_layers_and_skips_attention() -> None:
         own = prefill.get_recurrent_state(layer, state_idx=0).numpy()
         np.testing.assert_allclose(states[name].state[:, -1], own, **TOL)
     _untouched(model, before)
+
+
+def test_rwkv4_wkv_states_equal_the_decode_state() -> None:
+    """Batch 1: transformers' RWKV decode mis-broadcasts at batch > 1 (its own bug)."""
+    torch.manual_seed(4)
+    cfg = transformers.RwkvConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, attention_hidden_size=16, intermediate_size=32,
+        context_length=16,
+    )  # fmt: skip
+    model = transformers.RwkvForCausalLM(cfg).eval()
+    ids = IDS[:1]
+    states = rnnlens.trace(model, ids)
+    names = ["rwkv.blocks.0.attention", "rwkv.blocks.1.attention"]
+    assert list(states) == names and states[names[0]].state.shape == (1, 7, 3, 16)
+    assert list(states[names[0]].gates) == ["r", "k", "v"]
+    with torch.no_grad():
+        prefill = model(ids, use_cache=True).state
+        out = model(ids[:, :1], use_cache=True)
+        for t in range(1, ids.shape[1]):
+            out = model(ids[:, t : t + 1], state=out.state, use_cache=True)
+            for i, name in enumerate(names):
+                for part in range(3):  # num, den, max (decode starts max at -1e30, a prefill at -1e38)
+                    own = out.state[2 + part][:, :, i].numpy()
+                    np.testing.assert_allclose(states[name].state[:, t, part], own, rtol=1e-5, atol=1e-5)
+    for i, name in enumerate(names):
+        np.testing.assert_allclose(states[name].state[:, -1, 0], prefill[2][:, :, i].numpy(), **TOL)
+    # a traced prefill with the model's own cache gives the same states
+    cached = rnnlens.trace(model, ids, use_cache=True)
+    np.testing.assert_allclose(cached[names[1]].state[:, :, :2], states[names[1]].state[:, :, :2], **TOL)

@@ -52,6 +52,9 @@ from .mamba2 import mamba2_states
 from .mamba2 import state_shape as mamba2_shape
 from .rglru import BLOCKS, rglru_states
 from .rglru import state_shape as rglru_shape
+from .rwkv import BLOCKS as RWKV_BLOCKS
+from .rwkv import rwkv_states
+from .rwkv import state_shape as rwkv_shape
 
 __all__ = ["capture", "describe", "mixers"]
 
@@ -67,6 +70,8 @@ def mixers(model: Any) -> list[tuple[str, Any, str]]:
             out.append((path, m, "mamba2"))
         elif name in BLOCKS:
             out.append((path, m, "rglru"))
+        elif name in RWKV_BLOCKS:
+            out.append((path, m, "rwkv4"))
     return out
 
 
@@ -75,6 +80,9 @@ def _spec(path: str, m: Any, kind: str) -> LayerSpec:
     if kind == "mamba":
         units, shape = int(m.hidden_size), mamba_shape(m)
         note = "h: the mixer output; state: the selective-scan state (d_inner, d_state)"
+    elif kind == "rwkv4":
+        units, shape = int(m.config.hidden_size), rwkv_shape(m)
+        note = "h: the time-mixing output; state: the WKV num, den, max (part, unit)"
     elif kind == "mamba2":
         units, shape = int(m.hidden_size), mamba2_shape(m)
         note = "h: the mixer output; state: the per-head SSM state (head, head_dim, d_state)"
@@ -117,6 +125,21 @@ def _mamba_stand_in(m: Any, rec: _Calls) -> Any:
             )
         out = type(m).forward(m, hidden_states, cache=cache, attention_mask=attention_mask, **kwargs)
         rec.calls.append({"x": hidden_states.clone(), "mask": attention_mask, "out": out.clone()})
+        return out
+
+    return forward
+
+
+def _rwkv_stand_in(block: Any, rec: _Calls) -> Any:
+    def forward(hidden: Any, state: Any = None, use_cache: bool = False) -> Any:
+        lid = block.layer_id
+        shift0 = None
+        state0 = None
+        if state is not None:  # the model's state, before this block updates it in place
+            shift0 = state[1][:, :, lid].clone()
+            state0 = tuple(s[:, :, lid].clone() for s in state[2:])
+        out = type(block).forward(block, hidden, state=state, use_cache=use_cache)
+        rec.calls.append({"x": hidden.clone(), "shift0": shift0, "state0": state0, "out": out[0].clone()})
         return out
 
     return forward
@@ -169,6 +192,9 @@ def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], option
             if rec.kind in ("mamba", "mamba2"):
                 vars(m)["forward"] = _mamba_stand_in(m, rec)
                 installed.append(m)
+            elif rec.kind == "rwkv4":
+                vars(m)["forward"] = _rwkv_stand_in(m, rec)
+                installed.append(m)
             else:
                 block_forward, lru_forward = _rglru_stand_in(m, rec)
                 vars(m)["forward"] = block_forward
@@ -200,6 +226,11 @@ def _arrays(spec: LayerSpec, rec: _Calls, fields: tuple[str, ...]) -> Any:
         rebuild = mamba_states if rec.kind == "mamba" else mamba2_states
         arrays = rebuild(rec.module, call["x"], call["mask"], call["out"], name=spec.name, gates=gates)
         mask = None if call["mask"] is None else np.asarray(call["mask"].bool().numpy())
+    elif rec.kind == "rwkv4":
+        arrays = rwkv_states(
+            rec.module, call["x"], call["shift0"], call["state0"], call["out"], name=spec.name, gates=gates
+        )
+        mask = None
     else:
         arrays = rglru_states(
             rec.module.rg_lru,

@@ -1,0 +1,77 @@
+"""RWKV-4 time mixing (``RwkvSelfAttention``): the WKV state of every step.
+
+transformers' CPU path (``rwkv_linear_attention_cpu``) runs the WKV recurrence step by step and
+keeps only the last state. :func:`rwkv_states` repeats it on what the block received (its
+token-shift input and initial state, as the block got them), with the block's own weights,
+keeping every step's ``num``, ``den`` and ``max`` (the numerically stable form: the real
+numerator is ``num · exp(max)``), and checks the block output it rebuilds against the block's
+own. ``state`` is (sample, time, part, unit) with parts ``num, den, max``; gates ``r``
+(receptance, after its sigmoid), ``k``, ``v``.
+
+Example:
+    >>> from rnnlens.adapters.hf_.rwkv import BLOCKS
+    >>> sorted(BLOCKS)
+    ['RwkvSelfAttention']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...cells import DirectionArrays, check_parity
+
+__all__ = ["BLOCKS", "PARTS", "rwkv_states", "state_shape"]
+
+BLOCKS = {"RwkvSelfAttention"}
+PARTS = ("num", "den", "max")
+
+
+def state_shape(block: Any) -> tuple[int, int]:
+    return len(PARTS), int(block.attention_hidden_size)
+
+
+def rwkv_states(
+    block: Any, hidden: torch.Tensor, shift0: Any, state0: Any, out: torch.Tensor, *, name: str, gates: bool
+) -> DirectionArrays:
+    """``shift0``: the last token of the previous call (or None), ``state0``: (num, den, max)
+    before the call (or None: zeros and -1e38, as the kernel starts)."""
+    shifted = type(block.time_shift).forward(block.time_shift, hidden)
+    if shift0 is not None:
+        shifted[:, 0] = shift0
+    mix = lambda m: hidden * m + shifted * (1 - m)  # noqa: E731
+    key = F.linear(mix(block.time_mix_key), block.key.weight)
+    value = F.linear(mix(block.time_mix_value), block.value.weight)
+    receptance = torch.sigmoid(F.linear(mix(block.time_mix_receptance), block.receptance.weight))
+    n, t, width = key.shape
+    if state0 is None:
+        num = torch.zeros((n, width), dtype=torch.float32)
+        den = torch.zeros((n, width), dtype=torch.float32)
+        mx = torch.zeros((n, width), dtype=torch.float32) - 1e38
+    else:
+        num, den, mx = (s.clone() for s in state0)
+    decay = -torch.exp(block.time_decay)
+    first = block.time_first
+    wkv = torch.zeros_like(key)
+    states = torch.empty((n, t, 3, width), dtype=torch.float32)
+    for k in range(t):
+        kk, vv = key[:, k].float(), value[:, k]
+        m_out = torch.maximum(mx, kk + first)
+        e1, e2 = torch.exp(mx - m_out), torch.exp(kk + first - m_out)
+        wkv[:, k] = ((e1 * num + e2 * vv) / (e1 * den + e2)).to(wkv.dtype)
+        m_state = torch.maximum(mx + decay, kk)
+        e1, e2 = torch.exp(mx + decay - m_state), torch.exp(kk - m_state)
+        num, den, mx = e1 * num + e2 * vv, e1 * den + e2, m_state
+        states[:, k, 0], states[:, k, 1], states[:, k, 2] = num, den, mx
+    rebuilt = F.linear(receptance * wkv, block.output.weight)
+    h = out.detach().float().numpy()
+    check_parity(
+        h, rebuilt.float().numpy(), None, layer=name, what="the block output rebuilt from every step's state"
+    )
+    arrays = DirectionArrays(h=h, state=states.numpy())
+    if gates:
+        arrays.gates = tuple(np.ascontiguousarray(g.float().numpy()) for g in (receptance, key, value))
+    return arrays
