@@ -40,6 +40,8 @@ class DirectionArrays:
     c: np.ndarray | None = None
     gates: tuple[np.ndarray, ...] | None = None
     state: np.ndarray | None = None  # state-space mixers: (sample, time, *state_shape)
+    #: further named parts of the state (mLSTM: its normaliser ``n`` and stabiliser ``m``)
+    parts: dict[str, np.ndarray] | None = None
 
 
 def tolerance(dtype: np.dtype) -> tuple[float, float]:

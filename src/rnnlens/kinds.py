@@ -27,7 +27,7 @@ __all__ = ["FIELDS_BY_KIND", "GATE_NAMES", "KINDS", "CellKind", "Field", "Kind"]
 #: ``mamba`` (Mamba / FalconMamba selective SSM mixers) and ``rglru`` (RecurrentGemma's
 #: real-gated linear recurrent unit) are state-space / linear-recurrent mixers: ``h`` is the
 #: mixer's output at each step, ``state`` its recurrent state.
-Kind = Literal["lstm", "gru", "simple", "rnn", "convlstm", "mamba", "mamba2", "rglru", "rwkv4"]
+Kind = Literal["lstm", "gru", "simple", "rnn", "convlstm", "mamba", "mamba2", "rglru", "rwkv4", "mlstm"]
 Field = Literal["h", "c", "gates", "state"]
 
 
@@ -83,6 +83,8 @@ KINDS: dict[str, CellKind] = {
         CellKind("rglru", ("r", "i"), state_dims=("unit",)),
         # receptance (after its sigmoid), key, value; the WKV state's parts num, den, max
         CellKind("rwkv4", ("r", "k", "v"), state_dims=("part", "unit")),
+        # input and forget gate pre-activations (per head), output gate (per unit)
+        CellKind("mlstm", ("i", "f", "o"), state_dims=("head", "d_qk", "d_v")),
     )
 }
 

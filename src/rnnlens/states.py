@@ -70,9 +70,12 @@ class DirectionStates:
         *,
         layer: str = "",
         state: np.ndarray | None = None,
+        state_parts: Mapping[str, np.ndarray] | None = None,
     ):
         self.direction = direction
         self._h, self._c, self._gates, self._state = h, c, gates, state
+        #: further named parts of the state at each step (mLSTM: ``n``, ``m``); empty for others
+        self.state_parts: dict[str, np.ndarray] = dict(state_parts or {})
         self.mask = mask
         self._layer = layer
 
@@ -174,6 +177,11 @@ class LayerStates:
     def state(self) -> np.ndarray:
         """(sample, time, *state shape): the recurrent state of a state-space mixer (one direction)."""
         return self._direction(next(iter(self.directions))).state
+
+    @property
+    def state_parts(self) -> dict[str, np.ndarray]:
+        """Further named parts of the state (mLSTM: normaliser ``n``, stabiliser ``m``)."""
+        return self._direction(next(iter(self.directions))).state_parts
 
     def last(self, field: Literal["h", "c"] = "h") -> np.ndarray:
         """Final state of each direction, (sample, unit × directions).

@@ -211,3 +211,37 @@ def test_rwkv4_wkv_states_equal_the_decode_state() -> None:
     # a traced prefill with the model's own cache gives the same states
     cached = rnnlens.trace(model, ids, use_cache=True)
     np.testing.assert_allclose(cached[names[1]].state[:, :, :2], states[names[1]].state[:, :, :2], **TOL)
+
+
+def test_xlstm_matrix_memory_at_every_step_equals_the_decode_cache() -> None:
+    torch.manual_seed(5)
+    # hidden 64: the cache rounds q/k/v widths up to multiples of 64, the layers do not
+    cfg = transformers.xLSTMConfig(
+        vocab_size=50,
+        hidden_size=64,
+        num_heads=2,
+        num_blocks=2,
+        qk_dim_factor=1.0,
+        v_dim_factor=1.0,
+        chunk_size=4,
+    )
+    model = transformers.xLSTMForCausalLM(cfg).eval()
+    with torch.no_grad():
+        before = model(IDS).logits
+    states = rnnlens.trace(model, IDS)
+    names = ["backbone.blocks.0.mlstm_layer", "backbone.blocks.1.mlstm_layer"]
+    assert list(states) == names
+    ls = states[names[0]]
+    assert ls.kind == "mlstm" and ls.state.shape == (2, 7, 2, 32, 32)
+    assert set(ls.state_parts) == {"n", "m"} and list(ls.gates) == ["i", "f", "o"]
+    tol = {"rtol": 1e-5, "atol": 1e-5}  # chunkwise (prefill) and step-wise (decode) sums round differently
+    with torch.no_grad():
+        out = model(IDS[:, :1], use_cache=True)
+        for t in range(1, IDS.shape[1]):
+            out = model(IDS[:, t : t + 1], cache_params=out.cache_params, use_cache=True)
+            for i, name in enumerate(names):
+                c, n_, m = (s.float().numpy() for s in out.cache_params.rnn_state[i])
+                np.testing.assert_allclose(states[name].state[:, t], c, **tol)
+                np.testing.assert_allclose(states[name].state_parts["n"][:, t], n_, **tol)
+                np.testing.assert_allclose(states[name].state_parts["m"][:, t], m, **tol)
+    _untouched(model, before)

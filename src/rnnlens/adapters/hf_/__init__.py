@@ -21,7 +21,7 @@ __all__ = ["TransformersAdapter"]
 
 _CLASSES = {
     "MambaMixer", "FalconMambaMixer", "Mamba2Mixer", "BambaMixer", "NemotronHMamba2Mixer",
-    "RecurrentGemmaRecurrentBlock", "RwkvSelfAttention",
+    "RecurrentGemmaRecurrentBlock", "RwkvSelfAttention", "xLSTMLayer",
 }  # fmt: skip
 
 

@@ -52,6 +52,9 @@ from .mamba2 import mamba2_states
 from .mamba2 import state_shape as mamba2_shape
 from .rglru import BLOCKS, rglru_states
 from .rglru import state_shape as rglru_shape
+from .xlstm import LAYERS as XLSTM_LAYERS
+from .xlstm import mlstm_states
+from .xlstm import state_shape as xlstm_shape
 from .rwkv import BLOCKS as RWKV_BLOCKS
 from .rwkv import rwkv_states
 from .rwkv import state_shape as rwkv_shape
@@ -72,6 +75,8 @@ def mixers(model: Any) -> list[tuple[str, Any, str]]:
             out.append((path, m, "rglru"))
         elif name in RWKV_BLOCKS:
             out.append((path, m, "rwkv4"))
+        elif name in XLSTM_LAYERS:
+            out.append((path, m, "mlstm"))
     return out
 
 
@@ -80,6 +85,9 @@ def _spec(path: str, m: Any, kind: str) -> LayerSpec:
     if kind == "mamba":
         units, shape = int(m.hidden_size), mamba_shape(m)
         note = "h: the mixer output; state: the selective-scan state (d_inner, d_state)"
+    elif kind == "mlstm":
+        units, shape = int(m.config.hidden_size), xlstm_shape(m)
+        note = "h: the mLSTM layer output; state: the matrix memory C (head, d_qk, d_v); parts n, m"
     elif kind == "rwkv4":
         units, shape = int(m.config.hidden_size), rwkv_shape(m)
         note = "h: the time-mixing output; state: the WKV num, den, max (part, unit)"
@@ -145,6 +153,31 @@ def _rwkv_stand_in(block: Any, rec: _Calls) -> Any:
     return forward
 
 
+def _mlstm_stand_in(layer: Any, rec: _Calls) -> tuple[Any, Any]:
+    backend = layer.mlstm_backend
+    pending: dict[str, Any] = {}
+
+    def backend_forward(**kwargs: Any) -> Any:
+        out = type(backend).forward(backend, **kwargs)
+        h = out[0] if isinstance(out, tuple) else out
+        pending.update({k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()})
+        pending["h"] = h.clone()
+        return out
+
+    def layer_forward(x: Any, state: Any = None) -> Any:
+        if state is not None and x.shape[1] == 1:
+            raise UnsupportedLayerError(
+                "An xLSTM layer was called in decoding mode (one token, continuing a cache): rnnlens "
+                "traces whole sequences from their start. Pass the full input_ids in one call."
+            )
+        out = type(layer).forward(layer, x, state)
+        rec.calls.append({**pending, "x": x.clone(), "out": out[0].clone()})
+        pending.clear()
+        return out
+
+    return layer_forward, backend_forward
+
+
 def _rglru_stand_in(block: Any, rec: _Calls) -> tuple[Any, Any]:
     lru = block.rg_lru
     pending: dict[str, Any] = {}
@@ -195,6 +228,11 @@ def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], option
             elif rec.kind == "rwkv4":
                 vars(m)["forward"] = _rwkv_stand_in(m, rec)
                 installed.append(m)
+            elif rec.kind == "mlstm":
+                layer_forward, backend_forward = _mlstm_stand_in(m, rec)
+                vars(m)["forward"] = layer_forward
+                vars(m.mlstm_backend)["forward"] = backend_forward
+                installed += [m, m.mlstm_backend]
             else:
                 block_forward, lru_forward = _rglru_stand_in(m, rec)
                 vars(m)["forward"] = block_forward
@@ -226,6 +264,9 @@ def _arrays(spec: LayerSpec, rec: _Calls, fields: tuple[str, ...]) -> Any:
         rebuild = mamba_states if rec.kind == "mamba" else mamba2_states
         arrays = rebuild(rec.module, call["x"], call["mask"], call["out"], name=spec.name, gates=gates)
         mask = None if call["mask"] is None else np.asarray(call["mask"].bool().numpy())
+    elif rec.kind == "mlstm":
+        arrays = mlstm_states(rec.module, call, call["x"], call["out"], name=spec.name, gates=gates)
+        mask = None
     elif rec.kind == "rwkv4":
         arrays = rwkv_states(
             rec.module, call["x"], call["shift0"], call["state0"], call["out"], name=spec.name, gates=gates

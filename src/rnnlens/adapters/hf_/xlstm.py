@@ -1,0 +1,85 @@
+"""xLSTM (mLSTM layers, the xLSTM-7B layout): the matrix memory ``C`` of every step, with its
+normaliser ``n`` and stabiliser ``m``.
+
+transformers runs mLSTM chunkwise (or, below a chunk, with a step loop) and returns only the
+last state. :func:`mlstm_states` runs the modeling file's own single-step function
+(``mlstm_recurrent_step_native``) over what the layer's backend received (queries, keys,
+values, gate pre-activations, initial state), keeping every step's ``C`` (head, d_qk, d_v),
+``n`` (head, d_qk) and ``m`` (head, 1), and checks the per-step outputs against the backend's
+own (chunkwise and step-wise sums round differently: float32 tolerance). Gates: ``i`` and ``f``
+(pre-activations, per head) and ``o`` (the output gate after its activation, per unit).
+
+Example:
+    >>> from rnnlens.adapters.hf_.xlstm import LAYERS
+    >>> sorted(LAYERS)
+    ['xLSTMLayer']
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...cells import DirectionArrays, check_parity
+
+__all__ = ["LAYERS", "mlstm_states", "state_shape"]
+
+LAYERS = {"xLSTMLayer"}
+
+
+def state_shape(layer: Any) -> tuple[int, int, int]:
+    heads = int(layer.config.num_heads)
+    return heads, int(layer.qk_dim) // heads, int(layer.v_dim) // heads
+
+
+def _o_gate(layer: Any, x: torch.Tensor) -> torch.Tensor:
+    if layer.config.weight_mode == "single":
+        pre = layer.ogate_preact(x)
+    else:
+        pre = torch.tensor_split(
+            layer.qkv_opreact(x), (layer.qk_dim, 2 * layer.qk_dim, 2 * layer.qk_dim + layer.v_dim), dim=-1
+        )[3]
+    return layer.ogate_act_fn(pre)
+
+
+def mlstm_states(
+    layer: Any, call: dict[str, Any], x: torch.Tensor, out: torch.Tensor, *, name: str, gates: bool
+) -> DirectionArrays:
+    """``call``: what the backend received (``query``, ``key``, ``value``, ``igate``, ``fgate``,
+    ``c_initial``...) and returned (``h``, (batch, head, time, d_v)); ``x`` the layer's input."""
+    step = sys.modules[type(layer).__module__].mlstm_recurrent_step_native
+    q, k, v, i_pre, f_pre = (call[key] for key in ("query", "key", "value", "igate", "fgate"))
+    n, heads, t, dqk = q.shape
+    dv = v.shape[-1]
+    dtype_state = getattr(torch, layer.config.inference_state_dtype)
+    if call.get("c_initial") is not None:
+        c, nn_, m = call["c_initial"], call["n_initial"], call["m_initial"]
+    else:
+        c = torch.zeros((n, heads, dqk, dv), dtype=dtype_state)
+        nn_ = torch.zeros((n, heads, dqk), dtype=dtype_state)
+        m = torch.zeros((n, heads, 1), dtype=dtype_state)
+    cs = torch.empty((n, t, heads, dqk, dv), dtype=torch.float32)
+    ns = torch.empty((n, t, heads, dqk), dtype=torch.float32)
+    ms = torch.empty((n, t, heads, 1), dtype=torch.float32)
+    hs = torch.empty((n, heads, t, dv), dtype=torch.float32)
+    for s in range(t):
+        h, (c, nn_, m) = step(
+            query=q[:, :, s], key=k[:, :, s], value=v[:, :, s], igate=i_pre[:, :, s, None],
+            fgate=f_pre[:, :, s, None], cstate=c, nstate=nn_, mstate=m, eps=layer.config.eps, dtype_state=dtype_state,
+        )  # fmt: skip
+        cs[:, s], ns[:, s], ms[:, s], hs[:, :, s] = c, nn_, m, h
+    own = call["h"].detach().float().numpy()
+    check_parity(own, hs.numpy(), None, layer=name, what="the mLSTM outputs rebuilt from every step's state")
+    arrays = DirectionArrays(
+        h=out.detach().float().numpy(), state=cs.numpy(), parts={"n": ns.numpy(), "m": ms.numpy()}
+    )
+    if gates:
+        arrays.gates = (
+            np.ascontiguousarray(i_pre.transpose(1, 2).float().numpy()),
+            np.ascontiguousarray(f_pre.transpose(1, 2).float().numpy()),
+            np.ascontiguousarray(_o_gate(layer, x).float().numpy()),
+        )
+    return arrays
