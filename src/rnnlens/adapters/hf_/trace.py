@@ -52,12 +52,12 @@ from .mamba2 import mamba2_states
 from .mamba2 import state_shape as mamba2_shape
 from .rglru import BLOCKS, rglru_states
 from .rglru import state_shape as rglru_shape
-from .xlstm import LAYERS as XLSTM_LAYERS
-from .xlstm import mlstm_states
-from .xlstm import state_shape as xlstm_shape
 from .rwkv import BLOCKS as RWKV_BLOCKS
 from .rwkv import rwkv_states
 from .rwkv import state_shape as rwkv_shape
+from .xlstm import LAYERS as XLSTM_LAYERS
+from .xlstm import mlstm_states
+from .xlstm import state_shape as xlstm_shape
 
 __all__ = ["capture", "describe", "mixers"]
 

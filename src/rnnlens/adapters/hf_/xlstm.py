@@ -68,7 +68,8 @@ def mlstm_states(
     for s in range(t):
         h, (c, nn_, m) = step(
             query=q[:, :, s], key=k[:, :, s], value=v[:, :, s], igate=i_pre[:, :, s, None],
-            fgate=f_pre[:, :, s, None], cstate=c, nstate=nn_, mstate=m, eps=layer.config.eps, dtype_state=dtype_state,
+            fgate=f_pre[:, :, s, None], cstate=c, nstate=nn_, mstate=m, eps=layer.config.eps,
+            dtype_state=dtype_state,
         )  # fmt: skip
         cs[:, s], ns[:, s], ms[:, s], hs[:, :, s] = c, nn_, m, h
     own = call["h"].detach().float().numpy()
