@@ -198,9 +198,9 @@ def assemble(
                     names,
                 )
             st = None if arrs[0].state is None else _cat([a.state for a in arrs if a.state is not None])
-            parts = {k: _cat([(a.parts or {})[k] for a in arrs]) for k in arrs[0].parts or {}}
+            named = {k: _cat([(a.parts or {})[k] for a in arrs]) for k in arrs[0].parts or {}}
             directions[dname] = DirectionStates(
-                dname, h, c, g, mask, layer=spec.name, state=st, state_parts=parts
+                dname, h, c, g, mask, layer=spec.name, state=st, state_parts=named
             )
         layers[spec.name] = LayerStates(spec, directions, mask)
     return States(layers, backend=backend)
