@@ -27,7 +27,9 @@ __all__ = ["FIELDS_BY_KIND", "GATE_NAMES", "KINDS", "CellKind", "Field", "Kind"]
 #: ``mamba`` (Mamba / FalconMamba selective SSM mixers) and ``rglru`` (RecurrentGemma's
 #: real-gated linear recurrent unit) are state-space / linear-recurrent mixers: ``h`` is the
 #: mixer's output at each step, ``state`` its recurrent state.
-Kind = Literal["lstm", "gru", "simple", "rnn", "convlstm", "mamba", "mamba2", "rglru", "rwkv4", "mlstm"]
+Kind = Literal[
+    "lstm", "gru", "simple", "rnn", "convlstm", "mamba", "mamba2", "rglru", "rwkv4", "mlstm", "gated_deltanet"
+]
 Field = Literal["h", "c", "gates", "state"]
 
 
@@ -85,6 +87,8 @@ KINDS: dict[str, CellKind] = {
         CellKind("rwkv4", ("r", "k", "v"), state_dims=("part", "unit")),
         # input and forget gate pre-activations (per head), output gate (per unit)
         CellKind("mlstm", ("i", "f", "o"), state_dims=("head", "d_qk", "d_v")),
+        # write strength beta (after its sigmoid) and log decay g, per value head
+        CellKind("gated_deltanet", ("beta", "g"), state_dims=("head", "d_k", "d_v")),
     )
 }
 

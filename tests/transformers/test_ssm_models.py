@@ -245,3 +245,35 @@ def test_xlstm_matrix_memory_at_every_step_equals_the_decode_cache() -> None:
                 np.testing.assert_allclose(states[name].state_parts["n"][:, t], n_, **tol)
                 np.testing.assert_allclose(states[name].state_parts["m"][:, t], m, **tol)
     _untouched(model, before)
+
+
+def test_gated_deltanet_states_at_every_step_equal_the_decode_cache() -> None:
+    torch.manual_seed(6)
+    cfg = transformers.Qwen3NextConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        head_dim=16, intermediate_size=32, linear_num_value_heads=4, linear_num_key_heads=2,
+        linear_key_head_dim=8, linear_value_head_dim=8, linear_conv_kernel_dim=4, num_experts=4,
+        num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=16,
+        layer_types=["linear_attention", "full_attention"],
+    )  # fmt: skip
+    model = transformers.Qwen3NextForCausalLM(cfg).eval()
+    with torch.no_grad():
+        before = model(IDS).logits
+    states = rnnlens.trace(model, IDS)
+    name = "model.layers.0.linear_attn"
+    assert list(states) == [name]  # layer 1 is full attention
+    assert states[name].state.shape == (2, 7, 4, 8, 8) and list(states[name].gates) == ["beta", "g"]
+    tol = {"rtol": 1e-5, "atol": 1e-6}
+    with torch.no_grad():
+        out = model(IDS[:, :1], use_cache=True)
+        cache = out.past_key_values
+        np.testing.assert_allclose(
+            states[name].state[:, 0], cache.get_recurrent_state(0, state_idx=0).numpy(), **tol
+        )
+        for t in range(1, IDS.shape[1]):
+            out = model(IDS[:, t : t + 1], past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            np.testing.assert_allclose(
+                states[name].state[:, t], cache.get_recurrent_state(0, state_idx=0).numpy(), **tol
+            )
+    _untouched(model, before)

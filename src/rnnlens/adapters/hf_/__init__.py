@@ -22,6 +22,7 @@ __all__ = ["TransformersAdapter"]
 _CLASSES = {
     "MambaMixer", "FalconMambaMixer", "Mamba2Mixer", "BambaMixer", "NemotronHMamba2Mixer",
     "RecurrentGemmaRecurrentBlock", "RwkvSelfAttention", "xLSTMLayer",
+    "Qwen3NextGatedDeltaNet",
 }  # fmt: skip
 
 

@@ -45,6 +45,9 @@ from ...kinds import FIELDS_BY_KIND
 from ...spec import LayerSpec
 from ...tracing import resolve_fields, select_layers
 from ..base import Captured, TraceOptions
+from .gdn import MIXERS as GDN_MIXERS
+from .gdn import gdn_states
+from .gdn import state_shape as gdn_shape
 from .mamba import MIXERS, mamba_states
 from .mamba import state_shape as mamba_shape
 from .mamba2 import MIXERS as MIXERS2
@@ -77,6 +80,8 @@ def mixers(model: Any) -> list[tuple[str, Any, str]]:
             out.append((path, m, "rwkv4"))
         elif name in XLSTM_LAYERS:
             out.append((path, m, "mlstm"))
+        elif name in GDN_MIXERS:
+            out.append((path, m, "gated_deltanet"))
     return out
 
 
@@ -85,6 +90,9 @@ def _spec(path: str, m: Any, kind: str) -> LayerSpec:
     if kind == "mamba":
         units, shape = int(m.hidden_size), mamba_shape(m)
         note = "h: the mixer output; state: the selective-scan state (d_inner, d_state)"
+    elif kind == "gated_deltanet":
+        units, shape = int(m.hidden_size), gdn_shape(m)
+        note = "h: the mixer output; state: the delta-rule state (value head, d_k, d_v)"
     elif kind == "mlstm":
         units, shape = int(m.config.hidden_size), xlstm_shape(m)
         note = "h: the mLSTM layer output; state: the matrix memory C (head, d_qk, d_v); parts n, m"
@@ -120,7 +128,7 @@ class _Calls:
 def _mamba_stand_in(m: Any, rec: _Calls) -> Any:
     def forward(hidden_states: Any, cache: Any = None, attention_mask: Any = None, **kwargs: Any) -> Any:
         # Mamba's scan starts from zero unless it decodes one token; Mamba2's continues a cache
-        continues = hidden_states.shape[1] == 1 or rec.kind == "mamba2"
+        continues = hidden_states.shape[1] == 1 or rec.kind in ("mamba2", "gated_deltanet")
         if (
             continues
             and cache is not None
@@ -222,7 +230,7 @@ def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], option
         model.eval()
         for rec in recs.values():
             m = rec.module
-            if rec.kind in ("mamba", "mamba2"):
+            if rec.kind in ("mamba", "mamba2", "gated_deltanet"):
                 vars(m)["forward"] = _mamba_stand_in(m, rec)
                 installed.append(m)
             elif rec.kind == "rwkv4":
@@ -260,8 +268,8 @@ def _arrays(spec: LayerSpec, rec: _Calls, fields: tuple[str, ...]) -> Any:
         )
     call = rec.calls[0]
     gates = "gates" in fields
-    if rec.kind in ("mamba", "mamba2"):
-        rebuild = mamba_states if rec.kind == "mamba" else mamba2_states
+    if rec.kind in ("mamba", "mamba2", "gated_deltanet"):
+        rebuild = {"mamba": mamba_states, "mamba2": mamba2_states, "gated_deltanet": gdn_states}[rec.kind]
         arrays = rebuild(rec.module, call["x"], call["mask"], call["out"], name=spec.name, gates=gates)
         mask = None if call["mask"] is None else np.asarray(call["mask"].bool().numpy())
     elif rec.kind == "mlstm":
