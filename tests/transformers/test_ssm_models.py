@@ -277,3 +277,21 @@ def test_gated_deltanet_states_at_every_step_equal_the_decode_cache() -> None:
                 states[name].state[:, t], cache.get_recurrent_state(0, state_idx=0).numpy(), **tol
             )
     _untouched(model, before)
+
+
+def test_jamba_mamba_layers_with_their_dt_b_c_norms() -> None:
+    torch.manual_seed(7)
+    cfg = transformers.JambaConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        intermediate_size=32, mamba_d_state=4, mamba_d_conv=4, mamba_expand=2, mamba_dt_rank=4,
+        attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1, num_experts=2,
+        use_mamba_kernels=False,
+    )  # fmt: skip
+    model = transformers.JambaForCausalLM(cfg).eval()
+    states = rnnlens.trace(model, IDS)
+    assert list(states) == ["model.layers.0.mamba"]  # layer 1 is attention
+    with torch.no_grad():
+        cache = model(IDS, use_cache=True).past_key_values
+    np.testing.assert_allclose(
+        states["model.layers.0.mamba"].state[:, -1], cache.get_recurrent_state(0, state_idx=0).numpy(), **TOL
+    )

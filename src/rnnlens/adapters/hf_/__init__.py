@@ -20,7 +20,7 @@ from ..base import Adapter, Captured, Inputs, TraceOptions, mro_roots
 __all__ = ["TransformersAdapter"]
 
 _CLASSES = {
-    "MambaMixer", "FalconMambaMixer", "Mamba2Mixer", "BambaMixer", "NemotronHMamba2Mixer",
+    "MambaMixer", "FalconMambaMixer", "JambaMambaMixer", "Mamba2Mixer", "BambaMixer", "NemotronHMamba2Mixer",
     "RecurrentGemmaRecurrentBlock", "RwkvSelfAttention", "xLSTMLayer",
     "Qwen3NextGatedDeltaNet",
 }  # fmt: skip

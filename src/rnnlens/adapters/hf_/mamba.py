@@ -15,7 +15,7 @@ FalconMamba also RMS-normalises ``dt_low``, ``B`` and ``C`` (its weightless norm
 Example:
     >>> from rnnlens.adapters.hf_.mamba import MIXERS
     >>> sorted(MIXERS)
-    ['FalconMambaMixer', 'MambaMixer']
+    ['FalconMambaMixer', 'JambaMambaMixer', 'MambaMixer']
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ...cells import DirectionArrays, check_parity
 
 __all__ = ["MIXERS", "mamba_states", "state_shape"]
 
-MIXERS = {"MambaMixer", "FalconMambaMixer"}
+MIXERS = {"MambaMixer", "FalconMambaMixer", "JambaMambaMixer"}
 
 
 def state_shape(mixer: Any) -> tuple[int, int]:
