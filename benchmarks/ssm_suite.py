@@ -40,6 +40,7 @@ def _cases(family: str, model: Any) -> list[Case]:
 
 def mamba_cases() -> list[Case]:
     import torch
+
     import transformers
 
     torch.manual_seed(0)
@@ -51,6 +52,7 @@ def mamba_cases() -> list[Case]:
 
 def mamba2_cases() -> list[Case]:
     import torch
+
     import transformers
 
     torch.manual_seed(0)

@@ -73,7 +73,7 @@ def mamba_states(
     u = x.transpose(1, 2)  # (b, d, t)
     d_a = torch.exp(A[None, :, None, :] * dt[:, :, :, None])  # (b, d, t, n)
     d_bu = dt[:, :, :, None] * B[:, None, :, :].float() * u[:, :, :, None].float()
-    n, d, t = u.shape
+    t = u.shape[2]
     # the state's input of every step at once; the loop is then two in-place ops per step
     states = d_bu.permute(0, 2, 1, 3).contiguous()  # (n, t, d, d_state)
     d_a = d_a.permute(0, 2, 1, 3)
