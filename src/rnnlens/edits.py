@@ -41,7 +41,10 @@ class Edit:
     Args:
         layer: the layer's name, as in :func:`rnnlens.describe` / ``States``.
         step: an input time step (negative counts from the end) or a ``slice`` of steps.
-        field: ``"h"`` (the output and the carried state) or ``"c"`` (LSTM cell state only).
+        field: ``"h"`` (the output and the carried state) or ``"c"`` (LSTM cell state only);
+            ``"state"`` for state-space mixers (their carried state, edited as ``c`` is: the
+            output at ``step`` reads the state as computed, later steps the edited one;
+            ``units`` index its first dimension: Mamba channels, Mamba2 / gated delta-net heads).
         units: ``None`` (every unit), an int, a list of ints or a ``slice``.
         direction: ``"forward"``/``"backward"``; ``None``: every direction of the layer.
         set: replace by this value: a scalar or an array broadcastable to (sample, n_units).
@@ -92,11 +95,12 @@ class LayerEdits:
         masked steps (their state is carried, not computed, so an edit there has no meaning),
         naming the samples counted from ``first``."""
         out: dict[int, list[Op]] = {}
+        tail = tuple(self.spec.state_shape or ())[1:] if field_name == "state" else ()
         for edit, directions, units, width in self.edits:
             if edit.field != field_name or direction not in directions:
                 continue
             values = {
-                mode: _value(edit, mode, getattr(edit, mode), n_samples, width)
+                mode: _value(edit, mode, getattr(edit, mode), n_samples, width, tail)
                 for mode in ("set", "add", "scale")
                 if getattr(edit, mode) is not None
             }  # one array per edit, shared by its steps
@@ -208,7 +212,14 @@ def plan_edits(edits: Edit | Sequence[Edit], specs: Sequence[LayerSpec]) -> dict
 
 def _check(edit: Edit, spec: LayerSpec) -> tuple[Edit, tuple[str, ...], slice | np.ndarray, int]:
     kind = KINDS[spec.kind]
-    if edit.field not in ("h", "c"):
+    if kind.state_dims:  # a state-space mixer: what it carries is its state; h is only its output
+        if edit.field != "state":
+            raise FieldNotAvailableError(
+                f"Layer {spec.name!r} ({spec.layer_type}) carries its state, not h (h is the mixer's "
+                "output at each step): edit field='state' (units index its first state dimension, "
+                f"{kind.state_dims[0]!r})."
+            )
+    elif edit.field not in ("h", "c"):
         raise OptionError(f"Edit field must be 'h' or 'c'; received {edit.field!r}")
     if edit.field == "c" and not kind.has_c:
         raise FieldNotAvailableError(
@@ -231,7 +242,10 @@ def _check(edit: Edit, spec: LayerSpec) -> tuple[Edit, tuple[str, ...], slice | 
         raise OptionError(f"Edit on {spec.name!r} changes nothing: give set=, add= or scale=.")
     if not isinstance(edit.step, (int, np.integer, slice)) or isinstance(edit.step, bool):
         raise OptionTypeError(f"Edit step must be an int or a slice; received {edit.step!r}")
-    width = int(spec.cell_units or spec.units) if edit.field == "c" else int(spec.units)
+    if edit.field == "state":
+        width = int((spec.state_shape or (spec.units,))[0])
+    else:
+        width = int(spec.cell_units or spec.units) if edit.field == "c" else int(spec.units)
     return edit, directions, _units(edit, spec, width), width
 
 
@@ -276,15 +290,22 @@ def _resolve_steps(edit: Edit, n_steps: int) -> range:
     return range(t % n_steps, t % n_steps + 1)
 
 
-def _value(edit: Edit, mode: str, value: Any, n_samples: int, width: int) -> np.ndarray:
+def _value(
+    edit: Edit, mode: str, value: Any, n_samples: int, width: int, tail: tuple[int, ...] = ()
+) -> np.ndarray:
+    """The edit's value as an array broadcastable to (sample, unit) — for a ``state`` edit to
+    (sample, unit, *the rest of the state's shape), a (sample, unit) array applying to all of it."""
     n_units = width if edit.units is None else int(np.arange(width)[_as_index(edit.units)].size)
     try:
         arr = np.asarray(value, dtype=np.float64)
-        np.broadcast_to(arr, (n_samples, n_units))
+        if tail and arr.ndim == 2:
+            arr = arr.reshape(arr.shape + (1,) * len(tail))
+        np.broadcast_to(arr, (n_samples, n_units, *tail))
     except (TypeError, ValueError):
+        rest = "".join(f", {d}" for d in tail)
         raise OptionError(
-            f"Edit {mode}= on {edit.layer!r} must be a scalar or an array broadcastable to (sample, unit) = "
-            f"({n_samples}, {n_units}); received shape {np.shape(value)}"
+            f"Edit {mode}= on {edit.layer!r} must be a scalar or an array broadcastable to (sample, unit"
+            f"{', ...' if tail else ''}) = ({n_samples}, {n_units}{rest}); received shape {np.shape(value)}"
         ) from None
     if not np.all(np.isfinite(arr)):
         raise OptionError(f"Edit {mode}= on {edit.layer!r} contains NaN or infinity")

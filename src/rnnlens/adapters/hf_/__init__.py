@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from ...edits import LayerEdits
 from ...spec import LayerSpec
-from ..base import Adapter, Captured, Inputs, TraceOptions, mro_roots
+from ..base import Adapter, Captured, Inputs, Intervened, TraceOptions, mro_roots
 
 __all__ = ["TransformersAdapter"]
 
@@ -46,6 +47,18 @@ class TransformersAdapter(Adapter):
         from . import trace
 
         return trace.capture(model, args, kwargs, options)
+
+    def intervene(
+        self,
+        model: Any,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        edits: Mapping[str, LayerEdits],
+        options: TraceOptions,
+    ) -> Intervened:
+        from . import trace
+
+        return trace.intervene(model, args, kwargs, edits, options)
 
     def model_digest(self, model: Any) -> str:
         """sha256 over the config and every parameter and buffer."""

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from ...cells import DirectionArrays, check_parity
+from ...edits import Op
+from . import edits
 
 __all__ = ["MIXERS", "gdn_states", "state_shape"]
 
@@ -37,8 +39,15 @@ def state_shape(mixer: Any) -> tuple[int, int, int]:
 
 
 def gdn_states(
-    mixer: Any, hidden_states: torch.Tensor, attention_mask: Any, out: torch.Tensor, *, name: str, gates: bool
-) -> DirectionArrays:
+    mixer: Any,
+    hidden_states: torch.Tensor,
+    attention_mask: Any,
+    out: torch.Tensor,
+    *,
+    name: str,
+    gates: bool,
+    ops: dict[int, list[Op]] | None = None,
+) -> tuple[DirectionArrays, torch.Tensor]:
     mod = sys.modules[type(mixer).__module__]
     hs = mod.apply_mask_to_padding_states(hidden_states, attention_mask)
     qkvz = F.linear(hs, mixer.in_proj_qkvz.weight, mixer.in_proj_qkvz.bias)
@@ -73,19 +82,23 @@ def gdn_states(
         kv = (s * k[:, :, i].unsqueeze(-1)).sum(dim=-2)
         delta = (v[:, :, i] - kv) * bt[:, :, i].unsqueeze(-1)
         s = s + k[:, :, i].unsqueeze(-1) * delta.unsqueeze(-2)
+        core[:, :, i] = (s * q[:, :, i].unsqueeze(-1)).sum(dim=-2)  # read before an edit of step i
+        if ops and i in ops:
+            edits.apply(s, ops[i])
         states[:, i] = s
-        core[:, :, i] = (s * q[:, :, i].unsqueeze(-1)).sum(dim=-2)
     core = core.transpose(1, 2).contiguous().to(hidden_states.dtype)
     shape = z.shape
     normed = type(mixer.norm).forward(
         mixer.norm, core.reshape(-1, core.shape[-1]), z.reshape(-1, z.shape[-1])
     )
     rebuilt = F.linear(normed.reshape(shape).reshape(n, t, -1), mixer.out_proj.weight, mixer.out_proj.bias)
-    h = out.detach().float().numpy()
+    h = rebuilt.detach().float().numpy()
+    upto = edits.first_step(ops, t)  # steps before the first edit are the mixer's own
     check_parity(
-        h, rebuilt.float().numpy(), None, layer=name, what="the mixer output rebuilt from every step's state"
-    )
+        out.detach().float().numpy()[:, :upto], h[:, :upto], None, layer=name,
+        what="the mixer output rebuilt from every step's state",
+    )  # fmt: skip
     arrays = DirectionArrays(h=h, state=states.numpy())
     if gates:
         arrays.gates = (np.ascontiguousarray(beta.float().numpy()), np.ascontiguousarray(g.float().numpy()))
-    return arrays
+    return arrays, rebuilt

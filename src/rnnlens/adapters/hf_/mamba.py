@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from ...cells import DirectionArrays, check_parity
+from ...edits import Op
+from . import edits
 
 __all__ = ["MIXERS", "mamba_states", "state_shape"]
 
@@ -44,10 +46,18 @@ def _call(m: Any, x: torch.Tensor) -> torch.Tensor:
 
 
 def mamba_states(
-    mixer: Any, hidden_states: torch.Tensor, attention_mask: Any, out: torch.Tensor, *, name: str, gates: bool
-) -> DirectionArrays:
+    mixer: Any,
+    hidden_states: torch.Tensor,
+    attention_mask: Any,
+    out: torch.Tensor,
+    *,
+    name: str,
+    gates: bool,
+    ops: dict[int, list[Op]] | None = None,
+) -> tuple[DirectionArrays, torch.Tensor]:
     """The mixer's output ``h``, its SSM state (sample, time, d_inner, d_state) and, when asked,
-    its ``dt``, ``B``, ``C`` at every step, checked against the mixer's own output ``out``."""
+    its ``dt``, ``B``, ``C`` at every step, checked against the mixer's own output ``out``; and
+    the output tensor rebuilt from them. ``ops``: edits of the state by step (:mod:`.edits`)."""
     mod = sys.modules[type(mixer).__module__]
     falcon = hasattr(mixer, "b_layernorm")
     dtype = hidden_states.dtype
@@ -77,17 +87,27 @@ def mamba_states(
     # the state's input of every step at once; the loop is then two in-place ops per step
     states = d_bu.permute(0, 2, 1, 3).contiguous()  # (n, t, d, d_state)
     d_a = d_a.permute(0, 2, 1, 3)
-    for i in range(1, t):
-        states[:, i].add_(states[:, i - 1] * d_a[:, i])
-    y = torch.matmul(states.to(dtype), C[:, :, :, None])[..., 0].transpose(1, 2)  # (n, d, t)
+    unedited = {}
+    for i in range(t):
+        if i:
+            states[:, i].add_(states[:, i - 1] * d_a[:, i])
+        if ops and i in ops:
+            unedited[i] = states[:, i].clone()  # step i's own output reads the state as computed
+            edits.apply(states[:, i], ops[i])
+    y = torch.matmul(states.to(dtype), C[:, :, :, None])[..., 0]  # (n, t, d)
+    for i, s in unedited.items():
+        y[:, i] = torch.matmul(s.to(dtype), C[:, i, :, None])[..., 0]
+    y = y.transpose(1, 2)
     y = y + u * mixer.D.float()[None, :, None]
     y = y * F.silu(z)
     rebuilt = F.linear(y.transpose(1, 2).to(dtype), mixer.out_proj.weight, mixer.out_proj.bias)
-    h = out.detach().float().numpy()
+    h = rebuilt.detach().float().numpy()
+    upto = edits.first_step(ops, t)  # steps before the first edit are the mixer's own
     check_parity(
-        h, rebuilt.float().numpy(), None, layer=name, what="the mixer output rebuilt from every step's state"
-    )
+        out.detach().float().numpy()[:, :upto], h[:, :upto], None, layer=name,
+        what="the mixer output rebuilt from every step's state",
+    )  # fmt: skip
     arrays = DirectionArrays(h=h, state=states.float().numpy())
     if gates:
         arrays.gates = tuple(np.ascontiguousarray(g.float().numpy()) for g in (dt.transpose(1, 2), B, C))
-    return arrays
+    return arrays, rebuilt

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from ...cells import DirectionArrays, check_parity
+from ...edits import Op
+from . import edits
 
 __all__ = ["MIXERS", "mamba2_states", "state_shape"]
 
@@ -39,8 +41,15 @@ def state_shape(mixer: Any) -> tuple[int, int, int]:
 
 
 def mamba2_states(
-    mixer: Any, hidden_states: torch.Tensor, attention_mask: Any, out: torch.Tensor, *, name: str, gates: bool
-) -> DirectionArrays:
+    mixer: Any,
+    hidden_states: torch.Tensor,
+    attention_mask: Any,
+    out: torch.Tensor,
+    *,
+    name: str,
+    gates: bool,
+    ops: dict[int, list[Op]] | None = None,
+) -> tuple[DirectionArrays, torch.Tensor]:
     """The mixer's output ``h``, its state (sample, time, head, head_dim, d_state) and, when
     asked, ``dt`` (per head), ``B`` and ``C`` (per group and state dim) at every step."""
     mod = sys.modules[type(mixer).__module__]
@@ -68,17 +77,27 @@ def mamba2_states(
     # every step's input to the state at once; the loop is then two in-place ops per step
     d_a = torch.exp(dt.float() * A)[:, :, :, None, None]  # (n, t, heads, 1, 1)
     states = (dt[..., None].float() * xh)[..., None] * Bh[:, :, :, None, :]  # (n, t, heads, p, d_state)
-    for k in range(1, t):
-        states[:, k].add_(states[:, k - 1] * d_a[:, k])
-    ys = torch.einsum("bthpn,bthn->bthp", states, Ch) + mixer.D.float()[None, None, :, None] * xh
+    unedited = {}
+    for k in range(t):
+        if k:
+            states[:, k].add_(states[:, k - 1] * d_a[:, k])
+        if ops and k in ops:
+            unedited[k] = states[:, k].clone()  # step k's own output reads the state as computed
+            edits.apply(states[:, k], ops[k])
+    ys = torch.einsum("bthpn,bthn->bthp", states, Ch)
+    for k, s in unedited.items():
+        ys[:, k] = torch.einsum("bhpn,bhn->bhp", s, Ch[:, k])
+    ys = ys + mixer.D.float()[None, None, :, None] * xh
     y = ys.reshape(n, t, heads * p)
     y = type(mixer.norm).forward(mixer.norm, y.to(dtype), z)
     rebuilt = F.linear(y.to(dtype), mixer.out_proj.weight, mixer.out_proj.bias)
-    h = out.detach().float().numpy()
+    h = rebuilt.detach().float().numpy()
+    upto = edits.first_step(ops, t)  # steps before the first edit are the mixer's own
     check_parity(
-        h, rebuilt.float().numpy(), None, layer=name, what="the mixer output rebuilt from every step's state"
-    )
+        out.detach().float().numpy()[:, :upto], h[:, :upto], None, layer=name,
+        what="the mixer output rebuilt from every step's state",
+    )  # fmt: skip
     arrays = DirectionArrays(h=h, state=states.numpy())
     if gates:
         arrays.gates = tuple(np.ascontiguousarray(g.float().numpy()) for g in (dt, Bg, Cg))
-    return arrays
+    return arrays, rebuilt

@@ -40,11 +40,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...edits import LayerEdits
 from ...errors import InputError, UnsupportedLayerError
 from ...kinds import FIELDS_BY_KIND
 from ...spec import LayerSpec
 from ...tracing import resolve_fields, select_layers
-from ..base import Captured, TraceOptions
+from ..base import Captured, Intervened, TraceOptions
 from .gdn import MIXERS as GDN_MIXERS
 from .gdn import gdn_states
 from .gdn import state_shape as gdn_shape
@@ -123,6 +124,8 @@ class _Calls:
     kind: str
     module: Any
     calls: list[dict[str, Any]] = field(default_factory=list)
+    edits: LayerEdits | None = None  # rnnlens.intervene: this mixer's state edits
+    gates: bool = True
 
 
 def _mamba_stand_in(m: Any, rec: _Calls) -> Any:
@@ -140,8 +143,18 @@ def _mamba_stand_in(m: Any, rec: _Calls) -> Any:
                 "past cache)."
             )
         out = type(m).forward(m, hidden_states, cache=cache, attention_mask=attention_mask, **kwargs)
-        rec.calls.append({"x": hidden_states.clone(), "mask": attention_mask, "out": out.clone()})
-        return out
+        call = {"x": hidden_states.clone(), "mask": attention_mask, "out": out.clone()}
+        rec.calls.append(call)
+        if rec.edits is None:
+            return out
+        # edited: the states are rebuilt now with the edits, and the rest of the model gets the
+        # output computed from them instead of the mixer's own
+        n, t = hidden_states.shape[:2]
+        ops = rec.edits.steps("forward", "state", t, n)
+        call["arrays"], edited = _REBUILD[rec.kind](
+            m, call["x"], attention_mask, call["out"], name=rec.edits.spec.name, gates=rec.gates, ops=ops
+        )
+        return edited.to(out.dtype)
 
     return forward
 
@@ -211,8 +224,42 @@ def _rglru_stand_in(block: Any, rec: _Calls) -> tuple[Any, Any]:
     return block_forward, lru_forward
 
 
+_REBUILD = {"mamba": mamba_states, "mamba2": mamba2_states, "gated_deltanet": gdn_states}
+
+
 def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions) -> Captured:
     """Run ``model(*args, **kwargs)`` once and rebuild every selected mixer's states."""
+    return _run(model, args, kwargs, options, {})[0]
+
+
+def intervene(
+    model: Any,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    edits: Mapping[str, LayerEdits],
+    options: TraceOptions,
+) -> Intervened:
+    """One forward pass in which each edited mixer's state is edited as its scan runs (carried
+    forward) and the rest of the model gets the output of the edited states."""
+    from ..torch_.trace import _outputs
+
+    for name, e in edits.items():
+        if e.spec.kind not in _REBUILD:
+            raise UnsupportedLayerError(
+                f"Layer {name!r} ({e.spec.layer_type}): editing {e.spec.kind} states is not supported "
+                f"yet; rnnlens edits the states of {sorted(_REBUILD)} mixers."
+            )
+    captured, output = _run(model, args, kwargs, options, edits)
+    return Intervened(outputs=_outputs(output), captured=captured)
+
+
+def _run(
+    model: Any,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    options: TraceOptions,
+    edits: Mapping[str, LayerEdits],
+) -> tuple[Captured, Any]:
     if options.mask is not None or options.batch_size is not None:
         raise InputError(
             "mask= and batch_size= are not used for transformers models: pass attention_mask= as "
@@ -223,7 +270,10 @@ def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], option
     chosen = select_layers(specs, options.layers)
     fields = resolve_fields(chosen, options.fields)
     wanted = {s.name for s in chosen}
-    recs = {path: _Calls(kind, m) for path, m, kind in found if path in wanted}
+    recs = {path: _Calls(kind, m) for path, m, kind in found if path in wanted or path in edits}
+    for name, e in edits.items():
+        recs[name].edits = e
+        recs[name].gates = name not in fields or "gates" in fields[name]
     installed: list[Any] = []
     flags = [(m, m.training) for m in model.modules()]
     try:
@@ -247,7 +297,7 @@ def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], option
                 vars(m.rg_lru)["forward"] = lru_forward
                 installed += [m, m.rg_lru]
         with torch.no_grad():
-            model(*args, **kwargs)
+            output = model(*args, **kwargs)
     finally:
         for m in installed:
             vars(m).pop("forward", None)
@@ -257,7 +307,7 @@ def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], option
     with torch.no_grad():
         for s in chosen:
             batch[s.name] = _arrays(s, recs[s.name], fields[s.name])
-    return Captured(chosen, [batch], backend="transformers")
+    return Captured(chosen, [batch], backend="transformers"), output
 
 
 def _arrays(spec: LayerSpec, rec: _Calls, fields: tuple[str, ...]) -> Any:
@@ -268,9 +318,12 @@ def _arrays(spec: LayerSpec, rec: _Calls, fields: tuple[str, ...]) -> Any:
         )
     call = rec.calls[0]
     gates = "gates" in fields
-    if rec.kind in ("mamba", "mamba2", "gated_deltanet"):
-        rebuild = {"mamba": mamba_states, "mamba2": mamba2_states, "gated_deltanet": gdn_states}[rec.kind]
-        arrays = rebuild(rec.module, call["x"], call["mask"], call["out"], name=spec.name, gates=gates)
+    if rec.kind in _REBUILD:
+        arrays = call.get("arrays")  # an edited mixer's: built during the run
+        if arrays is None:
+            arrays, _ = _REBUILD[rec.kind](
+                rec.module, call["x"], call["mask"], call["out"], name=spec.name, gates=gates
+            )
         mask = None if call["mask"] is None else np.asarray(call["mask"].bool().numpy())
     elif rec.kind == "mlstm":
         arrays = mlstm_states(rec.module, call, call["x"], call["out"], name=spec.name, gates=gates)

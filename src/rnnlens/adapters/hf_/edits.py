@@ -1,0 +1,49 @@
+"""Edits of a mixer's state as its scan runs (:func:`rnnlens.intervene` on transformers models).
+
+Each rebuild (:mod:`.mamba`, :mod:`.mamba2`, :mod:`.gdn`) calls :func:`apply` on the state of
+step ``t`` right after computing it and after step ``t``'s own output has read it, before step
+``t + 1`` reads it (as an LSTM ``c`` edit): the edit is carried forward and changes the outputs
+from ``t + 1`` on; the states stored for step ``t`` are the edited ones. The mixer's output is
+computed from these states and given to the rest of the model in place of the mixer's own;
+the steps up to the first edited one are checked against the mixer's own output.
+
+Example:
+    >>> import numpy as np, torch
+    >>> from rnnlens.edits import Op
+    >>> s = torch.ones(2, 3, 4)
+    >>> apply(s, [Op(slice(0, 1), "scale", np.asarray(0.0))])
+    >>> float(s[:, 0].sum()), float(s[:, 1:].sum())
+    (0.0, 16.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ...edits import Op
+
+__all__ = ["apply", "first_step"]
+
+
+def apply(s: torch.Tensor, ops: Sequence[Op]) -> None:
+    """Apply ``ops`` to one step's state ``s`` (sample, first state dim, ...) in place."""
+    for op in ops:
+        sel: Any = op.units if isinstance(op.units, slice) else torch.as_tensor(op.units)
+        value = torch.as_tensor(op.value, dtype=s.dtype)
+        current = s[:, sel]
+        if op.mode == "set":
+            new = value.expand(current.shape)
+        elif op.mode == "add":
+            new = current + value
+        else:
+            new = current * value
+        s[:, sel] = new
+
+
+def first_step(ops: Mapping[int, Sequence[Op]] | None, t: int) -> int:
+    """How many leading steps the edits leave as the mixer computed them (``t``: all): those up
+    to and including the first edited one, whose output reads its state before the edit."""
+    return min(min(ops) + 1, t) if ops else t
