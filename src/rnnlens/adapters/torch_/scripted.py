@@ -12,8 +12,8 @@ submodule keeps its ONNX name. Needs the ``onnx`` extra (onnx, onnxruntime).
 
 Example:
     >>> import torch, rnnlens
-    >>> scripted = torch.jit.script(torch.nn.GRU(3, 4, num_layers=2))
-    >>> list(rnnlens.trace(scripted, torch.zeros(5, 2, 3)))
+    >>> compiled = torch.jit.trace(torch.nn.GRU(3, 4, num_layers=2), torch.zeros(5, 2, 3))
+    >>> list(rnnlens.trace(compiled, torch.zeros(5, 2, 3)))
     ['gru.l0', 'gru.l1']
 """
 
