@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import rnnlens  # noqa: E402
+import rnnlens.cli  # noqa: E402
 
 TOL = {"rtol": 1e-5, "atol": 1e-6}
 IDS = torch.tensor([[1, 2, 3, 4, 5, 6, 7], [7, 6, 5, 4, 3, 2, 1]])
@@ -121,12 +122,43 @@ def test_recurrent_gemma_states_equal_the_state_after_each_prefix() -> None:
     _untouched(model, before)
 
 
-def test_stores_refuse_state_layers_clearly(tmp_path: Any) -> None:
-    model = _mamba(False)
+@pytest.mark.parametrize("family", ["mamba", "xlstm"])
+def test_a_store_round_trip_equals_trace_and_xarray_opens_it(family: str, tmp_path: Any) -> None:
+    """Every state, state part and gate is stored as its own (sample, time, ...) array with
+    dimension names; open_states and plain xarray read them back bit for bit."""
+    if family == "mamba":
+        model = _mamba(False)
+    else:
+        torch.manual_seed(5)
+        cfg = transformers.xLSTMConfig(
+            vocab_size=50, hidden_size=64, num_heads=2, num_blocks=1, qk_dim_factor=1.0, v_dim_factor=1.0
+        )
+        model = transformers.xLSTMForCausalLM(cfg).eval()
     data = tmp_path / "ids.npy"
     np.save(data, IDS.numpy())
-    with pytest.raises(rnnlens.UnsupportedLayerError, match="state of shape"):
-        rnnlens.extract_to(tmp_path / "run.zarr", model, str(data))
+    store = tmp_path / "run.zarr"
+    rnnlens.extract_to(store, model, str(data), fields=None, batch_size=2)  # as trace batches them
+    stored = rnnlens.open_states(store)
+    direct = rnnlens.trace(model, IDS)
+    assert list(stored) == list(direct)
+    for name, ls in direct.items():
+        got = stored[name]
+        np.testing.assert_array_equal(got.h[:], ls.h)
+        np.testing.assert_array_equal(got.state[:], ls.state)
+        for gate in ls.gates:
+            np.testing.assert_array_equal(np.asarray(got.gates[gate][:]), ls.gates[gate])
+        for part, arr in ls.state_parts.items():
+            np.testing.assert_array_equal(got.state_parts[part][:], arr)
+        loaded = stored.load()[name]
+        np.testing.assert_array_equal(loaded.state, ls.state)
+    xr = pytest.importorskip("xarray")
+    name = next(iter(direct))
+    from rnnlens.io.layout import direction_path
+
+    ds = xr.open_zarr(store, group=direction_path(name, "forward"), consolidated=False)
+    assert ds["state"].dims[:2] == ("sample", "time")
+    np.testing.assert_array_equal(ds["state"].values, direct[name].state)
+    assert rnnlens.cli.main(["verify", str(store)]) == 0
 
 
 def _mamba2() -> Any:
@@ -295,3 +327,26 @@ def test_jamba_mamba_layers_with_their_dt_b_c_norms() -> None:
     np.testing.assert_allclose(
         states["model.layers.0.mamba"].state[:, -1], cache.get_recurrent_state(0, state_idx=0).numpy(), **TOL
     )
+
+
+def test_a_state_space_store_exports_and_opens_in_the_viewer(tmp_path: Any) -> None:
+    from rnnlens.viewer.store import StoreView
+
+    model = _mamba(False)
+    data = tmp_path / "ids.npy"
+    np.save(data, IDS.numpy())
+    store = tmp_path / "run.zarr"
+    rnnlens.extract_to(store, model, str(data), fields=None)
+    assert rnnlens.cli.main(["export", str(store), "-o", str(tmp_path / "out.npz")]) == 0
+    exported = np.load(tmp_path / "out.npz")
+    direct = rnnlens.trace(model, IDS)["backbone.layers.0.mixer"]
+    np.testing.assert_array_equal(exported["backbone.layers.0.mixer_forward_state"], direct.state)
+    np.testing.assert_array_equal(exported["backbone.layers.0.mixer_forward_gates_B"], direct.gates["B"])
+    assert rnnlens.cli.main(["export", str(store), "-o", str(tmp_path / "out.h5")]) == 0
+    view = StoreView(store)
+    assert view.fields("backbone.layers.0.mixer") == ["h"]  # the state is not a row of units
+    meta = view.meta()
+    assert [layer["name"] for layer in meta["layers"]] == [
+        "backbone.layers.0.mixer",
+        "backbone.layers.1.mixer",
+    ]

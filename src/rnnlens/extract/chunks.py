@@ -103,8 +103,15 @@ def piece_arrays(
             d = ls.directions[dname]
             base = direction_path(lay.name, dname)
             for field in lay.fields:
-                arr = d.gates.array if field == "gates" else getattr(d, field)
-                out[f"{base}/{field}"] = arr
+                if lay.state_shape is not None and field == "gates":  # one array per gate
+                    for g in lay.gate_names:
+                        out[f"{base}/gate_{g}"] = d.gates[g]
+                elif field == "state":
+                    out[f"{base}/state"] = d.state
+                    for part, _ in lay.part_shapes:
+                        out[f"{base}/state_{part}"] = d.state_parts[part]
+                else:
+                    out[f"{base}/{field}"] = d.gates.array if field == "gates" else getattr(d, field)
     return layout, out
 
 
@@ -173,12 +180,6 @@ def whole_chunk(arrays: dict[str, np.ndarray], layout: Layout, n: int) -> dict[s
 def _layout_of(states: States, max_time: int) -> Layout:
     layers = []
     for name, ls in states.items():
-        if ls.spec.state_shape is not None:
-            raise UnsupportedLayerError(
-                f"Layer {name!r} ({ls.spec.layer_type}) has a state of shape {ls.spec.state_shape} per "
-                "step; Zarr stores hold (sample, time, unit) states only so far. Trace it in memory "
-                f"(rnnlens.trace(model, input_ids, layers=[{name!r}])), or leave it out with layers=[...]."
-            )
         if ls.spec.feature_shape is not None:  # the store's arrays are (sample, time, unit)
             others = [n for n in states if states[n].spec.feature_shape is None]
             raise UnsupportedLayerError(
@@ -189,6 +190,15 @@ def _layout_of(states: States, max_time: int) -> Layout:
                 + (f"the store with layers={others}." if others else "the store with layers=[...].")
             )
         d0 = next(iter(ls.directions.values()))
+        feature: dict[str, Any] = {}
+        if ls.spec.state_shape is not None:  # a state-space mixer: state, parts, gates by shape
+            feature = {
+                "state_shape": tuple(ls.spec.state_shape),
+                "gate_shapes": tuple(tuple(d0.gates[g].shape[2:]) for g in d0.gates)
+                if "gates" in d0.fields
+                else None,
+                "part_shapes": tuple((k, tuple(v.shape[2:])) for k, v in d0.state_parts.items()),
+            }
         layers.append(
             LayerLayout(
                 name=name,
@@ -200,6 +210,7 @@ def _layout_of(states: States, max_time: int) -> Layout:
                 fields=tuple(d0.fields),
                 dtype=np.dtype(d0.h.dtype).name,
                 notes=tuple(ls.spec.notes),
+                **feature,
             )
         )
     return Layout(max_time=max_time, backend=states.backend, layers=tuple(layers))

@@ -5,7 +5,9 @@
 * ``mask`` (sample, time) bool and ``lengths`` (sample,) int32;
 * ``<layer>_<direction>_<field>`` for ``h`` and ``c``: (sample, time, unit);
 * ``<layer>_<direction>_gates``: (sample, time, gate, unit), gate order in
-  ``<layer>_<direction>_gate_names``.
+  ``<layer>_<direction>_gate_names``;
+* state-space mixers: ``<layer>_<direction>_state`` (sample, time, *state shape), its parts
+  ``..._state_<part>`` and one array per gate, ``..._gates_<gate>`` (sample, time, *its shape).
 
 ``hdf5`` — the flat layout `LSTMVis <https://github.com/HendrikStrobelt/LSTMVis>`_ reads:
 only *valid* steps (``mask`` True), concatenated over all sequences in sample order, then
@@ -38,7 +40,7 @@ import numpy as np
 
 from ._deps import require
 from .errors import StoreError
-from .stored import StoredStates
+from .stored import StoredGates, StoredStates
 from .zarr import open_states
 
 __all__ = ["export"]
@@ -94,10 +96,16 @@ def _fields(states: StoredStates) -> Iterator[tuple[str, str, str, Any, tuple[st
                         f"Layers {seen[flat]!r} and {name!r} both export as {flat!r}; rename one layer."
                     )
                 seen[flat] = name
-                if field == "gates":
+                if field == "gates" and isinstance(d.gates, StoredGates):
                     yield flat, name, field, d.gates.array, tuple(d.gates.names)
+                elif field == "gates":  # a state-space mixer's gates: one array each, own shapes
+                    for g in d.gates.names:
+                        yield f"{flat}_{g}", name, "gate", d.gates[g], ()
                 else:
                     yield flat, name, field, getattr(d, field), ()
+                    if field == "state":
+                        for part, arr in d.state_parts.items():
+                            yield f"{flat}_{part}", name, "state", arr, ()
 
 
 def _blocks(arr: Any, step: int) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -158,10 +166,9 @@ def _write_hdf5(states: StoredStates, path: Path) -> None:
                 ]
                 for (ds, _), g in zip(datasets[flat], gate_names):
                     ds.attrs["gate"] = g
-            else:
-                datasets[flat] = [
-                    (f.create_dataset(flat, shape=(total, int(arr.shape[-1])), dtype=arr.dtype), None)
-                ]
+            else:  # (total valid steps, *per-step shape)
+                shape = (total, *(int(s) for s in arr.shape[2:]))
+                datasets[flat] = [(f.create_dataset(flat, shape=shape, dtype=arr.dtype), None)]
         pos = 0
         for start, stop, mask in _blocks(states.mask, step):
             rows, steps = np.nonzero(mask)

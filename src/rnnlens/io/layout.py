@@ -180,10 +180,25 @@ class LayerLayout:
     fields: tuple[str, ...]
     dtype: str
     notes: tuple[str, ...] = ()
+    #: state-space mixers: the per-step shape of ``state``, of each gate (stored one array per
+    #: gate: their shapes differ) and of each further named state part
+    state_shape: tuple[int, ...] | None = None
+    gate_shapes: tuple[tuple[int, ...], ...] | None = None
+    part_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     @property
     def gate_names(self) -> tuple[str, ...]:
         return GATE_NAMES.get(self.kind, ())
+
+    def feature_dims(self, shape: tuple[int, ...], prefix: str) -> tuple[str, ...]:
+        """Dimension names of one axis set of a state-space array: the state's own dimension
+        names where the size matches (so xarray aligns them), else ``<prefix>_dim<i>``."""
+        pool = list(zip(KINDS[self.kind].state_dims, self.state_shape or ()))
+        names = []
+        for i, size in enumerate(shape):
+            match = next((n for n, s in pool if s == size and n not in names), None)
+            names.append(match or f"{prefix}_dim{i}")
+        return tuple(names)
 
     def width(self, field: str) -> int:
         if field == "h" or (field == "gates" and not KINDS[self.kind].has_c):
@@ -200,10 +215,18 @@ class LayerLayout:
             fields=self.fields,  # type: ignore[arg-type]
             cell_units=self.cell_units,
             notes=self.notes,
+            state_shape=self.state_shape,
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        extra: dict[str, Any] = {}
+        if self.state_shape is not None:  # only state-space layers carry these keys
+            extra = {
+                "state_shape": list(self.state_shape),
+                "gate_shapes": [list(s) for s in self.gate_shapes or ()],
+                "part_shapes": {k: list(s) for k, s in self.part_shapes},
+            }
+        return extra | {
             "name": self.name,
             "kind": self.kind,
             "layer_type": self.layer_type,
@@ -228,6 +251,13 @@ class LayerLayout:
             fields=tuple(d["fields"]),
             dtype=str(d["dtype"]),
             notes=tuple(d.get("notes", ())),
+            state_shape=None if d.get("state_shape") is None else tuple(int(v) for v in d["state_shape"]),
+            gate_shapes=None
+            if d.get("gate_shapes") is None
+            else tuple(tuple(int(v) for v in s) for s in d["gate_shapes"]),
+            part_shapes=tuple(
+                (str(k), tuple(int(v) for v in s)) for k, s in d.get("part_shapes", {}).items()
+            ),
         )
 
 
@@ -248,6 +278,9 @@ class Layout:
             for direction in layer.directions:
                 base = direction_path(layer.name, direction)
                 for field in layer.fields:
+                    if layer.state_shape is not None and field in ("state", "gates"):
+                        out += _feature_arrays(layer, field, base, self.max_time)
+                        continue
                     tail: tuple[int, ...] = (self.max_time, layer.width(field))
                     attrs: dict[str, Any] = {}
                     if field == "gates":
@@ -286,6 +319,29 @@ class Layout:
 
 
 # --------------------------------------------------------------------------- manifest
+
+
+def _feature_arrays(layer: LayerLayout, field: str, base: str, max_time: int) -> list[ArraySpec]:
+    """A state-space layer's ``state`` (and its named parts) or its gates, one array each:
+    (sample, time, *its own shape), with dimension names xarray can align."""
+    lead = ("sample", "time")
+    if field == "state":
+        assert layer.state_shape is not None
+        shape = tuple(layer.state_shape)
+        out = [ArraySpec(f"{base}/state", (max_time, *shape), layer.dtype,
+                         lead + KINDS[layer.kind].state_dims, float("nan"), {})]  # fmt: skip
+        for part, pshape in layer.part_shapes:
+            dims = lead + layer.feature_dims(pshape, part)
+            out.append(
+                ArraySpec(f"{base}/state_{part}", (max_time, *pshape), layer.dtype, dims, float("nan"), {})
+            )
+        return out
+    return [
+        ArraySpec(
+            f"{base}/gate_{g}", (max_time, *s), layer.dtype, lead + layer.feature_dims(s, g), float("nan"), {}
+        )
+        for g, s in zip(layer.gate_names, layer.gate_shapes or ())
+    ]
 
 
 def read_manifest(root: Path) -> dict[str, Any] | None:

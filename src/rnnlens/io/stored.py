@@ -133,8 +133,19 @@ class StoredDirectionStates(DirectionStates):
 
     mask: Any
 
-    def __init__(self, direction: str, h: Any, c: Any, gates: StoredGates | None, mask: Any, *, layer: str):
-        super().__init__(direction, h, c, gates, mask, layer=layer)
+    def __init__(
+        self,
+        direction: str,
+        h: Any,
+        c: Any,
+        gates: Gates | None,
+        mask: Any,
+        *,
+        layer: str,
+        state: Any = None,
+        state_parts: Any = None,
+    ):
+        super().__init__(direction, h, c, gates, mask, layer=layer, state=state, state_parts=state_parts)
 
     def last(self, field: Literal["h", "c"] = "h") -> np.ndarray:
         """State at each sequence's last valid step (first, for ``backward``), (sample, unit).
@@ -236,10 +247,16 @@ class StoredStates(States):
                 h = np.asarray(d.h[sl])
                 c = np.asarray(d.c[sl]) if "c" in d.fields else None
                 g = None
-                if "gates" in d.fields:
+                if "gates" in d.fields and isinstance(d.gates, StoredGates):
                     block = np.asarray(d.gates.array[sl])
                     g = Gates([block[:, :, k] for k in range(block.shape[2])], d.gates.names)
-                dirs[dname] = DirectionStates(dname, h, c, g, mask, layer=name)
+                elif "gates" in d.fields:  # one array per gate
+                    g = Gates([np.asarray(d.gates[k][sl]) for k in d.gates.names], d.gates.names)
+                state = np.asarray(d.state[sl]) if "state" in d.fields else None
+                parts = {k: np.asarray(v[sl]) for k, v in d.state_parts.items()}
+                dirs[dname] = DirectionStates(
+                    dname, h, c, g, mask, layer=name, state=state, state_parts=parts
+                )
             layers[name] = LayerStates(ls.spec, dirs, mask)
         return States(layers, backend=self.backend)
 
@@ -258,6 +275,15 @@ def _layer(group: Any, lay: LayerLayout, mask: Any) -> StoredLayerStates:
         g = group[direction_path(lay.name, dname)]
         h = g["h"]
         c = g["c"] if "c" in lay.fields else None
-        gates = StoredGates(g["gates"], lay.gate_names) if "gates" in lay.fields else None
-        dirs[dname] = StoredDirectionStates(dname, h, c, gates, mask, layer=lay.name)
+        gates: Gates | None = None
+        if "gates" in lay.fields:
+            if lay.state_shape is not None:  # a state-space mixer: one array per gate
+                gates = Gates([g[f"gate_{name}"] for name in lay.gate_names], lay.gate_names)
+            else:
+                gates = StoredGates(g["gates"], lay.gate_names)
+        state = g["state"] if "state" in lay.fields else None
+        parts = {p: g[f"state_{p}"] for p, _ in lay.part_shapes} if state is not None else None
+        dirs[dname] = StoredDirectionStates(
+            dname, h, c, gates, mask, layer=lay.name, state=state, state_parts=parts
+        )
     return StoredLayerStates(lay.spec(), dirs, mask)

@@ -185,10 +185,12 @@ class StoreView:
         raise LayerNotFoundError(name, self.layer_names(), what="layer in this store")
 
     def fields(self, layer: str) -> list[str]:
-        """Viewable fields of a layer: ``h``, ``c`` (LSTM) and each gate by name."""
+        """Viewable fields of a layer: ``h``, ``c`` (LSTM) and each gate by name. A state-space
+        mixer shows ``h`` (its output, one value per unit and step); its state and gates have
+        shapes of their own (``open_states`` and xarray read them)."""
         lay = self._layer(layer)
         out = [f for f in ("h", "c") if f in lay.fields]
-        if "gates" in lay.fields:
+        if "gates" in lay.fields and lay.state_shape is None:
             out += list(lay.gate_names)
         return out
 
