@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rnnlens
-from rnnlens.errors import FieldNotAvailableError, ParityError, UnsupportedLayerError
+from rnnlens.cli import main
+from rnnlens.errors import FieldNotAvailableError, ParityError
 from rnnlens.testing import hard_sigmoid, sigmoid
 
 keras = pytest.importorskip("keras")
@@ -406,11 +407,29 @@ def test_last_step_parity_check_catches_a_wrong_step() -> None:
     keras_conv.check_parity(captured, "conv|forward|", layer="conv")
 
 
-def test_extract_to_refuses_feature_maps(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    model = _model(keras.layers.ConvLSTM1D(2, 3, name="conv"), (3, 5, 1))
-    x = np.zeros((2, 3, 5, 1), "float32")
-    with pytest.raises(UnsupportedLayerError, match=r"feature-map states.*issue #8"):
-        rnnlens.extract_to(tmp_path / "run.zarr", model, x, fields=("h", "c"))
+def test_feature_maps_are_stored_and_read_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """h, c and the gates of a ConvLSTM are stored as (sample, time, [gate,] *feature map)
+    arrays with dimension names; open_states, load, last() and export read them back."""
+    pytest.importorskip("zarr")
+    model = _model(
+        keras.layers.ConvLSTM2D(2, 3, padding="same", return_sequences=True, name="conv"), (3, 4, 5, 1)
+    )
+    x = np.random.default_rng(0).normal(size=(5, 3, 4, 5, 1)).astype("float32")
+    store = tmp_path / "run.zarr"
+    rnnlens.extract_to(store, model, x, fields=None, batch_size=5)
+    direct = rnnlens.trace(model, x)["conv"]
+    stored = rnnlens.open_states(store)["conv"]
+    np.testing.assert_array_equal(stored.h[:], direct.h)
+    np.testing.assert_array_equal(stored.c[:], direct.c)
+    np.testing.assert_array_equal(stored.gates["f"][:], direct.gates["f"])
+    np.testing.assert_array_equal(stored.forward.last("c"), direct.last("c"))
+    np.testing.assert_array_equal(rnnlens.open_states(store).load()["conv"].gates.array, direct.gates.array)
+    assert main(["export", str(store), "-o", str(tmp_path / "out.npz")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npz")["conv_forward_h"], direct.h)
+    assert main(["export", str(store), "-o", str(tmp_path / "out.h5")]) == 0
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "out.h5") as f:
+        assert f["conv_forward_gates_f"].shape == (5 * 3, 4, 5, 2)
 
 
 def _tf_cpu_only() -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .. import adapters
-from ..errors import InputError, UnsupportedLayerError
+from ..errors import InputError
 from ..io.data import Batch
 from ..io.errors import StoreMismatchError
 from ..io.layout import (
@@ -180,17 +180,10 @@ def whole_chunk(arrays: dict[str, np.ndarray], layout: Layout, n: int) -> dict[s
 def _layout_of(states: States, max_time: int) -> Layout:
     layers = []
     for name, ls in states.items():
-        if ls.spec.feature_shape is not None:  # the store's arrays are (sample, time, unit)
-            others = [n for n in states if states[n].spec.feature_shape is None]
-            raise UnsupportedLayerError(
-                f"Layer {name!r} ({ls.spec.layer_type}) has feature-map states, each step "
-                f"{ls.spec.feature_shape}; Zarr stores hold (sample, time, unit) states only "
-                "(ConvLSTM storage is not supported yet, issue #8). Trace it in memory with "
-                f"rnnlens.trace(model, x, layers=[{name!r}], batch_size=...), or leave it out of "
-                + (f"the store with layers={others}." if others else "the store with layers=[...].")
-            )
         d0 = next(iter(ls.directions.values()))
         feature: dict[str, Any] = {}
+        if ls.spec.feature_shape is not None:  # ConvLSTM: a feature map per step
+            feature["feature_shape"] = tuple(ls.spec.feature_shape)
         if ls.spec.state_shape is not None:  # a state-space mixer: state, parts, gates by shape
             feature = {
                 "state_shape": tuple(ls.spec.state_shape),

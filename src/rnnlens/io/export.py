@@ -161,7 +161,12 @@ def _write_hdf5(states: StoredStates, path: Path) -> None:
         for flat, _, field, arr, gate_names in fields:
             if field == "gates":
                 datasets[flat] = [
-                    (f.create_dataset(f"{flat}_{g}", shape=(total, int(arr.shape[-1])), dtype=arr.dtype), k)
+                    (
+                        f.create_dataset(
+                            f"{flat}_{g}", shape=(total, *(int(s) for s in arr.shape[3:])), dtype=arr.dtype
+                        ),
+                        k,
+                    )
                     for k, g in enumerate(gate_names)
                 ]
                 for (ds, _), g in zip(datasets[flat], gate_names):

@@ -185,6 +185,8 @@ class LayerLayout:
     state_shape: tuple[int, ...] | None = None
     gate_shapes: tuple[tuple[int, ...], ...] | None = None
     part_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    #: ConvLSTM: the per-step shape of h, c and each gate (a feature map) in place of (unit,)
+    feature_shape: tuple[int, ...] | None = None
 
     @property
     def gate_names(self) -> tuple[str, ...]:
@@ -216,6 +218,7 @@ class LayerLayout:
             cell_units=self.cell_units,
             notes=self.notes,
             state_shape=self.state_shape,
+            feature_shape=self.feature_shape,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -226,6 +229,8 @@ class LayerLayout:
                 "gate_shapes": [list(s) for s in self.gate_shapes or ()],
                 "part_shapes": {k: list(s) for k, s in self.part_shapes},
             }
+        if self.feature_shape is not None:
+            extra["feature_shape"] = list(self.feature_shape)
         return extra | {
             "name": self.name,
             "kind": self.kind,
@@ -258,6 +263,7 @@ class LayerLayout:
             part_shapes=tuple(
                 (str(k), tuple(int(v) for v in s)) for k, s in d.get("part_shapes", {}).items()
             ),
+            feature_shape=_ints(d.get("feature_shape")),
         )
 
 
@@ -281,17 +287,23 @@ class Layout:
                     if layer.state_shape is not None and field in ("state", "gates"):
                         out += _feature_arrays(layer, field, base, self.max_time)
                         continue
-                    tail: tuple[int, ...] = (self.max_time, layer.width(field))
+                    unit: tuple[int, ...] = (layer.width(field),)
+                    dims = array_dims(field, layer.kind)
+                    if layer.feature_shape is not None:  # a feature map per step
+                        unit = tuple(layer.feature_shape)
+                        names = tuple(f"feature_{i}" for i in range(len(unit)))
+                        dims = dims[: len(dims) - 1] + names
+                    tail: tuple[int, ...] = (self.max_time, *unit)
                     attrs: dict[str, Any] = {}
                     if field == "gates":
-                        tail = (self.max_time, len(layer.gate_names), layer.width(field))
+                        tail = (self.max_time, len(layer.gate_names), *unit)
                         attrs = {"gate_names": list(layer.gate_names)}
                     out.append(
                         ArraySpec(
                             f"{base}/{field}",
                             tail,
                             layer.dtype,
-                            array_dims(field, layer.kind),
+                            dims,
                             float("nan"),
                             attrs,
                         )
@@ -319,6 +331,10 @@ class Layout:
 
 
 # --------------------------------------------------------------------------- manifest
+
+
+def _ints(v: Any) -> tuple[int, ...] | None:
+    return None if v is None else tuple(int(x) for x in v)
 
 
 def _feature_arrays(layer: LayerLayout, field: str, base: str, max_time: int) -> list[ArraySpec]:

@@ -176,11 +176,13 @@ class StoreView:
     # ------------------------------------------------------------------ names
 
     def layer_names(self) -> list[str]:
-        return [lay.name for lay in self.layout.layers]
+        """The layers the page shows: those whose states are rows of units (not ConvLSTM
+        feature maps, which ``open_states`` and xarray read)."""
+        return [lay.name for lay in self.layout.layers if lay.feature_shape is None]
 
     def _layer(self, name: str) -> Any:
         for lay in self.layout.layers:
-            if lay.name == name:
+            if lay.name == name and lay.feature_shape is None:
                 return lay
         raise LayerNotFoundError(name, self.layer_names(), what="layer in this store")
 
@@ -230,6 +232,7 @@ class StoreView:
                     "widths": {f: self.width(lay.name, f) for f in self.fields(lay.name)},
                 }
                 for lay in self.layout.layers
+                if lay.feature_shape is None
             ],
         }
 
