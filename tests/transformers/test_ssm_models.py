@@ -350,3 +350,55 @@ def test_a_state_space_store_exports_and_opens_in_the_viewer(tmp_path: Any) -> N
         "backbone.layers.0.mixer",
         "backbone.layers.1.mixer",
     ]
+
+
+def _nemotron_h() -> Any:
+    cfg = transformers.NemotronHConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, hybrid_override_pattern="M*",
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, mamba_num_heads=4, mamba_head_dim=8,
+        n_groups=2, ssm_state_size=8, expand=2, chunk_size=4, intermediate_size=32,
+    )  # fmt: skip
+    return transformers.NemotronHForCausalLM(cfg)
+
+
+def _zamba2() -> Any:
+    cfg = transformers.Zamba2Config(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        attention_head_dim=8, mamba_d_state=8, mamba_headdim=8, mamba_ngroups=1, n_mamba_heads=4,
+        mamba_expand=2, chunk_size=4, intermediate_size=32, layers_block_type=["mamba", "hybrid"],
+        use_mem_rope=False,
+    )  # fmt: skip
+    return transformers.Zamba2ForCausalLM(cfg)
+
+
+def _granite_hybrid() -> Any:
+    cfg = transformers.GraniteMoeHybridConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        mamba_n_heads=4, mamba_d_head=8, mamba_n_groups=1, mamba_d_state=8, mamba_chunk_size=4,
+        intermediate_size=32, layer_types=["mamba", "attention"], num_local_experts=2, num_experts_per_tok=1,
+    )  # fmt: skip
+    return transformers.GraniteMoeHybridForCausalLM(cfg)
+
+
+@pytest.mark.parametrize(
+    ("build", "names"),
+    [
+        (_nemotron_h, ["model.layers.0.mixer"]),
+        (_zamba2, ["model.layers.0.mamba", "model.layers.1.mamba_decoder.mamba"]),
+        (_granite_hybrid, ["model.layers.0.mamba"]),
+    ],
+    ids=["nemotron_h", "zamba2", "granite_moe_hybrid"],
+)
+def test_more_hybrids_give_their_mamba2_layers(build: Any, names: list[str]) -> None:
+    torch.manual_seed(8)
+    model = build().eval()
+    with torch.no_grad():
+        before = model(IDS).logits
+        cache = model(IDS, use_cache=True).past_key_values
+    states = rnnlens.trace(model, IDS)
+    assert list(states) == names
+    for name in names:
+        layer = model.get_submodule(name).layer_idx
+        own = cache.get_recurrent_state(layer, state_idx=0).numpy()
+        np.testing.assert_allclose(states[name].state[:, -1], own, **TOL)
+    _untouched(model, before)

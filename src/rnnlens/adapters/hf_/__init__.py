@@ -17,14 +17,9 @@ import numpy as np
 from ...edits import LayerEdits
 from ...spec import LayerSpec
 from ..base import Adapter, Captured, Inputs, Intervened, TraceOptions, mro_roots
+from .classes import CLASSES
 
 __all__ = ["TransformersAdapter"]
-
-_CLASSES = {
-    "MambaMixer", "FalconMambaMixer", "JambaMambaMixer", "Mamba2Mixer", "BambaMixer", "NemotronHMamba2Mixer",
-    "RecurrentGemmaRecurrentBlock", "RwkvSelfAttention", "xLSTMLayer",
-    "Qwen3NextGatedDeltaNet",
-}  # fmt: skip
 
 
 class TransformersAdapter(Adapter):
@@ -34,7 +29,7 @@ class TransformersAdapter(Adapter):
     def can_trace(self, model: Any) -> bool:
         if "transformers" not in mro_roots(model) or not hasattr(model, "modules"):
             return False
-        return any(type(m).__name__ in _CLASSES for m in model.modules())
+        return any(type(m).__name__ in CLASSES for m in model.modules())
 
     def describe(self, model: Any) -> list[LayerSpec]:
         from . import trace

@@ -11,9 +11,10 @@ checks the mixer output rebuilt from them against the mixer's own. Gates: ``beta
 strength, after its sigmoid) and ``g`` (the log decay), per value head.
 
 Example:
-    >>> from rnnlens.adapters.hf_.gdn import MIXERS
-    >>> sorted(MIXERS)
-    ['Qwen3NextGatedDeltaNet']
+    >>> from types import SimpleNamespace
+    >>> from rnnlens.adapters.hf_.gdn import state_shape
+    >>> state_shape(SimpleNamespace(num_v_heads=4, head_k_dim=8, head_v_dim=8))
+    (4, 8, 8)
 """
 
 from __future__ import annotations
@@ -29,9 +30,7 @@ from ...cells import DirectionArrays, check_parity
 from ...edits import Op
 from . import edits
 
-__all__ = ["MIXERS", "gdn_states", "state_shape"]
-
-MIXERS = {"Qwen3NextGatedDeltaNet"}
+__all__ = ["gdn_states", "state_shape"]
 
 
 def state_shape(mixer: Any) -> tuple[int, int, int]:

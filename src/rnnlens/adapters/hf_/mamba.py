@@ -13,9 +13,10 @@ mixer returned (:class:`~rnnlens.errors.ParityError` otherwise):
 FalconMamba also RMS-normalises ``dt_low``, ``B`` and ``C`` (its weightless norms).
 
 Example:
-    >>> from rnnlens.adapters.hf_.mamba import MIXERS
-    >>> sorted(MIXERS)
-    ['FalconMambaMixer', 'JambaMambaMixer', 'MambaMixer']
+    >>> from types import SimpleNamespace
+    >>> from rnnlens.adapters.hf_.mamba import state_shape
+    >>> state_shape(SimpleNamespace(intermediate_size=32, ssm_state_size=4))
+    (32, 4)
 """
 
 from __future__ import annotations
@@ -31,9 +32,7 @@ from ...cells import DirectionArrays, check_parity
 from ...edits import Op
 from . import edits
 
-__all__ = ["MIXERS", "mamba_states", "state_shape"]
-
-MIXERS = {"MambaMixer", "FalconMambaMixer", "JambaMambaMixer"}
+__all__ = ["mamba_states", "state_shape"]
 
 
 def state_shape(mixer: Any) -> tuple[int, int]:

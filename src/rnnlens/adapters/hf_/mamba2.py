@@ -13,9 +13,10 @@ from those states against the mixer's own (the chunked and the step-by-step sums
 differently: float32 tolerance).
 
 Example:
-    >>> from rnnlens.adapters.hf_.mamba2 import MIXERS
-    >>> "Mamba2Mixer" in MIXERS
-    True
+    >>> from types import SimpleNamespace
+    >>> from rnnlens.adapters.hf_.mamba2 import state_shape
+    >>> state_shape(SimpleNamespace(num_heads=4, head_dim=8, ssm_state_size=16))
+    (4, 8, 16)
 """
 
 from __future__ import annotations
@@ -31,9 +32,7 @@ from ...cells import DirectionArrays, check_parity
 from ...edits import Op
 from . import edits
 
-__all__ = ["MIXERS", "mamba2_states", "state_shape"]
-
-MIXERS = {"Mamba2Mixer", "BambaMixer", "NemotronHMamba2Mixer"}
+__all__ = ["mamba2_states", "state_shape"]
 
 
 def state_shape(mixer: Any) -> tuple[int, int, int]:

@@ -11,9 +11,10 @@ and checked by rebuilding ``h`` from them (:class:`~rnnlens.errors.ParityError` 
 ``h`` of the entry is the recurrent block's output.
 
 Example:
-    >>> from rnnlens.adapters.hf_.rglru import BLOCKS
-    >>> sorted(BLOCKS)
-    ['RecurrentGemmaRecurrentBlock']
+    >>> from types import SimpleNamespace
+    >>> from rnnlens.adapters.hf_.rglru import state_shape
+    >>> state_shape(SimpleNamespace(lru_width=16))
+    (16,)
 """
 
 from __future__ import annotations
@@ -26,9 +27,7 @@ import torch.nn.functional as F
 
 from ...cells import DirectionArrays, check_parity
 
-__all__ = ["BLOCKS", "rglru_states", "state_shape"]
-
-BLOCKS = {"RecurrentGemmaRecurrentBlock"}
+__all__ = ["rglru_states", "state_shape"]
 
 
 def state_shape(block: Any) -> tuple[int]:

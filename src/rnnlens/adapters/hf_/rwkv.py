@@ -9,9 +9,10 @@ own. ``state`` is (sample, time, part, unit) with parts ``num, den, max``; gates
 (receptance, after its sigmoid), ``k``, ``v``.
 
 Example:
-    >>> from rnnlens.adapters.hf_.rwkv import BLOCKS
-    >>> sorted(BLOCKS)
-    ['RwkvSelfAttention']
+    >>> from types import SimpleNamespace
+    >>> from rnnlens.adapters.hf_.rwkv import state_shape
+    >>> state_shape(SimpleNamespace(attention_hidden_size=16))
+    (3, 16)
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ import torch.nn.functional as F
 
 from ...cells import DirectionArrays, check_parity
 
-__all__ = ["BLOCKS", "PARTS", "rwkv_states", "state_shape"]
+__all__ = ["PARTS", "rwkv_states", "state_shape"]
 
-BLOCKS = {"RwkvSelfAttention"}
 PARTS = ("num", "den", "max")
 
 

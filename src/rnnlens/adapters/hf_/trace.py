@@ -46,20 +46,17 @@ from ...kinds import FIELDS_BY_KIND
 from ...spec import LayerSpec
 from ...tracing import resolve_fields, select_layers
 from ..base import Captured, Intervened, TraceOptions
-from .gdn import MIXERS as GDN_MIXERS
+from .classes import KIND_OF
 from .gdn import gdn_states
 from .gdn import state_shape as gdn_shape
-from .mamba import MIXERS, mamba_states
+from .mamba import mamba_states
 from .mamba import state_shape as mamba_shape
-from .mamba2 import MIXERS as MIXERS2
 from .mamba2 import mamba2_states
 from .mamba2 import state_shape as mamba2_shape
-from .rglru import BLOCKS, rglru_states
+from .rglru import rglru_states
 from .rglru import state_shape as rglru_shape
-from .rwkv import BLOCKS as RWKV_BLOCKS
 from .rwkv import rwkv_states
 from .rwkv import state_shape as rwkv_shape
-from .xlstm import LAYERS as XLSTM_LAYERS
 from .xlstm import mlstm_states
 from .xlstm import state_shape as xlstm_shape
 
@@ -68,22 +65,11 @@ __all__ = ["capture", "describe", "mixers"]
 
 def mixers(model: Any) -> list[tuple[str, Any, str]]:
     """``(path, module, kind)`` of every mixer rnnlens traces, in ``named_modules`` order."""
-    out = []
-    for path, m in model.named_modules():
-        name = type(m).__name__
-        if name in MIXERS:
-            out.append((path, m, "mamba"))
-        elif name in MIXERS2:
-            out.append((path, m, "mamba2"))
-        elif name in BLOCKS:
-            out.append((path, m, "rglru"))
-        elif name in RWKV_BLOCKS:
-            out.append((path, m, "rwkv4"))
-        elif name in XLSTM_LAYERS:
-            out.append((path, m, "mlstm"))
-        elif name in GDN_MIXERS:
-            out.append((path, m, "gated_deltanet"))
-    return out
+    return [
+        (path, m, KIND_OF[type(m).__name__])
+        for path, m in model.named_modules()
+        if type(m).__name__ in KIND_OF
+    ]
 
 
 def _spec(path: str, m: Any, kind: str) -> LayerSpec:

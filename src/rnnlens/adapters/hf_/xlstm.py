@@ -10,9 +10,10 @@ own (chunkwise and step-wise sums round differently: float32 tolerance). Gates: 
 (pre-activations, per head) and ``o`` (the output gate after its activation, per unit).
 
 Example:
-    >>> from rnnlens.adapters.hf_.xlstm import LAYERS
-    >>> sorted(LAYERS)
-    ['xLSTMLayer']
+    >>> from types import SimpleNamespace
+    >>> from rnnlens.adapters.hf_.xlstm import state_shape
+    >>> state_shape(SimpleNamespace(config=SimpleNamespace(num_heads=2), qk_dim=64, v_dim=64))
+    (2, 32, 32)
 """
 
 from __future__ import annotations
@@ -25,9 +26,7 @@ import torch
 
 from ...cells import DirectionArrays, check_parity
 
-__all__ = ["LAYERS", "mlstm_states", "state_shape"]
-
-LAYERS = {"xLSTMLayer"}
+__all__ = ["mlstm_states", "state_shape"]
 
 
 def state_shape(layer: Any) -> tuple[int, int, int]:
