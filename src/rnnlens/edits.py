@@ -44,7 +44,8 @@ class Edit:
         field: ``"h"`` (the output and the carried state) or ``"c"`` (LSTM cell state only);
             ``"state"`` for state-space mixers (their carried state, edited as ``c`` is: the
             output at ``step`` reads the state as computed, later steps the edited one;
-            ``units`` index its first dimension: Mamba channels, Mamba2 / gated delta-net heads).
+            ``units`` index its first dimension: Mamba channels, Mamba2 / gated delta-net / mLSTM
+            heads (mLSTM: its memory C), RG-LRU units, RWKV-4 parts num, den, max).
         units: ``None`` (every unit), an int, a list of ints or a ``slice``.
         direction: ``"forward"``/``"backward"``; ``None``: every direction of the layer.
         set: replace by this value: a scalar or an array broadcastable to (sample, n_units).

@@ -115,3 +115,100 @@ def test_gated_deltanet_state_edits_carry_forward() -> None:
     plain = rnnlens.trace(model, IDS)[name].h
     assert np.abs(run.states[name].h[:, 3:] - plain[:, 3:]).max() > 1e-5
     np.testing.assert_allclose(run.states[name].h[:, :3], plain[:, :3], rtol=1e-5, atol=1e-6)
+
+
+def test_rglru_state_edits_equal_a_decode_whose_state_is_edited() -> None:
+    """RecurrentGemma keeps its RG-LRU state on the module: the oracle prefills 4 tokens, sets
+    that state, then decodes the rest one token at a time through the model's own cache."""
+    torch.manual_seed(1)
+    cfg = transformers.RecurrentGemmaConfig(
+        vocab_size=50, hidden_size=16, lru_width=16, num_hidden_layers=3, num_attention_heads=2,
+        num_key_value_heads=1, intermediate_size=32, attention_window_size=8, head_dim=8,
+        block_types=["recurrent", "recurrent", "attention"],
+    )  # fmt: skip
+    model = transformers.RecurrentGemmaForCausalLM(cfg).eval()
+    name = "model.layers.0.temporal_block"
+    with torch.no_grad():
+        own = model(IDS).logits.numpy()
+    noop = rnnlens.intervene(model, IDS, rnnlens.Edit(name, 3, field="state", scale=1.0))
+    np.testing.assert_allclose(noop.outputs["logits"], own, rtol=1e-4, atol=1e-5)
+    run = rnnlens.intervene(model, IDS, rnnlens.Edit(name, 3, field="state", units=slice(0, 8), set=2.0))
+    assert np.all(run.states[name].state[:, 3, :8] == 2)
+    with torch.no_grad():
+        cache = transformers.DynamicCache(config=cfg)
+        out = model(
+            IDS[:, :4],
+            position_ids=torch.arange(4)[None].expand(2, -1),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = [out.logits]
+        model.get_submodule(name).rg_lru.recurrent_states[:, :8] = 2.0
+        for t in range(4, IDS.shape[1]):
+            pos = torch.full((2, 1), t)
+            out = model(
+                IDS[:, t : t + 1],
+                position_ids=pos,
+                past_key_values=cache,
+                use_cache=True,
+                cache_position=torch.tensor([t]),
+            )
+            logits.append(out.logits)
+    oracle = torch.cat(logits, dim=1).numpy()
+    assert np.abs(oracle - own).max() > 1e-4
+    np.testing.assert_allclose(run.outputs["logits"], oracle, rtol=1e-4, atol=1e-5)
+
+
+def test_mlstm_memory_edits_equal_a_decode_whose_cache_is_edited() -> None:
+    torch.manual_seed(5)
+    cfg = transformers.xLSTMConfig(
+        vocab_size=50,
+        hidden_size=64,
+        num_heads=2,
+        num_blocks=2,
+        qk_dim_factor=1.0,
+        v_dim_factor=1.0,
+        chunk_size=4,
+    )
+    model = transformers.xLSTMForCausalLM(cfg).eval()
+    name = "backbone.blocks.0.mlstm_layer"
+    with torch.no_grad():
+        own = model(IDS).logits.numpy()
+    noop = rnnlens.intervene(model, IDS, rnnlens.Edit(name, 2, field="state", add=0.0))
+    np.testing.assert_allclose(noop.outputs["logits"], own, rtol=1e-4, atol=1e-5)
+    run = rnnlens.intervene(model, IDS, rnnlens.Edit(name, 2, field="state", units=[1], scale=-3.0))
+    with torch.no_grad():
+        out = model(IDS[:, :3], use_cache=True)
+        logits = [out.logits]
+        c = out.cache_params.rnn_state[0][0]
+        c[:, 1] *= -3.0  # the memory after step 2, edited in the model's own cache
+        for t in range(3, IDS.shape[1]):
+            out = model(IDS[:, t : t + 1], cache_params=out.cache_params, use_cache=True)
+            logits.append(out.logits)
+    oracle = torch.cat(logits, dim=1).numpy()
+    assert np.abs(oracle - own).max() > 1e-4
+    np.testing.assert_allclose(run.outputs["logits"], oracle, rtol=1e-4, atol=1e-4)
+
+
+def test_rwkv4_state_edits_equal_a_decode_whose_state_is_edited() -> None:
+    torch.manual_seed(4)
+    cfg = transformers.RwkvConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, attention_hidden_size=16, intermediate_size=32,
+        context_length=16,
+    )  # fmt: skip
+    model = transformers.RwkvForCausalLM(cfg).eval()
+    name, ids = "rwkv.blocks.0.attention", IDS[:1]  # batch 1 (transformers' RWKV decode)
+    with torch.no_grad():
+        own = model(ids).logits.numpy()
+    run = rnnlens.intervene(model, ids, rnnlens.Edit(name, 2, field="state", units=[0], scale=-2.0))
+    assert np.allclose(run.states[name].state[:, 2, 0], -2 * rnnlens.trace(model, ids)[name].state[:, 2, 0])
+    with torch.no_grad():
+        out = model(ids[:, :3], use_cache=True)
+        logits = [out.logits]
+        out.state[2][:, :, 0] *= -2.0  # num of layer 0 after step 2, in the model's own state
+        for t in range(3, ids.shape[1]):
+            out = model(ids[:, t : t + 1], state=out.state, use_cache=True)
+            logits.append(out.logits)
+    oracle = torch.cat(logits, dim=1).numpy()
+    assert np.abs(oracle - own).max() > 1e-4
+    np.testing.assert_allclose(run.outputs["logits"], oracle, rtol=1e-4, atol=1e-4)

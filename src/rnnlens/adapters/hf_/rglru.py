@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from ...cells import DirectionArrays, check_parity
+from ...edits import Op
+from . import edits
 
 __all__ = ["rglru_states", "state_shape"]
 
@@ -36,9 +38,12 @@ def state_shape(block: Any) -> tuple[int]:
 
 def rglru_states(
     lru: Any, activations: torch.Tensor, position_ids: torch.Tensor, h0: Any, state: torch.Tensor,
-    out: torch.Tensor, *, name: str, gates: bool,
-) -> DirectionArrays:  # fmt: skip
-    """``state`` is what ``lru`` returned for ``activations``; its gates are rebuilt and checked."""
+    out: torch.Tensor | None, *, name: str, gates: bool, ops: dict[int, list[Op]] | None = None,
+) -> tuple[DirectionArrays, torch.Tensor]:  # fmt: skip
+    """``state`` is what ``lru`` returned for ``activations``; its gates are rebuilt and checked.
+    Returns the arrays (``h`` = ``out``, the block's output, when given) and the ``lru`` output
+    rebuilt (with ``ops``, the state edits by step: each step's output is its state as
+    computed, the edited state is carried; :mod:`.edits`)."""
     n, t, width = activations.shape
     heads, block = lru.num_attention_heads, lru.block_width
     reset = position_ids[:, :, None] == 0
@@ -61,15 +66,31 @@ def rglru_states(
     a = a * ~reset
     s = torch.zeros((n, width), dtype=torch.float32) if h0 is None else h0.float()
     rebuilt = torch.empty_like(state, dtype=torch.float32)
+    carried = rebuilt.clone() if ops else rebuilt
     for k in range(t):
         s = a[:, k].float() * s + normalized[:, k].float()
         rebuilt[:, k] = s
-    got = state.detach().float().numpy()
-    check_parity(got, rebuilt.numpy(), None, layer=name, what="the RG-LRU state rebuilt from its gates")
-    arrays = DirectionArrays(h=out.detach().float().numpy(), state=got)
+        if ops and k in ops:
+            s = s.clone()
+            edits.apply(s, ops[k])
+            carried[:, k] = s
+        elif ops:
+            carried[:, k] = s
+    upto = edits.first_step(ops, t)
+    own = state.detach().float().numpy()
+    check_parity(
+        own[:, :upto],
+        rebuilt.numpy()[:, :upto],
+        None,
+        layer=name,
+        what="the RG-LRU state rebuilt from its gates",
+    )
+    got = own if not ops else carried.numpy()
+    h = np.empty(0, np.float32) if out is None else out.detach().float().numpy()
+    arrays = DirectionArrays(h=h, state=got)
     if gates:
         arrays.gates = (
             np.ascontiguousarray(r_gate.float().numpy()),
             np.ascontiguousarray(i_gate.float().numpy()),
         )
-    return arrays
+    return arrays, rebuilt.to(state.dtype)

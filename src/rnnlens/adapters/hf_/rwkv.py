@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from ...cells import DirectionArrays, check_parity
+from ...edits import Op
+from . import edits
 
 __all__ = ["PARTS", "rwkv_states", "state_shape"]
 
@@ -35,10 +37,20 @@ def state_shape(block: Any) -> tuple[int, int]:
 
 
 def rwkv_states(
-    block: Any, hidden: torch.Tensor, shift0: Any, state0: Any, out: torch.Tensor, *, name: str, gates: bool
-) -> DirectionArrays:
+    block: Any,
+    hidden: torch.Tensor,
+    shift0: Any,
+    state0: Any,
+    out: torch.Tensor,
+    *,
+    name: str,
+    gates: bool,
+    ops: dict[int, list[Op]] | None = None,
+) -> tuple[DirectionArrays, torch.Tensor]:
     """``shift0``: the last token of the previous call (or None), ``state0``: (num, den, max)
-    before the call (or None: zeros and -1e38, as the kernel starts)."""
+    before the call (or None: zeros and -1e38, as the kernel starts). Returns the arrays and
+    the block output rebuilt; ``ops`` edit (num, den, max) after each step (units index the
+    part), carried to the next step (:mod:`.edits`)."""
     shifted = type(block.time_shift).forward(block.time_shift, hidden)
     if shift0 is not None:
         shifted[:, 0] = shift0
@@ -66,12 +78,17 @@ def rwkv_states(
         e1, e2 = torch.exp(mx + decay - m_state), torch.exp(kk - m_state)
         num, den, mx = e1 * num + e2 * vv, e1 * den + e2, m_state
         states[:, k, 0], states[:, k, 1], states[:, k, 2] = num, den, mx
+        if ops and k in ops:
+            edits.apply(states[:, k], ops[k])
+            num, den, mx = states[:, k, 0].clone(), states[:, k, 1].clone(), states[:, k, 2].clone()
     rebuilt = F.linear(receptance * wkv, block.output.weight)
-    h = out.detach().float().numpy()
+    h = rebuilt.detach().float().numpy()
+    upto = edits.first_step(ops, t)
     check_parity(
-        h, rebuilt.float().numpy(), None, layer=name, what="the block output rebuilt from every step's state"
-    )
+        out.detach().float().numpy()[:, :upto], h[:, :upto], None, layer=name,
+        what="the block output rebuilt from every step's state",
+    )  # fmt: skip
     arrays = DirectionArrays(h=h, state=states.numpy())
     if gates:
         arrays.gates = tuple(np.ascontiguousarray(g.float().numpy()) for g in (receptance, key, value))
-    return arrays
+    return arrays, rebuilt

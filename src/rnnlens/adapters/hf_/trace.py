@@ -57,7 +57,7 @@ from .rglru import rglru_states
 from .rglru import state_shape as rglru_shape
 from .rwkv import rwkv_states
 from .rwkv import state_shape as rwkv_shape
-from .xlstm import mlstm_states
+from .xlstm import mlstm_scan, mlstm_states
 from .xlstm import state_shape as xlstm_shape
 
 __all__ = ["capture", "describe", "mixers"]
@@ -154,8 +154,16 @@ def _rwkv_stand_in(block: Any, rec: _Calls) -> Any:
             shift0 = state[1][:, :, lid].clone()
             state0 = tuple(s[:, :, lid].clone() for s in state[2:])
         out = type(block).forward(block, hidden, state=state, use_cache=use_cache)
-        rec.calls.append({"x": hidden.clone(), "shift0": shift0, "state0": state0, "out": out[0].clone()})
-        return out
+        call = {"x": hidden.clone(), "shift0": shift0, "state0": state0, "out": out[0].clone()}
+        rec.calls.append(call)
+        if rec.edits is None:
+            return out
+        n, t = hidden.shape[:2]  # edited: the model goes on with the edited states' output
+        ops = rec.edits.steps("forward", "state", t, n)
+        call["arrays"], edited = rwkv_states(
+            block, call["x"], shift0, state0, call["out"], name=rec.edits.spec.name, gates=rec.gates, ops=ops
+        )
+        return (edited.to(out[0].dtype), *out[1:])
 
     return forward
 
@@ -169,7 +177,13 @@ def _mlstm_stand_in(layer: Any, rec: _Calls) -> tuple[Any, Any]:
         h = out[0] if isinstance(out, tuple) else out
         pending.update({k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()})
         pending["h"] = h.clone()
-        return out
+        if rec.edits is None:
+            return out
+        n, _, t, _ = h.shape  # edited: the layer goes on with the edited memory's outputs
+        ops = rec.edits.steps("forward", "state", t, n)
+        pending["scan"] = mlstm_scan(layer, pending, name=rec.edits.spec.name, ops=ops)
+        edited_h, final = pending["scan"][3].to(h.dtype), pending["scan"][4]
+        return (edited_h, final) if isinstance(out, tuple) else edited_h
 
     def layer_forward(x: Any, state: Any = None) -> Any:
         if state is not None and x.shape[1] == 1:
@@ -198,12 +212,23 @@ def _rglru_stand_in(block: Any, rec: _Calls) -> tuple[Any, Any]:
         h0 = None if lru.recurrent_states is None else lru.recurrent_states.clone()
         state = type(lru).forward(lru, activations, position_ids)
         pending.update(x=activations.clone(), pos=position_ids.clone(), h0=h0, state=state.clone())
-        return state
+        if rec.edits is None:
+            return state
+        n, t = activations.shape[:2]  # edited: the block goes on with the edited states' output
+        ops = rec.edits.steps("forward", "state", t, n)
+        pending["arrays"], edited = rglru_states(
+            lru, pending["x"], pending["pos"], h0, pending["state"], None,
+            name=rec.edits.spec.name, gates=rec.gates, ops=ops,
+        )  # fmt: skip
+        return edited
 
     def block_forward(*args: Any, **kwargs: Any) -> Any:
         out = type(block).forward(block, *args, **kwargs)
         first = out[0] if isinstance(out, tuple) else out
-        rec.calls.append({**pending, "out": first.clone()})
+        call = {**pending, "out": first.clone()}
+        if "arrays" in call:
+            call["arrays"].h = call["out"].detach().float().numpy()
+        rec.calls.append(call)
         pending.clear()
         return out
 
@@ -211,6 +236,8 @@ def _rglru_stand_in(block: Any, rec: _Calls) -> tuple[Any, Any]:
 
 
 _REBUILD = {"mamba": mamba_states, "mamba2": mamba2_states, "gated_deltanet": gdn_states}
+#: kinds whose states rnnlens.intervene edits
+_EDITABLE = {*_REBUILD, "rglru", "mlstm", "rwkv4"}
 
 
 def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions) -> Captured:
@@ -230,10 +257,10 @@ def intervene(
     from ..torch_.trace import _outputs
 
     for name, e in edits.items():
-        if e.spec.kind not in _REBUILD:
+        if e.spec.kind not in _EDITABLE:
             raise UnsupportedLayerError(
                 f"Layer {name!r} ({e.spec.layer_type}): editing {e.spec.kind} states is not supported "
-                f"yet; rnnlens edits the states of {sorted(_REBUILD)} mixers."
+                f"yet; rnnlens edits the states of {sorted(_EDITABLE)} mixers."
             )
     captured, output = _run(model, args, kwargs, options, edits)
     return Intervened(outputs=_outputs(output), captured=captured)
@@ -314,13 +341,19 @@ def _arrays(spec: LayerSpec, rec: _Calls, fields: tuple[str, ...]) -> Any:
     elif rec.kind == "mlstm":
         arrays = mlstm_states(rec.module, call, call["x"], call["out"], name=spec.name, gates=gates)
         mask = None
+    elif rec.kind == "rwkv4" and "arrays" in call:  # an edited block's: built during the run
+        arrays = call["arrays"]
+        mask = None
     elif rec.kind == "rwkv4":
-        arrays = rwkv_states(
+        arrays, _ = rwkv_states(
             rec.module, call["x"], call["shift0"], call["state0"], call["out"], name=spec.name, gates=gates
         )
         mask = None
+    elif "arrays" in call:  # an edited block's: built during the run
+        arrays = call["arrays"]
+        mask = None
     else:
-        arrays = rglru_states(
+        arrays, _ = rglru_states(
             rec.module.rg_lru,
             call["x"],
             call["pos"],

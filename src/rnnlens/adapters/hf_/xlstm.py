@@ -25,8 +25,10 @@ import numpy as np
 import torch
 
 from ...cells import DirectionArrays, check_parity
+from ...edits import Op
+from . import edits
 
-__all__ = ["mlstm_states", "state_shape"]
+__all__ = ["mlstm_scan", "mlstm_states", "state_shape"]
 
 
 def state_shape(layer: Any) -> tuple[int, int, int]:
@@ -48,7 +50,28 @@ def mlstm_states(
     layer: Any, call: dict[str, Any], x: torch.Tensor, out: torch.Tensor, *, name: str, gates: bool
 ) -> DirectionArrays:
     """``call``: what the backend received (``query``, ``key``, ``value``, ``igate``, ``fgate``,
-    ``c_initial``...) and returned (``h``, (batch, head, time, d_v)); ``x`` the layer's input."""
+    ``c_initial``...) and returned (``h``, (batch, head, time, d_v)), and ``scan`` when the run
+    already made it (an edited layer); ``x`` the layer's input, ``out`` its output."""
+    cs, ns, ms, _, _ = call.get("scan") or mlstm_scan(layer, call, name=name)
+    i_pre, f_pre = call["igate"], call["fgate"]
+    arrays = DirectionArrays(
+        h=out.detach().float().numpy(), state=cs.numpy(), parts={"n": ns.numpy(), "m": ms.numpy()}
+    )
+    if gates:
+        arrays.gates = (
+            np.ascontiguousarray(i_pre.transpose(1, 2).float().numpy()),
+            np.ascontiguousarray(f_pre.transpose(1, 2).float().numpy()),
+            np.ascontiguousarray(_o_gate(layer, x).float().numpy()),
+        )
+    return arrays
+
+
+def mlstm_scan(
+    layer: Any, call: dict[str, Any], *, name: str, ops: dict[int, list[Op]] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Every step's C, n, m and the backend's outputs h (batch, head, time, d_v) rebuilt, checked
+    against the backend's own h, and the final (C, n, m). ``ops`` edit C after each step's own
+    output has read it (the edited C is carried; :mod:`.edits`)."""
     step = sys.modules[type(layer).__module__].mlstm_recurrent_step_native
     q, k, v, i_pre, f_pre = (call[key] for key in ("query", "key", "value", "igate", "fgate"))
     n, heads, t, dqk = q.shape
@@ -70,16 +93,14 @@ def mlstm_states(
             fgate=f_pre[:, :, s, None], cstate=c, nstate=nn_, mstate=m, eps=layer.config.eps,
             dtype_state=dtype_state,
         )  # fmt: skip
+        if ops and s in ops:
+            c = c.clone()
+            edits.apply(c, ops[s])
         cs[:, s], ns[:, s], ms[:, s], hs[:, :, s] = c, nn_, m, h
+    upto = edits.first_step(ops, t)
     own = call["h"].detach().float().numpy()
-    check_parity(own, hs.numpy(), None, layer=name, what="the mLSTM outputs rebuilt from every step's state")
-    arrays = DirectionArrays(
-        h=out.detach().float().numpy(), state=cs.numpy(), parts={"n": ns.numpy(), "m": ms.numpy()}
-    )
-    if gates:
-        arrays.gates = (
-            np.ascontiguousarray(i_pre.transpose(1, 2).float().numpy()),
-            np.ascontiguousarray(f_pre.transpose(1, 2).float().numpy()),
-            np.ascontiguousarray(_o_gate(layer, x).float().numpy()),
-        )
-    return arrays
+    check_parity(
+        own[:, :, :upto], hs.numpy()[:, :, :upto], None, layer=name,
+        what="the mLSTM outputs rebuilt from every step's state",
+    )  # fmt: skip
+    return cs, ns, ms, hs, (c, nn_, m)
