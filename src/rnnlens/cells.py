@@ -42,6 +42,8 @@ class DirectionArrays:
     state: np.ndarray | None = None  # state-space mixers: (sample, time, *state_shape)
     #: further named parts of the state (mLSTM: its normaliser ``n`` and stabiliser ``m``)
     parts: dict[str, np.ndarray] | None = None
+    #: the state's L2 norm over its last axis, (sample, time, product of the other axes)
+    state_norm: np.ndarray | None = None
 
 
 def tolerance(dtype: np.dtype) -> tuple[float, float]:

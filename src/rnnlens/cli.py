@@ -310,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--out", required=True, help="output store directory (e.g. run.zarr)")
     p.add_argument("--layers", help="comma-separated layer names (default: every recurrent layer)")
-    p.add_argument("--fields", default="h", help="comma-separated subset of h,c,gates (default: h)")
+    p.add_argument(
+        "--fields", default="h", help="comma-separated subset of h,c,gates,state,state_norm (default: h)"
+    )
     p.add_argument("--batch-size", type=int, default=256, help="sequences per batch and chunk (default 256)")
     p.add_argument("--lengths", help=".npy of valid steps per sequence (sample,)")
     p.add_argument("--mask", help=".npy of valid steps, (sample, time) bool")

@@ -30,7 +30,7 @@ __all__ = ["FIELDS_BY_KIND", "GATE_NAMES", "KINDS", "CellKind", "Field", "Kind"]
 Kind = Literal[
     "lstm", "gru", "simple", "rnn", "convlstm", "mamba", "mamba2", "rglru", "rwkv4", "mlstm", "gated_deltanet"
 ]
-Field = Literal["h", "c", "gates", "state"]
+Field = Literal["h", "c", "gates", "state", "state_norm"]
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,9 @@ class CellKind:
         if self.gates:
             out.append("gates")
         if self.state_dims:
-            out.append("state")
+            # state_norm: the L2 norm over the state's last axis, one value per remaining
+            # position (a unit row: 16x smaller than Mamba's state, and what the viewer shows)
+            out += ["state", "state_norm"]
         return tuple(out)
 
     @property

@@ -23,7 +23,7 @@ __all__ = [
     "LayerSpec",
 ]
 
-ALL_FIELDS: tuple[Field, ...] = ("h", "c", "gates", "state")
+ALL_FIELDS: tuple[Field, ...] = ("h", "c", "gates", "state", "state_norm")
 
 Activation = Callable[[np.ndarray], np.ndarray]
 MatMul = Callable[[np.ndarray, np.ndarray], np.ndarray]

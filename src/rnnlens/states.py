@@ -71,11 +71,13 @@ class DirectionStates:
         layer: str = "",
         state: np.ndarray | None = None,
         state_parts: Mapping[str, np.ndarray] | None = None,
+        state_norm: np.ndarray | None = None,
     ):
         self.direction = direction
         self._h, self._c, self._gates, self._state = h, c, gates, state
         #: further named parts of the state at each step (mLSTM: ``n``, ``m``); empty for others
         self.state_parts: dict[str, np.ndarray] = dict(state_parts or {})
+        self._state_norm = state_norm
         self.mask = mask
         self._layer = layer
 
@@ -101,8 +103,15 @@ class DirectionStates:
         return _need(self._state, "state", self._layer)
 
     @property
+    def state_norm(self) -> np.ndarray:
+        """The state's L2 norm over its last axis after each step, (sample, time, unit): Mamba
+        one value per channel, Mamba2 per (head, head_dim) flattened."""
+        return _need(self._state_norm, "state_norm", self._layer)
+
+    @property
     def fields(self) -> tuple[str, ...]:
-        present = (("h", self._h), ("c", self._c), ("gates", self._gates), ("state", self._state))
+        present = (("h", self._h), ("c", self._c), ("gates", self._gates), ("state", self._state),
+                   ("state_norm", self._state_norm))  # fmt: skip
         return tuple(name for name, value in present if value is not None)
 
     def last(self, field: Literal["h", "c"] = "h") -> np.ndarray:
@@ -177,6 +186,11 @@ class LayerStates:
     def state(self) -> np.ndarray:
         """(sample, time, *state shape): the recurrent state of a state-space mixer (one direction)."""
         return self._direction(next(iter(self.directions))).state
+
+    @property
+    def state_norm(self) -> np.ndarray:
+        """(sample, time, unit): the state's L2 norm over its last axis (one direction)."""
+        return self._direction(next(iter(self.directions))).state_norm
 
     @property
     def state_parts(self) -> dict[str, np.ndarray]:

@@ -199,8 +199,13 @@ def assemble(
                 )
             st = None if arrs[0].state is None else _cat([a.state for a in arrs if a.state is not None])
             named = {k: _cat([(a.parts or {})[k] for a in arrs]) for k in arrs[0].parts or {}}
+            norm = (
+                None
+                if arrs[0].state_norm is None
+                else _cat([a.state_norm for a in arrs if a.state_norm is not None])
+            )
             directions[dname] = DirectionStates(
-                dname, h, c, g, mask, layer=spec.name, state=st, state_parts=named
+                dname, h, c, g, mask, layer=spec.name, state=st, state_parts=named, state_norm=norm
             )
         layers[spec.name] = LayerStates(spec, directions, mask)
     return States(layers, backend=backend)

@@ -344,7 +344,11 @@ def test_a_state_space_store_exports_and_opens_in_the_viewer(tmp_path: Any) -> N
     np.testing.assert_array_equal(exported["backbone.layers.0.mixer_forward_gates_B"], direct.gates["B"])
     assert rnnlens.cli.main(["export", str(store), "-o", str(tmp_path / "out.h5")]) == 0
     view = StoreView(store)
-    assert view.fields("backbone.layers.0.mixer") == ["h"]  # the state is not a row of units
+    # the state is not a row of units; its norm over d_state is, one value per channel
+    assert view.fields("backbone.layers.0.mixer") == ["h", "state_norm"]
+    assert view.width("backbone.layers.0.mixer", "state_norm") == 16
+    stored = rnnlens.open_states(store)["backbone.layers.0.mixer"]
+    np.testing.assert_allclose(stored.state_norm[:], np.linalg.norm(direct.state, axis=-1), rtol=1e-6)
     meta = view.meta()
     assert [layer["name"] for layer in meta["layers"]] == [
         "backbone.layers.0.mixer",
@@ -402,3 +406,21 @@ def test_more_hybrids_give_their_mamba2_layers(build: Any, names: list[str]) -> 
         own = cache.get_recurrent_state(layer, state_idx=0).numpy()
         np.testing.assert_allclose(states[name].state[:, -1], own, **TOL)
     _untouched(model, before)
+
+
+def test_a_norm_only_store_is_small_and_the_viewer_reads_it(tmp_path: Any) -> None:
+    """fields=("h", "state_norm"): the state reduced over d_state at extraction time."""
+    from rnnlens.viewer.store import StoreView
+
+    model = _mamba(False)
+    data = tmp_path / "ids.npy"
+    np.save(data, IDS.numpy())
+    store = tmp_path / "run.zarr"
+    rnnlens.extract_to(store, model, str(data), fields=("h", "state_norm"))
+    stored = rnnlens.open_states(store)["backbone.layers.0.mixer"]
+    assert stored.fields == ("h", "state_norm")
+    direct = rnnlens.trace(model, IDS, fields="state")["backbone.layers.0.mixer"]
+    norm = np.linalg.norm(direct.state, axis=-1)
+    view = StoreView(store)
+    (column,) = view.columns("backbone.layers.0.mixer", "state_norm", "forward", [3])
+    np.testing.assert_allclose(np.asarray(column), norm[:, :, 3], rtol=1e-6)

@@ -101,6 +101,7 @@ DIMS: dict[str, tuple[str, ...]] = {
     "lengths": ("sample",),
     "h": ("sample", "time", "unit"),
     "c": ("sample", "time", "cell_unit"),
+    "state_norm": ("sample", "time", "state_unit"),
 }
 
 
@@ -203,6 +204,8 @@ class LayerLayout:
         return tuple(names)
 
     def width(self, field: str) -> int:
+        if field == "state_norm":  # the state's positions but its last axis
+            return int(np.prod((self.state_shape or (1,))[:-1], dtype=np.int64))
         if field == "h" or (field == "gates" and not KINDS[self.kind].has_c):
             return self.units
         return self.cell_units if self.cell_units is not None else self.units

@@ -144,8 +144,19 @@ class StoredDirectionStates(DirectionStates):
         layer: str,
         state: Any = None,
         state_parts: Any = None,
+        state_norm: Any = None,
     ):
-        super().__init__(direction, h, c, gates, mask, layer=layer, state=state, state_parts=state_parts)
+        super().__init__(
+            direction,
+            h,
+            c,
+            gates,
+            mask,
+            layer=layer,
+            state=state,
+            state_parts=state_parts,
+            state_norm=state_norm,
+        )
 
     def last(self, field: Literal["h", "c"] = "h") -> np.ndarray:
         """State at each sequence's last valid step (first, for ``backward``), (sample, unit).
@@ -254,8 +265,9 @@ class StoredStates(States):
                     g = Gates([np.asarray(d.gates[k][sl]) for k in d.gates.names], d.gates.names)
                 state = np.asarray(d.state[sl]) if "state" in d.fields else None
                 parts = {k: np.asarray(v[sl]) for k, v in d.state_parts.items()}
+                norm = np.asarray(d.state_norm[sl]) if "state_norm" in d.fields else None
                 dirs[dname] = DirectionStates(
-                    dname, h, c, g, mask, layer=name, state=state, state_parts=parts
+                    dname, h, c, g, mask, layer=name, state=state, state_parts=parts, state_norm=norm
                 )
             layers[name] = LayerStates(ls.spec, dirs, mask)
         return States(layers, backend=self.backend)
@@ -283,7 +295,8 @@ def _layer(group: Any, lay: LayerLayout, mask: Any) -> StoredLayerStates:
                 gates = StoredGates(g["gates"], lay.gate_names)
         state = g["state"] if "state" in lay.fields else None
         parts = {p: g[f"state_{p}"] for p, _ in lay.part_shapes} if state is not None else None
+        norm = g["state_norm"] if "state_norm" in lay.fields else None
         dirs[dname] = StoredDirectionStates(
-            dname, h, c, gates, mask, layer=lay.name, state=state, state_parts=parts
+            dname, h, c, gates, mask, layer=lay.name, state=state, state_parts=parts, state_norm=norm
         )
     return StoredLayerStates(lay.spec(), dirs, mask)

@@ -188,10 +188,11 @@ class StoreView:
 
     def fields(self, layer: str) -> list[str]:
         """Viewable fields of a layer: ``h``, ``c`` (LSTM) and each gate by name. A state-space
-        mixer shows ``h`` (its output, one value per unit and step); its state and gates have
+        mixer shows ``h`` (its output, one value per unit and step) and ``state_norm`` when
+        stored (its state's norm over the last axis, a row of units); its state and gates have
         shapes of their own (``open_states`` and xarray read them)."""
         lay = self._layer(layer)
-        out = [f for f in ("h", "c") if f in lay.fields]
+        out = [f for f in ("h", "c", "state_norm") if f in lay.fields]
         if "gates" in lay.fields and lay.state_shape is None:
             out += list(lay.gate_names)
         return out
@@ -204,13 +205,13 @@ class StoreView:
         if direction not in lay.directions:
             raise LayerNotFoundError(direction, lay.directions, what=f"direction of layer {layer!r}")
         d = self.states[layer].directions[direction]
-        if field in ("h", "c"):
+        if field in ("h", "c", "state_norm"):
             return getattr(d, field), None
         return d.gates.array, list(lay.gate_names).index(field)
 
     def width(self, layer: str, field: str) -> int:
         lay = self._layer(layer)
-        return int(lay.width("gates" if field not in ("h", "c") else field))
+        return int(lay.width("gates" if field not in ("h", "c", "state_norm") else field))
 
     def meta(self) -> dict[str, Any]:
         """What the page needs to build its pickers."""

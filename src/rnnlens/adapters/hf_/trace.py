@@ -364,6 +364,10 @@ def _arrays(spec: LayerSpec, rec: _Calls, fields: tuple[str, ...]) -> Any:
             gates=gates,
         )
         mask = None
+    if "state_norm" in fields and arrays.state is not None:
+        s = arrays.state
+        arrays.state_norm = np.sqrt(np.square(s).sum(axis=-1)).reshape(s.shape[0], s.shape[1], -1)
     if "state" not in fields:
         arrays.state = None
+        arrays.parts = None
     return {"forward": arrays}, mask
