@@ -1,13 +1,17 @@
 """transformers models with state-space / linear-recurrent mixers: find them, run the model once,
 rebuild every step's state.
 
-What is traced: Mamba and FalconMamba mixers (kind ``mamba``: ``state`` (sample, time, d_inner,
-d_state), gates ``dt``, ``B``, ``C``; :mod:`.mamba`) and RecurrentGemma's recurrent blocks
-(kind ``rglru``: ``state`` (sample, time, lru_width), gates ``r``, ``i``; :mod:`.rglru`), on
-transformers' pure-PyTorch path (CPU; no ``mamba_ssm`` kernels). ``h`` is the mixer's (block's)
-output at each step. One entry per mixer, named by its module path
-(``"backbone.layers.0.mixer"``, ``"model.layers.0.temporal_block"``), in model order; attention
-and MLP layers are not entries.
+What is traced (the classes by kind: :mod:`.classes`), on transformers' pure-PyTorch path (CPU;
+no ``mamba_ssm`` / ``fla`` kernels): Mamba, FalconMamba and Jamba mixers (kind ``mamba``,
+:mod:`.mamba`), Mamba2 and the Mamba2 layers of hybrids (``mamba2``, :mod:`.mamba2`),
+RecurrentGemma's recurrent blocks (``rglru``, :mod:`.rglru`), xLSTM's mLSTM layers (``mlstm``,
+:mod:`.xlstm`), RWKV-4 time mixing (``rwkv4``, :mod:`.rwkv`) and Qwen3-Next's gated delta-net
+(``gated_deltanet``, :mod:`.gdn`). Fields: ``h`` (the mixer's output at each step), ``state``
+(its recurrent state after each step, in the model's own layout), ``state_norm`` (the state's
+L2 norm over its last axis, a row of units) and ``gates`` (the input-dependent step quantities,
+named per kind). One entry per mixer, named by its module path (``"backbone.layers.0.mixer"``),
+in model order; attention and MLP layers are not entries. :func:`intervene` edits ``state`` as
+the scan runs (:mod:`.edits`).
 
 How: ``trace(model, input_ids, **kwargs)`` calls ``model(input_ids, **kwargs)`` once, in eval
 mode under ``torch.no_grad()`` (training flags restored). Each mixer gets an instance
