@@ -384,14 +384,26 @@ def _granite_hybrid() -> Any:
     return transformers.GraniteMoeHybridForCausalLM(cfg)
 
 
+def _falcon_h1(rms_norm: bool) -> Any:
+    cfg = transformers.FalconH1Config(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        head_dim=8, mamba_d_ssm=32, mamba_n_heads=4, mamba_d_head=8, mamba_n_groups=1, mamba_d_state=8,
+        mamba_chunk_size=4, intermediate_size=32, mamba_rms_norm=rms_norm,
+        ssm_multipliers=[0.5, 1.5, 0.7, 1.2, 0.9], ssm_in_multiplier=1.3,
+    )  # fmt: skip
+    return transformers.FalconH1ForCausalLM(cfg)
+
+
 @pytest.mark.parametrize(
     ("build", "names"),
     [
+        (lambda: _falcon_h1(False), ["model.layers.0.mamba", "model.layers.1.mamba"]),
+        (lambda: _falcon_h1(True), ["model.layers.0.mamba", "model.layers.1.mamba"]),
         (_nemotron_h, ["model.layers.0.mixer"]),
         (_zamba2, ["model.layers.0.mamba", "model.layers.1.mamba_decoder.mamba"]),
         (_granite_hybrid, ["model.layers.0.mamba"]),
     ],
-    ids=["nemotron_h", "zamba2", "granite_moe_hybrid"],
+    ids=["falcon_h1", "falcon_h1_rms_norm", "nemotron_h", "zamba2", "granite_moe_hybrid"],
 )
 def test_more_hybrids_give_their_mamba2_layers(build: Any, names: list[str]) -> None:
     torch.manual_seed(8)

@@ -20,6 +20,7 @@ KIND_OF: dict[str, str] = {
             "NemotronHMamba2Mixer",
             "Zamba2MambaMixer",
             "GraniteMoeHybridMambaLayer",
+            "FalconH1Mixer",
         ),
         "mamba2",
     ),

@@ -8,7 +8,8 @@ what the mixer received, with its own weights and the modeling file's helpers,
     dt = clamp(softplus(dt_raw + dt_bias), time_step_limit),  A = -exp(A_log)
     s_t = exp(A dt_t) s_{t-1} + dt_t x_t ⊗ B_t,   y_t = s_t C_t + D x_t,   out = W_out norm(y, z)
 
-(per head; ``B``, ``C`` shared by the heads of a group), and checks the mixer output rebuilt
+(per head; ``B``, ``C`` shared by the heads of a group; Falcon-H1 adds its muP multipliers
+around ``in_proj`` and may gate without the norm), and checks the mixer output rebuilt
 from those states against the mixer's own (the chunked and the step-by-step sums round
 differently: float32 tolerance).
 
@@ -56,7 +57,11 @@ def mamba2_states(
     n, t, _ = hidden_states.shape
     heads, p, d_state, groups = mixer.num_heads, mixer.head_dim, mixer.ssm_state_size, mixer.n_groups
     hs = mod.apply_mask_to_padding_states(hidden_states, attention_mask)
+    if hasattr(mixer, "mup_vector"):  # Falcon-H1: muP multipliers around in_proj
+        hs = hs * mixer.ssm_in_multiplier
     projected = F.linear(hs, mixer.in_proj.weight, mixer.in_proj.bias)
+    if hasattr(mixer, "mup_vector"):
+        projected = projected * mixer.mup_vector
     d_mlp = (projected.shape[-1] - 2 * mixer.intermediate_size - 2 * groups * d_state - heads) // 2
     if d_mlp:
         raise ValueError(f"{name}: a Mamba2 mixer with a gated MLP in in_proj is not supported")
@@ -88,7 +93,10 @@ def mamba2_states(
         ys[:, k] = torch.einsum("bhpn,bhn->bhp", s, Ch[:, k])
     ys = ys + mixer.D.float()[None, None, :, None] * xh
     y = ys.reshape(n, t, heads * p)
-    y = type(mixer.norm).forward(mixer.norm, y.to(dtype), z)
+    if getattr(mixer, "mamba_rms_norm", True):
+        y = type(mixer.norm).forward(mixer.norm, y.to(dtype), z)
+    else:  # Falcon-H1 without its gated norm: the gate alone
+        y = y * F.silu(z)
     rebuilt = F.linear(y.to(dtype), mixer.out_proj.weight, mixer.out_proj.bias)
     h = rebuilt.detach().float().numpy()
     upto = edits.first_step(ops, t)  # steps before the first edit are the mixer's own
