@@ -436,3 +436,66 @@ def test_a_norm_only_store_is_small_and_the_viewer_reads_it(tmp_path: Any) -> No
     view = StoreView(store)
     (column,) = view.columns("backbone.layers.0.mixer", "state_norm", "forward", [3])
     np.testing.assert_allclose(np.asarray(column), norm[:, :, 3], rtol=1e-6)
+
+
+def _rwkv() -> Any:
+    cfg = transformers.RwkvConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, attention_hidden_size=16, intermediate_size=32,
+        context_length=16,
+    )  # fmt: skip
+    return transformers.RwkvForCausalLM(cfg)
+
+
+def _xlstm() -> Any:
+    cfg = transformers.xLSTMConfig(
+        vocab_size=50, hidden_size=64, num_heads=2, num_blocks=1, qk_dim_factor=1.0, v_dim_factor=1.0
+    )
+    return transformers.xLSTMForCausalLM(cfg)
+
+
+def _gdn() -> Any:
+    cfg = transformers.Qwen3NextConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        head_dim=16, intermediate_size=32, linear_num_value_heads=4, linear_num_key_heads=2,
+        linear_key_head_dim=8, linear_value_head_dim=8, linear_conv_kernel_dim=4, num_experts=4,
+        num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=16,
+        layer_types=["linear_attention", "full_attention"],
+    )  # fmt: skip
+    return transformers.Qwen3NextForCausalLM(cfg)
+
+
+FAMILIES = {
+    "mamba": lambda: _mamba(False),
+    "falcon_mamba": lambda: _mamba(True),
+    "mamba2": _mamba2,
+    "rglru": _gemma,
+    "mlstm": _xlstm,
+    "rwkv4": _rwkv,
+    "gated_deltanet": _gdn,
+    "falcon_h1": lambda: _falcon_h1(True),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_is_stored_and_shown_in_the_viewer(family: str, tmp_path: Any) -> None:
+    """extract_to keeps every field of every mixer bit for bit (as trace gives them, same
+    batch); the viewer lists each mixer with h and state_norm and reads their columns."""
+    from rnnlens.viewer.store import StoreView
+
+    torch.manual_seed(9)
+    model = FAMILIES[family]().eval()
+    data = tmp_path / "ids.npy"
+    np.save(data, IDS.numpy())
+    store = tmp_path / "run.zarr"
+    rnnlens.extract_to(store, model, str(data), fields=None, batch_size=2)
+    stored, direct = rnnlens.open_states(store), rnnlens.trace(model, IDS)
+    assert list(stored) == list(direct) and direct
+    view = StoreView(store)
+    for name, ls in direct.items():
+        assert ls.kind == stored[name].kind
+        np.testing.assert_array_equal(stored[name].state[:], ls.state)
+        for gate in ls.gates:
+            np.testing.assert_array_equal(np.asarray(stored[name].gates[gate][:]), ls.gates[gate])
+        assert view.fields(name) == ["h", "state_norm"]
+        (column,) = view.columns(name, "state_norm", "forward", [0])
+        np.testing.assert_allclose(np.asarray(column), ls.state_norm[:, :, 0], rtol=1e-6)
