@@ -436,6 +436,8 @@ def test_encoder_decoder_with_repeated_calls() -> None:
     assert list(only) == ["decoder#1"]
     np.testing.assert_array_equal(only["decoder#1"].h, second.numpy())
     # by default the second call, which starts from the first call's final state, is joined on
+    with pytest.raises(rnnlens.LayerNotFoundError, match="calls='each'"):
+        rnnlens.trace(model, x, layers=["decoder#1"])
     joined = rnnlens.trace(model, x)
     assert list(joined) == ["encoder.l0", "encoder.l1", "decoder"]
     np.testing.assert_array_equal(

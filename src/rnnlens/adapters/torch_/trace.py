@@ -452,8 +452,9 @@ def _select_dynamic(
         err = LayerNotFoundError(name, available)
         if calls:
             msg = (
-                f"No traced layer named {name!r}: {base!r} was called {len(calls)} time(s) in this "
-                f"forward pass, traced as {calls}. Expected one of {available}."
+                f"No traced layer named {name!r}: {base!r} is traced as {calls} in this forward pass "
+                "(calls that continue the previous call's state are joined into one entry; pass "
+                f"calls='each' for one entry per call). Expected one of {available}."
             )
         else:
             msg = (
