@@ -119,20 +119,19 @@ class _Calls:
 
 
 def _mamba_stand_in(m: Any, rec: _Calls) -> Any:
-    def forward(hidden_states: Any, cache: Any = None, attention_mask: Any = None, **kwargs: Any) -> Any:
+    def forward(*args: Any, **kwargs: Any) -> Any:  # the arguments as the model passes them
+        hidden_states = args[0] if args else kwargs["hidden_states"]
+        attention_mask = kwargs.get("attention_mask", args[2] if len(args) > 2 else None)
+        cache = kwargs.get("cache", kwargs.get("cache_params", args[1] if len(args) > 1 else None))
         # Mamba's scan starts from zero unless it decodes one token; Mamba2's continues a cache
         continues = hidden_states.shape[1] == 1 or rec.kind in ("mamba2", "gated_deltanet")
-        if (
-            continues
-            and cache is not None
-            and cache.get_recurrent_state(m.layer_idx, state_idx=0) is not None
-        ):
+        if continues and cache is not None and _has_state(cache, m.layer_idx) is not False:
             raise UnsupportedLayerError(
                 f"Mixer {type(m).__name__} was called in decoding mode (continuing a cache): rnnlens "
                 "traces whole sequences from their start. Pass the full input_ids in one call (no "
                 "past cache)."
             )
-        out = type(m).forward(m, hidden_states, cache=cache, attention_mask=attention_mask, **kwargs)
+        out = type(m).forward(m, *args, **kwargs)
         call = {"x": hidden_states.clone(), "mask": attention_mask, "out": out.clone()}
         rec.calls.append(call)
         if rec.edits is None:
@@ -147,6 +146,14 @@ def _mamba_stand_in(m: Any, rec: _Calls) -> Any:
         return edited.to(out.dtype)
 
     return forward
+
+
+def _has_state(cache: Any, layer: int) -> bool | None:
+    """Whether ``cache`` holds a recurrent state for ``layer`` already (None: cannot tell)."""
+    get = getattr(cache, "get_recurrent_state", None)
+    if get is None:
+        return None
+    return get(layer, state_idx=0) is not None
 
 
 def _rwkv_stand_in(block: Any, rec: _Calls) -> Any:
