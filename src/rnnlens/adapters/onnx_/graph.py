@@ -1,10 +1,12 @@
 """Reading an ONNX graph: its recurrent nodes, its inputs and its static tensors, before anything runs.
 
 :func:`_analyse` turns a ``ModelProto`` into a :class:`_Prepared`: one :class:`_Node` per
-``LSTM``/``GRU``/``RNN`` node of the main graph (name, attributes, activations, the reason its
-``c`` and gates cannot be rebuilt if any, the ``Gather`` ops that reorder its batch), the graph
-inputs to feed (:class:`_Input`) and the initializer and ``Constant`` tensors. It also holds the
-ONNX activation functions by their lower-case names and the input positions of the recurrent ops.
+``LSTM``/``GRU``/``RNN``/``DynamicQuantizeLSTM`` node of the main graph, of model-local functions
+(inlined) and of ``If`` branches (exposed, :mod:`.subgraphs`) — name, attributes, activations,
+the reason its ``c`` and gates cannot be rebuilt if any, the ``Gather`` ops that reorder its
+batch — the graph inputs to feed (:class:`_Input`) and the initializer and ``Constant``
+tensors. It also holds the ONNX activation functions by their lower-case names and the input
+positions of the recurrent ops.
 """
 
 from __future__ import annotations
@@ -142,8 +144,8 @@ class _Prepared:
     others: list[str]  # names of the other nodes
     inputs: list[_Input]  # graph inputs that are not initializers
     static: dict[str, Any]  # initializer / Constant output name → TensorProto or array
-    #: recurrent nodes rnnlens cannot run (inside If/Loop/Scan bodies or functions; quantized
-    #: ops of other domains), as "path: op" for errors
+    #: recurrent nodes rnnlens cannot run (inside Loop/Scan bodies; foreign recurrent ops), as
+    #: "path (op: why)" for errors and describe
     hidden: list[str] = field(default_factory=list)
     _session: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
