@@ -51,7 +51,8 @@ def heatmap_svg(values: np.ndarray, *, cell: int = 4, title: str = "") -> str:
 def layer_html(ls: Any) -> str:
     """One layer: its row of the table and the heatmap of sample 0's h (first direction)."""
     first = ls.directions[next(iter(ls.directions))]
-    h = first.h[0].T if first.h.shape[0] else np.zeros((0, 0))
+    # one sample, read (a stored layer is read lazily); a feature map flattens to units
+    h = np.asarray(first.h[0]).reshape(first.h.shape[1], -1).T if first.h.shape[0] else np.zeros((0, 0))
     svg = heatmap_svg(h, title=f"{ls.name}: h of sample 0 (unit × time)")
     shape = "×".join(str(d) for d in ls.shape)
     row = (ls.name, ls.kind, ls.units, "+".join(ls.directions), ",".join(ls.fields), shape)
@@ -60,7 +61,13 @@ def layer_html(ls: Any) -> str:
 
 
 def states_html(states: Any) -> str:
-    masked = "none" if states.mask is None else f"{int((~states.mask).sum())} masked steps"
+    if states.mask is None:
+        masked = "none"
+    elif hasattr(states, "lengths"):  # a store: its lengths, not its whole mask
+        n, t = (int(s) for s in states.mask.shape)
+        masked = f"{n * t - int(np.asarray(states.lengths[...], dtype=np.int64).sum())} masked steps"
+    else:
+        masked = f"{int((~np.asarray(states.mask)).sum())} masked steps"
     head = (
         f"<p><b>States</b> ({len(states)} layers, mask: {masked}; backend {html.escape(states.backend)})</p>"
     )
