@@ -277,7 +277,8 @@ def _need(value, field: str, layer: str):  # type: ignore[no-untyped-def]
         raise FieldNotAvailableError(
             f"Field {field!r} of layer {layer!r} was not traced or does not exist for this layer. "
             f"Ask for it with trace(..., fields=(..., {field!r})); LSTM layers have h, c and "
-            "gates, GRU layers h and gates, other layers h."
+            "gates, GRU layers h and gates, state-space mixers h, gates, state and state_norm, "
+            "other layers h."
         )
     return value
 
