@@ -257,13 +257,22 @@ def probe(
     direction: str | None = None,
     test_size: float = 0.25,
     seed: int = 0,
+    incremental: bool = False,
+    chunk: int = 256,
+    epochs: int = 20,
 ) -> ProbeResult:
     """Train a probe from ``layer``'s ``field`` to ``labels`` (per (sample, time) or per sample)
     on the valid steps, train and test on disjoint samples (no leakage between steps of one
     sequence), and, with ``control``, the same probe on a control task: with ``types`` (the
     token type of every (sample, time), e.g. token ids), each type gets one label drawn at
     random from the label distribution (Hewitt & Liang 2019); without, the labels are shuffled
-    over the points."""
+    over the points.
+
+    ``incremental=True`` never holds the states in memory (a store larger than memory): they
+    are read ``chunk`` samples at a time; a logistic probe is scikit-learn's
+    averaged ``SGDClassifier(loss="log_loss").partial_fit`` over ``epochs`` passes, a ridge probe the
+    exact ridge solution from streamed sufficient statistics (XᵀX, Xᵀy); the test score takes
+    one more pass. Only the labels (one per point) are held."""
     sk = _sklearn()
     if kind not in ("logistic", "ridge"):
         raise OptionError(f"kind must be 'logistic' or 'ridge'; received {kind!r}")
@@ -272,6 +281,13 @@ def probe(
     ls = states[layer]
     n, t = ls.h.shape[:2]
     y_all = _feature(labels, n, t)
+    if incremental:
+        from ._probe_stream import probe_streaming
+
+        return probe_streaming(
+            states, y_all, n, t, layer=layer, field=field, kind=kind, control=control, types=types,
+            direction=direction, test_size=test_size, seed=seed, chunk=chunk, epochs=epochs,
+        )  # fmt: skip
     xs, idxs = zip(*_points(states, layer, field, direction, 256))
     x, idx = np.concatenate(xs), np.concatenate(idxs)
     y = y_all[idx]

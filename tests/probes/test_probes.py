@@ -122,3 +122,27 @@ def test_cli_probe_on_a_store(tmp_path: Path, capsys: Any) -> None:
     out = capsys.readouterr().out
     assert "UnitRanking of enc.h" in out and "selectivity" in out
     assert main(["probe", str(path), "--labels", str(tmp_path / "nope.npy"), "--layer", "enc"]) == 2
+
+
+def test_incremental_probes_on_a_store_read_chunk_by_chunk(tmp_path: Path) -> None:
+    """incremental=True reads the store a chunk of samples at a time: ridge is the exact ridge
+    solution (equal to the in-memory probe), logistic an SGD fit that finds the same unit."""
+    from rnnlens.testing.stores import write_store
+
+    states, depth, mask = _planted(n=60)
+    path = write_store(
+        tmp_path / "s.zarr", np.nan_to_num(states["enc"].h), mask=mask, layer="enc", batch_size=7
+    )
+    stored = rnnlens.open_states(path)
+    whole = rnnlens.probe(states, depth, layer="enc", kind="ridge", control=False)
+    streamed = rnnlens.probe(
+        stored, depth, layer="enc", kind="ridge", control=False, incremental=True, chunk=6
+    )
+    assert streamed.score == pytest.approx(whole.score, rel=1e-6, abs=1e-9)
+    np.testing.assert_allclose(streamed.weights.reshape(-1), whole.weights.reshape(-1), rtol=1e-5, atol=1e-8)
+    assert (streamed.n_train, streamed.n_test) == (whole.n_train, whole.n_test)
+    labels = (depth >= 2).astype(int)
+    exact = rnnlens.probe(states, labels, layer="enc")
+    sgd = rnnlens.probe(stored, labels, layer="enc", incremental=True, chunk=6)
+    assert sgd.top(1) == exact.top(1) == [5]
+    assert abs(sgd.score - exact.score) < 0.05 and sgd.selectivity is not None and sgd.selectivity > 0.2
