@@ -499,3 +499,18 @@ def test_every_family_is_stored_and_shown_in_the_viewer(family: str, tmp_path: A
         assert view.fields(name) == ["h", "state_norm"]
         (column,) = view.columns(name, "state_norm", "forward", [0])
         np.testing.assert_allclose(np.asarray(column), ls.state_norm[:, :, 0], rtol=1e-6)
+
+
+def test_a_rebuild_that_differs_is_a_parity_error_also_for_per_head_outputs() -> None:
+    """mLSTM outputs are (batch, head, time, d_v): a mismatch is named as a ParityError at its
+    step (it was an unpacking ValueError when the check assumed three dimensions)."""
+    from rnnlens.adapters.hf_.edits import check_unedited
+
+    own = torch.zeros(2, 3, 5, 4)
+    bad = own.clone()
+    bad[1, 2, 3, 0] = 1.0
+    with pytest.raises(rnnlens.ParityError, match="step 3"):
+        check_unedited(own, bad, None, layer="m", what="x", time_axis=2)
+    check_unedited(
+        own, bad, {2: []}, layer="m", what="x", time_axis=2
+    )  # an edit at 2: steps 0..2 are checked

@@ -21,11 +21,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
+from ...cells import check_parity
 from ...edits import Op
 
-__all__ = ["apply", "first_step"]
+__all__ = ["apply", "check_unedited", "first_step"]
 
 
 def apply(s: torch.Tensor, ops: Sequence[Op]) -> None:
@@ -41,6 +43,30 @@ def apply(s: torch.Tensor, ops: Sequence[Op]) -> None:
         else:
             new = current * value
         s[:, sel] = new
+
+
+def check_unedited(
+    own: torch.Tensor,
+    rebuilt: torch.Tensor,
+    ops: Mapping[int, Sequence[Op]] | None,
+    *,
+    layer: str,
+    what: str,
+    time_axis: int = 1,
+) -> np.ndarray:
+    """Check the rebuilt output against the mixer's ``own`` at the steps the edits leave as the
+    mixer computed them (all without edits); return the rebuilt output as float NumPy.
+    :func:`~rnnlens.cells.check_parity` sees (sample, time, everything else)."""
+    got = rebuilt.detach().float().numpy()
+    expected = own.detach().float().numpy()
+    upto = first_step(ops, got.shape[time_axis])
+
+    def steps(a: np.ndarray) -> np.ndarray:
+        a = np.moveaxis(a, time_axis, 1)[:, :upto]
+        return a.reshape(a.shape[0], a.shape[1], -1)
+
+    check_parity(steps(expected), steps(got), None, layer=layer, what=what)
+    return got
 
 
 def first_step(ops: Mapping[int, Sequence[Op]] | None, t: int) -> int:

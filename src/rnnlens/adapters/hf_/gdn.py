@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...cells import DirectionArrays, check_parity
+from ...cells import DirectionArrays
 from ...edits import Op
 from . import edits
 
@@ -91,12 +91,10 @@ def gdn_states(
         mixer.norm, core.reshape(-1, core.shape[-1]), z.reshape(-1, z.shape[-1])
     )
     rebuilt = F.linear(normed.reshape(shape).reshape(n, t, -1), mixer.out_proj.weight, mixer.out_proj.bias)
-    h = rebuilt.detach().float().numpy()
-    upto = edits.first_step(ops, t)  # steps before the first edit are the mixer's own
-    check_parity(
-        out.detach().float().numpy()[:, :upto], h[:, :upto], None, layer=name,
-        what="the mixer output rebuilt from every step's state",
-    )  # fmt: skip
+    # the steps up to the first edit are the mixer's own
+    h = edits.check_unedited(
+        out, rebuilt, ops, layer=name, what="the mixer output rebuilt from every step's state"
+    )
     arrays = DirectionArrays(h=h, state=states.numpy())
     if gates:
         arrays.gates = (np.ascontiguousarray(beta.float().numpy()), np.ascontiguousarray(g.float().numpy()))

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...cells import DirectionArrays, check_parity
+from ...cells import DirectionArrays
 from ...edits import Op
 from . import edits
 
@@ -100,12 +100,10 @@ def mamba_states(
     y = y + u * mixer.D.float()[None, :, None]
     y = y * F.silu(z)
     rebuilt = F.linear(y.transpose(1, 2).to(dtype), mixer.out_proj.weight, mixer.out_proj.bias)
-    h = rebuilt.detach().float().numpy()
-    upto = edits.first_step(ops, t)  # steps before the first edit are the mixer's own
-    check_parity(
-        out.detach().float().numpy()[:, :upto], h[:, :upto], None, layer=name,
-        what="the mixer output rebuilt from every step's state",
-    )  # fmt: skip
+    # the steps up to the first edit are the mixer's own
+    h = edits.check_unedited(
+        out, rebuilt, ops, layer=name, what="the mixer output rebuilt from every step's state"
+    )
     arrays = DirectionArrays(h=h, state=states.float().numpy())
     if gates:
         arrays.gates = tuple(np.ascontiguousarray(g.float().numpy()) for g in (dt.transpose(1, 2), B, C))

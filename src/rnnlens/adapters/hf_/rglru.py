@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...cells import DirectionArrays, check_parity
+from ...cells import DirectionArrays
 from ...edits import Op
 from . import edits
 
@@ -76,15 +76,8 @@ def rglru_states(
             carried[:, k] = s
         elif ops:
             carried[:, k] = s
-    upto = edits.first_step(ops, t)
     own = state.detach().float().numpy()
-    check_parity(
-        own[:, :upto],
-        rebuilt.numpy()[:, :upto],
-        None,
-        layer=name,
-        what="the RG-LRU state rebuilt from its gates",
-    )
+    edits.check_unedited(state, rebuilt, ops, layer=name, what="the RG-LRU state rebuilt from its gates")
     got = own if not ops else carried.numpy()
     h = np.empty(0, np.float32) if out is None else out.detach().float().numpy()
     arrays = DirectionArrays(h=h, state=got)
