@@ -13,28 +13,14 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from ssm_builders import IDS, gdn, gemma, mamba, mamba2, rwkv, xlstm  # noqa: E402
+
 import rnnlens  # noqa: E402
 
-IDS = torch.tensor([[1, 2, 3, 4, 5, 6, 7], [7, 6, 5, 4, 3, 2, 1]])
 NAME = "backbone.layers.0.mixer"
 
 
-def _mamba() -> Any:
-    torch.manual_seed(0)
-    cfg = transformers.MambaConfig(vocab_size=50, hidden_size=8, state_size=4, num_hidden_layers=2, expand=2)
-    return transformers.MambaForCausalLM(cfg).eval()
-
-
-def _mamba2() -> Any:
-    torch.manual_seed(2)
-    cfg = transformers.Mamba2Config(
-        vocab_size=50, hidden_size=16, state_size=8, num_heads=4, head_dim=8, n_groups=2,
-        num_hidden_layers=2, expand=2, chunk_size=4,
-    )  # fmt: skip
-    return transformers.Mamba2ForCausalLM(cfg).eval()
-
-
-@pytest.mark.parametrize("build", [_mamba, _mamba2], ids=["mamba", "mamba2"])
+@pytest.mark.parametrize("build", [mamba, mamba2], ids=["mamba", "mamba2"])
 def test_a_no_op_edit_reproduces_the_model_and_an_edit_carries_forward(build: Any) -> None:
     model = build()
     with torch.no_grad():
@@ -61,7 +47,7 @@ def test_a_no_op_edit_reproduces_the_model_and_an_edit_carries_forward(build: An
 def test_an_edit_equals_a_decode_whose_cache_state_is_edited() -> None:
     """The oracle: decode token by token through the model's own cache and set the state's
     channels 0-2 in the cache right after step 3 is read."""
-    model = _mamba()
+    model = mamba()
     with torch.no_grad():
         own = model(IDS).logits.numpy()
     run = rnnlens.intervene(model, IDS, rnnlens.Edit(NAME, 3, field="state", units=slice(0, 3), set=3.0))
@@ -79,7 +65,7 @@ def test_an_edit_equals_a_decode_whose_cache_state_is_edited() -> None:
 
 
 def test_bad_state_edits_are_clear_errors() -> None:
-    model = _mamba()
+    model = mamba()
     with pytest.raises(rnnlens.FieldNotAvailableError, match="field='state'"):
         rnnlens.intervene(model, IDS, rnnlens.Edit(NAME, 2, field="h", scale=0))
     with pytest.raises(rnnlens.OptionError, match="out of range"):
@@ -93,14 +79,7 @@ def test_bad_state_edits_are_clear_errors() -> None:
 
 def test_gated_deltanet_state_edits_carry_forward() -> None:
     torch.manual_seed(6)
-    cfg = transformers.Qwen3NextConfig(
-        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-        head_dim=16, intermediate_size=32, linear_num_value_heads=4, linear_num_key_heads=2,
-        linear_key_head_dim=8, linear_value_head_dim=8, linear_conv_kernel_dim=4, num_experts=4,
-        num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=16,
-        layer_types=["linear_attention", "full_attention"],
-    )  # fmt: skip
-    model = transformers.Qwen3NextForCausalLM(cfg).eval()
+    model = gdn()
     name = "model.layers.0.linear_attn"
     with torch.no_grad():
         own = model(IDS).logits.numpy()
@@ -120,13 +99,7 @@ def test_gated_deltanet_state_edits_carry_forward() -> None:
 def test_rglru_state_edits_equal_a_decode_whose_state_is_edited() -> None:
     """RecurrentGemma keeps its RG-LRU state on the module: the oracle prefills 4 tokens, sets
     that state, then decodes the rest one token at a time through the model's own cache."""
-    torch.manual_seed(1)
-    cfg = transformers.RecurrentGemmaConfig(
-        vocab_size=50, hidden_size=16, lru_width=16, num_hidden_layers=3, num_attention_heads=2,
-        num_key_value_heads=1, intermediate_size=32, attention_window_size=8, head_dim=8,
-        block_types=["recurrent", "recurrent", "attention"],
-    )  # fmt: skip
-    model = transformers.RecurrentGemmaForCausalLM(cfg).eval()
+    model = gemma(seed=1)
     name = "model.layers.0.temporal_block"
     with torch.no_grad():
         own = model(IDS).logits.numpy()
@@ -135,7 +108,7 @@ def test_rglru_state_edits_equal_a_decode_whose_state_is_edited() -> None:
     run = rnnlens.intervene(model, IDS, rnnlens.Edit(name, 3, field="state", units=slice(0, 8), set=2.0))
     assert np.all(run.states[name].state[:, 3, :8] == 2)
     with torch.no_grad():
-        cache = transformers.DynamicCache(config=cfg)
+        cache = transformers.DynamicCache(config=model.config)
         out = model(
             IDS[:, :4],
             position_ids=torch.arange(4)[None].expand(2, -1),
@@ -161,16 +134,7 @@ def test_rglru_state_edits_equal_a_decode_whose_state_is_edited() -> None:
 
 def test_mlstm_memory_edits_equal_a_decode_whose_cache_is_edited() -> None:
     torch.manual_seed(5)
-    cfg = transformers.xLSTMConfig(
-        vocab_size=50,
-        hidden_size=64,
-        num_heads=2,
-        num_blocks=2,
-        qk_dim_factor=1.0,
-        v_dim_factor=1.0,
-        chunk_size=4,
-    )
-    model = transformers.xLSTMForCausalLM(cfg).eval()
+    model = xlstm(blocks=2, chunk_size=4)
     name = "backbone.blocks.0.mlstm_layer"
     with torch.no_grad():
         own = model(IDS).logits.numpy()
@@ -192,11 +156,7 @@ def test_mlstm_memory_edits_equal_a_decode_whose_cache_is_edited() -> None:
 
 def test_rwkv4_state_edits_equal_a_decode_whose_state_is_edited() -> None:
     torch.manual_seed(4)
-    cfg = transformers.RwkvConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=2, attention_hidden_size=16, intermediate_size=32,
-        context_length=16,
-    )  # fmt: skip
-    model = transformers.RwkvForCausalLM(cfg).eval()
+    model = rwkv()
     name, ids = "rwkv.blocks.0.attention", IDS[:1]  # batch 1 (transformers' RWKV decode)
     with torch.no_grad():
         own = model(ids).logits.numpy()

@@ -14,32 +14,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from ssm_builders import IDS, TOL, decoded_states, gdn, gemma, mamba, mamba2, rwkv, xlstm  # noqa: E402
+
 import rnnlens  # noqa: E402
 import rnnlens.cli  # noqa: E402
-
-TOL = {"rtol": 1e-5, "atol": 1e-6}
-IDS = torch.tensor([[1, 2, 3, 4, 5, 6, 7], [7, 6, 5, 4, 3, 2, 1]])
-
-
-def _mamba(falcon: bool) -> Any:
-    torch.manual_seed(0)
-    if falcon:
-        cfg = transformers.FalconMambaConfig(
-            vocab_size=50, hidden_size=8, state_size=4, num_hidden_layers=2, expand=2
-        )
-        return transformers.FalconMambaForCausalLM(cfg).eval()
-    cfg = transformers.MambaConfig(vocab_size=50, hidden_size=8, state_size=4, num_hidden_layers=2, expand=2)
-    return transformers.MambaForCausalLM(cfg).eval()
-
-
-def _gemma() -> Any:
-    torch.manual_seed(1)
-    cfg = transformers.RecurrentGemmaConfig(
-        vocab_size=50, hidden_size=16, lru_width=16, num_hidden_layers=3, num_attention_heads=2,
-        num_key_value_heads=1, intermediate_size=32, attention_window_size=8, head_dim=8,
-        block_types=["recurrent", "recurrent", "attention"],
-    )  # fmt: skip
-    return transformers.RecurrentGemmaForCausalLM(cfg).eval()
 
 
 def _untouched(model: Any, before: Any) -> None:
@@ -50,7 +28,7 @@ def _untouched(model: Any, before: Any) -> None:
 
 @pytest.mark.parametrize("falcon", [False, True], ids=["mamba", "falcon_mamba"])
 def test_mamba_states_at_every_step_equal_the_decode_cache(falcon: bool) -> None:
-    model = _mamba(falcon)
+    model = mamba(falcon)
     with torch.no_grad():
         before = model(IDS).logits
     states = rnnlens.trace(model, IDS)
@@ -61,11 +39,7 @@ def test_mamba_states_at_every_step_equal_the_decode_cache(falcon: bool) -> None
     assert ls.gates["dt"].shape == (2, 7, 16) and ls.gates["B"].shape == (2, 7, 4)
     with torch.no_grad():
         prefill = model(IDS, use_cache=True).cache
-        out = model(IDS[:, :1], use_cache=True)
-        decoded = [[out.cache.get_recurrent_state(i, state_idx=0).clone() for i in range(2)]]
-        for t in range(1, IDS.shape[1]):
-            out = model(IDS[:, t : t + 1], cache=out.cache, use_cache=True)
-            decoded.append([out.cache.get_recurrent_state(i, state_idx=0).clone() for i in range(2)])
+    decoded = decoded_states(model, IDS, 2)
     for i, name in enumerate(names):
         np.testing.assert_allclose(
             states[name].state[:, -1], prefill.get_recurrent_state(i, state_idx=0).numpy(), **TOL
@@ -76,7 +50,7 @@ def test_mamba_states_at_every_step_equal_the_decode_cache(falcon: bool) -> None
 
 
 def test_mamba_attention_mask_is_the_mask_and_options_are_checked() -> None:
-    model = _mamba(False)
+    model = mamba()
     mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1]])
     states = rnnlens.trace(model, IDS, attention_mask=mask, layers="backbone.layers.1.mixer", fields="state")
     ls = states["backbone.layers.1.mixer"]
@@ -91,7 +65,7 @@ def test_mamba_attention_mask_is_the_mask_and_options_are_checked() -> None:
 
 
 def test_a_decoding_call_is_refused() -> None:
-    model = _mamba(False)
+    model = mamba()
     with torch.no_grad():
         cache = model(IDS[:, :3], use_cache=True).cache
     with pytest.raises(rnnlens.UnsupportedLayerError, match="decoding mode"):
@@ -100,7 +74,7 @@ def test_a_decoding_call_is_refused() -> None:
 
 
 def test_recurrent_gemma_states_equal_the_state_after_each_prefix() -> None:
-    model = _gemma()
+    model = gemma()
     with torch.no_grad():
         before = model(IDS).logits
     states = rnnlens.trace(model, IDS)
@@ -127,13 +101,10 @@ def test_a_store_round_trip_equals_trace_and_xarray_opens_it(family: str, tmp_pa
     """Every state, state part and gate is stored as its own (sample, time, ...) array with
     dimension names; open_states and plain xarray read them back bit for bit."""
     if family == "mamba":
-        model = _mamba(False)
+        model = mamba()
     else:
         torch.manual_seed(5)
-        cfg = transformers.xLSTMConfig(
-            vocab_size=50, hidden_size=64, num_heads=2, num_blocks=1, qk_dim_factor=1.0, v_dim_factor=1.0
-        )
-        model = transformers.xLSTMForCausalLM(cfg).eval()
+        model = xlstm(blocks=1, chunk_size=None)
     data = tmp_path / "ids.npy"
     np.save(data, IDS.numpy())
     store = tmp_path / "run.zarr"
@@ -161,18 +132,9 @@ def test_a_store_round_trip_equals_trace_and_xarray_opens_it(family: str, tmp_pa
     assert rnnlens.cli.main(["verify", str(store)]) == 0
 
 
-def _mamba2() -> Any:
-    torch.manual_seed(2)
-    cfg = transformers.Mamba2Config(
-        vocab_size=50, hidden_size=16, state_size=8, num_heads=4, head_dim=8, n_groups=2,
-        num_hidden_layers=2, expand=2, chunk_size=4,
-    )  # fmt: skip
-    return transformers.Mamba2ForCausalLM(cfg).eval()
-
-
 def test_mamba2_states_at_every_step_equal_the_decode_cache() -> None:
     """The chunked prefill keeps states at chunk boundaries only; rnnlens gives every step."""
-    model = _mamba2()
+    model = mamba2()
     with torch.no_grad():
         before = model(IDS).logits
     states = rnnlens.trace(model, IDS)
@@ -183,11 +145,7 @@ def test_mamba2_states_at_every_step_equal_the_decode_cache() -> None:
     assert ls.gates["dt"].shape == (2, 7, 4) and ls.gates["B"].shape == (2, 7, 2, 8)
     with torch.no_grad():
         prefill = model(IDS, use_cache=True).cache
-        out = model(IDS[:, :1], use_cache=True)
-        decoded = [[out.cache.get_recurrent_state(i, state_idx=0).clone() for i in range(2)]]
-        for t in range(1, IDS.shape[1]):
-            out = model(IDS[:, t : t + 1], cache=out.cache, use_cache=True)
-            decoded.append([out.cache.get_recurrent_state(i, state_idx=0).clone() for i in range(2)])
+    decoded = decoded_states(model, IDS, 2)
     for i, name in enumerate(names):
         np.testing.assert_allclose(
             states[name].state[:, -1], prefill.get_recurrent_state(i, state_idx=0).numpy(), **TOL
@@ -219,11 +177,7 @@ def test_a_hybrid_gives_its_mamba2_layers_and_skips_attention() -> None:
 def test_rwkv4_wkv_states_equal_the_decode_state() -> None:
     """Batch 1: transformers' RWKV decode mis-broadcasts at batch > 1 (its own bug)."""
     torch.manual_seed(4)
-    cfg = transformers.RwkvConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=2, attention_hidden_size=16, intermediate_size=32,
-        context_length=16,
-    )  # fmt: skip
-    model = transformers.RwkvForCausalLM(cfg).eval()
+    model = rwkv()
     ids = IDS[:1]
     states = rnnlens.trace(model, ids)
     names = ["rwkv.blocks.0.attention", "rwkv.blocks.1.attention"]
@@ -247,17 +201,7 @@ def test_rwkv4_wkv_states_equal_the_decode_state() -> None:
 
 def test_xlstm_matrix_memory_at_every_step_equals_the_decode_cache() -> None:
     torch.manual_seed(5)
-    # hidden 64: the cache rounds q/k/v widths up to multiples of 64, the layers do not
-    cfg = transformers.xLSTMConfig(
-        vocab_size=50,
-        hidden_size=64,
-        num_heads=2,
-        num_blocks=2,
-        qk_dim_factor=1.0,
-        v_dim_factor=1.0,
-        chunk_size=4,
-    )
-    model = transformers.xLSTMForCausalLM(cfg).eval()
+    model = xlstm(blocks=2, chunk_size=4)
     with torch.no_grad():
         before = model(IDS).logits
     states = rnnlens.trace(model, IDS)
@@ -281,14 +225,7 @@ def test_xlstm_matrix_memory_at_every_step_equals_the_decode_cache() -> None:
 
 def test_gated_deltanet_states_at_every_step_equal_the_decode_cache() -> None:
     torch.manual_seed(6)
-    cfg = transformers.Qwen3NextConfig(
-        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-        head_dim=16, intermediate_size=32, linear_num_value_heads=4, linear_num_key_heads=2,
-        linear_key_head_dim=8, linear_value_head_dim=8, linear_conv_kernel_dim=4, num_experts=4,
-        num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=16,
-        layer_types=["linear_attention", "full_attention"],
-    )  # fmt: skip
-    model = transformers.Qwen3NextForCausalLM(cfg).eval()
+    model = gdn()
     with torch.no_grad():
         before = model(IDS).logits
     states = rnnlens.trace(model, IDS)
@@ -332,7 +269,7 @@ def test_jamba_mamba_layers_with_their_dt_b_c_norms() -> None:
 def test_a_state_space_store_exports_and_opens_in_the_viewer(tmp_path: Any) -> None:
     from rnnlens.viewer.store import StoreView
 
-    model = _mamba(False)
+    model = mamba()
     data = tmp_path / "ids.npy"
     np.save(data, IDS.numpy())
     store = tmp_path / "run.zarr"
@@ -424,7 +361,7 @@ def test_a_norm_only_store_is_small_and_the_viewer_reads_it(tmp_path: Any) -> No
     """fields=("h", "state_norm"): the state reduced over d_state at extraction time."""
     from rnnlens.viewer.store import StoreView
 
-    model = _mamba(False)
+    model = mamba()
     data = tmp_path / "ids.npy"
     np.save(data, IDS.numpy())
     store = tmp_path / "run.zarr"
@@ -438,40 +375,14 @@ def test_a_norm_only_store_is_small_and_the_viewer_reads_it(tmp_path: Any) -> No
     np.testing.assert_allclose(np.asarray(column), norm[:, :, 3], rtol=1e-6)
 
 
-def _rwkv() -> Any:
-    cfg = transformers.RwkvConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=2, attention_hidden_size=16, intermediate_size=32,
-        context_length=16,
-    )  # fmt: skip
-    return transformers.RwkvForCausalLM(cfg)
-
-
-def _xlstm() -> Any:
-    cfg = transformers.xLSTMConfig(
-        vocab_size=50, hidden_size=64, num_heads=2, num_blocks=1, qk_dim_factor=1.0, v_dim_factor=1.0
-    )
-    return transformers.xLSTMForCausalLM(cfg)
-
-
-def _gdn() -> Any:
-    cfg = transformers.Qwen3NextConfig(
-        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-        head_dim=16, intermediate_size=32, linear_num_value_heads=4, linear_num_key_heads=2,
-        linear_key_head_dim=8, linear_value_head_dim=8, linear_conv_kernel_dim=4, num_experts=4,
-        num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=16,
-        layer_types=["linear_attention", "full_attention"],
-    )  # fmt: skip
-    return transformers.Qwen3NextForCausalLM(cfg)
-
-
 FAMILIES = {
-    "mamba": lambda: _mamba(False),
-    "falcon_mamba": lambda: _mamba(True),
-    "mamba2": _mamba2,
-    "rglru": _gemma,
-    "mlstm": _xlstm,
-    "rwkv4": _rwkv,
-    "gated_deltanet": _gdn,
+    "mamba": lambda: mamba(),
+    "falcon_mamba": lambda: mamba(True),
+    "mamba2": mamba2,
+    "rglru": gemma,
+    "mlstm": lambda: xlstm(blocks=1, chunk_size=None),
+    "rwkv4": rwkv,
+    "gated_deltanet": gdn,
     "falcon_h1": lambda: _falcon_h1(True),
 }
 
