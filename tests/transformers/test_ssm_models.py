@@ -20,6 +20,19 @@ import rnnlens  # noqa: E402
 import rnnlens.cli  # noqa: E402
 
 
+def _equals_prefill_and_decode(model: Any, states: Any, names: list[str]) -> None:
+    """Every step's state is the cache after decoding up to it; the last, the prefill's cache."""
+    with torch.no_grad():
+        prefill = model(IDS, use_cache=True).cache
+    decoded = decoded_states(model, IDS, len(names))
+    for i, name in enumerate(names):
+        np.testing.assert_allclose(
+            states[name].state[:, -1], prefill.get_recurrent_state(i, state_idx=0).numpy(), **TOL
+        )
+        for t in range(IDS.shape[1]):
+            np.testing.assert_allclose(states[name].state[:, t], decoded[t][i].numpy(), **TOL)
+
+
 def _untouched(model: Any, before: Any) -> None:
     with torch.no_grad():
         assert torch.equal(model(IDS).logits, before)
@@ -37,15 +50,7 @@ def test_mamba_states_at_every_step_equal_the_decode_cache(falcon: bool) -> None
     ls = states[names[0]]
     assert ls.kind == "mamba" and ls.state.shape == (2, 7, 16, 4) and list(ls.gates) == ["dt", "B", "C"]
     assert ls.gates["dt"].shape == (2, 7, 16) and ls.gates["B"].shape == (2, 7, 4)
-    with torch.no_grad():
-        prefill = model(IDS, use_cache=True).cache
-    decoded = decoded_states(model, IDS, 2)
-    for i, name in enumerate(names):
-        np.testing.assert_allclose(
-            states[name].state[:, -1], prefill.get_recurrent_state(i, state_idx=0).numpy(), **TOL
-        )
-        for t in range(IDS.shape[1]):
-            np.testing.assert_allclose(states[name].state[:, t], decoded[t][i].numpy(), **TOL)
+    _equals_prefill_and_decode(model, states, names)
     _untouched(model, before)
 
 
@@ -143,15 +148,7 @@ def test_mamba2_states_at_every_step_equal_the_decode_cache() -> None:
     ls = states[names[0]]
     assert ls.kind == "mamba2" and ls.state.shape == (2, 7, 4, 8, 8)
     assert ls.gates["dt"].shape == (2, 7, 4) and ls.gates["B"].shape == (2, 7, 2, 8)
-    with torch.no_grad():
-        prefill = model(IDS, use_cache=True).cache
-    decoded = decoded_states(model, IDS, 2)
-    for i, name in enumerate(names):
-        np.testing.assert_allclose(
-            states[name].state[:, -1], prefill.get_recurrent_state(i, state_idx=0).numpy(), **TOL
-        )
-        for t in range(IDS.shape[1]):
-            np.testing.assert_allclose(states[name].state[:, t], decoded[t][i].numpy(), **TOL)
+    _equals_prefill_and_decode(model, states, names)
     _untouched(model, before)
 
 
