@@ -310,9 +310,8 @@ def _plans(model: Any, layers: Any, fields: Any, strategy: str, edits: Mapping[s
     plans = []
     for name, m, cfg in recurrent:
         mine = {s.name: static_fields[s.name] for s in chosen if owner[s.name] == name}
-        specs = _static_specs(name, cfg)
-        layer_names = {k: s.name for k, s in enumerate(specs)} if cfg.expanded else {cfg.num_layers - 1: name}
-        own_edits = {key: e for key, e in edits.items() if _CALL_SUFFIX.sub("", key) in layer_names.values()}
+        entries = _layer_names(name, cfg).values()
+        own_edits = {key: e for key, e in edits.items() if _CALL_SUFFIX.sub("", key) in entries}
         if own_edits and cfg.scripted:
             raise UnsupportedModelError(
                 f"Recurrent submodule {name!r} is TorchScript (compiled): it cannot be edited."
@@ -321,6 +320,13 @@ def _plans(model: Any, layers: Any, fields: Any, strategy: str, edits: Mapping[s
             continue
         plans.append(_plan_for(name, m, cfg, mine, strategy, own_edits))
     return _Planned(plans, dict(static_fields), names, static, fields, strategy)
+
+
+def _layer_names(name: str, cfg: Any) -> dict[int, str]:
+    """Layer index -> entry name: every layer of a multi-layer module, else the top one."""
+    if not cfg.expanded:
+        return {cfg.num_layers - 1: name}
+    return {k: s.name for k, s in enumerate(_static_specs(name, cfg))}
 
 
 def _plan_for(
@@ -332,8 +338,7 @@ def _plan_for(
     own_edits: dict[str, LayerEdits],
 ) -> _Plan:
     """What to record of one module, given the fields of its selected entries (``mine``)."""
-    specs = _static_specs(name, cfg)
-    layer_names = {k: s.name for k, s in enumerate(specs)} if cfg.expanded else {cfg.num_layers - 1: name}
+    layer_names = _layer_names(name, cfg)
     loop = cfg.expanded and any(n != f"{name}.l{cfg.num_layers - 1}" or _need_x(f) for n, f in mine.items())
     emit = frozenset(
         int(n.rsplit(".l", 1)[1]) if cfg.expanded else 0
