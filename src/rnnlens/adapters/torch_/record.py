@@ -313,7 +313,7 @@ def _direct_watch(rec: _Recorder, model: Any, planner: Callable[[str, Any], _Pla
     """The mode that routes direct recurrent op calls through recorded stand-ins (one plan and
     one meta-device module per weight set, kept for later calls: they chain and count as one
     module's calls)."""
-    paths = {id(m): path or type(model).__name__.lower() for path, m in model.named_modules()}
+    paths: dict[int, str] = {}  # module -> path, built at the first direct call (most models make none)
     routes: dict[tuple[Any, ...], tuple[Callable[..., Any] | None, Any]] = {}
     names: dict[str, int] = {}
 
@@ -326,6 +326,8 @@ def _direct_watch(rec: _Recorder, model: Any, planner: Callable[[str, Any], _Pla
             )
         key = call.key()
         if key not in routes:
+            if not paths:
+                paths.update((id(m), p or type(model).__name__.lower()) for p, m in model.named_modules())
             path = direct.caller(paths) or f"vf_{call.base.lower()}"
             k = names.get(path, 0)
             names[path] = k + 1
