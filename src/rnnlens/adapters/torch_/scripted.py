@@ -64,10 +64,9 @@ def _export(model: Any, args: tuple[Any, ...]) -> bytes:
     return buf.getvalue()
 
 
-def _names(proto: Any, model: Any) -> dict[str, str]:
+def _names(prep: Any, model: Any) -> dict[str, str]:
     """ONNX node name -> the describe name of the submodule layer holding the same weights."""
     from ..onnx_.graph import _W
-    from ..onnx_.session import _prepare
 
     layers: list[tuple[str, str, np.ndarray]] = []  # (describe name, base, weight_ih)
     for path, m, cfg in _walk(model)[0]:
@@ -77,7 +76,6 @@ def _names(proto: Any, model: Any) -> dict[str, str]:
             if w is not None:
                 name = f"{path}.l{k}" if cfg.expanded else path
                 layers.append((name, cfg.base.replace("Cell", ""), _np(w)))
-    prep = _prepare(proto)
     out: dict[str, str] = {}
     for node in prep.nodes:
         w = prep.value(node.inputs[_W])  # [direction, gates * hidden, input]
@@ -101,33 +99,32 @@ def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], option
         import onnx
 
         from ..onnx_ import trace as onnx_trace
+        from ..onnx_.session import _prepare
     except ImportError as e:
         raise _unsupported("onnx / onnxruntime are not installed (pip install 'rnnlens[onnx]')") from e
     if kwargs:
         raise _unsupported("its export takes positional arguments only")
     proto = onnx.load_from_string(_export(model, args))
-    to_torch = _names(proto, model)
+    prep = _prepare(proto)  # analysed once (the trace below finds it in the cache)
+    to_torch = _names(prep, model)
     to_onnx = {v: k for k, v in to_torch.items()}
     layers = None if options.layers is None else tuple(to_onnx.get(n, n) for n in options.layers)
     captured = onnx_trace.capture(
         proto, tuple(_np(a) for a in args), {}, dataclasses.replace(options, layers=layers)
     )
-    _check_outputs(model, args, proto)
+    _check_outputs(model, args, prep)
     specs = [dataclasses.replace(s, name=to_torch.get(s.name, s.name)) for s in captured.specs]
     batches = [{to_torch.get(k, k): v for k, v in b.items()} for b in captured.batches]
     return Captured(specs, batches, backend="torch")
 
 
-def _check_outputs(model: Any, args: tuple[Any, ...], proto: Any) -> None:
+def _check_outputs(model: Any, args: tuple[Any, ...], prep: Any) -> None:
     """The export's outputs must be what the module itself returns."""
-    from ..onnx_.session import _prepare
-
     with torch.no_grad():
         own = model(*args)
     mine = [o for o in _flat(own)]
-    prep = _prepare(proto)
     feeds = {i.name: _np(a) for i, a in zip(prep.inputs, args)}
-    got = prep.session().run([o.name for o in proto.graph.output], feeds)
+    got = prep.session().run([o.name for o in prep.model.graph.output], feeds)
     if len(got) != len(mine) or any(
         g.shape != m.shape or not np.allclose(g, m, rtol=1e-4, atol=1e-5) for g, m in zip(got, mine)
     ):
