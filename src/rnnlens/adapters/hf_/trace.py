@@ -76,29 +76,27 @@ def mixers(model: Any) -> list[tuple[str, Any, str]]:
     ]
 
 
+#: kind -> (the state's per-step shape of a mixer, what its entry's h and state are)
+_STATE: dict[str, tuple[Any, str]] = {
+    "mamba": (mamba_shape, "h: the mixer output; state: the selective-scan state (d_inner, d_state)"),
+    "mamba2": (mamba2_shape, "h: the mixer output; state: the per-head SSM state (head, head_dim, d_state)"),
+    "gated_deltanet": (gdn_shape, "h: the mixer output; state: the delta-rule state (value head, d_k, d_v)"),
+    "mlstm": (
+        xlstm_shape,
+        "h: the mLSTM layer output; state: the matrix memory C (head, d_qk, d_v); parts n, m",
+    ),
+    "rwkv4": (rwkv_shape, "h: the time-mixing output; state: the WKV num, den, max (part, unit)"),
+    "rglru": (rglru_shape, "h: the recurrent block's output; state: the RG-LRU state (lru_width)"),
+}
+
+
 def _spec(path: str, m: Any, kind: str) -> LayerSpec:
-    shape: tuple[int, ...]
-    if kind == "mamba":
-        units, shape = int(m.hidden_size), mamba_shape(m)
-        note = "h: the mixer output; state: the selective-scan state (d_inner, d_state)"
-    elif kind == "gated_deltanet":
-        units, shape = int(m.hidden_size), gdn_shape(m)
-        note = "h: the mixer output; state: the delta-rule state (value head, d_k, d_v)"
-    elif kind == "mlstm":
-        units, shape = int(m.config.hidden_size), xlstm_shape(m)
-        note = "h: the mLSTM layer output; state: the matrix memory C (head, d_qk, d_v); parts n, m"
-    elif kind == "rwkv4":
-        units, shape = int(m.config.hidden_size), rwkv_shape(m)
-        note = "h: the time-mixing output; state: the WKV num, den, max (part, unit)"
-    elif kind == "mamba2":
-        units, shape = int(m.hidden_size), mamba2_shape(m)
-        note = "h: the mixer output; state: the per-head SSM state (head, head_dim, d_state)"
-    else:
-        units, shape = int(m.hidden_size), rglru_shape(m)
-        note = "h: the recurrent block's output; state: the RG-LRU state (lru_width)"
+    shape_of, note = _STATE[kind]
+    # the mixer's output width: its own hidden_size, else its model config's (xLSTM, RWKV)
+    units = int(m.hidden_size if hasattr(m, "hidden_size") else m.config.hidden_size)
     return LayerSpec(
         path, kind, type(m).__name__, units, ("forward",), FIELDS_BY_KIND[kind],  # type: ignore[arg-type]
-        notes=(note,), state_shape=shape,
+        notes=(note,), state_shape=tuple(shape_of(m)),
     )  # fmt: skip
 
 
