@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["module_instance", "quiet_native_stderr"]
+__all__ = ["module_instance", "open_model", "quiet_native_stderr", "split", "units"]
 
 
 def module_instance(spec: str, kwargs_json: str | None) -> Any:
@@ -80,3 +81,31 @@ def quiet_native_stderr(quiet: bool) -> Iterator[None]:
         os.close(saved)
         sys.stderr.close()
         sys.stderr = original
+
+
+def open_model(args: argparse.Namespace) -> Any:
+    import rnnlens
+
+    if getattr(args, "module", None):
+        instance = module_instance(args.module, args.module_kwargs)
+        return rnnlens.load_model(args.model, module=instance, unsafe=args.unsafe)
+    return rnnlens.load_model(args.model, unsafe=args.unsafe)
+
+
+def split(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    return items or None
+
+
+def units(text: str | None) -> list[int] | None:
+    items = split(text)
+    if items is None:
+        return None
+    try:
+        return [int(u) for u in items]
+    except ValueError:
+        from .errors import InputError
+
+        raise InputError(f"--units takes unit numbers separated by commas; received {text!r}.") from None

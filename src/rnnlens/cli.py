@@ -12,18 +12,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from . import _cli_causal
+from ._cli_support import open_model as _open
+from ._cli_support import split as _split
+from ._cli_support import units as _units
+
 __all__ = ["main"]
-
-
-def _open(args: argparse.Namespace) -> Any:
-    import rnnlens
-
-    from ._cli_support import module_instance
-
-    if getattr(args, "module", None):
-        instance = module_instance(args.module, args.module_kwargs)
-        return rnnlens.load_model(args.model, module=instance, unsafe=args.unsafe)
-    return rnnlens.load_model(args.model, unsafe=args.unsafe)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -45,13 +39,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print("The best unit does not beat a random unit: training failed.", file=sys.stderr)
         return 1
     return 0
-
-
-def _split(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    return items or None
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
@@ -114,18 +101,6 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _units(text: str | None) -> list[int] | None:
-    items = _split(text)
-    if items is None:
-        return None
-    try:
-        return [int(u) for u in items]
-    except ValueError:
-        from .errors import InputError
-
-        raise InputError(f"--units takes unit numbers separated by commas; received {text!r}.") from None
-
-
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .io.zarr import open_states
     from .viz.render import read_tokens, render, save
@@ -165,97 +140,6 @@ def _cmd_view(args: argparse.Namespace) -> int:
         chars=args.chars,
         open_browser=not args.no_browser,
     )
-    return 0
-
-
-def _steps(text: str) -> int | slice:
-    from .errors import InputError
-
-    try:
-        if ":" not in text:
-            return int(text)
-        parts = [int(p) if p.strip() else None for p in text.split(":")]
-        if len(parts) > 3:
-            raise ValueError
-        return slice(*parts)
-    except ValueError:
-        raise InputError(f"--steps takes a step (5), or a range like 5: or 2:7; received {text!r}.") from None
-
-
-def _leaves(obj: Any, prefix: str) -> dict[str, Any]:
-    import numpy as np
-
-    if isinstance(obj, np.ndarray):
-        return {prefix: obj}
-    if isinstance(obj, (tuple, list)):
-        return {k: v for i, o in enumerate(obj) for k, v in _leaves(o, f"{prefix}_{i}").items()}
-    if isinstance(obj, dict):
-        return {k: v for key, o in obj.items() for k, v in _leaves(o, f"{prefix}_{key}").items()}
-    return {}
-
-
-def _cmd_ablate(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    import rnnlens
-
-    from .errors import InputError
-
-    if not str(args.out).endswith(".npz"):
-        raise InputError(f"-o must name an .npz file; received {args.out!r}.")
-    model = _open(args)
-    try:
-        loaded = np.load(args.data, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise InputError(f"Cannot read {args.data!r} as .npy/.npz: {e}") from None
-    x = loaded["x"] if isinstance(loaded, np.lib.npyio.NpzFile) else loaded
-    step = _steps(args.steps)
-    units = _units(args.units)
-    edit = rnnlens.Edit(
-        args.layer, step, field=args.field, units=units, direction=args.direction, set=args.value
-    )
-    edited = rnnlens.intervene(model, x, edit).outputs
-    base = rnnlens.intervene(model, x, rnnlens.Edit(args.layer, step, field=args.field, add=0.0)).outputs
-    arrays = _leaves(edited, "ablated") | _leaves(base, "baseline")
-    np.savez(args.out, **arrays)
-    change = max(
-        (
-            float(np.abs(a - arrays["baseline" + k[len("ablated") :]]).max())
-            for k, a in arrays.items()
-            if k.startswith("ablated")
-        ),
-        default=0.0,
-    )
-    print(
-        f"wrote {args.out}: {len(arrays) // 2} output array(s) with and without; max |change| {change:.4g}",
-        file=sys.stderr,
-    )
-    return 0
-
-
-def _cmd_probe(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    import rnnlens
-
-    from .errors import InputError
-
-    states = rnnlens.open_states(args.store)
-
-    def load(path: str, what: str) -> Any:
-        try:
-            return np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise InputError(f"Cannot read {what} {path!r} as .npy: {e}") from None
-
-    labels = load(args.labels, "--labels")
-    types = None if args.types is None else load(args.types, "--types")
-    ranking = rnnlens.rank_units(
-        states, labels, layer=args.layer, field=args.field, permutations=args.permutations
-    )
-    print(ranking)
-    found = rnnlens.probe(states, labels, layer=args.layer, field=args.field, kind=args.kind, types=types)
-    print(found)
     return 0
 
 
@@ -351,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--out", required=True, help="output .npz")
     module_options(p)
-    p.set_defaults(func=_cmd_ablate)
+    p.set_defaults(func=_cli_causal.cmd_ablate)
 
     p = sub.add_parser(
         "probe",
@@ -369,7 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--types", help=".npy of token types per (sample, time), for the control task")
     p.add_argument("--permutations", type=int, default=200, help="for the p-values (default 200)")
-    p.set_defaults(func=_cmd_probe)
+    p.add_argument("--plot", metavar="PNG", help="also write the ranking's bar chart here")
+    p.add_argument(
+        "--scheduler", metavar="ADDRESS", help="rank on this Dask scheduler's workers (they read the store)"
+    )
+    p.set_defaults(func=_cli_causal.cmd_probe)
 
     p = sub.add_parser(
         "export",

@@ -121,6 +121,7 @@ def rank_units(
     permutations: int = 200,
     seed: int = 0,
     chunk: int = 256,
+    client: Any = None,
 ) -> UnitRanking:
     """Score every unit of ``layer``'s ``field`` against ``feature`` over the valid steps.
 
@@ -130,6 +131,11 @@ def rank_units(
     the fraction of ``permutations`` random reassignments of the feature over the valid points
     whose |score| reaches the unit's (a point-level null: steps of one sequence are correlated,
     so treat small p-values as a ranking aid, not a calibrated test). ``permutations=0``: none.
+
+    ``client`` (a ``dask.distributed.Client``; stored states, Pearson): one task per chunk reads
+    its samples on a worker and returns the chunk's sums; the client adds them in chunk order,
+    so the result is bit for bit the in-process one. The store must be at a path the workers
+    reach.
     """
     if method not in ("pearson", "spearman", "mutual_info"):
         raise OptionError(f"method must be 'pearson', 'spearman' or 'mutual_info'; received {method!r}")
@@ -138,10 +144,12 @@ def rank_units(
     y_all = _feature(feature, n, t)
     rng = np.random.default_rng(seed)
     if method == "pearson":
-        # the valid points' feature values in the order _points yields them (sample-major),
+        from . import _pearson
+
+        # the valid points' feature values in the order the chunks yield them (sample-major),
         # known from the mask alone: the permutations are drawn before the one pass over x
-        valid = np.ones(n * t, bool) if ls.mask is None else np.asarray(ls.mask, bool).reshape(-1)
-        y_valid = y_all[valid]
+        valid = np.ones((n, t), bool) if ls.mask is None else np.asarray(ls.mask, bool)
+        y_valid = y_all[valid.reshape(-1)]
         m = y_valid.size
         if m == 0:
             raise InputError(f"Layer {layer!r} has no valid steps to rank units on.")
@@ -150,25 +158,17 @@ def rank_units(
             if permutations
             else None
         )
-        sums: Any = 0
-        perm_xy: Any = 0
-        offset = 0
-        for x, _ in _points(states, layer, field, direction, chunk):
-            y = y_valid[offset : offset + x.shape[0]]
-            sums = sums + np.stack([x.sum(0), (x * x).sum(0), (x * y[:, None]).sum(0)])
-            if perms is not None:
-                perm_xy = perm_xy + x.T @ perms[offset : offset + x.shape[0]]  # (unit, permutation)
-            offset += x.shape[0]
-        sx, sxx, sxy = sums
-        sy, syy = y_valid.sum(), (y_valid * y_valid).sum()
-        denom = np.sqrt(np.maximum(m * sxx - sx * sx, 0) * max(m * syy - sy * sy, 0))
-        safe = np.where(denom > 0, denom, 1)
-        r = np.where(denom > 0, (m * sxy - sx * sy) / safe, 0.0)
-        p = None
-        if perms is not None:
-            r_perm = (m * perm_xy - sx[:, None] * sy) / safe[:, None]
-            p = (1 + (np.abs(r_perm) >= np.abs(r)[:, None] - 1e-12).sum(1)) / (1 + permutations)
+        if client is not None:
+            r, p = _pearson.on_dask(client, states, layer, field, direction, valid, y_valid, perms, chunk)
+        else:
+            src = getattr(ls if direction is None else getattr(ls, direction), field)
+            r, p = _pearson.stream(src, ls.mask, y_valid, perms, chunk)
         return UnitRanking(layer, field, method, r, p, int(m))
+    if client is not None:
+        raise OptionError(
+            f"rank_units(client=...) streams Pearson sums from the workers; {method!r} needs every "
+            "valid point in one place: use method='pearson' or drop client=."
+        )
     xs, ys2 = zip(*((x, y_all[idx]) for x, idx in _points(states, layer, field, direction, chunk)))
     x, y = np.concatenate(xs), np.concatenate(ys2)
     score = _spearman if method == "spearman" else _mutual_info

@@ -118,9 +118,11 @@ def test_cli_probe_on_a_store(tmp_path: Path, capsys: Any) -> None:
         tmp_path / "s.zarr", np.nan_to_num(states["enc"].h), mask=mask, layer="enc", batch_size=8
     )
     np.save(tmp_path / "labels.npy", (depth > 1).astype(int))
-    assert main(["probe", str(path), "--labels", str(tmp_path / "labels.npy"), "--layer", "enc"]) == 0
+    args = ["probe", str(path), "--labels", str(tmp_path / "labels.npy"), "--layer", "enc"]
+    assert main([*args, "--plot", str(tmp_path / "rank.png")]) == 0
     out = capsys.readouterr().out
     assert "UnitRanking of enc.h" in out and "selectivity" in out
+    assert (tmp_path / "rank.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["probe", str(path), "--labels", str(tmp_path / "nope.npy"), "--layer", "enc"]) == 2
 
 
