@@ -139,6 +139,7 @@ def _cmd_view(args: argparse.Namespace) -> int:
         tokens=args.tokens,
         chars=args.chars,
         open_browser=not args.no_browser,
+        feature=args.feature,
     )
     return 0
 
@@ -311,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", help="store directory written by 'rnnlens extract'")
     p.add_argument("--tokens", help=tokens_help)
     p.add_argument("--chars", action="store_true", help="tokens file: one token per character")
+    p.add_argument(
+        "--feature", metavar="NPY", help="a feature per (sample, time) or per sample: colours units by r"
+    )
     p.add_argument("--port", type=int, default=0, help="port (default 0: a free one)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")

@@ -145,3 +145,31 @@ def test_bad_input_in_the_page_shows_an_error_not_a_crash(page) -> None:  # type
     expect(page.locator("#status")).to_have_text(re.compile(r"^sample 3:"))
     # failed fetches (the 400 above) are logged by chromium as console errors: nothing else is
     assert all("400" in p for p in page.problems), page.problems  # type: ignore[attr-defined]
+
+
+def test_correlation_panel_colours_units_by_a_loaded_feature(browser, planted, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+    from test_viewer_feature import planted_feature
+
+    np.save(tmp_path / "depth.npy", planted_feature())
+    server = start(planted, feature=tmp_path / "depth.npy")
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        pg = ctx.new_page()
+        problems: list[str] = []
+        pg.on("pageerror", lambda e: problems.append(str(e)))
+        pg.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)  # CSP too
+        pg.goto(server.url)
+        pg.wait_for_selector("body[data-ready='1']")
+        expect(pg.locator("#corr-panel")).to_be_visible()
+        expect(pg.locator("#corr-info")).to_contain_text("depth.npy")
+        first = pg.locator("#corr-units li").first
+        assert first.get_attribute("data-unit") == "3" and "r = 0." in first.inner_text()
+        assert pg.locator("#heatmap").get_attribute("data-corr-left") is not None  # the strip is drawn
+        first.click()
+        expect(pg.locator("#unit-title")).to_have_text("lstm.h[3]")
+        assert problems == []
+    finally:
+        ctx.close()
+        server.shutdown()
+        server.server_close()

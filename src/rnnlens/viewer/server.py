@@ -27,7 +27,9 @@ API (GET, JSON; ``layer``, ``field`` (``h``, ``c`` or a gate name), ``direction`
   selected on ``[t0, t1)`` of ``sample`` (or the given ``units``) and the top ``k`` (default
   20, at most 500) spans of every sequence where at least ``min_units`` of them (default,
   or 0: all) are on; ``t1 - t0`` is the query length the score compares spans with;
-* ``/api/unit?...&unit[&threshold]``: one unit over the whole data set.
+* ``/api/unit?...&unit[&threshold]``: one unit over the whole data set;
+* ``/api/correlation?layer&field&direction``: every unit's Pearson r with the feature the
+  viewer was started with (``--feature``; 404 without one), and the top units by |r|.
 """
 
 from __future__ import annotations
@@ -302,7 +304,7 @@ def _where(view: StoreView, p: Params) -> tuple[str, str, str]:
 
 def _meta(view: StoreView, p: Params) -> dict[str, Any]:
     p.done()
-    return view.meta()
+    return {**view.meta(), "feature": None if view.feature is None else view.feature.name}
 
 
 def _sample(view: StoreView, p: Params) -> dict[str, Any]:
@@ -381,12 +383,22 @@ def _unit(view: StoreView, p: Params) -> dict[str, Any]:
     return view.unit_stats(layer, field, direction, unit, threshold=threshold)
 
 
+def _correlation(view: StoreView, p: Params) -> dict[str, Any]:
+    layer, field, direction = _where(view, p)
+    p.done()
+    if view.feature is None:
+        raise BadRequest("no feature loaded: start the viewer with --feature FILE.npy", 404)
+    view._array(layer, field, direction)  # unknown names: 400 before any read
+    return view.feature.correlation(view, layer, field, direction)
+
+
 _API: dict[str, Callable[[StoreView, Params], dict[str, Any]]] = {
     "/api/meta": _meta,
     "/api/sample": _sample,
     "/api/select": _select,
     "/api/match": _match,
     "/api/unit": _unit,
+    "/api/correlation": _correlation,
 }
 
 
@@ -401,11 +413,13 @@ def make_server(
     tokens: str | os.PathLike[str] | None = None,
     chars: bool = False,
     verbose: bool = False,
+    feature: Any = None,
 ) -> ViewerServer:
     """A viewer server for ``store`` (a path or :class:`StoredStates`), bound but not yet serving.
 
     Call ``serve_forever()`` (in a thread, for tests) and ``shutdown()``; ``server.url`` is
-    its address.
+    its address. ``feature``: a ``.npy`` path or an array per (sample, time) or per sample,
+    for the panel that colours units by their correlation with it.
 
     Example:
         >>> import numpy as np, tempfile, os, threading, urllib.request, json
@@ -419,6 +433,11 @@ def make_server(
     """
     token_source = None if tokens is None else Tokens(tokens, chars=chars)
     view = StoreView(store, tokens=token_source)
+    if feature is not None:
+        from .feature import Feature
+
+        is_path = isinstance(feature, (str, os.PathLike))
+        view.feature = Feature.load(feature, view) if is_path else Feature(feature, view)
     try:
         return ViewerServer((host, port), view, verbose=verbose)
     except OSError as e:
@@ -437,10 +456,11 @@ def serve(
     chars: bool = False,
     open_browser: bool = True,
     out: TextIO | None = None,
+    feature: Any = None,
 ) -> None:
     """Serve the viewer until Ctrl-C: prints the URL on a line of its own, opens a browser."""
     stream = out if out is not None else sys.stdout
-    server = make_server(store, host=host, port=port, tokens=tokens, chars=chars)
+    server = make_server(store, host=host, port=port, tokens=tokens, chars=chars, feature=feature)
     print(server.url, file=stream, flush=True)
     if not _is_loopback(str(server.server_address[0])):
         warnings.warn(

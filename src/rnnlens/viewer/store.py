@@ -172,6 +172,7 @@ class StoreView:
         self._columns: OrderedDict[tuple[str, str, str, int], np.ndarray] = OrderedDict()
         self._stats: dict[tuple[str, str, str, int], dict[str, Any]] = {}
         self._lock = threading.RLock()
+        self.feature: Any = None  # a viewer.feature.Feature, when the viewer loaded one
 
     # ------------------------------------------------------------------ names
 

@@ -5,7 +5,7 @@
   const $ = (id) => document.getElementById(id);
   const state = {
     meta: null, data: null, values: null, t0: 0, t1: 1, units: [], dragging: false,
-    geom: null, unit: null,
+    geom: null, unit: null, corr: null,
   };
 
   function setStatus(text, isError) {
@@ -67,7 +67,8 @@
     const longest = tokens.reduce((m, t) => Math.max(m, t.length), 1);
     const rotate = longest > 2;  // short tokens (characters) stand upright
     const top = !tokens.length ? 16 : rotate ? Math.min(90, 12 + 7 * longest) : 20;
-    return { cw, ch, rotate, left: 46, top, width: 46 + cw * d.time + 10, height: top + ch * d.units + 22 };
+    const strip = state.corr ? 22 : 0;  // the correlation strip right of the last step
+    return { cw, ch, rotate, left: 46, top, width: 46 + cw * d.time + 10 + strip, height: top + ch * d.units + 22 };
   }
 
   function draw() {
@@ -112,6 +113,17 @@
     ctx.strokeStyle = "#e0a000";
     for (const u of state.units) {
       if (u < d.units) ctx.strokeRect(g.left + 0.5, g.top + u * g.ch + 0.5, d.time * g.cw - 1, g.ch - 1);
+    }
+    // each unit's r with the loaded feature, a strip right of the last step
+    if (state.corr && state.corr.r.length === d.units) {
+      const x0 = g.left + d.time * g.cw + 8;
+      for (let u = 0; u < d.units; u++) {
+        ctx.fillStyle = colour(state.corr.r[u], corrScale());
+        ctx.fillRect(x0, g.top + u * g.ch, 14, g.ch);
+      }
+      ctx.strokeStyle = "#999";
+      ctx.strokeRect(x0 + 0.5, g.top + 0.5, 13, d.units * g.ch - 1);
+      canvas.dataset.corrLeft = x0;
     }
     // unit labels
     ctx.fillStyle = "#333";
@@ -366,6 +378,45 @@
     }
   }
 
+  // ------------------------------------------------------------------ correlation with a feature
+
+  async function loadCorrelation() {
+    if (!state.meta.feature) return;
+    try {
+      state.corr = await api("/api/correlation", where());
+    } catch (e) {
+      state.corr = null;
+      setStatus(e.message, true);
+    }
+    renderCorrelation();
+    draw();
+  }
+
+  function corrScale() {  // the strongest |r| is the most saturated colour
+    return Math.max(1e-12, ...state.corr.r.map(Math.abs));
+  }
+
+  function renderCorrelation() {
+    const c = state.corr;
+    $("corr-info").textContent = c ? `with ${c.feature} (${c.n_points} valid steps; colour to max |r| ${corrScale().toFixed(3)})` : "–";
+    $("corr-units").replaceChildren(...(c ? c.top : []).map((u) => {
+      const li = document.createElement("li");
+      li.className = "corr-unit";
+      li.dataset.unit = u;
+      const swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.style.background = colour(c.r[u], corrScale());
+      li.append(swatch, document.createTextNode(` unit ${u}: r = ${c.r[u].toFixed(3)}`));
+      li.addEventListener("click", () => showUnit(u));
+      return li;
+    }));
+  }
+
+  async function onWhereChange() {
+    await loadSample();
+    await loadCorrelation();
+  }
+
   // ------------------------------------------------------------------ start
 
   async function init() {
@@ -380,9 +431,10 @@
     fillSelect($("layer"), m.layers.map((l) => l.name));
     onLayerChange();
     $("sample").max = m.n_samples - 1;
-    $("layer").addEventListener("change", () => { onLayerChange(); loadSample(); });
-    $("field").addEventListener("change", loadSample);
-    $("direction").addEventListener("change", loadSample);
+    $("layer").addEventListener("change", () => { onLayerChange(); onWhereChange(); });
+    $("field").addEventListener("change", onWhereChange);
+    $("direction").addEventListener("change", onWhereChange);
+    $("corr-panel").hidden = !m.feature;
     $("sample").addEventListener("change", loadSample);
     $("prev").addEventListener("click", () => { $("sample").value = Math.max(0, Number($("sample").value) - 1); loadSample(); });
     $("next").addEventListener("click", () => { $("sample").value = Math.min(m.n_samples - 1, Number($("sample").value) + 1); loadSample(); });
@@ -395,6 +447,7 @@
     canvas.addEventListener("mousemove", onMouseMove);
     window.addEventListener("mouseup", onMouseUp);
     await loadSample();
+    await loadCorrelation();
     document.body.dataset.ready = "1";
   }
 
