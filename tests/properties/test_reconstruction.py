@@ -88,13 +88,17 @@ def _kernel_output(p, ref):  # type: ignore[no-untyped-def]
 
 
 @settings(max_examples=200)
-@given(problems())
-def test_reconstruction_equals_reference(p) -> None:  # type: ignore[no-untyped-def]
+@given(problems(), st.booleans())
+def test_reconstruction_equals_reference(p, time_major) -> None:  # type: ignore[no-untyped-def]
+    """Either memory layout of the kernel's output (PyTorch's layer outputs are time-major)."""
     ref = _reference(p)
+    seq = _kernel_output(p, ref)
+    if time_major:
+        seq = np.ascontiguousarray(seq.transpose(1, 0, 2)).transpose(1, 0, 2)
     out = reconstruct_direction(
         _weights(p),
         p["x"],
-        _kernel_output(p, ref),
+        seq,
         p["h0"],
         p["c0"],
         p["mask"],

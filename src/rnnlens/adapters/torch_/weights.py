@@ -53,6 +53,21 @@ def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return torch.matmul(_tensor(a), _tensor(b)).numpy()
 
 
+def _into(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None, accumulate: bool) -> None:
+    """``out = a @ b (+ bias)`` or ``out += a @ b``, written by PyTorch's ``addmm`` into ``out``
+    (a writeable NumPy view): no temporary, no copy back."""
+    o = torch.from_numpy(out)
+    at, bt = _tensor(a), _tensor(b)
+    if accumulate:
+        o.addmm_(at, bt)
+    elif bias is not None:
+        torch.addmm(_tensor(bias), at, bt, out=o)
+    else:
+        torch.mm(at, bt, out=o)
+
+
+_matmul.into = _into  # type: ignore[attr-defined]  # used by rnnlens.rebuild
+
 _SIGMOID = _torch_fn(torch.sigmoid)
 _TANH = _torch_fn(torch.tanh)
 _RELU = _torch_fn(torch.relu)
