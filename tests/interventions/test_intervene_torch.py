@@ -266,3 +266,73 @@ def test_bad_edits_are_clear_errors_before_anything_runs() -> None:
         rnnlens.intervene(m, x, ["gru.l0"])  # type: ignore[list-item]
     with pytest.raises(OptionError, match="empty"):
         rnnlens.intervene(m, x, [])
+
+
+class _Packed(nn.Module):
+    """Packs its padded batch (unsorted lengths) for the recurrent layers, as real code does."""
+
+    def __init__(self, rnn: Any) -> None:
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x: Any, lengths: Any) -> Any:
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, hidden = self.rnn(packed)
+        return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0], hidden
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU, nn.RNN])
+def test_edits_on_a_packed_batch_equal_each_sample_run_alone(cls: Any) -> None:
+    """The packed loop runs each step on the samples still in the batch (sorted by length);
+    each sample's states and final state equal that sample intervened alone, unpadded (the
+    padded path, itself checked against the NumPy reference above); per-sample values follow
+    their samples through the sort."""
+    torch.manual_seed(3)
+    rnn = cls(3, 5, num_layers=2, bidirectional=True, batch_first=True).eval()
+    model = _Packed(rnn).eval()
+    lengths = torch.tensor([4, 7, 3, 7, 5])
+    x = torch.randn(5, 7, 3)
+    base = cls.__name__.lower()  # the module alone names its layers so; inside the model: rnn.*
+    name = "rnn.l0"
+    per_sample = np.linspace(-1, 1, 5)[:, None]
+    edits = [
+        rnnlens.Edit(name, 1, units=[0, 2], set=per_sample),
+        rnnlens.Edit("rnn.l1", 2, direction="backward", scale=0.0),
+    ]
+    if cls is nn.LSTM:
+        edits.append(rnnlens.Edit(name, 0, field="c", add=0.5))
+    run = rnnlens.intervene(model, x, edits, args=(lengths,))
+    for i, n_i in enumerate(lengths.tolist()):
+        mine = [
+            rnnlens.Edit(e.layer.replace("rnn.", f"{base}."), e.step, field=e.field, units=e.units,
+                         direction=e.direction, add=e.add, scale=e.scale,
+                         set=None if e.set is None else np.asarray(e.set)[i : i + 1])
+            for e in edits
+        ]  # fmt: skip
+        alone = rnnlens.intervene(rnn, x[i : i + 1, :n_i], mine)
+        np.testing.assert_allclose(run.outputs[0][i, :n_i], alone.outputs[0][0], rtol=0, atol=KERNEL_ATOL)
+        finals = run.outputs[1] if isinstance(run.outputs[1], tuple) else (run.outputs[1],)
+        own = alone.outputs[1] if isinstance(alone.outputs[1], tuple) else (alone.outputs[1],)
+        for a, b in zip(finals, own):
+            np.testing.assert_allclose(a[:, i], b[:, 0], rtol=0, atol=KERNEL_ATOL)
+        for layer in run.states:
+            for d in run.states[layer].directions:
+                alone_layer = alone.states[layer.replace("rnn.", f"{base}.")]
+                got, want = getattr(run.states[layer], d), getattr(alone_layer, d)
+                for f in got.fields:
+                    if f == "gates":
+                        a, b = got.gates.array[i, :n_i], want.gates.array[0]
+                    else:
+                        a, b = getattr(got, f)[i, :n_i], getattr(want, f)[0]
+                    np.testing.assert_allclose(a, b, rtol=0, atol=KERNEL_ATOL, err_msg=f"{layer} {d} {f}")
+                if cls is not nn.RNN and n_i < 7:
+                    assert np.isnan(got.gates.array[i, n_i:]).all()  # steps the sample does not have
+    # a no-op edit gives the model's own outputs; an edit at a step some sample lacks is refused
+    with torch.no_grad():
+        own_out = model(x, lengths)
+    noop = rnnlens.intervene(model, x, rnnlens.Edit(name, 2, add=0.0), args=(lengths,))
+    np.testing.assert_allclose(noop.outputs[0], own_out[0].numpy(), rtol=0, atol=KERNEL_ATOL)
+    with pytest.raises(rnnlens.RnnLensError, match="masked for sample"):
+        rnnlens.intervene(model, x, rnnlens.Edit(name, 5, set=0.0), args=(lengths,))

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
+from torch.nn.utils.rnn import PackedSequence
 
 from ...edits import LayerEdits, Op
 from ...kinds import KINDS
@@ -21,8 +23,11 @@ def _can_emit(input: Any, cfg: _Config, strategy: str) -> bool:
     """Whether to emit c and gates from rnnlens' loop rather than rebuild them from the kernel's h.
 
     ``"auto"``: on CPU, where the loop costs about what PyTorch's own kernel does; on a GPU the
-    fused cuDNN kernel plus reconstruction is faster. PackedSequence inputs always reconstruct.
+    fused cuDNN kernel plus reconstruction is faster. A PackedSequence runs the loop on its
+    valid steps (:func:`_emit_packed`).
     """
+    if isinstance(input, PackedSequence):
+        input = input.data
     if strategy == "reconstruct" or not isinstance(input, torch.Tensor):
         return False
     if not KINDS[cfg.kind].reconstructable:
@@ -45,7 +50,7 @@ def _empty(like: torch.Tensor, *shape: int) -> torch.Tensor:
 
 def _emit_layer(
     view: Any, cfg: _Config, layer: int, x: Any, hx: Any, edits: LayerEdits | None = None
-) -> tuple[torch.Tensor, Any, list[torch.Tensor], list[tuple[torch.Tensor, ...]]]:
+) -> tuple[Any, Any, list[torch.Tensor], list[tuple[torch.Tensor, ...]]]:
     """One layer's recurrence, step by step, emitting c and the gates at every step.
 
     The cell is PyTorch's (``aten/src/ATen/native/RNN.cpp``, ``LSTMCell``/``GRUCell``), laid
@@ -63,6 +68,10 @@ def _emit_layer(
     edit on the cell-state slot, before step ``s + 1`` reads them. ``nn.RNN`` layers (no c,
     no gates) run here only for edits.
     """
+    if isinstance(x, PackedSequence):
+        from .emit_packed import emit_packed
+
+        return emit_packed(view, cfg, layer, x, hx, edits)
     lstm = cfg.kind == "lstm"
     bd = 0 if cfg.batch_first else 1
     if x.dim() not in (2, 3):
@@ -81,7 +90,47 @@ def _emit_layer(
             c0 = None if c0 is None else c0.unsqueeze(1)
     view.check_forward_args(xb, (h0, c0) if lstm else h0, None)  # PyTorch's own checks
     x_tm = xb.transpose(0, 1) if cfg.batch_first else xb
-    steps = x_tm.shape[0]
+    y, finals_h, finals_c, cs, gs = _directions(view, cfg, layer, x_tm, h0, c0, edits)
+    h_n = torch.stack(finals_h)
+    c_n = torch.stack(finals_c) if lstm else None
+    yb = y.transpose(0, 1) if cfg.batch_first else y
+    if unbatched:
+        yb, h_n = yb.squeeze(bd), h_n.squeeze(1)
+        c_n = None if c_n is None else c_n.squeeze(1)
+    return yb, ((h_n, c_n) if lstm else h_n), cs, gs
+
+
+_Tensors = list[torch.Tensor]
+#: output, final h and c per direction, c and the gates per direction
+Loop = tuple[torch.Tensor, _Tensors, _Tensors, _Tensors, list[tuple[torch.Tensor, ...]]]
+
+
+def _directions(
+    view: Any,
+    cfg: _Config,
+    layer: int,
+    x_tm: torch.Tensor,
+    h0: torch.Tensor,
+    c0: torch.Tensor | None,
+    edits: LayerEdits | None,
+    batch_sizes: list[int] | None = None,
+    mask: np.ndarray | None = None,
+) -> Loop:
+    """Every direction's loop over time-major ``x_tm`` (time, sample, feature): the output
+    (time, sample, directions × unit), final h and c per direction, c and the gates per direction.
+
+    ``batch_sizes`` (a PackedSequence's, samples sorted by decreasing length): step ``s`` runs
+    only the first ``batch_sizes[s]`` samples; the others keep their state (carried after a
+    sample's last step; ``h0`` until a backward direction reaches its last step), so the states
+    are carried in buffers of their own instead of read from the previous step's output slot.
+    Their rows of the output, c and gates at steps they do not run are left unwritten. ``mask``
+    (sample, time), in the order ``edits`` count samples, refuses edits at steps not all run.
+    """
+    lstm = cfg.kind == "lstm"
+    packed = batch_sizes is not None
+    d_, u, h_ = cfg.n_dir, cfg.units, cfg.hidden_size
+    steps, n = x_tm.shape[0], x_tm.shape[1]
+    sizes = batch_sizes if batch_sizes is not None else [n] * steps
     x2d = x_tm.reshape(steps * n, x_tm.shape[2])
     y = _empty(x_tm, steps, n, d_ * u)
     n_gates = {"lstm": 4, "gru": 3}.get(cfg.kind, 1)
@@ -96,13 +145,13 @@ def _emit_layer(
         w_hh_t = w_hh.t().contiguous()  # MKL is ~20% faster on a row-major right operand
         order = range(steps - 1, -1, -1) if d else range(steps)
         direction = cfg.directions[d]
-        eh = _ops(edits, direction, "h", steps, n)
-        ec = _ops(edits, direction, "c", steps, n)
+        eh = _ops(edits, direction, "h", steps, n, mask)
+        ec = _ops(edits, direction, "c", steps, n, mask)
         cache: dict[int, Any] = {}
         # Time-major, input time order: step s's gates are computed and activated in gbuf[s].
         gbuf = _empty(x_tm, steps, n, n_gates * h_)
         out = y[:, :, d * u : (d + 1) * u]
-        h = h0[d]
+        h = h0[d].clone() if packed else h0[d]
         if lstm:
             # Rows reordered to i, f, o, g once per layer: the three sigmoids are one call per step.
             ifog = torch.arange(4 * h_).view(4, h_)[[0, 1, 3, 2]].flatten()
@@ -112,22 +161,25 @@ def _emit_layer(
             cbuf = _empty(x_tm, steps, n, h_)
             w_hr_t = getattr(view, "weight_hr" + sfx).t() if cfg.proj_size else None
             tmp = x_tm.new_empty(n, h_)
-            c = c0[d]
+            assert c0 is not None
+            c = c0[d].clone() if packed else c0[d]
             for s in order:
-                g = gbuf[s]
-                g.addmm_(h, w_hh_t)
+                b = sizes[s]
+                g = gbuf[s, :b]
+                g.addmm_(h[:b], w_hh_t)
                 i, f, o, gg = g.unsafe_chunk(4, 1)
                 g[:, : 3 * h_].sigmoid_()
                 gg.tanh_()
-                c = torch.mul(f, c, out=cbuf[s]).addcmul_(i, gg)
+                c_s = torch.mul(f, c[:b], out=cbuf[s, :b]).addcmul_(i, gg)
                 if w_hr_t is None:
-                    h = torch.tanh(c, out=out[s]).mul_(o)
+                    h_s = torch.tanh(c_s, out=out[s, :b]).mul_(o)
                 else:
-                    h = torch.mm(torch.tanh(c, out=tmp).mul_(o), w_hr_t, out=out[s])
+                    h_s = torch.mm(torch.tanh(c_s, out=tmp[:b]).mul_(o), w_hr_t, out=out[s, :b])
                 if s in eh:
-                    _apply(h, eh[s], cache)
+                    _apply(h_s, eh[s], cache)
                 if s in ec:
-                    _apply(c, ec[s], cache)
+                    _apply(c_s, ec[s], cache)
+                h, c = _carry(h, h_s, b, packed), _carry(c, c_s, b, packed)
             cs.append(cbuf)
             finals_c.append(c)
             i_, f_, o_, g_ = gbuf.unsafe_chunk(4, 2)
@@ -137,9 +189,11 @@ def _emit_layer(
             _project(x2d, w_ih, bias, gbuf)
             act = torch.relu_ if cfg.nonlinearity == "relu" else torch.tanh_
             for s in order:
-                h = act(torch.addmm(gbuf[s], h, w_hh_t, out=out[s]))
+                b = sizes[s]
+                h_s = act(torch.addmm(gbuf[s, :b], h[:b], w_hh_t, out=out[s, :b]))
                 if s in eh:
-                    _apply(h, eh[s], cache)
+                    _apply(h_s, eh[s], cache)
+                h = _carry(h, h_s, b, packed)
             gs.append(())
         else:
             # r and z take both biases; n's recurrent part is scaled by r, so b_hn stays with it.
@@ -150,32 +204,39 @@ def _emit_layer(
             hg = x_tm.new_empty(n, 3 * h_)
             b_hn = None if b_hh is None else b_hh[2 * h_ :]
             for s in order:
-                g = gbuf[s]
-                torch.mm(h, w_hh_t, out=hg)
+                b = sizes[s]
+                g, hg_s = gbuf[s, :b], hg[:b]
+                torch.mm(h[:b], w_hh_t, out=hg_s)
                 rz, nn_ = g[:, : 2 * h_], g[:, 2 * h_ :]
-                rz.add_(hg[:, : 2 * h_]).sigmoid_()
+                rz.add_(hg_s[:, : 2 * h_]).sigmoid_()
                 r, z = rz.unsafe_chunk(2, 1)
-                hn = hg[:, 2 * h_ :]
+                hn = hg_s[:, 2 * h_ :]
                 if b_hn is not None:
                     hn.add_(b_hn)
                 nn_.addcmul_(r, hn).tanh_()
-                h = torch.sub(h, nn_, out=out[s]).mul_(z).add_(nn_)
+                h_s = torch.sub(h[:b], nn_, out=out[s, :b]).mul_(z).add_(nn_)
                 if s in eh:
-                    _apply(h, eh[s], cache)
+                    _apply(h_s, eh[s], cache)
+                h = _carry(h, h_s, b, packed)
             r_, z_, n_ = gbuf.unsafe_chunk(3, 2)
             gs.append((z_, r_, n_))  # canonical order: z, r, n
         finals_h.append(h)
-    h_n = torch.stack(finals_h)
-    c_n = torch.stack(finals_c) if lstm else None
-    yb = y.transpose(0, 1) if cfg.batch_first else y
-    if unbatched:
-        yb, h_n = yb.squeeze(bd), h_n.squeeze(1)
-        c_n = None if c_n is None else c_n.squeeze(1)
-    return yb, ((h_n, c_n) if lstm else h_n), cs, gs
+    return y, finals_h, finals_c, cs, gs
 
 
-def _ops(edits: LayerEdits | None, direction: str, field: str, steps: int, n: int) -> dict[int, list[Op]]:
-    return {} if edits is None else edits.steps(direction, field, steps, n)
+def _carry(state: torch.Tensor, new: torch.Tensor, b: int, packed: bool) -> torch.Tensor:
+    """The state the next step reads: the step's own output slot, or (packed) the carried
+    state buffer with the rows that ran replaced."""
+    if not packed:
+        return new
+    state[:b] = new
+    return state
+
+
+def _ops(
+    edits: LayerEdits | None, direction: str, field: str, steps: int, n: int, mask: np.ndarray | None
+) -> dict[int, list[Op]]:
+    return {} if edits is None else edits.steps(direction, field, steps, n, mask=mask)
 
 
 def _apply(state: torch.Tensor, ops: list[Op], cache: dict[int, Any] | None = None) -> None:

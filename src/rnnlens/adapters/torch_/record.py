@@ -233,10 +233,7 @@ class _Recorder:
 
 def _check_editable(plan: _Plan, input: Any) -> None:
     if isinstance(input, PackedSequence):
-        raise UnsupportedLayerError(
-            f"{plan.name!r} was called with a PackedSequence; rnnlens edits states of padded tensor "
-            "inputs only so far. Call the model on the padded batch (pad_packed_sequence) to intervene."
-        )
+        input = input.data
     if not isinstance(input, torch.Tensor) or input.dtype not in (
         torch.float16,
         torch.float32,
