@@ -139,7 +139,8 @@ def hand_loop(lstm: Any, x: Any) -> Callable[[], Any]:
 
 
 def packed_cases() -> list[Case]:
-    """A PackedSequence input (lengths 50–100), what ``auto`` reconstructs from the fused kernel."""
+    """A PackedSequence input (lengths 50–100): ``auto`` runs the step loop on the valid steps;
+    ``reconstruct`` rebuilds c and the gates from the fused kernel's h."""
     import torch
     from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -156,7 +157,8 @@ def packed_cases() -> list[Case]:
     cases = [
         Case("module(packed) (floor)", plain, "inference_mode"),
         Case("rnnlens h", lambda: rnnlens.trace(lstm, packed, fields=("h",))),
-        Case("rnnlens h,c,gates (auto = reconstruct)", lambda: rnnlens.trace(lstm, packed)),
+        Case("rnnlens h,c,gates (auto = emit)", lambda: rnnlens.trace(lstm, packed)),
+        Case("rnnlens h,c,gates reconstruct", lambda: rnnlens.trace(lstm, packed, strategy="reconstruct")),
     ]
     return [Case(c.name, synced(c.fn), c.note) for c in cases]
 

@@ -178,18 +178,22 @@ def split_emitted(
     reverse: bool,
     want_c: bool,
     want_gates: bool,
+    settled: bool = False,
 ) -> DirectionArrays:
     """States of one direction from a probe that emitted ``h, (c,) gate...`` every step.
 
     ``parts`` are (sample, time, unit) arrays in input order (views are fine). At masked
     steps frameworks repeat their previous output (zeros before the first valid step), so
-    ``h`` and ``c`` are carried from ``h0`` / ``c0`` here and the gates set to NaN.
+    ``h`` and ``c`` are carried from ``h0`` / ``c0`` here and the gates set to NaN —
+    unless ``settled``: the probe wrote its c and gates so already (only ``h`` is carried).
     """
     flip = (lambda a: a[:, ::-1]) if reverse else (lambda a: a)
     mp = None if mask is None else flip(mask)
     h = flip(carry_forward(flip(parts[0]), mp, h0))
     out = DirectionArrays(h=h)
     gates = list(parts[1:])
+    if settled:
+        mask = mp = None
     if KINDS[kind].has_c:
         c_part = gates.pop(0)
         if want_c:

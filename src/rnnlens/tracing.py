@@ -41,6 +41,8 @@ class RawDirection:
     weights: CellWeights | None = None
     #: what an emitting probe returned: ``h, (c,) gate...`` arrays, (sample, time, unit), input order
     parts: tuple[np.ndarray, ...] | None = None
+    #: the probe already carried ``c`` and set the gates to NaN at masked steps (no copies here)
+    settled: bool = False
 
 
 @dataclass
@@ -156,6 +158,7 @@ def to_direction_arrays(
                 reverse=d.reverse,
                 want_c=want_c,
                 want_gates=want_gates,
+                settled=d.settled,
             )
         elif d.weights is not None:
             out[name] = reconstruct_direction(

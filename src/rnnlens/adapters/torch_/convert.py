@@ -138,6 +138,7 @@ def _seq_layer(
             reverse=d == 1,
             weights=weights(call.plan, layer, d == 1),
             parts=parts,
+            settled=emitted and call.packed,  # the packed loop carried c and NaN-ed the gates
         )
     return to_direction_arrays(spec, raw, fields), mask
 

@@ -123,7 +123,8 @@ def _directions(
     only the first ``batch_sizes[s]`` samples; the others keep their state (carried after a
     sample's last step; ``h0`` until a backward direction reaches its last step), so the states
     are carried in buffers of their own instead of read from the previous step's output slot.
-    Their rows of the output, c and gates at steps they do not run are left unwritten. ``mask``
+    At the steps a sample does not run, its c is its carried state and its gates NaN (its row
+    of the output is left unwritten: the packed output has no such row). ``mask``
     (sample, time), in the order ``edits`` count samples, refuses edits at steps not all run.
     """
     lstm = cfg.kind == "lstm"
@@ -180,6 +181,9 @@ def _directions(
                 if s in ec:
                     _apply(c_s, ec[s], cache)
                 h, c = _carry(h, h_s, b, packed), _carry(c, c_s, b, packed)
+                if b < n:  # the samples past their end (or before it, backward): carried, NaN
+                    cbuf[s, b:] = c[b:]
+                    gbuf[s, b:] = float("nan")
             cs.append(cbuf)
             finals_c.append(c)
             i_, f_, o_, g_ = gbuf.unsafe_chunk(4, 2)
@@ -218,6 +222,8 @@ def _directions(
                 if s in eh:
                     _apply(h_s, eh[s], cache)
                 h = _carry(h, h_s, b, packed)
+                if b < n:
+                    gbuf[s, b:] = float("nan")
             r_, z_, n_ = gbuf.unsafe_chunk(3, 2)
             gs.append((z_, r_, n_))  # canonical order: z, r, n
         finals_h.append(h)

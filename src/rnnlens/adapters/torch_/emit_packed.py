@@ -5,8 +5,9 @@ PyTorch packs samples sorted by decreasing length, so the samples at step ``t`` 
 zero-padded time-major batch, step ``t`` on its first ``batch_sizes[t]`` rows; the output is
 packed again and the final states put back in the caller's order (``unsorted_indices``), as
 ``nn.LSTM.forward`` does with ``permute_hidden``. ``c`` and the gates come back in the caller's
-order as well, unwritten at the steps a sample does not have (the conversion sets them to NaN,
-and carries ``h`` and ``c``). An edit at a step some sample does not have is refused.
+order as well: at the steps a sample does not have, its c carried and its gates NaN, written by
+the loop (the conversion then copies nothing but carries ``h``). An edit at a step some sample
+does not have is refused.
 """
 
 from __future__ import annotations
