@@ -61,8 +61,9 @@ is touched. The stand-in returns to the model what the module itself returns, so
   asked for run in rnnlens' step loop, which performs PyTorch's native CPU cell op for op
   (input projection of all steps in one matmul, then per step one matmul and in-place
   activations written straight into the output buffers): ``h`` is bitwise PyTorch's native
-  kernel, within ~1e-7 of the oneDNN kernel PyTorch picks for float32 LSTMs.
-* ``strategy="reconstruct"`` (the default off CPU and for ``PackedSequence`` inputs): ``h``
+  kernel, within ~1e-7 of the oneDNN kernel PyTorch picks for float32 LSTMs. A
+  ``PackedSequence`` runs each step on the samples still in it (:mod:`.emit_packed`).
+* ``strategy="reconstruct"`` (the default off CPU): ``h``
   from the kernel, then :func:`rnnlens.rebuild.reconstruct_direction` (gates in one batched
   matmul, ``c`` by an elementwise scan, parity-checked against the kernel's ``h``).
 
@@ -205,7 +206,7 @@ def _capture(
     ``strategy`` says how ``c`` and gates of ``nn.LSTM``/``nn.GRU`` are obtained (both exact):
     ``"emit"``: rnnlens' step loop emits them; ``"reconstruct"``: ``h`` from PyTorch's fused
     kernel, gates rebuilt in one batched matmul and ``c`` by a scan, checked against ``h``;
-    ``"auto"`` (default): emit on CPU, reconstruct elsewhere and for PackedSequence inputs.
+    ``"auto"`` (default): emit on CPU (padded or packed inputs), reconstruct elsewhere.
     See the module docstring for names, semantics and what is (temporarily) touched.
     """
     layers, fields, mask, batch_size, strategy = (
