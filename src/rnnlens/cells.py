@@ -44,6 +44,8 @@ class DirectionArrays:
     parts: dict[str, np.ndarray] | None = None
     #: the state's L2 norm over its last axis, (sample, time, product of the other axes)
     state_norm: np.ndarray | None = None
+    #: ``(h0, c0)`` the direction started from, where the adapter knows it (to join calls)
+    initial: tuple[np.ndarray | None, np.ndarray | None] | None = None
 
 
 def tolerance(dtype: np.dtype) -> tuple[float, float]:

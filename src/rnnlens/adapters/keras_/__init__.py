@@ -66,6 +66,11 @@ class KerasAdapter(Adapter):
 
         return trace.intervene(model, args[0], edits, options)
 
+    def record(self, model: Any, options: TraceOptions) -> Any:
+        from .recording import KerasRecording
+
+        return KerasRecording(model, options)
+
     def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
         if options:
             raise InputError(f"Keras model files take no options besides unsafe; received {sorted(options)}.")

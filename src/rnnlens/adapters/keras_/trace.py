@@ -494,4 +494,7 @@ def _layer_arrays(  # type: ignore[no-untyped-def]
             weights=w,
             parts=parts,
         )
-    return to_direction_arrays(spec, raw, fields), mask
+    arrays = to_direction_arrays(spec, raw, fields)
+    for direction, d in raw.directions.items():
+        arrays[direction].initial = (d.h0, d.c0)
+    return arrays, mask

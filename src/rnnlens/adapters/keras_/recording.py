@@ -1,0 +1,208 @@
+"""Recording a Keras model across calls: ``model(x)`` and ``model.predict(x)`` inside the
+``with rnnlens.record(model)`` block, each call traced and the model's own outputs returned.
+
+For the block, ``predict`` is an instance attribute and the model's class a subclass whose only
+change is ``__call__`` (Python looks ``__call__`` up on the type); both are put back when the
+block ends, also after an error. Each call is first traced on its inputs (the probe reads a
+stateful layer's current state and never advances it), then the model runs as itself, so what
+the call returns is exactly what it returns without recording. Calls inside the call (Keras'
+``predict`` calls the model), calls on symbolic tensors (graph building) and rnnlens' own probe
+pass through unrecorded.
+
+A call continues the previous call of a layer when the layer started from the state that call
+ended in: its ``h0`` (and ``c0``) equal the previous call's last ``h`` (``c``) within rnnlens'
+stated agreement with Keras' kernels (rtol 1e-5, atol 1e-6: the fed-back state is Keras', while
+rnnlens' ``c`` comes from its probe, in another summation order). One direction and no masked
+steps are needed to join.
+
+Example:
+    >>> import numpy as np, keras, rnnlens
+    >>> x_in = keras.Input((None, 3))
+    >>> model = keras.Model(x_in, keras.layers.GRU(4, return_sequences=True, name="gru")(x_in))
+    >>> with rnnlens.record(model) as rec:
+    ...     y = model.predict(np.zeros((2, 5, 3), "float32"), verbose=0)
+    >>> rec.states["gru"].h.shape
+    (2, 5, 4)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ...errors import InputError
+from ...kinds import KINDS
+from ...spec import LayerSpec
+from ..base import Captured, TraceOptions
+
+__all__ = ["KerasRecording"]
+
+_MISSING = object()
+RTOL, ATOL = 1e-5, 1e-6
+
+
+class KerasRecording:
+    """See the module docstring."""
+
+    def __init__(self, model: Any, options: TraceOptions):
+        from . import trace
+
+        if options.mask is not None:
+            raise InputError("mask= is not used by rnnlens.record: each call's inputs carry their own.")
+        self.model, self.trace = model, trace
+        self.wanted_c = "c" in (options.fields or ("h", "c", "gates"))
+        fields = options.fields
+        if fields is not None and "c" not in fields:  # c joins calls: recorded, dropped at the end
+            fields = (*fields, "c")
+        # one sample batch per call: the calls' arrays are joined along time, not split
+        self.options = TraceOptions(
+            layers=options.layers, fields=fields, strategy=options.strategy, batch_size=2**62
+        )
+        self.specs = trace.describe(model)
+        self.calls: list[Captured] = []
+        self.busy = False
+        self.installed: list[tuple[str, Any]] = []
+
+    # ------------------------------------------------------------------ install / remove
+
+    def start(self) -> None:
+        model, rec = self.model, self
+        cls = type(model)
+        own_predict = vars(model).get("predict", _MISSING)
+        bound_predict = model.predict
+
+        def predict(x: Any, *args: Any, **kwargs: Any) -> Any:
+            return rec.call(lambda: bound_predict(x, *args, **kwargs), x, kwargs)
+
+        def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+            x = args[0] if args else kwargs.get("inputs")
+            return rec.call(lambda: cls.__call__(self, *args, **kwargs), x, kwargs)
+
+        recorded = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
+        recorded.__qualname__ = cls.__qualname__
+        model.__class__ = recorded
+        self.installed.append(("__class__", cls))
+        vars(model)["predict"] = predict
+        self.installed.append(("predict", own_predict))
+
+    def stop(self) -> None:
+        for name, previous in reversed(self.installed):
+            if name == "__class__":
+                self.model.__class__ = previous
+            elif previous is _MISSING:
+                vars(self.model).pop(name, None)
+            else:
+                vars(self.model)[name] = previous
+        self.installed.clear()
+
+    # ------------------------------------------------------------------ one call
+
+    def call(self, run: Any, x: Any, kwargs: dict[str, Any]) -> Any:
+        if self.busy or x is None or not _concrete(x):
+            return run()
+        if kwargs.get("training"):
+            raise InputError(
+                "rnnlens.record: this call runs the model with training=True (dropout, batch "
+                "statistics), which rnnlens' trace does not reproduce; record inference calls."
+            )
+        self.busy = True
+        try:
+            self.calls.append(self.trace.capture(self.model, x, self.options))
+            return run()
+        finally:
+            self.busy = False
+
+    # ------------------------------------------------------------------ joining
+
+    def joined(self) -> tuple[Captured, list[tuple[str, str, int, int]]]:
+        """The recorded calls, chained ones joined along time, and each call's span."""
+        if not self.calls:
+            return Captured([], [], backend="keras"), []
+        per_call = [c.batches[0] for c in self.calls]  # one batch per call (batch_size below)
+        specs: list[LayerSpec] = []
+        batch: dict[str, Any] = {}
+        spans: list[tuple[str, str, int, int]] = []
+        for s in self.calls[0].specs:
+            chains: list[list[int]] = []
+            for k in range(len(per_call)):
+                if chains and _continues(per_call[k - 1][s.name], per_call[k][s.name], s):
+                    chains[-1].append(k)
+                else:
+                    chains.append([k])
+            for chain in chains:
+                entry = s.name if chain[0] == 0 else f"{s.name}#{chain[0]}"
+                specs.append(LayerSpec(entry, s.kind, s.layer_type, s.units, s.directions,
+                                       s.fields, s.cell_units, s.notes))  # fmt: skip
+                batch[entry] = self._merged([per_call[k][s.name] for k in chain])
+                start = 0
+                for k in chain:
+                    steps = int(next(iter(per_call[k][s.name][0].values())).h.shape[1])
+                    spans.append((s.name if k == 0 else f"{s.name}#{k}", entry, start, start + steps))
+                    start += steps
+        return Captured(specs, [batch], backend=self.calls[0].backend), spans
+
+    def _merged(self, parts: list[Any]) -> Any:
+        dirs = {}
+        for name, first in parts[0][0].items():
+            arrays = [p[0][name] for p in parts]
+            joined = type(first)(h=np.concatenate([a.h for a in arrays], axis=1))
+            if first.c is not None and self.wanted_c:
+                joined.c = np.concatenate([a.c for a in arrays], axis=1)
+            if first.gates is not None:
+                joined.gates = tuple(
+                    np.concatenate([a.gates[g] for a in arrays], axis=1) for g in range(len(first.gates))
+                )
+            dirs[name] = joined
+        masks = [p[1] for p in parts]
+        mask = None
+        if any(m is not None for m in masks):
+            mask = np.concatenate(
+                [
+                    np.ones(p[0][next(iter(p[0]))].h.shape[:2], bool) if m is None else m
+                    for p, m in zip(parts, masks)
+                ],
+                axis=1,
+            )
+        return dirs, mask
+
+
+def _continues(prev: Any, call: Any, spec: LayerSpec) -> bool:
+    """``call`` of one layer started from the state ``prev`` ended in (see the module docstring)."""
+    (prev_dirs, prev_mask), (dirs, mask) = prev, call
+    if len(dirs) != 1 or not KINDS[spec.kind].known:
+        return False
+    if any(m is not None and not np.all(m) for m in (prev_mask, mask)):
+        return False
+    name, a = next(iter(dirs.items()))
+    b = prev_dirs.get(name)
+    if b is None or a.initial is None or a.initial[0] is None:
+        return False
+    finals = [(a.initial[0], b.h[:, -1])]
+    if KINDS[spec.kind].has_c:
+        if a.initial[1] is None or b.c is None:
+            return False
+        finals.append((a.initial[1], b.c[:, -1]))
+    return all(
+        np.shape(start) == np.shape(end) and np.allclose(start, end, rtol=RTOL, atol=ATOL)
+        for start, end in finals
+    )
+
+
+def _concrete(x: Any) -> bool:
+    """Whether the call's inputs are values (not symbolic tensors of a graph being built)."""
+    import keras
+
+    leaves = keras.tree.flatten(x)
+    if any(isinstance(leaf, keras.KerasTensor) for leaf in leaves):
+        return False
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.executing_eagerly())
+    if backend == "jax":
+        import jax
+
+        return not any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)
+    return True
