@@ -93,7 +93,12 @@ def reconstruct_direction(
     xw = lay.working(np.asarray(x).astype(hw.dtype, copy=False))
     parity = _Parity(hw, m, layer, tol)
     if kind.has_c:
-        gates, c = _lstm(w, xw, shift, c0, m, parity)
+        if w.plain:
+            gates, c = _lstm(w, xw, shift, c0, m, parity)
+        else:  # peepholes, clip, coupled gates: a step loop of its own
+            from .rebuild_cell import lstm_cell_fed
+
+            gates, c = lstm_cell_fed(w, xw, shift, c0, m, parity)
         if want_c:
             out.c = lay.back(c)
     else:

@@ -58,6 +58,18 @@ class CellWeights:
     reset_after: bool = True
     projection: np.ndarray | None = None
     matmul: MatMul | None = None
+    #: LSTM peepholes (ONNX ``P``): (3, cell_units) in the order i, f, o; ``i`` and ``f`` read
+    #: ``c_{t-1}``, ``o`` reads ``c_t``
+    peepholes: np.ndarray | None = None
+    #: ONNX ``clip``: every gate's pre-activation is clipped to [-clip, clip]
+    clip: float | None = None
+    #: ONNX ``input_forget``: the forget gate is ``1 - i``
+    input_forget: bool = False
+
+    @property
+    def plain(self) -> bool:
+        """No peepholes, clip or coupled gates: the LSTM every framework computes."""
+        return self.peepholes is None and self.clip is None and not self.input_forget
 
     @property
     def cell_units(self) -> int:

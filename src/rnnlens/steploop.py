@@ -87,12 +87,23 @@ def run_direction(
     h = np.array(h0, dtype=dtype)
     c = np.zeros((n, cu), dtype) if c0 is None else np.array(c0, dtype=dtype)
     act, ract = w.activation, w.recurrent_activation
+    peep = None if w.peepholes is None else np.asarray(w.peepholes, dtype)
+    bound = w.clip
+
+    def clip(z: np.ndarray) -> np.ndarray:  # ONNX clip: every gate's pre-activation
+        return z if bound is None else np.clip(z, -bound, bound)
+
     for s in range(t - 1, -1, -1) if reverse else range(t):
         if kind == "lstm":
             z = xw[:, s] + np.asarray(mm(h, rk)) + rb
-            i, f = ract(z[:, :cu]), ract(z[:, cu : 2 * cu])
-            g, o = act(z[:, 2 * cu : 3 * cu]), ract(z[:, 3 * cu :])
+            zi, zf, zg, zo = z[:, :cu], z[:, cu : 2 * cu], z[:, 2 * cu : 3 * cu], z[:, 3 * cu :]
+            if peep is not None:  # ONNX P: i and f read c_{t-1}, o reads c_t (see rebuild_cell)
+                zi, zf = zi + peep[0] * c, zf + peep[1] * c
+            i = ract(clip(zi))
+            f = 1 - i if w.input_forget else ract(clip(zf))
+            g = act(clip(zg))
             c_new = f * c + i * g
+            o = ract(clip(zo if peep is None else zo + peep[2] * c_new))
             h_new = o * act(c_new)
             if proj is not None:
                 h_new = np.asarray(mm(h_new, proj))

@@ -83,6 +83,9 @@ class _Node:
     #: a node inside ``If`` branches: (condition, then_branch?, If path) of each enclosing If;
     #: it ran when every condition had that value (:mod:`.subgraphs`)
     runs_if: tuple[tuple[str, bool, str], ...] = ()
+    #: LSTM ``clip`` (gate pre-activations clipped to [-clip, clip]) and ``input_forget`` (f = 1 - i)
+    clip: float | None = None
+    input_forget: bool = False
 
     @property
     def inner(self) -> bool:
@@ -424,11 +427,13 @@ def _read_node(index: int, name: str, n: Any, static: Mapping[str, Any]) -> _Nod
         acts = acts * 2
     per_dir = tuple(tuple(acts[d * n_act : (d + 1) * n_act]) for d in range(n_dir))
     problems = []
+    if op == "RNN" and "clip" in a:
+        problems.append(f"clip={a.get('clip')} (clipped pre-activations)")
+    if op == "GRU" and "clip" in a:
+        problems.append(f"clip={a.get('clip')} (clipped pre-activations of a GRU)")
     if op != "RNN":
-        if "clip" in a:
-            problems.append(f"clip={a.get('clip')} (clipped pre-activations)")
-        if int(a.get("input_forget", 0)):
-            problems.append("input_forget=1 (coupled input and forget gates)")
+        if op == "GRU" and int(a.get("input_forget", 0)):
+            problems.append("input_forget=1 on a GRU")
         if a.get("activation_alpha") or a.get("activation_beta"):
             problems.append("activation_alpha/activation_beta")
         unknown = sorted({f for d in per_dir for f in d if f not in _ACTIVATIONS})
@@ -436,14 +441,8 @@ def _read_node(index: int, name: str, n: Any, static: Mapping[str, Any]) -> _Nod
             problems.append(f"activations {a.get('activations')} (rnnlens knows {sorted(_ACTIVATIONS)})")
         elif op == "LSTM" and any(d[1] != d[2] for d in per_dir):
             problems.append(f"different g and h activations {[d[1:] for d in per_dir]}")
-        if op == "LSTM" and inputs[_P]:
-            p = static.get(inputs[_P])
-            if p is None:
-                problems.append("peepholes P computed in the graph")
-            else:
-                pv = p if isinstance(p, np.ndarray) else _onnx().numpy_helper.to_array(p)
-                if np.any(pv != 0):
-                    problems.append("peepholes P (c feeds the gates; not in rnnlens' LSTM equations)")
+    # LSTM peepholes P, clip and input_forget are in rnnlens' equations (rebuild_cell, steploop)
+    clip = a.get("clip") if op == "LSTM" else None
     return _Node(
         index=index,
         name=name,
@@ -456,4 +455,6 @@ def _read_node(index: int, name: str, n: Any, static: Mapping[str, Any]) -> _Nod
         activations=per_dir,
         problem="; ".join(problems) or None,
         quant=quant,
+        clip=None if clip is None else float(clip),
+        input_forget=op == "LSTM" and bool(int(a.get("input_forget", 0))),
     )

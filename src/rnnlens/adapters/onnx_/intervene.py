@@ -24,7 +24,7 @@ from ...steploop import run_direction
 from ..base import Intervened
 from .deps import _first_line, _onnx, _ort
 from .feeds import _signature
-from .graph import _B, _C0, _H0, _R, _SEQ_LENS, _W, _X, _Node, _Prepared
+from .graph import _B, _C0, _H0, _P, _R, _SEQ_LENS, _W, _X, _Node, _Prepared
 from .states import _batch_of, _cell_weights, _input_order, _lookup, _needs
 
 __all__ = ["cut_run", "edited_node", "intervene"]
@@ -101,6 +101,7 @@ def edited_node(
         )
     x = tensor(node.inputs[_X])
     w, r, b = tensor(node.inputs[_W]), tensor(node.inputs[_R]), tensor(node.inputs[_B])
+    p = tensor(node.inputs[_P]) if node.op == "LSTM" and node.inputs[_P] else None
     if x is None or w is None or r is None:
         raise UnsupportedLayerError(f"Layer {node.name!r}: its input or weights could not be computed.")
     xb = np.ascontiguousarray(x.transpose(1, 0, 2))  # (time, batch, feature) -> batch-major
@@ -119,7 +120,7 @@ def edited_node(
         ops_h = edits.steps(direction, "h", t, n, mask=mask)
         ops_c = edits.steps(direction, "c", t, n, mask=mask) if lstm else {}
         res = run_direction(
-            _cell_weights(node, d, w, r, b), xb, h0, c0, mask,
+            _cell_weights(node, d, w, r, b, p), xb, h0, c0, mask,
             reverse=direction == "backward", edits_h=ops_h, edits_c=ops_c,
         )  # fmt: skip
         seq = res.arrays.h if mask is None else np.where(mask[..., None], res.arrays.h, 0)

@@ -21,7 +21,7 @@ from ...errors import RnnLensWarning, UnsupportedLayerError
 from ...kinds import KINDS
 from ...rebuild import reconstruct_direction
 from ...spec import CellWeights, Field
-from .graph import _ACTIVATIONS, _B, _C0, _H0, _R, _SEQ_LENS, _W, _X, QUANTIZED_TOLERANCE, _Node
+from .graph import _ACTIVATIONS, _B, _C0, _H0, _P, _R, _SEQ_LENS, _W, _X, QUANTIZED_TOLERANCE, _Node
 
 _N_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 # ONNX LSTM blocks i, o, f, c → canonical i, f, g(=c), o; GRU z, r, h is already z, r, n
@@ -48,8 +48,11 @@ def _check_fields(nodes: Sequence[_Node], fields: str | Iterable[str] | None) ->
             )
 
 
-def _cell_weights(node: _Node, d: int, w: np.ndarray, r: np.ndarray, b: np.ndarray | None) -> CellWeights:
-    """Direction ``d`` of the node's ``W``, ``R``, ``B`` in canonical gate order."""
+def _cell_weights(
+    node: _Node, d: int, w: np.ndarray, r: np.ndarray, b: np.ndarray | None, p: np.ndarray | None = None
+) -> CellWeights:
+    """Direction ``d`` of the node's ``W``, ``R``, ``B`` (and LSTM peepholes ``P``, ONNX order
+    i, o, f) in canonical gate order."""
     h = node.hidden
     if node.op == "LSTM":
         idx = np.concatenate([np.arange(k * h, (k + 1) * h) for k in _LSTM_ORDER])
@@ -68,6 +71,9 @@ def _cell_weights(node: _Node, d: int, w: np.ndarray, r: np.ndarray, b: np.ndarr
         # linear_before_reset=1 is r * (h U_n + Rb_n) (Keras reset_after, PyTorch);
         # 0 is (r * h) U_n + Rb_n, what cells computes for reset_after=False
         reset_after=bool(node.linear_before_reset),
+        peepholes=None if p is None or not np.any(p[d]) else np.asarray(p[d]).reshape(3, h)[[0, 2, 1]],
+        clip=node.clip,
+        input_forget=node.input_forget,
     )
 
 
@@ -91,12 +97,13 @@ def _node_states(
     y_h, y_c = state(node.outputs[1]), state(node.outputs[2])
     h0s, c0s = state(node.inputs[_H0]), state(node.inputs[_C0])
     rebuild = KINDS[node.kind].reconstructable and len(fields) > 1
-    x = w = r = b = None
+    x = w = r = b = p = None
     if rebuild:
         x = tensor(node.inputs[_X])
         assert x is not None
         x = x if batch_major else x.transpose(1, 0, 2)
         w, r, b = tensor(node.inputs[_W]), tensor(node.inputs[_R]), tensor(node.inputs[_B])
+        p = tensor(node.inputs[_P]) if node.op == "LSTM" and node.inputs[_P] else None
         if node.quant:
             w, r = _dequantized(node, w, r, tensor, y.dtype)
     tol = QUANTIZED_TOLERANCE if node.quant else None
@@ -109,7 +116,7 @@ def _node_states(
         if rebuild:
             assert w is not None and r is not None
             arrays = reconstruct_direction(
-                _cell_weights(node, d, w, r, b),
+                _cell_weights(node, d, w, r, b, p),
                 x,
                 seq,
                 h0,
@@ -210,6 +217,8 @@ def _needs(node: _Node, fields: tuple[Field, ...]) -> list[str]:
         names += [node.outputs[2], node.inputs[_C0]]
     if rebuild:
         names += [node.inputs[_X], node.inputs[_W], node.inputs[_R], node.inputs[_B], *node.quant]
+        if node.op == "LSTM":
+            names.append(node.inputs[_P])
     conds = [c for c, _, _ in node.runs_if]
     return [n for n in [*names, *node.batch_gathers, *conds] if n]
 

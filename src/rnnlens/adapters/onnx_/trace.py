@@ -38,8 +38,10 @@ samples back (a ``Gather`` that drops or repeats samples gives a warning instead
 * ONNX gate orders are converted: LSTM ``i, o, f, c`` → ``i, f, g, o``; GRU ``z, r, h`` →
   ``z, r, n``. ``B`` holds the input and the recurrent bias; both are kept apart, so a GRU
   with ``linear_before_reset=1`` keeps its recurrent candidate bias inside ``r * (...)``.
-* A node rnnlens cannot rebuild exactly (peepholes ``P`` that are not all zero,
-  ``input_forget=1``, ``clip``, ``activation_alpha``/``activation_beta`` or other
+* LSTM peepholes ``P``, ``clip`` and ``input_forget=1`` are rebuilt in ONNX Runtime's order
+  (:mod:`rnnlens.rebuild_cell`), checked against the node's ``h`` like any other.
+* A node rnnlens cannot rebuild exactly (``clip`` on a GRU or RNN,
+  ``activation_alpha``/``activation_beta`` or other
   activations, an LSTM whose ``g`` and ``h`` activations differ) still gives ``h``: with
   ``fields=None`` the others are left out with a :class:`~rnnlens.errors.RnnLensWarning`;
   asking for ``c`` or gates is an :class:`~rnnlens.errors.UnsupportedLayerError`.
