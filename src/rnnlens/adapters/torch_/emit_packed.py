@@ -44,7 +44,13 @@ class _SortedEdits:
 
 
 def emit_packed(
-    view: Any, cfg: _Config, layer: int, x: PackedSequence, hx: Any, edits: LayerEdits | None
+    view: Any,
+    cfg: _Config,
+    layer: int,
+    x: PackedSequence,
+    hx: Any,
+    edits: LayerEdits | None,
+    keep: bool = True,
 ) -> tuple[PackedSequence, Any, list[torch.Tensor], list[tuple[torch.Tensor, ...]]]:
     """What ``view``'s forward returns for a packed ``x`` — the packed output and ``(h_n, c_n)``
     (or ``h_n``) in the caller's order — and, per direction, c and the gates as (time, sample,
@@ -76,7 +82,7 @@ def emit_packed(
         mask = valid[unsort.numpy()]  # the caller's order, as the edits count samples
     sorted_edits: Any = None if edits is None else _SortedEdits(edits, order)
     y, finals_h, finals_c, cs, gs = _directions(
-        view, cfg, layer, x_tm, h0, c0, sorted_edits, batch_sizes=sizes, mask=mask
+        view, cfg, layer, x_tm, h0, c0, sorted_edits, batch_sizes=sizes, mask=mask, keep=keep
     )
     out = PackedSequence(y.view(steps * n, -1)[rows], sizes_t, sort, unsort)
     h_n = torch.stack(finals_h)

@@ -204,9 +204,10 @@ class _Recorder:
                 for layer, view in enumerate(views):
                     hx_l = _hx_slice(hx, layer, cfg.n_dir)
                     if layer in emit:
-                        y, final, call.c[layer], call.gates[layer] = _emit_layer(
-                            view, cfg, layer, x, hx_l, edits.get(layer)
-                        )
+                        keep = layer in plan.emit  # its c or gates are asked for, not only edited
+                        y, final, cs, gs = _emit_layer(view, cfg, layer, x, hx_l, edits.get(layer), keep)
+                        if keep:
+                            call.c[layer], call.gates[layer] = cs, gs
                     else:
                         y, final = cls_forward(view, x, hx_l)
                     call.inputs[layer], call.outputs[layer] = x, y

@@ -179,9 +179,12 @@ def intervene(
 
 
 def _outputs(obj: Any) -> Any:
-    """The model's return value with every tensor as a NumPy array, structure kept."""
+    """The model's return value with every tensor as a NumPy array, structure kept (a copy:
+    the states may view the same tensors). Copied by PyTorch's allocator: a large NumPy copy asks
+    for transparent huge pages, whose faults stall on this kind of VM (see rnnlens.rebuild)."""
     if isinstance(obj, torch.Tensor):
-        return _np(obj).copy()
+        t = obj.detach()
+        return _np(t.clone() if t.device.type == "cpu" else t)
     if isinstance(obj, PackedSequence):
         return PackedSequence(*(_outputs(getattr(obj, f)) for f in obj._fields))
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a named tuple
