@@ -107,3 +107,6 @@ def test_training_calls_are_refused_and_the_model_is_restored_after_an_error() -
     with pytest.raises(InputError, match="training=True"), rnnlens.record(model):
         model([x, zeros, zeros], training=True)
     assert type(model) is cls and "predict" not in vars(model)
+    with pytest.raises(InputError, match="mask"), rnnlens.record(model):
+        model([x, zeros, zeros], mask=None)  # an argument the trace of x alone would not see
+    assert type(model) is cls

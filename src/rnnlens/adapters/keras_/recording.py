@@ -59,7 +59,7 @@ class KerasRecording:
         self.options = TraceOptions(
             layers=options.layers, fields=fields, strategy=options.strategy, batch_size=2**62
         )
-        self.specs = trace.describe(model)
+        trace.describe(model)  # a model rnnlens cannot trace fails here, before the block
         self.calls: list[Captured] = []
         self.busy = False
         self.installed: list[tuple[str, Any]] = []
@@ -72,12 +72,13 @@ class KerasRecording:
         own_predict = vars(model).get("predict", _MISSING)
         bound_predict = model.predict
 
-        def predict(x: Any, *args: Any, **kwargs: Any) -> Any:
-            return rec.call(lambda: bound_predict(x, *args, **kwargs), x, kwargs)
+        def predict(x: Any, *args: Any, **kwargs: Any) -> Any:  # batch_size, verbose...: no effect
+            return rec.call(lambda: bound_predict(x, *args, **kwargs), x, {})
 
         def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
             x = args[0] if args else kwargs.get("inputs")
-            return rec.call(lambda: cls.__call__(self, *args, **kwargs), x, kwargs)
+            extra = {k: v for k, v in kwargs.items() if k != "inputs"}
+            return rec.call(lambda: cls.__call__(self, *args, **kwargs), x, extra, len(args) > 1)
 
         recorded = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
         recorded.__qualname__ = cls.__qualname__
@@ -98,13 +99,20 @@ class KerasRecording:
 
     # ------------------------------------------------------------------ one call
 
-    def call(self, run: Any, x: Any, kwargs: dict[str, Any]) -> Any:
+    def call(self, run: Any, x: Any, kwargs: dict[str, Any], more_args: bool = False) -> Any:
         if self.busy or x is None or not _concrete(x):
             return run()
         if kwargs.get("training"):
             raise InputError(
                 "rnnlens.record: this call runs the model with training=True (dropout, batch "
                 "statistics), which rnnlens' trace does not reproduce; record inference calls."
+            )
+        other = sorted(k for k in kwargs if k != "training")
+        if other or more_args:
+            raise InputError(
+                f"rnnlens.record: model(x, ...) was called with {other or 'more positional arguments'}, "
+                "which rnnlens' trace of x alone would not reproduce; call model(x) (several inputs "
+                "as one list or dict)."
             )
         self.busy = True
         try:

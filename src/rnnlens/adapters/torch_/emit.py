@@ -183,7 +183,7 @@ def _directions(
                 if b < n and keep:  # the samples past their end (or before it, backward): carried, NaN
                     slots.cell(s)[b:] = c[b:]
                     slots.gate(s)[b:] = float("nan")
-            finals_c.append(c.clone() if not keep and not packed else c)  # its slot is reused
+            finals_c.append(c)
             if keep:
                 assert slots.c is not None
                 cs.append(slots.c)
