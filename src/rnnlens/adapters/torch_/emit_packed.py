@@ -71,15 +71,15 @@ def emit_packed(
             c0 = None if c0 is None else c0.index_select(1, sort)
     view.check_forward_args(data, (h0, c0) if lstm else h0, sizes_t)  # PyTorch's own checks
     # the packed rows' places in the (time, sample) grid: step t holds sorted samples 0..b_t-1
-    rows = torch.cat([torch.arange(b) + t * n for t, b in enumerate(sizes)])
+    rows = torch.cat([torch.arange(b) + t * n for t, b in enumerate(sizes)]).to(data.device)
     x_tm = data.new_zeros(steps * n, data.shape[1])
     x_tm[rows] = data
     x_tm = x_tm.view(steps, n, -1)
     valid = np.arange(n)[:, None] < np.asarray(sizes)[None, :]  # (sorted sample, time)
     mask, order = valid, np.arange(n)
     if sort is not None and unsort is not None:
-        order = sort.numpy()
-        mask = valid[unsort.numpy()]  # the caller's order, as the edits count samples
+        order = sort.cpu().numpy()
+        mask = valid[unsort.cpu().numpy()]  # the caller's order, as the edits count samples
     sorted_edits: Any = None if edits is None else _SortedEdits(edits, order)
     y, finals_h, finals_c, cs, gs = _directions(
         view, cfg, layer, x_tm, h0, c0, sorted_edits, batch_sizes=sizes, mask=mask, keep=keep
