@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import OptionError
 
-__all__ = ["PearsonSums", "chunk_sums", "values"]
+__all__ = ["PearsonSums", "chunk_sums", "on_dask", "stream", "values"]
 
 
 def values(src: Any, mask: Any, start: int, stop: int, gate: int | None = None) -> np.ndarray:
