@@ -171,8 +171,8 @@ def _directions(
                 g[:, : 3 * h_].sigmoid_()
                 gt = _tanh_into(gg, tg[:b], keep)
                 c_s = torch.mul(f, c[:b], out=slots.cell(s)[:b]).addcmul_(i, gt)
-                if w_hr_t is None:
-                    h_s = torch.tanh(c_s, out=out[s, :b]).mul_(o)
+                if w_hr_t is None:  # tanh into contiguous scratch: a strided out= is ~6x slower
+                    h_s = torch.mul(torch.tanh(c_s, out=tmp[:b]), o, out=out[s, :b])
                 else:
                     h_s = torch.mm(torch.tanh(c_s, out=tmp[:b]).mul_(o), w_hr_t, out=out[s, :b])
                 if s in eh:
@@ -193,9 +193,14 @@ def _directions(
             bias = None if b_ih is None or b_hh is None else b_ih + b_hh
             slots = _Slots(x_tm, x2d, w_ih, bias, h_, 0, keep=False, reverse=bool(d))
             act = torch.relu_ if cfg.nonlinearity == "relu" else torch.tanh_
+            scratch = x_tm.new_empty(n, h_) if d_ > 1 else None  # out[s] is strided: see _tanh_into
             for s in order:
                 b = sizes[s]
-                h_s = act(torch.addmm(slots.gate(s)[:b], h[:b], w_hh_t, out=out[s, :b]))
+                if scratch is None:
+                    h_s = act(torch.addmm(slots.gate(s)[:b], h[:b], w_hh_t, out=out[s, :b]))
+                else:
+                    pre = torch.addmm(slots.gate(s)[:b], h[:b], w_hh_t, out=scratch[:b])
+                    h_s = out[s, :b].copy_(act(pre))
                 if s in eh:
                     _apply(h_s, eh[s], cache)
                 h = _carry(h, h_s, b, packed)
