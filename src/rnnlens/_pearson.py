@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -128,7 +129,7 @@ def on_dask(
     for start, stop in _bounds(valid.shape[0], chunk):
         k = int(counts[start:stop].sum())
         p = None if perms is None else perms[offset : offset + k]
-        where = (str(path), layer, field, direction, start, stop)
+        where = (str(Path(path).resolve()), layer, field, direction, start, stop)  # workers' cwd differs
         futures.append(client.submit(_task, *where, y_valid[offset : offset + k], p, pure=False))
         offset += k
     acc = PearsonSums(y_valid, perms)
