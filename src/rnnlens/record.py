@@ -20,13 +20,15 @@ removed when the block ends, also after an error.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from . import adapters
 from .adapters.base import TraceOptions
-from .errors import RnnLensError, UnsupportedModelError
+from .errors import OptionError, RnnLensError, UnsupportedModelError
 from .options import check_fields, check_layers
 from .states import States
 from .tracing import assemble
@@ -48,7 +50,15 @@ class Call:
 class Recording:
     """A recording in progress or finished (see :func:`record`)."""
 
-    def __init__(self, model: Any, layers: str | Iterable[str] | None, fields: str | Sequence[str] | None):
+    def __init__(
+        self,
+        model: Any,
+        layers: str | Iterable[str] | None,
+        fields: str | Sequence[str] | None,
+        to: str | os.PathLike[str] | None = None,
+        flush_every: int = 256,
+        chunk_steps: int = 256,
+    ):
         from .api import _opened
 
         model = _opened(model)
@@ -58,6 +68,23 @@ class Recording:
         self._states: States | None = None
         self._calls: list[Call] = []
         self._active = False
+        self._sink: Any = None
+        self._paths: dict[str, Path] = {}
+        self._pending = 0
+        if to is not None:
+            if not hasattr(self._impl, "drain"):
+                raise UnsupportedModelError(
+                    f"The {adapter.name} adapter cannot write a recording as it goes; record "
+                    "without to= (the states are held in memory)."
+                )
+            for name, v in (("flush_every", flush_every), ("chunk_steps", chunk_steps)):
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    raise OptionError(f"{name} must be a positive int; received {v!r}")
+            from .io.stream import StreamSink
+
+            self._sink = StreamSink(to, chunk_steps=chunk_steps, model_name=type(model).__name__)
+            self._flush_every = flush_every
+            self._impl.on_call = self._called
 
     def __enter__(self) -> Recording:
         self._impl.start()
@@ -67,6 +94,27 @@ class Recording:
     def __exit__(self, *exc: Any) -> None:
         self._impl.stop()
         self._active = False
+        if self._sink is not None:
+            self._impl.on_call = None
+            self._flush()  # also after an error: what was recorded is kept, the stores closed
+            self._paths = self._sink.close()
+
+    def _called(self) -> None:
+        self._pending += 1
+        if self._pending >= self._flush_every:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Convert the calls since the last flush and append them to their streams' stores."""
+        self._pending = 0
+        cap, spans = self._impl.drain()
+        if cap is None:
+            return
+        offsets: dict[str, int] = {}
+        self._sink.write(assemble(cap.specs, cap.batches, backend=cap.backend), offsets)
+        for name, entry, start, stop in spans:
+            base = offsets.get(entry, 0)
+            self._calls.append(Call(name, entry, base + start, base + stop))
 
     def run(self, output_names: Sequence[str] | None, input_feed: Any, run_options: Any = None) -> Any:
         """ONNX models: ``InferenceSession.run`` — the recording is a drop-in for the session in
@@ -81,14 +129,27 @@ class Recording:
 
     @property
     def states(self) -> States:
-        """Every recorded call's states, chained calls joined along time."""
+        """Every recorded call's states, chained calls joined along time (with ``to=``: read
+        lazily from the stores, :attr:`stores`)."""
         if self._active:
             raise RnnLensError("The recording is still running: read rec.states after the with block.")
+        if self._states is None and self._sink is not None:
+            from .io.zarr import open_states
+
+            opened = {name: open_states(path) for name, path in self._paths.items()}
+            layers = {name: st[name] for name, st in opened.items()}
+            backend = next(iter(opened.values())).backend if opened else "torch"
+            self._states = States(layers, backend=backend)
         if self._states is None:
             cap, spans = self._impl.joined()  # chained calls joined by the adapter, before converting
             self._states = assemble(cap.specs, cap.batches, backend=cap.backend)
             self._calls = [Call(*span) for span in spans]
         return self._states
+
+    @property
+    def stores(self) -> dict[str, Path]:
+        """With ``to=``: each entry's store (``<to>/<entry>.zarr``), once the block has ended."""
+        return dict(self._paths)
 
     @property
     def calls(self) -> list[Call]:
@@ -98,8 +159,21 @@ class Recording:
 
 
 def record(
-    model: Any, *, layers: str | Iterable[str] | None = None, fields: str | Sequence[str] | None = None
+    model: Any,
+    *,
+    layers: str | Iterable[str] | None = None,
+    fields: str | Sequence[str] | None = None,
+    to: str | os.PathLike[str] | None = None,
+    flush_every: int = 256,
+    chunk_steps: int = 256,
 ) -> Recording:
     """Record every call of ``model``'s recurrent layers inside a ``with`` block (see the module
-    docstring); ``layers`` and ``fields`` as for :func:`rnnlens.trace`."""
-    return Recording(model, layers, fields)
+    docstring); ``layers`` and ``fields`` as for :func:`rnnlens.trace`.
+
+    ``to``: a new directory the recording writes as it goes — every
+    ``flush_every`` calls, the calls since the last flush are converted and appended along time
+    to their stream's store, ``<to>/<entry>.zarr`` (chunked by ``chunk_steps`` steps), and
+    dropped; only the last call (of each module) is kept, to link the next. Memory stays that of
+    ``flush_every`` calls however long the stream. The stores are closed when the block ends
+    (also after an error); :attr:`Recording.states` then reads them lazily."""
+    return Recording(model, layers, fields, to, flush_every, chunk_steps)

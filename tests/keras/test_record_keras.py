@@ -110,3 +110,19 @@ def test_training_calls_are_refused_and_the_model_is_restored_after_an_error() -
     with pytest.raises(InputError, match="mask"), rnnlens.record(model):
         model([x, zeros, zeros], mask=None)  # an argument the trace of x alone would not see
     assert type(model) is cls
+
+
+def test_a_stream_written_as_it_goes_equals_the_recording_in_memory(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model, _ = _streaming()
+    x = np.random.default_rng(3).normal(size=(N, T, F)).astype("float32")
+    with rnnlens.record(model) as mem:
+        _loop(model, x, CALLS["call"])
+    with rnnlens.record(model, to=tmp_path / "rec", flush_every=2, chunk_steps=5) as rec:
+        _loop(model, x, CALLS["call"])
+    assert list(rec.stores) == ["lstm"]
+    assert [(c.name, c.entry, c.start, c.stop) for c in rec.calls] == [
+        (c.name, c.entry, c.start, c.stop) for c in mem.calls
+    ]
+    got, want = rec.states["lstm"], mem.states["lstm"]
+    np.testing.assert_allclose(np.asarray(got.h[...]), want.h, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(got.c[...]), want.c, rtol=0, atol=1e-6)

@@ -61,6 +61,10 @@ class KerasRecording:
         )
         trace.describe(model)  # a model rnnlens cannot trace fails here, before the block
         self.calls: list[Captured] = []
+        self.on_call: Any = None  # called after each recorded call (a recording written as it goes)
+        self.base = 0  # the global number of self.calls[0] (earlier calls were drained)
+        self.carried = False  # self.calls[0] was written by the last drain, kept to link the next
+        self.stream: dict[str, int] = {}  # layer -> the call its open stream began with
         self.busy = False
         self.installed: list[tuple[str, Any]] = []
 
@@ -117,9 +121,12 @@ class KerasRecording:
         self.busy = True
         try:
             self.calls.append(self.trace.capture(self.model, x, self.options))
-            return run()
+            out = run()
         finally:
             self.busy = False
+        if self.on_call is not None:
+            self.on_call()
+        return out
 
     # ------------------------------------------------------------------ joining
 
@@ -127,6 +134,21 @@ class KerasRecording:
         """The recorded calls, chained ones joined along time, and each call's span."""
         if not self.calls:
             return Captured([], [], backend="keras"), []
+        return self._convert(skip_first=False)
+
+    def drain(self) -> tuple[Captured | None, list[tuple[str, str, int, int]]]:
+        """The calls since the last drain, converted (a call continuing the last drained one
+        extends its entry), and their spans counted from this drain; then only the last call is
+        kept, to link the next."""
+        if not self.calls or (self.carried and len(self.calls) == 1):
+            return None, []
+        captured, spans = self._convert(skip_first=self.carried)
+        self.base += len(self.calls) - 1
+        self.calls = self.calls[-1:]
+        self.carried = True
+        return captured, spans
+
+    def _convert(self, *, skip_first: bool) -> tuple[Captured, list[tuple[str, str, int, int]]]:
         per_call = [c.batches[0] for c in self.calls]  # one batch per call (batch_size below)
         specs: list[LayerSpec] = []
         batch: dict[str, Any] = {}
@@ -139,14 +161,22 @@ class KerasRecording:
                 else:
                     chains.append([k])
             for chain in chains:
-                entry = s.name if chain[0] == 0 else f"{s.name}#{chain[0]}"
+                if skip_first and chain[0] == 0:  # continues the stream written last time
+                    chain = chain[1:]
+                    if not chain:
+                        continue
+                    began = self.stream[s.name]
+                else:
+                    began = self.stream[s.name] = self.base + chain[0]
+                entry = s.name if began == 0 else f"{s.name}#{began}"
                 specs.append(LayerSpec(entry, s.kind, s.layer_type, s.units, s.directions,
                                        s.fields, s.cell_units, s.notes))  # fmt: skip
                 batch[entry] = self._merged([per_call[k][s.name] for k in chain])
                 start = 0
                 for k in chain:
                     steps = int(next(iter(per_call[k][s.name][0].values())).h.shape[1])
-                    spans.append((s.name if k == 0 else f"{s.name}#{k}", entry, start, start + steps))
+                    g = self.base + k
+                    spans.append((s.name if g == 0 else f"{s.name}#{g}", entry, start, start + steps))
                     start += steps
         return Captured(specs, [batch], backend=self.calls[0].backend), spans
 

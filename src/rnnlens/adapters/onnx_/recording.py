@@ -44,6 +44,10 @@ class OnnxRecording:
         self.session = self.prep.session()
         self.outputs = [o.name for o in self.prep.model.graph.output]
         self.calls: list[dict[str, np.ndarray]] = []
+        self.on_call: Any = None  # called after each run (a recording written as it goes)
+        self._base = 0  # the global number of self.calls[0] (earlier calls were drained)
+        self._carried = False  # self.calls[0] was written by the last drain, kept to link the next
+        self._stream: dict[str, int] = {}  # layer -> the call its open stream began with
 
     def start(self) -> None:
         pass
@@ -67,20 +71,43 @@ class OnnxRecording:
             ) from e
         got = dict(zip(names + extra, results))
         self.calls.append({n: got[n] if n in got else feeds[n] for n in self.needs if n in got or n in feeds})
+        if self.on_call is not None:
+            self.on_call()
         return results[: len(names)]
+
+    def drain(self) -> tuple[Captured | None, list[tuple[str, str, int, int]]]:
+        """The calls since the last drain, converted (a call continuing the last drained one
+        extends its entry), and their spans counted from this drain; then only the last call is
+        kept, to link the next."""
+        if not self.calls or (self._carried and len(self.calls) == 1):
+            return None, []
+        captured, spans = self._convert(skip_first=self._carried)
+        self._base += len(self.calls) - 1
+        self.calls = self.calls[-1:]
+        self._carried = True
+        return captured, spans
 
     def joined(self) -> tuple[Captured, list[tuple[str, str, int, int]]]:
         """The recorded calls, chained ones joined before conversion (their inputs and outputs
         concatenated along time, the first call's initial state: one rebuild per chain, not one
         per call), and each call's ``(name, entry, start, stop)``."""
+        return self._convert(skip_first=False)
+
+    def _convert(self, *, skip_first: bool) -> tuple[Captured, list[tuple[str, str, int, int]]]:
         specs: list[LayerSpec] = []
         batch: dict[str, Any] = {}
         spans: list[tuple[str, str, int, int]] = []
         for s in self.chosen:
             node = self.nodes[s.name]
             for chain in self._chains(node):
-                first = chain[0]
-                entry = s.name if first == 0 else f"{s.name}#{first}"
+                if skip_first and chain[0] == 0:  # continues the stream written last time
+                    chain = chain[1:]
+                    if not chain:
+                        continue
+                    began = self._stream[s.name]
+                else:
+                    began = self._stream[s.name] = self._base + chain[0]
+                entry = s.name if began == 0 else f"{s.name}#{began}"
                 call = self._merged(node, chain)
 
                 tensor = _lookup(call, {}, self.prep)
@@ -93,7 +120,8 @@ class OnnxRecording:
                 start = 0
                 for k in chain:
                     steps = int(self.calls[k][node.outputs[0]].shape[0])
-                    spans.append((s.name if k == 0 else f"{s.name}#{k}", entry, start, start + steps))
+                    g = self._base + k
+                    spans.append((s.name if g == 0 else f"{s.name}#{g}", entry, start, start + steps))
                     start += steps
         return Captured(specs, [batch], backend="onnx"), spans
 

@@ -94,6 +94,8 @@ class _Recorder:
         self.active: list[tuple[_Plan, Any]] = []
         self.watched: list[tuple[torch.Tensor, int]] = []
         self.output: Any = None  # what the model returned
+        #: called after each recorded call (a recording that writes to a store as it goes)
+        self.on_call: Callable[[], None] | None = None
 
     # ---- bookkeeping
     def keep(self, obj: Any) -> Any:
@@ -172,6 +174,8 @@ class _Recorder:
                 calls.xs.append(self.keep(input))
                 calls.hxs.append(self.keep(hx))
                 calls.outs.append(self.keep(out))
+                if self.on_call is not None:
+                    self.on_call()
             return out
 
         return forward
@@ -227,6 +231,8 @@ class _Recorder:
             first = min(call.inputs)
             call.inputs[first] = self.keep(call.inputs[first])
             call.outputs[top] = self.keep(call.outputs[top])
+            if self.on_call is not None:
+                self.on_call()
             return out
 
         return forward

@@ -16,7 +16,7 @@ import torch
 
 from ...errors import UnsupportedModelError
 from ..base import Captured, TraceOptions
-from .calls import _SeqCall
+from .calls import _CellCalls, _SeqCall
 from .chains import chain_calls, merge, steps_of
 from .discover import _require_module
 from .record import _install, _Recorder, _uninstall
@@ -36,6 +36,8 @@ class TorchRecording:
         self.planned = _plans(model, options.layers, options.fields, "reconstruct", {})
         self.rec = _Recorder(self.planned.plans, clone=True)
         self._installed: list[tuple[Any, Any]] | None = None
+        self._carried: set[int] = set()  # calls already written, kept to link the next one
+        self._stream: dict[int, int] = {}  # module -> index of the call its open stream began with
 
     def start(self) -> None:
         self._installed = _install(self.rec, self.planned.plans)
@@ -44,6 +46,64 @@ class TorchRecording:
         if self._installed is not None:
             _uninstall(self._installed)
             self._installed = None
+
+    @property
+    def on_call(self) -> Any:
+        return self.rec.on_call
+
+    @on_call.setter
+    def on_call(self, hook: Any) -> None:
+        self.rec.on_call = hook
+
+    def drain(self) -> tuple[Captured | None, list[tuple[str, str, int, int]]]:
+        """The calls recorded since the last drain, converted, and their spans (steps counted
+        from this drain); then only what links the next call is kept: the last call of each
+        module (a call that continues it extends the same entry) and each cell's entry. Memory
+        stays that of ``flush_every`` calls however long the stream."""
+        merged: list[Any] = []
+        spans: list[tuple[str, str, int, int]] = []
+        last: dict[int, _SeqCall] = {}
+        for chain in chain_calls(self.rec.entries):
+            first = chain[0]
+            if not isinstance(first, _SeqCall):  # a cell: its calls are the steps of one entry
+                if first.xs:
+                    merged.append(_CellCalls(first.plan, list(first.xs), list(first.hxs), list(first.outs)))
+                    name = first.plan.name
+                    spans += [(name, name, k, k + 1) for k in range(len(first.xs))]
+                    first.xs.clear(), first.hxs.clear(), first.outs.clear()
+                continue
+            module = id(first.plan.module)
+            last[module] = chain[-1]
+            new = chain[1:] if id(first) in self._carried else chain
+            if not new:
+                continue
+            if new is chain:  # a stream begins here
+                self._stream[module] = first.index
+            index = self._stream[module]
+            for name in first.plan.layer_names.values():
+                entry = f"{name}#{index}" if index else name
+                start = 0
+                for call in new:
+                    steps = steps_of(call)
+                    own = f"{name}#{call.index}" if call.index else name
+                    spans.append((own, entry, start, start + steps))
+                    start += steps
+            piece = merge(new)  # a new call object: the kept ones keep their own index
+            piece.index = index
+            merged.append(piece)
+        cells = [e for e in self.rec.entries if not isinstance(e, _SeqCall)]
+        self.rec.entries = [*last.values(), *cells]
+        self._carried = {id(c) for c in last.values()}
+        if not merged:
+            return None, []
+        original = self.rec.entries
+        self.rec.entries = merged
+        try:
+            captured = _captured(self.rec, self.planned)
+        finally:
+            self.rec.entries = original
+        kept = {s.name for s in captured.specs}
+        return captured, [span for span in spans if span[1] in kept]
 
     def joined(self) -> tuple[Captured, list[tuple[str, str, int, int]]]:
         """Chained calls merged before conversion (inputs and outputs concatenated along time, the
