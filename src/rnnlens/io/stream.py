@@ -3,8 +3,8 @@ recorded stream — one entry of the recording — becomes a store of its own,
 ``<dir>/<entry>.zarr``, whose arrays grow along ``time`` chunk by chunk.
 
 The stores have the schema of :mod:`rnnlens.io.layout` (``open_states``, the viewer, ``export``
-and xarray read them), chunked along time (``chunk_steps`` steps, every sample) instead of
-along samples: a stream is a few sequences of many steps. Each segment the recording hands
+and xarray read them), chunked along time (``chunk_steps`` steps) as well as along samples
+(:data:`SAMPLE_CHUNK`): a stream is often a few sequences of many steps. Each segment the recording hands
 over is written at once (its arrays resized along time; a chunk that a segment only starts is
 rewritten by the next), so memory holds one segment, not the stream. The root attributes say
 ``complete`` only when the recording ended; a stream cut short by a crash opens with a warning.
@@ -36,6 +36,9 @@ from .errors import StoreExistsError, StoreMismatchError
 from .layout import LAYERS_GROUP, Layout, direction_path, encode_name, layout_attributes, root_attributes
 
 __all__ = ["StreamSink", "StreamStore"]
+
+#: samples per chunk (a recording of many sequences is chunked along samples as well)
+SAMPLE_CHUNK = 256
 
 
 class StreamStore:
@@ -92,7 +95,7 @@ class StreamStore:
             self.arrays[spec.key] = group.create_array(
                 name=spec.key,
                 shape=(n, 0, *spec.tail[1:]),
-                chunks=(n, self.chunk_steps, *spec.tail[1:]),
+                chunks=(min(n, SAMPLE_CHUNK), self.chunk_steps, *spec.tail[1:]),  # time and samples
                 dtype=spec.dtype,
                 fill_value=spec.fill,
                 dimension_names=spec.dims,
