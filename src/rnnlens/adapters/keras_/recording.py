@@ -35,6 +35,7 @@ from ...errors import InputError
 from ...kinds import KINDS
 from ...spec import LayerSpec
 from ..base import Captured, TraceOptions
+from ..calllog import CallLog
 
 __all__ = ["KerasRecording"]
 
@@ -42,7 +43,7 @@ _MISSING = object()
 RTOL, ATOL = 1e-5, 1e-6
 
 
-class KerasRecording:
+class KerasRecording(CallLog):
     """See the module docstring."""
 
     def __init__(self, model: Any, options: TraceOptions):
@@ -60,11 +61,8 @@ class KerasRecording:
             layers=options.layers, fields=fields, strategy=options.strategy, batch_size=2**62
         )
         trace.describe(model)  # a model rnnlens cannot trace fails here, before the block
+        super().__init__()
         self.calls: list[Captured] = []
-        self.on_call: Any = None  # called after each recorded call (a recording written as it goes)
-        self.base = 0  # the global number of self.calls[0] (earlier calls were drained)
-        self.carried = False  # self.calls[0] was written by the last drain, kept to link the next
-        self.stream: dict[str, int] = {}  # layer -> the call its open stream began with
         self.busy = False
         self.installed: list[tuple[str, Any]] = []
 
@@ -136,18 +134,6 @@ class KerasRecording:
             return Captured([], [], backend="keras"), []
         return self._convert(skip_first=False)
 
-    def drain(self) -> tuple[Captured | None, list[tuple[str, str, int, int]]]:
-        """The calls since the last drain, converted (a call continuing the last drained one
-        extends its entry), and their spans counted from this drain; then only the last call is
-        kept, to link the next."""
-        if not self.calls or (self.carried and len(self.calls) == 1):
-            return None, []
-        captured, spans = self._convert(skip_first=self.carried)
-        self.base += len(self.calls) - 1
-        self.calls = self.calls[-1:]
-        self.carried = True
-        return captured, spans
-
     def _convert(self, *, skip_first: bool) -> tuple[Captured, list[tuple[str, str, int, int]]]:
         per_call = [c.batches[0] for c in self.calls]  # one batch per call (batch_size below)
         specs: list[LayerSpec] = []
@@ -161,13 +147,10 @@ class KerasRecording:
                 else:
                     chains.append([k])
             for chain in chains:
-                if skip_first and chain[0] == 0:  # continues the stream written last time
-                    chain = chain[1:]
-                    if not chain:
-                        continue
-                    began = self.stream[s.name]
-                else:
-                    began = self.stream[s.name] = self.base + chain[0]
+                todo = self.stream_of(s.name, chain, skip_first=skip_first)
+                if todo is None:
+                    continue
+                chain, began = todo
                 entry = s.name if began == 0 else f"{s.name}#{began}"
                 specs.append(LayerSpec(entry, s.kind, s.layer_type, s.units, s.directions,
                                        s.fields, s.cell_units, s.notes))  # fmt: skip
@@ -175,8 +158,7 @@ class KerasRecording:
                 start = 0
                 for k in chain:
                     steps = int(next(iter(per_call[k][s.name][0].values())).h.shape[1])
-                    g = self.base + k
-                    spans.append((s.name if g == 0 else f"{s.name}#{g}", entry, start, start + steps))
+                    spans.append((self.call_name(s.name, k), entry, start, start + steps))
                     start += steps
         return Captured(specs, [batch], backend=self.calls[0].backend), spans
 

@@ -19,6 +19,7 @@ import numpy as np
 from ...errors import InputError
 from ...spec import LayerSpec
 from ..base import Captured, TraceOptions
+from ..calllog import CallLog
 from .deps import _first_line
 from .feeds import _signature
 from .graph import _C0, _H0, _SEQ_LENS, _X
@@ -29,7 +30,7 @@ from .trace import _selection, main_graph_only
 __all__ = ["OnnxRecording"]
 
 
-class OnnxRecording:
+class OnnxRecording(CallLog):
     """See the module docstring; ``start``/``stop`` only mark the block (nothing is installed)."""
 
     def __init__(self, model: Any, options: TraceOptions):
@@ -43,11 +44,8 @@ class OnnxRecording:
         )
         self.session = self.prep.session()
         self.outputs = [o.name for o in self.prep.model.graph.output]
+        super().__init__()
         self.calls: list[dict[str, np.ndarray]] = []
-        self.on_call: Any = None  # called after each run (a recording written as it goes)
-        self._base = 0  # the global number of self.calls[0] (earlier calls were drained)
-        self._carried = False  # self.calls[0] was written by the last drain, kept to link the next
-        self._stream: dict[str, int] = {}  # layer -> the call its open stream began with
 
     def start(self) -> None:
         pass
@@ -75,18 +73,6 @@ class OnnxRecording:
             self.on_call()
         return results[: len(names)]
 
-    def drain(self) -> tuple[Captured | None, list[tuple[str, str, int, int]]]:
-        """The calls since the last drain, converted (a call continuing the last drained one
-        extends its entry), and their spans counted from this drain; then only the last call is
-        kept, to link the next."""
-        if not self.calls or (self._carried and len(self.calls) == 1):
-            return None, []
-        captured, spans = self._convert(skip_first=self._carried)
-        self._base += len(self.calls) - 1
-        self.calls = self.calls[-1:]
-        self._carried = True
-        return captured, spans
-
     def joined(self) -> tuple[Captured, list[tuple[str, str, int, int]]]:
         """The recorded calls, chained ones joined before conversion (their inputs and outputs
         concatenated along time, the first call's initial state: one rebuild per chain, not one
@@ -100,13 +86,10 @@ class OnnxRecording:
         for s in self.chosen:
             node = self.nodes[s.name]
             for chain in self._chains(node):
-                if skip_first and chain[0] == 0:  # continues the stream written last time
-                    chain = chain[1:]
-                    if not chain:
-                        continue
-                    began = self._stream[s.name]
-                else:
-                    began = self._stream[s.name] = self._base + chain[0]
+                todo = self.stream_of(s.name, chain, skip_first=skip_first)
+                if todo is None:
+                    continue
+                chain, began = todo
                 entry = s.name if began == 0 else f"{s.name}#{began}"
                 call = self._merged(node, chain)
 
@@ -120,8 +103,7 @@ class OnnxRecording:
                 start = 0
                 for k in chain:
                     steps = int(self.calls[k][node.outputs[0]].shape[0])
-                    g = self._base + k
-                    spans.append((s.name if g == 0 else f"{s.name}#{g}", entry, start, start + steps))
+                    spans.append((self.call_name(s.name, k), entry, start, start + steps))
                     start += steps
         return Captured(specs, [batch], backend="onnx"), spans
 

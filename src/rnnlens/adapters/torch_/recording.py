@@ -80,14 +80,7 @@ class TorchRecording:
             if new is chain:  # a stream begins here
                 self._stream[module] = first.index
             index = self._stream[module]
-            for name in first.plan.layer_names.values():
-                entry = f"{name}#{index}" if index else name
-                start = 0
-                for call in new:
-                    steps = steps_of(call)
-                    own = f"{name}#{call.index}" if call.index else name
-                    spans.append((own, entry, start, start + steps))
-                    start += steps
+            spans += _spans(first, new, index)
             piece = merge(new)  # a new call object: the kept ones keep their own index
             piece.index = index
             merged.append(piece)
@@ -96,14 +89,7 @@ class TorchRecording:
         self._carried = {id(c) for c in last.values()}
         if not merged:
             return None, []
-        original = self.rec.entries
-        self.rec.entries = merged
-        try:
-            captured = _captured(self.rec, self.planned)
-        finally:
-            self.rec.entries = original
-        kept = {s.name for s in captured.specs}
-        return captured, [span for span in spans if span[1] in kept]
+        return self._convert(merged, spans)
 
     def joined(self) -> tuple[Captured, list[tuple[str, str, int, int]]]:
         """Chained calls merged before conversion (inputs and outputs concatenated along time, the
@@ -120,15 +106,13 @@ class TorchRecording:
                 spans += [(name, name, k, k + 1) for k in range(len(getattr(first, "xs", ())))]
                 continue
             merged.append(merge(chain) if len(chain) > 1 else first)
-            for name in first.plan.layer_names.values():
-                entry = f"{name}#{first.index}" if first.index else name
-                start = 0
-                for call in chain:
-                    steps = steps_of(call)
-                    spans.append(
-                        (f"{name}#{call.index}" if call.index else name, entry, start, start + steps)
-                    )
-                    start += steps
+            spans += _spans(first, chain, first.index)
+        return self._convert(merged, spans)
+
+    def _convert(
+        self, merged: list[Any], spans: list[tuple[str, str, int, int]]
+    ) -> tuple[Captured, list[tuple[str, str, int, int]]]:
+        """``merged`` (calls standing for chains) converted, and the spans of the entries kept."""
         original = self.rec.entries
         self.rec.entries = merged
         try:
@@ -137,3 +121,17 @@ class TorchRecording:
             self.rec.entries = original
         kept = {s.name for s in captured.specs}
         return captured, [span for span in spans if span[1] in kept]
+
+
+def _spans(first: _SeqCall, calls: list[_SeqCall], index: int) -> list[tuple[str, str, int, int]]:
+    """Each call's ``(name, entry, start, stop)`` in the entry ``calls`` form, which is named
+    after the call numbered ``index``; every layer of the module is one entry."""
+    out = []
+    for name in first.plan.layer_names.values():
+        entry = f"{name}#{index}" if index else name
+        start = 0
+        for call in calls:
+            steps = steps_of(call)
+            out.append((f"{name}#{call.index}" if call.index else name, entry, start, start + steps))
+            start += steps
+    return out
