@@ -79,18 +79,9 @@ def test_a_new_stream_gets_its_own_store_and_a_cell_loop_streams_too(tmp_path: P
         np.asarray(rec.states["gru#9"].h[...]), rnnlens.trace(gru, x[:, :4])["gru"].h, rtol=0, atol=1e-5
     )
 
-    class Loop(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.cell = nn.LSTMCell(3, 4)
+    from rnnlens.testing.torch_models import CellLoop
 
-        def forward(self, x: Any) -> Any:
-            h = c = torch.zeros(x.shape[0], 4)
-            for t in range(x.shape[1]):
-                h, c = self.cell(x[:, t], (h, c))
-            return h
-
-    model = Loop().eval()
+    model = CellLoop(3, 4).eval()
     with torch.no_grad(), rnnlens.record(model, to=tmp_path / "cells", flush_every=3) as rec2:
         model(x)
     want = rnnlens.trace(model, x)["cell"]
