@@ -86,17 +86,17 @@ def _points(
     states: Any, layer: str, field: str, direction: str | None, chunk: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(values of the valid steps (points, unit), their (sample, time) flat index) per sample chunk."""
+    from ._pearson import values
+
     ls = states[layer]
     src = getattr(ls if direction is None else getattr(ls, direction), field)
     mask = ls.mask
     n, t = src.shape[:2]
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        v = np.asarray(src[start:stop], dtype=np.float64)
-        v = v.reshape(v.shape[0], t, -1)
         m = np.ones((stop - start, t), bool) if mask is None else np.asarray(mask[start:stop], bool)
         idx = (np.arange(start, stop)[:, None] * t + np.arange(t)[None, :])[m]
-        yield v[m], idx
+        yield values(src, None, start, stop)[m.reshape(-1)], idx  # the chunk's mask read once
 
 
 def _feature(feature: Any, n: int, t: int) -> np.ndarray:

@@ -388,7 +388,6 @@ def _correlation(view: StoreView, p: Params) -> dict[str, Any]:
     p.done()
     if view.feature is None:
         raise BadRequest("no feature loaded: start the viewer with --feature FILE.npy", 404)
-    view._array(layer, field, direction)  # unknown names: 400 before any read
     return view.feature.correlation(view, layer, field, direction)
 
 
