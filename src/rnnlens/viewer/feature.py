@@ -34,18 +34,16 @@ class Feature:
     """A feature per (sample, time), or per sample (repeated over time), of the viewed store."""
 
     def __init__(self, values: Any, view: StoreView, *, name: str = "feature"):
+        from ..probes import _feature  # the one rule for a feature's shape, as rank_units takes it
+
         f = np.asarray(values)
-        n, t = view.n_samples, view.max_time
-        if f.shape == (n,):
-            f = np.repeat(f[:, None], t, axis=1)
-        if f.shape != (n, t):
-            raise InputError(
-                f"--feature must hold one value per (sample, time) {(n, t)} or per sample ({n},) of "
-                f"the store; {name!r} has shape {f.shape}."
-            )
         if not np.issubdtype(f.dtype, np.number) and f.dtype != bool:
             raise InputError(f"--feature must be numeric; {name!r} has dtype {f.dtype}.")
-        self.y = f.astype(np.float64)[view.mask]  # the valid points, sample-major
+        try:
+            flat = _feature(f, view.n_samples, view.max_time)
+        except InputError as e:
+            raise InputError(f"--feature {name!r} of the store: {e}") from None
+        self.y = flat[view.mask.reshape(-1)]  # the valid points, sample-major
         if not np.all(np.isfinite(self.y)):
             raise InputError(f"--feature {name!r} has NaN or infinite values at valid steps.")
         self.name = name
