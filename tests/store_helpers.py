@@ -3,7 +3,7 @@ stores array by array (with zarr only)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,9 +20,17 @@ def bilstm_gru_model(name: str):  # type: ignore[no-untyped-def]
     return keras.Model(inp, g, name=name)
 
 
-def stored_arrays(path: Path) -> dict[str, np.ndarray]:
-    """Every array of a store, by path (read with zarr only)."""
+def _group(path: Any):  # type: ignore[no-untyped-def]
+    """The root group of a store: a path, or a Location (a store at a URL)."""
     import zarr
+
+    from rnnlens.io.location import Location
+
+    return zarr.open_group(Location.of(path).zarr_store(read_only=True), mode="r")
+
+
+def stored_arrays(path: Any) -> dict[str, np.ndarray]:
+    """Every array of a store, by path (read with zarr only)."""
 
     out: dict[str, np.ndarray] = {}
 
@@ -32,11 +40,11 @@ def stored_arrays(path: Path) -> dict[str, np.ndarray]:
         for key, sub in group.groups():
             walk(sub, f"{prefix}{key}/")
 
-    walk(zarr.open_group(str(path), mode="r"), "")
+    walk(_group(path), "")
     return out
 
 
-def assert_same_store(a: Path, b: Path, *, complete: bool = False) -> None:
+def assert_same_store(a: Any, b: Any, *, complete: bool = False) -> None:
     """Every array equal bit for bit (NaN payloads included), same keys, shapes and dtypes;
     with ``complete``, both stores also hold states and are marked complete."""
     left, right = stored_arrays(a), stored_arrays(b)
@@ -46,8 +54,7 @@ def assert_same_store(a: Path, b: Path, *, complete: bool = False) -> None:
         assert left[key].shape == right[key].shape, key
         assert left[key].tobytes() == right[key].tobytes(), key
     if complete:
-        import zarr
 
         assert len(left) > 2  # mask, lengths and states
         for p in (a, b):
-            assert zarr.open_group(str(p), mode="r").attrs["complete"] is True
+            assert _group(p).attrs["complete"] is True

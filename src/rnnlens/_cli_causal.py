@@ -83,9 +83,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     import rnnlens
 
+    from ._cli_support import storage_options
     from .errors import InputError
 
-    states = rnnlens.open_states(args.store)
+    states = rnnlens.open_states(args.store, storage_options=storage_options(args))
 
     def load(path: str, what: str) -> Any:
         try:

@@ -9,7 +9,38 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["module_instance", "open_model", "quiet_native_stderr", "split", "units"]
+__all__ = [
+    "STORAGE_HELP",
+    "module_instance",
+    "open_model",
+    "quiet_native_stderr",
+    "split",
+    "storage_options",
+    "units",
+]
+
+STORAGE_HELP = (
+    "JSON options of a store URL's filesystem (s3fs: key, secret, client_kwargs.endpoint_url, ...); "
+    "default: its environment (AWS_* variables, ~/.aws)"
+)
+
+
+def storage_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``--storage-options JSON``: a JSON object, or None when not given."""
+    import json
+
+    from .errors import InputError
+
+    text = getattr(args, "storage_options", None)
+    if not text:
+        return None
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"--storage-options is not valid JSON: {e}.") from None
+    if not isinstance(options, dict):
+        raise InputError("--storage-options must be a JSON object (the filesystem's keyword arguments).")
+    return options
 
 
 def module_instance(spec: str, kwargs_json: str | None) -> Any:

@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,9 +92,10 @@ def stream(
 
 
 def _task(
-    path: str, layer: str, field: str, direction: str | None, start: int, stop: int, y: Any, perms: Any
+    path: Any, layer: str, field: str, direction: str | None, start: int, stop: int, y: Any, perms: Any
 ) -> Any:
-    """On a worker: one chunk's sums, read from the store at ``path``."""
+    """On a worker: one chunk's sums, read from the store at ``path`` (a Location: its URL and
+    storage options travel with it)."""
     from .io.zarr import open_states
 
     states = open_states(path, verify=False)  # the client verified the store once
@@ -117,8 +117,8 @@ def on_dask(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The same sums as :func:`stream`, one Dask task per chunk of a stored layer; ``valid`` is the
     (sample, time) mask the client already read (it sizes each chunk's slice of the feature)."""
-    path = getattr(states, "path", None)
-    if path is None:
+    location = getattr(states, "location", None)
+    if location is None:
         raise OptionError(
             "rank_units(client=...) spreads the reads of a *stored* layer over the workers "
             "(rnnlens.open_states(path)); in-memory states are ranked in this process: drop client=."
@@ -129,7 +129,7 @@ def on_dask(
     for start, stop in _bounds(valid.shape[0], chunk):
         k = int(counts[start:stop].sum())
         p = None if perms is None else perms[offset : offset + k]
-        where = (str(Path(path).resolve()), layer, field, direction, start, stop)  # workers' cwd differs
+        where = (location.resolved(), layer, field, direction, start, stop)  # workers' cwd differs
         futures.append(client.submit(_task, *where, y_valid[offset : offset + k], p, pure=False))
         offset += k
     acc = PearsonSums(y_valid, perms)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import _cli_causal
+from ._cli_support import STORAGE_HELP, storage_options
 from ._cli_support import open_model as _open
 from ._cli_support import split as _split
 from ._cli_support import units as _units
@@ -81,13 +82,14 @@ def _extract(args: argparse.Namespace, extract_to: Any, data: Any, client: Any) 
         progress=True,
         unsafe=args.unsafe,
         client=client,
+        storage_options=storage_options(args),
     )
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .io.export import export
 
-    path = export(args.store, args.out, to=args.to)
+    path = export(args.store, args.out, to=args.to, storage_options=storage_options(args))
     print(f"wrote {path}", file=sys.stderr)
     return 0
 
@@ -95,7 +97,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .io.zarr import verify_store
 
-    checked = verify_store(args.store)
+    checked = verify_store(args.store, storage_options=storage_options(args))
     total = sum(checked.values())
     print(f"{args.store}: ok, {total} chunks in {len(checked)} arrays checked", file=sys.stderr)
     return 0
@@ -105,7 +107,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from .io.zarr import open_states
     from .viz.render import read_tokens, render, save
 
-    states = open_states(args.store)
+    states = open_states(args.store, storage_options=storage_options(args))
     kind = "gates" if args.field == "gates" else args.kind
     field = "h" if args.field == "gates" else args.field
     tokens = None
@@ -132,8 +134,10 @@ def _cmd_view(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be 0 (any free port) or 1..65535; received {args.port}.")
 
+    from .io.zarr import open_states
+
     serve(
-        args.store,
+        open_states(args.store, storage_options=storage_options(args)),
         host=args.host,
         port=args.port,
         tokens=args.tokens,
@@ -142,6 +146,9 @@ def _cmd_view(args: argparse.Namespace) -> int:
         feature=args.feature,
     )
     return 0
+
+
+STORE_HELP = "store written by 'rnnlens extract': a directory or a URL (s3://bucket/run.zarr, ...)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,7 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="input: a .npy array (memory-mapped), several .npy files read as one (same shape "
         "after the sample axis), or an .npz with an array 'x' and optional 'mask' / 'lengths'",
     )
-    p.add_argument("-o", "--out", required=True, help="output store directory (e.g. run.zarr)")
+    p.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        help="output store: a directory (run.zarr) or a URL (s3://bucket/run.zarr)",
+    )
+    p.add_argument("--storage-options", metavar="JSON", help=STORAGE_HELP)
     p.add_argument("--layers", help="comma-separated layer names (default: every recurrent layer)")
     p.add_argument(
         "--fields", default="h", help="comma-separated subset of h,c,gates,state,state_norm (default: h)"
@@ -245,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
         "permutation p-values, read chunk by chunk) and train a probe (held-out score, control task, "
         "selectivity).",
     )
-    p.add_argument("store", help="store directory written by 'rnnlens extract'")
+    p.add_argument("store", help=STORE_HELP)
+    p.add_argument("--storage-options", metavar="JSON", help=STORAGE_HELP)
     p.add_argument("--labels", required=True, help=".npy of labels per (sample, time) or per sample")
     p.add_argument("--layer", required=True, help="layer name")
     p.add_argument("--field", default="h", choices=("h", "c"), help="h (default) or c")
@@ -268,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(total_valid_steps, units) dataset per layer/direction/field, plus sample_index and "
         "time_index.",
     )
-    p.add_argument("store", help="store directory written by 'rnnlens extract'")
+    p.add_argument("store", help=STORE_HELP)
+    p.add_argument("--storage-options", metavar="JSON", help=STORAGE_HELP)
     p.add_argument("--to", choices=("npz", "hdf5"), help="format (default: from the -o suffix)")
     p.add_argument("-o", "--out", required=True, help="output file (.npz, .h5, .hdf5)")
     p.set_defaults(func=_cmd_export)
@@ -277,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         help="check every chunk of a store (present, checksum) and exit 0 only if all are intact",
     )
-    p.add_argument("store", help="store directory written by 'rnnlens extract'")
+    p.add_argument("store", help=STORE_HELP)
+    p.add_argument("--storage-options", metavar="JSON", help=STORAGE_HELP)
     p.set_defaults(func=_cmd_verify)
 
     tokens_help = (
@@ -289,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="draw one sample of a stored layer: heatmap, unit traces, PCA trajectory or gates",
         description="Draw one sample of one layer of a store (reads only that sample) to an image file.",
     )
-    p.add_argument("store", help="store directory written by 'rnnlens extract'")
+    p.add_argument("store", help=STORE_HELP)
+    p.add_argument("--storage-options", metavar="JSON", help=STORAGE_HELP)
     p.add_argument("--layer", required=True, help="layer name")
     p.add_argument("--sample", type=int, default=0, help="sequence number (default 0)")
     p.add_argument("-o", "--out", required=True, help="image file (.png, .svg, .pdf)")
@@ -309,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a local web viewer of STORE (read lazily). Prints its URL on a line of its "
         "own and opens a browser; Ctrl-C stops it. Binds 127.0.0.1 on a free port by default.",
     )
-    p.add_argument("store", help="store directory written by 'rnnlens extract'")
+    p.add_argument("store", help=STORE_HELP)
+    p.add_argument("--storage-options", metavar="JSON", help=STORAGE_HELP)
     p.add_argument("--tokens", help=tokens_help)
     p.add_argument("--chars", action="store_true", help="tokens file: one token per character")
     p.add_argument(

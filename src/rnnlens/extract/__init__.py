@@ -73,11 +73,13 @@ def extract_to(
     max_time: int | None = None,
     unsafe: bool = False,
     client: Any = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> Run | DistributedRun:
     """Trace ``model`` on ``data`` batch by batch and store the states at ``path`` (Zarr v3).
 
     Args:
-        path: the store directory to create (or resume).
+        path: the store directory to create (or resume), or an fsspec URL
+            (``s3://bucket/run.zarr``, ``gs://…``, ``memory://…``).
         model: a model :func:`rnnlens.trace` accepts, or a model file path (opened with
             :func:`rnnlens.load_model`, safe mode unless ``unsafe=True``).
         data: NumPy array(s) (a dict of arrays for several inputs), a ``.npy`` path
@@ -100,6 +102,8 @@ def extract_to(
         client: a ``dask.distributed.Client``: trace the chunks on its workers, each writing
             its own chunks into the store (see :mod:`rnnlens.distributed`; ``data`` must be
             sliceable: arrays, ``.npy``/``.npz`` path(s), a Zarr array). Same store, bit for bit.
+        storage_options: options of the URL's filesystem (``s3fs``: ``key``, ``secret``,
+            ``client_kwargs={"endpoint_url": ...}``, …); its environment variables work too.
 
     Returns:
         The :class:`Run`: closed when ``data`` was given, open otherwise (with ``client``: a
@@ -135,6 +139,7 @@ def extract_to(
             progress=progress,
             max_time=max_time,
             unsafe=unsafe,
+            storage_options=storage_options,
         )
     if data is None and (mask is not None or lengths is not None):
         raise InputError(
@@ -163,6 +168,7 @@ def extract_to(
         progress=progress,
         max_time=max_time,
         unsafe=unsafe,
+        storage_options=storage_options,
     )
     if data is None:
         return run

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,7 +62,7 @@ def piece_arrays(
     layout: Layout | None,
     max_time: int | None,
     offset: int,
-    path: Path,
+    path: Any,
 ) -> tuple[Layout, dict[str, np.ndarray]]:
     """The stored arrays of one traced piece (``mask``, ``lengths``, each layer's fields, not
     yet padded in time), and the layout: ``layout`` when given (checked to match), else the

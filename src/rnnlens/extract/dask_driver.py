@@ -22,6 +22,7 @@ from ..errors import InputError
 from ..io.data import Batch, chain, open_whole
 from ..io.errors import MissingDependencyError, SchedulerError, StoreMismatchError
 from ..io.layout import Layout, done_chunks, record_chunk, write_manifest
+from ..io.location import Location
 from ..io.progress import ProgressBar
 from .dask_tasks import (
     _chunk_task,
@@ -57,6 +58,7 @@ def extract_distributed(
     progress: Any = None,
     max_time: int | None = None,
     unsafe: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> DistributedRun:
     """:func:`rnnlens.extract_to` on the workers of a Dask ``client`` (see the module docs).
 
@@ -99,7 +101,7 @@ def extract_distributed(
     sink = _progress(progress)
     whole = open_whole(data, mask=mask, lengths=lengths, why="a distributed extraction (client=) needs")
     driver = _Driver(
-        Path(path),
+        Location.of(path, storage_options),
         whole,
         client=client,
         layers=layers if layers is None or isinstance(layers, str) else list(layers),
@@ -126,7 +128,7 @@ class DistributedRun:
 
     def __init__(
         self,
-        path: Path,
+        path: Location,
         *,
         n_samples: int,
         resumed_samples: int,
@@ -134,7 +136,8 @@ class DistributedRun:
         chunks_traced: int,
         run_id: str,
     ):
-        self.path = path
+        self.location = path
+        self.path: Path | str = path.path if path.local else path.url
         self.n_samples = n_samples
         self.completed_samples = resumed_samples
         self.worker_stats = worker_stats
@@ -145,7 +148,7 @@ class DistributedRun:
         """The stored states (:func:`rnnlens.open_states` of this run's path)."""
         from ..io.zarr import open_states
 
-        return open_states(self.path)
+        return open_states(self.location)
 
     def append(self, batch: Any, *, mask: Any = None, lengths: Any = None) -> None:
         raise InputError("A distributed run takes all its data at once (extract_to(..., data, client=)).")
@@ -167,7 +170,7 @@ class DistributedRun:
 class _Driver:
     def __init__(
         self,
-        path: Path,
+        path: Location,
         whole: Batch,
         *,
         client: Any,
@@ -263,7 +266,7 @@ class _Driver:
             self.layers,
             self.fields,
             self.max_time,
-            str(self.path),
+            self.path,
             key=f"rnnlens-probe-{index}-{self.token}",
             pure=False,
         )
@@ -335,7 +338,7 @@ class _Driver:
                 p,
                 layout_json,
                 sha,
-                str(self.path),
+                self.path,
                 self.batch_size,
                 self.total,
                 self.layers,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,7 @@ from .. import adapters
 from ..io.data import Batch, Digest, _map
 from ..io.errors import StoreMismatchError
 from ..io.layout import Layout
+from ..io.location import Location
 from .chunks import piece_arrays, trace_piece, whole_chunk
 from .target import _model_name
 
@@ -150,7 +150,7 @@ def _probe_task(
     layers: Any,
     fields: Any,
     max_time: int | None,
-    path: str,
+    path: Any,
 ) -> dict[str, Any]:
     state = _state(token)
     model = state.get_model(spec, payload)
@@ -167,7 +167,13 @@ def _probe_task(
             state.traces += 1
         states, user_mask = traced
         layout, _ = piece_arrays(
-            states, user_mask, piece.size, layout=None, max_time=max_time, offset=piece.start, path=Path(path)
+            states,
+            user_mask,
+            piece.size,
+            layout=None,
+            max_time=max_time,
+            offset=piece.start,
+            path=Location.of(path),
         )
         state.first[piece.index] = traced
         info["layout"] = layout.to_json()
@@ -181,7 +187,7 @@ def _chunk_task(
     piece: _Piece,
     layout_json: dict[str, Any],
     sha256: str,
-    path: str,
+    path: Any,
     batch_size: int,
     total: int,
     layers: Any,
@@ -206,14 +212,20 @@ def _chunk_task(
     layout = Layout.from_json(layout_json)
     states, user_mask = traced
     _, arrays = piece_arrays(
-        states, user_mask, piece.size, layout=layout, max_time=max_time, offset=piece.start, path=Path(path)
+        states,
+        user_mask,
+        piece.size,
+        layout=layout,
+        max_time=max_time,
+        offset=piece.start,
+        path=Location.of(path),
     )
     chunk = whole_chunk(arrays, layout, piece.size)
     with state.lock:
         if state.writer is None:
             from ..io.zarr import StoreWriter
 
-            writer = StoreWriter(Path(path), layout, batch_size=batch_size, n_samples=total)
+            writer = StoreWriter(Location.of(path), layout, batch_size=batch_size, n_samples=total)
             writer.open()
             state.writer = writer
     state.writer.write(piece.index, piece.size, chunk)

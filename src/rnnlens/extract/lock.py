@@ -11,6 +11,13 @@ know that run is gone).
 The lock sits beside the store, not inside it, so that ``overwrite=True`` (which removes the
 store) cannot remove another run's lock with it.
 
+On an object store (a store at an fsspec URL) the lock is the object ``run.zarr.lock``,
+created with an exclusive create (S3: ``If-None-Match: *``), so exactly one of two runs gets
+it. A dead owner's lock is taken over by one process only: it first creates, exclusively, a
+marker named after that owner (``run.zarr.lock.<pid>-<start>.takeover``), then checks the lock
+still holds that owner before replacing it; the marker is removed when the new owner
+releases the lock.
+
 Example:
     >>> import tempfile, os
     >>> from rnnlens.extract.lock import StoreLock
@@ -33,12 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError, StoreLockedError
+from ..io.location import Location
 
 __all__ = ["StoreLock", "lock_path"]
 
 
-def lock_path(store: str | os.PathLike[str]) -> Path:
-    p = Path(store)
+def lock_path(store: Any) -> Path:
+    p = Location.of(store).path
     return p.with_name(p.name + ".lock")
 
 
@@ -63,9 +71,11 @@ def _pid_namespace() -> str | None:
 class StoreLock:
     """The lock of one store; a context manager. :meth:`acquire` raises if it is held."""
 
-    def __init__(self, store: str | os.PathLike[str]) -> None:
-        self.store = Path(store)
-        self.path = lock_path(store)
+    def __init__(self, store: Any) -> None:
+        self.location = Location.of(store)
+        self.store: Any = self.location.path if self.location.local else self.location
+        self.path: Any = lock_path(store) if self.location.local else self.location.sibling(".lock")
+        self._marker: Location | None = None
         self.held = False
         self._owner = {
             "pid": os.getpid(),
@@ -75,6 +85,8 @@ class StoreLock:
         }
 
     def acquire(self) -> StoreLock:
+        if not self.location.local:
+            return self._acquire_remote()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
@@ -141,9 +153,51 @@ class StoreLock:
         self.held = False
         owner = self._read()
         mine = owner is not None and all(owner.get(k) == self._owner[k] for k in ("pid", "host"))
-        if mine:
+        if mine and self.location.local:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
+        elif mine:
+            with contextlib.suppress(Exception):  # an unreachable store keeps a lock judged stale later
+                self.path.delete()
+        if self._marker is not None:
+            with contextlib.suppress(Exception):
+                self._marker.delete()
+            self._marker = None
+
+    # ------------------------------------------------------------------ object stores
+
+    def _acquire_remote(self) -> StoreLock:
+        record = json.dumps(self._owner).encode()
+        for _ in range(5):
+            if self.path.create_exclusive(record):
+                self.held = True
+                return self
+            owner = self._read()
+            if owner is None and not self.path.exists():
+                continue  # released meanwhile
+            if owner is None:
+                raise StoreLockedError(
+                    f"{self.store} has a lock {self.path} that cannot be read. If no extraction is "
+                    "writing this store, delete it."
+                )
+            if not self._stale(owner):
+                raise StoreLockedError(self._message(owner))
+            # one process wins the marker of this dead owner, and only it replaces the lock
+            marker = self.path.sibling(f".{owner.get('pid')}-{owner.get('started')}.takeover")
+            if not marker.create_exclusive(record):
+                raise StoreLockedError(
+                    f"{self.store}: another process is taking over the lock of a run that ended "
+                    f"(pid {owner.get('pid')}); try again. If none is, delete {marker}."
+                )
+            if self._read() != owner:  # changed meanwhile: not the lock judged dead
+                marker.delete()
+                continue
+            self.path.delete()
+            if self.path.create_exclusive(record):
+                self.held, self._marker = True, marker
+                return self
+            marker.delete()
+        raise StoreLockedError(f"{self.store}: could not take its lock {self.path}; try again.")
 
     def __enter__(self) -> StoreLock:
         return self.acquire()
@@ -155,7 +209,11 @@ class StoreLock:
 
     def _read(self) -> dict[str, Any] | None:
         try:
-            owner = json.loads(self.path.read_text())
+            if self.location.local:
+                owner = json.loads(self.path.read_text())
+            else:
+                raw = self.path.read_bytes()
+                owner = None if raw is None else json.loads(raw)
         except (OSError, ValueError):
             return None  # half-written by a process that died at once, or removed meanwhile
         return owner if isinstance(owner, dict) else None

@@ -22,6 +22,7 @@ from ..io.layout import (
     record_chunk,
     write_manifest,
 )
+from ..io.location import Location
 from ..io.progress import ProgressBar
 from ..options import check_fields, check_layers
 from .chunks import ChunkAssembler, piece_arrays, trace_piece
@@ -64,6 +65,7 @@ class Run:
         progress: ProgressArg = None,
         max_time: int | None = None,
         unsafe: bool = False,
+        storage_options: dict[str, Any] | None = None,
     ):
         check_layers(layers)  # the same option errors as trace()
         check_fields(fields)
@@ -77,7 +79,8 @@ class Run:
         from ..io.zarr import _zarr
 
         _zarr()  # fail early, before any work, when zarr is missing
-        self.path = Path(path)
+        self.location = Location.of(path, storage_options)
+        self.path: Path | str = self.location.path if self.location.local else self.location.url
         self.batch_size = int(batch_size)
         self.max_time = None if max_time is None else int(max_time)
         self._layers = layers if layers is None or isinstance(layers, str) else list(layers)
@@ -90,7 +93,7 @@ class Run:
             model = load_model(model, unsafe=unsafe)
         self.model = model
         self._target = StoreTarget(
-            self.path,
+            self.location,
             model_sha256=adapters.model_digest(model),
             model_name=_model_name(model),
             model_file=model_file,
@@ -107,7 +110,7 @@ class Run:
         self._redo: set[int] = set()  # done chunks whose files are missing: rewritten on resume
         self._held: list[Any] = []  # rewritten chunks, written once the input is verified
         self._total: int | None = None
-        self._lock = StoreLock(self.path).acquire()  # one writer per store, for the whole run
+        self._lock = StoreLock(self.location).acquire()  # one writer per store, for the whole run
         # a Run dropped without close() (its loop raised elsewhere) still frees the store
         weakref.finalize(self, self._lock.release)
         try:
@@ -194,7 +197,7 @@ class Run:
         """The stored states (:func:`rnnlens.open_states` of this run's path)."""
         from ..io.zarr import open_states
 
-        return open_states(self.path)
+        return open_states(self.location)
 
     @property
     def n_samples(self) -> int:
@@ -328,7 +331,7 @@ class Run:
             try:
                 self._writer.write(index, n, chunk)
                 record_chunk(self._manifest, index, n, digest)
-                write_manifest(self.path, self._manifest)
+                write_manifest(self.location, self._manifest)
             except BaseException as e:
                 self._error = e
 

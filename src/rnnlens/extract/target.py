@@ -3,13 +3,12 @@ checks that decide whether an existing store is resumed, replaced or refused."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 from ..io.errors import StoreExistsError, StoreMismatchError
 from ..io.layout import (
+    MANIFEST_FILE,
     SCHEMA_VERSION,
     Layout,
     any_chunk_done,
@@ -18,6 +17,7 @@ from ..io.layout import (
     root_attributes,
     write_manifest,
 )
+from ..io.location import Location
 from ..spec import ALL_FIELDS
 
 
@@ -31,7 +31,7 @@ class StoreTarget:
 
     def __init__(
         self,
-        path: Path,
+        path: Any,
         *,
         model_sha256: str,
         model_name: str,
@@ -41,7 +41,7 @@ class StoreTarget:
         batch_size: int,
         max_time: int | None,
     ):
-        self.path = path
+        self.path = Location.of(path)
         self.batch_size = batch_size
         self.config: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
@@ -67,21 +67,21 @@ class StoreTarget:
         root = self.path
         manifest = None
         if root.exists():
-            if not root.is_dir():
+            if root.is_file():
                 raise StoreExistsError(f"{root} exists and is a file, not a store; choose another path.")
-            has_entries = any(root.iterdir())
+            has_entries = root.has_entries()
             manifest = read_manifest(root) if not overwrite else None
             if manifest is not None and not any_chunk_done(manifest) and not manifest.get("complete"):
                 # an earlier run stopped before storing anything: nothing to mix with, start afresh
-                shutil.rmtree(root)
+                root.remove()
                 has_entries, manifest = False, None
             if has_entries and overwrite:
-                if not ((root / "zarr.json").exists() or (root / "manifest" / "zarr.json").exists()):
+                if not (root.exists("zarr.json") or root.exists(MANIFEST_FILE)):
                     raise StoreExistsError(
                         f"{root} exists and is not a Zarr store; refusing to delete it even with "
                         "overwrite=True. Choose another output path."
                     )
-                shutil.rmtree(root)
+                root.remove()
             elif has_entries and manifest is None:
                 raise StoreExistsError(
                     f"{root} exists and is not a resumable rnnlens store. Pass overwrite=True (CLI: "
@@ -104,7 +104,7 @@ class StoreTarget:
                     "to another path."
                 )
         else:
-            root.mkdir(parents=True, exist_ok=True)
+            root.mkdir()
             manifest = {
                 "config": self.config,
                 "layout": None,
@@ -120,7 +120,7 @@ class StoreTarget:
     def _write_root_attrs(self, manifest: dict[str, Any]) -> None:
         from ..io.zarr import _zarr
 
-        group = _zarr().open_group(str(self.path), mode="a", zarr_format=3)
+        group = _zarr().open_group(self.path.zarr_store(read_only=False), mode="a", zarr_format=3)
         attrs = dict(self.root_attrs)
         if manifest.get("complete"):
             attrs.update(complete=True, n_samples=manifest["samples_done"])

@@ -9,7 +9,7 @@ from .errors import MissingDependencyError
 
 __all__ = ["require"]
 
-_EXTRAS = {"zarr": "zarr", "xarray": "zarr", "h5py": None}
+_EXTRAS = {"zarr": "zarr", "xarray": "zarr", "h5py": None, "fsspec": "cloud"}
 
 
 def require(module: str, *, purpose: str) -> Any:

@@ -40,6 +40,7 @@ import numpy as np
 
 from ._deps import require
 from .errors import StoreError
+from .location import Location
 from .stored import StoredGates, StoredStates
 from .zarr import open_states
 
@@ -49,8 +50,15 @@ Format = Literal["npz", "hdf5"]
 _SUFFIXES: dict[str, Format] = {".npz": "npz", ".h5": "hdf5", ".hdf5": "hdf5"}
 
 
-def export(store: str | os.PathLike[str], out: str | os.PathLike[str], *, to: Format | None = None) -> Path:
-    """Write the store at ``store`` to ``out`` as ``"npz"`` or ``"hdf5"`` (default: by suffix).
+def export(
+    store: str | os.PathLike[str] | Location,
+    out: str | os.PathLike[str],
+    *,
+    to: Format | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> Path:
+    """Write the store at ``store`` (a path or URL) to the local file ``out`` as ``"npz"`` or
+    ``"hdf5"`` (default: by suffix).
 
     Example:
         >>> from rnnlens.io import export
@@ -66,7 +74,7 @@ def export(store: str | os.PathLike[str], out: str | os.PathLike[str], *, to: Fo
             f"Cannot tell the export format from {out_path.name!r}; expected to='npz' or 'hdf5' "
             f"(or a file ending in {', '.join(_SUFFIXES)})."
         )
-    states = open_states(store)
+    states = open_states(store, storage_options=storage_options)
     tmp = out_path.with_name(f".{out_path.name}.partial")
     try:
         if fmt == "npz":

@@ -1,6 +1,7 @@
 """The on-disk schema of a state store, in one place.
 
-A store is a Zarr v3 hierarchy (a directory)::
+A store is a Zarr v3 hierarchy (a directory, or a prefix of an object store: see
+:mod:`rnnlens.io.location`)::
 
     run.zarr/
       zarr.json                      root group; attributes describe the run (below)
@@ -39,8 +40,8 @@ architecture, :mod:`rnnlens.digest`),
 ``time_order`` ("input"), ``batch_size`` (samples per chunk), ``max_time``, ``dtype``,
 ``n_samples`` and ``complete`` (set when the run was closed).
 
-The manifest (``manifest/zarr.json``, rewritten atomically: temp file + ``os.replace``,
-after each chunk's arrays are fully written) holds the run's configuration, the layout
+The manifest (``manifest/zarr.json``, rewritten atomically: temp file + ``os.replace``, or
+one PUT on an object store, after each chunk's arrays are fully written) holds the run's configuration, the layout
 chosen from the first batch, ``chunks_done`` (the first ``chunks_done`` chunks are complete),
 ``samples_done`` (the samples in them) and ``input_sha256``, a hash chained over the input of
 each of those chunks, so that resuming with different data is refused. A distributed run
@@ -55,11 +56,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -67,6 +65,7 @@ import numpy as np
 
 from ..kinds import KINDS
 from ..spec import GATE_NAMES, LayerSpec
+from .location import Location
 
 __all__ = [
     "DIMS",
@@ -363,16 +362,16 @@ def _feature_arrays(layer: LayerLayout, field: str, base: str, max_time: int) ->
     ]
 
 
-def read_manifest(root: Path) -> dict[str, Any] | None:
-    """The manifest of the store at ``root``; None when there is none (not an rnnlens store,
-    or a run killed before it wrote anything)."""
-    path = root / MANIFEST_FILE
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+def read_manifest(root: Any) -> dict[str, Any] | None:
+    """The manifest of the store at ``root`` (a path, URL or :class:`~rnnlens.io.location.Location`);
+    None when there is none (not an rnnlens store, or a run killed before it wrote anything)."""
+    loc = Location.of(root)
+    raw = loc.read_bytes(MANIFEST_FILE)
+    if raw is None:
         return None
+    path = loc.key(MANIFEST_FILE)
     try:
-        doc = json.loads(text)
+        doc = json.loads(raw.decode("utf-8"))
         manifest = doc["attributes"]["rnnlens_manifest"]
     except (ValueError, KeyError, TypeError) as e:
         from .errors import StoreError
@@ -389,26 +388,15 @@ def read_manifest(root: Path) -> dict[str, Any] | None:
     return manifest
 
 
-def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    """Replace the manifest atomically: write a temp file beside it, flush, ``os.replace``.
+def write_manifest(root: Any, manifest: dict[str, Any]) -> None:
+    """Replace the manifest atomically (:meth:`~rnnlens.io.location.Location.write_atomic`:
+    temp file, ``fsync``, ``os.replace`` on a local disk; one PUT on an object store).
 
     The manifest is stored as the attributes of a Zarr group, so Zarr and xarray see a valid
     (empty) group named ``manifest`` rather than an unknown file.
     """
-    target = root / MANIFEST_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
     doc = {"zarr_format": 3, "node_type": "group", "attributes": {"rnnlens_manifest": manifest}}
-    data = json.dumps(doc, indent=1, sort_keys=True).encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".partial", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    Location.of(root).write_atomic(MANIFEST_FILE, json.dumps(doc, indent=1, sort_keys=True).encode("utf-8"))
 
 
 def record_chunk(manifest: dict[str, Any], index: int, n: int, digest: str) -> None:

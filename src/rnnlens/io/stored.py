@@ -16,6 +16,7 @@ import numpy as np
 
 from ..states import DirectionStates, Gates, LayerStates, States, layer_table
 from .layout import LayerLayout, Layout, direction_path
+from .location import Location
 
 __all__ = ["LazyArray", "StoredDirectionStates", "StoredGates", "StoredLayerStates", "StoredStates"]
 
@@ -199,8 +200,9 @@ class StoredStates(States):
     """States read lazily from a store (see :func:`rnnlens.open_states`).
 
     Besides the :class:`~rnnlens.States` API: ``lengths`` (valid steps per sequence),
-    ``attrs`` (the store's root attributes: model, hash, backend, ...), ``path``,
-    ``complete``, ``n_samples`` and :meth:`load`.
+    ``attrs`` (the store's root attributes: model, hash, backend, ...), ``path`` (a
+    :class:`~pathlib.Path`, or the URL of a store on an object store), ``location`` (where it
+    is, with its storage options), ``complete``, ``n_samples`` and :meth:`load`.
     """
 
     mask: Any
@@ -213,8 +215,9 @@ class StoredStates(States):
         mask: Any,
         lengths: Any,
         attrs: dict[str, Any],
-        path: Path,
+        path: Path | str,
         layout: Layout,
+        location: Any = None,
     ):
         super().__init__(layers, backend=backend)
         self.mask = mask
@@ -222,9 +225,12 @@ class StoredStates(States):
         self.attrs = attrs
         self.path = path
         self.layout = layout
+        self.location = location if location is not None else Location.of(path)
 
     @classmethod
-    def from_group(cls, group: Any, layout: Layout, attrs: dict[str, Any], *, path: Path) -> StoredStates:
+    def from_group(
+        cls, group: Any, layout: Layout, attrs: dict[str, Any], *, path: Path | str, location: Any = None
+    ) -> StoredStates:
         mask = group["mask"]
         layers: dict[str, LayerStates] = {}
         for lay in layout.layers:
@@ -237,6 +243,7 @@ class StoredStates(States):
             attrs=attrs,
             path=path,
             layout=layout,
+            location=location,
         )
 
     @property

@@ -25,6 +25,7 @@ from .layout import (
     encode_name,
     read_manifest,
 )
+from .location import Location
 from .stored import StoredStates
 
 __all__ = ["StoreWriter", "open_states"]
@@ -43,8 +44,8 @@ class StoreWriter:
     Used from one thread at a time (the extraction's writer thread).
     """
 
-    def __init__(self, root: Path, layout: Layout, *, batch_size: int, n_samples: int | None):
-        self.root = root
+    def __init__(self, root: Any, layout: Layout, *, batch_size: int, n_samples: int | None):
+        self.root = Location.of(root)
         self.layout = layout
         self.batch_size = batch_size
         self.n_samples = n_samples
@@ -54,7 +55,7 @@ class StoreWriter:
     def create(self, attrs: dict[str, Any]) -> None:
         """Create every array afresh (a store with no completed chunk)."""
         zarr = _zarr()
-        group = zarr.open_group(str(self.root), mode="a", zarr_format=3)
+        group = zarr.open_group(self.root.zarr_store(read_only=False), mode="a", zarr_format=3)
         rows = self.n_samples or 0
         for layer in self.layout.layers:
             lg = group.require_group(f"{LAYERS_GROUP}/{encode_name(layer.name)}")
@@ -84,7 +85,7 @@ class StoreWriter:
     def open(self) -> None:
         """Open the arrays of a store being resumed, checking they match the layout."""
         zarr = _zarr()
-        group = zarr.open_group(str(self.root), mode="r+", zarr_format=3)
+        group = zarr.open_group(self.root.zarr_store(read_only=False), mode="r+", zarr_format=3)
         rows = None
         for spec in self.layout.arrays():
             try:
@@ -108,18 +109,22 @@ class StoreWriter:
         """Before resuming: which of the first ``n_chunks`` chunks (those the manifest counts as
         done) have a missing file in some array (deleted or lost; every chunk is written, so a
         missing file is always damage). A chunk file replaced by a symbolic link is removed and
-        counts as missing. Stores written before checksums are not checked."""
+        counts as missing. Stores written before checksums are not checked. One listing per
+        array (an object store answers it in pages, not one request per chunk)."""
         missing: set[int] = set()
         for arr in self.arrays.values():
             if not _checksummed(arr):
                 continue  # (chunks past the done ones may exist: every done index is looked at)
             tail = ["0"] * (len(arr.shape) - 1)
-            base = self.root / arr.path / "c"
+            base = f"{arr.path}/c"
+            present = self.root.files(base)
             for i in range(n_chunks):
-                chunk = base.joinpath(str(i), *tail)
-                if chunk.is_symlink():  # never read or write through a link: rewrite a real file
-                    chunk.unlink()
-                if not chunk.exists():
+                name = "/".join([str(i), *tail])
+                if self.root.local and (self.root.path / base / name).is_symlink():
+                    # never read or write through a link: rewrite a real file
+                    (self.root.path / base / name).unlink()
+                    present.discard(name)
+                if name not in present:
                     missing.add(i)
         return missing
 
@@ -167,11 +172,16 @@ class StoreWriter:
                 arr.resize((n_samples, *arr.shape[1:]))
         self._rows = n_samples
         zarr = _zarr()
-        group = zarr.open_group(str(self.root), mode="r+", zarr_format=3)
+        group = zarr.open_group(self.root.zarr_store(read_only=False), mode="r+", zarr_format=3)
         group.attrs.update(attrs)
 
 
-def open_states(path: str | os.PathLike[str], *, verify: bool = True) -> StoredStates:
+def open_states(
+    path: str | os.PathLike[str] | Location,
+    *,
+    verify: bool = True,
+    storage_options: dict[str, Any] | None = None,
+) -> StoredStates:
     """Open a store written by :func:`rnnlens.extract_to` as a lazy :class:`~rnnlens.States`.
 
     Nothing is read until indexed: ``states["lstm"].forward.h`` is a ``zarr.Array``
@@ -179,6 +189,10 @@ def open_states(path: str | os.PathLike[str], *, verify: bool = True) -> StoredS
     joined ``states["bilstm"].h`` are lazy views that read on indexing (or ``np.asarray``).
     ``states.mask`` / ``states.lengths`` are the stored arrays; ``states.load()`` reads
     everything (or a range of samples) into an in-memory :class:`~rnnlens.States`.
+
+    ``path`` is a directory or an fsspec URL (``s3://bucket/run.zarr``, ``gs://…``,
+    ``memory://…``; ``storage_options`` go to its filesystem, e.g. ``{"client_kwargs":
+    {"endpoint_url": ...}}`` for an S3-compatible server).
 
     Integrity: each chunk carries a crc32c checksum, checked whenever it is read (a damaged
     chunk raises instead of returning its bytes); with ``verify`` (default) opening a
@@ -191,12 +205,12 @@ def open_states(path: str | os.PathLike[str], *, verify: bool = True) -> StoredS
         ...
         FileNotFoundError: No state store at 'missing.zarr'.
     """
-    root = Path(path)
+    root = Location.of(path, storage_options)
     if not root.exists():
         raise FileNotFoundError(f"No state store at {str(path)!r}.")
     zarr = _zarr()
     try:
-        group = zarr.open_group(str(root), mode="r", zarr_format=3)
+        group = zarr.open_group(root.zarr_store(read_only=True), mode="r", zarr_format=3)
     except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
         raise StoreError(
             f"{root} is not a Zarr v3 store ({type(e).__name__}: {e}). Expected a directory written by "
@@ -229,12 +243,13 @@ def open_states(path: str | os.PathLike[str], *, verify: bool = True) -> StoredS
             RnnLensWarning,
             stacklevel=2,
         )
-    if verify:
-        _refuse_links(root)
+    if verify and root.local:  # (object stores have no links)
+        _refuse_links(root.path)
     try:
         if attrs.get("complete", False) and verify:
             check_chunks(group, layout, root, int(attrs.get("n_samples", -1)))
-        return StoredStates.from_group(group, layout, attrs, path=root)
+        path_: Path | str = root.path if root.local else root.url
+        return StoredStates.from_group(group, layout, attrs, path=path_, location=root)
     except (ValueError, KeyError, TypeError) as e:
         if isinstance(e, RnnLensError):
             raise
@@ -263,7 +278,7 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else "no message"
 
 
-def check_chunks(group: Any, layout: Layout, root: Path, n_samples: int) -> None:
+def check_chunks(group: Any, layout: Layout, root: Any, n_samples: int) -> None:
     """Every chunk of every array of a complete store is there (a deleted chunk would read
     back as the fill value: NaN states, an all-False mask). Checksums are verified as chunks
     are read (crc32c)."""
@@ -296,7 +311,9 @@ def _checksummed(arr: Any) -> bool:
     return any(type(c).__name__ == "Crc32cCodec" for c in getattr(arr.metadata, "codecs", ()))
 
 
-def verify_store(path: str | os.PathLike[str]) -> dict[str, int]:
+def verify_store(
+    path: str | os.PathLike[str] | Location, *, storage_options: dict[str, Any] | None = None
+) -> dict[str, int]:
     """Check a store completely: every chunk present and every chunk's crc32c checksum, read
     chunk by chunk (memory: one chunk). Returns ``{array key: chunks checked}``; raises
     :class:`~rnnlens.errors.StoreError` naming the first damaged array and chunk.
@@ -307,14 +324,15 @@ def verify_store(path: str | os.PathLike[str]) -> dict[str, int]:
         ...
         FileNotFoundError: No state store at 'missing.zarr'.
     """
-    states = open_states(path, verify=True)
+    root = Location.of(path, storage_options)
+    states = open_states(root, verify=True)
     if not states.attrs.get("complete", False):
         raise StoreError(
             f"{path} is incomplete (its extraction stopped); rerun the same extraction to finish it, "
             "then verify it."
         )
     zarr = _zarr()
-    group = zarr.open_group(str(Path(path)), mode="r", zarr_format=3)
+    group = zarr.open_group(root.zarr_store(read_only=True), mode="r", zarr_format=3)
     checked: dict[str, int] = {}
     for spec in states.layout.arrays():
         arr = group[spec.key]

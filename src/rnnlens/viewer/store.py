@@ -217,7 +217,7 @@ class StoreView:
     def meta(self) -> dict[str, Any]:
         """What the page needs to build its pickers."""
         return {
-            "store": self.states.path.name,
+            "store": os.path.basename(str(self.states.path).rstrip("/")),
             "n_samples": self.n_samples,
             "max_time": self.max_time,
             "backend": self.layout.backend,
