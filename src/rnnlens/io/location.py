@@ -97,9 +97,8 @@ class Location:
             try:
                 fs, root = _fsspec().core.url_to_fs(self.url, **self.storage_options)
             except ImportError as e:  # fsspec names the package of the protocol (s3fs, gcsfs, …)
-                raise MissingDependencyError(
-                    f"{self.url}: {e} (for s3:// URLs: pip install 'rnnlens[cloud]')."
-                ) from None
+                hint = " (pip install 'rnnlens[cloud]')" if self.url.lower().startswith("s3") else ""
+                raise MissingDependencyError(f"{self.url}: {e}{hint}.") from None
             except (ValueError, TypeError) as e:
                 raise StoreError(f"Cannot open {self.url} ({type(e).__name__}: {e}).") from None
             self._fs, self._root = fs, str(root).rstrip("/")
@@ -154,7 +153,10 @@ class Location:
     def has_entries(self) -> bool:
         if self.local:
             return self.path.is_dir() and any(self.path.iterdir())
-        return bool(self._call(self.fs.find, self.root, maxdepth=None, withdirs=False))
+        try:  # one level: a store's top holds zarr.json or manifest/ as soon as it holds anything
+            return bool(self._call(self.fs.ls, self.root, detail=False))
+        except FileNotFoundError:
+            return False
 
     def files(self, rel: str) -> set[str]:
         """The names (relative to ``rel``) of every file under ``rel``; one listing (object stores

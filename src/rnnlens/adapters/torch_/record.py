@@ -192,9 +192,12 @@ class _Recorder:
                 return out
             packed = isinstance(input, PackedSequence)
             unbatched = not packed and isinstance(input, torch.Tensor) and input.dim() == 2
-            emit = plan.emit if _can_emit(input, cfg, plan.strategy) else frozenset()
+            # (each check skipped when it cannot matter: a recording calls this per token)
+            emit = plan.emit if plan.emit and _can_emit(input, cfg, plan.strategy) else frozenset()
             number = self.counts.get(id(m), 0)
-            edits = {k: e for k in range(cfg.num_layers) if (e := plan.edits_for(k, number)) is not None}
+            edits = {}
+            if plan.edits:
+                edits = {k: e for k in range(cfg.num_layers) if (e := plan.edits_for(k, number)) is not None}
             if edits:
                 _check_editable(plan, input)
                 emit = emit | frozenset(edits)
@@ -227,7 +230,11 @@ class _Recorder:
             self.entries.append(call)
             call.final = self.keep(out[1]) if isinstance(out, (tuple, list)) and len(out) > 1 else None
             kept_hx = self.keep(hx)
-            call.hx = {layer: _hx_slice(kept_hx, layer, cfg.n_dir) for layer in call.inputs}
+            if cfg.num_layers == 1:  # the whole hx is the one layer's (as _hx_slice gives it)
+                whole = tuple(kept_hx) if isinstance(kept_hx, list) else kept_hx
+                call.hx = {layer: whole for layer in call.inputs}
+            else:
+                call.hx = {layer: _hx_slice(kept_hx, layer, cfg.n_dir) for layer in call.inputs}
             first = min(call.inputs)
             call.inputs[first] = self.keep(call.inputs[first])
             call.outputs[top] = self.keep(call.outputs[top])
