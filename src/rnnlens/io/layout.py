@@ -41,10 +41,11 @@ architecture, :mod:`rnnlens.digest`),
 ``n_samples`` and ``complete`` (set when the run was closed).
 
 The manifest (``manifest/zarr.json``, rewritten atomically: temp file + ``os.replace``, or
-one PUT on an object store, after each chunk's arrays are fully written) holds the run's configuration, the layout
-chosen from the first batch, ``chunks_done`` (the first ``chunks_done`` chunks are complete),
-``samples_done`` (the samples in them) and ``input_sha256``, a hash chained over the input of
-each of those chunks, so that resuming with different data is refused. A distributed run
+one PUT on an object store, after each chunk's arrays are fully written) holds the run's
+configuration, the layout chosen from the first batch, ``chunks_done`` (the first
+``chunks_done`` chunks are complete), ``samples_done`` (the samples in them) and
+``input_sha256``, a hash chained over the input of each of those chunks, so that resuming
+with different data is refused. A distributed run
 (:mod:`rnnlens.distributed`) finishes chunks out of order: a chunk completed beyond the
 first gap is kept in ``pending`` (``{"<index>": {"n": samples, "input_sha256": digest}}``)
 until the chunks before it are done, when it joins the chain (:func:`record_chunk`). So the
