@@ -58,6 +58,7 @@ class Recording:
         to: str | os.PathLike[str] | None = None,
         flush_every: int = 256,
         chunk_steps: int = 256,
+        storage_options: dict[str, Any] | None = None,
     ):
         from .api import _opened
 
@@ -69,7 +70,7 @@ class Recording:
         self._calls: list[Call] = []
         self._active = False
         self._sink: Any = None
-        self._paths: dict[str, Path] = {}
+        self._paths: dict[str, Any] = {}  # entry -> Location
         self._pending = 0
         if to is not None:
             if not hasattr(self._impl, "drain"):
@@ -82,7 +83,9 @@ class Recording:
                     raise OptionError(f"{name} must be a positive int; received {v!r}")
             from .io.stream import StreamSink
 
-            self._sink = StreamSink(to, chunk_steps=chunk_steps, model_name=type(model).__name__)
+            self._sink = StreamSink(
+                to, chunk_steps=chunk_steps, model_name=type(model).__name__, storage_options=storage_options
+            )
             self._flush_every = flush_every
             self._impl.on_call = self._called
 
@@ -147,9 +150,10 @@ class Recording:
         return self._states
 
     @property
-    def stores(self) -> dict[str, Path]:
-        """With ``to=``: each entry's store (``<to>/<entry>.zarr``), once the block has ended."""
-        return dict(self._paths)
+    def stores(self) -> dict[str, Path | str]:
+        """With ``to=``: each entry's store (``<to>/<entry>.zarr``: a path, or a URL), once the
+        block has ended."""
+        return {name: loc.path if loc.local else loc.url for name, loc in self._paths.items()}
 
     @property
     def calls(self) -> list[Call]:
@@ -166,6 +170,7 @@ def record(
     to: str | os.PathLike[str] | None = None,
     flush_every: int = 256,
     chunk_steps: int = 256,
+    storage_options: dict[str, Any] | None = None,
 ) -> Recording:
     """Record every call of ``model``'s recurrent layers inside a ``with`` block (see the module
     docstring); ``layers`` and ``fields`` as for :func:`rnnlens.trace`.
@@ -175,5 +180,6 @@ def record(
     to their stream's store, ``<to>/<entry>.zarr`` (chunked by ``chunk_steps`` steps), and
     dropped; only the last call (of each module) is kept, to link the next. Memory stays that of
     ``flush_every`` calls however long the stream. The stores are closed when the block ends
-    (also after an error); :attr:`Recording.states` then reads them lazily."""
-    return Recording(model, layers, fields, to, flush_every, chunk_steps)
+    (also after an error); :attr:`Recording.states` then reads them lazily. ``to`` may be an
+    fsspec URL (``s3://bucket/rec``), with ``storage_options`` for its filesystem."""
+    return Recording(model, layers, fields, to, flush_every, chunk_steps, storage_options)

@@ -129,6 +129,10 @@ class Location:
         except (ImportError, ValueError, TypeError) as e:
             raise StoreError(f"Cannot open {self.url} as a Zarr store ({type(e).__name__}: {e}).") from None
 
+    def child(self, name: str) -> Location:
+        """The place ``name`` inside this one (a recording's per-entry stores)."""
+        return Location(self.url.rstrip("/") + "/" + name, self.storage_options or None)
+
     def sibling(self, suffix: str) -> Location:
         """The place beside the store whose name adds ``suffix`` (its lock: ``run.zarr.lock``)."""
         return Location(self.url.rstrip("/") + suffix, self.storage_options or None)

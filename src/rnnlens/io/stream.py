@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +33,7 @@ import numpy as np
 from ..states import States
 from .errors import StoreExistsError, StoreMismatchError
 from .layout import LAYERS_GROUP, Layout, direction_path, encode_name, layout_attributes, root_attributes
+from .location import Location
 
 __all__ = ["StreamSink", "StreamStore"]
 
@@ -44,7 +44,7 @@ SAMPLE_CHUNK = 256
 class StreamStore:
     """One stream's store, appended to along time."""
 
-    def __init__(self, path: Path, chunk_steps: int, model_name: str):
+    def __init__(self, path: Location, chunk_steps: int, model_name: str):
         self.path, self.chunk_steps, self.model_name = path, chunk_steps, model_name
         self.layout: Layout | None = None
         self.arrays: dict[str, Any] = {}
@@ -82,7 +82,7 @@ class StreamStore:
         zarr = _zarr()
         if self.path.exists():
             raise StoreExistsError(f"{self.path} exists: a recording writes new stores only.")
-        group = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
+        group = zarr.open_group(self.path.zarr_store(read_only=False), mode="w-", zarr_format=3)
         for lay in layout.layers:
             lg = group.require_group(f"{LAYERS_GROUP}/{encode_name(lay.name)}")
             lg.attrs.put(lay.to_json())
@@ -113,7 +113,7 @@ class StreamStore:
 
         assert self.layout is not None and self.lengths is not None
         zarr = _zarr()
-        group = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+        group = zarr.open_group(self.path.zarr_store(read_only=False), mode="r+", zarr_format=3)
         spec = next(s for s in self.layout.arrays() if s.key == "lengths")
         lengths = group.create_array(
             name="lengths", shape=(self.lengths.shape[0],), chunks=(self.lengths.shape[0],),
@@ -129,16 +129,24 @@ class StreamStore:
 
 
 class StreamSink:
-    """The stores of one recording: ``<root>/<entry>.zarr`` per stream, created as they appear."""
+    """The stores of one recording: ``<root>/<entry>.zarr`` per stream, created as they appear.
+    ``root`` is a directory or an fsspec URL (with ``storage_options``)."""
 
-    def __init__(self, root: str | os.PathLike[str], *, chunk_steps: int = 256, model_name: str = "model"):
-        self.root = Path(root)
-        if self.root.exists() and (not self.root.is_dir() or any(self.root.iterdir())):
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | Location,
+        *,
+        chunk_steps: int = 256,
+        model_name: str = "model",
+        storage_options: dict[str, Any] | None = None,
+    ):
+        self.root = Location.of(root, storage_options)
+        if self.root.exists() and (self.root.is_file() or self.root.has_entries()):
             raise StoreExistsError(
                 f"{self.root} exists and is not an empty directory; a recording writes its stores "
                 "into a new one. Choose another path."
             )
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir()
         self.chunk_steps, self.model_name = int(chunk_steps), model_name
         self.streams: dict[str, StreamStore] = {}
 
@@ -148,11 +156,11 @@ class StreamSink:
         for name, ls in states.items():
             stream = self.streams.get(name)
             if stream is None:
-                path = self.root / f"{encode_name(name)}.zarr"
+                path = self.root.child(f"{encode_name(name)}.zarr")
                 stream = self.streams[name] = StreamStore(path, self.chunk_steps, self.model_name)
             offsets[name] = stream.append(States({name: ls}, backend=states.backend))
 
-    def close(self) -> dict[str, Path]:
+    def close(self) -> dict[str, Location]:
         for stream in self.streams.values():
             stream.close()
         return {name: s.path for name, s in self.streams.items()}
