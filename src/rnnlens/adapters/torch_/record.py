@@ -271,15 +271,17 @@ def _edit_cell_output(plan: _Plan, edits: Any, step: int, out: Any) -> Any:
 _MISSING = object()
 
 
-def _install(rec: _Recorder, plans: Sequence[_Plan]) -> list[tuple[Any, Any]]:
+def _install(rec: _Recorder, plans: Sequence[_Plan], *, watched: bool = True) -> list[tuple[Any, Any]]:
     """Put each plan's stand-in ``forward`` on its module (an instance attribute); returns what
-    :func:`_uninstall` needs to put everything back as it was."""
+    :func:`_uninstall` needs to put everything back as it was. ``watched``: the pass may run
+    under the direct-call mode (:func:`_run`), which the stand-ins step out of; a recording
+    never installs it, so its stand-ins are called as they are (per token, every call counts)."""
     installed: list[tuple[Any, Any]] = []
     try:
         for plan in plans:
             stand_in = rec.stand_in(plan)
             installed.append((plan.module, vars(plan.module).get("forward", _MISSING)))
-            vars(plan.module)["forward"] = direct.unwatched(stand_in)
+            vars(plan.module)["forward"] = direct.unwatched(stand_in) if watched else stand_in
     except BaseException:
         _uninstall(installed)
         raise

@@ -40,7 +40,7 @@ class TorchRecording:
         self._stream: dict[int, int] = {}  # module -> index of the call its open stream began with
 
     def start(self) -> None:
-        self._installed = _install(self.rec, self.planned.plans)
+        self._installed = _install(self.rec, self.planned.plans, watched=False)
 
     def stop(self) -> None:
         if self._installed is not None:
