@@ -117,6 +117,24 @@ class LayerEdits:
                     out.setdefault(t, []).append(Op(units, mode, value))  # type: ignore[arg-type]
         return out
 
+    def uniform(
+        self, direction: str, field_name: str, n_steps: int, n_samples: int
+    ) -> tuple[range, list[Op]] | None:
+        """When every edit of ``field_name`` on ``direction`` covers the same steps: those steps
+        and the operations applied at each of them (what :meth:`steps` gives every step, built
+        once); None when the edits cover different steps, or none."""
+        covered: set[range] = set()
+        ops: list[Op] = []
+        for edit, directions, units, width in self.edits:
+            if edit.field != field_name or direction not in directions:
+                continue
+            covered.add(_resolve_steps(edit, n_steps))
+            for mode in ("set", "add", "scale"):
+                value = getattr(edit, mode)
+                if value is not None:
+                    ops.append(Op(units, mode, _value(edit, mode, value, n_samples, width)))  # type: ignore[arg-type]
+        return (covered.pop(), ops) if len(covered) == 1 else None
+
     def ops_at(self, direction: str, field_name: str, step: int, n_samples: int) -> list[Op]:
         """The operations at one ``step`` of a loop whose length is not known yet (a cell
         called once per step): steps count from 0; negative steps cannot be resolved."""

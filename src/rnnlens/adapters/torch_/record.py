@@ -26,6 +26,7 @@ from .calls import _CellCalls, _Plan, _SeqCall
 from .convert import _input_error
 from .discover import _Config, base_class
 from .emit import _apply, _can_emit, _emit_layer
+from .fold import run_folded
 
 _LAYER_OF = re.compile(r"_l(\d+)(?:_reverse)?$")
 
@@ -210,7 +211,18 @@ class _Recorder:
                 x = input
                 for layer, view in enumerate(views):
                     hx_l = _hx_slice(hx, layer, cfg.n_dir)
-                    if layer in emit:
+                    folded = None
+                    if (
+                        layer in edits
+                        and layer not in plan.emit
+                        and not packed
+                        and len(views) == cfg.num_layers
+                    ):
+                        # h fixed to constants on a range of steps: the fused kernel, weights folded
+                        folded = run_folded(view, cfg, layer, x, hx_l, edits[layer])
+                    if folded is not None:
+                        y, final = folded
+                    elif layer in emit:
                         keep = layer in plan.emit  # its c or gates are asked for, not only edited
                         y, final, cs, gs = _emit_layer(view, cfg, layer, x, hx_l, edits.get(layer), keep)
                         if keep:
