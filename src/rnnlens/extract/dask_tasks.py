@@ -167,13 +167,7 @@ def _probe_task(
             state.traces += 1
         states, user_mask = traced
         layout, _ = piece_arrays(
-            states,
-            user_mask,
-            piece.size,
-            layout=None,
-            max_time=max_time,
-            offset=piece.start,
-            path=Location.of(path),
+            states, user_mask, piece.size, layout=None, max_time=max_time, offset=piece.start, path=path
         )
         state.first[piece.index] = traced
         info["layout"] = layout.to_json()
@@ -212,13 +206,7 @@ def _chunk_task(
     layout = Layout.from_json(layout_json)
     states, user_mask = traced
     _, arrays = piece_arrays(
-        states,
-        user_mask,
-        piece.size,
-        layout=layout,
-        max_time=max_time,
-        offset=piece.start,
-        path=Location.of(path),
+        states, user_mask, piece.size, layout=layout, max_time=max_time, offset=piece.start, path=path
     )
     chunk = whole_chunk(arrays, layout, piece.size)
     with state.lock:
