@@ -145,8 +145,8 @@ def _eligible(view: Any, cfg: _Config, x: Any, edits: LayerEdits) -> bool:
         return False
     if cfg.kind not in ("lstm", "gru", "simple") or (cfg.kind == "simple" and cfg.nonlinearity != "tanh"):
         return False  # ("rnn": a module of unknown forward, never run on the kernel here)
-    if edits.fields() != {"h"} or not x.is_floating_point():
-        return False
+    if edits.fields() != {"h"} or x.dtype not in (torch.float32, torch.float64):
+        return False  # (half precision: the step loop, as before)
     return len(getattr(view, "_flat_weights", ())) in (2, 3, 4, 5) and not getattr(view, "training", False)
 
 
