@@ -153,3 +153,26 @@ def test_a_dead_runs_lock_is_taken_over_and_another_hosts_is_not(
     loc.fs.pipe_file(lock.root, json.dumps(elsewhere).encode())
     with pytest.raises(StoreLockedError, match="another-machine"):
         rnnlens.extract_to(url, model(), x, batch_size=4, storage_options=storage_options)
+
+
+def test_an_existing_bucket_store_is_refused_replaced_or_left_alone_as_locally(
+    tmp_path: Path, bucket: str, storage_options: dict[str, Any]
+) -> None:
+    from rnnlens.errors import StoreExistsError, StoreMismatchError
+
+    x = data(8)
+    url = f"s3://{bucket}/again.zarr"
+    kw: dict[str, Any] = {"batch_size": 4, "storage_options": storage_options}
+    rnnlens.extract_to(url, model(), x, **kw)
+    with pytest.raises(StoreMismatchError, match="fields"):
+        rnnlens.extract_to(url, model(), x, fields=("h", "c"), **kw)
+    rnnlens.extract_to(url, model(), x, fields=("h", "c"), overwrite=True, **kw)
+    assert "c" in rnnlens.open_states(url, storage_options=storage_options)["lstm.l0"].forward.fields
+
+    loc = Location(f"s3://{bucket}/notes", storage_options)  # a prefix holding something else
+    loc.fs.pipe_file(loc.key("readme.txt"), b"not a store")
+    with pytest.raises(StoreExistsError, match="not a resumable rnnlens store"):
+        rnnlens.extract_to(loc.url, model(), x, **kw)
+    with pytest.raises(StoreExistsError, match="not a Zarr store; refusing to delete it"):
+        rnnlens.extract_to(loc.url, model(), x, overwrite=True, **kw)
+    assert loc.read_bytes("readme.txt") == b"not a store"
