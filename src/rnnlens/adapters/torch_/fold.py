@@ -58,7 +58,6 @@ def run_folded(view: Any, cfg: _Config, layer: int, x: Any, hx: Any, edits: Laye
     if b_index is None and np.any(value[zero] != 0):
         return None  # a constant needs a bias to go into
     keys, members = _groups(zero, value)
-    whole = len(members) == 1  # one edit for every sample: no gather, no scatter
     like = {"dtype": x.dtype, "device": x.device}
     y = torch.empty(_out_shape(x, batch_first, n_steps, width), **like)
     h_n = torch.empty((1, n, width), **like)
@@ -67,7 +66,7 @@ def run_folded(view: Any, cfg: _Config, layer: int, x: Any, hx: Any, edits: Laye
         idx = torch.as_tensor(rows, device=x.device)
         consts = torch.as_tensor(values, dtype=x.dtype, device=x.device)
         block = _block(rows)  # the group's samples as one slice, when they are consecutive
-        state = (h0, c0) if whole else _rows(h0, c0, block, idx)
+        state = _rows(h0, c0, block, idx)
         if block is not None:
             xs, out = x.narrow(s_axis, *block), y.narrow(s_axis, *block)
         else:  # written here, then scattered into y
@@ -90,18 +89,14 @@ def run_folded(view: Any, cfg: _Config, layer: int, x: Any, hx: Any, edits: Laye
             state[0][:, :, col] = consts  # and the h carried on
             if b + 1 < n_steps:
                 state = _segment(cfg, weights, xs, state, view, out, t_axis, b + 1, n_steps)
-        if not whole and not block:
+        if block is None:
             y.index_copy_(s_axis, idx, out)
-        if whole:
-            h_n, c_n = state[0], state[1]
-        elif block:
-            h_n.narrow(1, *block).copy_(state[0])
-            if c_n is not None and state[1] is not None:
-                c_n.narrow(1, *block).copy_(state[1])
+        if len(members) == 1:  # one edit for every sample: the final state as the kernel left it
+            h_n, c_n = state
         else:
-            h_n.index_copy_(1, idx, state[0])
-            if c_n is not None and state[1] is not None:
-                c_n.index_copy_(1, idx, state[1])
+            _put(h_n, state[0], block, idx)
+            if c_n is not None:
+                _put(c_n, state[1], block, idx)
     return y, ((h_n, c_n) if lstm else h_n)
 
 
@@ -124,9 +119,18 @@ def _block(rows: list[int]) -> tuple[int, int] | None:
 
 
 def _rows(h0: Any, c0: Any, block: tuple[int, int] | None, idx: Any) -> tuple[Any, Any]:
+    """A group's rows of the initial state (views when the group is one block)."""
     if block:
         return h0.narrow(1, *block), None if c0 is None else c0.narrow(1, *block)
     return h0.index_select(1, idx), None if c0 is None else c0.index_select(1, idx)
+
+
+def _put(final: Any, part: Any, block: tuple[int, int] | None, idx: Any) -> None:
+    """A group's final state into its rows of the whole batch's."""
+    if block:
+        final.narrow(1, *block).copy_(part)
+    else:
+        final.index_copy_(1, idx, part)
 
 
 def _segment(
