@@ -85,21 +85,13 @@ class StoreLock:
         }
 
     def acquire(self) -> StoreLock:
-        if not self.location.local:
-            return self._acquire_remote()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise StoreError(
-                f"Cannot write a store at {self.store}: a part of its parent path {self.path.parent} is "
-                "a file, not a directory. Choose another output path."
-            ) from None
-        except OSError as e:
-            raise StoreError(f"Cannot create {self.path.parent} for the store ({e.strerror}).") from None
+        if self.location.local:
+            self._make_parent()
         for _ in range(5):  # a stale lock taken over by another process meanwhile: look again
             if self._create():
                 self.held = True
                 return self
+            self._drop_marker()  # a take-over of ours that another writer beat
             owner = self._read()
             if owner is None and not self.path.exists():
                 continue  # released meanwhile
@@ -111,11 +103,26 @@ class StoreLock:
             if not self._stale(owner):
                 raise StoreLockedError(self._message(owner))
             self._take_over(owner)
+        self._drop_marker()
         raise StoreLockedError(f"{self.store}: could not take its lock {self.path}; try again.")
+
+    def _make_parent(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise StoreError(
+                f"Cannot write a store at {self.store}: a part of its parent path {self.path.parent} is "
+                "a file, not a directory. Choose another output path."
+            ) from None
+        except OSError as e:
+            raise StoreError(f"Cannot create {self.path.parent} for the store ({e.strerror}).") from None
 
     def _create(self) -> bool:
         """Put a lock file holding our owner record in place atomically (written to a temporary
-        file first, then hard-linked: the lock is never seen half-written). False if one exists."""
+        file first, then hard-linked: the lock is never seen half-written; on an object store,
+        an exclusive create). False if one exists."""
+        if not self.location.local:
+            return bool(self.path.create_exclusive(json.dumps(self._owner).encode()))
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{id(self)}.tmp")
         try:
             tmp.write_text(json.dumps(self._owner))
@@ -131,7 +138,11 @@ class StoreLock:
 
     def _take_over(self, stale: dict[str, Any]) -> None:
         """Move a dead owner's lock aside (one process wins the rename); if what was moved is not
-        the lock we judged dead (another process took over meanwhile), put it back."""
+        the lock we judged dead (another process took over meanwhile), put it back. On an object
+        store, which has no rename: see :meth:`_take_over_remote`."""
+        if not self.location.local:
+            self._take_over_remote(stale)
+            return
         aside = self.path.with_name(f"{self.path.name}.{os.getpid()}.stale")
         try:
             os.rename(self.path, aside)
@@ -159,45 +170,29 @@ class StoreLock:
         elif mine:
             with contextlib.suppress(Exception):  # an unreachable store keeps a lock judged stale later
                 self.path.delete()
+        self._drop_marker()
+
+    # ------------------------------------------------------------------ object stores
+
+    def _take_over_remote(self, stale: dict[str, Any]) -> None:
+        """One process wins the marker of this dead owner (an exclusive create), and only it
+        deletes the dead lock; the next :meth:`_create` then puts ours in place. The marker is
+        kept while we hold the lock (:meth:`release` removes it)."""
+        marker = self.path.sibling(f".{stale.get('pid')}-{stale.get('started')}.takeover")
+        if not marker.create_exclusive(json.dumps(self._owner).encode()):
+            raise StoreLockedError(
+                f"{self.store}: another process is taking over the lock of a run that ended "
+                f"(pid {stale.get('pid')}); try again. If none is, delete {marker}."
+            )
+        self._marker = marker
+        if self._read() == stale:  # else changed meanwhile: not the lock judged dead
+            self.path.delete()
+
+    def _drop_marker(self) -> None:
         if self._marker is not None:
             with contextlib.suppress(Exception):
                 self._marker.delete()
             self._marker = None
-
-    # ------------------------------------------------------------------ object stores
-
-    def _acquire_remote(self) -> StoreLock:
-        record = json.dumps(self._owner).encode()
-        for _ in range(5):
-            if self.path.create_exclusive(record):
-                self.held = True
-                return self
-            owner = self._read()
-            if owner is None and not self.path.exists():
-                continue  # released meanwhile
-            if owner is None:
-                raise StoreLockedError(
-                    f"{self.store} has a lock {self.path} that cannot be read. If no extraction is "
-                    "writing this store, delete it."
-                )
-            if not self._stale(owner):
-                raise StoreLockedError(self._message(owner))
-            # one process wins the marker of this dead owner, and only it replaces the lock
-            marker = self.path.sibling(f".{owner.get('pid')}-{owner.get('started')}.takeover")
-            if not marker.create_exclusive(record):
-                raise StoreLockedError(
-                    f"{self.store}: another process is taking over the lock of a run that ended "
-                    f"(pid {owner.get('pid')}); try again. If none is, delete {marker}."
-                )
-            if self._read() != owner:  # changed meanwhile: not the lock judged dead
-                marker.delete()
-                continue
-            self.path.delete()
-            if self.path.create_exclusive(record):
-                self.held, self._marker = True, marker
-                return self
-            marker.delete()
-        raise StoreLockedError(f"{self.store}: could not take its lock {self.path}; try again.")
 
     def __enter__(self) -> StoreLock:
         return self.acquire()
