@@ -32,7 +32,7 @@ import numpy as np
 
 from ..states import States
 from .errors import StoreExistsError, StoreMismatchError
-from .layout import LAYERS_GROUP, Layout, direction_path, encode_name, layout_attributes, root_attributes
+from .layout import Layout, encode_name, layout_attributes, root_attributes
 from .location import Location
 
 __all__ = ["StreamSink", "StreamStore"]
@@ -77,31 +77,18 @@ class StreamStore:
         return before
 
     def _create(self, layout: Layout, n: int) -> None:
-        from .zarr import _WRITE_CONFIG, _zarr
+        from .zarr import _zarr, create_array, create_groups
 
-        zarr = _zarr()
         if self.path.exists():
             raise StoreExistsError(f"{self.path} exists: a recording writes new stores only.")
-        group = zarr.open_group(self.path.zarr_store(read_only=False), mode="w-", zarr_format=3)
-        for lay in layout.layers:
-            lg = group.require_group(f"{LAYERS_GROUP}/{encode_name(lay.name)}")
-            lg.attrs.put(lay.to_json())
-            for direction in lay.directions:
-                dg = group.require_group(direction_path(lay.name, direction))
-                dg.attrs.put({"layer": lay.name, "direction": direction, "time_order": "input"})
+        group = _zarr().open_group(self.path.zarr_store(read_only=False), mode="w-", zarr_format=3)
+        create_groups(group, layout)
         for spec in layout.arrays():
             if spec.key == "lengths":
                 continue
-            self.arrays[spec.key] = group.create_array(
-                name=spec.key,
-                shape=(n, 0, *spec.tail[1:]),
-                chunks=(min(n, SAMPLE_CHUNK), self.chunk_steps, *spec.tail[1:]),  # time and samples
-                dtype=spec.dtype,
-                fill_value=spec.fill,
-                dimension_names=spec.dims,
-                attributes=spec.attrs,
-                compressors=[zarr.codecs.Crc32cCodec()],  # as extract_to: damage is an error on read
-                config=_WRITE_CONFIG,
+            tail = spec.tail[1:]  # chunked along time as well as samples
+            self.arrays[spec.key] = create_array(
+                group, spec, (n, 0, *tail), (min(n, SAMPLE_CHUNK), self.chunk_steps, *tail)
             )
         attrs = root_attributes(model_name=self.model_name, batch_size=n, max_time=None)
         group.attrs.update({**attrs, "recorded": True})
@@ -109,18 +96,13 @@ class StreamStore:
 
     def close(self) -> None:
         """Write ``lengths`` and the final layout (its time axis); mark the store complete."""
-        from .zarr import _WRITE_CONFIG, _zarr
+        from .zarr import _zarr, create_array
 
         assert self.layout is not None and self.lengths is not None
-        zarr = _zarr()
-        group = zarr.open_group(self.path.zarr_store(read_only=False), mode="r+", zarr_format=3)
+        group = _zarr().open_group(self.path.zarr_store(read_only=False), mode="r+", zarr_format=3)
         spec = next(s for s in self.layout.arrays() if s.key == "lengths")
-        lengths = group.create_array(
-            name="lengths", shape=(self.lengths.shape[0],), chunks=(self.lengths.shape[0],),
-            dtype=spec.dtype, fill_value=spec.fill, dimension_names=spec.dims,
-            compressors=[zarr.codecs.Crc32cCodec()], config=_WRITE_CONFIG,
-        )  # fmt: skip
-        lengths[...] = self.lengths
+        n = self.lengths.shape[0]
+        create_array(group, spec, (n,), (n,))[...] = self.lengths
         final = replace(self.layout, max_time=self.steps)
         group.attrs.update(
             {**layout_attributes(final), "max_time": self.steps, "n_samples": int(self.lengths.shape[0]),

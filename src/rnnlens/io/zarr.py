@@ -20,6 +20,7 @@ from .layout import (
     FORMAT,
     LAYERS_GROUP,
     SCHEMA_VERSION,
+    ArraySpec,
     Layout,
     direction_path,
     encode_name,
@@ -57,27 +58,10 @@ class StoreWriter:
         zarr = _zarr()
         group = zarr.open_group(self.root.zarr_store(read_only=False), mode="a", zarr_format=3)
         rows = self.n_samples or 0
-        for layer in self.layout.layers:
-            lg = group.require_group(f"{LAYERS_GROUP}/{encode_name(layer.name)}")
-            lg.attrs.put(layer.to_json())
-            for direction in layer.directions:
-                dg = group.require_group(direction_path(layer.name, direction))
-                dg.attrs.put({"layer": layer.name, "direction": direction, "time_order": "input"})
+        create_groups(group, self.layout)
         for spec in self.layout.arrays():
-            self.arrays[spec.key] = group.create_array(
-                name=spec.key,
-                shape=(rows, *spec.tail),
-                chunks=(self.batch_size, *spec.tail),
-                dtype=spec.dtype,
-                fill_value=spec.fill,
-                dimension_names=spec.dims,
-                attributes=spec.attrs,
-                # a crc32c checksum per chunk: flipped bytes are an error on read, never data
-                compressors=[zarr.codecs.Crc32cCodec()],
-                # every chunk is written, even one equal to the fill value, so that a missing
-                # chunk file always means damage (and is reported) rather than "all fill"
-                config=_WRITE_CONFIG,
-                overwrite=True,
+            self.arrays[spec.key] = create_array(
+                group, spec, (rows, *spec.tail), (self.batch_size, *spec.tail), overwrite=True
             )
         self._rows = rows
         group.attrs.update(attrs)
@@ -174,6 +158,38 @@ class StoreWriter:
         zarr = _zarr()
         group = zarr.open_group(self.root.zarr_store(read_only=False), mode="r+", zarr_format=3)
         group.attrs.update(attrs)
+
+
+def create_groups(group: Any, layout: Layout) -> None:
+    """The layer and direction groups of ``layout``, with their attributes (the schema of
+    :mod:`rnnlens.io.layout`)."""
+    for layer in layout.layers:
+        lg = group.require_group(f"{LAYERS_GROUP}/{encode_name(layer.name)}")
+        lg.attrs.put(layer.to_json())
+        for direction in layer.directions:
+            dg = group.require_group(direction_path(layer.name, direction))
+            dg.attrs.put({"layer": layer.name, "direction": direction, "time_order": "input"})
+
+
+def create_array(
+    group: Any, spec: ArraySpec, shape: tuple[int, ...], chunks: tuple[int, ...], **kw: Any
+) -> Any:
+    """The array ``spec`` of a store, as every store writes it: with its dimension names and
+    attributes, a crc32c checksum per chunk (flipped bytes are an error on read, never data),
+    and every chunk written, even one equal to the fill value (so that a missing chunk file
+    always means damage, and is reported, rather than "all fill")."""
+    return group.create_array(
+        name=spec.key,
+        shape=shape,
+        chunks=chunks,
+        dtype=spec.dtype,
+        fill_value=spec.fill,
+        dimension_names=spec.dims,
+        attributes=spec.attrs,
+        compressors=[_zarr().codecs.Crc32cCodec()],
+        config=_WRITE_CONFIG,
+        **kw,
+    )
 
 
 def open_states(
