@@ -21,9 +21,22 @@ __all__ = [
     "Field",
     "Kind",
     "LayerSpec",
+    "call_entry",
 ]
 
 ALL_FIELDS: tuple[Field, ...] = ("h", "c", "gates", "state", "state_norm")
+
+
+def call_entry(layer: str, call: int) -> str:
+    """The entry of call number ``call`` of ``layer`` (a layer called several times): ``layer``
+    for the first, ``layer#<call>`` after it — the names of ``States`` entries and of edits.
+
+    Example:
+        >>> call_entry("gru", 0), call_entry("gru", 3)
+        ('gru', 'gru#3')
+    """
+    return f"{layer}#{call}" if call else layer
+
 
 Activation = Callable[[np.ndarray], np.ndarray]
 MatMul = Callable[[np.ndarray, np.ndarray], np.ndarray]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..spec import call_entry
+
 __all__ = ["CallLog"]
 
 Spans = list[tuple[str, str, int, int]]
@@ -57,5 +59,4 @@ class CallLog:
 
     def call_name(self, layer: str, k: int) -> str:
         """The name of local call ``k`` of ``layer``: ``layer``, ``layer#<global number>``."""
-        g = self.base + k
-        return layer if g == 0 else f"{layer}#{g}"
+        return call_entry(layer, self.base + k)

@@ -33,7 +33,7 @@ import numpy as np
 
 from ...errors import InputError
 from ...kinds import KINDS
-from ...spec import LayerSpec
+from ...spec import LayerSpec, call_entry
 from ..base import Captured, TraceOptions
 from ..calllog import CallLog
 
@@ -151,7 +151,7 @@ class KerasRecording(CallLog):
                 if todo is None:
                     continue
                 chain, began = todo
-                entry = s.name if began == 0 else f"{s.name}#{began}"
+                entry = call_entry(s.name, began)
                 specs.append(LayerSpec(entry, s.kind, s.layer_type, s.units, s.directions,
                                        s.fields, s.cell_units, s.notes))  # fmt: skip
                 batch[entry] = self._merged([per_call[k][s.name] for k in chain])

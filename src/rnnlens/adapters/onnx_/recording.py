@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError
-from ...spec import LayerSpec
+from ...spec import LayerSpec, call_entry
 from ..base import Captured, TraceOptions
 from ..calllog import CallLog
 from .deps import _first_line
@@ -90,7 +90,7 @@ class OnnxRecording(CallLog):
                 if todo is None:
                     continue
                 chain, began = todo
-                entry = s.name if began == 0 else f"{s.name}#{began}"
+                entry = call_entry(s.name, began)
                 call = self._merged(node, chain)
 
                 tensor = _lookup(call, {}, self.prep)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ...edits import LayerEdits
+from ...spec import call_entry
 from .discover import _Config
 
 
@@ -37,7 +38,7 @@ class _Plan:
         name = self.layer_names.get(layer)
         if name is None or not self.edits:
             return None
-        return self.edits.get(f"{name}#{call}" if call else name)
+        return self.edits.get(call_entry(name, call))
 
 
 @dataclass

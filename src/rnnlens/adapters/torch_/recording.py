@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ...errors import UnsupportedModelError
+from ...spec import call_entry
 from ..base import Captured, TraceOptions
 from .calls import _CellCalls, _SeqCall
 from .chains import chain_calls, merge, steps_of
@@ -128,10 +129,10 @@ def _spans(first: _SeqCall, calls: list[_SeqCall], index: int) -> list[tuple[str
     after the call numbered ``index``; every layer of the module is one entry."""
     out = []
     for name in first.plan.layer_names.values():
-        entry = f"{name}#{index}" if index else name
+        entry = call_entry(name, index)
         start = 0
         for call in calls:
             steps = steps_of(call)
-            out.append((f"{name}#{call.index}" if call.index else name, entry, start, start + steps))
+            out.append((call_entry(name, call.index), entry, start, start + steps))
             start += steps
     return out

@@ -113,7 +113,7 @@ from ...errors import (
     UnsupportedModelError,
 )
 from ...kinds import KINDS
-from ...spec import CellWeights, Field, LayerSpec
+from ...spec import CellWeights, Field, LayerSpec, call_entry
 from ...tracing import resolve_fields, select_layers
 from ..base import Captured, Intervened, TraceOptions
 from .calls import _CellCalls, _Plan
@@ -419,12 +419,11 @@ def _entries(
                 f = static_fields[spec.name]
                 out.append((spec, lambda w, spec=spec, entry=entry, f=f: _cell_entry(spec, entry, f, w)))
             continue
-        suffix = f"#{entry.index}" if entry.index else ""
         for layer, base in enumerate(specs):
             if base.name not in static_fields:
                 continue
             spec = LayerSpec(
-                base.name + suffix,
+                call_entry(base.name, entry.index),
                 base.kind,
                 base.layer_type,
                 base.units,
