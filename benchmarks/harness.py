@@ -100,8 +100,12 @@ class PeakRSS:
 
 def _release_free_memory() -> None:
     """Give freed heap back to the OS, so the next case starts from what is really in use
-    (without it glibc keeps earlier cases' buffers and the next case reuses them unseen)."""
+    (without it glibc and rnnlens keep earlier cases' buffers and the next case reuses them
+    unseen)."""
     gc.collect()
+    import rnnlens
+
+    rnnlens.release_memory()  # and the buffers rnnlens keeps for reuse (rnnlens.buffers)
     with contextlib.suppress(OSError, AttributeError):  # not glibc: the figures are then lower bounds
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 

@@ -174,11 +174,16 @@ def main_cases() -> list[Case]:
         with torch.inference_mode():
             return lstm(x)
 
+    def cold() -> Any:
+        rnnlens.release_memory()  # no buffer of an earlier call to reuse: every page faults
+        return rnnlens.trace(lstm, x)
+
     cases = [
         Case("module(x) (floor)", plain, "inference_mode"),
         Case("rnnlens h", lambda: rnnlens.trace(lstm, x, fields=("h",))),
         Case("rnnlens h,c", lambda: rnnlens.trace(lstm, x, fields=("h", "c"))),
         Case("rnnlens h,c,gates (auto)", lambda: rnnlens.trace(lstm, x)),
+        Case("rnnlens h,c,gates, cold buffers", cold, "release_memory() first: a first call"),
         Case("rnnlens h,c,gates emit", lambda: rnnlens.trace(lstm, x, strategy="emit")),
         Case("rnnlens h,c,gates reconstruct", lambda: rnnlens.trace(lstm, x, strategy="reconstruct")),
         Case(

@@ -6,6 +6,7 @@ loads when that model is first traced.
 
 from .ablation import AblationScan, ablation_scan
 from .api import Description, describe, trace
+from .buffers import release_memory
 from .edits import Edit
 from .errors import (
     DirectionNotAvailableError,
@@ -67,5 +68,6 @@ __all__ = [
     "probe",
     "rank_units",
     "record",
+    "release_memory",
     "trace",
 ]

@@ -11,8 +11,8 @@ strided gate block of a wide buffer is ~10× slower in PyTorch's elementwise ker
 step loop left is ``c_t = f_t * c_{t-1} + i_t * g_t`` (LSTM; a GRU has none), and the rebuilt
 ``h`` is checked against the kernel's a block of samples at a time, so no full-size temporary
 is made. Only when the check fails is the full comparison computed, for the error message
-(:func:`rnnlens.cells.check_parity`). Everything stays in the kernel's dtype; buffers come
-from NumPy, whose large allocations are transparent-huge-page backed (fewer page faults).
+(:func:`rnnlens.cells.check_parity`). Everything stays in the kernel's dtype; large buffers
+are reused across calls once dropped (:mod:`rnnlens.buffers`).
 
 Example::
 
@@ -40,11 +40,11 @@ Example::
 
 from __future__ import annotations
 
-import mmap
 from collections.abc import Callable
 
 import numpy as np
 
+from .buffers import empty
 from .cells import DirectionArrays, carry_forward, check_parity, tolerance
 from .errors import ParityError
 from .kinds import KINDS
@@ -140,25 +140,12 @@ class _Layout:
 
     def empty(self, width: int, dtype: np.dtype) -> np.ndarray:
         shape = (self.t, self.n, width) if self.time_major else (self.n, self.t, width)
-        return _empty(shape, dtype)
+        return empty(shape, dtype)
 
     def first(self, a: np.ndarray) -> np.ndarray:
         """The first processed step of every sample in working array ``a`` (a view)."""
         step = -1 if self.reverse else 0
         return a[step] if self.time_major else a[:, step]
-
-
-def _empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """A fresh buffer; a large one in its own anonymous mapping, on ordinary pages.
-
-    NumPy asks for transparent huge pages on large arrays; where the kernel compacts memory
-    to find them (``defrag=madvise``, common), a process that allocates and frees hundreds of
-    MB per call stalls on the faults: measured 0.85 s against 1.41 s (median) for the
-    benchmark's reconstruct. The mapping is released with the last array that uses it."""
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if nbytes < 1 << 22:
-        return np.empty(shape, dtype)
-    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype).reshape(shape)
 
 
 def _rows(a: np.ndarray) -> np.ndarray:

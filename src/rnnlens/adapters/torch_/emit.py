@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
+from ...buffers import empty_like_tensor
 from ...edits import LayerEdits, Op
 from ...kinds import KINDS
 from .discover import _Config
@@ -38,14 +39,15 @@ def _can_emit(input: Any, cfg: _Config, strategy: str) -> bool:
 
 
 def _empty(like: torch.Tensor, *shape: int) -> torch.Tensor:
-    """``like.new_empty(shape)``: the emitted buffers, written once, in place.
+    """``like.new_empty(shape)``: the emitted buffers, written once, in place; large ones are
+    reused across calls once dropped (:mod:`rnnlens.buffers`: their first-touch page faults
+    were a third of an all-fields trace).
 
     (Round 1 backed them with transparent huge pages, ``MADV_HUGEPAGE``. Measured again on the
-    2-core VM this round, interleaved, that made all-fields tracing 2.2–3.1× the fused forward
-    with spreads up to 7× — huge-page faults stall there — against 1.5× with ordinary pages,
-    so it is gone.)
+    2-core VM, interleaved, that made all-fields tracing 2.2–3.1× the fused forward with
+    spreads up to 7× — huge-page faults stall there — so it is gone.)
     """
-    return like.new_empty(shape)
+    return empty_like_tensor(like, *shape)
 
 
 def _emit_layer(
