@@ -88,10 +88,7 @@ class _Pool:
                         found = i
                     else:
                         free_bytes += len(self.maps[i])
-            if found is not None:
-                m = self.maps.pop(found)
-            else:
-                m = mmap.mmap(-1, nbytes)
+            m = self.maps.pop(found) if found is not None else mmap.mmap(-1, nbytes)
             self._trim(self.cap, free_bytes)
             self.maps.append(m)  # most recently used last: the oldest free ones go first
             return m
