@@ -19,9 +19,10 @@ import numpy as np
 from . import adapters
 from ._table import format_table
 from .api import _opened
+from .buffers import empty
 from .edits import Edit
 from .errors import InputError, OptionError, OptionTypeError
-from .intervene import intervene
+from .intervene import edited_outputs, intervene
 
 __all__ = ["AblationScan", "ablation_scan"]
 
@@ -170,7 +171,7 @@ def ablation_scan(
                 Edit(layer, col, field=field, direction=direction, scale=scale),
                 Edit(layer, col, field=field, direction=direction, add=add),
             ]
-            out = intervene(model, np.concatenate([arr] * k, axis=sample_axis), edits, **only).outputs
+            out = edited_outputs(model, _copies(arr, k, sample_axis), edits, layer)
             for r, piece in enumerate(_split(out, base_out, k)):
                 values[start + r, j] = _number(metric(piece))
     return AblationScan(layer, field, unit_list, labels, baseline, values)
@@ -199,6 +200,13 @@ def _number(v: Any) -> float:
     except (TypeError, ValueError):
         raise OptionTypeError(f"metric must return one number; it returned {type(v).__name__}") from None
     return out
+
+
+def _copies(arr: np.ndarray, k: int, axis: int) -> np.ndarray:
+    """``k`` copies of ``arr`` stacked along ``axis``, in a reused buffer (:mod:`rnnlens.buffers`)."""
+    shape = list(arr.shape)
+    shape[axis] *= k
+    return np.concatenate([arr] * k, axis=axis, out=empty(tuple(shape), arr.dtype))
 
 
 def _split(out: Any, base: Any, k: int) -> list[Any]:

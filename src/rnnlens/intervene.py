@@ -99,3 +99,13 @@ def intervene(
     cap = result.captured
     states = assemble(cap.specs, cap.batches, backend=cap.backend)
     return Intervention(result.outputs, states, tuple([edits] if isinstance(edits, Edit) else edits))
+
+
+def edited_outputs(model: Any, x: Any, edits: Sequence[Edit], layer: str) -> Any:
+    """What ``model`` returns on ``x`` with ``edits`` applied, for a caller that reads nothing
+    else (:func:`rnnlens.ablation_scan`, after its first :func:`intervene` has checked the
+    names): the outputs are not copied away from the states, which nobody sees."""
+    adapter = adapters.for_model(model)
+    planned = plan_edits(edits, adapter.describe(model))
+    options = TraceOptions(layers=(layer,), fields=("h",), outputs_only=True)
+    return adapter.intervene(model, (x,), {}, planned, options).outputs

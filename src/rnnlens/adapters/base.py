@@ -66,6 +66,9 @@ class TraceOptions:
     #: ``"join"``: calls of one module that continue the previous call's final state are one
     #: entry along time; ``"each"``: one entry per call (``name#k``)
     calls: str = "join"
+    #: the caller reads only :attr:`Intervened.outputs` and drops the states (an ablation
+    #: scan): the outputs may then share memory with the captured arrays instead of being copied
+    outputs_only: bool = False
 
 
 @dataclass

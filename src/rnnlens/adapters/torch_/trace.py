@@ -175,24 +175,25 @@ def intervene(
     in which every edited layer runs rnnlens' step loop with the edits applied in place."""
     # edits name each call ("#k", steps counted per call), so the states keep one entry per call
     captured, output = _capture(model, args, kwargs, replace(options, calls="each"), edits)
-    return Intervened(outputs=_outputs(output), captured=captured)
+    return Intervened(outputs=_outputs(output, copy=not options.outputs_only), captured=captured)
 
 
-def _outputs(obj: Any) -> Any:
-    """The model's return value with every tensor as a NumPy array, structure kept (a copy:
-    the states may view the same tensors). Copied by PyTorch's allocator: a large NumPy copy asks
-    for transparent huge pages, whose faults stall on this kind of VM (see rnnlens.rebuild)."""
+def _outputs(obj: Any, copy: bool = True) -> Any:
+    """The model's return value with every tensor as a NumPy array, structure kept (a copy
+    unless ``copy=False``: the states may view the same tensors). Copied by PyTorch's
+    allocator: a large NumPy copy asks for transparent huge pages, whose faults stall on this
+    kind of VM (see rnnlens.buffers)."""
     if isinstance(obj, torch.Tensor):
         t = obj.detach()
-        return _np(t.clone() if t.device.type == "cpu" else t)
+        return _np(t.clone() if copy and t.device.type == "cpu" else t)
     if isinstance(obj, PackedSequence):
-        return PackedSequence(*(_outputs(getattr(obj, f)) for f in obj._fields))
+        return PackedSequence(*(_outputs(getattr(obj, f), copy) for f in obj._fields))
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a named tuple
-        return type(obj)(*(_outputs(o) for o in obj))
+        return type(obj)(*(_outputs(o, copy) for o in obj))
     if isinstance(obj, (tuple, list)):
-        return type(obj)(_outputs(o) for o in obj)
+        return type(obj)(_outputs(o, copy) for o in obj)
     if isinstance(obj, dict):
-        return {k: _outputs(v) for k, v in obj.items()}
+        return {k: _outputs(v, copy) for k, v in obj.items()}
     return obj
 
 
