@@ -11,9 +11,10 @@ where the kernel compacts memory for them (``defrag=madvise``) they stalled call
 
 A buffer is free when nothing but this pool refers to its mapping (NumPy views, tensors made
 with ``torch.from_numpy`` and the arrays of a :class:`rnnlens.States` all hold a reference to
-it), so a buffer still in use is never handed out twice. Free buffers kept here take at most
-``RNNLENS_BUFFER_CACHE_MB`` MiB (default: an eighth of the machine's memory, at most 2 GiB;
-``0`` turns reuse off); :func:`release_memory` returns them to the system.
+it), so a buffer still in use is never handed out twice. The pool refers to at most
+``RNNLENS_BUFFER_CACHE_MB`` MiB of buffers, in use or free (default: an eighth of the
+machine's memory, at most 2 GiB; ``0`` turns reuse off), so that is also the most it keeps
+once every array is dropped; :func:`release_memory` returns the free ones to the system.
 
 >>> import numpy as np
 >>> a = empty((1024, 1024), np.float32)
@@ -80,37 +81,39 @@ class _Pool:
 
     def take(self, nbytes: int) -> mmap.mmap:
         with self.lock:
-            found = None
-            free_bytes = 0
-            for i in range(len(self.maps)):
-                if self._free(i):
-                    if found is None and len(self.maps[i]) == nbytes:
-                        found = i
-                    else:
-                        free_bytes += len(self.maps[i])
+            found = next(
+                (i for i in range(len(self.maps)) if len(self.maps[i]) == nbytes and self._free(i)), None
+            )
             m = self.maps.pop(found) if found is not None else mmap.mmap(-1, nbytes)
-            self._trim(self.cap, free_bytes)
-            self.maps.append(m)  # most recently used last: the oldest free ones go first
+            if nbytes <= self.cap:
+                self.maps.append(m)  # most recently used last: the oldest go first
+                self._trim(self.cap)
             return m
 
-    def _trim(self, room: int, free_bytes: int) -> None:
-        i = 0
-        while free_bytes > room and i < len(self.maps):
-            if self._free(i):
-                free_bytes -= len(self.maps.pop(i))
-            else:
-                i += 1
+    def _trim(self, room: int) -> int:
+        """Keep at most ``room`` bytes: drop the oldest free buffers, then stop keeping the
+        oldest ones still in use (their arrays free them as usual when dropped), so that what
+        the pool can hold on to once everything is dropped never exceeds ``room``. Returns the
+        free bytes dropped."""
+        total = sum(len(m) for m in self.maps)
+        dropped = 0
+        for free_only in (True, False):
+            i = 0
+            while total > room and i < len(self.maps):
+                if not free_only or self._free(i):
+                    size = len(self.maps.pop(i))
+                    total -= size
+                    dropped += size if free_only else 0
+                else:
+                    i += 1
+        return dropped
 
     def release(self) -> int:
         with self.lock:
-            # By index: a loop variable bound to a mapping would itself count as a reference.
-            before = sum(len(self.maps[i]) for i in range(len(self.maps)) if self._free(i))
-            self._trim(0, before)
-            return before
+            return self._trim(0)
 
 
 _POOL = _Pool(_default_cap())
-_NUMPY_OF = {"torch.float16": np.float16, "torch.float32": np.float32, "torch.float64": np.float64}
 
 
 def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -123,17 +126,6 @@ def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         # Its own mapping, on ordinary pages: NumPy asks for huge pages on large arrays (see above).
         return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype).reshape(shape)
     return np.frombuffer(_POOL.take(nbytes), dtype=dtype).reshape(shape)
-
-
-def empty_like_tensor(like: Any, *shape: int) -> Any:
-    """``like.new_empty(shape)`` for a torch tensor, in a reused buffer when it is large and on
-    the CPU (a dtype NumPy lacks, e.g. bfloat16, or another device: PyTorch's allocator)."""
-    dtype = _NUMPY_OF.get(str(like.dtype))
-    if like.device.type != "cpu" or dtype is None:
-        return like.new_empty(shape)
-    import torch
-
-    return torch.from_numpy(empty(shape, dtype))
 
 
 def release_memory() -> int:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
-from ...buffers import empty_like_tensor
+from ...buffers import empty
 from ...edits import LayerEdits, Op
 from ...kinds import KINDS
 from .discover import _Config
@@ -47,7 +47,13 @@ def _empty(like: torch.Tensor, *shape: int) -> torch.Tensor:
     2-core VM, interleaved, that made all-fields tracing 2.2–3.1× the fused forward with
     spreads up to 7× — huge-page faults stall there — so it is gone.)
     """
-    return empty_like_tensor(like, *shape)
+    dtype = _NUMPY_OF.get(like.dtype)
+    if like.device.type != "cpu" or dtype is None:  # bfloat16, a GPU: PyTorch's allocator
+        return like.new_empty(shape)
+    return torch.from_numpy(empty(shape, dtype))
+
+
+_NUMPY_OF = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
 
 
 def _emit_layer(

@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...buffers import empty_like_tensor
 from ...edits import LayerEdits
 from .discover import _Config
+from .emit import _empty
 
 __all__ = ["run_folded"]
 
@@ -60,7 +60,7 @@ def run_folded(view: Any, cfg: _Config, layer: int, x: Any, hx: Any, edits: Laye
         return None  # a constant needs a bias to go into
     keys, members = _groups(zero, value)
     like = {"dtype": x.dtype, "device": x.device}
-    y = empty_like_tensor(x, *_out_shape(x, batch_first, n_steps, width))
+    y = _empty(x, *_out_shape(x, batch_first, n_steps, width))
     h_n = torch.empty((1, n, width), **like)
     c_n = torch.empty((1, n, cfg.hidden_size), **like) if lstm else None
     for (cols, values), rows in zip(keys, members):
