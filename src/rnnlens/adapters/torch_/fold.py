@@ -12,7 +12,7 @@ set to ``v`` (their values inside the folded run are never read: only the folded
 them, at zero). Samples with different edits run as separate groups.
 
 An ablation scan of ``U`` units then costs about ``U`` plain forward passes of the layer (the
-benchmark's scan of 16 units: 1.77× the 16 plain passes with the step loop, ~1.35× folded).
+benchmark's scan of 16 units: 1.77× the 16 plain passes with the step loop, 1.1–1.2× folded).
 It applies to one-direction ``nn.LSTM`` / ``nn.GRU`` / tanh ``nn.RNN`` layers, and to ``h``
 edits whose every edited step has the same (sample, unit) pattern of "set to a constant" and
 "unchanged", on contiguous steps; anything else (``c`` edits, adds, partial scales, gaps, both
