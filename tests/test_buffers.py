@@ -119,3 +119,18 @@ def test_a_held_trace_is_not_overwritten_by_the_next(pool: buffers._Pool) -> Non
     third = rnnlens.trace(lstm, x1)  # reuses the first's buffers: the same numbers again
     np.testing.assert_array_equal(third["lstm.l1"].h, expected["h"])
     np.testing.assert_array_equal(third["lstm.l1"].gates["i"], gates)
+
+
+def test_the_cap_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rnnlens import RnnLensWarning
+
+    monkeypatch.setenv("RNNLENS_BUFFER_CACHE_MB", "64")
+    assert buffers._default_cap() == 64 << 20
+    monkeypatch.setenv("RNNLENS_BUFFER_CACHE_MB", "0")
+    assert buffers._default_cap() == 0
+    monkeypatch.setenv("RNNLENS_BUFFER_CACHE_MB", "lots")
+    with pytest.warns(RnnLensWarning, match="not a number of MiB"):
+        assert buffers._default_cap() == 0
+    monkeypatch.delenv("RNNLENS_BUFFER_CACHE_MB")
+    assert 0 < buffers._default_cap() <= 2 << 30
+

@@ -31,9 +31,12 @@ import mmap
 import os
 import sys
 import threading
+import warnings
 from typing import Any
 
 import numpy as np
+
+from .errors import RnnLensWarning
 
 #: buffers under this size come from NumPy's allocator (small blocks are recycled by malloc)
 MIN_BYTES = 1 << 22
@@ -45,6 +48,12 @@ def _default_cap() -> int:
         try:
             return max(0, int(float(env) * (1 << 20)))
         except ValueError:
+            warnings.warn(
+                f"RNNLENS_BUFFER_CACHE_MB={env!r} is not a number of MiB; rnnlens reuses no buffers "
+                "(set it to e.g. 1024, or 0 to say so).",
+                RnnLensWarning,
+                stacklevel=2,
+            )
             return 0
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
