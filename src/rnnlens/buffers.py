@@ -129,9 +129,9 @@ def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """An uninitialised C-contiguous array, in a reused buffer when it is large."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if nbytes < MIN_BYTES or not _POOL.works or _POOL.cap == 0:
-        if nbytes < MIN_BYTES:
-            return np.empty(shape, dtype)
+    if nbytes < MIN_BYTES:
+        return np.empty(shape, dtype)
+    if not _POOL.works or _POOL.cap == 0:
         # Its own mapping, on ordinary pages: NumPy asks for huge pages on large arrays (see above).
         return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype).reshape(shape)
     return np.frombuffer(_POOL.take(nbytes), dtype=dtype).reshape(shape)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import adapters
-from .adapters.base import TraceOptions
+from .adapters.base import Intervened, TraceOptions
 from .api import _opened
 from .edits import Edit, plan_edits
 from .options import check_fields, check_layers
@@ -92,10 +92,8 @@ def intervene(
         True
     """
     model = _opened(model)
-    adapter = adapters.for_model(model)
-    planned = plan_edits(edits, adapter.describe(model))
     options = TraceOptions(layers=check_layers(layers), fields=check_fields(fields))
-    result = adapter.intervene(model, (x, *args), kwargs, planned, options)
+    result = _run(model, (x, *args), kwargs, edits, options)
     cap = result.captured
     states = assemble(cap.specs, cap.batches, backend=cap.backend)
     return Intervention(result.outputs, states, tuple([edits] if isinstance(edits, Edit) else edits))
@@ -105,7 +103,13 @@ def edited_outputs(model: Any, x: Any, edits: Sequence[Edit], layer: str) -> Any
     """What ``model`` returns on ``x`` with ``edits`` applied, for a caller that reads nothing
     else (:func:`rnnlens.ablation_scan`, after its first :func:`intervene` has checked the
     names): the outputs are not copied away from the states, which nobody sees."""
-    adapter = adapters.for_model(model)
-    planned = plan_edits(edits, adapter.describe(model))
     options = TraceOptions(layers=(layer,), fields=("h",), outputs_only=True)
-    return adapter.intervene(model, (x,), {}, planned, options).outputs
+    return _run(model, (x,), {}, edits, options).outputs
+
+
+def _run(
+    model: Any, args: tuple[Any, ...], kwargs: Any, edits: Edit | Sequence[Edit], options: TraceOptions
+) -> Intervened:
+    """The adapter's edited run, the edits planned against its layers."""
+    adapter = adapters.for_model(model)
+    return adapter.intervene(model, args, kwargs, plan_edits(edits, adapter.describe(model)), options)
