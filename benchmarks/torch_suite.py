@@ -47,6 +47,17 @@ def synced(fn: Callable[[], Any]) -> Callable[[], Any]:
     return run
 
 
+def forward(module: Any, x: Any) -> Callable[[], Any]:
+    """The floor: the module's own call on ``x`` under ``torch.inference_mode()``."""
+    import torch
+
+    def run() -> Any:
+        with torch.inference_mode():
+            return module(x)
+
+    return run
+
+
 def cell_loop(lstm: Any, x: Any) -> Callable[[], Any]:
     """nn.LSTMCell per layer, a Python loop over time: every layer's h and c, no gates."""
     import torch
@@ -150,12 +161,8 @@ def packed_cases() -> list[Case]:
     lengths = torch.from_numpy(np.random.default_rng(1).integers(TIME // 2, TIME + 1, size=BATCH))
     packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
 
-    def plain() -> Any:
-        with torch.inference_mode():
-            return lstm(packed)
-
     cases = [
-        Case("module(packed) (floor)", plain, "inference_mode"),
+        Case("module(packed) (floor)", forward(lstm, packed), "inference_mode"),
         Case("rnnlens h", lambda: rnnlens.trace(lstm, packed, fields=("h",))),
         Case("rnnlens h,c,gates (auto = emit)", lambda: rnnlens.trace(lstm, packed)),
         Case("rnnlens h,c,gates reconstruct", lambda: rnnlens.trace(lstm, packed, strategy="reconstruct")),
@@ -164,18 +171,12 @@ def packed_cases() -> list[Case]:
 
 
 def main_cases() -> list[Case]:
-    import torch
-
     import rnnlens
 
     lstm, x = _module(), _data()
 
-    def plain() -> Any:
-        with torch.inference_mode():
-            return lstm(x)
-
     cases = [
-        Case("module(x) (floor)", plain, "inference_mode"),
+        Case("module(x) (floor)", forward(lstm, x), "inference_mode"),
         Case("rnnlens h", lambda: rnnlens.trace(lstm, x, fields=("h",))),
         Case("rnnlens h,c", lambda: rnnlens.trace(lstm, x, fields=("h", "c"))),
         Case("rnnlens h,c,gates (auto)", lambda: rnnlens.trace(lstm, x)),
@@ -198,22 +199,16 @@ def main_cases() -> list[Case]:
 def cold_cases() -> list[Case]:
     """All fields with and without buffers of an earlier call to reuse (:mod:`rnnlens.buffers`).
     A suite of its own: releasing the buffers would take them from the other suites' cases too."""
-    import torch
-
     import rnnlens
 
     lstm, x = _module(), _data()
-
-    def plain() -> Any:
-        with torch.inference_mode():
-            return lstm(x)
 
     def cold() -> Any:
         rnnlens.release_memory()  # no buffer of an earlier call to reuse: every page faults
         return rnnlens.trace(lstm, x)
 
     cases = [
-        Case("module(x) (floor)", plain, "inference_mode"),
+        Case("module(x) (floor)", forward(lstm, x), "inference_mode"),
         Case("rnnlens h,c,gates, cold buffers", cold, "release_memory() first: a first call"),
         Case("rnnlens h,c,gates, buffers reused", lambda: rnnlens.trace(lstm, x), "the calls after it"),
     ]
