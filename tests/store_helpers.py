@@ -54,7 +54,6 @@ def assert_same_store(a: Any, b: Any, *, complete: bool = False) -> None:
         assert left[key].shape == right[key].shape, key
         assert left[key].tobytes() == right[key].tobytes(), key
     if complete:
-
         assert len(left) > 2  # mask, lengths and states
         for p in (a, b):
             assert _group(p).attrs["complete"] is True

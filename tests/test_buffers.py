@@ -133,4 +133,3 @@ def test_the_cap_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         assert buffers._default_cap() == 0
     monkeypatch.delenv("RNNLENS_BUFFER_CACHE_MB")
     assert 0 < buffers._default_cap() <= 2 << 30
-

@@ -48,7 +48,7 @@ from .buffers import empty
 from .cells import DirectionArrays, carry_forward, check_parity, tolerance
 from .errors import ParityError
 from .kinds import KINDS
-from .spec import Activation, CellWeights, MatMul
+from .spec import Activation, CellWeights, Elementwise, MatMul
 
 __all__ = ["reconstruct_direction"]
 
@@ -91,7 +91,7 @@ def reconstruct_direction(
     m = None if mask is None or mask.all() else lay.view(np.asarray(mask, bool))
     shift = _Shift(w, lay, hw, h0.astype(hw.dtype, copy=False))
     xw = lay.working(np.asarray(x).astype(hw.dtype, copy=False))
-    parity = _Parity(hw, m, layer, tol)
+    parity = _Parity(hw, m, layer, tol, w.elementwise or _NUMPY)
     if kind.has_c:
         if w.plain:
             gates, c = _lstm(w, xw, shift, c0, m, parity)
@@ -250,6 +250,45 @@ def _act(fn: Activation, a: np.ndarray) -> None:
         a[...] = fn(a)
 
 
+def _act_into(fn: Activation, out: np.ndarray, a: np.ndarray) -> None:
+    """``out = fn(a)``: through the activation's ``into(out, a)`` when an adapter gives one
+    (PyTorch's ``out=``), else copied and activated in place."""
+    into = getattr(fn, "into", None)
+    if into is not None:
+        into(out, a)
+    else:
+        np.copyto(out, a)
+        _act(fn, out)
+
+
+class _NumPyElementwise:
+    """:class:`~rnnlens.spec.Elementwise` in NumPy (one core)."""
+
+    def mul(self, out: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+        np.multiply(a, b, out=out)
+
+    def addcmul(self, out: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+        out += a * b
+
+    def sub(self, out: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+        np.subtract(a, b, out=out)
+
+    def submul(self, out: np.ndarray, c: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+        np.multiply(a, b, out=out)
+        np.subtract(c, out, out=out)
+
+    def absmax(self, a: np.ndarray) -> float:
+        return _absmax(float(a.min()), float(a.max()))
+
+
+def _absmax(lo: float, hi: float) -> float:
+    """``max(|lo|, |hi|)`` of a min and a max, NaN if either is (Python's ``max`` drops it)."""
+    return float("nan") if lo != lo or hi != hi else max(hi, -lo)
+
+
+_NUMPY: Elementwise = _NumPyElementwise()
+
+
 def _blocks(a: np.ndarray) -> list[slice]:
     """Blocks along axis 0 of about 1M values each: the parity check's temporaries stay small."""
     per = max(1, int(np.prod(a.shape[1:])))
@@ -260,26 +299,37 @@ def _blocks(a: np.ndarray) -> list[slice]:
 class _Parity:
     """The rebuilt ``h`` against the kernel's, a block at a time (valid steps only)."""
 
-    def __init__(self, h: np.ndarray, mask: np.ndarray | None, layer: str, tol: tuple[float, float] | None):
-        self.h, self.mask, self.layer, self.tol = h, mask, layer, tol
+    def __init__(
+        self, h: np.ndarray, mask: np.ndarray | None, layer: str, tol: tuple[float, float] | None,
+        ew: Elementwise,
+    ):  # fmt: skip
+        self.h, self.mask, self.layer, self.tol, self.ew = h, mask, layer, tol, ew
         self.rtol, self.atol = tol or tolerance(h.dtype)
         self.worst = 0.0
         self.rebuild: Callable[[slice], np.ndarray] | None = None
         self.what = ""
 
-    def check(self, rebuild: Callable[[slice], np.ndarray], what: str) -> None:
-        """``rebuild(rows)`` gives the rebuilt h of working rows ``rows`` (a scratch buffer)."""
+    def check(
+        self, rebuild: Callable[[slice], np.ndarray], what: str,
+        residual: Callable[[slice], np.ndarray] | None = None,
+    ) -> None:  # fmt: skip
+        """``rebuild(rows)`` gives the rebuilt h of working rows ``rows`` (a scratch buffer);
+        ``residual(rows)``, when given, the kernel's h minus it, computed in fewer passes."""
         self.rebuild, self.what = rebuild, what
         for rows in _blocks(self.h):
             expected = self.h[rows]
-            diff = rebuild(rows)
-            np.subtract(diff, expected, out=diff)
-            np.abs(diff, out=diff)
+            if residual is not None:
+                diff = residual(rows)
+            else:
+                diff = rebuild(rows)
+                self.ew.sub(diff, expected, diff)
+            if not diff.size:
+                continue
             if self.mask is not None:
                 diff[~self.mask[rows]] = 0
-            worst = float(diff.max()) if diff.size else 0.0
+            worst = self.ew.absmax(diff)
             if worst > self.atol:  # rare: the elementwise bound atol + rtol * |expected|
-                worst = float((diff - self.rtol * np.abs(expected)).max())
+                worst = float((np.abs(diff) - self.rtol * np.abs(expected)).max())
             if not worst <= self.worst:  # also catches NaN
                 self.worst = worst
 
@@ -310,14 +360,14 @@ def _lstm(
         _act(w.activation if k == 2 else w.recurrent_activation, g)
         gates.append(g)
     i, f, g, o = gates
+    ew = parity.ew
     c = lay.empty(u, dtype)
-    np.multiply(i, g, out=c)  # i * g for every step at once; the scan adds f * c_prev
     prev = np.zeros((lay.n, u), dtype) if c0 is None else c0.astype(dtype)
-    fc = np.empty((lay.n, u), dtype)
     at = (lambda a, s: a[s]) if lay.time_major else (lambda a, s: a[:, s])
     for s in range(lay.t - 1, -1, -1) if lay.reverse else range(lay.t):
         cur = at(c, s)
-        cur += np.multiply(at(f, s), prev, out=fc)
+        ew.mul(cur, at(f, s), prev)
+        ew.addcmul(cur, at(i, s), at(g, s))
         if mask is not None:
             off = ~at(mask, s)
             if off.any():
@@ -325,15 +375,30 @@ def _lstm(
         prev = cur
     projection = None if w.projection is None else w.projection.astype(dtype, copy=False)
 
+    scratch = np.empty((0,), dtype)  # one buffer for every block: no fresh pages per block
+
+    def act_c(rows: slice) -> np.ndarray:
+        nonlocal scratch
+        part = c[rows]
+        if scratch.size < part.size:
+            scratch = np.empty(part.size, dtype)
+        hc = scratch[: part.size].reshape(part.shape)
+        _act_into(w.activation, hc, part)
+        return hc
+
     def rebuilt(rows: slice) -> np.ndarray:
-        hc = c[rows].copy()
-        _act(w.activation, hc)
-        hc *= o[rows]
+        hc = act_c(rows)
+        ew.mul(hc, hc, o[rows])
         if projection is None:
             return hc
         return np.asarray(_mm(w)(_rows(hc), projection)).reshape(*hc.shape[:2], -1)
 
-    parity.check(rebuilt, "o * act(c)")
+    def residual(rows: slice) -> np.ndarray:  # h - o * act(c): two passes over the block
+        hc = act_c(rows)
+        ew.submul(hc, parity.h[rows], hc, o[rows])
+        return hc
+
+    parity.check(rebuilt, "o * act(c)", None if projection is not None else residual)
     return (i, f, g, o), c
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -18,6 +19,7 @@ __all__ = [
     "FIELDS_BY_KIND",
     "GATE_NAMES",
     "CellWeights",
+    "Elementwise",
     "Field",
     "Kind",
     "LayerSpec",
@@ -42,6 +44,28 @@ Activation = Callable[[np.ndarray], np.ndarray]
 MatMul = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
+class Elementwise(Protocol):
+    """In-place elementwise arithmetic on NumPy arrays of one shape: what :mod:`rnnlens.rebuild`
+    runs after its GEMMs (the ``c`` scan, the parity check). An adapter gives its framework's
+    kernels (PyTorch's run on both cores, NumPy's on one); ``None`` in :class:`CellWeights`
+    means NumPy's."""
+
+    def mul(self, out: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+        """``out = a * b``."""
+
+    def addcmul(self, out: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+        """``out += a * b``."""
+
+    def sub(self, out: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+        """``out = a - b``."""
+
+    def submul(self, out: np.ndarray, c: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+        """``out = c - a * b``."""
+
+    def absmax(self, a: np.ndarray) -> float:
+        """The largest ``|a|`` (NaN if any value is NaN); ``a`` is not empty."""
+
+
 @dataclass(frozen=True, eq=False)
 class CellWeights:
     """One direction's weights in canonical gate order.
@@ -58,7 +82,7 @@ class CellWeights:
     ``matmul``, when an adapter gives one, is its framework's GEMM on NumPy arrays: rebuilding
     then runs on the framework's thread pool instead of NumPy's BLAS, whose spinning threads
     would compete with the framework's for the cores (measured 3× slower activations on 2
-    cores). ``None``: :func:`numpy.matmul`.
+    cores). ``None``: :func:`numpy.matmul`. ``elementwise`` likewise (:class:`Elementwise`).
     """
 
     kind: Kind
@@ -71,6 +95,7 @@ class CellWeights:
     reset_after: bool = True
     projection: np.ndarray | None = None
     matmul: MatMul | None = None
+    elementwise: Elementwise | None = None
     #: LSTM peepholes (ONNX ``P``): (3, cell_units) in the order i, f, o; ``i`` and ``f`` read
     #: ``c_{t-1}``, ``o`` reads ``c_t``
     peepholes: np.ndarray | None = None

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ from ...spec import FIELDS_BY_KIND, CellWeights, Field, Kind, LayerSpec
 from ...tracing import RawDirection, RawLayer, resolve_fields, select_layers, to_direction_arrays
 from ..base import Captured, Intervened, TraceOptions
 from . import conv as keras_conv
+from .numpy_ops import numpy_fn
 from .probe import cell_kind, choose_strategy, is_model, is_recurrent, probe_for
 
 __all__ = ["capture", "describe"]
@@ -122,38 +123,6 @@ def _require_graph(model: Any) -> None:
 # --------------------------------------------------------------------------- weights
 
 
-def _numpy_fn(fn: Callable[..., Any]) -> Callable[[np.ndarray], np.ndarray]:
-    """The layer's own activation as a NumPy → NumPy function (custom callables included).
-
-    Keras' own ``tanh`` and ``sigmoid`` also get an in-place NumPy form (``inplace``, used by
-    :mod:`rnnlens.rebuild`): the rebuild calls them once per step, where a backend op's
-    dispatch costs more than the arithmetic. They agree with the backend's to a few ulp, far
-    inside the parity tolerance every rebuilt state is checked against.
-    """
-    k = _keras()
-
-    def apply(a: np.ndarray) -> np.ndarray:
-        return np.asarray(k.ops.convert_to_numpy(fn(a)), dtype=a.dtype)
-
-    if fn is k.activations.tanh:
-        apply.inplace = _tanh_inplace  # type: ignore[attr-defined]
-    elif fn is k.activations.sigmoid:
-        apply.inplace = _sigmoid_inplace  # type: ignore[attr-defined]
-    return apply
-
-
-def _tanh_inplace(a: np.ndarray) -> None:
-    np.tanh(a, out=a)
-
-
-def _sigmoid_inplace(a: np.ndarray) -> None:
-    # sigmoid(x) = (1 + tanh(x / 2)) / 2: NumPy's tanh is vectorised, its exp path is 2x slower
-    a *= 0.5
-    np.tanh(a, out=a)
-    a *= 0.5
-    a += 0.5
-
-
 def _cell_weights(cell: Any, kind: Kind) -> CellWeights | None:
     if kind in ("rnn", "convlstm"):  # ConvLSTM: always emitted, its kernels are convolutions
         return None
@@ -173,8 +142,8 @@ def _cell_weights(cell: Any, kind: Kind) -> CellWeights | None:
         recurrent_kernel=recurrent,
         bias=bias,
         recurrent_bias=recurrent_bias,
-        activation=_numpy_fn(cell.activation),
-        recurrent_activation=_numpy_fn(recurrent_activation),
+        activation=numpy_fn(cell.activation),
+        recurrent_activation=numpy_fn(recurrent_activation),
         reset_after=reset_after,
     )
 
