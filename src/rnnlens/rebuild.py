@@ -10,7 +10,9 @@ first steps; they get ``h0``. Activations then run once over each contiguous gat
 strided gate block of a wide buffer is ~10× slower in PyTorch's elementwise kernels), the only
 step loop left is ``c_t = f_t * c_{t-1} + i_t * g_t`` (LSTM; a GRU has none), and the rebuilt
 ``h`` is checked against the kernel's a block of samples at a time, so no full-size temporary
-is made. Only when the check fails is the full comparison computed, for the error message
+is made (for an LSTM, ``h - o * act(c)`` in two passes). That arithmetic runs on the adapter's
+elementwise kernels where it gives them (:class:`~rnnlens.spec.Elementwise`: PyTorch's use both
+cores, NumPy's one). Only when the check fails is the full comparison computed, for the error message
 (:func:`rnnlens.cells.check_parity`). Everything stays in the kernel's dtype; large buffers
 are reused across calls once dropped (:mod:`rnnlens.buffers`).
 
@@ -91,7 +93,7 @@ def reconstruct_direction(
     m = None if mask is None or mask.all() else lay.view(np.asarray(mask, bool))
     shift = _Shift(w, lay, hw, h0.astype(hw.dtype, copy=False))
     xw = lay.working(np.asarray(x).astype(hw.dtype, copy=False))
-    parity = _Parity(hw, m, layer, tol, w.elementwise or _NUMPY)
+    parity = _Parity(hw, m, layer, tol, w.elementwise or _NumPyElementwise())
     if kind.has_c:
         if w.plain:
             gates, c = _lstm(w, xw, shift, c0, m, parity)
@@ -262,13 +264,19 @@ def _act_into(fn: Activation, out: np.ndarray, a: np.ndarray) -> None:
 
 
 class _NumPyElementwise:
-    """:class:`~rnnlens.spec.Elementwise` in NumPy (one core)."""
+    """:class:`~rnnlens.spec.Elementwise` in NumPy (one core); one per rebuild, for its scratch."""
+
+    def __init__(self) -> None:
+        self.scratch = np.empty(0)
 
     def mul(self, out: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
         np.multiply(a, b, out=out)
 
     def addcmul(self, out: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
-        out += a * b
+        if self.scratch.size < out.size or self.scratch.dtype != out.dtype:
+            self.scratch = np.empty(out.size, out.dtype)
+        tmp = self.scratch[: out.size].reshape(out.shape)
+        out += np.multiply(a, b, out=tmp)
 
     def sub(self, out: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
         np.subtract(a, b, out=out)
@@ -284,9 +292,6 @@ class _NumPyElementwise:
 def _absmax(lo: float, hi: float) -> float:
     """``max(|lo|, |hi|)`` of a min and a max, NaN if either is (Python's ``max`` drops it)."""
     return float("nan") if lo != lo or hi != hi else max(hi, -lo)
-
-
-_NUMPY: Elementwise = _NumPyElementwise()
 
 
 def _blocks(a: np.ndarray) -> list[slice]:
@@ -362,12 +367,12 @@ def _lstm(
     i, f, g, o = gates
     ew = parity.ew
     c = lay.empty(u, dtype)
+    ew.mul(c, i, g)  # i * g for every step in one pass; the scan adds f * c_prev
     prev = np.zeros((lay.n, u), dtype) if c0 is None else c0.astype(dtype)
     at = (lambda a, s: a[s]) if lay.time_major else (lambda a, s: a[:, s])
     for s in range(lay.t - 1, -1, -1) if lay.reverse else range(lay.t):
         cur = at(c, s)
-        ew.mul(cur, at(f, s), prev)
-        ew.addcmul(cur, at(i, s), at(g, s))
+        ew.addcmul(cur, at(f, s), prev)
         if mask is not None:
             off = ~at(mask, s)
             if off.any():

@@ -16,7 +16,7 @@ pytest.importorskip("torch")
 
 from rnnlens.adapters.torch_.weights import _ELEMENTWISE, _SIGMOID, _TANH, _matmul
 from rnnlens.errors import ParityError
-from rnnlens.rebuild import _NUMPY, reconstruct_direction
+from rnnlens.rebuild import _NumPyElementwise, reconstruct_direction
 from rnnlens.spec import CellWeights
 from rnnlens.testing import reference_rnn
 
@@ -88,12 +88,12 @@ def test_elementwise_ops_agree_with_numpy() -> None:
     a, b, c = (rng.normal(size=(7, 5)) for _ in range(3))
     for name, args in [("mul", (a, b)), ("addcmul", (a, b)), ("sub", (a, b)), ("submul", (c, a, b))]:
         outs = []
-        for ew in (_ELEMENTWISE, _NUMPY):
+        for ew in (_ELEMENTWISE, _NumPyElementwise()):
             out = c.copy() if name == "addcmul" else np.empty_like(a)
             getattr(ew, name)(out, *args)
             outs.append(out)
         np.testing.assert_allclose(outs[0], outs[1], rtol=1e-14, err_msg=name)
-    for ew in (_ELEMENTWISE, _NUMPY):
+    for ew in (_ELEMENTWISE, _NumPyElementwise()):
         assert ew.absmax(np.array([1.0, -3.0, 2.0])) == 3.0
         assert np.isnan(ew.absmax(np.array([1.0, np.nan, -3.0])))
         assert np.isnan(ew.absmax(np.array([np.nan, 1.0])))
