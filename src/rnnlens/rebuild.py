@@ -424,8 +424,7 @@ def _gru(w: CellWeights, x: np.ndarray, shift: _Shift, parity: _Parity) -> tuple
         hn = lay.empty(u, dtype)
         hn[...] = rb[2 * u :]
         shift.add(hn, u_n)
-        hn *= r
-        cand += hn
+        parity.ew.addcmul(cand, r, hn)
         del hn
     else:
         cand = _gate(w, x, lay, 2, u, b[2 * u :] + rb[2 * u :], dtype)
