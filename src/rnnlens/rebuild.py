@@ -12,8 +12,8 @@ step loop left is ``c_t = f_t * c_{t-1} + i_t * g_t`` (LSTM; a GRU has none), an
 ``h`` is checked against the kernel's a block of samples at a time, so no full-size temporary
 is made (for an LSTM, ``h - o * act(c)`` in two passes). That arithmetic runs on the adapter's
 elementwise kernels where it gives them (:class:`~rnnlens.spec.Elementwise`: PyTorch's use both
-cores, NumPy's one). Only when the check fails is the full comparison computed, for the error message
-(:func:`rnnlens.cells.check_parity`). Everything stays in the kernel's dtype; large buffers
+cores, NumPy's one). Only when the check fails is the full comparison computed, for the error
+message (:func:`rnnlens.cells.check_parity`). Everything stays in the kernel's dtype; large buffers
 are reused across calls once dropped (:mod:`rnnlens.buffers`).
 
 Example::
