@@ -286,11 +286,12 @@ class _NumPyElementwise:
         np.subtract(c, out, out=out)
 
     def absmax(self, a: np.ndarray) -> float:
-        return _absmax(float(a.min()), float(a.max()))
+        return absmax_of(float(a.min()), float(a.max()))
 
 
-def _absmax(lo: float, hi: float) -> float:
-    """``max(|lo|, |hi|)`` of a min and a max, NaN if either is (Python's ``max`` drops it)."""
+def absmax_of(lo: float, hi: float) -> float:
+    """The largest ``|v|`` of values whose min is ``lo`` and max ``hi``, NaN if either is
+    (Python's ``max`` would drop it): every :class:`~rnnlens.spec.Elementwise` ``absmax``."""
     return float("nan") if lo != lo or hi != hi else max(hi, -lo)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ...kinds import KINDS
+from ...rebuild import absmax_of
 from ...spec import CellWeights
 from .discover import _Config
 
@@ -90,8 +91,8 @@ class _Elementwise:
         torch.addcmul(_tensor(c), _tensor(a), _tensor(b), value=-1, out=torch.from_numpy(out))
 
     def absmax(self, a: np.ndarray) -> float:
-        lo, hi = torch.aminmax(_tensor(a))  # one pass; NaN propagates
-        return float("nan") if lo.isnan() or hi.isnan() else max(float(hi), -float(lo))
+        lo, hi = torch.aminmax(_tensor(a))  # one pass (10x faster than vector_norm(inf)); NaN propagates
+        return absmax_of(float(lo), float(hi))
 
 
 _ELEMENTWISE = _Elementwise()
