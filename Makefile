@@ -3,23 +3,35 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements/*.txt 2>/dev/null | cksum | cut -d' ' -f1)
+DEMO_STAMP := $(VENV)/.demo-$(shell cat pyproject.toml requirements/*.txt 2>/dev/null | cksum | cut -d' ' -f1)
+# every install here takes this machine's pins (the torch CPU wheel on disk; one agreeing botocore set)
+PIP    := $(PY) -m pip install -q -c requirements/constraints.txt
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install install-demo demo test test-fast lint bench clean
 
-$(STAMP): pyproject.toml
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch is pinned to the CPU wheel (an unpinned torch pulls a multi-GB CUDA build)
-	$(PY) -m pip install -q -c requirements/constraints.txt -e ".[all,test,bench]"
+
+# the demo needs Keras, a backend (TensorFlow here), scikit-learn and matplotlib: ~1.9 GB, not 4
+$(DEMO_STAMP): pyproject.toml requirements/dev.txt | $(VENV)/bin/python
+	$(PIP) -e ".[keras,probe,viz]" -r requirements/dev.txt
+	rm -f $(VENV)/.demo-*
+	touch $@
+
+$(STAMP): pyproject.toml requirements/dev.txt | $(VENV)/bin/python
+	$(PIP) -e ".[all,test,bench]" -r requirements/dev.txt
 	# tf_keras (Keras 2) only writes legacy .h5 files in the tests; it declares `tensorflow`,
 	# which tensorflow-cpu already provides, hence --no-deps
 	$(PY) -m pip install -q --no-deps "tf_keras==2.21.0"
-	rm -f $(VENV)/.installed-*
-	touch $@
+	rm -f $(VENV)/.installed-* $(VENV)/.demo-*
+	touch $@ $(DEMO_STAMP)
 
 install: $(STAMP)
 
-demo: install  ## train a tiny model on built-in data, trace it, print what it found
+install-demo: $(DEMO_STAMP)
+
+demo: install-demo  ## train a tiny model on built-in data, trace it, print what it found
 	$(VENV)/bin/rnnlens demo
 
 test: install  ## the full test suite (what CI runs), then the Keras suite on the JAX and PyTorch backends

@@ -369,6 +369,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     except (RnnLensError, FileNotFoundError) as e:
         print(f"rnnlens {args.command}: error: {_line(e)}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:  # an optional library imported where no require() stands guard
+        from .optional import install_hint, is_optional
+
+        if not is_optional(e.name):
+            return _unexpected(args, e)
+        print(
+            f"rnnlens {args.command}: error: this needs the optional package {e.name!r}, which is not "
+            f"installed. Install it with: {install_hint(str(e.name))}",
+            file=sys.stderr,
+        )
+        return 2
     except MemoryError as e:
         print(f"rnnlens {args.command}: error: out of memory ({e}); use smaller batches.", file=sys.stderr)
         return 2
@@ -376,16 +387,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         print(f"rnnlens {args.command}: error: {e.strerror or e}{where}.", file=sys.stderr)
         return 2
-    except Exception as e:  # never a traceback; RNNLENS_DEBUG=1 shows it for a bug report
-        if os.environ.get("RNNLENS_DEBUG"):
-            raise
-        text = _line(e)
-        print(
-            f"rnnlens {args.command}: error: {type(e).__name__}: {text} (an unexpected error; rerun "
-            "with RNNLENS_DEBUG=1 for the traceback and please report it)",
-            file=sys.stderr,
-        )
-        return 1
+    except Exception as e:
+        return _unexpected(args, e)
+
+
+def _unexpected(args: argparse.Namespace, e: Exception) -> int:
+    """Never a traceback; RNNLENS_DEBUG=1 shows it for a bug report."""
+    if os.environ.get("RNNLENS_DEBUG"):
+        raise e
+    print(
+        f"rnnlens {args.command}: error: {type(e).__name__}: {_line(e)} (an unexpected error; rerun "
+        "with RNNLENS_DEBUG=1 for the traceback and please report it)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

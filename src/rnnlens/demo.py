@@ -100,8 +100,10 @@ def run_demo(
     """Train, trace and report. Returns the numbers it printed; writes an HTML report to
     ``report`` when given."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
     import rnnlens
+    from rnnlens.optional import require
+
+    keras = require("keras", purpose="The demo (a Keras model)")
 
     keras.utils.set_random_seed(seed)
     train = encode(make_corpus(3000, 40, seed=seed))

@@ -34,7 +34,8 @@ from typing import Any, Literal
 import numpy as np
 
 from ._table import format_table
-from .errors import InputError, MissingDependencyError, OptionError
+from .errors import InputError, OptionError
+from .optional import require
 
 __all__ = ["Confirmation", "ProbeResult", "UnitRanking", "confirm", "probe", "rank_units"]
 
@@ -199,15 +200,9 @@ def _mutual_info(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _sklearn() -> Any:
-    try:
-        import sklearn.feature_selection
-        import sklearn.linear_model
-        import sklearn.metrics
-    except ImportError:
-        raise MissingDependencyError(
-            "Probes use scikit-learn: pip install 'rnnlens[probe]' (or scikit-learn)."
-        ) from None
-    return sklearn
+    for sub in ("feature_selection", "linear_model", "metrics"):
+        require(f"sklearn.{sub}", purpose="Probes")
+    return require("sklearn", purpose="Probes")
 
 
 @dataclass

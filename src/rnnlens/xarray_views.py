@@ -11,20 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from .errors import MissingDependencyError
 from .io.layout import LAYERS_GROUP, direction_path, encode_name
+from .optional import require
 
 __all__ = ["layer_dataset", "states_datatree"]
 
 
 def _xr() -> Any:
-    try:
-        import xarray as xr
-    except ImportError:
-        raise MissingDependencyError(
-            "xarray views need xarray: pip install 'rnnlens[zarr]' (or xarray)."
-        ) from None
-    return xr
+    return require("xarray", purpose="xarray views")
 
 
 def _direction_vars(ls: Any, direction: str) -> dict[str, Any]:

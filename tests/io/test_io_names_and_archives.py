@@ -18,6 +18,8 @@ keras = pytest.importorskip("keras")
 
 @pytest.mark.parametrize("name", ["zarr.json", "n" * 300])
 def test_awkward_layer_names_round_trip(name: str, tmp_path: Path) -> None:
+    if "." in name and keras.backend.backend() == "torch":
+        pytest.skip("Keras' torch backend refuses '.' in a layer name (torch parameter names)")
     model = keras.Sequential([keras.Input((None, 2)), keras.layers.GRU(3, return_sequences=True, name=name)])
     x = np.random.default_rng(0).normal(size=(5, 4, 2)).astype("float32")
     path = tmp_path / "run.zarr"

@@ -123,6 +123,7 @@ def for_file(path: str | os.PathLike[str]) -> Adapter:
     """The adapter that opens the model file ``path`` (by suffix)."""
     for adapter in registered().values():
         if adapter.can_open(path):
+            adapter.check_installed(f"Opening {os.path.basename(os.fspath(path))!r}")
             return adapter
     suffixes = [s for a in registered().values() for s in a.suffixes]
     raise UnsupportedModelError(

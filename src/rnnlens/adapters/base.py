@@ -114,6 +114,7 @@ class Adapter(ABC):
         name: short name (``"keras"``), also the ``States.backend`` prefix.
         accepts: what models it takes, in words, for "unsupported model" messages.
         suffixes: model file suffixes :meth:`load` opens (lower case, with the dot).
+        requires: the optional modules its models need (checked before a file is opened).
         strategies: the values of ``strategy=`` it supports (``"auto"`` always).
         takes_mask: whether ``mask=`` is the (sample, time) valid steps (checked and turned
             into bool by the core); otherwise the adapter gets it as given and refuses it
@@ -125,6 +126,17 @@ class Adapter(ABC):
     suffixes: ClassVar[tuple[str, ...]] = ()
     strategies: ClassVar[tuple[str, ...]] = ("auto",)
     takes_mask: ClassVar[bool] = False
+    #: the modules (top-level names) its models need; a file is refused with the pip command
+    #: that installs them before the adapter opens it
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def check_installed(self, purpose: str) -> None:
+        """Raise :class:`~rnnlens.errors.MissingDependencyError` naming what to install when a
+        module in :attr:`requires` is missing (imports each: cheap once installed)."""
+        from ..optional import require
+
+        for module in self.requires:
+            require(module, purpose=purpose)
 
     # ------------------------------------------------------------------ required
 

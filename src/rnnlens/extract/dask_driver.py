@@ -20,10 +20,11 @@ import numpy as np
 from .. import adapters
 from ..errors import InputError
 from ..io.data import Batch, chain, open_whole
-from ..io.errors import MissingDependencyError, SchedulerError, StoreMismatchError
+from ..io.errors import SchedulerError, StoreMismatchError
 from ..io.layout import Layout, done_chunks, record_chunk, write_manifest
 from ..io.location import Location
 from ..io.progress import ProgressBar
+from ..optional import require
 from .dask_tasks import (
     _chunk_task,
     _client_ids,
@@ -473,10 +474,4 @@ def connect(address: str, *, timeout: float = 30.0) -> Any:
 
 
 def _require_distributed() -> None:
-    try:
-        import distributed  # noqa: F401
-    except ImportError:
-        raise MissingDependencyError(
-            "Distributed extraction (client=, --scheduler) needs dask.distributed: "
-            "pip install 'rnnlens[dask]'."
-        ) from None
+    require("distributed", purpose="Distributed extraction (client=, --scheduler)")

@@ -85,7 +85,7 @@ class StoreWriter:
                     f"expected (sample, {', '.join(map(str, spec.tail))}) {spec.dtype}. Pass "
                     "overwrite=True to start over."
                 )
-            self.arrays[spec.key] = arr.with_config(_WRITE_CONFIG)
+            self.arrays[spec.key] = _with_write_config(arr)
             rows = arr.shape[0] if rows is None else min(rows, arr.shape[0])
         self._rows = rows or 0
 
@@ -190,6 +190,16 @@ def create_array(
         config=_WRITE_CONFIG,
         **kw,
     )
+
+
+def _with_write_config(arr: Any) -> Any:
+    """``arr`` writing every chunk (``write_empty_chunks``). ``Array.with_config`` is zarr 3.1.6's;
+    before it, the same array is rebuilt from its metadata and store path with the config."""
+    if hasattr(arr, "with_config"):
+        return arr.with_config(_WRITE_CONFIG)
+    zarr = _zarr()
+    inner = arr._async_array
+    return zarr.Array(type(inner)(inner.metadata, inner.store_path, config=_WRITE_CONFIG))
 
 
 def open_states(

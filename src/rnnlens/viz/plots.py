@@ -18,15 +18,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..optional import require
 
 __all__ = ["gate_grid", "heatmap", "pca_trajectory", "unit_traces"]
 
 
 def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError("Plots need matplotlib: pip install 'rnnlens[viz]'.") from None
+    matplotlib = require("matplotlib", purpose="Plots")
     if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
         import os
 

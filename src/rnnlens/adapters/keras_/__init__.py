@@ -28,6 +28,7 @@ class KerasAdapter(Adapter):
     suffixes = (".keras", ".h5", ".hdf5")
     strategies = ("auto", "emit", "reconstruct")
     takes_mask = True
+    requires = ("keras",)
 
     def can_trace(self, model: Any) -> bool:
         return bool(mro_roots(model) & {"keras", "tf_keras"})

@@ -26,6 +26,7 @@ class OnnxAdapter(Adapter):
     name = "onnx"
     accepts = "an onnx.ModelProto or a .onnx path (the graph's inputs in order or by name)"
     suffixes = (".onnx",)
+    requires = ("onnx", "onnxruntime")
     strategies = ("auto", "reconstruct")
 
     def can_trace(self, model: Any) -> bool:

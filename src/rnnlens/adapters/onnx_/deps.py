@@ -10,31 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...optional import require
+
 
 def _onnx() -> Any:
-    try:
-        import onnx
-    except ImportError as e:
-        from ...errors import MissingDependencyError
-
-        raise MissingDependencyError(
-            f"ONNX models need the optional package 'onnx', which is not installed ({e}). "
-            "Install it with: pip install 'rnnlens[onnx]'"
-        ) from None
-    return onnx
+    return require("onnx", purpose="ONNX models")
 
 
 def _ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as e:
-        from ...errors import MissingDependencyError
-
-        raise MissingDependencyError(
-            f"Tracing an ONNX model needs the optional package 'onnxruntime', which is not installed "
-            f"({e}). Install it with: pip install 'rnnlens[onnx]'"
-        ) from None
-    return onnxruntime
+    return require("onnxruntime", purpose="Tracing an ONNX model")
 
 
 def _first_line(text: str) -> str:

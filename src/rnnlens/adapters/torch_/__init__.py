@@ -28,6 +28,7 @@ class TorchAdapter(Adapter):
     name = "torch"
     accepts = "a torch.nn.Module (its forward's arguments as inputs); .pt/.pth state dicts with module="
     suffixes = (".pt", ".pth", ".ts", ".torchscript", ".jit")
+    requires = ("torch",)
     strategies = ("auto", "emit", "reconstruct")
 
     def can_trace(self, model: Any) -> bool:

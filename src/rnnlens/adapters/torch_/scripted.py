@@ -95,13 +95,14 @@ def _names(prep: Any, model: Any) -> dict[str, str]:
 
 def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions) -> Captured:
     """Trace a TorchScript module through its ONNX export (see the module docstring)."""
-    try:
-        import onnx
+    from ...optional import require
 
-        from ..onnx_ import trace as onnx_trace
-        from ..onnx_.session import _prepare
-    except ImportError as e:
-        raise _unsupported("onnx / onnxruntime are not installed (pip install 'rnnlens[onnx]')") from e
+    purpose = "Tracing a TorchScript module (through its ONNX export)"
+    onnx = require("onnx", purpose=purpose)
+    require("onnxruntime", purpose=purpose)
+    from ..onnx_ import trace as onnx_trace
+    from ..onnx_.session import _prepare
+
     if kwargs:
         raise _unsupported("its export takes positional arguments only")
     proto = onnx.load_from_string(_export(model, args))
