@@ -23,6 +23,11 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from rnnlens.cli import main  # noqa: E402
 from rnnlens.testing import reference_rnn  # noqa: E402
 
+# ONNX Runtime before 1.32 cannot run an If nested in an If once a branch's value is exposed as an
+# output (its shape check refuses a scalar condition declared [1]): rnnlens reports that error
+_ORT = tuple(int(p) for p in ort.__version__.split(".")[:2])
+nested_if = pytest.mark.skipif(_ORT < (1, 32), reason="nested If subgraphs need onnxruntime >= 1.32")
+
 H, F, T, N = 4, 3, 6, 2
 TOL = {"rtol": 1e-4, "atol": 2e-5}
 
@@ -78,6 +83,7 @@ def _x() -> np.ndarray:
     return np.random.default_rng(5).normal(size=(T, N, F)).astype(np.float32)
 
 
+@nested_if
 @pytest.mark.parametrize(("cond2", "node", "seed"), [(True, "lstm_16k", 1), (False, "lstm_8k", 2)])
 def test_the_branch_that_runs_is_traced_two_if_levels_deep(cond2: bool, node: str, seed: int) -> None:
     model, x = _if_model(), _x()
@@ -97,6 +103,7 @@ def test_the_branch_that_runs_is_traced_two_if_levels_deep(cond2: bool, node: st
     assert model.SerializeToString() == before  # the user's model is untouched
 
 
+@nested_if
 def test_describe_lists_both_branches_and_a_branch_not_taken_is_named() -> None:
     model = _if_model()
     names = rnnlens.describe(model).names
