@@ -105,7 +105,7 @@ def _release_free_memory() -> None:
     gc.collect()
     import rnnlens
 
-    rnnlens.release_memory()  # and the buffers rnnlens keeps for reuse (rnnlens.buffers)
+    rnnlens.release_memory()  # and the buffers rnnlens keeps for reuse (rnnlens.core.buffers)
     with contextlib.suppress(OSError, AttributeError):  # not glibc: the figures are then lower bounds
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 

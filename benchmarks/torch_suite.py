@@ -197,7 +197,7 @@ def main_cases() -> list[Case]:
 
 
 def cold_cases() -> list[Case]:
-    """All fields with and without buffers of an earlier call to reuse (:mod:`rnnlens.buffers`).
+    """All fields with and without buffers of an earlier call to reuse (:mod:`rnnlens.core.buffers`).
     A suite of its own: releasing the buffers would take them from the other suites' cases too."""
     import rnnlens
 

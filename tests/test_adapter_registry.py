@@ -14,9 +14,9 @@ import pytest
 import rnnlens
 from rnnlens import adapters
 from rnnlens.adapters import Adapter, Captured, Inputs, TraceOptions
-from rnnlens.spec import CellWeights, LayerSpec
+from rnnlens.core.spec import CellWeights, LayerSpec
+from rnnlens.core.tracing import RawDirection, RawLayer, resolve_fields, select_layers, to_direction_arrays
 from rnnlens.testing import AdapterTests, Built
-from rnnlens.tracing import RawDirection, RawLayer, resolve_fields, select_layers, to_direction_arrays
 
 
 class ToyRNN:

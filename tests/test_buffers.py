@@ -1,4 +1,4 @@
-"""rnnlens.buffers: a large buffer is reused only once nothing refers to it any more."""
+"""rnnlens.core.buffers: a large buffer is reused only once nothing refers to it any more."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import gc
 import numpy as np
 import pytest
 
-from rnnlens import buffers
+from rnnlens.core import buffers
 
 torch = pytest.importorskip("torch")
 
@@ -69,7 +69,7 @@ def test_other_sizes_small_buffers_and_other_devices_are_not_pooled(pool: buffer
     assert _address(buffers.empty((1024, 1025), np.float32)) != where
     small = buffers.empty((8, 8), np.float64)
     assert small.shape == (8, 8) and len(pool.maps) == 2
-    from rnnlens.adapters.torch_.emit import _empty
+    from rnnlens.adapters.torch_.emit_loop import _empty
 
     t = _empty(torch.zeros(1, dtype=torch.bfloat16), 2048, 2048)  # NumPy has no bfloat16
     assert t.dtype == torch.bfloat16 and t.shape == (2048, 2048) and len(pool.maps) == 2

@@ -12,8 +12,9 @@ import tomllib
 
 import rnnlens
 from rnnlens import cli
+from rnnlens.cli import command
+from rnnlens.core.optional import OPTIONAL, install_hint, require
 from rnnlens.errors import MissingDependencyError
-from rnnlens.optional import OPTIONAL, install_hint, require
 
 
 def test_every_extra_named_exists() -> None:
@@ -83,7 +84,7 @@ def test_cli_unguarded_import_of_an_optional_library(monkeypatch: pytest.MonkeyP
     args = parser.parse_args(["inspect", "x.keras"])
     args.func = needs_zarr
     monkeypatch.setitem(sys.modules, "zarr", None)
-    assert cli._dispatch(args) == 2
+    assert command._dispatch(args) == 2
     err = capsys.readouterr().err
     assert "pip install 'rnnlens[zarr]'" in err and len(err.strip().splitlines()) == 1
 

@@ -4,10 +4,17 @@ Importing rnnlens imports no deep-learning framework; the adapter for a model's 
 loads when that model is first traced.
 """
 
-from .ablation import AblationScan, ablation_scan
-from .api import Description, describe, trace
-from .buffers import release_memory
-from .edits import Edit
+from .analysis.ablation import AblationScan, ablation_scan
+from .analysis.probes import confirm, probe, rank_units
+from .api.intervention import Intervention, intervene
+from .api.loader import load_model
+from .api.recording import Recording, record
+from .api.tracer import Description, describe, trace
+from .core.buffers import release_memory
+from .core.edits import Edit
+from .core.spec import LayerSpec
+from .core.states import DirectionStates, Gates, LayerStates, States
+from .core.version import __version__
 from .errors import (
     DirectionNotAvailableError,
     FieldNotAvailableError,
@@ -23,15 +30,7 @@ from .errors import (
     UnsupportedModelError,
 )
 from .extract import Run, extract_to
-from .intervene import Intervention, intervene
 from .io.zarr import open_states
-from .loading import load_model
-from .probes import confirm, probe, rank_units
-from .record import Recording, record
-from .spec import LayerSpec
-from .states import DirectionStates, Gates, LayerStates, States
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AblationScan",

@@ -1,5 +1,5 @@
 """The rebuild on PyTorch's kernels (its GEMM, activations and elementwise arithmetic, as the
-torch adapter hands them to :mod:`rnnlens.rebuild`) against the NumPy step-by-step reference.
+torch adapter hands them to :mod:`rnnlens.core.rebuild`) against the NumPy step-by-step reference.
 
 Everything runs in float64, so rebuild and reference agree to 1e-10: a difference is a bug in
 how the kernels are used (a wrong ``out=``, an aliasing write, a lost sign), not rounding.
@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 pytest.importorskip("torch")
 
 from rnnlens.adapters.torch_.weights import _ELEMENTWISE, _SIGMOID, _TANH, _matmul
+from rnnlens.core.rebuild import reconstruct_direction
+from rnnlens.core.rebuild_ops import _NumPyElementwise
+from rnnlens.core.spec import CellWeights
 from rnnlens.errors import ParityError
-from rnnlens.rebuild import _NumPyElementwise, reconstruct_direction
-from rnnlens.spec import CellWeights
 from rnnlens.testing import reference_rnn
 
 N_GATES = {"lstm": 4, "gru": 3}

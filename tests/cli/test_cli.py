@@ -61,7 +61,7 @@ def test_help_everywhere() -> None:
 
 
 def test_demo_finds_depth_units_far_above_a_random_unit(capsys) -> None:  # type: ignore[no-untyped-def]
-    from rnnlens.demo import run_demo
+    from rnnlens.cli.demo import run_demo
 
     result = run_demo(epochs=4, verbose=False)
     best = abs(result.top_units[0][2])

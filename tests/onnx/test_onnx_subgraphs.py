@@ -20,7 +20,7 @@ from onnx_helpers import canonical_from_onnx, export  # noqa: E402
 
 import rnnlens  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-from rnnlens.cli import main  # noqa: E402
+from rnnlens.cli.command import main  # noqa: E402
 from rnnlens.testing import reference_rnn  # noqa: E402
 
 # ONNX Runtime before 1.32 cannot run an If nested in an If once a branch's value is exposed as an

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import rnnlens
-from rnnlens.spec import LayerSpec
-from rnnlens.states import DirectionStates, LayerStates, States
+from rnnlens.core.spec import LayerSpec
+from rnnlens.core.states import DirectionStates, LayerStates, States
 
 pytest.importorskip("sklearn")
 

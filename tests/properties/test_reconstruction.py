@@ -1,4 +1,4 @@
-"""The batched reconstruction (rnnlens.cells) against the step-by-step reference, no framework.
+"""The batched reconstruction (rnnlens.core.cells) against the step-by-step reference, no framework.
 
 Both run in float64 here, so they agree to 1e-10: any difference is a bug in the maths, not
 rounding. The kernel's h is played by the reference's own h.
@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rnnlens.cells import carry_forward
+from rnnlens.core.cells import carry_forward
+from rnnlens.core.rebuild import reconstruct_direction
+from rnnlens.core.spec import CellWeights
 from rnnlens.errors import ParityError
-from rnnlens.rebuild import reconstruct_direction
-from rnnlens.spec import CellWeights
 from rnnlens.testing import hard_sigmoid, reference_rnn, sigmoid
 
 N_GATES = {"lstm": 4, "gru": 3}
@@ -147,7 +147,7 @@ def test_carry_forward_repeats_last_valid_state_and_starts_from_h0() -> None:
 
 
 def _inplace(fn):  # type: ignore[no-untyped-def]
-    """``fn`` with the optional in-place form an adapter may attach (see rnnlens.rebuild)."""
+    """``fn`` with the optional in-place form an adapter may attach (see rnnlens.core.rebuild)."""
 
     def apply(a):  # type: ignore[no-untyped-def]
         return fn(a)

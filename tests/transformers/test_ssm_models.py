@@ -17,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 from ssm_builders import IDS, TOL, decoded_states, gdn, gemma, mamba, mamba2, rwkv, xlstm  # noqa: E402
 
 import rnnlens  # noqa: E402
-import rnnlens.cli  # noqa: E402
+import rnnlens.cli.command  # noqa: E402
 
 
 def _equals_prefill_and_decode(model: Any, states: Any, names: list[str]) -> None:
@@ -134,7 +134,7 @@ def test_a_store_round_trip_equals_trace_and_xarray_opens_it(family: str, tmp_pa
     ds = xr.open_zarr(store, group=direction_path(name, "forward"), consolidated=False)
     assert ds["state"].dims[:2] == ("sample", "time")
     np.testing.assert_array_equal(ds["state"].values, direct[name].state)
-    assert rnnlens.cli.main(["verify", str(store)]) == 0
+    assert rnnlens.cli.command.main(["verify", str(store)]) == 0
 
 
 def test_mamba2_states_at_every_step_equal_the_decode_cache() -> None:
@@ -271,12 +271,12 @@ def test_a_state_space_store_exports_and_opens_in_the_viewer(tmp_path: Any) -> N
     np.save(data, IDS.numpy())
     store = tmp_path / "run.zarr"
     rnnlens.extract_to(store, model, str(data), fields=None)
-    assert rnnlens.cli.main(["export", str(store), "-o", str(tmp_path / "out.npz")]) == 0
+    assert rnnlens.cli.command.main(["export", str(store), "-o", str(tmp_path / "out.npz")]) == 0
     exported = np.load(tmp_path / "out.npz")
     direct = rnnlens.trace(model, IDS)["backbone.layers.0.mixer"]
     np.testing.assert_array_equal(exported["backbone.layers.0.mixer_forward_state"], direct.state)
     np.testing.assert_array_equal(exported["backbone.layers.0.mixer_forward_gates_B"], direct.gates["B"])
-    assert rnnlens.cli.main(["export", str(store), "-o", str(tmp_path / "out.h5")]) == 0
+    assert rnnlens.cli.command.main(["export", str(store), "-o", str(tmp_path / "out.h5")]) == 0
     view = StoreView(store)
     # the state is not a row of units; its norm over d_state is, one value per channel
     assert view.fields("backbone.layers.0.mixer") == ["h", "state_norm"]

@@ -3,7 +3,7 @@
 The core (:func:`rnnlens.trace`, :func:`rnnlens.describe`, :func:`rnnlens.load_model`,
 :func:`rnnlens.extract_to`, the Dask driver and the CLI) talks to frameworks only through
 :class:`Adapter`. An adapter knows one framework; the core knows options, cell kinds,
-:class:`~rnnlens.states.States` and stores.
+:class:`~rnnlens.core.states.States` and stores.
 
 The flow of one trace:
 
@@ -11,9 +11,9 @@ The flow of one trace:
    framework, and picks the adapter whose :meth:`Adapter.can_trace` accepts the model;
 2. :meth:`Adapter.capture` runs the model (unmodified) and returns :class:`Captured`:
    the selected layers' specs and, per batch, framework-neutral NumPy arrays per layer
-   and direction (built from :class:`rnnlens.tracing.RawLayer` by the core's
+   and direction (built from :class:`rnnlens.core.tracing.RawLayer` by the core's
    reconstruction);
-3. the core assembles :class:`~rnnlens.states.States` from them.
+3. the core assembles :class:`~rnnlens.core.states.States` from them.
 
 A third-party adapter subclasses :class:`Adapter` and is registered through the
 ``rnnlens.adapters`` entry-point group (``name = "pkg.module:MyAdapter"``) or
@@ -37,15 +37,21 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..cells import DirectionArrays
-from ..edits import LayerEdits
+from ..core.cells import DirectionArrays
+from ..core.edits import LayerEdits
+from ..core.optional import require
+from ..core.spec import Field, LayerSpec
 from ..errors import UnsupportedModelError
-from ..spec import Field, LayerSpec
 
 __all__ = ["Adapter", "Captured", "Inputs", "Intervened", "LayerBatch", "TraceOptions", "mro_roots"]
 
 #: One layer of one batch: its directions' arrays and its valid-step mask (or None).
 LayerBatch = tuple[dict[str, DirectionArrays], "np.ndarray | None"]
+#: the model's positional and keyword inputs, as the caller gave them
+Args = tuple[Any, ...]
+Kwargs = Mapping[str, Any]
+#: the edits of one run, planned per layer name (:func:`rnnlens.core.edits.plan_edits`)
+Edits = Mapping[str, LayerEdits]
 
 
 @dataclass(frozen=True)
@@ -133,8 +139,6 @@ class Adapter(ABC):
     def check_installed(self, purpose: str) -> None:
         """Raise :class:`~rnnlens.errors.MissingDependencyError` naming what to install when a
         module in :attr:`requires` is missing (imports each: cheap once installed)."""
-        from ..optional import require
-
         for module in self.requires:
             require(module, purpose=purpose)
 
@@ -149,9 +153,7 @@ class Adapter(ABC):
         """The model's recurrent layers, in model order."""
 
     @abstractmethod
-    def capture(
-        self, model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions
-    ) -> Captured:
+    def capture(self, model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Captured:
         """Run ``model`` on its inputs once (without changing it) and capture every selected
         layer's per-step arrays. Raise an :class:`~rnnlens.errors.RnnLensError` for anything
         it cannot see exactly."""
@@ -184,15 +186,10 @@ class Adapter(ABC):
         return []
 
     def intervene(
-        self,
-        model: Any,
-        args: tuple[Any, ...],
-        kwargs: Mapping[str, Any],
-        edits: Mapping[str, LayerEdits],
-        options: TraceOptions,
+        self, model: Any, args: Args, kwargs: Kwargs, edits: Edits, options: TraceOptions
     ) -> Intervened:
         """Run ``model`` once with ``edits`` applied to the named layers' states as they run
-        (see :mod:`rnnlens.edits` for the semantics, :meth:`LayerEdits.steps` for the
+        (see :mod:`rnnlens.core.edits` for the semantics, :meth:`LayerEdits.steps` for the
         per-call operations), and capture the selected layers of that edited run. ``edits`` is
         checked against :meth:`describe` by the core. Adapters that cannot edit raise
         :class:`~rnnlens.errors.UnsupportedModelError` (the default)."""

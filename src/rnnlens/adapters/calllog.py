@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..spec import call_entry
+from ..core.spec import call_entry
 
 __all__ = ["CallLog"]
 

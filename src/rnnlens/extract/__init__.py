@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, RnnLensError
 from ..io.data import open_source
+from .dask_driver import extract_distributed
 from .run import ProgressArg, Run
 from .target import StoreTarget
 
@@ -122,8 +123,6 @@ def extract_to(
         True
     """
     if client is not None:
-        from .dask_driver import extract_distributed
-
         return extract_distributed(
             path,
             model,

@@ -18,13 +18,14 @@ from typing import Any
 import numpy as np
 
 from .. import adapters
+from ..core.optional import require
 from ..errors import InputError
 from ..io.data import Batch, chain, open_whole
 from ..io.errors import SchedulerError, StoreMismatchError
 from ..io.layout import Layout, done_chunks, record_chunk, write_manifest
 from ..io.location import Location
 from ..io.progress import ProgressBar
-from ..optional import require
+from ..io.zarr import _zarr, open_states
 from .dask_tasks import (
     _chunk_task,
     _client_ids,
@@ -96,8 +97,6 @@ def extract_distributed(
         raise InputError(f"batch_size must be a positive integer; received {batch_size!r}.")
     if max_time is not None and (not isinstance(max_time, (int, np.integer)) or max_time < 1):
         raise InputError(f"max_time must be a positive integer or None; received {max_time!r}.")
-    from ..io.zarr import _zarr
-
     _zarr()
     sink = _progress(progress)
     whole = open_whole(data, mask=mask, lengths=lengths, why="a distributed extraction (client=) needs")
@@ -147,8 +146,6 @@ class DistributedRun:
 
     def open(self) -> Any:
         """The stored states (:func:`rnnlens.open_states` of this run's path)."""
-        from ..io.zarr import open_states
-
         return open_states(self.location)
 
     def append(self, batch: Any, *, mask: Any = None, lengths: Any = None) -> None:

@@ -16,11 +16,14 @@ from typing import Any
 import numpy as np
 
 from .. import adapters
+from ..api.loader import load_model
 from ..io.data import Batch, Digest, _map
 from ..io.errors import StoreMismatchError
 from ..io.layout import Layout
 from ..io.location import Location
-from .chunks import piece_arrays, trace_piece, whole_chunk
+from ..io.pieces import piece_arrays, whole_chunk
+from ..io.zarr import StoreWriter
+from .chunks import trace_piece
 from .target import _model_name
 
 # --------------------------------------------------------------------------- shared payloads
@@ -81,8 +84,6 @@ class _ModelFile:
     unsafe: bool
 
     def load(self, payload: Any) -> Any:
-        from ..loading import load_model
-
         return load_model(self.path, unsafe=self.unsafe)
 
 
@@ -211,8 +212,6 @@ def _chunk_task(
     chunk = whole_chunk(arrays, layout, piece.size)
     with state.lock:
         if state.writer is None:
-            from ..io.zarr import StoreWriter
-
             writer = StoreWriter(Location.of(path), layout, batch_size=batch_size, n_samples=total)
             writer.open()
             state.writer = writer

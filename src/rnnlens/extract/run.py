@@ -14,6 +14,8 @@ from typing import Any, cast
 import numpy as np
 
 from .. import adapters
+from ..api.loader import load_model
+from ..core.options import check_fields, check_layers
 from ..errors import InputError
 from ..io.data import Batch, Digest, chain, unpack_batch
 from ..io.errors import StoreError, StoreMismatchError
@@ -23,9 +25,10 @@ from ..io.layout import (
     write_manifest,
 )
 from ..io.location import Location
+from ..io.pieces import ChunkAssembler, piece_arrays
 from ..io.progress import ProgressBar
-from ..options import check_fields, check_layers
-from .chunks import ChunkAssembler, piece_arrays, trace_piece
+from ..io.zarr import _zarr, open_states
+from .chunks import trace_piece
 from .lock import StoreLock
 from .target import StoreTarget, _model_name
 
@@ -76,8 +79,6 @@ class Run:
         ):
             raise InputError(f"max_time must be a positive integer or None; received {max_time!r}.")
         progress_sink = _progress(progress)
-        from ..io.zarr import _zarr
-
         _zarr()  # fail early, before any work, when zarr is missing
         self.location = Location.of(path, storage_options)
         self.path: Path | str = self.location.path if self.location.local else self.location.url
@@ -87,8 +88,6 @@ class Run:
         self._fields = fields
         model_file = None
         if isinstance(model, (str, os.PathLike)):
-            from ..loading import load_model
-
             model_file = Path(model).name
             model = load_model(model, unsafe=unsafe)
         self.model = model
@@ -195,8 +194,6 @@ class Run:
 
     def open(self) -> Any:
         """The stored states (:func:`rnnlens.open_states` of this run's path)."""
-        from ..io.zarr import open_states
-
         return open_states(self.location)
 
     @property

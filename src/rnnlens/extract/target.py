@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..core.spec import ALL_FIELDS
+from ..core.version import __version__
 from ..io.errors import StoreExistsError, StoreMismatchError
 from ..io.layout import (
     MANIFEST_FILE,
@@ -18,7 +20,7 @@ from ..io.layout import (
     write_manifest,
 )
 from ..io.location import Location
-from ..spec import ALL_FIELDS
+from ..io.zarr import StoreWriter, _zarr
 
 
 class StoreTarget:
@@ -118,8 +120,6 @@ class StoreTarget:
         return manifest
 
     def _write_root_attrs(self, manifest: dict[str, Any]) -> None:
-        from ..io.zarr import _zarr
-
         group = _zarr().open_group(self.path.zarr_store(read_only=False), mode="a", zarr_format=3)
         attrs = dict(self.root_attrs)
         if manifest.get("complete"):
@@ -129,8 +129,6 @@ class StoreTarget:
     def writer(self, layout: Layout, manifest: dict[str, Any], *, total: int | None, create: bool) -> Any:
         """A :class:`~rnnlens.io.zarr.StoreWriter`: the arrays created afresh (the manifest
         records the layout first) or opened to resume."""
-        from ..io.zarr import StoreWriter
-
         writer = StoreWriter(self.path, layout, batch_size=self.batch_size, n_samples=total)
         if create:
             manifest.update(layout=layout.to_json(), chunks_done=0, samples_done=0, input_sha256="")
@@ -157,8 +155,6 @@ def _model_name(model: Any) -> str:
 
 
 def _version() -> str:
-    from .. import __version__
-
     return str(__version__)
 
 

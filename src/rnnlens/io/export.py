@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._deps import require
+from ..core.optional import require
 from .errors import StoreError
 from .location import Location
 from .stored import StoredGates, StoredStates

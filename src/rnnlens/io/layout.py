@@ -35,7 +35,7 @@ percent-encoded (``"enc/lstm"`` → ``"enc%2Flstm"``), and the original name is 
 
 Root attributes: ``schema_version``, ``rnnlens_version``, ``backend`` (``States.backend``),
 ``model_name``, ``model_sha256`` (the model's identity: sha256 over its weights and
-architecture, :mod:`rnnlens.digest`),
+architecture, :mod:`rnnlens.core.digest`),
 ``fields`` / ``layers`` (as requested; null = all), ``layer_names`` (as traced),
 ``time_order`` ("input"), ``batch_size`` (samples per chunk), ``max_time``, ``dtype``,
 ``n_samples`` and ``complete`` (set when the run was closed).
@@ -55,17 +55,20 @@ cluster resume each other's runs.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote
 
 import numpy as np
 
-from ..kinds import KINDS
-from ..spec import GATE_NAMES, LayerSpec
+from ..core.kinds import KINDS
+from ..core.names import LAYERS_GROUP as LAYERS_GROUP  # the store schema names them too
+from ..core.names import decode_name as decode_name
+from ..core.names import direction_path as direction_path
+from ..core.names import encode_name as encode_name
+from ..core.spec import GATE_NAMES, LayerSpec
+from .data import chain
+from .errors import StoreError
 from .location import Location
 
 __all__ = [
@@ -92,7 +95,6 @@ SCHEMA_VERSION = 1
 FORMAT = "rnnlens.states"
 MANIFEST_GROUP = "manifest"
 MANIFEST_FILE = f"{MANIFEST_GROUP}/zarr.json"
-LAYERS_GROUP = "layers"
 TIME_ORDER = "input"
 
 #: dimension names of each stored array
@@ -110,47 +112,6 @@ def array_dims(field: str, kind: str) -> tuple[str, ...]:
     if field == "gates":
         return ("sample", "time", "gate", "cell_unit" if KINDS[kind].has_c else "unit")
     return DIMS[field]
-
-
-_UNSAFE = re.compile(r"^(\.+|__.*)$")
-
-
-def encode_name(name: str) -> str:
-    """A layer name as a Zarr node name (``/`` and ``%`` percent-encoded).
-
-    Example:
-        >>> encode_name("encoder.rnn.l0"), encode_name("enc/lstm"), encode_name("a%b")
-        ('encoder.rnn.l0', 'enc%2Flstm', 'a%25b')
-        >>> decode_name(encode_name("enc/lstm#1")), encode_name("zarr.json")
-        ('enc/lstm#1', '%7Aarr.json')
-        >>> len(encode_name("n" * 300))  # long names are shortened, with a hash to stay unique
-        117
-    """
-    if not name:
-        raise ValueError("A layer name cannot be empty.")
-    encoded = quote(name, safe="#.-_~+=,@()[]{}!$&'")
-    if _UNSAFE.match(encoded) or encoded.lower() in _RESERVED:  # ".", "..", "__…", "zarr.json"
-        encoded = "%" + format(ord(encoded[0]), "02X") + encoded[1:]
-    if len(encoded.encode()) > _MAX_NAME:  # filesystems refuse names over 255 bytes
-        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
-        encoded = f"{encoded[: _MAX_NAME - 20].rstrip('%')}~{digest}"
-    return encoded
-
-
-def decode_name(encoded: str) -> str:
-    """The name :func:`encode_name` encoded, except for shortened long names (whose real name
-    is kept in the layer group's attributes)."""
-    return unquote(encoded)
-
-
-# names a layer's group may not take: Zarr's own metadata files
-_RESERVED = frozenset({"zarr.json", ".zattrs", ".zgroup", ".zarray", ".zmetadata"})
-_MAX_NAME = 120
-
-
-def direction_path(layer: str, direction: str) -> str:
-    """Group path of one direction of one layer, relative to the store root."""
-    return f"{LAYERS_GROUP}/{encode_name(layer)}/{direction}"
 
 
 # --------------------------------------------------------------------------- layout
@@ -375,16 +336,12 @@ def read_manifest(root: Any) -> dict[str, Any] | None:
         doc = json.loads(raw.decode("utf-8"))
         manifest = doc["attributes"]["rnnlens_manifest"]
     except (ValueError, KeyError, TypeError) as e:
-        from .errors import StoreError
-
         raise StoreError(
             f"The resume manifest {path} is unreadable ({type(e).__name__}: {e}). It is written "
             "atomically by rnnlens, so another program changed it. Pass overwrite=True (CLI: "
             "--overwrite) to start the extraction over."
         ) from None
     if not isinstance(manifest, dict):
-        from .errors import StoreError
-
         raise StoreError(f"The resume manifest {path} does not hold a mapping; pass overwrite=True.")
     return manifest
 
@@ -413,8 +370,6 @@ def record_chunk(manifest: dict[str, Any], index: int, n: int, digest: str) -> N
         >>> record_chunk(m, 0, 4, "a"); m["chunks_done"], m["samples_done"], m["pending"]
         (2, 8, {})
     """
-    from .data import chain
-
     pending = manifest.setdefault("pending", {})
     if index < int(manifest["chunks_done"]) or str(index) in pending:
         return

@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ._deps import require
+from ..core.optional import require
 from .errors import MissingDependencyError, StoreError
 
 __all__ = ["Location"]

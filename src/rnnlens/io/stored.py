@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..states import DirectionStates, Gates, LayerStates, States, layer_table
+from ..core.states import DirectionStates, Gates, LayerStates, States, layer_table
 from .layout import LayerLayout, Layout, direction_path
 from .location import Location
 

@@ -11,8 +11,8 @@ rewritten by the next), so memory holds one segment, not the stream. The root at
 
 Example:
     >>> import numpy as np, os, tempfile, rnnlens
-    >>> from rnnlens.spec import LayerSpec
-    >>> from rnnlens.states import DirectionStates, LayerStates, States
+    >>> from rnnlens.core.spec import LayerSpec
+    >>> from rnnlens.core.states import DirectionStates, LayerStates, States
     >>> spec = LayerSpec("gru", "gru", "GRU", 2, ("forward",), ("h",), None, ())
     >>> seg = lambda t: States({"gru": LayerStates(spec, {"forward": DirectionStates(
     ...     "forward", np.zeros((3, t, 2), "float32"))}, None)}, backend="torch")
@@ -30,10 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from ..states import States
+from ..core.states import States
 from .errors import StoreExistsError, StoreMismatchError
 from .layout import Layout, encode_name, layout_attributes, root_attributes
 from .location import Location
+from .pieces import piece_arrays
+from .zarr import _zarr, create_array, create_groups
 
 __all__ = ["StreamSink", "StreamStore"]
 
@@ -53,7 +55,6 @@ class StreamStore:
 
     def append(self, states: States) -> int:
         """Write one segment (a States of this stream's one entry); returns the steps before it."""
-        from ..extract.chunks import piece_arrays
 
         first = next(iter(states.values()))
         n = int(first.h.shape[0])
@@ -77,8 +78,6 @@ class StreamStore:
         return before
 
     def _create(self, layout: Layout, n: int) -> None:
-        from .zarr import _zarr, create_array, create_groups
-
         if self.path.exists():
             raise StoreExistsError(f"{self.path} exists: a recording writes new stores only.")
         group = _zarr().open_group(self.path.zarr_store(read_only=False), mode="w-", zarr_format=3)
@@ -96,8 +95,6 @@ class StreamStore:
 
     def close(self) -> None:
         """Write ``lengths`` and the final layout (its time axis); mark the store complete."""
-        from .zarr import _zarr, create_array
-
         assert self.layout is not None and self.lengths is not None
         group = _zarr().open_group(self.path.zarr_store(read_only=False), mode="r+", zarr_format=3)
         spec = next(s for s in self.layout.arrays() if s.key == "lengths")

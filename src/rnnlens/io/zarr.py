@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core.optional import require
 from ..errors import RnnLensError, RnnLensWarning
-from ._deps import require
 from .errors import StoreError, StoreMismatchError
 from .layout import (
     FORMAT,

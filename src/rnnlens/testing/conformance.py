@@ -38,6 +38,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from rnnlens import adapters
+
 from .reference import reference_rnn
 
 __all__ = ["ATOL", "RTOL", "AdapterTests", "Built"]
@@ -116,8 +118,6 @@ class AdapterTests:
     # ------------------------------------------------------------------ the suite
 
     def test_registry_picks_the_adapter(self) -> None:
-        from rnnlens import adapters
-
         built = self._built(self.kinds[0], False)
         assert adapters.for_model(built.model).name == self.adapter_name
 
@@ -151,8 +151,6 @@ class AdapterTests:
             np.testing.assert_allclose(ls.last(), own, rtol=RTOL, atol=ATOL, err_msg=f"{kind} bidi={bidi}")
 
     def test_the_model_is_untouched(self) -> None:
-        from rnnlens import adapters
-
         built = self._built(self.kinds[0], self.bidirectional)
         before = adapters.model_digest(built.model)
         args, kwargs = self.inputs(built.model, self._x())

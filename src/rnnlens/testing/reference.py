@@ -1,6 +1,6 @@
 """An independent, step-by-step NumPy reference of the recurrences rnnlens traces.
 
-It shares no code with :mod:`rnnlens.cells` on purpose: it loops over time one step at a
+It shares no code with :mod:`rnnlens.core.cells` on purpose: it loops over time one step at a
 time in float64, the way the equations are written in papers, and is the oracle that the
 fast, batched reconstruction and every adapter are tested against. Downstream projects can
 use it the same way.

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .._pearson import stream
+from ..analysis.pearson import stream
+from ..analysis.probes import _feature
 from ..errors import InputError
 from .store import StoreView
 
@@ -34,8 +35,6 @@ class Feature:
     """A feature per (sample, time), or per sample (repeated over time), of the viewed store."""
 
     def __init__(self, values: Any, view: StoreView, *, name: str = "feature"):
-        from ..probes import _feature  # the one rule for a feature's shape, as rank_units takes it
-
         f = np.asarray(values)
         if not np.issubdtype(f.dtype, np.number) and f.dtype != bool:
             raise InputError(f"--feature must be numeric; {name!r} has dtype {f.dtype}.")

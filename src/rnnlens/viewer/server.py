@@ -54,6 +54,7 @@ from urllib.parse import parse_qsl, urlsplit
 import numpy as np
 
 from ..errors import InputError, RnnLensError, RnnLensWarning
+from .feature import Feature
 from .store import MAX_K, MAX_MATCH_UNITS, StoreView, Tokens
 
 __all__ = ["ViewerServer", "make_server", "serve"]
@@ -433,8 +434,6 @@ def make_server(
     token_source = None if tokens is None else Tokens(tokens, chars=chars)
     view = StoreView(store, tokens=token_source)
     if feature is not None:
-        from .feature import Feature
-
         is_path = isinstance(feature, (str, os.PathLike))
         view.feature = Feature.load(feature, view) if is_path else Feature(feature, view)
     try:

@@ -39,6 +39,7 @@ import numpy as np
 
 from ..errors import InputError, LayerNotFoundError
 from ..io.stored import StoredStates
+from ..io.zarr import open_states
 
 __all__ = ["Match", "StoreView", "Tokens"]
 
@@ -156,8 +157,6 @@ class StoreView:
         if isinstance(store, StoredStates):
             self.states = store
         else:
-            from ..io.zarr import open_states
-
             self.states = open_states(store)
         self.tokens = tokens
         self.layout = self.states.layout

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core.optional import require
 from ..errors import InputError
-from ..optional import require
 
 __all__ = ["gate_grid", "heatmap", "pca_trajectory", "unit_traces"]
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import FieldNotAvailableError, InputError
+from ..io.zarr import open_states
+from ..viewer.store import Tokens
 from .plots import _pyplot, gate_grid, heatmap, pca_trajectory, unit_traces
 
 __all__ = ["KINDS", "read_tokens", "render", "save"]
@@ -29,8 +31,6 @@ Kind = Literal["heatmap", "traces", "pca", "gates"]
 def read_tokens(path: str | os.PathLike[str], sample: int, length: int, *, chars: bool = False) -> list[str]:
     """Tokens of ``sample`` from a tokens file (line ``sample``; whitespace-separated, or one
     token per character with ``chars``), padded with ``""`` to ``length`` steps."""
-    from ..viewer.store import Tokens
-
     tokens = Tokens(path, chars=chars)
     if sample >= len(tokens):
         raise InputError(
@@ -48,8 +48,6 @@ def read_tokens(path: str | os.PathLike[str], sample: int, length: int, *, chars
 
 def _open(states: Any) -> Any:
     if isinstance(states, (str, os.PathLike)):
-        from ..io.zarr import open_states
-
         return open_states(states)
     return states
 

@@ -9,14 +9,12 @@ mixers is left to the PyTorch adapter (its ``nn.LSTM`` modules, if any).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from ...edits import LayerEdits
-from ...spec import LayerSpec
-from ..base import Adapter, Captured, Inputs, Intervened, TraceOptions, mro_roots
+from ...core.spec import LayerSpec
+from ..base import Adapter, Args, Captured, Edits, Inputs, Intervened, Kwargs, TraceOptions, mro_roots
 from .classes import CLASSES
 
 __all__ = ["TransformersAdapter"]
@@ -36,20 +34,13 @@ class TransformersAdapter(Adapter):
 
         return trace.describe(model)
 
-    def capture(
-        self, model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions
-    ) -> Captured:
+    def capture(self, model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Captured:
         from . import trace
 
         return trace.capture(model, args, kwargs, options)
 
     def intervene(
-        self,
-        model: Any,
-        args: tuple[Any, ...],
-        kwargs: Mapping[str, Any],
-        edits: Mapping[str, LayerEdits],
-        options: TraceOptions,
+        self, model: Any, args: Args, kwargs: Kwargs, edits: Edits, options: TraceOptions
     ) -> Intervened:
         from . import trace
 

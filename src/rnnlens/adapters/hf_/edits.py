@@ -9,7 +9,7 @@ the steps up to the first edited one are checked against the mixer's own output.
 
 Example:
     >>> import numpy as np, torch
-    >>> from rnnlens.edits import Op
+    >>> from rnnlens.core.edits import Op
     >>> s = torch.ones(2, 3, 4)
     >>> apply(s, [Op(slice(0, 1), "scale", np.asarray(0.0))])
     >>> float(s[:, 0].sum()), float(s[:, 1:].sum())
@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...cells import check_parity
-from ...edits import Op
+from ...core.cells import check_parity
+from ...core.edits import Op
 
 __all__ = ["apply", "check_unedited", "first_step"]
 
@@ -56,7 +56,7 @@ def check_unedited(
 ) -> np.ndarray:
     """Check the rebuilt output against the mixer's ``own`` at the steps the edits leave as the
     mixer computed them (all without edits); return the rebuilt output as float NumPy.
-    :func:`~rnnlens.cells.check_parity` sees (sample, time, everything else)."""
+    :func:`~rnnlens.core.cells.check_parity` sees (sample, time, everything else)."""
     got = rebuilt.detach().float().numpy()
     expected = own.detach().float().numpy()
     upto = first_step(ops, got.shape[time_axis])

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...cells import DirectionArrays
-from ...edits import Op
+from ...core.cells import DirectionArrays
+from ...core.edits import Op
 from . import edits
 
 __all__ = ["rglru_states", "state_shape"]

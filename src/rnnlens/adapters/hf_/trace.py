@@ -37,19 +37,18 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from ...edits import LayerEdits
+from ...core.edits import LayerEdits
+from ...core.kinds import FIELDS_BY_KIND
+from ...core.spec import LayerSpec
+from ...core.tracing import resolve_fields, select_layers
 from ...errors import InputError, UnsupportedLayerError
-from ...kinds import FIELDS_BY_KIND
-from ...spec import LayerSpec
-from ...tracing import resolve_fields, select_layers
-from ..base import Captured, Intervened, TraceOptions
+from ..base import Args, Captured, Edits, Intervened, Kwargs, TraceOptions
 from .classes import KIND_OF
 from .gdn import gdn_states
 from .gdn import state_shape as gdn_shape
@@ -249,18 +248,12 @@ _REBUILD = {"mamba": mamba_states, "mamba2": mamba2_states, "gated_deltanet": gd
 _EDITABLE = {*_REBUILD, "rglru", "mlstm", "rwkv4"}
 
 
-def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions) -> Captured:
+def capture(model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Captured:
     """Run ``model(*args, **kwargs)`` once and rebuild every selected mixer's states."""
     return _run(model, args, kwargs, options, {})[0]
 
 
-def intervene(
-    model: Any,
-    args: tuple[Any, ...],
-    kwargs: Mapping[str, Any],
-    edits: Mapping[str, LayerEdits],
-    options: TraceOptions,
-) -> Intervened:
+def intervene(model: Any, args: Args, kwargs: Kwargs, edits: Edits, options: TraceOptions) -> Intervened:
     """One forward pass in which each edited mixer's state is edited as its scan runs (carried
     forward) and the rest of the model gets the output of the edited states."""
     from ..torch_.trace import _outputs
@@ -275,13 +268,7 @@ def intervene(
     return Intervened(outputs=_outputs(output), captured=captured)
 
 
-def _run(
-    model: Any,
-    args: tuple[Any, ...],
-    kwargs: Mapping[str, Any],
-    options: TraceOptions,
-    edits: Mapping[str, LayerEdits],
-) -> tuple[Captured, Any]:
+def _run(model: Any, args: Args, kwargs: Kwargs, options: TraceOptions, edits: Edits) -> tuple[Captured, Any]:
     if options.mask is not None or options.batch_size is not None:
         raise InputError(
             "mask= and batch_size= are not used for transformers models: pass attention_mask= as "

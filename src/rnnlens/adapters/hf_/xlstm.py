@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...cells import DirectionArrays
-from ...edits import Op
+from ...core.cells import DirectionArrays
+from ...core.edits import Op
 from . import edits
 
 __all__ = ["mlstm_scan", "mlstm_states", "state_shape"]

@@ -8,16 +8,18 @@ This module imports no framework: Keras is imported when a Keras model arrives.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...edits import LayerEdits
+from ...core.digest import canonical_json, model_sha256
+from ...core.spec import LayerSpec
 from ...errors import InputError
-from ...spec import LayerSpec
-from ..base import Adapter, Captured, Inputs, Intervened, TraceOptions, mro_roots
+from ..base import Adapter, Args, Captured, Edits, Inputs, Intervened, Kwargs, TraceOptions, mro_roots
+from . import trace
+from .load import load
+from .recording import KerasRecording
 
 __all__ = ["KerasAdapter"]
 
@@ -34,54 +36,35 @@ class KerasAdapter(Adapter):
         return bool(mro_roots(model) & {"keras", "tf_keras"})
 
     def describe(self, model: Any) -> list[LayerSpec]:
-        from . import trace
-
         return trace.describe(model)
 
-    def capture(
-        self, model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions
-    ) -> Captured:
+    def capture(self, model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Captured:
         if len(args) != 1 or kwargs:
             raise InputError(
                 "A Keras model takes one x (use a list or dict for several inputs); received "
                 f"{len(args)} positional and {sorted(kwargs)} keyword input argument(s)."
             )
-        from . import trace
-
         return trace.capture(model, args[0], options)
 
     def intervene(
-        self,
-        model: Any,
-        args: tuple[Any, ...],
-        kwargs: Mapping[str, Any],
-        edits: Mapping[str, LayerEdits],
-        options: TraceOptions,
+        self, model: Any, args: Args, kwargs: Kwargs, edits: Edits, options: TraceOptions
     ) -> Intervened:
         if len(args) != 1 or kwargs:
             raise InputError(
                 "A Keras model takes one x (use a list or dict for several inputs); received "
                 f"{len(args)} positional and {sorted(kwargs)} keyword input argument(s)."
             )
-        from . import trace
-
         return trace.intervene(model, args[0], edits, options)
 
     def record(self, model: Any, options: TraceOptions) -> Any:
-        from .recording import KerasRecording
-
         return KerasRecording(model, options)
 
     def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
         if options:
             raise InputError(f"Keras model files take no options besides unsafe; received {sorted(options)}.")
-        from .load import load
-
         return load(Path(path), unsafe=unsafe)
 
     def model_digest(self, model: Any) -> str:
-        from ...digest import canonical_json, model_sha256
-
         arrays = [np.asarray(v.numpy() if hasattr(v, "numpy") else v) for v in model.weights]
         return model_sha256(arrays, canonical_json(_architecture(model)))
 

@@ -41,9 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from ...cells import tolerance
+from ...core.cells import tolerance
+from ...core.spec import FIELDS_BY_KIND, LayerSpec
 from ...errors import ParityError
-from ...spec import FIELDS_BY_KIND, LayerSpec
 
 __all__ = [
     "check_parity",

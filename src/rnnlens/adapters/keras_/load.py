@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ...archive import check_archive
+from ...core.archive import check_archive
+from ...core.optional import require
 from ...errors import ModelFileError, RnnLensError
 from . import legacy_h5
 
@@ -17,8 +18,6 @@ def load(p: Path, *, unsafe: bool) -> Any:
     """A Keras 3 model from ``p``; a Keras 2 ``.h5`` is converted (:mod:`.legacy_h5`)."""
     check_archive(p)  # before Keras decompresses anything
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from ...optional import require
-
     keras = require("keras", purpose=f"Opening the Keras model file {p.name}")
 
     legacy_h5.register_custom_objects()  # a re-saved Keras 2 model names rnnlens' hard_sigmoid

@@ -1,4 +1,4 @@
-"""A Keras layer's activations as NumPy functions, for :mod:`rnnlens.rebuild`.
+"""A Keras layer's activations as NumPy functions, for :mod:`rnnlens.core.rebuild`.
 
 The rebuild runs on NumPy arrays; :func:`numpy_fn` wraps a layer's own activation so it maps
 NumPy to NumPy (custom callables included) and gives Keras' ``tanh`` and ``sigmoid`` NumPy
@@ -29,7 +29,7 @@ def numpy_fn(fn: Callable[..., Any]) -> Callable[[np.ndarray], np.ndarray]:
     """The layer's own activation as a NumPy → NumPy function (custom callables included).
 
     Keras' own ``tanh`` and ``sigmoid`` also get NumPy forms that write in place or into a given
-    array (``inplace``, ``into``; used by :mod:`rnnlens.rebuild`): the rebuild calls them per
+    array (``inplace``, ``into``; used by :mod:`rnnlens.core.rebuild`): the rebuild calls them per
     step, where a backend op's dispatch costs more than the arithmetic. They agree with the
     backend's to a few ulp, far inside the parity tolerance every rebuilt state is checked
     against.

@@ -27,8 +27,9 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from ...kinds import KINDS
-from ...spec import Field, Kind
+from ...core.kinds import KINDS
+from ...core.spec import Field, Kind
+from ..base import Args
 from . import conv as keras_conv
 from .steps import _edited_step, _emit_loop, _emit_step
 
@@ -279,7 +280,7 @@ class Probe:
     def _call_packed(self, op: Any, captured: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         return self._call(op, args, kwargs, captured)
 
-    def _call(self, op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], captured: dict[str, Any]) -> Any:
+    def _call(self, op: Any, args: Args, kwargs: dict[str, Any], captured: dict[str, Any]) -> Any:
         if is_model(op):
             from keras.src.backend import get_keras_mask
 

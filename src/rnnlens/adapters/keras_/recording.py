@@ -31,11 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from ...core.kinds import KINDS
+from ...core.spec import LayerSpec, call_entry
 from ...errors import InputError
-from ...kinds import KINDS
-from ...spec import LayerSpec, call_entry
 from ..base import Captured, TraceOptions
 from ..calllog import CallLog
+from . import trace
 
 __all__ = ["KerasRecording"]
 
@@ -47,8 +48,6 @@ class KerasRecording(CallLog):
     """See the module docstring."""
 
     def __init__(self, model: Any, options: TraceOptions):
-        from . import trace
-
         if options.mask is not None:
             raise InputError("mask= is not used by rnnlens.record: each call's inputs carry their own.")
         self.model, self.trace = model, trace

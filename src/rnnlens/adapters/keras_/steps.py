@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ...spec import Kind
+from ...core.spec import Kind
 from . import conv as keras_conv
 
 __all__: list[str] = []
@@ -118,7 +118,7 @@ def _emit_loop(
     JAX's masked loop assumes one output tensor (it ``where``s the output against
     ``states[0]``) and flips a backward run's outputs as one array, so on JAX the step masks
     the states itself and the sequence is reversed beforehand. Emitted values at masked steps
-    are never used (:func:`rnnlens.cells.split_emitted` carries h and c and sets gates to NaN),
+    are never used (:func:`rnnlens.core.cells.split_emitted` carries h and c and sets gates to NaN),
     so they need no masking.
     """
     from keras.src import backend

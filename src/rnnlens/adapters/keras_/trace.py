@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from ...edits import LayerEdits, check_masked, edit_arrays
+from ...core.edits import LayerEdits, check_masked, edit_arrays
+from ...core.kinds import KINDS
+from ...core.spec import FIELDS_BY_KIND, CellWeights, Field, Kind, LayerSpec
+from ...core.tracing import RawDirection, RawLayer, resolve_fields, select_layers, to_direction_arrays
 from ...errors import InputError, LayerNotFoundError, UnsupportedLayerError, UnsupportedModelError
-from ...kinds import KINDS
-from ...spec import FIELDS_BY_KIND, CellWeights, Field, Kind, LayerSpec
-from ...tracing import RawDirection, RawLayer, resolve_fields, select_layers, to_direction_arrays
-from ..base import Captured, Intervened, TraceOptions
+from ..base import Captured, Edits, Intervened, TraceOptions
 from . import conv as keras_conv
 from .numpy_ops import numpy_fn
 from .probe import cell_kind, choose_strategy, is_model, is_recurrent, probe_for
@@ -281,7 +281,7 @@ def capture(model: Any, x: Any, options: TraceOptions) -> Captured:
     return _capture(model, x, options, {})[0]
 
 
-def intervene(model: Any, x: Any, edits: Mapping[str, LayerEdits], options: TraceOptions) -> Intervened:
+def intervene(model: Any, x: Any, edits: Edits, options: TraceOptions) -> Intervened:
     """Keras implementation of :meth:`rnnlens.adapters.Adapter.intervene`: the probe's walk with
     every edited layer run by the emitter, whose step applies that step's edit (as an affine map
     ``a * state + b`` fed in beside the step's input), so layers above see the edited output."""

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from ...edits import LayerEdits
+from ...core.digest import model_sha256
+from ...core.spec import LayerSpec
 from ...errors import InputError
-from ...spec import LayerSpec
-from ..base import Adapter, Captured, Inputs, Intervened, TraceOptions, mro_roots
+from ..base import Adapter, Args, Captured, Edits, Inputs, Intervened, Kwargs, TraceOptions, mro_roots
+from . import trace
+from .recording import OnnxRecording
+from .session import _prepare
 
 __all__ = ["OnnxAdapter"]
 
@@ -35,50 +37,28 @@ class OnnxAdapter(Adapter):
         return "onnx" in mro_roots(model)
 
     def describe(self, model: Any) -> list[LayerSpec]:
-        from . import trace
-
         return trace.describe(model)
 
     def untraced(self, model: Any) -> list[str]:
-        from .session import _prepare
-
         return list(_prepare(model).hidden)
 
-    def capture(
-        self, model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions
-    ) -> Captured:
-        from . import trace
-
+    def capture(self, model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Captured:
         return trace.capture(model, args, kwargs, options)
 
     def intervene(
-        self,
-        model: Any,
-        args: tuple[Any, ...],
-        kwargs: Mapping[str, Any],
-        edits: Mapping[str, LayerEdits],
-        options: TraceOptions,
+        self, model: Any, args: Args, kwargs: Kwargs, edits: Edits, options: TraceOptions
     ) -> Intervened:
-        from . import trace
-
         return trace.intervene(model, args, kwargs, edits, options)
 
     def record(self, model: Any, options: TraceOptions) -> Any:
-        from .recording import OnnxRecording
-
         return OnnxRecording(model, options)
 
     def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
         if options:
             raise InputError(f"ONNX files take no options; received {sorted(options)}.")
-        from . import trace
-
         return trace.load_model(path)  # ONNX files hold no code: unsafe changes nothing
 
     def model_digest(self, model: Any) -> str:
-        from ...digest import model_sha256
-        from . import trace
-
         proto = trace._model(model)
         arrays = trace.weight_arrays(proto)
         # every node (attributes, activations, subgraph bodies), the graph's signature, the opsets

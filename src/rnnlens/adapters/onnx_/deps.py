@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...optional import require
+from ...core.optional import require
 
 
 def _onnx() -> Any:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError, suggest
+from ..base import Kwargs
 from .graph import _Input, _Prepared
 
 
@@ -30,7 +31,7 @@ def _array(v: Any) -> np.ndarray:
     return np.asarray(v)
 
 
-def _feeds(prep: _Prepared, x: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def _feeds(prep: _Prepared, x: Any, args: Sequence[Any], kwargs: Kwargs) -> dict[str, np.ndarray]:
     """``{input name: array}`` from ``x``, ``*args`` and ``**kwargs``, checked against the graph."""
     names = [i.name for i in prep.inputs]
     given: dict[str, Any] = {}

@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from ...core.kinds import KINDS
+from ...core.spec import FIELDS_BY_KIND, Kind, LayerSpec
 from ...errors import UnsupportedLayerError
-from ...kinds import KINDS
-from ...spec import FIELDS_BY_KIND, Kind, LayerSpec
 from .deps import _onnx
+from .runtime import _session
 from .subgraphs import expose_branches, inline, is_recurrent
 
 _KINDS: dict[str, Kind] = {"LSTM": "lstm", "GRU": "gru", "RNN": "simple"}
@@ -165,8 +166,6 @@ class _Prepared:
     def session(self) -> Any:
         with self._lock:
             if self._session is None:
-                from .session import _session  # not at module level: session.py imports this module
-
                 self._session = _session(self)
             return self._session
 

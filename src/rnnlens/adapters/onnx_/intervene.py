@@ -1,5 +1,5 @@
 """Interventions on ONNX models: each edited ``LSTM``/``GRU``/``RNN`` node is run by rnnlens'
-NumPy step loop (:func:`rnnlens.steploop.run_direction`) from its own weights, with the edits
+NumPy step loop (:func:`rnnlens.core.steploop.run_direction`) from its own weights, with the edits
 applied after their steps, and the rest of the graph runs in ONNX Runtime on what it returns.
 
 The edited nodes are taken in graph order. For each, ONNX Runtime runs a private copy of the
@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from ...cells import DirectionArrays
-from ...edits import LayerEdits
+from ...core.cells import DirectionArrays
+from ...core.edits import LayerEdits
+from ...core.spec import Field
+from ...core.steploop import run_direction
 from ...errors import InputError, UnsupportedLayerError
-from ...spec import Field
-from ...steploop import run_direction
-from ..base import Intervened
+from ..base import Edits, Intervened
 from .deps import _first_line, _onnx, _ort
 from .feeds import _signature
 from .graph import _B, _C0, _H0, _P, _R, _SEQ_LENS, _W, _X, _Node, _Prepared
@@ -39,7 +39,7 @@ def cut_run(
     copy = onnx.ModelProto()
     copy.CopyFrom(prep.model)
     graph = copy.graph
-    for node in prep.nodes:  # the private copy's output names (see session._session)
+    for node in prep.nodes:  # the private copy's output names (see runtime._session)
         if node.index < 0:
             continue
         proto = graph.node[node.index]
@@ -143,7 +143,7 @@ def edited_node(
 def intervene(
     prep: _Prepared,
     feeds: dict[str, np.ndarray],
-    edits: Mapping[str, LayerEdits],
+    edits: Edits,
     chosen: Sequence[Any],
     want: Mapping[str, tuple[Field, ...]],
 ) -> Intervened:

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ...core.spec import LayerSpec, call_entry
 from ...errors import InputError
-from ...spec import LayerSpec, call_entry
 from ..base import Captured, TraceOptions
 from ..calllog import CallLog
 from .deps import _first_line

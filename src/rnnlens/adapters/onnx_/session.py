@@ -3,8 +3,8 @@
 :func:`load_model` opens and checks a ``.onnx`` file, :func:`_model` takes a path or a
 ``ModelProto``, and :func:`_prepare` parses a private copy from the model's serialized bytes and
 analyses it, cached by their sha256 in ``_CACHE`` (the last few models), so that tracing the same
-model batch after batch reads it once. :func:`_session` builds the ``CPUExecutionProvider``
-session of a copy in which every tensor rnnlens may need is a graph output.
+model batch after batch reads it once. :mod:`.runtime` builds the
+``CPUExecutionProvider`` session of a copy in which every tensor rnnlens may need is a graph output.
 """
 
 from __future__ import annotations
@@ -17,44 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ModelFileError, UnsupportedModelError
-from .deps import _first_line, _onnx, _ort
+from .deps import _first_line, _onnx
 from .graph import _analyse, _Prepared
 
 _CACHE_SIZE = 4
-
-
-def _session(prep: _Prepared) -> Any:
-    """ONNX Runtime session of a copy with every tensor rnnlens may need made a graph output."""
-    onnx, ort = _onnx(), _ort()
-    copy = onnx.ModelProto()
-    copy.CopyFrom(prep.model)
-    graph = copy.graph
-    outputs = {o.name for o in graph.output}
-    feeds = {i.name for i in prep.inputs}
-
-    def expose(name: str) -> None:
-        if name and name not in outputs and name not in feeds and name not in prep.static:
-            graph.output.append(onnx.ValueInfoProto(name=name))
-            outputs.add(name)
-
-    for node in prep.nodes:
-        if node.index >= 0:  # a main-graph node (one in If branches has its names already)
-            proto = graph.node[node.index]
-            n_out = 3 if node.op == "LSTM" else 2
-            del proto.output[:]
-            proto.output.extend(node.outputs[:n_out])
-        conds = (c for c, _, _ in node.runs_if)
-        for name in (*node.outputs, *node.inputs, *node.batch_gathers, *node.quant, *conds):
-            expose(name)
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # rnnlens raises its own errors
-    try:
-        return ort.InferenceSession(copy.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise UnsupportedModelError(
-            f"ONNX Runtime cannot run this model ({type(e).__name__}: {_first_line(str(e))}). "
-            "Check that it runs with onnxruntime.InferenceSession on the CPU provider."
-        ) from e
 
 
 _CACHE: OrderedDict[str, _Prepared] = OrderedDict()

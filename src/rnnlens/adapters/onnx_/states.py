@@ -1,8 +1,8 @@
 """Per-node states: ``h`` from ONNX Runtime's ``Y``, ``c`` and gates rebuilt from the node's weights.
 
 :func:`_node_states` turns the tensors of one recurrent node into a
-:class:`~rnnlens.cells.DirectionArrays` per direction (rebuilding ``c`` and gates with
-:func:`~rnnlens.rebuild.reconstruct_direction` from :func:`_cell_weights`, the weights in canonical
+:class:`~rnnlens.core.cells.DirectionArrays` per direction (rebuilding ``c`` and gates with
+:func:`~rnnlens.core.rebuild.reconstruct_direction` from :func:`_cell_weights`, the weights in canonical
 gate order) and checks the last step against the node's own ``Y_h`` / ``Y_c``
 (:func:`_check_last`); :func:`_input_order` puts the samples back in the order of the graph's
 inputs, and :func:`_check_fields` refuses or warns about fields a node cannot give.
@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from ...cells import DirectionArrays, carry_forward, check_parity
+from ...core.cells import DirectionArrays, carry_forward, check_parity
+from ...core.kinds import KINDS
+from ...core.rebuild import reconstruct_direction
+from ...core.spec import CellWeights, Field
 from ...errors import RnnLensWarning, UnsupportedLayerError
-from ...kinds import KINDS
-from ...rebuild import reconstruct_direction
-from ...spec import CellWeights, Field
 from .graph import _ACTIVATIONS, _B, _C0, _H0, _P, _R, _SEQ_LENS, _W, _X, QUANTIZED_TOLERANCE, _Node
 
 _N_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}

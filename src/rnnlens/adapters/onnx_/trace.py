@@ -31,7 +31,7 @@ samples back (a ``Gather`` that drops or repeats samples gives a warning instead
 * ``h`` of every node comes straight from ONNX Runtime: the node's own ``Y`` output, made a
   graph output of a private copy of the model.
 * ``c`` (LSTM) and the gates (LSTM ``i, f, g, o``; GRU ``z, r, n``) are rebuilt from the
-  node's weights with :func:`rnnlens.rebuild.reconstruct_direction` (one batched matmul for the
+  node's weights with :func:`rnnlens.core.rebuild.reconstruct_direction` (one batched matmul for the
   gates, an elementwise scan for ``c``) and checked against ``Y`` at every step and against
   the node's own last states ``Y_h`` / ``Y_c``: a mismatch is a
   :class:`~rnnlens.errors.ParityError`, never returned.
@@ -39,7 +39,7 @@ samples back (a ``Gather`` that drops or repeats samples gives a warning instead
   ``z, r, n``. ``B`` holds the input and the recurrent bias; both are kept apart, so a GRU
   with ``linear_before_reset=1`` keeps its recurrent candidate bias inside ``r * (...)``.
 * LSTM peepholes ``P``, ``clip`` and ``input_forget=1`` are rebuilt in ONNX Runtime's order
-  (:mod:`rnnlens.rebuild_cell`), checked against the node's ``h`` like any other.
+  (:mod:`rnnlens.core.rebuild_cell`), checked against the node's ``h`` like any other.
 * A node rnnlens cannot rebuild exactly (``clip`` on a GRU or RNN,
   ``activation_alpha``/``activation_beta`` or other
   activations, an LSTM whose ``g`` and ``h`` activations differ) still gives ``h``: with
@@ -98,11 +98,11 @@ from typing import Any
 
 import numpy as np
 
-from ...edits import LayerEdits
+from ...core.spec import Field, LayerSpec
+from ...core.tracing import resolve_fields, select_layers
 from ...errors import InputError, UnsupportedLayerError
-from ...spec import Field, LayerSpec
-from ...tracing import resolve_fields, select_layers
-from ..base import Captured, Intervened, TraceOptions
+from ..base import Args, Captured, Edits, Intervened, Kwargs, TraceOptions
+from . import intervene as onnx_intervene
 from .deps import _first_line, _onnx
 from .feeds import _feeds, _signature
 from .graph import _constant
@@ -164,17 +164,9 @@ def _selection(
     return chosen, nodes, dict(resolve_fields(chosen, fields))
 
 
-def intervene(
-    model: Any,
-    args: tuple[Any, ...],
-    kwargs: Mapping[str, Any],
-    edits: Mapping[str, LayerEdits],
-    options: TraceOptions,
-) -> Intervened:
+def intervene(model: Any, args: Args, kwargs: Kwargs, edits: Edits, options: TraceOptions) -> Intervened:
     """ONNX implementation of :meth:`rnnlens.adapters.Adapter.intervene` (see
     :mod:`.intervene`): outputs are the graph's outputs as a list, in graph order."""
-    from . import intervene as onnx_intervene
-
     if not args and not kwargs:
         raise InputError(f"No inputs given; the model's inputs are: {_signature(_prepare(model))}.")
     prep = _prepare(model)
@@ -202,7 +194,7 @@ def main_graph_only(chosen: list[LayerSpec], nodes: Mapping[str, Any], what: str
         )
 
 
-def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions) -> Captured:
+def capture(model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Captured:
     """ONNX implementation of :meth:`rnnlens.adapters.Adapter.capture`: one ONNX Runtime run
     of a copy of ``model``.
 

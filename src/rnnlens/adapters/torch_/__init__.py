@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from ...edits import LayerEdits
+from ...core.archive import check_archive
+from ...core.digest import model_sha256
+from ...core.spec import LayerSpec
 from ...errors import InputError
-from ...spec import LayerSpec
-from ..base import Adapter, Captured, Inputs, Intervened, TraceOptions, mro_roots
+from ..base import Adapter, Args, Captured, Edits, Inputs, Intervened, Kwargs, TraceOptions, mro_roots
 
 __all__ = ["TorchAdapter"]
 
@@ -39,9 +39,7 @@ class TorchAdapter(Adapter):
 
         return trace.describe(model)
 
-    def capture(
-        self, model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions
-    ) -> Captured:
+    def capture(self, model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Captured:
         from . import trace
 
         # NumPy arrays given for tensors are converted (as torch.from_numpy would), not passed on
@@ -50,12 +48,7 @@ class TorchAdapter(Adapter):
         return trace.capture(model, args, kwargs, options)
 
     def intervene(
-        self,
-        model: Any,
-        args: tuple[Any, ...],
-        kwargs: Mapping[str, Any],
-        edits: Mapping[str, LayerEdits],
-        options: TraceOptions,
+        self, model: Any, args: Args, kwargs: Kwargs, edits: Edits, options: TraceOptions
     ) -> Intervened:
         from . import trace
 
@@ -69,8 +62,6 @@ class TorchAdapter(Adapter):
         return TorchRecording(model, options)
 
     def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
-        from ...archive import check_archive
-
         check_archive(path)  # before torch is even imported
         from .load import load_model
 
@@ -80,8 +71,6 @@ class TorchAdapter(Adapter):
         return load_model(path, module, unsafe=unsafe)
 
     def model_digest(self, model: Any) -> str:
-        from ...digest import model_sha256
-
         arrays = [_bytes_of(t) for t in model.state_dict().values()]
         return model_sha256(arrays, _architecture(model))
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from ...edits import LayerEdits
-from ...spec import call_entry
+from ...core.edits import LayerEdits
+from ...core.spec import call_entry
 from .discover import _Config
 
 

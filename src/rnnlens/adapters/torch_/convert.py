@@ -1,7 +1,7 @@
 """From what the recording run stored to rnnlens' arrays, and the messages for what went wrong.
 
 The conversion turns each recorded :class:`~.calls._SeqCall` layer or
-:class:`~.calls._CellCalls` entry into per-direction :class:`~rnnlens.cells.DirectionArrays`
+:class:`~.calls._CellCalls` entry into per-direction :class:`~rnnlens.core.cells.DirectionArrays`
 (``(sample, time, unit)``, input time order, mask from ``PackedSequence`` lengths), using the
 emitted ``c`` and gates where the step loop produced them and reconstructing them otherwise;
 the error helpers describe what a recurrent module expects and what it was given.
@@ -16,11 +16,12 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from ...cells import DirectionArrays, check_parity, gru_gates, lstm_gates
+from ...core.cells import DirectionArrays, check_parity, gru_gates, lstm_gates
+from ...core.kinds import KINDS
+from ...core.spec import Field, LayerSpec
+from ...core.tracing import RawDirection, RawLayer, to_direction_arrays
 from ...errors import InputError, UnsupportedLayerError
-from ...kinds import KINDS
-from ...spec import Field, LayerSpec
-from ...tracing import RawDirection, RawLayer, to_direction_arrays
+from ..base import Args
 from .calls import _CellCalls, _Plan, _SeqCall
 from .discover import _Config
 from .weights import _np
@@ -56,7 +57,7 @@ def _expected(cfg: _Config) -> str:
 
 
 def _input_error(
-    e: Exception, active: list[tuple[_Plan, Any]], model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    e: Exception, active: list[tuple[_Plan, Any]], model: Any, args: Args, kwargs: dict[str, Any]
 ) -> InputError:
     if active:
         plan, got = active[-1]

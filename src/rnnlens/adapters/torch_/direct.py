@@ -36,6 +36,7 @@ from torch.nn.utils.rnn import PackedSequence
 from torch.overrides import TorchFunctionMode, _get_current_function_mode, _pop_mode_temporarily
 
 from ...errors import UnsupportedLayerError
+from ..base import Args
 
 __all__ = [
     "DirectCall",
@@ -78,7 +79,7 @@ class DirectCall:
                 self.batch_first, *(id(p) for p in self.params))  # fmt: skip
 
 
-def parse(func: Any, args: tuple[Any, ...]) -> DirectCall | None:
+def parse(func: Any, args: Args) -> DirectCall | None:
     """The call, or None when ``func`` is not a recurrent op (or the arguments are not its)."""
     op = _OPS.get(func)
     if op is None:

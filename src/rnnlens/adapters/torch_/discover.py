@@ -3,7 +3,7 @@
 :class:`_Config` is a recurrent module's configuration (the torch class it behaves as, its
 kind, sizes, layers, directions, layout), read from the module itself or, for TorchScript,
 from its parameters; :func:`_walk` finds every recurrent module in ``named_modules`` order and
-:func:`_static_specs` turns one into its :class:`~rnnlens.spec.LayerSpec` entries (one per
+:func:`_static_specs` turns one into its :class:`~rnnlens.core.spec.LayerSpec` entries (one per
 layer when ``num_layers > 1``). :func:`describe` is the adapter's ``describe``.
 """
 
@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...core.kinds import KINDS
+from ...core.spec import FIELDS_BY_KIND, Kind, LayerSpec
 from ...errors import UnsupportedModelError
-from ...kinds import KINDS
-from ...spec import FIELDS_BY_KIND, Kind, LayerSpec
 
 __all__ = ["describe"]
 

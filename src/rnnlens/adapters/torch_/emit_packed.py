@@ -1,7 +1,7 @@
 """rnnlens' step loop on a ``PackedSequence``: each step runs only the samples still in it.
 
 PyTorch packs samples sorted by decreasing length, so the samples at step ``t`` are the first
-``batch_sizes[t]`` of the sorted batch. The loop (:func:`.emit._directions`) runs on the sorted,
+``batch_sizes[t]`` of the sorted batch. The loop (:func:`.emit_loop._directions`) runs on the sorted,
 zero-padded time-major batch, step ``t`` on its first ``batch_sizes[t]`` rows; the output is
 packed again and the final states put back in the caller's order (``unsorted_indices``), as
 ``nn.LSTM.forward`` does with ``permute_hidden``. ``c`` and the gates come back in the caller's
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
-from ...edits import LayerEdits, Op
+from ...core.edits import LayerEdits, Op
 from .discover import _Config
-from .emit import _directions
+from .emit_loop import _directions
 
 
 class _SortedEdits:

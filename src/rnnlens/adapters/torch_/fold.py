@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...edits import LayerEdits
+from ...core.edits import LayerEdits
 from .discover import _Config
-from .emit import _empty
+from .emit_loop import _empty
 
 __all__ = ["run_folded"]
 

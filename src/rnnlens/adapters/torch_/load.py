@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...archive import check_archive
+from ...core.archive import check_archive
 from ...errors import InputError, ModelFileError, UnsupportedModelError
 
 __all__ = ["load_model"]

@@ -19,13 +19,15 @@ from typing import Any
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
+from ...core.kinds import KINDS
 from ...errors import RnnLensError, UnsupportedLayerError
-from ...kinds import KINDS
+from ..base import Args
 from . import direct
 from .calls import _CellCalls, _Plan, _SeqCall
 from .convert import _input_error
 from .discover import _Config, base_class
-from .emit import _apply, _can_emit, _emit_layer
+from .emit import _can_emit, _emit_layer
+from .emit_loop import _apply
 from .fold import run_folded
 
 _LAYER_OF = re.compile(r"_l(\d+)(?:_reverse)?$")
@@ -310,7 +312,7 @@ def _uninstall(installed: list[tuple[Any, Any]]) -> None:
 
 def _run(
     model: Any,
-    args: tuple[Any, ...],
+    args: Args,
     kwargs: dict[str, Any],
     plans: Sequence[_Plan],
     *,
@@ -342,7 +344,7 @@ def _direct_watch(rec: _Recorder, model: Any, planner: Callable[[str, Any], _Pla
     routes: dict[tuple[Any, ...], tuple[Callable[..., Any] | None, Any]] = {}
     names: dict[str, int] = {}
 
-    def route(call: direct.DirectCall, func: Any, args: tuple[Any, ...]) -> Any:
+    def route(call: direct.DirectCall, func: Any, args: Args) -> Any:
         if call.train and call.dropout > 0 and call.num_layers > 1:
             raise UnsupportedLayerError(
                 f"A direct torch._VF.{call.base.lower()} call ran in training mode with dropout="

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
+from ...core.spec import call_entry
 from ...errors import UnsupportedModelError
-from ...spec import call_entry
 from ..base import Captured, TraceOptions
 from .calls import _CellCalls, _SeqCall
 from .chains import chain_calls, merge, steps_of

@@ -22,14 +22,17 @@ from __future__ import annotations
 import dataclasses
 import io
 import warnings
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
+from ...core.optional import require
 from ...errors import ParityError, UnsupportedModelError
-from ..base import Captured, TraceOptions
+from ..base import Args, Captured, Kwargs, TraceOptions
+from ..onnx_ import trace as onnx_trace
+from ..onnx_.graph import _W
+from ..onnx_.session import _prepare
 from .discover import _walk
 from .weights import _np
 
@@ -47,7 +50,7 @@ def _unsupported(why: str) -> UnsupportedModelError:
     )
 
 
-def _export(model: Any, args: tuple[Any, ...]) -> bytes:
+def _export(model: Any, args: Args) -> bytes:
     if not all(isinstance(a, torch.Tensor) for a in args):
         raise _unsupported("its export takes tensor arguments only")
     buf = io.BytesIO()
@@ -66,8 +69,6 @@ def _export(model: Any, args: tuple[Any, ...]) -> bytes:
 
 def _names(prep: Any, model: Any) -> dict[str, str]:
     """ONNX node name -> the describe name of the submodule layer holding the same weights."""
-    from ..onnx_.graph import _W
-
     layers: list[tuple[str, str, np.ndarray]] = []  # (describe name, base, weight_ih)
     for path, m, cfg in _walk(model)[0]:
         params = dict(m.named_parameters(recurse=False))
@@ -93,16 +94,11 @@ def _names(prep: Any, model: Any) -> dict[str, str]:
     return out
 
 
-def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions) -> Captured:
+def capture(model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Captured:
     """Trace a TorchScript module through its ONNX export (see the module docstring)."""
-    from ...optional import require
-
     purpose = "Tracing a TorchScript module (through its ONNX export)"
     onnx = require("onnx", purpose=purpose)
     require("onnxruntime", purpose=purpose)
-    from ..onnx_ import trace as onnx_trace
-    from ..onnx_.session import _prepare
-
     if kwargs:
         raise _unsupported("its export takes positional arguments only")
     proto = onnx.load_from_string(_export(model, args))
@@ -119,7 +115,7 @@ def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], option
     return Captured(specs, batches, backend="torch")
 
 
-def _check_outputs(model: Any, args: tuple[Any, ...], prep: Any) -> None:
+def _check_outputs(model: Any, args: Args, prep: Any) -> None:
     """The export's outputs must be what the module itself returns."""
     with torch.no_grad():
         own = model(*args)

@@ -64,7 +64,7 @@ is touched. The stand-in returns to the model what the module itself returns, so
   kernel, within ~1e-7 of the oneDNN kernel PyTorch picks for float32 LSTMs. A
   ``PackedSequence`` runs each step on the samples still in it (:mod:`.emit_packed`).
 * ``strategy="reconstruct"`` (the default off CPU): ``h``
-  from the kernel, then :func:`rnnlens.rebuild.reconstruct_direction` (gates in one batched
+  from the kernel, then :func:`rnnlens.core.rebuild.reconstruct_direction` (gates in one batched
   matmul, ``c`` by an elementwise scan, parity-checked against the kernel's ``h``).
 
 If the model modifies a captured tensor in place after the recurrent module returned it
@@ -105,17 +105,17 @@ from typing import Any
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
-from ...edits import LayerEdits
+from ...core.edits import LayerEdits
+from ...core.kinds import KINDS
+from ...core.spec import CellWeights, Field, LayerSpec, call_entry
+from ...core.tracing import resolve_fields, select_layers
 from ...errors import (
     InputError,
     LayerNotFoundError,
     UnsupportedLayerError,
     UnsupportedModelError,
 )
-from ...kinds import KINDS
-from ...spec import CellWeights, Field, LayerSpec, call_entry
-from ...tracing import resolve_fields, select_layers
-from ..base import Captured, Intervened, TraceOptions
+from ..base import Args, Captured, Edits, Intervened, Kwargs, TraceOptions
 from .calls import _CellCalls, _Plan
 from .chains import chain_calls, merge
 from .convert import _cell_entry, _generic_seq, _need_x, _seq_layer
@@ -154,7 +154,7 @@ def _names(layers: str | Iterable[str] | None) -> list[str] | None:
     return [layers] if isinstance(layers, str) else list(layers)
 
 
-def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], options: TraceOptions) -> Captured:
+def capture(model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Captured:
     """PyTorch implementation of :meth:`rnnlens.adapters.Adapter.capture` (see :func:`_capture`;
     a TorchScript module goes through its ONNX export, :mod:`.scripted`)."""
     if isinstance(model, torch.jit.ScriptModule):
@@ -164,13 +164,7 @@ def capture(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], option
     return _capture(model, args, kwargs, options, {})[0]
 
 
-def intervene(
-    model: Any,
-    args: tuple[Any, ...],
-    kwargs: Mapping[str, Any],
-    edits: Mapping[str, LayerEdits],
-    options: TraceOptions,
-) -> Intervened:
+def intervene(model: Any, args: Args, kwargs: Kwargs, edits: Edits, options: TraceOptions) -> Intervened:
     """PyTorch implementation of :meth:`rnnlens.adapters.Adapter.intervene`: one forward pass
     in which every edited layer runs rnnlens' step loop with the edits applied in place."""
     # edits name each call ("#k", steps counted per call), so the states keep one entry per call
@@ -182,7 +176,7 @@ def _outputs(obj: Any, copy: bool = True) -> Any:
     """The model's return value with every tensor as a NumPy array, structure kept (a copy
     unless ``copy=False``: the states may view the same tensors). Copied by PyTorch's
     allocator: a large NumPy copy asks for transparent huge pages, whose faults stall on this
-    kind of VM (see rnnlens.buffers)."""
+    kind of VM (see rnnlens.core.buffers)."""
     if isinstance(obj, torch.Tensor):
         t = obj.detach()
         return _np(t.clone() if copy and t.device.type == "cpu" else t)
@@ -199,10 +193,10 @@ def _outputs(obj: Any, copy: bool = True) -> Any:
 
 def _capture(
     model: Any,
-    args: tuple[Any, ...],
-    kwargs: Mapping[str, Any],
+    args: Args,
+    kwargs: Kwargs,
     options: TraceOptions,
-    edits: Mapping[str, LayerEdits],
+    edits: Edits,
 ) -> tuple[Captured, Any]:
     """PyTorch implementation of :meth:`rnnlens.adapters.Adapter.capture`: calls
     ``model(*args, **kwargs)`` once.
@@ -297,7 +291,7 @@ class _Planned:
         return plan
 
 
-def _plans(model: Any, layers: Any, fields: Any, strategy: str, edits: Mapping[str, LayerEdits]) -> _Planned:
+def _plans(model: Any, layers: Any, fields: Any, strategy: str, edits: Edits) -> _Planned:
     """Validate names and fields and decide, per recurrent module, what to record (before running)."""
     recurrent, others = _walk(model)
     static = [(spec, name) for name, _, cfg in recurrent for spec in _static_specs(name, cfg)]

@@ -1,4 +1,4 @@
-"""A module's weights as NumPy :class:`~rnnlens.spec.CellWeights`, for reconstruction.
+"""A module's weights as NumPy :class:`~rnnlens.core.spec.CellWeights`, for reconstruction.
 
 :func:`_weights` reads one direction of one layer of an ``nn.LSTM``/``GRU``/``RNN`` (or a
 cell) into rnnlens' canonical gate order (GRU: PyTorch's ``r, z, n`` become ``z, r, n``), with
@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...kinds import KINDS
-from ...rebuild import absmax_of
-from ...spec import CellWeights
+from ...core.kinds import KINDS
+from ...core.rebuild_ops import absmax_of
+from ...core.spec import CellWeights
 from .discover import _Config
 
 
@@ -42,7 +42,7 @@ def _torch_fn(fn: Callable[..., torch.Tensor]) -> Callable[[np.ndarray], np.ndar
     def into(out: np.ndarray, a: np.ndarray) -> None:  # out = fn(a), written by PyTorch
         fn(_tensor(a), out=torch.from_numpy(out))
 
-    apply.inplace = inplace  # type: ignore[attr-defined]  # used by rnnlens.rebuild
+    apply.inplace = inplace  # type: ignore[attr-defined]  # used by rnnlens.core.rebuild
     apply.into = into  # type: ignore[attr-defined]
     return apply
 
@@ -71,11 +71,11 @@ def _into(out: np.ndarray, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None
         torch.mm(at, bt, out=o)
 
 
-_matmul.into = _into  # type: ignore[attr-defined]  # used by rnnlens.rebuild
+_matmul.into = _into  # type: ignore[attr-defined]  # used by rnnlens.core.rebuild
 
 
 class _Elementwise:
-    """:class:`~rnnlens.spec.Elementwise` on PyTorch's kernels: both cores, where NumPy's use
+    """:class:`~rnnlens.core.spec.Elementwise` on PyTorch's kernels: both cores, where NumPy's use
     one (measured: the rebuild's ``c`` scan and parity check take about half the time)."""
 
     def mul(self, out: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
