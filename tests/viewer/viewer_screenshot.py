@@ -18,8 +18,8 @@ import numpy as np
 
 def main(out: str) -> None:
     from playwright.sync_api import expect, sync_playwright
-    from rnnlens.cli.demo import run_demo
 
+    from rnnlens.cli.demo import run_demo
     from rnnlens.testing.stores import write_store
     from rnnlens.viewer import StoreView, make_server
 
