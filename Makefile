@@ -7,7 +7,7 @@ DEMO_STAMP := $(VENV)/.demo-$(shell cat pyproject.toml requirements/*.txt 2>/dev
 # every install here takes this machine's pins (the torch CPU wheel on disk; one agreeing botocore set)
 PIP    := $(PY) -m pip install -q -c requirements/constraints.txt
 
-.PHONY: install install-demo demo test test-fast lint bench clean
+.PHONY: install install-demo demo test test-fast lint docs bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ $(DEMO_STAMP): pyproject.toml requirements/dev.txt | $(VENV)/bin/python
 	touch $@
 
 $(STAMP): pyproject.toml requirements/dev.txt | $(VENV)/bin/python
-	$(PIP) -e ".[all,test,bench]" -r requirements/dev.txt
+	$(PIP) -e ".[all,test,bench,docs]" -r requirements/dev.txt
 	# tf_keras (Keras 2) only writes legacy .h5 files in the tests; it declares `tensorflow`,
 	# which tensorflow-cpu already provides, hence --no-deps
 	$(PY) -m pip install -q --no-deps "tf_keras==2.21.0"
@@ -46,8 +46,11 @@ lint: install  ## ruff and mypy on src/
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
 
+docs: install  ## the documentation site in site/, strict: a broken link or reference fails
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet -d site
+
 bench: install  ## side-by-side speed ratios, writes benchmarks/results/
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -114,10 +114,13 @@ def ablation_scan(
     """Ablate each unit of ``layer`` in turn (set to ``value``) and measure ``metric(outputs)``.
 
     Args:
-        model, x: as for :func:`rnnlens.intervene`; ``x`` is one array (or tensor).
+        model: as for :func:`rnnlens.intervene`.
+        x: as for :func:`rnnlens.intervene`; one array (or tensor).
         sample_axis: ``x``'s sample axis (1 for a time-major ``nn.LSTM``); the copies of a
             group are stacked along it.
-        layer, field, direction: what to ablate (``field="c"`` for an LSTM's cell state).
+        layer: the layer to ablate.
+        field: what to ablate (``field="c"`` for an LSTM's cell state).
+        direction: which direction (``None``: every direction of the layer).
         metric: maps the model's outputs (as :attr:`Intervention.outputs`) to a number.
         units: the units to scan (default: all).
         steps: ``None``: ablate at every step (one column); a ``slice``: over that range (one
@@ -129,7 +132,7 @@ def ablation_scan(
         >>> torch.manual_seed(0) and None
         >>> lstm = torch.nn.LSTM(3, 4, batch_first=True)
         >>> x = np.random.default_rng(0).normal(size=(8, 6, 3)).astype("float32")
-        >>> scan = rnnlens.ablation_scan(lstm, x, "lstm", lambda out: float(out[0][:, -1].sum()))
+        >>> scan = rnnlens.ablation_scan(lstm, x, "lstm", lambda out: float(np.take(out[0], -1, axis=1).sum()))
         >>> scan.effect.shape, scan.steps
         ((4, 1), ['all'])
     """

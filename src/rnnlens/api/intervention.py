@@ -76,8 +76,9 @@ def intervene(
         model: a ``torch.nn.Module`` (or a model file rnnlens opens); not modified.
         x: the model's first input; ``args`` and ``kwargs`` follow it into ``forward``.
         edits: one :class:`~rnnlens.Edit` or a list.
-        layers, fields: which layers' states :attr:`Intervention.states` holds, as in
+        layers: which layers' states :attr:`Intervention.states` holds, as in
             :func:`rnnlens.trace`.
+        fields: which fields it holds, as in :func:`rnnlens.trace`.
 
     Example:
         >>> import numpy as np, torch, rnnlens

@@ -95,8 +95,9 @@ def extract_to(
         batch_size: sequences per trace pass and per stored chunk.
         resume: continue an interrupted run of the same extraction at ``path``.
         overwrite: replace whatever store is at ``path``.
-        mask, lengths: valid steps, (sample, time) bool or (sample,) ints, as arrays or
-            ``.npy`` paths, aligned with ``data``.
+        mask: valid steps, (sample, time) bool, as an array or a ``.npy`` path, aligned with
+            ``data``.
+        lengths: valid steps as (sample,) ints (an array or a ``.npy`` path), instead of ``mask``.
         progress: True for a progress bar on stderr, or a callable ``(done, total)``.
         max_time: the stored time axis (default: the first batch's number of steps).
         unsafe: let a model file run code it contains (trusted files only).
