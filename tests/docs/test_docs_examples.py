@@ -49,9 +49,9 @@ def test_example_runs_and_prints_what_it_shows(
     page: str, line: int, code: str, tmp_path, monkeypatch
 ) -> None:
     for lib in LIBRARIES:
-        if re.search(rf"^\s*(import|from)\s+{lib}\b|import [^\n]*\b{lib}\b", code, flags=re.M):
-            if importlib.util.find_spec(lib) is None:
-                pytest.skip(f"{lib} is not installed")
+        imported = re.search(rf"^\s*(import|from)\s+{lib}\b|import [^\n]*\b{lib}\b", code, flags=re.M)
+        if imported and importlib.util.find_spec(lib) is None:
+            pytest.skip(f"{lib} is not installed")
     monkeypatch.chdir(tmp_path)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

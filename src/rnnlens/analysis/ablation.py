@@ -132,7 +132,8 @@ def ablation_scan(
         >>> torch.manual_seed(0) and None
         >>> lstm = torch.nn.LSTM(3, 4, batch_first=True)
         >>> x = np.random.default_rng(0).normal(size=(8, 6, 3)).astype("float32")
-        >>> scan = rnnlens.ablation_scan(lstm, x, "lstm", lambda out: float(np.take(out[0], -1, axis=1).sum()))
+        >>> last_step_sum = lambda out: float(np.take(out[0], -1, axis=1).sum())
+        >>> scan = rnnlens.ablation_scan(lstm, x, "lstm", last_step_sum)
         >>> scan.effect.shape, scan.steps
         ((4, 1), ['all'])
     """
