@@ -255,7 +255,8 @@ class States(Mapping[str, LayerStates]):
     def __repr__(self) -> str:
         table = layer_table(self._layers.values())
         masked = "none" if self.mask is None else f"{int((~self.mask).sum())} masked steps"
-        return f"States ({len(self)} layers, mask: {masked})\n{table}"
+        layers = "1 layer" if len(self) == 1 else f"{len(self)} layers"
+        return f"States ({layers}, mask: {masked})\n{table}"
 
     def to_datatree(self) -> Any:
         """Every layer as an ``xarray.DataTree`` in a store's structure (see
