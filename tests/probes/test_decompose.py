@@ -204,3 +204,19 @@ def test_wrong_gates_are_a_parity_error() -> None:
     dec = rnnlens.decompose(states, "lstm")
     with pytest.raises(rnnlens.ParityError, match="step 2"):
         dec.attention()
+
+
+def test_keras_conv_lstm_feature_maps() -> None:
+    keras = pytest.importorskip("keras")
+    layer = keras.layers.ConvLSTM1D(2, 3, padding="same", return_sequences=True, name="conv")
+    model = keras.Sequential([keras.Input((5, 6, 3)), layer])
+    x = np.random.default_rng(4).normal(size=(2, 5, 6, 3)).astype("float32")
+    mask = np.array([[True] * 5, [True, True, True, False, False]])
+    states = rnnlens.trace(model, x, mask=mask)
+    dec = rnnlens.decompose(states, "conv")
+    assert dec.state_shape == (6, 2)
+    assert dec.attention().shape == (2, 5, 5)
+    assert dec.at(4).shape == (2, 5, 6, 2)
+    total = dec.at(4).sum(axis=1) + dec.initial_at(4)
+    np.testing.assert_allclose(total, states["conv"].c[:, 4], rtol=1e-5, atol=1e-6)
+    assert np.all(dec.at(4)[1, 3:] == 0)  # padded steps write nothing
