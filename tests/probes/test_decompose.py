@@ -220,3 +220,37 @@ def test_keras_conv_lstm_feature_maps() -> None:
     total = dec.at(4).sum(axis=1) + dec.initial_at(4)
     np.testing.assert_allclose(total, states["conv"].c[:, 4], rtol=1e-5, atol=1e-6)
     assert np.all(dec.at(4)[1, 3:] == 0)  # padded steps write nothing
+
+
+@given(st.integers(0, 2**16), st.integers(17, 40), st.sampled_from(["plain", "zeros", "tiny"]))
+def test_maps_over_several_blocks_and_extreme_decays(seed: int, t: int, extreme: str) -> None:
+    """decompose_maps against carrying each write step by step: blocks of 16 steps, exact zeros
+    and decays of 1e-200 (the blocks that fall back), masked steps (d = 1, w = 0)."""
+    from rnnlens.analysis.decompose_maps import lifetimes, norms
+
+    rng = np.random.default_rng(seed)
+    n, u = 2, 3
+    d, w = rng.random((n, t, u)), rng.normal(size=(n, t, u))
+    if extreme == "zeros":
+        d[rng.random((n, t, u)) < 0.05] = 0.0
+    elif extreme == "tiny":
+        d[rng.random((n, t, u)) < 0.05] = 1e-200
+    valid = rng.random((n, t)) < 0.8
+    d, w = np.where(valid[..., None], d, 1.0), np.where(valid[..., None], w, 0.0)
+    want, life, cens = np.zeros((n, t, t)), np.full((n, t, u), np.nan), np.zeros((n, t, u), bool)
+    for s in range(t):
+        v, alive, count = w[:, s].copy(), np.ones((n, u), bool), np.zeros((n, u))
+        want[:, s, s] = np.linalg.norm(v, axis=-1)
+        carry = np.ones((n, u))
+        for r in range(s + 1, t):
+            v = v * d[:, r]
+            want[:, r, s] = np.linalg.norm(v, axis=-1)
+            carry = carry * np.abs(d[:, r])
+            alive &= carry >= 0.3
+            count += alive & valid[:, r, None]
+        life[:, s] = np.where(valid[:, s, None], count, np.nan)
+        cens[:, s] = alive & valid[:, s, None]
+    np.testing.assert_allclose(norms(d, w), want, rtol=1e-11, atol=1e-250)
+    got, got_cens = lifetimes(d, valid, 0.3)
+    np.testing.assert_array_equal(got, life)
+    np.testing.assert_array_equal(got_cens, cens)

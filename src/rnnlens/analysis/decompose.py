@@ -35,6 +35,7 @@ import numpy as np
 
 from ..core.states import States
 from ..errors import DirectionNotAvailableError, InputError, ParityError
+from .decompose_maps import lifetimes, norms
 from .decompose_terms import Terms, linear_field, read_terms
 
 __all__ = ["Decomposition", "Lifetimes", "decompose"]
@@ -169,23 +170,33 @@ class Decomposition:
 
     # -- every step, streamed -----------------------------------------------------------------
 
+    def _checked(self, sl: slice) -> tuple[Terms, np.ndarray]:
+        """A chunk's terms, after checking that its decays and writes rebuild the stored field at
+        every step: the running sum and Σ|terms| (equal to Σ_s contribution + initial term and its
+        Σ|·| up to rounding) in O(units) a step."""
+        terms, init = self._terms(sl)
+        total, scale = init.copy(), np.abs(init)
+        for p in range(terms.x.shape[1]):
+            if p:
+                total *= terms.d[:, p]
+                scale *= np.abs(terms.d[:, p])
+            total += terms.w[:, p]
+            scale += np.abs(terms.w[:, p])
+            self._check(total, scale, terms.x[:, p], p)
+        return terms, init
+
     def _scan(self, visit: Callable[[slice, int, np.ndarray, Terms], None]) -> None:
         """Carry every write forward, chunk by chunk: ``visit(sl, p, V, terms)`` sees at each
-        processing step p the contributions ``V[:, :p + 1]`` (n, p + 1, U) to the field there,
-        after the sum has been checked."""
+        processing step p the contributions ``V[:, :p + 1]`` (n, p + 1, U) to the field there."""
         for sl in self._chunks():
-            terms, init = self._terms(sl)
+            terms, _ = self._checked(sl)
             n, t, u = terms.x.shape
             v = np.zeros((n, t, u))
             for p in range(t):
                 if p:
                     v[:, :p] *= terms.d[:, p, None]
-                    init = init * terms.d[:, p]
                 v[:, p] = terms.w[:, p]
-                live = v[:, : p + 1]
-                scale = np.abs(live).sum(axis=1) + np.abs(init)
-                self._check(live.sum(axis=1) + init, scale, terms.x[:, p], p)
-                visit(sl, p, live, terms)
+                visit(sl, p, v[:, : p + 1], terms)
 
     def _to_input(self, a: np.ndarray) -> np.ndarray:
         """(sample, t, s, ...) from processing to input order."""
@@ -196,6 +207,11 @@ class Decomposition:
         (``ord``, over the state axes) of step s's contribution to the field at step t; 0 where s
         comes after t in processing order. Memory: the map plus one chunk × time × units."""
         out = np.zeros((self.n_samples, self.n_steps, self.n_steps))
+        if ord == 2:  # batched matrix products (decompose_maps.norms)
+            for sl in self._chunks():
+                terms, _ = self._checked(sl)
+                out[sl] = norms(terms.d, terms.w)
+            return self._to_input(out)
 
         def visit(sl: slice, p: int, live: np.ndarray, terms: Terms) -> None:
             out[sl, p, : p + 1] = np.linalg.norm(live, ord=ord, axis=-1)
@@ -241,17 +257,13 @@ class Decomposition:
         steps = np.zeros((self.n_samples, self.n_steps, u))
         alive = np.zeros((self.n_samples, self.n_steps, u), bool)
         for sl in self._chunks():
-            terms, _ = self._terms(sl)
-            n, t, _u = terms.x.shape
-            carry, live, count = np.ones((n, t, u)), np.zeros((n, t, u), bool), np.zeros((n, t, u))
-            for p in range(t):
-                if p:
-                    carry[:, :p] *= np.abs(terms.d[:, p, None])
-                    live[:, :p] &= carry[:, :p] >= fraction
-                    count[:, :p] += live[:, :p] & terms.valid[:, p, None, None]
-                live[:, p] = terms.valid[:, p, None]
-            count[~terms.valid] = np.nan
-            steps[sl], alive[sl] = count, live
+            terms, _ = self._checked(sl)
+            if np.abs(terms.d).max(initial=0.0) > 1.0:
+                raise InputError(
+                    f"Layer {self.layer!r} has decays above 1 in magnitude (a custom gate activation?): "
+                    "a write's weight can grow again, so its lifetime is not defined."
+                )
+            steps[sl], alive[sl] = lifetimes(terms.d, terms.valid, fraction)
         shape = (self.n_samples, self.n_steps, *self.state_shape)
         if self.backward:
             steps, alive = steps[:, ::-1], alive[:, ::-1]
