@@ -27,7 +27,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,9 +104,12 @@ class Decomposition:
 
     # -- reading ------------------------------------------------------------------------------
 
-    def _chunks(self) -> Iterator[slice]:
-        for start in range(0, self.n_samples, self.chunk):
-            yield slice(start, min(start + self.chunk, self.n_samples))
+    def _chunks(self, rows: range | None = None) -> Iterator[slice]:
+        rows = range(self.n_samples) if rows is None else rows
+        if rows.step != 1:
+            raise InputError("samples must be a contiguous slice (step 1).")
+        for start in range(rows.start, rows.stop, self.chunk):
+            yield slice(start, min(start + self.chunk, rows.stop))
 
     def _terms(self, sl: slice) -> tuple[Terms, np.ndarray]:
         """A chunk's terms and its initial term ``d_0 ⊙ x_{-1}`` (n, U), processing order."""
@@ -185,10 +188,12 @@ class Decomposition:
             self._check(total, scale, terms.x[:, p], p)
         return terms, init
 
-    def _scan(self, visit: Callable[[slice, int, np.ndarray, Terms], None]) -> None:
+    def _scan(
+        self, visit: Callable[[slice, int, np.ndarray, Terms], None], rows: range | None = None
+    ) -> None:
         """Carry every write forward, chunk by chunk: ``visit(sl, p, V, terms)`` sees at each
         processing step p the contributions ``V[:, :p + 1]`` (n, p + 1, U) to the field there."""
-        for sl in self._chunks():
+        for sl in self._chunks(rows):
             terms, _ = self._checked(sl)
             n, t, u = terms.x.shape
             v = np.zeros((n, t, u))
@@ -202,22 +207,40 @@ class Decomposition:
         """(sample, t, s, ...) from processing to input order."""
         return a[:, ::-1, ::-1] if self.backward else a
 
-    def attention(self, ord: float = 2) -> np.ndarray:
+    def attention(
+        self, ord: float = 2, *, samples: slice | None = None, units: Sequence[int] | None = None
+    ) -> np.ndarray:
         """The "effective attention" map, (sample, time, time): ``[n, t, s]`` is the norm
         (``ord``, over the state axes) of step s's contribution to the field at step t; 0 where s
-        comes after t in processing order. Memory: the map plus one chunk × time × units."""
-        out = np.zeros((self.n_samples, self.n_steps, self.n_steps))
+        comes after t in processing order. Memory: the map plus one chunk × time × units.
+        ``samples``: only those (read only those); ``units``: the norm over those units only
+        (indices into the flattened state), e.g. ``[u]`` for |contribution| to unit u."""
+        rows = range(self.n_samples)[samples if samples is not None else slice(None)]
+        cols = slice(None) if units is None else self._unit_index(units)
+        out = np.zeros((len(rows), self.n_steps, self.n_steps))
         if ord == 2:  # batched matrix products (decompose_maps.norms)
-            for sl in self._chunks():
+            for sl in self._chunks(rows):
                 terms, _ = self._checked(sl)
-                out[sl] = norms(terms.d, terms.w)
+                out[sl.start - rows.start : sl.stop - rows.start] = norms(
+                    terms.d[..., cols], terms.w[..., cols]
+                )
             return self._to_input(out)
 
         def visit(sl: slice, p: int, live: np.ndarray, terms: Terms) -> None:
-            out[sl, p, : p + 1] = np.linalg.norm(live, ord=ord, axis=-1)
+            at = slice(sl.start - rows.start, sl.stop - rows.start)
+            out[at, p, : p + 1] = np.linalg.norm(live[..., cols], ord=ord, axis=-1)
 
-        self._scan(visit)
+        self._scan(visit, rows)
         return self._to_input(out)
+
+    def _unit_index(self, units: Sequence[int]) -> np.ndarray:
+        size = int(np.prod(self.state_shape, dtype=int))
+        idx = np.asarray(list(units), dtype=np.int64)
+        if idx.size == 0 or idx.min() < 0 or idx.max() >= size:
+            raise InputError(
+                f"units {list(units)} must be indices in 0..{size - 1} of the (flattened) state."
+            )
+        return idx
 
     def top_k(self, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` steps contributing most (largest |contribution|) to each (sample, t, unit):
