@@ -198,6 +198,11 @@ def decomposition_map(
     image = ax.imshow(values, cmap=cmap, vmin=0.0, interpolation="nearest", origin="upper")
     ax.figure.colorbar(image, ax=ax, fraction=0.046, label="‖contribution‖")
     _time_axis(ax, tokens, t)
+    if tokens is None:  # steps are integers
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("written at step s")
     if tokens is not None:
         ax.set_yticks(range(t))
