@@ -5,6 +5,7 @@ loads when that model is first traced.
 """
 
 from .analysis.ablation import AblationScan, ablation_scan
+from .analysis.decompose import Decomposition, Lifetimes, decompose
 from .analysis.probes import confirm, probe, rank_units
 from .api.intervention import Intervention, intervene
 from .api.loader import load_model
@@ -34,6 +35,7 @@ from .io.zarr import open_states
 
 __all__ = [
     "AblationScan",
+    "Decomposition",
     "Description",
     "DirectionNotAvailableError",
     "DirectionStates",
@@ -45,6 +47,7 @@ __all__ = [
     "LayerNotFoundError",
     "LayerSpec",
     "LayerStates",
+    "Lifetimes",
     "ModelFileError",
     "OptionError",
     "OptionTypeError",
@@ -59,6 +62,7 @@ __all__ = [
     "__version__",
     "ablation_scan",
     "confirm",
+    "decompose",
     "describe",
     "extract_to",
     "intervene",

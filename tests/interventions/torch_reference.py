@@ -62,14 +62,23 @@ def _reference_stack(m: Any, x: np.ndarray, edits: list[rnnlens.Edit], names: li
             def edit(t, h, c, mine=mine):  # type: ignore[no-untyped-def]
                 for e in mine:
                     steps = range(t_len)[e.step] if isinstance(e.step, slice) else [e.step % t_len]
-                    if t in steps:
+                    if t in steps and e.target == "state":
                         if e.field == "h":
                             h = _apply_np(h, e)
                         else:
                             c = _apply_np(c, e)
                 return h, c
 
-            ref = reference_rnn(x=seq, reverse=d == 1, edit=edit, **_ref_weights(m, layer, d == 1))
+            def edit_write(t, w, mine=mine):  # type: ignore[no-untyped-def]
+                for e in mine:
+                    steps = range(t_len)[e.step] if isinstance(e.step, slice) else [e.step % t_len]
+                    if t in steps and e.target == "write":
+                        w = _apply_np(w, e)
+                return w
+
+            ref = reference_rnn(
+                x=seq, reverse=d == 1, edit=edit, edit_write=edit_write, **_ref_weights(m, layer, d == 1)
+            )
             dirs.append(ref)
             out[(name, direction)] = ref
         seq = np.concatenate([r["h"] for r in dirs], axis=-1)

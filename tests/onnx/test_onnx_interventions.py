@@ -83,3 +83,25 @@ def test_a_no_op_edit_is_onnx_runtimes_output_and_masked_steps_are_refused() -> 
     assert np.all(edited.outputs[0][2:, 0, 1] == 0)  # zeros past sample 1's length, as ONNX Runtime writes
     with pytest.raises(OptionError, match="masked"):
         rnnlens.intervene(model, x, rnnlens.Edit("rec", 3, set=0.0), lens=lens)
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
+def test_write_edits_on_onnx_equal_write_edits_on_the_module(cls: Any, tmp_path: Path) -> None:
+    """target="write" runs in rnnlens' NumPy step loop (core/steploop.py) for ONNX nodes."""
+    torch.manual_seed(1)
+    m = Net(cls).eval()
+    x = torch.randn(6, 4, 3)
+    onnx_model = rnnlens.load_model(export(m, (x,), tmp_path / "m.onnx"))
+    names = rnnlens.describe(onnx_model).names
+    field = "c" if cls is nn.LSTM else "h"
+
+    def edits(l0: str, l1: str) -> list[rnnlens.Edit]:
+        return [
+            rnnlens.Edit(l0, 2, field=field, units=[0, 3], scale=3, direction="backward", target="write"),
+            rnnlens.Edit(l1, slice(1, 4), field=field, add=0.5, direction="forward", target="write"),
+        ]
+
+    ours = rnnlens.intervene(onnx_model, x.numpy(), edits(names[0], names[1]))
+    ref = rnnlens.intervene(m, x, edits("rnn.l0", "rnn.l1"))
+    np.testing.assert_allclose(ours.outputs[0], ref.outputs, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(ours.states[names[0]].h, ref.states["rnn.l0"].h, rtol=0, atol=ATOL)

@@ -169,3 +169,18 @@ def test_tokens_file_too_short_or_long(store, tmp_path, capsys) -> None:  # type
     long.write_text("a b c d e f g h\n", encoding="utf-8")
     assert main([*base[:-1], str(long)]) == 2
     assert "more than the 7 steps" in capsys.readouterr().err
+
+
+def test_plot_cli_decompose_map(store, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """--kind decompose: the time × time map of rnnlens.decompose for the one sample drawn."""
+    out = tmp_path / "dec.png"
+    args = ["plot", str(store), "--layer", "bilstm", "--sample", "1", "--kind", "decompose", "-o", str(out)]
+    assert main([*args, "--direction", "backward"]) == 0
+    _png_ok(out)
+    fig = render(store, layer="gru", sample=1, kind="decompose", field=None)
+    want = rnnlens.decompose(rnnlens.open_states(store), "gru").attention()[1]
+    np.testing.assert_array_equal(fig.axes[0].images[0].get_array(), want)
+    assert main([*args, "--field", "h", "--direction", "forward"]) != 0  # an LSTM's h: refused
+    assert "field='c'" in capsys.readouterr().err
+    assert main(args) != 0  # two directions: pick one
+    assert "direction=" in capsys.readouterr().err

@@ -19,6 +19,7 @@ from ..core.html import states_html
 from ..core.options import check_fields, check_layers
 from ..core.states import States
 from ..core.tracing import assemble
+from ..errors import UnsupportedLayerError
 from .tracer import _opened
 
 __all__ = ["Intervention", "intervene"]
@@ -112,4 +113,14 @@ def _run(
 ) -> Intervened:
     """The adapter's edited run, the edits planned against its layers."""
     adapter = adapters.for_model(model)
-    return adapter.intervene(model, args, kwargs, plan_edits(edits, adapter.describe(model)), options)
+    plan = plan_edits(edits, adapter.describe(model))
+    result = adapter.intervene(model, args, kwargs, plan, options)
+    for layer in plan.values():  # a path that does not implement write edits never asks for them
+        if layer.unapplied_writes():
+            raise UnsupportedLayerError(
+                f"Edit(target='write') on {layer.spec.name!r} ({layer.spec.layer_type}) is not "
+                f"implemented by the {adapter.name} adapter for this layer: write edits run on "
+                "PyTorch nn.LSTM / nn.GRU and ONNX LSTM / GRU nodes. Edit the state (target='state') "
+                "instead (for a GRU, adding (new write − old write) to h at that step is the same edit)."
+            )
+    return result

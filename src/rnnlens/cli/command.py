@@ -107,6 +107,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     states = open_states(args.store, storage_options=storage_options(args))
     kind = "gates" if args.field == "gates" else args.kind
     field = "h" if args.field == "gates" else args.field
+    if field is None and kind != "decompose":
+        field = "h"
     tokens = None
     if args.tokens is not None:
         tokens = read_tokens(args.tokens, args.sample, int(states.mask.shape[1]), chars=args.chars)
@@ -303,9 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, default=0, help="sequence number (default 0)")
     p.add_argument("-o", "--out", required=True, help="image file (.png, .svg, .pdf)")
     p.add_argument(
-        "--kind", choices=("heatmap", "traces", "pca", "gates"), default="heatmap", help="default heatmap"
+        "--kind",
+        choices=("heatmap", "traces", "pca", "gates", "decompose"),
+        default="heatmap",
+        help="default heatmap; decompose: which earlier steps' writes each step's state holds",
     )
-    p.add_argument("--field", default="h", help="h, c, a gate name (i f g o / z r n) or gates (default h)")
+    p.add_argument(
+        "--field",
+        help="h, c, a gate name (i f g o / z r n) or gates (default h; decompose: LSTM c, GRU h)",
+    )
     p.add_argument("--direction", choices=("forward", "backward"), help="one direction (default: both)")
     p.add_argument("--units", help="comma-separated units to draw (default: all; traces: first 8)")
     p.add_argument("--tokens", help=tokens_help)

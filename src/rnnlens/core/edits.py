@@ -9,10 +9,19 @@ carried cell state (``h_t`` stays as computed; later steps differ). Steps count 
 order for every direction. ``set``, ``add`` and ``scale`` apply in that order within one edit;
 several edits compose in the order given.
 
+``target="write"`` edits what step ``t`` *wrote* instead: the term the step adds to its linear
+state (an LSTM's ``c_t = f ⊙ c_{t-1} + i ⊙ g`` — the write ``i ⊙ g``; a GRU's
+``h_t = z ⊙ h_{t-1} + (1 − z) ⊙ n`` — the write ``(1 − z) ⊙ n``), before the state and the
+output at ``t`` are computed from it (see :func:`rnnlens.decompose`): an LSTM's ``h_t`` reads the
+edited ``c_t``. A write edit and a state edit at one step: the write is edited first.
+
 Example:
     >>> from rnnlens import Edit
-    >>> Edit("lstm.l0", 3, units=[1, 2], scale=0)  # ablate units 1 and 2 after step 3
-    Edit(layer='lstm.l0', step=3, field='h', units=[1, 2], direction=None, set=None, add=None, scale=0)
+    >>> Edit("lstm.l0", 3, units=[1, 2], scale=0)  # doctest: +NORMALIZE_WHITESPACE
+    Edit(layer='lstm.l0', step=3, field='h', units=[1, 2], direction=None, set=None, add=None,
+         scale=0, target='state')
+    >>> Edit("lstm.l0", 3, field="c", target="write", scale=2).target  # step 3 writes twice as much
+    'write'
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from ..errors import FieldNotAvailableError, LayerNotFoundError, OptionError, Op
 from .kinds import KINDS
 from .spec import LayerSpec
 
-__all__ = ["Edit", "LayerEdits", "Op", "check_masked", "edit_arrays", "plan_edits"]
+__all__ = ["WRITE", "Edit", "LayerEdits", "Op", "check_masked", "edit_arrays", "plan_edits"]
 
 Mode = Literal["set", "add", "scale"]
 _CALL = re.compile(r"#\d+$")
@@ -51,6 +60,8 @@ class Edit:
         set: replace by this value: a scalar or an array broadcastable to (sample, n_units).
         add: add this value (same shapes as ``set``).
         scale: multiply by this value (same shapes; ``scale=0`` ablates).
+        target: ``"state"`` (the state after the step) or ``"write"`` (what the step wrote into
+            its linear state: ``field="c"`` of an LSTM, ``field="h"`` of a GRU; see the module doc).
     """
 
     layer: str
@@ -61,6 +72,15 @@ class Edit:
     set: Any = None
     add: Any = None
     scale: Any = None
+    target: str = "state"
+
+
+#: the ``field_name`` under which :meth:`LayerEdits.steps` gives the write edits of a field
+WRITE = "write:"
+
+
+def _key(edit: Edit) -> str:
+    return edit.field if edit.target == "state" else WRITE + edit.field
 
 
 @dataclass(frozen=True)
@@ -78,9 +98,19 @@ class LayerEdits:
 
     spec: LayerSpec
     edits: list[tuple[Edit, tuple[str, ...], slice | np.ndarray, int]] = field(default_factory=list)
+    #: (direction, field) whose write edits an adapter asked for (:meth:`steps` with ``write:<field>``)
+    writes_applied: set[tuple[str, str]] = field(default_factory=set)
 
     def fields(self) -> set[str]:
-        return {e.field for e, _, _, _ in self.edits}
+        """The fields edited (``write:<field>`` for write edits)."""
+        return {_key(e) for e, _, _, _ in self.edits}
+
+    def unapplied_writes(self) -> list[Edit]:
+        """The write edits no adapter asked for (it does not implement them for this layer)."""
+        return [
+            e for e, dirs, _, _ in self.edits
+            if e.target == "write" and any((d, e.field) not in self.writes_applied for d in dirs)
+        ]  # fmt: skip
 
     def steps(
         self,
@@ -94,11 +124,14 @@ class LayerEdits:
         """The operations on ``field_name`` of ``direction``, by input time step, for one call
         of ``n_steps`` steps and ``n_samples`` samples; ``mask`` (sample, time) refuses edits at
         masked steps (their state is carried, not computed, so an edit there has no meaning),
-        naming the samples counted from ``first``."""
+        naming the samples counted from ``first``. ``field_name`` ``write:c`` / ``write:h``: the
+        ``target="write"`` edits of that field (an adapter asking for them applies them)."""
+        if field_name.startswith(WRITE):
+            self.writes_applied.add((direction, field_name[len(WRITE) :]))
         out: dict[int, list[Op]] = {}
         tail = tuple(self.spec.state_shape or ())[1:] if field_name == "state" else ()
         for edit, directions, units, width in self.edits:
-            if edit.field != field_name or direction not in directions:
+            if _key(edit) != field_name or direction not in directions:
                 continue
             values = {
                 mode: _value(edit, mode, getattr(edit, mode), n_samples, width, tail)
@@ -126,7 +159,7 @@ class LayerEdits:
         covered: set[range] = set()
         ops: list[Op] = []
         for edit, directions, units, width in self.edits:
-            if edit.field != field_name or direction not in directions:
+            if _key(edit) != field_name or direction not in directions:
                 continue
             covered.add(_resolve_steps(edit, n_steps))
             for mode in ("set", "add", "scale"):
@@ -140,7 +173,7 @@ class LayerEdits:
         called once per step): steps count from 0; negative steps cannot be resolved."""
         out: list[Op] = []
         for edit, directions, units, width in self.edits:
-            if edit.field != field_name or direction not in directions:
+            if _key(edit) != field_name or direction not in directions:
                 continue
             if step in _open_steps(edit):
                 for mode in ("set", "add", "scale"):
@@ -187,6 +220,14 @@ def check_masked(edits: LayerEdits, mask: Any, n_steps: int, n_samples: int, fir
     for d in edits.spec.directions:
         for f in ("h", "c") if KINDS[edits.spec.kind].has_c else ("h",):
             edits.steps(d, f, n_steps, n_samples, mask=m, first=first)
+            _write_steps(edits, d, f, n_steps, n_samples, m, first)
+
+
+def _write_steps(edits: LayerEdits, d: str, f: str, n_steps: int, n: int, mask: Any, first: int) -> None:
+    """Refuse write edits at masked steps without marking them applied."""
+    applied = set(edits.writes_applied)
+    edits.steps(d, WRITE + f, n_steps, n, mask=mask, first=first)
+    edits.writes_applied = applied
 
 
 def _open_steps(edit: Edit) -> range:
@@ -231,6 +272,10 @@ def plan_edits(edits: Edit | Sequence[Edit], specs: Sequence[LayerSpec]) -> dict
 
 def _check(edit: Edit, spec: LayerSpec) -> tuple[Edit, tuple[str, ...], slice | np.ndarray, int]:
     kind = KINDS[spec.kind]
+    if edit.target not in ("state", "write"):
+        raise OptionError(f"Edit target must be 'state' or 'write'; received {edit.target!r}")
+    if edit.target == "write":
+        _check_write(edit, spec)
     if kind.state_dims:  # a state-space mixer: what it carries is its state; h is only its output
         if edit.field != "state":
             raise FieldNotAvailableError(
@@ -266,6 +311,21 @@ def _check(edit: Edit, spec: LayerSpec) -> tuple[Edit, tuple[str, ...], slice | 
     else:
         width = int(spec.cell_units or spec.units) if edit.field == "c" else int(spec.units)
     return edit, directions, _units(edit, spec, width), width
+
+
+def _check_write(edit: Edit, spec: LayerSpec) -> None:
+    linear = {"lstm": "c", "gru": "h"}.get(spec.kind)
+    if linear is None:
+        raise FieldNotAvailableError(
+            f"Edit(target='write') on {spec.name!r} ({spec.layer_type}): write edits are implemented "
+            "for LSTM (field='c') and GRU (field='h') layers, whose state is linear in the previous "
+            "state; edit this layer's state instead (target='state')."
+        )
+    if edit.field != linear:
+        raise FieldNotAvailableError(
+            f"Edit(target='write') on {spec.name!r}: a {spec.kind.upper()} writes into its "
+            f"{linear!r} (field={linear!r}); {edit.field!r} is not a sum of writes."
+        )
 
 
 def _units(edit: Edit, spec: LayerSpec, width: int) -> slice | np.ndarray:

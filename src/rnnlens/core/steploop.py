@@ -66,9 +66,12 @@ def run_direction(
     reverse: bool,
     edits_h: Mapping[int, list[Op]] | None = None,
     edits_c: Mapping[int, list[Op]] | None = None,
+    edits_w: Mapping[int, list[Op]] | None = None,
 ) -> LoopResult:
     """Run one direction over ``x`` (sample, time, feature), input order, from ``h0``/``c0``;
-    ``mask`` (sample, time) marks valid steps (the state is carried over the others)."""
+    ``mask`` (sample, time) marks valid steps (the state is carried over the others).
+    ``edits_w``: edits of each step's write (LSTM ``i ⊙ g`` into c, GRU ``(1 − z) ⊙ n`` into h),
+    applied before the step's state is computed from it."""
     mm = w.matmul or np.matmul
     dtype = x.dtype
     n, t, _ = x.shape
@@ -102,7 +105,11 @@ def run_direction(
             i = ract(clip(zi))
             f = 1 - i if w.input_forget else ract(clip(zf))
             g = act(clip(zg))
-            c_new = f * c + i * g
+            write = i * g
+            if edits_w and s in edits_w:
+                write = np.array(write, dtype)
+                apply_ops(write, edits_w[s])
+            c_new = f * c + write
             o = ract(clip(zo if peep is None else zo + peep[2] * c_new))
             h_new = o * act(c_new)
             if proj is not None:
@@ -116,7 +123,11 @@ def run_direction(
                 cand = act(xw[:, s, 2 * cu :] + r * (np.asarray(mm(h, rk[:, 2 * cu :])) + rb[2 * cu :]))
             else:
                 cand = act(xw[:, s, 2 * cu :] + np.asarray(mm(r * h, rk[:, 2 * cu :])) + rb[2 * cu :])
-            h_new, c_new = zg * h + (1 - zg) * cand, c
+            write = (1 - zg) * cand
+            if edits_w and s in edits_w:
+                write = np.array(write, dtype)
+                apply_ops(write, edits_w[s])
+            h_new, c_new = zg * h + write, c
             step_gates = (zg, r, cand)
         else:
             h_new, c_new = act(xw[:, s] + np.asarray(mm(h, rk)) + rb), c

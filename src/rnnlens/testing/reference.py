@@ -55,6 +55,7 @@ def reference_rnn(
     reset_after: bool = True,
     projection: np.ndarray | None = None,
     edit: Callable[[int, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+    edit_write: Callable[[int, np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Run one direction of an LSTM / GRU / simple RNN step by step.
 
@@ -63,6 +64,8 @@ def reference_rnn(
     state is carried and the gates are NaN; a ``reverse`` direction reads from the end.
     ``edit(t, h, c) -> (h, c)``, if given, replaces the state after input step ``t`` (the
     oracle of :func:`rnnlens.intervene`): what is stored and carried is what it returns.
+    ``edit_write(t, w) -> w``, if given, replaces what step ``t`` writes into the linear state
+    (LSTM ``i * g`` into c, GRU ``(1 - z) * n`` into h) before the state is formed from it.
     """
     x = np.asarray(x, np.float64)
     n, t, _ = x.shape
@@ -89,7 +92,8 @@ def reference_rnn(
             f = recurrent_activation(z[:, cu : 2 * cu])
             g = activation(z[:, 2 * cu : 3 * cu])
             o = recurrent_activation(z[:, 3 * cu :])
-            c_new = f * c + i * g
+            w_t = i * g if edit_write is None else np.asarray(edit_write(step, (i * g).copy()), np.float64)
+            c_new = f * c + w_t
             h_new = o * activation(c_new)
             if projection is not None:
                 h_new = h_new @ projection
@@ -102,7 +106,10 @@ def reference_rnn(
                 cand = activation(xz[:, 2 * cu :] + r * (h @ U[:, 2 * cu :] + rb[2 * cu :]))
             else:
                 cand = activation(xz[:, 2 * cu :] + (r * h) @ U[:, 2 * cu :] + rb[2 * cu :])
-            h_new = zg * h + (1.0 - zg) * cand
+            w_t = (1.0 - zg) * cand
+            if edit_write is not None:
+                w_t = np.asarray(edit_write(step, w_t.copy()), np.float64)
+            h_new = zg * h + w_t
             c_new = c
             gates = np.stack([zg, r, cand], axis=1)
         elif kind == "simple":

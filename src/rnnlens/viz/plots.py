@@ -1,4 +1,5 @@
-"""Plots as functions: heatmap (unit × time), unit traces, PCA trajectory, gate small multiples.
+"""Plots as functions: heatmap (unit × time), unit traces, PCA trajectory, gate small multiples,
+the decomposition map (which earlier steps a state holds).
 
 Example:
     >>> import keras, numpy as np, rnnlens
@@ -20,7 +21,7 @@ import numpy as np
 from ..core.optional import require
 from ..errors import InputError
 
-__all__ = ["gate_grid", "heatmap", "pca_trajectory", "unit_traces"]
+__all__ = ["decomposition_map", "gate_grid", "heatmap", "pca_trajectory", "unit_traces"]
 
 
 def _pyplot() -> Any:
@@ -172,3 +173,41 @@ def gate_grid(states: Any, sample: int = 0, *, units: Sequence[int] | None = Non
         ax.set_title(name, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def decomposition_map(
+    dec: Any,
+    sample: int = 0,
+    *,
+    units: Sequence[int] | None = None,
+    tokens: Sequence[str] | None = None,
+    ax: Any = None,
+    cmap: str = "viridis",
+) -> Any:
+    """Time × time image of one sample's :class:`~rnnlens.Decomposition` (``rnnlens.decompose``):
+    row t, column s is the norm of what step s wrote that the state at step t still holds (over
+    ``units``, default all); reads that sample only."""
+    plt = _pyplot()
+    if not 0 <= sample < dec.n_samples:
+        raise InputError(f"sample {sample} is out of range: the states hold {dec.n_samples} sequence(s).")
+    values = dec.attention(samples=slice(sample, sample + 1), units=units)[0]
+    t = values.shape[0]
+    if ax is None:
+        side = max(3.5, min(12.0, t * 0.25))
+        _, ax = plt.subplots(figsize=(side + 1.0, side))
+    image = ax.imshow(values, cmap=cmap, vmin=0.0, interpolation="nearest", origin="upper")
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, label="‖contribution‖")
+    _time_axis(ax, tokens, t)
+    if tokens is None:  # steps are integers
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("written at step s")
+    if tokens is not None:
+        ax.set_yticks(range(t))
+        ax.set_yticklabels(list(tokens), fontsize=8)
+    ax.set_ylabel("state at step t")
+    which = "" if units is None else f" units {list(units)}"
+    ax.set_title(f"{dec.layer} {dec.field}{which}: writes held, sample {sample}")
+    return ax

@@ -17,15 +17,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from ..analysis.decompose import decompose
 from ..errors import FieldNotAvailableError, InputError
 from ..io.zarr import open_states
 from ..viewer.store import Tokens
-from .plots import _pyplot, gate_grid, heatmap, pca_trajectory, unit_traces
+from .plots import _pyplot, decomposition_map, gate_grid, heatmap, pca_trajectory, unit_traces
 
 __all__ = ["KINDS", "read_tokens", "render", "save"]
 
-KINDS = ("heatmap", "traces", "pca", "gates")
-Kind = Literal["heatmap", "traces", "pca", "gates"]
+KINDS = ("heatmap", "traces", "pca", "gates", "decompose")
+Kind = Literal["heatmap", "traces", "pca", "gates", "decompose"]
 
 
 def read_tokens(path: str | os.PathLike[str], sample: int, length: int, *, chars: bool = False) -> list[str]:
@@ -58,7 +59,7 @@ def render(
     layer: str,
     sample: int,
     kind: Kind | str = "heatmap",
-    field: str = "h",
+    field: str | None = "h",
     direction: str | None = None,
     units: Sequence[int] | None = None,
     tokens: Sequence[str] | None = None,
@@ -68,7 +69,9 @@ def render(
 
     ``states``: a :class:`~rnnlens.States`, a stored one, or a store path (opened lazily: only
     the chosen sample is read, plus the first ``fit_samples`` samples for ``kind="pca"``).
-    ``field``: ``h``, ``c`` or a gate name; ``kind="gates"`` draws every gate (and ``c``).
+    ``field``: ``h``, ``c`` or a gate name; ``kind="gates"`` draws every gate (and ``c``);
+    ``kind="decompose"`` the time × time map of :func:`rnnlens.decompose` (``field`` None: the
+    layer's linear state, c or h; ``units``: the norm over those units).
     ``direction``: one direction of a bidirectional layer (default: both, joined along unit).
     ``units``: the units to draw (default: all; ``traces``: the first eight).
     """
@@ -76,6 +79,10 @@ def render(
         raise InputError(f"kind must be one of {list(KINDS)}; received {kind!r}.")
     opened = _open(states)
     ls = opened[layer]  # LayerNotFoundError with a suggestion
+    if kind == "decompose":
+        dec = decompose(opened, layer, field=field, direction=direction, chunk=1)
+        return decomposition_map(dec, sample, units=units, tokens=tokens).figure
+    field = field or "h"
     target = ls if direction is None else ls._direction(direction)
     n = int(ls.h.shape[0])
     if not 0 <= sample < n:

@@ -119,9 +119,10 @@ def edited_node(
         c0 = None if c0s is None else c0s[d]
         ops_h = edits.steps(direction, "h", t, n, mask=mask)
         ops_c = edits.steps(direction, "c", t, n, mask=mask) if lstm else {}
+        ops_w = edits.steps(direction, "write:" + ("c" if lstm else "h"), t, n, mask=mask)
         res = run_direction(
             _cell_weights(node, d, w, r, b, p), xb, h0, c0, mask,
-            reverse=direction == "backward", edits_h=ops_h, edits_c=ops_c,
+            reverse=direction == "backward", edits_h=ops_h, edits_c=ops_c, edits_w=ops_w,
         )  # fmt: skip
         seq = res.arrays.h if mask is None else np.where(mask[..., None], res.arrays.h, 0)
         y[:, d] = seq.transpose(1, 0, 2)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ...core.buffers import empty
-from ...core.edits import LayerEdits, Op
+from ...core.edits import WRITE, LayerEdits, Op
 from .discover import _Config
 
 
@@ -82,6 +82,7 @@ def _directions(
         direction = cfg.directions[d]
         eh = _ops(edits, direction, "h", steps, n, mask)
         ec = _ops(edits, direction, "c", steps, n, mask)
+        ew = _ops(edits, direction, WRITE + ("c" if lstm else "h"), steps, n, mask)  # GRU: h's writes
         cache: dict[int, Any] = {}
         out = y[:, :, d * u : (d + 1) * u]
         h = h0[d].clone() if packed else h0[d]
@@ -103,7 +104,12 @@ def _directions(
                 i, f, o, gg = g.unsafe_chunk(4, 1)
                 g[:, : 3 * h_].sigmoid_()
                 gt = _tanh_into(gg, tg[:b], keep)
-                c_s = torch.mul(f, c[:b], out=slots.cell(s)[:b]).addcmul_(i, gt)
+                if s in ew:  # the step's write i ⊙ g edited before it enters c (and h)
+                    wr = i * gt
+                    _apply(wr, ew[s], cache)
+                    c_s = torch.mul(f, c[:b], out=slots.cell(s)[:b]).add_(wr)
+                else:
+                    c_s = torch.mul(f, c[:b], out=slots.cell(s)[:b]).addcmul_(i, gt)
                 if w_hr_t is None:  # tanh into contiguous scratch: a strided out= is ~6x slower
                     h_s = torch.mul(torch.tanh(c_s, out=tmp[:b]), o, out=out[s, :b])
                 else:
@@ -159,7 +165,12 @@ def _directions(
                 if b_hn is not None:
                     hn.add_(b_hn)
                 cand = _tanh_into(nn_.addcmul_(r, hn), tg[:b], keep)
-                h_s = torch.sub(h[:b], cand, out=out[s, :b]).mul_(z).add_(cand)
+                if s in ew:  # the step's write (1 − z) ⊙ n edited before it enters h
+                    wr = (1 - z) * cand
+                    _apply(wr, ew[s], cache)
+                    h_s = torch.mul(z, h[:b], out=out[s, :b]).add_(wr)
+                else:
+                    h_s = torch.sub(h[:b], cand, out=out[s, :b]).mul_(z).add_(cand)
                 if s in eh:
                     _apply(h_s, eh[s], cache)
                 h = _carry(h, h_s, b, packed)

@@ -1,0 +1,318 @@
+"""``rnnlens.decompose``: a linear state as the exact sum of what each earlier step wrote.
+
+For a field linear in its previous value once the gates are known (an LSTM's ``c``, a GRU's
+``h``; see :mod:`rnnlens.analysis.decompose_terms`), ``x_t = d_t ⊙ x_{t-1} + w_t`` unrolls to
+
+    x_t = Σ_{s≤t} (Π_{r=s+1..t} d_r) ⊙ w_s  +  (Π_{r=1..t} d_r) ⊙ (d_0 ⊙ x_{-1})
+
+(steps in processing order). The last term is the initial state's: ``d_0 ⊙ x_{-1}`` is
+``x_0 − w_0`` read from the stored states (or ``d_0 ⊙ initial`` when the caller gives the
+initial state). Every sum rnnlens returns is checked against the stored field (a
+:class:`~rnnlens.errors.ParityError` otherwise): ``|Σ − x_t| ≤ rtol · (Σ|terms|) + atol`` with
+``(rtol, atol)`` = ``(1e-5, 1e-7)`` for float32 states, ``(1e-12, 1e-14)`` for float64,
+``(1e-2, 1e-3)`` for 16-bit floats.
+
+Arrays are read in chunks of samples (``chunk``), so the maps of a stored layer never hold more
+than ``chunk × time × units`` values at once.
+
+Example:
+    >>> import numpy as np, torch, rnnlens
+    >>> states = rnnlens.trace(torch.nn.LSTM(2, 3, batch_first=True), torch.randn(2, 5, 2))
+    >>> dec = rnnlens.decompose(states, "lstm")
+    >>> dec.at(3).shape, dec.initial_at(3).shape, dec.attention().shape
+    ((2, 4, 3), (2, 3), (2, 5, 5))
+    >>> bool(np.allclose(dec.at(3).sum(axis=1) + dec.initial_at(3), states["lstm"].c[:, 3]))
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..core.states import States
+from ..errors import DirectionNotAvailableError, InputError, ParityError
+from .decompose_maps import lifetimes, norms
+from .decompose_terms import Terms, linear_field, read_terms
+
+__all__ = ["Decomposition", "Lifetimes", "decompose"]
+
+
+def _tolerance(dtype: np.dtype) -> tuple[float, float]:
+    if dtype == np.float64:
+        return 1e-12, 1e-14
+    if dtype == np.float32:
+        return 1e-5, 1e-7
+    return 1e-2, 1e-3
+
+
+@dataclass
+class Lifetimes:
+    """How long each write keeps a fraction of its weight.
+
+    ``steps`` (sample, time, *state_shape): for the write of step s, the number of later valid
+    steps during which ``|Π d_r|`` (its carried weight) stays ≥ ``fraction``; NaN where the
+    step is masked (it wrote nothing). ``censored``: the write still held that fraction when the
+    sequence ended (its lifetime is at least ``steps``).
+    """
+
+    fraction: float
+    steps: np.ndarray
+    censored: np.ndarray
+
+    def per_unit(self) -> np.ndarray:
+        """The median lifetime of each unit over every sample and step, (*state_shape,)."""
+        flat = self.steps.reshape(-1, *self.steps.shape[2:])
+        return np.asarray(np.nanmedian(flat, axis=0))
+
+
+class Decomposition:
+    """The per-step writes of one direction of one layer's linear field (see the module doc).
+
+    ``t`` and ``s`` are steps in input order. Going forward, step t holds the writes of steps
+    0..t; going backward (a backward direction reads from the end), steps t..time-1.
+    """
+
+    def __init__(self, direction_states: Any, mask: Any, *, layer: str, kind: str, field: str,
+                 direction: str, initial: np.ndarray | None = None, chunk: int = 256):  # fmt: skip
+        self.layer, self.kind, self.field, self.direction = layer, kind, field, direction
+        self._ds, self._mask, self.chunk = direction_states, mask, max(1, int(chunk))
+        arr = getattr(direction_states, field)
+        self.n_samples, self.n_steps = int(arr.shape[0]), int(arr.shape[1])
+        self.state_shape: tuple[int, ...] = tuple(int(s) for s in arr.shape[2:])
+        self.dtype = np.dtype(arr.dtype)
+        self.rtol, self.atol = _tolerance(self.dtype)
+        if initial is not None:
+            initial = np.asarray(initial, np.float64)
+            if initial.shape != (self.n_samples, *self.state_shape):
+                raise InputError(
+                    f"initial must be (sample, *state_shape) = {(self.n_samples, *self.state_shape)}; "
+                    f"received {initial.shape}."
+                )
+        self._initial = initial
+
+    @property
+    def backward(self) -> bool:
+        return self.direction == "backward"
+
+    def __repr__(self) -> str:
+        return (f"Decomposition({self.layer!r}, {self.kind} {self.field}, {self.direction}, "
+                f"{self.n_samples} samples × {self.n_steps} steps × {self.state_shape})")  # fmt: skip
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _chunks(self, rows: range | None = None) -> Iterator[slice]:
+        rows = range(self.n_samples) if rows is None else rows
+        if rows.step != 1:
+            raise InputError("samples must be a contiguous slice (step 1).")
+        for start in range(rows.start, rows.stop, self.chunk):
+            yield slice(start, min(start + self.chunk, rows.stop))
+
+    def _terms(self, sl: slice) -> tuple[Terms, np.ndarray]:
+        """A chunk's terms and its initial term ``d_0 ⊙ x_{-1}`` (n, U), processing order."""
+        terms = read_terms(self._ds, self._mask, self.kind, self.field, sl, self.backward)
+        if self._initial is not None:
+            init0 = terms.d[:, 0] * self._initial[sl].reshape(terms.x.shape[0], -1)
+        else:
+            init0 = terms.x[:, 0] - terms.w[:, 0]
+        return terms, init0
+
+    def _proc(self, t: int) -> int:
+        if not -self.n_steps <= t < self.n_steps:
+            raise InputError(f"step {t} is outside the layer's {self.n_steps} steps.")
+        t %= self.n_steps
+        return self.n_steps - 1 - t if self.backward else t
+
+    def _check(self, total: np.ndarray, scale: np.ndarray, x: np.ndarray, p: int) -> None:
+        err = np.abs(total - x)
+        bad = err > self.rtol * scale + self.atol
+        if bad.any():
+            step = self.n_steps - 1 - p if self.backward else p
+            raise ParityError(
+                f"The writes of layer {self.layer!r} ({self.field}, {self.direction}) do not sum to "
+                f"the stored {self.field} at step {step}: off by up to {float(err.max()):.3g} "
+                f"(allowed {self.rtol:g} × Σ|terms| + {self.atol:g}). The stored gates are not "
+                "those that produced the state (a customised cell?)."
+            )
+
+    # -- one step -----------------------------------------------------------------------------
+
+    def _at(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        p = self._proc(t)
+        contrib = np.empty((self.n_samples, p + 1, int(np.prod(self.state_shape, dtype=int))))
+        initial = np.empty((self.n_samples, contrib.shape[2]))
+        for sl in self._chunks():
+            terms, init0 = self._terms(sl)
+            carry = np.ones_like(init0)
+            block = contrib[sl]
+            for s in range(p, -1, -1):
+                np.multiply(carry, terms.w[:, s], out=block[:, s])
+                if s:
+                    carry *= terms.d[:, s]
+            initial[sl] = carry * init0
+            scale = np.abs(block).sum(axis=1) + np.abs(initial[sl])
+            self._check(block.sum(axis=1) + initial[sl], scale, terms.x[:, p], p)
+        if self.backward:
+            contrib = contrib[:, ::-1]
+        return (contrib.reshape(self.n_samples, p + 1, *self.state_shape),
+                initial.reshape(self.n_samples, *self.state_shape))  # fmt: skip
+
+    def at(self, t: int) -> np.ndarray:
+        """The contribution of each step to the field at step ``t``, float64: forward
+        (sample, t + 1, *state_shape) for steps 0..t; backward (sample, time − t, *state_shape)
+        for steps t..time − 1. Masked steps contribute 0. Checked: with :meth:`initial_at`, it
+        sums to ``field[:, t]``."""
+        return self._at(t)[0]
+
+    def initial_at(self, t: int) -> np.ndarray:
+        """The initial state's term in the field at step ``t``, (sample, *state_shape), float64."""
+        return self._at(t)[1]
+
+    # -- every step, streamed -----------------------------------------------------------------
+
+    def _checked(self, sl: slice) -> tuple[Terms, np.ndarray]:
+        """A chunk's terms, after checking that its decays and writes rebuild the stored field at
+        every step: the running sum and Σ|terms| (equal to Σ_s contribution + initial term and its
+        Σ|·| up to rounding) in O(units) a step."""
+        terms, init = self._terms(sl)
+        total, scale = init.copy(), np.abs(init)
+        for p in range(terms.x.shape[1]):
+            if p:
+                total *= terms.d[:, p]
+                scale *= np.abs(terms.d[:, p])
+            total += terms.w[:, p]
+            scale += np.abs(terms.w[:, p])
+            self._check(total, scale, terms.x[:, p], p)
+        return terms, init
+
+    def _scan(
+        self, visit: Callable[[slice, int, np.ndarray, Terms], None], rows: range | None = None
+    ) -> None:
+        """Carry every write forward, chunk by chunk: ``visit(sl, p, V, terms)`` sees at each
+        processing step p the contributions ``V[:, :p + 1]`` (n, p + 1, U) to the field there."""
+        for sl in self._chunks(rows):
+            terms, _ = self._checked(sl)
+            n, t, u = terms.x.shape
+            v = np.zeros((n, t, u))
+            for p in range(t):
+                if p:
+                    v[:, :p] *= terms.d[:, p, None]
+                v[:, p] = terms.w[:, p]
+                visit(sl, p, v[:, : p + 1], terms)
+
+    def _to_input(self, a: np.ndarray) -> np.ndarray:
+        """(sample, t, s, ...) from processing to input order."""
+        return a[:, ::-1, ::-1] if self.backward else a
+
+    def attention(
+        self, ord: float = 2, *, samples: slice | None = None, units: Sequence[int] | None = None
+    ) -> np.ndarray:
+        """The "effective attention" map, (sample, time, time): ``[n, t, s]`` is the norm
+        (``ord``, over the state axes) of step s's contribution to the field at step t; 0 where s
+        comes after t in processing order. Memory: the map plus one chunk × time × units.
+        ``samples``: only those (read only those); ``units``: the norm over those units only
+        (indices into the flattened state), e.g. ``[u]`` for |contribution| to unit u."""
+        rows = range(self.n_samples)[samples if samples is not None else slice(None)]
+        cols = slice(None) if units is None else self._unit_index(units)
+        out = np.zeros((len(rows), self.n_steps, self.n_steps))
+        if ord == 2:  # batched matrix products (decompose_maps.norms)
+            for sl in self._chunks(rows):
+                terms, _ = self._checked(sl)
+                out[sl.start - rows.start : sl.stop - rows.start] = norms(
+                    terms.d[..., cols], terms.w[..., cols]
+                )
+            return self._to_input(out)
+
+        def visit(sl: slice, p: int, live: np.ndarray, terms: Terms) -> None:
+            at = slice(sl.start - rows.start, sl.stop - rows.start)
+            out[at, p, : p + 1] = np.linalg.norm(live[..., cols], ord=ord, axis=-1)
+
+        self._scan(visit, rows)
+        return self._to_input(out)
+
+    def _unit_index(self, units: Sequence[int]) -> np.ndarray:
+        size = int(np.prod(self.state_shape, dtype=int))
+        idx = np.asarray(list(units), dtype=np.int64)
+        if idx.size == 0 or idx.min() < 0 or idx.max() >= size:
+            raise InputError(
+                f"units {list(units)} must be indices in 0..{size - 1} of the (flattened) state."
+            )
+        return idx
+
+    def top_k(self, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` steps contributing most (largest |contribution|) to each (sample, t, unit):
+        ``(steps, values)``, each (sample, time, *state_shape, k), largest first; input-order
+        step indices, −1 (value 0) where fewer than k steps precede t."""
+        u = int(np.prod(self.state_shape, dtype=int))
+        idx = np.full((self.n_samples, self.n_steps, u, k), -1)
+        val = np.zeros((self.n_samples, self.n_steps, u, k))
+
+        def visit(sl: slice, p: int, live: np.ndarray, terms: Terms) -> None:
+            m = min(k, p + 1)
+            mag = np.abs(live)
+            part = (
+                np.argpartition(-mag, m - 1, axis=1)[:, :m]
+                if m < p + 1
+                else np.broadcast_to(np.arange(p + 1)[None, :, None], mag.shape)
+            )
+            pick = np.take_along_axis(mag, part, axis=1)
+            order = np.argsort(-pick, axis=1, kind="stable")
+            part = np.take_along_axis(part, order, axis=1)
+            idx[sl, p, :, :m] = np.moveaxis(part, 1, -1)
+            val[sl, p, :, :m] = np.moveaxis(np.take_along_axis(live, part, axis=1), 1, -1)
+
+        self._scan(visit)
+        if self.backward:
+            idx = np.where(idx >= 0, self.n_steps - 1 - idx, -1)[:, ::-1]
+            val = val[:, ::-1]
+        shape = (self.n_samples, self.n_steps, *self.state_shape, k)
+        return idx.reshape(shape), val.reshape(shape)
+
+    def lifetime(self, fraction: float = 0.5) -> Lifetimes:
+        """For each write, how many later valid steps it keeps at least ``fraction`` of its weight
+        (``|Π d_r| ≥ fraction``): a :class:`Lifetimes` over every sample, step and unit."""
+        if not 0 < fraction <= 1:
+            raise InputError(f"fraction must be in (0, 1]; received {fraction!r}.")
+        u = int(np.prod(self.state_shape, dtype=int))
+        steps = np.zeros((self.n_samples, self.n_steps, u))
+        alive = np.zeros((self.n_samples, self.n_steps, u), bool)
+        for sl in self._chunks():
+            terms, _ = self._checked(sl)
+            if np.abs(terms.d).max(initial=0.0) > 1.0:
+                raise InputError(
+                    f"Layer {self.layer!r} has decays above 1 in magnitude (a custom gate activation?): "
+                    "a write's weight can grow again, so its lifetime is not defined."
+                )
+            steps[sl], alive[sl] = lifetimes(terms.d, terms.valid, fraction)
+        shape = (self.n_samples, self.n_steps, *self.state_shape)
+        if self.backward:
+            steps, alive = steps[:, ::-1], alive[:, ::-1]
+        return Lifetimes(fraction, steps.reshape(shape), alive.reshape(shape))
+
+
+def decompose(states: States, layer: str, *, field: str | None = None, direction: str | None = None,
+              initial: np.ndarray | None = None, chunk: int = 256) -> Decomposition:  # fmt: skip
+    """The exact decomposition of ``layer``'s linear field into per-step writes.
+
+    ``states``: traced States or a store opened with :func:`rnnlens.open_states`. ``field``:
+    ``c`` for LSTM and ConvLSTM, ``h`` for GRU (the default); other fields and kinds are refused
+    with why. ``direction``: needed when the layer has both. ``initial``: the initial state
+    (sample, *state_shape) if known (otherwise its term is read from the first step: ``x_0 −
+    w_0``). ``chunk``: samples read at once.
+    """
+    ls = states[layer]
+    name = linear_field(ls.kind, field)
+    dirs = list(ls.directions)
+    if direction is None:
+        if len(dirs) > 1:
+            raise DirectionNotAvailableError(
+                f"Layer {layer!r} runs in directions {dirs}: pass direction='forward' or 'backward'."
+            )
+        direction = dirs[0]
+    ds = ls._direction(direction)
+    mask = ds.mask if ds.mask is not None else ls.mask
+    return Decomposition(ds, mask, layer=layer, kind=ls.kind, field=name, direction=direction,
+                         initial=initial, chunk=chunk)  # fmt: skip
