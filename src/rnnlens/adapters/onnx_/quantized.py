@@ -1,0 +1,179 @@
+"""``c`` and gates of ONNX Runtime's ``com.microsoft.DynamicQuantizeLSTM``, computed as its kernel does.
+
+The kernel (``UniDirectionalLstm::ComputeImpl`` with ``GemmWeights<uint8_t>``, ``ComputeGemm`` in
+``rnn_helpers.cc``) quantizes activations on the fly before each integer GEMM:
+
+- ``x W``: once for the whole (direction's) input — ``max(lengths)`` steps of every sample, read
+  back to front per sample for the reverse direction — with one uint8 scale and zero point;
+- ``h R``: at every step, ``h_{t-1}`` of a block of samples with its own scale and zero point;
+  the kernel splits the batch in blocks of ``ceil(batch / threads)`` samples when
+  ``batch > 4 or (batch >= 2 and hidden <= 256)`` (:func:`row_blocks`; rnnlens runs quantized
+  graphs with one thread, so one block);
+
+each as ``GetQuantizationParameter`` (range widened to hold 0, ``scale = (max - min) / 255``, zero
+point ``round_half_even(clip(-min / scale, 0, 255))``, float32) and ``MlasQuantizeLinear``
+(``clip(round_half_even(v / scale) + zero_point, 0, 255)``), then an exact integer product with the
+int8/uint8 weights less their zero point, dequantized by ``scale_a * scale_w`` (per tensor or per
+column) in float32. The fused bias ``Wb + Rb``, peepholes, clip and activations follow as in the float
+LSTM. Fed the kernel's own ``h`` as ``h_{t-1}``, the quantization here sees the kernel's very
+float32 values, so every rounding lands where the kernel's did and ``c`` agrees with the kernel's
+``Y_c`` to float32 rounding (measured 1.5e-7), checked at the float32 tolerance of float nodes.
+
+>>> scale, zero = quantization_parameters(np.array([-1.0, 0.5, 3.0], np.float32))
+>>> float(scale), float(zero), quantize(np.array([-1.0, 3.0], np.float32), scale, zero).tolist()
+(0.01568627543747425, 64.0, [0.0, 255.0])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ...core.cells import DirectionArrays, carry_forward, check_parity, tolerance
+
+__all__ = ["QuantizedWeights", "quantization_parameters", "quantize", "quantized_direction", "row_blocks"]
+
+_F32 = np.float32
+
+
+def quantization_parameters(a: np.ndarray) -> tuple[np.float32, np.float32]:
+    """ONNX Runtime's ``GetQuantizationParameter`` for uint8: ``(scale, zero_point)`` in float32."""
+    lo = _F32(min(float(a.min()), 0.0)) if a.size else _F32(0)
+    hi = _F32(max(float(a.max()), 0.0)) if a.size else _F32(0)
+    if hi == lo:
+        return _F32(1.0), _F32(0.0)
+    scale = _F32((hi - lo) / _F32(255.0))
+    zero = _F32(np.rint(np.clip(_F32(_F32(0.0) - _F32(lo / scale)), 0.0, 255.0)))
+    return scale, zero
+
+
+def quantize(a: np.ndarray, scale: np.float32, zero: np.float32) -> np.ndarray:
+    """``MlasQuantizeLinear`` to uint8 values (as float32): divide, round half to even, shift, saturate."""
+    return np.clip(np.rint(np.asarray(a, _F32) / scale) + zero, 0.0, 255.0)
+
+
+def row_blocks(batch: int, hidden: int, threads: int) -> int:
+    """Samples per block of the kernel's recurrent GEMM (``SetNumThreads`` and ``num_seq_to_compute``)."""
+    if batch > 4 or (batch >= 2 and hidden <= 256):
+        return -(-batch // max(threads, 1))
+    return batch
+
+
+class QuantizedWeights:
+    """One direction's integer ``W`` / ``R`` ([input, 4 * unit], ONNX gate order i, o, f, c) less
+    their zero point, and their scales (one, or one per column)."""
+
+    def __init__(self, q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None) -> None:
+        z = 0.0 if zero is None else float(np.asarray(zero).reshape(-1)[0])  # constant per direction
+        self.q = np.asarray(q).astype(np.float64) - z  # integer-valued: float64 products are exact
+        self.scale = np.asarray(scale, _F32).reshape(-1)
+
+    def product(self, a: np.ndarray) -> np.ndarray:
+        """``a @ W`` as the kernel computes it: ``a`` quantized with its own parameters, the integer
+        product, dequantized in float32."""
+        scale, zero = quantization_parameters(a)
+        acc = (quantize(a, scale, zero).astype(np.float64) - float(zero)) @ self.q
+        return acc.astype(_F32) * (scale * self.scale).astype(_F32)
+
+
+def _kernel_order(a: np.ndarray, lengths: np.ndarray, reverse: bool) -> np.ndarray:
+    """(sample, time, …) in input order → (time, sample, …) in the kernel's processing order
+    (``ReverseSequence``: each sample's first ``length`` steps back to front, the rest in place)."""
+    out = np.array(a.swapaxes(0, 1))
+    if reverse:
+        for b, n in enumerate(lengths):
+            out[:n, b] = a[b, :n][::-1]
+    return out
+
+
+def quantized_direction(
+    x: np.ndarray,
+    seq: np.ndarray,
+    h0: np.ndarray,
+    c0: np.ndarray | None,
+    lengths: np.ndarray | None,
+    w: QuantizedWeights,
+    r: QuantizedWeights,
+    bias: np.ndarray | None,
+    peepholes: np.ndarray | None,
+    acts: tuple[Callable[[np.ndarray], np.ndarray], ...],
+    *,
+    reverse: bool,
+    clip: float | None,
+    input_forget: bool,
+    threads: int,
+    layer: str,
+) -> DirectionArrays:
+    """One direction of a ``DynamicQuantizeLSTM`` node: the kernel's ``h`` (``seq``, the raw ``Y``
+    of the direction, zeros after each sample's length) carried, ``c`` and the gates i, f, g, o
+    (canonical order, NaN at padded steps), all (sample, time, unit) in input order, checked
+    against ``seq``. ``bias`` is ``[Wb, Rb]`` and ``peepholes`` ``[i, o, f]`` (ONNX), ``acts`` the
+    node's (f, g, h) activations."""
+    n, t = seq.shape[:2]
+    hidden = seq.shape[2]
+    dtype = seq.dtype
+    lens = np.full(n, t, int) if lengths is None else np.asarray(lengths).reshape(-1).astype(int)
+    steps = int(lens.max()) if n else 0
+    xs = _kernel_order(np.asarray(x, _F32), lens, reverse)[:steps]
+    ys = _kernel_order(np.asarray(seq, _F32), lens, reverse)
+    pre_x = w.product(xs.reshape(-1, xs.shape[-1])).reshape(steps, n, 4 * hidden)
+    fused = None if bias is None else (bias[: 4 * hidden] + bias[4 * hidden :]).astype(_F32)
+    p = None if peepholes is None else np.asarray(peepholes, np.float64).reshape(3, hidden)
+    f_act, g_act, h_act = acts
+    block = row_blocks(n, hidden, threads)
+    gates = np.full((4, steps, n, hidden), np.nan)
+    cs = np.full((steps, n, hidden), np.nan)
+    hs = np.zeros((steps, n, hidden))
+    c_init = np.zeros((n, hidden)) if c0 is None else np.asarray(c0, np.float64)
+    c_prev, h_prev = c_init, np.asarray(h0, _F32)
+    for j in range(steps):
+        pre = pre_x[j].copy()
+        for s in range(0, n, block):
+            pre[s : s + block] += r.product(h_prev[s : s + block])
+        if fused is not None:
+            pre = pre + fused
+        i, o, f, g = (pre[:, k * hidden : (k + 1) * hidden].astype(np.float64) for k in range(4))
+        if p is not None:
+            i, f = i + p[0] * c_prev, f + p[2] * c_prev
+        if clip is not None:  # o waits for its peephole (on the new c)
+            i, f, g = (np.clip(v, -clip, clip) for v in (i, f, g))
+        i = f_act(i)
+        f = 1.0 - i if input_forget else f_act(f)
+        g = g_act(g)
+        c = f * c_prev + i * g
+        if p is not None:
+            o = o + p[1] * c
+        o = f_act(o if clip is None else np.clip(o, -clip, clip))
+        live = j < lens
+        for k, v in enumerate((i, f, g, o)):
+            gates[k, j][live] = v[live]
+        cs[j][live] = c[live]
+        hs[j] = o * h_act(c)
+        c_prev = np.where(live[:, None], c, c_prev)
+        h_prev = ys[j]  # the kernel's own h (zeros after a sample's end, as the kernel feeds it)
+    done = np.arange(steps)[None, :] < lens[:, None]  # kernel order: step j of sample b ran
+    check_parity(
+        ys[:steps].swapaxes(0, 1),
+        hs.swapaxes(0, 1).astype(_F32),
+        done,
+        layer=layer,
+        what="o * act(c) with the quantized kernel's arithmetic",
+        tol=tolerance(np.dtype(np.float32)),
+    )
+
+    def back(a: np.ndarray) -> np.ndarray:  # (step, sample, unit) kernel order -> input order, NaN after
+        out = np.full((n, t, hidden), np.nan)
+        for b, m in enumerate(lens):
+            out[b, :m] = a[:m, b][::-1] if reverse else a[:m, b]
+        return out
+
+    c_in = back(cs)
+    for b, m in enumerate(lens):  # padded steps hold the state: the last (forward) or the first (reverse)
+        if m < t:
+            c_in[b, m:] = c_in[b, m - 1] if m and not reverse else c_init[b]
+    valid = np.arange(t)[None, :] < lens[:, None]
+    mask = None if valid.all() else valid
+    flip = (lambda a: a[:, ::-1]) if reverse else (lambda a: a)
+    h = flip(carry_forward(flip(np.asarray(seq)), None if mask is None else flip(mask), np.asarray(h0)))
+    return DirectionArrays(h=h, c=c_in.astype(dtype), gates=tuple(back(g).astype(dtype) for g in gates))
