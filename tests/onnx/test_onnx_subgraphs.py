@@ -250,5 +250,5 @@ def test_a_quantize_dynamic_bilstm(quantized: tuple[Path, torch.nn.LSTM]) -> Non
     np.testing.assert_allclose(layer.forward.c[:, -1], c_float[0].numpy(), atol=3e-2)
     np.testing.assert_allclose(layer.backward.c[:, 0], c_float[1].numpy(), atol=3e-2)
     np.testing.assert_allclose(layer.forward.c[:, -1], c_n[0], atol=1e-6)  # the kernel's own Y_c
-    with pytest.raises(rnnlens.UnsupportedLayerError, match="quantized"):
-        rnnlens.intervene(path, x, [rnnlens.Edit(spec.name, 0, scale=0)])
+    ablated = rnnlens.intervene(path, x, [rnnlens.Edit(spec.name, 2, scale=0, direction="forward")])
+    assert (ablated.states[spec.name].forward.h[:, 2] == 0).all()

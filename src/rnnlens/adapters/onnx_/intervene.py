@@ -25,7 +25,8 @@ from ..base import Edits, Intervened
 from .deps import _first_line, _onnx, _ort
 from .feeds import _signature
 from .graph import _B, _C0, _H0, _P, _R, _SEQ_LENS, _W, _X, _Node, _Prepared
-from .states import _batch_of, _cell_weights, _input_order, _lookup, _needs
+from .quantized import quantized_run
+from .states import _batch_of, _cell_weights, _input_order, _lookup, _needs, quantized_cell
 
 __all__ = ["cut_run", "edited_node", "intervene"]
 
@@ -119,6 +120,18 @@ def edited_node(
         c0 = None if c0s is None else c0s[d]
         ops_h = edits.steps(direction, "h", t, n, mask=mask)
         ops_c = edits.steps(direction, "c", t, n, mask=mask) if lstm else {}
+        if node.quant:  # the quantized kernel's arithmetic (.quantized)
+            cell = quantized_cell(node, d, w, r, b, p, tensor)
+            arrays, seq_q, y_h[d], y_c[d] = quantized_run(
+                cell, xb, h0, c0, lens, reverse=direction == "backward", edits_h=ops_h, edits_c=ops_c
+            )
+            y[:, d] = seq_q.transpose(1, 0, 2)
+            states[direction] = DirectionArrays(
+                h=arrays.h,
+                c=arrays.c if "c" in fields else None,
+                gates=arrays.gates if "gates" in fields else None,
+            )
+            continue
         res = run_direction(
             _cell_weights(node, d, w, r, b, p), xb, h0, c0, mask,
             reverse=direction == "backward", edits_h=ops_h, edits_c=ops_c,
@@ -160,6 +173,7 @@ def intervene(
     loop_states: dict[str, tuple[dict[str, DirectionArrays], np.ndarray | None, Callable[[str], Any]]] = {}
     for k, node in enumerate(edited):
         need = [node.inputs[i] for i in (_X, _W, _R, _B, _SEQ_LENS, _H0, _C0)] + list(node.batch_gathers)
+        need += list(node.quant)
         got = cut_run(prep, edited[:k], need, feeds | known)
         tensor = _lookup(got, feeds | known, prep)
         fields = want.get(node.name, ("h", "c", "gates"))

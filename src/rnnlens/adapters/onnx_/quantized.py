@@ -26,13 +26,24 @@ float32 values, so every rounding lands where the kernel's did and ``c`` agrees 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from ...core.cells import DirectionArrays, carry_forward, check_parity, tolerance
+from ...core.edits import Op
+from ...core.steploop import apply_ops
 
-__all__ = ["QuantizedWeights", "quantization_parameters", "quantize", "quantized_direction", "row_blocks"]
+__all__ = [
+    "QuantizedCell",
+    "QuantizedWeights",
+    "quantization_parameters",
+    "quantize",
+    "quantized_direction",
+    "quantized_run",
+    "row_blocks",
+]
 
 _F32 = np.float32
 
@@ -77,6 +88,22 @@ class QuantizedWeights:
         return acc.astype(_F32) * (scale * self.scale).astype(_F32)
 
 
+@dataclass
+class QuantizedCell:
+    """One direction of a ``DynamicQuantizeLSTM`` node: ``bias`` is ``[Wb, Rb]``, ``peepholes``
+    ``[i, o, f]`` (ONNX order, like the gate blocks of ``w`` and ``r``: i, o, f, c), ``acts`` the
+    node's (f, g, h) activations, ``threads`` the session's intra-op threads."""
+
+    w: QuantizedWeights
+    r: QuantizedWeights
+    bias: np.ndarray | None
+    peepholes: np.ndarray | None
+    acts: tuple[Callable[[np.ndarray], np.ndarray], ...]
+    clip: float | None = None
+    input_forget: bool = False
+    threads: int = 1
+
+
 def _kernel_order(a: np.ndarray, lengths: np.ndarray, reverse: bool) -> np.ndarray:
     """(sample, time, …) in input order → (time, sample, …) in the kernel's processing order
     (``ReverseSequence``: each sample's first ``length`` steps back to front, the rest in place)."""
@@ -87,50 +114,61 @@ def _kernel_order(a: np.ndarray, lengths: np.ndarray, reverse: bool) -> np.ndarr
     return out
 
 
-def quantized_direction(
+def _edit(state: np.ndarray, ops: Mapping[int, list[Op]] | None, at: np.ndarray, live: np.ndarray) -> None:
+    """Apply the edits of input step ``at[b]`` to each live sample ``b`` (in place)."""
+    if not ops:
+        return
+    for s in np.unique(at[live]):
+        if int(s) not in ops:
+            continue
+        rows = np.flatnonzero(live & (at == s))
+        if rows.size == len(state):
+            apply_ops(state, ops[int(s)])
+            continue
+        part = state[rows]
+        per_row = [Op(op.units, op.mode, _rows(op.value, rows, len(state))) for op in ops[int(s)]]
+        apply_ops(part, per_row)
+        state[rows] = part
+
+
+def _rows(value: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    v = np.asarray(value)
+    return v[rows] if v.ndim == 2 and v.shape[0] == n else v
+
+
+def _loop(
+    cell: QuantizedCell,
     x: np.ndarray,
-    seq: np.ndarray,
     h0: np.ndarray,
     c0: np.ndarray | None,
-    lengths: np.ndarray | None,
-    w: QuantizedWeights,
-    r: QuantizedWeights,
-    bias: np.ndarray | None,
-    peepholes: np.ndarray | None,
-    acts: tuple[Callable[[np.ndarray], np.ndarray], ...],
-    *,
+    lens: np.ndarray,
     reverse: bool,
-    clip: float | None,
-    input_forget: bool,
-    threads: int,
-    layer: str,
-) -> DirectionArrays:
-    """One direction of a ``DynamicQuantizeLSTM`` node: the kernel's ``h`` (``seq``, the raw ``Y``
-    of the direction, zeros after each sample's length) carried, ``c`` and the gates i, f, g, o
-    (canonical order, NaN at padded steps), all (sample, time, unit) in input order, checked
-    against ``seq``. ``bias`` is ``[Wb, Rb]`` and ``peepholes`` ``[i, o, f]`` (ONNX), ``acts`` the
-    node's (f, g, h) activations."""
-    n, t = seq.shape[:2]
-    hidden = seq.shape[2]
-    dtype = seq.dtype
-    lens = np.full(n, t, int) if lengths is None else np.asarray(lengths).reshape(-1).astype(int)
+    teacher: np.ndarray | None = None,
+    edits_h: Mapping[int, list[Op]] | None = None,
+    edits_c: Mapping[int, list[Op]] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(h, c, gates)`` at every step the kernel runs, (step, sample, unit) / (gate, step, sample,
+    unit) in its processing order, float64 (NaN where a sample has ended). ``h_{t-1}`` is
+    ``teacher`` (the kernel's own ``Y``, kernel order) when given, else the loop's own (edited)."""
+    n = x.shape[0]
+    hidden = cell.r.q.shape[0]
     steps = int(lens.max()) if n else 0
     xs = _kernel_order(np.asarray(x, _F32), lens, reverse)[:steps]
-    ys = _kernel_order(np.asarray(seq, _F32), lens, reverse)
-    pre_x = w.product(xs.reshape(-1, xs.shape[-1])).reshape(steps, n, 4 * hidden)
-    fused = None if bias is None else (bias[: 4 * hidden] + bias[4 * hidden :]).astype(_F32)
-    p = None if peepholes is None else np.asarray(peepholes, np.float64).reshape(3, hidden)
-    f_act, g_act, h_act = acts
-    block = row_blocks(n, hidden, threads)
+    pre_x = cell.w.product(xs.reshape(-1, xs.shape[-1])).reshape(steps, n, 4 * hidden)
+    fused = None if cell.bias is None else (cell.bias[: 4 * hidden] + cell.bias[4 * hidden :]).astype(_F32)
+    p = None if cell.peepholes is None else np.asarray(cell.peepholes, np.float64).reshape(3, hidden)
+    f_act, g_act, h_act = cell.acts
+    clip = cell.clip
+    block = row_blocks(n, hidden, cell.threads)
     gates = np.full((4, steps, n, hidden), np.nan)
     cs = np.full((steps, n, hidden), np.nan)
-    hs = np.zeros((steps, n, hidden))
-    c_init = np.zeros((n, hidden)) if c0 is None else np.asarray(c0, np.float64)
-    c_prev, h_prev = c_init, np.asarray(h0, _F32)
+    hs = np.full((steps, n, hidden), np.nan)
+    c_prev = np.zeros((n, hidden)) if c0 is None else np.asarray(c0, np.float64)
+    h_prev = np.asarray(h0, _F32)
     for j in range(steps):
         pre = pre_x[j].copy()
         for s in range(0, n, block):
-            pre[s : s + block] += r.product(h_prev[s : s + block])
+            pre[s : s + block] += cell.r.product(h_prev[s : s + block])
         if fused is not None:
             pre = pre + fused
         i, o, f, g = (pre[:, k * hidden : (k + 1) * hidden].astype(np.float64) for k in range(4))
@@ -139,41 +177,118 @@ def quantized_direction(
         if clip is not None:  # o waits for its peephole (on the new c)
             i, f, g = (np.clip(v, -clip, clip) for v in (i, f, g))
         i = f_act(i)
-        f = 1.0 - i if input_forget else f_act(f)
+        f = 1.0 - i if cell.input_forget else f_act(f)
         g = g_act(g)
         c = f * c_prev + i * g
         if p is not None:
             o = o + p[1] * c
         o = f_act(o if clip is None else np.clip(o, -clip, clip))
+        h = o * h_act(c)
         live = j < lens
+        at = np.where(reverse, lens - 1 - j, j)  # the input step of kernel step j, per sample
+        _edit(h, edits_h, at, live)
+        _edit(c, edits_c, at, live)
         for k, v in enumerate((i, f, g, o)):
             gates[k, j][live] = v[live]
-        cs[j][live] = c[live]
-        hs[j] = o * h_act(c)
+        cs[j][live], hs[j][live] = c[live], h[live]
         c_prev = np.where(live[:, None], c, c_prev)
-        h_prev = ys[j]  # the kernel's own h (zeros after a sample's end, as the kernel feeds it)
-    done = np.arange(steps)[None, :] < lens[:, None]  # kernel order: step j of sample b ran
+        # the kernel feeds h after a sample's end as zeros (its Y there)
+        h_prev = teacher[j] if teacher is not None else np.where(live[:, None], h, 0.0).astype(_F32)
+    return hs, cs, gates
+
+
+def _input_order(a: np.ndarray, lens: np.ndarray, t: int, reverse: bool) -> np.ndarray:
+    """(step, sample, unit) kernel order → (sample, time, unit) input order, NaN past each length."""
+    out = np.full((a.shape[1], t, a.shape[2]), np.nan)
+    for b, m in enumerate(lens):
+        out[b, :m] = a[:m, b][::-1] if reverse else a[:m, b]
+    return out
+
+
+def _carried(a: np.ndarray, lens: np.ndarray, initial: np.ndarray, reverse: bool) -> np.ndarray:
+    """Fill the steps past each length (input order) with the carried state: the last (forward)
+    or the initial one (reverse: those steps come first)."""
+    for b, m in enumerate(lens):
+        if m < a.shape[1]:
+            a[b, m:] = a[b, m - 1] if m and not reverse else initial[b]
+    return a
+
+
+def _lengths(n: int, t: int, lengths: np.ndarray | None) -> np.ndarray:
+    return np.full(n, t, int) if lengths is None else np.asarray(lengths).reshape(-1).astype(int)
+
+
+def quantized_direction(
+    cell: QuantizedCell,
+    x: np.ndarray,
+    seq: np.ndarray,
+    h0: np.ndarray,
+    c0: np.ndarray | None,
+    lengths: np.ndarray | None,
+    *,
+    reverse: bool,
+    layer: str,
+) -> DirectionArrays:
+    """One direction traced: the kernel's ``h`` (``seq``, the direction's raw ``Y``, zeros after
+    each sample's length) carried, ``c`` and the gates i, f, g, o (canonical order, NaN at padded
+    steps), (sample, time, unit) in input order, checked against ``seq``."""
+    n, t, _ = seq.shape
+    dtype = seq.dtype
+    lens = _lengths(n, t, lengths)
+    ys = _kernel_order(np.asarray(seq, _F32), lens, reverse)
+    hs, cs, gates = _loop(cell, x, h0, c0, lens, reverse, teacher=ys)
+    steps = hs.shape[0]
     check_parity(
         ys[:steps].swapaxes(0, 1),
-        hs.swapaxes(0, 1).astype(_F32),
-        done,
+        np.nan_to_num(hs.swapaxes(0, 1)).astype(_F32),
+        np.arange(steps)[None, :] < lens[:, None],
         layer=layer,
         what="o * act(c) with the quantized kernel's arithmetic",
         tol=tolerance(np.dtype(np.float32)),
     )
-
-    def back(a: np.ndarray) -> np.ndarray:  # (step, sample, unit) kernel order -> input order, NaN after
-        out = np.full((n, t, hidden), np.nan)
-        for b, m in enumerate(lens):
-            out[b, :m] = a[:m, b][::-1] if reverse else a[:m, b]
-        return out
-
-    c_in = back(cs)
-    for b, m in enumerate(lens):  # padded steps hold the state: the last (forward) or the first (reverse)
-        if m < t:
-            c_in[b, m:] = c_in[b, m - 1] if m and not reverse else c_init[b]
+    c_init = np.zeros((n, seq.shape[2])) if c0 is None else np.asarray(c0)
+    c = _carried(_input_order(cs, lens, t, reverse), lens, c_init, reverse)
     valid = np.arange(t)[None, :] < lens[:, None]
     mask = None if valid.all() else valid
     flip = (lambda a: a[:, ::-1]) if reverse else (lambda a: a)
     h = flip(carry_forward(flip(np.asarray(seq)), None if mask is None else flip(mask), np.asarray(h0)))
-    return DirectionArrays(h=h, c=c_in.astype(dtype), gates=tuple(back(g).astype(dtype) for g in gates))
+    return DirectionArrays(
+        h=h, c=c.astype(dtype), gates=tuple(_input_order(g, lens, t, reverse).astype(dtype) for g in gates)
+    )
+
+
+def quantized_run(
+    cell: QuantizedCell,
+    x: np.ndarray,
+    h0: np.ndarray,
+    c0: np.ndarray | None,
+    lengths: np.ndarray | None,
+    *,
+    reverse: bool,
+    edits_h: Mapping[int, list[Op]] | None = None,
+    edits_c: Mapping[int, list[Op]] | None = None,
+) -> tuple[DirectionArrays, np.ndarray, np.ndarray, np.ndarray]:
+    """One direction run as the kernel runs it on its own ``h``, with ``edits_h`` / ``edits_c``
+    (by input step) applied after their steps: the states (h and c carried past each length),
+    the direction's ``Y`` (sample, time, unit; zeros past each length, as the kernel writes it),
+    ``Y_h`` and ``Y_c`` (zeros for an empty sample)."""
+    n, t, _ = x.shape
+    hidden = cell.r.q.shape[0]
+    dtype = np.asarray(x).dtype
+    lens = _lengths(n, t, lengths)
+    hs, cs, gates = _loop(cell, x, h0, c0, lens, reverse, edits_h=edits_h, edits_c=edits_c)
+    h_seq = _input_order(hs, lens, t, reverse)
+    y = np.nan_to_num(h_seq).astype(dtype)
+    c_init = np.zeros((n, hidden)) if c0 is None else np.asarray(c0)
+    c = _carried(_input_order(cs, lens, t, reverse), lens, c_init, reverse)
+    h = _carried(h_seq, lens, np.asarray(h0), reverse)
+    last = np.where(reverse, 0, np.maximum(lens - 1, 0))
+    empty = (lens == 0)[:, None]
+    y_h = np.where(empty, 0.0, h[np.arange(n), last]).astype(dtype)
+    y_c = np.where(empty, 0.0, c[np.arange(n), last]).astype(dtype)
+    arrays = DirectionArrays(
+        h=h.astype(dtype),
+        c=c.astype(dtype),
+        gates=tuple(_input_order(g, lens, t, reverse).astype(dtype) for g in gates),
+    )
+    return arrays, y, y_h, y_c

@@ -22,7 +22,7 @@ from ...core.rebuild import reconstruct_direction
 from ...core.spec import CellWeights, Field
 from ...errors import RnnLensWarning, UnsupportedLayerError
 from .graph import _ACTIVATIONS, _B, _C0, _H0, _P, _R, _SEQ_LENS, _W, _X, _Node
-from .quantized import QuantizedWeights, quantized_direction
+from .quantized import QuantizedCell, QuantizedWeights, quantized_direction
 from .runtime import QUANTIZED_THREADS
 
 _N_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -114,7 +114,9 @@ def _node_states(
         h0 = h0s[:, d] if h0s is not None else np.zeros((n, node.hidden), y.dtype)
         c0 = c0s[:, d] if c0s is not None else None
         if rebuild and node.quant:
-            arrays = _quantized(node, d, x, seq, h0, c0, lens, w, r, b, p, tensor)
+            assert x is not None
+            cell = quantized_cell(node, d, w, r, b, p, tensor)
+            arrays = quantized_direction(cell, x, seq, h0, c0, lens, reverse=reverse, layer=node.name)
         elif rebuild:
             assert w is not None and r is not None
             arrays = reconstruct_direction(
@@ -225,33 +227,25 @@ def _needs(node: _Node, fields: tuple[Field, ...]) -> list[str]:
     return [n for n in [*names, *node.batch_gathers, *conds] if n]
 
 
-def _quantized(
-    node: _Node, d: int, x: Any, seq: np.ndarray, h0: np.ndarray, c0: np.ndarray | None, lens: Any,
-    w: Any, r: Any, b: Any, p: Any, tensor: Callable[[str], np.ndarray | None],
-) -> DirectionArrays:  # fmt: skip
-    """Direction ``d`` of a ``DynamicQuantizeLSTM`` node with its kernel's arithmetic (:mod:`.quantized`)."""
+def quantized_cell(
+    node: _Node, d: int, w: Any, r: Any, b: Any, p: Any, tensor: Callable[[str], Any]
+) -> QuantizedCell:
+    """Direction ``d`` of a ``DynamicQuantizeLSTM`` node, for :mod:`.quantized`."""
     w_scale, w_zero, r_scale, r_zero = (tensor(n) for n in node.quant)
+    dirs = np.asarray(w).shape[0]
 
     def per_direction(v: Any) -> Any:  # a scale or zero point: one per direction, or per column
-        return None if v is None else np.asarray(v).reshape(np.asarray(w).shape[0], -1)[d]
+        return None if v is None else np.asarray(v).reshape(dirs, -1)[d]
 
-    acts = node.activations[d]
-    return quantized_direction(
-        x,
-        seq,
-        h0,
-        c0,
-        lens,
+    return QuantizedCell(
         QuantizedWeights(np.asarray(w)[d], per_direction(w_scale), per_direction(w_zero)),
         QuantizedWeights(np.asarray(r)[d], per_direction(r_scale), per_direction(r_zero)),
         None if b is None else np.asarray(b)[d],
         None if p is None or not np.any(p[d]) else np.asarray(p)[d],
-        tuple(_ACTIVATIONS[a] for a in acts),
-        reverse=node.directions[d] == "backward",
+        tuple(_ACTIVATIONS[a] for a in node.activations[d]),
         clip=node.clip,
         input_forget=node.input_forget,
         threads=QUANTIZED_THREADS,
-        layer=node.name,
     )
 
 
