@@ -1,6 +1,7 @@
 """PyTorch ``quantize_dynamic`` recurrent modules (refused, named: rnnlens does not reproduce the
-fbgemm kernel) and ``torch.autocast`` (h is the kernel's own; c and gates, which rnnlens' float
-loop would compute differently, are refused with ``fields=('h',)`` offered; edited runs refused)."""
+fbgemm kernel), ``torch.autocast`` and bfloat16 modules (h is the kernel's own; c and gates, which
+rnnlens would compute differently from the oneDNN kernel, are refused with ``fields=('h',)``
+offered; edited runs under autocast refused), float16 modules (every field, h the kernel's)."""
 
 from __future__ import annotations
 
@@ -88,3 +89,44 @@ def test_autocast_h_is_the_kernels() -> None:
             rnnlens.intervene(model, X, [rnnlens.Edit("lstm", 0, scale=0)])
     plain = rnnlens.trace(model, X)  # outside autocast: every field as before
     assert plain["lstm"].c.dtype == np.float32
+
+
+def test_bfloat16_module_h_only() -> None:
+    torch.manual_seed(0)
+    model = WordLM().eval().to(torch.bfloat16)
+    x = torch.randn(2, 7, 6).to(torch.bfloat16)
+    with torch.no_grad():
+        own, _ = model.lstm(x)
+    with pytest.raises(rnnlens.UnsupportedLayerError, match=r"oneDNN.*fields=\('h',\)"):
+        rnnlens.trace(model.lstm, x)
+    h = rnnlens.trace(model.lstm, x, fields=("h",))["lstm"].h
+    np.testing.assert_array_equal(np.asarray(h, np.float32), own.float().numpy())
+
+
+@pytest.mark.parametrize("cls", [torch.nn.LSTM, torch.nn.GRU])
+@pytest.mark.parametrize("strategy", ["auto", "emit"])
+def test_float16_module_every_field(cls: type, strategy: str) -> None:
+    """h is the float16 kernel's own (every strategy: the loop stands aside); c and gates are
+    rebuilt from it and checked at float16 tolerance; against a float64 reference on the same
+    (float16) weights and input, 20 steps of 16 units: measured h / c / gates ≤ 3.7e-4 / 7.9e-4 /
+    5.0e-4 (LSTM), 7.5e-4 / - / 4.6e-4 (GRU); asserted within 2e-3."""
+    from rnnlens.testing import reference_rnn
+
+    torch.manual_seed(1)
+    module = cls(4, 16, batch_first=True).eval().half()
+    x = (torch.randn(3, 20, 4) * 2).half()
+    with torch.no_grad():
+        own, _ = module(x)
+    name = cls.__name__.lower()
+    layer = rnnlens.trace(module, x, strategy=strategy)[name]
+    np.testing.assert_array_equal(layer.h, own.numpy())
+    w = {k: v.double().numpy() for k, v in module.state_dict().items()}
+    if cls is torch.nn.GRU:  # PyTorch's blocks r, z, n; the reference's z, r, n
+        w = {k: np.concatenate([np.split(v, 3)[i] for i in (1, 0, 2)]) for k, v in w.items()}
+    ref = reference_rnn(
+        name, x.double().numpy(), w["weight_ih_l0"].T, w["weight_hh_l0"].T, w["bias_ih_l0"], w["bias_hh_l0"]
+    )
+    np.testing.assert_allclose(layer.h.astype(np.float64), ref["h"], rtol=0, atol=2e-3)
+    np.testing.assert_allclose(layer.gates.array.astype(np.float64), ref["gates"], rtol=0, atol=2e-3)
+    if cls is torch.nn.LSTM:
+        np.testing.assert_allclose(layer.c.astype(np.float64), ref["c"], rtol=0, atol=2e-3)
