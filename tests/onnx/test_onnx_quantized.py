@@ -320,3 +320,27 @@ def test_interventions_with_the_kernels_arithmetic(tmp_path: Path) -> None:
         np.testing.assert_allclose(run.outputs[0][:, d], got.h.transpose(1, 0, 2), rtol=0, atol=0)
     assert (layer.forward.h[:, 3, :2] == 0).all()
     assert np.abs(run.outputs[0] - y).max() > 1e-2  # the edits changed the run
+
+
+def test_two_quantized_layers_one_edited(tmp_path: Path) -> None:
+    """A two-layer LSTM quantized: the first edited (rnnlens' quantized loop), the second run by
+    ONNX Runtime on what it returns (one thread, as traced) and its c rebuilt with the kernel's
+    arithmetic: the batch of 6 is above the size where the kernel splits it per thread."""
+    import torch
+    from onnx_helpers import export
+
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(5, 12, num_layers=2).eval()
+    export(lstm, (torch.zeros(8, 6, 5),), tmp_path / "f.onnx", dynamic_axes={"x": {0: "t", 1: "b"}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantization.quantize_dynamic(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"))
+    path = tmp_path / "q.onnx"
+    names = rnnlens.describe(path).names
+    assert len(names) == 2
+    x = (np.random.default_rng(7).normal(size=(8, 6, 5)) * 2).astype(F32)
+    run = rnnlens.intervene(path, x, [rnnlens.Edit(names[0], 2, scale=0.5)])
+    second = run.states[names[1]]
+    assert second.c.shape == (6, 8, 12)
+    plain = rnnlens.trace(path, x)
+    assert not np.allclose(second.c, plain[names[1]].c)

@@ -26,6 +26,7 @@ from .deps import _first_line, _onnx, _ort
 from .feeds import _signature
 from .graph import _B, _C0, _H0, _P, _R, _SEQ_LENS, _W, _X, _Node, _Prepared
 from .quantized import quantized_run
+from .runtime import QUANTIZED_THREADS
 from .states import _batch_of, _cell_weights, _input_order, _lookup, _needs, quantized_cell
 
 __all__ = ["cut_run", "edited_node", "intervene"]
@@ -65,6 +66,8 @@ def cut_run(
             have.add(name)
     options = ort.SessionOptions()
     options.log_severity_level = 4
+    if any(n.quant for n in prep.nodes):  # a quantized node's h depends on the thread count
+        options.intra_op_num_threads = QUANTIZED_THREADS
     run_feeds = {k: v for k, v in feeds.items() if k in inputs or k in fed}
     try:
         results = []
