@@ -34,6 +34,7 @@ import numpy as np
 from ...core.cells import DirectionArrays, carry_forward, check_parity, tolerance
 from ...core.edits import Op
 from ...core.steploop import apply_ops
+from ...errors import ParityError
 
 __all__ = [
     "QuantizedCell",
@@ -238,14 +239,23 @@ def quantized_direction(
     ys = _kernel_order(np.asarray(seq, _F32), lens, reverse)
     hs, cs, gates = _loop(cell, x, h0, c0, lens, reverse, teacher=ys)
     steps = hs.shape[0]
-    check_parity(
-        ys[:steps].swapaxes(0, 1),
-        np.nan_to_num(hs.swapaxes(0, 1)).astype(_F32),
-        np.arange(steps)[None, :] < lens[:, None],
-        layer=layer,
-        what="o * act(c) with the quantized kernel's arithmetic",
-        tol=tolerance(np.dtype(np.float32)),
-    )
+    try:
+        check_parity(
+            ys[:steps].swapaxes(0, 1),
+            np.nan_to_num(hs.swapaxes(0, 1)).astype(_F32),
+            np.arange(steps)[None, :] < lens[:, None],
+            layer=layer,
+            what="o * act(c) with the quantized kernel's arithmetic",
+            tol=tolerance(np.dtype(np.float32)),
+        )
+    except ParityError as e:
+        raise ParityError(
+            f"{str(e).split('. The cell probably')[0]}. rnnlens reproduces ONNX Runtime's MLAS "
+            "DynamicQuantizeLSTM kernel with exact 32-bit integer sums; MLAS's int8 kernel for x86 "
+            "CPUs without VNNI can saturate its 16-bit partial sums (models quantized without "
+            "reduce_range), and other builds or versions may round elsewhere. Ask for fields=('h',): "
+            "h is the kernel's own."
+        ) from None
     c_init = np.zeros((n, seq.shape[2])) if c0 is None else np.asarray(c0)
     c = _carried(_input_order(cs, lens, t, reverse), lens, c_init, reverse)
     valid = np.arange(t)[None, :] < lens[:, None]
