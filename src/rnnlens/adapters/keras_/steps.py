@@ -85,7 +85,15 @@ def _emit_step(cell: Any, kind: Kind, gates: bool = True) -> Callable[[Any, Any]
             out = cell.activation(out)
         return (out,), [out]
 
-    return {"lstm": lstm_step, "gru": gru_step, "simple": simple_step}[kind]
+    step = {"lstm": lstm_step, "gru": gru_step, "simple": simple_step}[kind]
+    if cell.compute_dtype == cell.variable_dtype:
+        return step
+
+    def mixed(inputs: Any, states: Any) -> Any:  # mixed_float16 / mixed_bfloat16, as Layer.__call__ runs it
+        with keras_conv._autocast(cell):
+            return step(ops.cast(inputs, cell.compute_dtype), states)
+
+    return mixed
 
 
 def _edited_step(

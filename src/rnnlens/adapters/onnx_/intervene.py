@@ -25,7 +25,9 @@ from ..base import Edits, Intervened
 from .deps import _first_line, _onnx, _ort
 from .feeds import _signature
 from .graph import _B, _C0, _H0, _P, _R, _SEQ_LENS, _W, _X, _Node, _Prepared
-from .states import _batch_of, _cell_weights, _input_order, _lookup, _needs
+from .quantized import quantized_run
+from .runtime import QUANTIZED_THREADS
+from .states import _batch_of, _cell_weights, _input_order, _lookup, _needs, quantized_cell
 
 __all__ = ["cut_run", "edited_node", "intervene"]
 
@@ -64,6 +66,8 @@ def cut_run(
             have.add(name)
     options = ort.SessionOptions()
     options.log_severity_level = 4
+    if any(n.quant for n in prep.nodes):  # a quantized node's h depends on the thread count
+        options.intra_op_num_threads = QUANTIZED_THREADS
     run_feeds = {k: v for k, v in feeds.items() if k in inputs or k in fed}
     try:
         results = []
@@ -120,6 +124,23 @@ def edited_node(
         ops_h = edits.steps(direction, "h", t, n, mask=mask)
         ops_c = edits.steps(direction, "c", t, n, mask=mask) if lstm else {}
         ops_w = edits.steps(direction, "write:" + ("c" if lstm else "h"), t, n, mask=mask)
+        if node.quant:  # the quantized kernel's arithmetic (.quantized)
+            if ops_w:
+                raise UnsupportedLayerError(
+                    f"Layer {node.name!r}: write edits (target='write') on a quantized LSTM are not "
+                    "supported yet; edit its state (target='state') instead."
+                )
+            cell = quantized_cell(node, d, w, r, b, p, tensor)
+            arrays, seq_q, y_h[d], y_c[d] = quantized_run(
+                cell, xb, h0, c0, lens, reverse=direction == "backward", edits_h=ops_h, edits_c=ops_c
+            )
+            y[:, d] = seq_q.transpose(1, 0, 2)
+            states[direction] = DirectionArrays(
+                h=arrays.h,
+                c=arrays.c if "c" in fields else None,
+                gates=arrays.gates if "gates" in fields else None,
+            )
+            continue
         res = run_direction(
             _cell_weights(node, d, w, r, b, p), xb, h0, c0, mask,
             reverse=direction == "backward", edits_h=ops_h, edits_c=ops_c, edits_w=ops_w,
@@ -161,6 +182,7 @@ def intervene(
     loop_states: dict[str, tuple[dict[str, DirectionArrays], np.ndarray | None, Callable[[str], Any]]] = {}
     for k, node in enumerate(edited):
         need = [node.inputs[i] for i in (_X, _W, _R, _B, _SEQ_LENS, _H0, _C0)] + list(node.batch_gathers)
+        need += list(node.quant)
         got = cut_run(prep, edited[:k], need, feeds | known)
         tensor = _lookup(got, feeds | known, prep)
         fields = want.get(node.name, ("h", "c", "gates"))

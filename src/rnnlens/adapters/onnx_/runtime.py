@@ -12,6 +12,11 @@ from .deps import _first_line, _onnx, _ort
 if TYPE_CHECKING:  # the analysis that asks for a session is its caller, never imported here
     from .graph import _Prepared
 
+#: intra-op threads of a session that runs a ``DynamicQuantizeLSTM``: its kernel quantizes h per
+#: block of ceil(batch / threads) samples (:mod:`.quantized`), so rnnlens fixes the count (one: one
+#: block, the same numbers on every machine) to compute c and gates as the kernel did
+QUANTIZED_THREADS = 1
+
 __all__ = ["_session"]
 
 
@@ -40,6 +45,8 @@ def _session(prep: _Prepared) -> Any:
             expose(name)
     options = ort.SessionOptions()
     options.log_severity_level = 4  # rnnlens raises its own errors
+    if any(node.quant for node in prep.nodes):  # its h depends on the thread count
+        options.intra_op_num_threads = QUANTIZED_THREADS
     try:
         return ort.InferenceSession(copy.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as e:

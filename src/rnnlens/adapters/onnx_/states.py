@@ -21,7 +21,9 @@ from ...core.kinds import KINDS
 from ...core.rebuild import reconstruct_direction
 from ...core.spec import CellWeights, Field
 from ...errors import RnnLensWarning, UnsupportedLayerError
-from .graph import _ACTIVATIONS, _B, _C0, _H0, _P, _R, _SEQ_LENS, _W, _X, QUANTIZED_TOLERANCE, _Node
+from .graph import _ACTIVATIONS, _B, _C0, _H0, _P, _R, _SEQ_LENS, _W, _X, _Node
+from .quantized import QuantizedCell, QuantizedWeights, quantized_direction
+from .runtime import QUANTIZED_THREADS
 
 _N_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 # ONNX LSTM blocks i, o, f, c → canonical i, f, g(=c), o; GRU z, r, h is already z, r, n
@@ -104,16 +106,18 @@ def _node_states(
         x = x if batch_major else x.transpose(1, 0, 2)
         w, r, b = tensor(node.inputs[_W]), tensor(node.inputs[_R]), tensor(node.inputs[_B])
         p = tensor(node.inputs[_P]) if node.op == "LSTM" and node.inputs[_P] else None
-        if node.quant:
-            w, r = _dequantized(node, w, r, tensor, y.dtype)
-    tol = QUANTIZED_TOLERANCE if node.quant else None
+    tol = None
     out: dict[str, DirectionArrays] = {}
     for d, direction in enumerate(node.directions):
         reverse = direction == "backward"
         seq = y[:, :, d]
         h0 = h0s[:, d] if h0s is not None else np.zeros((n, node.hidden), y.dtype)
         c0 = c0s[:, d] if c0s is not None else None
-        if rebuild:
+        if rebuild and node.quant:
+            assert x is not None
+            cell = quantized_cell(node, d, w, r, b, p, tensor)
+            arrays = quantized_direction(cell, x, seq, h0, c0, lens, reverse=reverse, layer=node.name)
+        elif rebuild:
             assert w is not None and r is not None
             arrays = reconstruct_direction(
                 _cell_weights(node, d, w, r, b, p),
@@ -223,23 +227,26 @@ def _needs(node: _Node, fields: tuple[Field, ...]) -> list[str]:
     return [n for n in [*names, *node.batch_gathers, *conds] if n]
 
 
-def _dequantized(
-    node: _Node, w: Any, r: Any, tensor: Callable[[str], np.ndarray | None], dtype: np.dtype
-) -> tuple[np.ndarray, np.ndarray]:
-    """``DynamicQuantizeLSTM``'s int8 ``W`` / ``R`` ([direction, input, 4 * unit], a scale and
-    zero point per direction or per direction and column) as float LSTM weights
-    ([direction, 4 * unit, input], ``(q - zero_point) * scale``)."""
+def quantized_cell(
+    node: _Node, d: int, w: Any, r: Any, b: Any, p: Any, tensor: Callable[[str], Any]
+) -> QuantizedCell:
+    """Direction ``d`` of a ``DynamicQuantizeLSTM`` node, for :mod:`.quantized`."""
     w_scale, w_zero, r_scale, r_zero = (tensor(n) for n in node.quant)
+    dirs = np.asarray(w).shape[0]
 
-    def deq(q: Any, scale: Any, zero: Any) -> np.ndarray:
-        q = np.asarray(q).astype(dtype)
-        scale = np.asarray(scale, dtype)
-        zero = np.zeros_like(scale) if zero is None else np.asarray(zero).astype(dtype)
-        # a scale per direction broadcasts as (direction, 1, 1), one per column as (direction, 1, width)
-        shape = (q.shape[0], 1, 1) if scale.size == q.shape[0] else (q.shape[0], 1, q.shape[2])
-        return np.ascontiguousarray(((q - zero.reshape(shape)) * scale.reshape(shape)).transpose(0, 2, 1))
+    def per_direction(v: Any) -> Any:  # a scale or zero point: one per direction, or per column
+        return None if v is None else np.asarray(v).reshape(dirs, -1)[d]
 
-    return deq(w, w_scale, w_zero), deq(r, r_scale, r_zero)
+    return QuantizedCell(
+        QuantizedWeights(np.asarray(w)[d], per_direction(w_scale), per_direction(w_zero)),
+        QuantizedWeights(np.asarray(r)[d], per_direction(r_scale), per_direction(r_zero)),
+        None if b is None else np.asarray(b)[d],
+        None if p is None or not np.any(p[d]) else np.asarray(p)[d],
+        tuple(_ACTIVATIONS[a] for a in node.activations[d]),
+        clip=node.clip,
+        input_forget=node.input_forget,
+        threads=QUANTIZED_THREADS,
+    )
 
 
 def _batch_of(

@@ -7,12 +7,13 @@ Every ``LSTM``, ``GRU`` and ``RNN`` node of the model's main graph, of model-loc
 any depth (named by their path, ``"rate_switch/then_branch/inner_if/else_branch/lstm_8k"``;
 the branch that runs for the given inputs is traced, see :mod:`.subgraphs`), and ONNX
 Runtime's quantized ``com.microsoft.DynamicQuantizeLSTM`` (what ``quantize_dynamic`` writes):
-its ``h`` is the kernel's own, ``c`` and gates are rebuilt with the dequantized int8 weights at
-the kernel's ``h`` and checked against it within a stated tolerance
-(``graph.QUANTIZED_TOLERANCE``: the kernel also quantizes ``x`` and ``h`` at every matmul).
+its ``h`` is the kernel's own (run on ``runtime.QUANTIZED_THREADS`` intra-op thread), ``c`` and
+gates are computed with the kernel's arithmetic (:mod:`.quantized`: ``x`` and ``h`` quantized to
+uint8 as it does, integer products) at the kernel's ``h`` and checked at float32 tolerance.
 Nodes inside ``Loop``/``Scan`` bodies (they run once per iteration) are named in an
 :class:`~rnnlens.errors.UnsupportedLayerError`; :func:`rnnlens.describe` lists them under its
-table. :func:`rnnlens.intervene` and :func:`rnnlens.record` take main-graph float nodes only.
+table. :func:`rnnlens.intervene` and :func:`rnnlens.record` take main-graph nodes only (an edited
+quantized node runs with its kernel's arithmetic, :func:`.quantized.quantized_run`).
 Supported: ``direction`` forward, reverse
 (the layer's one direction is ``"backward"``) and bidirectional, ``initial_h`` /
 ``initial_c``, ``sequence_lens`` (it becomes ``States.mask``), GRU
@@ -172,13 +173,6 @@ def intervene(model: Any, args: Args, kwargs: Kwargs, edits: Edits, options: Tra
     prep = _prepare(model)
     chosen, nodes, want = _selection(prep, options.layers, options.fields)
     main_graph_only(chosen, nodes, "intervene")
-    for name in edits:
-        if name in nodes and nodes[name].quant:
-            raise UnsupportedLayerError(
-                f"Layer {name!r} is a quantized DynamicQuantizeLSTM: rnnlens' step loop computes in "
-                "float, not as the quantized kernel does, so its edited run would not be the model's. "
-                "Edit the float model (before quantization)."
-            )
     x, rest = (args[0], args[1:]) if args else (None, ())
     feeds = _feeds(prep, x, rest, kwargs)
     return onnx_intervene.intervene(prep, feeds, edits, chosen, want)

@@ -20,6 +20,7 @@ from ...core.digest import model_sha256
 from ...core.spec import LayerSpec
 from ...errors import InputError
 from ..base import Adapter, Args, Captured, Edits, Inputs, Intervened, Kwargs, TraceOptions, mro_roots
+from .quantized import refuse_autocast, refuse_quantized
 
 __all__ = ["TorchAdapter"]
 
@@ -37,6 +38,7 @@ class TorchAdapter(Adapter):
     def describe(self, model: Any) -> list[LayerSpec]:
         from . import trace
 
+        refuse_quantized(model)
         return trace.describe(model)
 
     def capture(self, model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Captured:
@@ -45,6 +47,7 @@ class TorchAdapter(Adapter):
         # NumPy arrays given for tensors are converted (as torch.from_numpy would), not passed on
         args = tuple(_from_numpy(a) for a in args)
         kwargs = {k: _from_numpy(v) for k, v in kwargs.items()}
+        refuse_quantized(model)
         return trace.capture(model, args, kwargs, options)
 
     def intervene(
@@ -54,11 +57,14 @@ class TorchAdapter(Adapter):
 
         args = tuple(_from_numpy(a) for a in args)
         kwargs = {k: _from_numpy(v) for k, v in kwargs.items()}
+        refuse_quantized(model)
+        refuse_autocast("rnnlens.intervene")
         return trace.intervene(model, args, kwargs, edits, options)
 
     def record(self, model: Any, options: TraceOptions) -> Any:
         from .recording import TorchRecording
 
+        refuse_quantized(model)
         return TorchRecording(model, options)
 
     def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:

@@ -24,6 +24,7 @@ from ...errors import InputError, UnsupportedLayerError
 from ..base import Args
 from .calls import _CellCalls, _Plan, _SeqCall
 from .discover import _Config
+from .quantized import autocast_dtype
 from .weights import _np
 
 # --------------------------------------------------------------------------- errors
@@ -103,10 +104,12 @@ def _need_x(fields: Sequence[str]) -> bool:
 def _check_dtype(t: Any, name: str, fields: Sequence[str]) -> None:
     data = t.data if isinstance(t, PackedSequence) else t
     if isinstance(data, torch.Tensor) and data.dtype == torch.bfloat16 and _need_x(fields):
+        how = " (under torch.autocast)" if autocast_dtype(data.device.type) is not None else ""
         raise UnsupportedLayerError(
-            f"Layer {name!r} runs in bfloat16, which NumPy cannot hold: rnnlens can return its h "
-            "(as float32) but not c or gates. Ask for fields=('h',), or trace a float32 copy "
-            "(copy.deepcopy(model).float()) with float32 inputs."
+            f"Layer {name!r} runs in bfloat16{how}: PyTorch's kernel (oneDNN on CPU) rounds its gates "
+            "and states to bfloat16 where rnnlens does not reproduce it, so c and gates would not be "
+            "the kernel's. Ask for fields=('h',) (the kernel's own h, as float32), or trace a float32 "
+            "copy (copy.deepcopy(model).float()) with float32 inputs outside autocast."
         )
 
 

@@ -1,0 +1,100 @@
+"""PyTorch's dynamically quantized recurrent modules and autocast: what rnnlens refuses, by name.
+
+``torch.ao.quantization.quantize_dynamic(model, {nn.LSTM, nn.GRU}, dtype=torch.qint8)`` swaps
+each layer for ``torch.ao.nn.quantized.dynamic.LSTM`` / ``GRU`` (and the cells), whose
+fbgemm / qnnpack kernel quantizes ``x`` and ``h`` to 8 bits at every step. rnnlens does not
+reproduce that arithmetic yet, and the modules are not ``nn.LSTM`` / ``nn.GRU``: without this
+check they would be skipped silently ("no recurrent layers"), or a model with float layers too
+would be traced with the quantized ones missing. :func:`refuse_quantized` names each one and
+says what to do instead; it imports nothing (it reads class names).
+
+Under ``torch.autocast`` the recurrent kernel computes in autocast's dtype, not the module's:
+rnnlens' own step loop would compute something else (:func:`autocast_dtype` tells the emitting
+loop to stand aside, so h is the kernel's own; c and gates are refused or rebuilt at that dtype's
+tolerance), and an edited run (which needs that loop) is refused (:func:`refuse_autocast`).
+
+>>> class LSTM:  # what quantize_dynamic puts in place of nn.LSTM, by its module path
+...     pass
+>>> LSTM.__module__ = "torch.ao.nn.quantized.dynamic.modules.rnn"
+>>> class Model:
+...     def named_modules(self):
+...         return iter([("", self), ("encoder.rnn", LSTM())])
+>>> quantized_recurrent(Model())
+[('encoder.rnn', 'torch.ao.nn.quantized.dynamic.modules.rnn.LSTM')]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...errors import UnsupportedLayerError
+
+__all__ = ["autocast_dtype", "quantized_recurrent", "refuse_autocast", "refuse_quantized"]
+
+#: module paths of PyTorch's quantized modules (``torch.nn.quantized`` is the older alias)
+_QUANTIZED = (
+    "torch.ao.nn.quantized",
+    "torch.nn.quantized",
+    "torch.ao.nn.quantizable",
+    "torch.nn.quantizable",
+)
+_RECURRENT = {"LSTM", "GRU", "RNN", "RNNBase", "LSTMCell", "GRUCell", "RNNCell", "RNNCellBase"}
+
+
+def quantized_recurrent(model: Any) -> list[tuple[str, str]]:
+    """``(path, class)`` of every quantized recurrent module in ``model`` (``"<model>"`` for the
+    model itself)."""
+    modules = getattr(model, "named_modules", None)
+    if modules is None:
+        return []
+    found = []
+    for name, module in modules():
+        for cls in type(module).__mro__:
+            if cls.__module__.startswith(_QUANTIZED) and cls.__name__ in _RECURRENT:
+                kind = type(module)
+                found.append((name or "<model>", f"{kind.__module__}.{kind.__qualname__}"))
+                break
+    return found
+
+
+def refuse_quantized(model: Any) -> None:
+    """Raise :class:`~rnnlens.errors.UnsupportedLayerError` naming the quantized recurrent
+    modules of ``model``, if it has any."""
+    found = quantized_recurrent(model)
+    if not found:
+        return
+    named = ", ".join(f"{path!r} ({cls})" for path, cls in found)
+    raise UnsupportedLayerError(
+        f"{named} {'is' if len(found) == 1 else 'are'} dynamically quantized "
+        "(torch.ao.quantization.quantize_dynamic): the fbgemm/qnnpack kernel quantizes x and h to "
+        "8 bits at every step, which rnnlens does not reproduce, so it returns no numbers for the "
+        "model rather than approximate ones (or a trace with these layers missing). Trace the float "
+        "model (before quantize_dynamic), or export it with torch.onnx.export and quantize the ONNX "
+        "file with onnxruntime.quantization.quantize_dynamic: rnnlens traces ONNX Runtime's "
+        "DynamicQuantizeLSTM with its kernel's own arithmetic."
+    )
+
+
+def autocast_dtype(device_type: str) -> Any:
+    """The dtype ``torch.autocast`` computes in on ``device_type`` now, or None outside autocast."""
+    import torch
+
+    try:
+        if not torch.is_autocast_enabled(device_type):
+            return None
+        return torch.get_autocast_dtype(device_type)
+    except (TypeError, RuntimeError, AttributeError):  # a device type autocast does not know
+        return None
+
+
+def refuse_autocast(what: str) -> None:
+    """Raise :class:`~rnnlens.errors.UnsupportedLayerError` when ``what`` (an edited run) is asked
+    for under ``torch.autocast``: rnnlens' step loop would not compute what the kernel does there."""
+    for device in ("cpu", "cuda"):
+        dtype = autocast_dtype(device)
+        if dtype is not None:
+            raise UnsupportedLayerError(
+                f"{what} under torch.autocast({device!r}, dtype={dtype}): the recurrent kernel computes "
+                "in that dtype and rnnlens' step loop (which applies the edits) would not compute the "
+                "same numbers. Run it outside autocast."
+            )

@@ -1,0 +1,132 @@
+"""PyTorch ``quantize_dynamic`` recurrent modules (refused, named: rnnlens does not reproduce the
+fbgemm kernel), ``torch.autocast`` and bfloat16 modules (h is the kernel's own; c and gates, which
+rnnlens would compute differently from the oneDNN kernel, are refused with ``fields=('h',)``
+offered; edited runs under autocast refused), float16 modules (every field, h the kernel's)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import rnnlens  # noqa: E402
+from rnnlens.cli.command import main  # noqa: E402
+
+
+class WordLM(torch.nn.Module):
+    """A word-language-model: embedding, LSTM, GRU, decoder."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(20, 6)
+        self.lstm = torch.nn.LSTM(6, 8, batch_first=True)
+        self.gru = torch.nn.GRU(8, 5, batch_first=True)
+        self.out = torch.nn.Linear(5, 20)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.lstm(self.emb(x))
+        y, _ = self.gru(y)
+        return self.out(y)
+
+
+def _quantized(layers: set[type]) -> torch.nn.Module:
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(WordLM().eval(), layers, dtype=torch.qint8)
+
+
+X = torch.randint(0, 20, (2, 7))
+
+
+def test_quantize_dynamic_refused_by_name() -> None:
+    model = _quantized({torch.nn.LSTM, torch.nn.GRU, torch.nn.Linear})
+    for call in (
+        lambda: rnnlens.describe(model),
+        lambda: rnnlens.trace(model, X),
+        lambda: rnnlens.intervene(model, X, [rnnlens.Edit("lstm", 0, scale=0)]),
+    ):
+        with pytest.raises(rnnlens.UnsupportedLayerError) as err:
+            call()
+        text = str(err.value)
+        assert "'lstm' (torch.ao.nn.quantized.dynamic.modules.rnn.LSTM)" in text
+        assert "'gru' (torch.ao.nn.quantized.dynamic.modules.rnn.GRU)" in text
+        assert "quantize_dynamic" in text and "float model" in text
+
+
+def test_one_quantized_layer_refuses_the_trace() -> None:
+    """A float GRU beside a quantized LSTM: no trace with the LSTM missing."""
+    model = _quantized({torch.nn.LSTM})
+    assert isinstance(model.gru, torch.nn.GRU)
+    with pytest.raises(rnnlens.UnsupportedLayerError, match=r"^'lstm' \(torch.ao.nn.quantized"):
+        rnnlens.trace(model, X)
+
+
+def test_quantized_file_in_cli(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "q.pt"
+    torch.save(_quantized({torch.nn.LSTM}), path)
+    assert main(["inspect", str(path), "--unsafe"]) != 0
+    err = capsys.readouterr().err
+    assert "dynamically quantized" in err and "Traceback" not in err
+
+
+def test_autocast_h_is_the_kernels() -> None:
+    """(float16 autocast on CPU: PyTorch's own LSTM fails there, a oneDNN primitive error.)"""
+    dtype = torch.bfloat16
+    torch.manual_seed(0)
+    model = WordLM().eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        own, _ = model.lstm(model.emb(X))
+        states = rnnlens.trace(model, X, fields=("h",))
+        np.testing.assert_array_equal(np.asarray(states["lstm"].h, np.float32), own.float().numpy())
+        # c and gates: rnnlens' float loop would not compute the bfloat16 kernel's; refused, h offered
+        with pytest.raises(rnnlens.UnsupportedLayerError, match=r"fields=\('h',\)"):
+            rnnlens.trace(model, X)
+        with pytest.raises(rnnlens.UnsupportedLayerError, match="autocast"):
+            rnnlens.intervene(model, X, [rnnlens.Edit("lstm", 0, scale=0)])
+    plain = rnnlens.trace(model, X)  # outside autocast: every field as before
+    assert plain["lstm"].c.dtype == np.float32
+
+
+def test_bfloat16_module_h_only() -> None:
+    torch.manual_seed(0)
+    model = WordLM().eval().to(torch.bfloat16)
+    x = torch.randn(2, 7, 6).to(torch.bfloat16)
+    with torch.no_grad():
+        own, _ = model.lstm(x)
+    with pytest.raises(rnnlens.UnsupportedLayerError, match=r"oneDNN.*fields=\('h',\)"):
+        rnnlens.trace(model.lstm, x)
+    h = rnnlens.trace(model.lstm, x, fields=("h",))["lstm"].h
+    np.testing.assert_array_equal(np.asarray(h, np.float32), own.float().numpy())
+
+
+@pytest.mark.parametrize("cls", [torch.nn.LSTM, torch.nn.GRU])
+@pytest.mark.parametrize("strategy", ["auto", "emit"])
+def test_float16_module_every_field(cls: type, strategy: str) -> None:
+    """h is the float16 kernel's own (every strategy: the loop stands aside); c and gates are
+    rebuilt from it and checked at float16 tolerance; against a float64 reference on the same
+    (float16) weights and input, 20 steps of 16 units: measured h / c / gates ≤ 3.7e-4 / 7.9e-4 /
+    5.0e-4 (LSTM), 7.5e-4 / - / 4.6e-4 (GRU); asserted within 2e-3."""
+    from rnnlens.testing import reference_rnn
+
+    torch.manual_seed(1)
+    module = cls(4, 16, batch_first=True).eval().half()
+    x = (torch.randn(3, 20, 4) * 2).half()
+    with torch.no_grad():
+        own, _ = module(x)
+    name = cls.__name__.lower()
+    layer = rnnlens.trace(module, x, strategy=strategy)[name]
+    np.testing.assert_array_equal(layer.h, own.numpy())
+    w = {k: v.double().numpy() for k, v in module.state_dict().items()}
+    if cls is torch.nn.GRU:  # PyTorch's blocks r, z, n; the reference's z, r, n
+        w = {k: np.concatenate([np.split(v, 3)[i] for i in (1, 0, 2)]) for k, v in w.items()}
+    ref = reference_rnn(
+        name, x.double().numpy(), w["weight_ih_l0"].T, w["weight_hh_l0"].T, w["bias_ih_l0"], w["bias_hh_l0"]
+    )
+    np.testing.assert_allclose(layer.h.astype(np.float64), ref["h"], rtol=0, atol=2e-3)
+    np.testing.assert_allclose(layer.gates.array.astype(np.float64), ref["gates"], rtol=0, atol=2e-3)
+    if cls is torch.nn.LSTM:
+        np.testing.assert_allclose(layer.c.astype(np.float64), ref["c"], rtol=0, atol=2e-3)
