@@ -1,0 +1,94 @@
+"""A linen model's layers from its parameters (before any trace), and its identity.
+
+Linen builds its submodules as it runs, so before the first trace the cells are found in the
+variables: a parameter group with a cell's parameter names (``ii … ho`` of LSTMCell and
+OptimizedLSTMCell, ``ir … hn`` of GRUCell, ``if in hf hn`` of MGUCell, ``i h`` of SimpleCell) is
+one cell, named by its path. After a trace :func:`rnnlens.describe` gives what the trace found
+(Bidirectional layers, directions, calls).
+
+Example:
+    >>> import jax, numpy as np, flax.linen as nn
+    >>> rnn = nn.RNN(nn.GRUCell(3, name="dec"))
+    >>> model = rnn.bind(rnn.init(jax.random.key(0), np.ones((1, 2, 5), "float32")))
+    >>> [(s.name, s.kind, s.units) for s in param_specs(model)]
+    [('dec', 'gru', 3)]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ...core.digest import canonical_json, model_sha256
+from ...core.kinds import KINDS
+from ...core.spec import LayerSpec
+from .run import split_model
+
+__all__ = ["digest", "param_specs"]
+
+_SIGNATURES: tuple[tuple[frozenset[str], str, str], ...] = (
+    (frozenset({"ii", "if", "ig", "io", "hi", "hf", "hg", "ho"}), "lstm", "LSTMCell"),
+    (frozenset({"ir", "iz", "in", "hr", "hz", "hn"}), "gru", "GRUCell"),
+    (frozenset({"if", "in", "hf", "hn"}), "mgu", "MGUCell"),
+    (frozenset({"i", "h"}), "simple", "SimpleCell"),
+)
+
+
+def param_specs(model: Any) -> list[LayerSpec]:
+    """Every cell found in the model's parameters, as a forward layer named by its path."""
+    _, variables = split_model(model)
+    out: list[LayerSpec] = []
+
+    def walk(tree: Mapping[str, Any], path: tuple[str, ...]) -> None:
+        keys = frozenset(k for k in tree if isinstance(tree[k], Mapping))
+        for names, kind, cls in _SIGNATURES:
+            if keys == names:
+                units = int(np.shape(tree["h" if kind == "simple" else "hf" if kind != "gru" else "hz"]["kernel"])[-1])
+                name = "/".join(path) or cls
+                out.append(LayerSpec(name, kind, cls, units, ("forward",), KINDS[kind].fields,  # type: ignore[arg-type]
+                                     cell_units=units,
+                                     notes=("before a trace: layers as found in the parameters",)))  # fmt: skip
+                return
+        for k in sorted(keys):
+            walk(tree[k], (*path, k))
+
+    walk(variables.get("params", {}), ())
+    return out
+
+
+def _config(module: Any) -> Any:
+    """A module's class and fields (nested modules too), without its name, parent or weights;
+    functions named by where they are defined."""
+    import flax.linen as nn
+
+    if isinstance(module, nn.Module):
+        fields = {
+            f.name: _config(getattr(module, f.name, None))
+            for f in dataclasses.fields(module)
+            if f.name not in ("parent", "name")
+        }
+        return {"class": f"{type(module).__module__}.{type(module).__qualname__}", "fields": fields}
+    if isinstance(module, (list, tuple)):
+        return [_config(v) for v in module]
+    if isinstance(module, Mapping):
+        return {str(k): _config(v) for k, v in module.items()}
+    if callable(module):
+        return f"{getattr(module, '__module__', '')}.{getattr(module, '__qualname__', type(module).__qualname__)}"
+    if isinstance(module, (str, int, float, bool, type(None))):
+        return module
+    return str(module) if isinstance(module, np.dtype) or type(module).__module__.startswith("jax") else f"<{type(module).__qualname__}>"
+
+
+def digest(model: Any) -> str:
+    """sha256 over the variables (by path) and the module's configuration and parameter tree."""
+    import jax
+
+    module, variables = split_model(model)
+    leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
+    leaves.sort(key=lambda kv: jax.tree_util.keystr(kv[0]))
+    arrays = [np.asarray(v) for _, v in leaves]
+    paths = [jax.tree_util.keystr(k) for k, _ in leaves]
+    return model_sha256(arrays, canonical_json({"module": _config(module), "variables": paths}))
