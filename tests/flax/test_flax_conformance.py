@@ -10,8 +10,8 @@ import pytest
 from rnnlens.testing import AdapterTests, Built
 
 pytest.importorskip("flax")
-import jax.numpy as jnp  # noqa: E402
-from flax_nets import build, h_of  # noqa: E402
+import jax.numpy as jnp
+from flax_nets import build, h_of
 
 
 class TestFlaxAdapter(AdapterTests):
@@ -30,5 +30,7 @@ class TestFlaxAdapter(AdapterTests):
             return np.concatenate([h_of(carry[0]), h_of(carry[1])], axis=-1)
         return h_of(carry)
 
-    def masked(self, model: Any, x: np.ndarray, lengths: np.ndarray) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def masked(
+        self, model: Any, x: np.ndarray, lengths: np.ndarray
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         return (x,), {"seq_lengths": lengths}

@@ -28,7 +28,8 @@ __all__ = ["FIELDS_BY_KIND", "GATE_NAMES", "KINDS", "CellKind", "Field", "Kind"]
 #: real-gated linear recurrent unit) are state-space / linear-recurrent mixers: ``h`` is the
 #: mixer's output at each step, ``state`` its recurrent state.
 Kind = Literal[
-    "lstm", "gru", "mgu", "simple", "rnn", "convlstm", "mamba", "mamba2", "rglru", "rwkv4", "mlstm", "gated_deltanet"
+    "lstm", "gru", "mgu", "simple", "rnn", "convlstm", "mamba", "mamba2", "rglru", "rwkv4", "mlstm",
+    "gated_deltanet",
 ]
 Field = Literal["h", "c", "gates", "state", "state_norm"]
 

@@ -25,7 +25,7 @@ import numpy as np
 from ...core.spec import LayerSpec
 from ..base import Adapter, Args, Captured, Edits, Inputs, Intervened, Kwargs, TraceOptions, mro_roots
 from . import run
-from .describe import digest, param_specs
+from .describe import digest, guessed_specs, param_specs
 from .load import load
 
 __all__ = ["FlaxAdapter"]
@@ -41,8 +41,8 @@ class FlaxAdapter(Adapter):
         return "flax" in mro_roots(model)
 
     def describe(self, model: Any) -> list[LayerSpec]:
-        traced = run.site_specs(model)
-        return traced if traced is not None else param_specs(model)
+        # the latest trace's layers; else an abstract trace on a guessed input; else the parameters
+        return run.site_specs(model) or guessed_specs(model) or param_specs(model)
 
     def capture(self, model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Captured:
         return run.capture(model, args, kwargs, options)[1]

@@ -60,7 +60,8 @@ def step(kind: str, module: Any, params: Mapping[str, Any], carry: Any, x: Any) 
     h, c = carry_parts(kind, carry)
     dtype = jnp.result_type(x, h, *(v for p in params.values() for v in p.values()))
     x, h = x.astype(dtype), h.astype(dtype)
-    gate, act = module.gate_fn if kind != "simple" else None, module.activation_fn
+    act = module.activation_fn
+    gate = getattr(module, "gate_fn", act)  # SimpleCell has none
     if kind == "lstm":
         z = {k: _dense(x, params["i" + k]) + _dense(h, params["h" + k]) for k in "ifgo"}
         i, f, o = gate(z["i"]), gate(z["f"]), gate(z["o"])

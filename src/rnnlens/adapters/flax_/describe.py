@@ -25,9 +25,9 @@ import numpy as np
 from ...core.digest import canonical_json, model_sha256
 from ...core.kinds import KINDS
 from ...core.spec import LayerSpec
-from .run import split_model
+from .run import abstract_specs, split_model
 
-__all__ = ["digest", "param_specs"]
+__all__ = ["digest", "guessed_specs", "param_specs"]
 
 _SIGNATURES: tuple[tuple[frozenset[str], str, str], ...] = (
     (frozenset({"ii", "if", "ig", "io", "hi", "hf", "hg", "ho"}), "lstm", "LSTMCell"),
@@ -35,6 +35,29 @@ _SIGNATURES: tuple[tuple[frozenset[str], str, str], ...] = (
     (frozenset({"if", "in", "hf", "hn"}), "mgu", "MGUCell"),
     (frozenset({"i", "h"}), "simple", "SimpleCell"),
 )
+
+
+def guessed_specs(model: Any) -> list[LayerSpec] | None:
+    """The layers of an abstract trace (no computation) on a (1, 2, features) float32 input, for
+    each input width of the cells in the parameters; None if the model takes none of them."""
+    _, variables = split_model(model)
+    widths: list[int] = []
+
+    def walk(tree: Mapping[str, Any]) -> None:
+        for k in sorted(tree):
+            v = tree[k]
+            if isinstance(v, Mapping):
+                if k in ("ii", "ir", "if", "i") and "kernel" in v:
+                    width = int(np.shape(v["kernel"])[0])
+                    widths.extend([width] if width not in widths else [])
+                walk(v)
+
+    walk(variables.get("params", {}))
+    for width in widths:
+        found = abstract_specs(model, np.zeros((1, 2, width), np.float32))
+        if found:
+            return found
+    return None
 
 
 def param_specs(model: Any) -> list[LayerSpec]:
@@ -46,11 +69,13 @@ def param_specs(model: Any) -> list[LayerSpec]:
         keys = frozenset(k for k in tree if isinstance(tree[k], Mapping))
         for names, kind, cls in _SIGNATURES:
             if keys == names:
-                units = int(np.shape(tree["h" if kind == "simple" else "hf" if kind != "gru" else "hz"]["kernel"])[-1])
-                name = "/".join(path) or cls
-                out.append(LayerSpec(name, kind, cls, units, ("forward",), KINDS[kind].fields,  # type: ignore[arg-type]
-                                     cell_units=units,
-                                     notes=("before a trace: layers as found in the parameters",)))  # fmt: skip
+                recurrent = tree["h" if kind == "simple" else "hz" if kind == "gru" else "hf"]
+                units = int(np.shape(recurrent["kernel"])[-1])
+                note = "before a trace: layers as found in the parameters"
+                out.append(
+                    LayerSpec("/".join(path) or cls, kind, cls, units, ("forward",),  # type: ignore[arg-type]
+                              KINDS[kind].fields, cell_units=units, notes=(note,))
+                )  # fmt: skip
                 return
         for k in sorted(keys):
             walk(tree[k], (*path, k))
@@ -76,10 +101,13 @@ def _config(module: Any) -> Any:
     if isinstance(module, Mapping):
         return {str(k): _config(v) for k, v in module.items()}
     if callable(module):
-        return f"{getattr(module, '__module__', '')}.{getattr(module, '__qualname__', type(module).__qualname__)}"
+        qualname = getattr(module, "__qualname__", type(module).__qualname__)
+        return f"{getattr(module, '__module__', '')}.{qualname}"
     if isinstance(module, (str, int, float, bool, type(None))):
         return module
-    return str(module) if isinstance(module, np.dtype) or type(module).__module__.startswith("jax") else f"<{type(module).__qualname__}>"
+    if isinstance(module, np.dtype) or type(module).__module__.startswith(("jax", "numpy")):
+        return str(module)
+    return f"<{type(module).__qualname__}>"
 
 
 def digest(model: Any) -> str:

@@ -42,7 +42,7 @@ class Run:
     edits: Mapping[str, LayerEdits] | None = None
     steps: dict[int, list[tuple[np.ndarray, ...]]] = field(default_factory=dict)
     error: BaseException | None = None
-    _plans: dict[int, tuple[np.ndarray | None, dict[str, dict[int, list[Op]]]]] = field(default_factory=dict)
+    _plans: dict[int, tuple[np.ndarray, dict[str, dict[int, list[Op]]]]] = field(default_factory=dict)
 
 
 @contextmanager
@@ -107,7 +107,7 @@ def _edit(run: Run, index: int, s: int, back: list[np.ndarray], lengths: np.ndar
         plans = {f: edits.steps(site.direction, f, site.steps, n, mask=mask) for f in names}
         run._plans[index] = (order, plans)
     order, plans = run._plans[index]
-    times = order[:, s] if order is not None else np.full(n, s)
+    times = order[:, s]
     for f, state in zip(names, back):
         for t in np.unique(times):
             ops = plans[f].get(int(t))
@@ -163,7 +163,11 @@ def direction_arrays(
             p[rows, order] = p.copy()
     if lengths is not None:
         if lengths.min(initial=steps) < 1 or lengths.max(initial=0) > steps:
-            raise InputError(f"seq_lengths of {site.layer!r} must lie in 1..{steps}; received {lengths.tolist()}.")
+            raise InputError(
+                f"seq_lengths of {site.layer!r} must lie in 1..{steps}; received {lengths.tolist()}."
+            )
         mask = np.arange(steps)[None, :] < lengths[:, None]
-    out = split_emitted(site.kind, parts, h0, c0, mask, reverse=site.reverse, want_c=want_c, want_gates=want_gates)
+    out = split_emitted(
+        site.kind, parts, h0, c0, mask, reverse=site.reverse, want_c=want_c, want_gates=want_gates
+    )
     return out, mask

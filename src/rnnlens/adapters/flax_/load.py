@@ -2,10 +2,10 @@
 the module it belongs to, given by the caller (``module=``). msgpack holds data only, no code.
 
 Example:
-    >>> load("weights.msgpack")
+    >>> load("weights.msgpack")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    rnnlens.errors.InputError: A Flax checkpoint holds variables only: pass the module they belong to, rnnlens.load_model('weights.msgpack', module=MyModule(...)).
+    rnnlens.errors.InputError: A Flax checkpoint holds variables only: pass the module they ...
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def load(path: str | os.PathLike[str], *, module: Any = None, **options: Any) ->
             f"rnnlens.load_model({name!r}, module=MyModule(...))."
         )
     import flax.linen as nn
+
     from flax import serialization
 
     if not isinstance(module, nn.Module):

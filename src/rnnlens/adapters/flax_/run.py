@@ -29,7 +29,7 @@ from ..base import Captured, LayerBatch, TraceOptions
 from .host import Run, active, direction_arrays
 from .sites import Interceptor, Site
 
-__all__ = ["capture", "site_specs", "split_batches", "split_model"]
+__all__ = ["abstract_specs", "capture", "site_specs", "split_batches", "split_model"]
 
 _cache_lock = threading.Lock()
 #: id(model) -> {input signature: compiled}; dropped with the model
@@ -86,7 +86,8 @@ def _signature(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[list[A
         raise InputError("No input given: rnnlens.trace(model, x).")
     args = (_array(args[0], "x") if not isinstance(args[0], (dict, tuple)) else args[0], *args[1:])
     leaves, tree = jax.tree_util.tree_flatten((args, dict(kwargs)))
-    dynamic, statics = [], []
+    dynamic: list[Any] = []
+    statics: list[tuple[Any, ...]] = []
     for leaf in leaves:
         if isinstance(leaf, (np.ndarray, np.generic, jax.Array)):
             leaf = _array(leaf, "An input")
@@ -157,6 +158,26 @@ def site_specs(model: Any) -> list[LayerSpec] | None:
     return _specs(compiled[-1].sites) if compiled else None
 
 
+def abstract_specs(model: Any, x: np.ndarray) -> list[LayerSpec] | None:
+    """The layers found by tracing the model abstractly (no computation) on ``x``, or None where
+    the model does not take ``x``."""
+    import flax.linen as nn
+    import jax
+
+    module, variables = split_model(model)
+    sites: list[Site] = []
+
+    def fn(variables: Any, x: Any) -> Any:
+        with nn.intercept_methods(Interceptor(sites)):
+            return module.apply(variables, x)
+
+    try:
+        jax.eval_shape(fn, variables, x)
+    except Exception:  # another input: the caller falls back on the parameters
+        return None
+    return _specs(sites) or None
+
+
 def split_batches(
     args: tuple[Any, ...], kwargs: Mapping[str, Any], batch_size: int | None
 ) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
@@ -167,10 +188,8 @@ def split_batches(
         return [(tuple(args), dict(kwargs))]
 
     def cut(v: Any, lo: int) -> Any:
-        if isinstance(v, np.ndarray) or type(v).__module__.startswith("jax"):
-            if np.ndim(v) and np.shape(v)[0] == n:
-                return v[lo : lo + batch_size]
-        return v
+        native = isinstance(v, np.ndarray) or type(v).__module__.startswith("jax")
+        return v[lo : lo + batch_size] if native and np.ndim(v) and np.shape(v)[0] == n else v
 
     return [
         (tuple(cut(a, lo) for a in args), {k: cut(v, lo) for k, v in kwargs.items()})

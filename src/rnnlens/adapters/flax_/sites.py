@@ -87,7 +87,7 @@ class Interceptor:
             name = module_path(module)
             call = self._calls[name]
             self._calls[name] += 1
-            inner = f"{type(module.forward_rnn.cell).__name__}"
+            inner = type(getattr(module.forward_rnn, "cell", module.forward_rnn)).__name__
             self._stack.append(("bi", name, call, f"Bidirectional({inner})"))
             try:
                 return next_fun(*args, **kwargs)
@@ -139,17 +139,16 @@ class Interceptor:
                 if call is None:
                     call = self._calls[layer]
                     self._calls[layer] += 1
-                self.sites.append(
-                    Site(layer, top.direction, path, type(module).__name__, top.layer_type, kind, units,
-                         call, top.steps, top.reverse, top.lengths is not None)  # fmt: skip
-                )
+                cell_type = type(module).__name__
+                site = Site(layer, top.direction, path, cell_type, top.layer_type, kind, units, call,
+                            top.steps, top.reverse, top.lengths is not None)  # fmt: skip
+                self.sites.append(site)
                 top.site = len(self.sites) - 1
             return top.site, top.lengths
         if path not in self._direct:
-            self.sites.append(
-                Site(path, "forward", path, type(module).__name__, type(module).__name__, kind, units,
-                     0, None, False, False)  # fmt: skip
-            )
+            cell_type = type(module).__name__
+            site = Site(path, "forward", path, cell_type, cell_type, kind, units, 0, None, False, False)
+            self.sites.append(site)
             self._direct[path] = len(self.sites) - 1
         return self._direct[path], None
 
