@@ -21,6 +21,7 @@ CELLS = {
 
 def reference_weights(kind: str, p: Any) -> dict[str, Any]:
     """``reference_rnn`` keyword arguments of one cell's parameters (canonical gate order)."""
+
     def cat(names: list[str], what: str) -> np.ndarray:
         return np.concatenate([np.asarray(p[n][what]) for n in names], axis=-1)
 

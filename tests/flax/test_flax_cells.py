@@ -15,9 +15,9 @@ import rnnlens
 from rnnlens.testing import reference_rnn, sigmoid
 
 pytest.importorskip("flax")
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-from flax_nets import CELLS, build, h_of  # noqa: E402
+import flax.linen as nn
+import jax
+from flax_nets import CELLS, build, h_of
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 F, U = 3, 4
@@ -27,7 +27,9 @@ def _x(seed: int = 0, n: int = 3, t: int = 6) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, t, F)).astype(np.float32)
 
 
-def _loop(kind: str, params: Any, x: np.ndarray, *, reverse: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def _loop(
+    kind: str, params: Any, x: np.ndarray, *, reverse: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
     """h (and c) of the cell's own __call__, one step at a time, eager, input time order."""
     cell = CELLS[kind](U)
     carry = cell.initialize_carry(jax.random.key(0), x[:, 0].shape)
@@ -49,7 +51,9 @@ def _mgu_reference(p: Any, x: np.ndarray, reverse: bool = False) -> dict[str, np
     out, gates = np.zeros((n, t, U)), np.zeros((n, t, 2, U))
     for s in range(t)[::-1] if reverse else range(t):
         f = sigmoid(x[:, s] @ w["if"]["kernel"] + w["if"]["bias"] + h @ w["hf"]["kernel"])
-        cand = np.tanh(x[:, s] @ w["in"]["kernel"] + w["in"]["bias"] + f * (h @ w["hn"]["kernel"] + w["hn"]["bias"]))
+        cand = np.tanh(
+            x[:, s] @ w["in"]["kernel"] + w["in"]["bias"] + f * (h @ w["hn"]["kernel"] + w["hn"]["bias"])
+        )
         h = (1 - f) * cand + f * h
         out[:, s], gates[:, s, 0], gates[:, s, 1] = h, f, cand
     return {"h": out, "gates": gates}
@@ -91,7 +95,9 @@ def test_bidirectional_with_seq_lengths_carries_the_state(kind: str) -> None:
             for i, n in enumerate(lengths):
                 one = _mgu_reference(params[name], x[i : i + 1, :n], reverse)
                 np.testing.assert_allclose(ls.directions[direction].h[i, :n], one["h"][0], **TOL)
-                np.testing.assert_allclose(ls.directions[direction].gates.array[i, :n], one["gates"][0], **TOL)
+                np.testing.assert_allclose(
+                    ls.directions[direction].gates.array[i, :n], one["gates"][0], **TOL
+                )
             gates = ls.directions[direction].gates.array
             assert np.isnan(gates[~valid]).all() and not np.isnan(gates[valid]).any()
             continue
@@ -131,7 +137,11 @@ def test_cells_driven_by_the_user() -> None:
     states = rnnlens.trace(model, x)
     assert list(states) == ["looped", "scanned", "back"]
     p = variables["params"]
-    for name, kind, reverse in (("looped", "gru", False), ("scanned", "lstm", False), ("back", "simple", True)):
+    for name, kind, reverse in (
+        ("looped", "gru", False),
+        ("scanned", "lstm", False),
+        ("back", "simple", True),
+    ):
         h, c = _loop(kind, p[name], x, reverse=reverse)
         np.testing.assert_allclose(states[name].h, h, **TOL, err_msg=name)
         if c is not None:
@@ -189,7 +199,9 @@ def test_interventions_on_a_reversed_direction_with_seq_lengths() -> None:
                             seq_lengths=lengths)  # fmt: skip
     want = reference_rnn("gru", x, mask=valid, edit=edit, **ref["backward"])
     np.testing.assert_allclose(run.states[layer].backward.h, want["h"], **TOL)
-    np.testing.assert_allclose(run.states[layer].forward.h, rnnlens.trace(model, x, seq_lengths=lengths)[layer].forward.h)
+    np.testing.assert_allclose(
+        run.states[layer].forward.h, rnnlens.trace(model, x, seq_lengths=lengths)[layer].forward.h
+    )
     with pytest.raises(rnnlens.OptionError, match="masked"):
         rnnlens.intervene(model, x, rnnlens.Edit(layer, 4, scale=0.0), seq_lengths=lengths)
 
