@@ -7,11 +7,11 @@ cell's step in JAX, for its gates), ``host`` (the steps recorded and edited on t
 
 Example:
     >>> import jax, numpy as np, flax.linen as nn, rnnlens
-    >>> rnn = nn.RNN(nn.LSTMCell(4, name="enc"))
+    >>> rnn = nn.RNN(nn.LSTMCell(4))  # its cell: the field "cell" of the root module
     >>> x = np.ones((2, 5, 3), "float32")
     >>> model = rnn.bind(rnn.init(jax.random.key(0), x))
     >>> states = rnnlens.trace(model, x)
-    >>> states["enc"].h.shape, list(states["enc"].gates)
+    >>> states["cell"].h.shape, list(states["cell"].gates)
     ((2, 5, 4), ['i', 'f', 'g', 'o'])
 """
 

@@ -8,10 +8,10 @@ one cell, named by its path. After a trace :func:`rnnlens.describe` gives what t
 
 Example:
     >>> import jax, numpy as np, flax.linen as nn
-    >>> rnn = nn.RNN(nn.GRUCell(3, name="dec"))
+    >>> rnn = nn.RNN(nn.GRUCell(3))
     >>> model = rnn.bind(rnn.init(jax.random.key(0), np.ones((1, 2, 5), "float32")))
     >>> [(s.name, s.kind, s.units) for s in param_specs(model)]
-    [('dec', 'gru', 3)]
+    [('cell', 'gru', 3)]
 """
 
 from __future__ import annotations

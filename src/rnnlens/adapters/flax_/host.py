@@ -26,7 +26,7 @@ from ...core.cells import DirectionArrays, check_parity, split_emitted
 from ...core.edits import LayerEdits, Op
 from ...core.kinds import KINDS
 from ...errors import InputError
-from .sites import Site
+from .entries import Site
 
 __all__ = ["Run", "active", "direction_arrays", "input_order", "on_step"]
 

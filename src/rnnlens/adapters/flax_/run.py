@@ -26,8 +26,9 @@ from ...core.spec import LayerSpec
 from ...core.tracing import resolve_fields, select_layers
 from ...errors import InputError, OptionError, RnnLensError, UnsupportedModelError
 from ..base import Captured, LayerBatch, TraceOptions
+from .entries import Site
 from .host import Run, active, direction_arrays
-from .sites import Interceptor, Site
+from .sites import Interceptor
 
 __all__ = ["abstract_specs", "capture", "site_specs", "split_batches", "split_model"]
 

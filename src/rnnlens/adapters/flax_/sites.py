@@ -9,8 +9,9 @@ carry, edited where an intervention asks (:mod:`.host`). A :class:`Site` is one 
 one ``nn.RNN`` call, or every direct call of one cell.
 
 Example:
-    >>> Site("enc", "forward", "enc", "LSTMCell", "RNN(LSTMCell)", "lstm", 4, 0, 6, False, False).entry
-    'enc'
+    >>> import flax.linen as nn
+    >>> module_path(nn.LSTMCell(4))  # an unbound module (here: the root) is named by its class
+    'LSTMCell'
 """
 
 from __future__ import annotations
@@ -20,38 +21,17 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from ...core.spec import call_entry
 from ...errors import UnsupportedLayerError
 from .cells import carry_parts, kind_of, step
+from .entries import Site
+from .host import on_step
 
-__all__ = ["Interceptor", "Site", "module_path"]
-
-
-@dataclass(frozen=True)
-class Site:
-    """One sequence of one cell's steps: a layer's direction in one call."""
-
-    layer: str
-    direction: str
-    cell: str  # the cell's module path (where its parameters live)
-    cell_type: str
-    layer_type: str
-    kind: str
-    units: int
-    call: int
-    #: the length of an ``nn.RNN`` call; None: a cell called directly, one step per call
-    steps: int | None
-    reverse: bool
-    lengths: bool  # an nn.RNN call with seq_lengths
-
-    @property
-    def entry(self) -> str:
-        return call_entry(self.layer, self.call)
+__all__ = ["Interceptor", "module_path"]
 
 
 def module_path(module: Any) -> str:
     """A linen module's path from the root, ``/``-joined (the root: its class name)."""
-    path = tuple(getattr(module, "path", ()) or ())
+    path = tuple(module.path) if module.scope is not None else ()
     return "/".join(str(p) for p in path) or type(module).__name__
 
 
@@ -156,8 +136,6 @@ class Interceptor:
         import jax
         import jax.numpy as jnp
         from jax.experimental import io_callback
-
-        from .host import on_step
 
         carry = args[0] if args else kwargs["carry"]
         x = args[1] if len(args) > 1 else kwargs["inputs"]
