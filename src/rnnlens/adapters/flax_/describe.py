@@ -25,6 +25,7 @@ import numpy as np
 from ...core.digest import canonical_json, model_sha256
 from ...core.kinds import KINDS
 from ...core.spec import LayerSpec
+from .nnx import input_widths, is_nnx, nnx_kind
 from .run import abstract_specs, split_model
 
 __all__ = ["digest", "guessed_specs", "param_specs"]
@@ -40,6 +41,8 @@ _SIGNATURES: tuple[tuple[frozenset[str], str, str], ...] = (
 def guessed_specs(model: Any) -> list[LayerSpec] | None:
     """The layers of an abstract trace (no computation) on a (1, 2, features) float32 input, for
     each input width of the cells in the parameters; None if the model takes none of them."""
+    if is_nnx(model):
+        return _first(model, input_widths(model))
     _, variables = split_model(model)
     widths: list[int] = []
 
@@ -53,6 +56,10 @@ def guessed_specs(model: Any) -> list[LayerSpec] | None:
                 walk(v)
 
     walk(variables.get("params", {}))
+    return _first(model, widths)
+
+
+def _first(model: Any, widths: list[int]) -> list[LayerSpec] | None:
     for width in widths:
         found = abstract_specs(model, np.zeros((1, 2, width), np.float32))
         if found:
@@ -62,6 +69,8 @@ def guessed_specs(model: Any) -> list[LayerSpec] | None:
 
 def param_specs(model: Any) -> list[LayerSpec]:
     """Every cell found in the model's parameters, as a forward layer named by its path."""
+    if is_nnx(model):
+        return _nnx_cells(model)
     _, variables = split_model(model)
     out: list[LayerSpec] = []
 
@@ -81,6 +90,20 @@ def param_specs(model: Any) -> list[LayerSpec]:
             walk(tree[k], (*path, k))
 
     walk(variables.get("params", {}), ())
+    return out
+
+
+def _nnx_cells(model: Any) -> list[LayerSpec]:
+    from flax import nnx
+
+    out = []
+    for path, module in nnx.iter_modules(model):
+        kind = nnx_kind(module)
+        if kind is not None:
+            units = int(getattr(module, "hidden_features"))  # noqa: B009 (not on nnx.Module)
+            name = "/".join(str(p) for p in path) or type(module).__name__
+            out.append(LayerSpec(name, kind, type(module).__name__, units, ("forward",),  # type: ignore[arg-type]
+                                 KINDS[kind].fields, cell_units=units))  # fmt: skip
     return out
 
 
@@ -114,9 +137,27 @@ def digest(model: Any) -> str:
     """sha256 over the variables (by path) and the module's configuration and parameter tree."""
     import jax
 
-    module, variables = split_model(model)
+    if is_nnx(model):
+        from flax import nnx
+
+        variables = nnx.state(model, nnx.Not(nnx.RngState))  # RNG counters move as it runs
+        modules = nnx.iter_modules(model)
+        config: Any = [("/".join(map(str, p)), type(m).__qualname__, _attributes(m)) for p, m in modules]
+    else:
+        module, variables = split_model(model)
+        config = _config(module)
     leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
     leaves.sort(key=lambda kv: jax.tree_util.keystr(kv[0]))
     arrays = [np.asarray(v) for _, v in leaves]
     paths = [jax.tree_util.keystr(k) for k, _ in leaves]
-    return model_sha256(arrays, canonical_json({"module": _config(module), "variables": paths}))
+    return model_sha256(arrays, canonical_json({"module": config, "variables": paths}))
+
+
+def _attributes(module: Any) -> dict[str, Any]:
+    """An nnx module's own settings (numbers, strings, functions by name): not its arrays."""
+    out = {}
+    for k, v in sorted(vars(module).items()):
+        plain = isinstance(v, (str, int, float, bool, type(None)))
+        if plain or (callable(v) and hasattr(v, "__qualname__") and not isinstance(v, type)):
+            out[k] = _config(v)
+    return out

@@ -28,9 +28,10 @@ from ...errors import InputError, OptionError, RnnLensError, UnsupportedModelErr
 from ..base import Captured, LayerBatch, TraceOptions
 from .entries import Site
 from .host import Run, active, direction_arrays
+from .nnx import is_nnx, traced_copy
 from .sites import Interceptor
 
-__all__ = ["abstract_specs", "capture", "site_specs", "split_batches", "split_model"]
+__all__ = ["abstract_specs", "capture", "model_parts", "site_specs", "split_batches", "split_model"]
 
 _cache_lock = threading.Lock()
 #: id(model) -> {input signature: compiled}; dropped with the model
@@ -41,6 +42,31 @@ _CACHE: dict[int, dict[Any, _Compiled]] = {}
 class _Compiled:
     fn: Any
     sites: list[Site]
+
+
+def model_parts(model: Any) -> tuple[Any, Any, Any]:
+    """``(static, state, call)``: what does not change between runs (the linen module, the nnx
+    graph definition), the arrays (variables, nnx state), and ``call(sites, state, args, kwargs)``,
+    which runs the model with every recurrent call traced into ``sites``."""
+    if is_nnx(model):
+        from flax import nnx
+
+        graphdef, state = nnx.split(model)
+
+        def call_nnx(sites: list[Site], state: Any, args: Any, kwargs: Any) -> Any:
+            with traced_copy(graphdef, state, Interceptor(sites)) as copy:
+                return copy(*args, **kwargs)
+
+        return graphdef, state, call_nnx
+    import flax.linen as nn
+
+    module, variables = split_model(model)
+
+    def call_linen(sites: list[Site], variables: Any, args: Any, kwargs: Any) -> Any:
+        with nn.intercept_methods(Interceptor(sites)):
+            return module.apply(variables, *args, **kwargs)
+
+    return module, variables, call_linen
 
 
 def split_model(model: Any) -> tuple[Any, Any]:
@@ -56,8 +82,7 @@ def split_model(model: Any) -> tuple[Any, Any]:
         return model.unbind()
     raise UnsupportedModelError(
         f"rnnlens traces Flax linen modules bound to their variables (module.bind(variables)); received "
-        f"{type(model).__module__}.{type(model).__name__}. flax.nnx modules are not traced yet: convert "
-        "with flax.nnx.bridge or trace the linen equivalent."
+        f"{type(model).__module__}.{type(model).__name__}, or a flax.nnx Module."
     )
 
 
@@ -104,8 +129,7 @@ def _signature(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[list[A
     return dynamic, tree, (tree, tuple(statics))
 
 
-def _compiled(model: Any, module: Any, tree: Any, dynamic: list[Any], key: Any) -> _Compiled:
-    import flax.linen as nn
+def _compiled(model: Any, call: Any, tree: Any, dynamic: list[Any], key: Any) -> _Compiled:
     import jax
 
     with _cache_lock:
@@ -119,13 +143,12 @@ def _compiled(model: Any, module: Any, tree: Any, dynamic: list[Any], key: Any) 
     sites: list[Site] = []
     statics = [d for d in dynamic]
 
-    def fn(variables: Any, arrays: list[Any]) -> Any:
+    def fn(state: Any, arrays: list[Any]) -> Any:
         sites.clear()  # a retrace makes the same sites in the same order
         it = iter(arrays)
         leaves = [next(it) if s is not None else _static(key, i) for i, s in enumerate(statics)]
         args, kwargs = jax.tree_util.tree_unflatten(tree, leaves)
-        with nn.intercept_methods(Interceptor(sites)):
-            return module.apply(variables, *args, **kwargs)
+        return call(sites, state, args, kwargs)
 
     compiled = _Compiled(jax.jit(fn), sites)
     with _cache_lock:
@@ -134,7 +157,7 @@ def _compiled(model: Any, module: Any, tree: Any, dynamic: list[Any], key: Any) 
 
 
 def _static(key: Any, i: int) -> Any:
-    return key[1][i][2]
+    return key[0][1][i][2]
 
 
 def _specs(sites: list[Site]) -> list[LayerSpec]:
@@ -162,18 +185,12 @@ def site_specs(model: Any) -> list[LayerSpec] | None:
 def abstract_specs(model: Any, x: np.ndarray) -> list[LayerSpec] | None:
     """The layers found by tracing the model abstractly (no computation) on ``x``, or None where
     the model does not take ``x``."""
-    import flax.linen as nn
     import jax
 
-    module, variables = split_model(model)
+    _, state, call = model_parts(model)
     sites: list[Site] = []
-
-    def fn(variables: Any, x: Any) -> Any:
-        with nn.intercept_methods(Interceptor(sites)):
-            return module.apply(variables, x)
-
     try:
-        jax.eval_shape(fn, variables, x)
+        jax.eval_shape(lambda state, x: call(sites, state, (x,), {}), state, x)
     except Exception:  # another input: the caller falls back on the parameters
         return None
     return _specs(sites) or None
@@ -203,9 +220,10 @@ def _run_once(
 ) -> tuple[Any, Run]:
     import jax
 
-    module, variables = split_model(model)
+    static, variables, call = model_parts(model)
     dynamic, tree, key = _signature(args, kwargs)
-    compiled = _compiled(model, module, tree, dynamic, key)
+    key = (key, static if is_nnx(model) else None)  # an nnx module's graph may change
+    compiled = _compiled(model, call, tree, dynamic, key)
     arrays = [d for d in dynamic if d is not None]
     try:
         if edits is not None:  # the edits were planned on describe(): plan them on these sites

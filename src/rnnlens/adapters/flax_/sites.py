@@ -25,12 +25,15 @@ from ...errors import UnsupportedLayerError
 from .cells import carry_parts, kind_of, step
 from .entries import Site
 from .host import on_step
+from .nnx import nnx_kind, nnx_step
 
 __all__ = ["Interceptor", "module_path"]
 
 
 def module_path(module: Any) -> str:
     """A linen module's path from the root, ``/``-joined (the root: its class name)."""
+    if hasattr(type(module), "_rnnlens_path"):  # an nnx module of a traced copy
+        return str(type(module)._rnnlens_path)
     path = tuple(module.path) if module.scope is not None else ()
     return "/".join(str(p) for p in path) or type(module).__name__
 
@@ -58,12 +61,15 @@ class Interceptor:
     _direct: dict[str, int] = field(default_factory=dict)
 
     def __call__(self, next_fun: Any, args: Any, kwargs: Any, context: Any) -> Any:
-        import flax.linen as nn
-
-        module = context.module
+        """linen's method interceptor (:func:`flax.linen.intercept_methods`)."""
         if context.method_name != "__call__":
             return next_fun(*args, **kwargs)
-        if isinstance(module, nn.Bidirectional):
+        return self.intercept(context.module, next_fun, args, kwargs)
+
+    def intercept(self, module: Any, next_fun: Any, args: Any, kwargs: Any) -> Any:
+        """One ``__call__`` of a linen or nnx module: the recurrent ones are traced."""
+        role = _role(module)
+        if role == "Bidirectional":
             name = module_path(module)
             call = self._calls[name]
             self._calls[name] += 1
@@ -73,9 +79,9 @@ class Interceptor:
                 return next_fun(*args, **kwargs)
             finally:
                 self._stack.pop()
-        if isinstance(module, nn.RNN):
+        if role == "RNN":
             return self._rnn(module, next_fun, args, kwargs)
-        kind = kind_of(module)
+        kind = kind_of(module) or nnx_kind(module)
         if kind is None:
             return next_fun(*args, **kwargs)
         return self._cell(kind, module, next_fun, args, kwargs)
@@ -143,8 +149,10 @@ class Interceptor:
         h_in, c_in = carry_parts(kind, carry)
         h_out, c_out = carry_parts(kind, new_carry)
         index, lengths = self._site(kind, module, h_out)
-        params = module.variables.get("params", {})
-        my_h, my_c, gates = step(kind, module, params, carry, x)
+        if hasattr(type(module), "_rnnlens_path"):  # nnx
+            my_h, my_c, gates = nnx_step(kind, module, carry, x)
+        else:
+            my_h, my_c, gates = step(kind, module, module.variables.get("params", {}), carry, x)
         has_c = c_out is not None
         operands = [h_in, h_out, my_h]
         if has_c:
@@ -159,3 +167,11 @@ class Interceptor:
         if not has_c:
             return h_new, h_new if y is h_out else y
         return (back[1], h_new), h_new
+
+
+def _role(module: Any) -> str | None:
+    """``"RNN"`` or ``"Bidirectional"`` for Flax's own (linen or nnx), else None."""
+    for cls in type(module).__mro__:
+        if cls.__module__.startswith(("flax.linen", "flax.nnx")) and cls.__name__ in ("RNN", "Bidirectional"):
+            return cls.__name__
+    return None
