@@ -1,9 +1,12 @@
-"""The Flax adapter: linen modules bound to their variables (``module.bind(variables)``).
+"""The Flax adapter: linen modules bound to their variables (``module.bind(variables)``) and
+flax.nnx modules.
 
 This module imports no framework: JAX and Flax are imported when a Flax model arrives.
-``sites`` (method interception of nn.RNN, nn.Bidirectional and the cells), ``cells`` (each
-cell's step in JAX, for its gates), ``host`` (the steps recorded and edited on the host),
-``run`` (compiled once per input shape, run, states) and ``load`` (msgpack checkpoints) do the work.
+``sites`` (the interceptor of RNN, Bidirectional and cell calls: linen's method interception,
+``nnx``'s traced copy), ``cells`` / ``nnx`` (each cell's step in JAX, for its gates), ``host``
+(the steps recorded and edited on the host), ``entries`` (what is recorded), ``run`` (compiled
+once per input shape, run, states), ``describe`` (layers before a trace; identity) and ``load``
+(msgpack checkpoints) do the work.
 
 Example:
     >>> import jax, numpy as np, flax.linen as nn, rnnlens
@@ -23,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ...core.spec import LayerSpec
+from ...errors import InputError
 from ..base import Adapter, Args, Captured, Edits, Inputs, Intervened, Kwargs, TraceOptions, mro_roots
 from . import run
 from .describe import digest, guessed_specs, param_specs
@@ -33,7 +37,10 @@ __all__ = ["FlaxAdapter"]
 
 class FlaxAdapter(Adapter):
     name = "flax"
-    accepts = "a flax.linen Module bound to its variables (module.bind(variables)); .msgpack checkpoints"
+    accepts = (
+        "a flax.linen Module bound to its variables (module.bind(variables)) or a flax.nnx Module; "
+        ".msgpack checkpoints (with module=)"
+    )
     suffixes = (".msgpack",)
     requires = ("flax",)
 
@@ -60,6 +67,11 @@ class FlaxAdapter(Adapter):
         return digest(model)
 
     def to_inputs(self, x: Any, *, mask: np.ndarray | None, size: int) -> Inputs:
+        if mask is not None:
+            raise InputError(
+                "Flax models take their valid steps as nn.RNN's seq_lengths, not as a data source's mask: "
+                "give data without a mask, or trace batches with seq_lengths=... yourself."
+            )
         return Inputs((x,), options={"batch_size": size})
 
 

@@ -1,9 +1,9 @@
-"""Running a bound linen module under rnnlens: its inputs checked, the model compiled once per
-input shape (with :class:`~.sites.Interceptor` inside), run, and its steps turned into states.
+"""Running a Flax model under rnnlens: its inputs checked, the model compiled once per input
+shape (with :class:`~.sites.Interceptor` inside), run, and its steps turned into states.
 
-The model is ``module.bind(variables)``: :meth:`flax.linen.Module.unbind` gives back the module
-and its variables, which are passed to the compiled function as they are (never copied into it,
-never changed).
+A linen model is ``module.bind(variables)``: :meth:`flax.linen.Module.unbind` gives back the
+module and its variables; an nnx model is split (``nnx.split``) into its graph and state. The
+arrays are passed to the compiled function as they are (never copied into it, never changed).
 
 Example:
     >>> split_batches(({"a": 1},), {}, None)
