@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -70,23 +71,34 @@ def input_order(lengths: np.ndarray | None, steps: int, *, reverse: bool, sample
     return np.where(ramp < lengths, lengths - 1 - ramp, ramp)
 
 
-def on_step(index: int, has_c: bool, *arrays: Any) -> tuple[np.ndarray, ...]:
-    """One step of site ``index``: ``h_in, h_model, h_ours, (c_in, c_model, c_ours,) gates,
-    lengths``. Records it; returns the state the model carries on (edited where asked)."""
-    arrays = tuple(np.asarray(a) for a in arrays)
-    h_out = arrays[1]
-    back = [h_out.copy()] + ([arrays[4].copy()] if has_c else [])
+def on_step(
+    index: int, has_c: bool, layout: tuple[tuple[tuple[int, ...], str], ...], packed: Any
+) -> np.ndarray:
+    """One step of site ``index``: ``packed`` (sample, …) holds ``h_in, h_model, h_ours, (c_in,
+    c_model, c_ours,) gates, lengths`` side by side (``layout``: each one's shape after the sample
+    axis, and dtype). Records them; returns the state the model carries on, ``h`` (and ``c``)
+    side by side (edited where asked)."""
+    packed = np.asarray(packed)
+    n, arrays, start = packed.shape[0], [], 0
+    for shape, dtype in layout:
+        stop = start + math.prod(shape)
+        arrays.append(packed[:, start:stop].reshape((n, *shape)).astype(dtype))
+        start = stop
+    back = [arrays[1].copy()] + ([arrays[4].copy()] if has_c else [])
     run = _run
-    if run is None:
-        return tuple(back)
+    if run is not None:
+        _record(run, index, arrays, back)
+    return np.concatenate(back, axis=1).astype(packed.dtype) if has_c else back[0].astype(packed.dtype)
+
+
+def _record(run: Run, index: int, arrays: list[np.ndarray], back: list[np.ndarray]) -> None:
     try:
         records = run.steps.setdefault(index, [])
         if run.edits:
-            _edit(run, index, len(records), back, arrays[-1])
+            _edit(run, index, len(records), back, arrays[-1].reshape(-1).astype(np.int64))
         records.append((*arrays, *back))
     except BaseException as e:  # raised after the run, by the caller
         run.error = run.error or e
-    return tuple(back)
 
 
 def _edit(run: Run, index: int, s: int, back: list[np.ndarray], lengths: np.ndarray) -> None:
@@ -150,7 +162,7 @@ def direction_arrays(
                      what="rnnlens' step (c)")  # fmt: skip
         k = 6
     gates = stacked(k)
-    lengths = records[0][k + 1] if site.lengths else None
+    lengths = records[0][k + 1].reshape(-1).astype(np.int64) if site.lengths else None
     h, c = stacked(k + 2), stacked(k + 3) if has_c else None
     h0 = records[0][0]
     c0 = records[0][3] if has_c else None

@@ -16,10 +16,13 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
+
+import numpy as np
 
 from ...errors import UnsupportedLayerError
 from .cells import carry_parts, kind_of, step
@@ -157,16 +160,22 @@ class Interceptor:
         operands = [h_in, h_out, my_h]
         if has_c:
             operands += [c_in, c_out, my_c]
-        operands.append(jnp.zeros(h_out.shape[:1] + (0,) + h_out.shape[1:]) if gates is None else gates)
-        operands.append(jnp.zeros(0, jnp.int32) if lengths is None else jnp.asarray(lengths, jnp.int32))
-        shapes = [jax.ShapeDtypeStruct(h_out.shape, h_out.dtype)]
-        if has_c:
-            shapes.append(jax.ShapeDtypeStruct(c_out.shape, c_out.dtype))
-        back = io_callback(partial(on_step, index, has_c), tuple(shapes), *operands, ordered=True)
-        h_new = back[0]
+        n = h_out.shape[0]
+        operands.append(jnp.zeros((n, 0, h_out.shape[1]), h_out.dtype) if gates is None else gates)
+        operands.append(jnp.zeros((n, 0)) if lengths is None else jnp.reshape(lengths, (n, 1)))
+        # one operand and one result per step: each array a callback moves costs more than its bytes
+        wide = jnp.promote_types(h_out.dtype, jnp.float32)  # lengths stay exact
+        layout = tuple((tuple(a.shape[1:]), str(np.dtype(a.dtype))) for a in operands)
+        packed = jnp.concatenate(
+            [jnp.reshape(a, (n, math.prod(a.shape[1:]))).astype(wide) for a in operands], 1
+        )
+        width = h_out.shape[1] + (c_out.shape[1] if has_c else 0)
+        back = io_callback(partial(on_step, index, has_c, layout), jax.ShapeDtypeStruct((n, width), wide),
+                           packed, ordered=True)  # fmt: skip
+        h_new = back[:, : h_out.shape[1]].astype(h_out.dtype)
         if not has_c:
             return h_new, h_new if y is h_out else y
-        return (back[1], h_new), h_new
+        return (back[:, h_out.shape[1] :].astype(c_out.dtype), h_new), h_new
 
 
 def _role(module: Any) -> str | None:
