@@ -45,6 +45,7 @@ BUILTINS: dict[str, str] = {
     "transformers": "rnnlens.adapters.hf_:TransformersAdapter",
     "torch": "rnnlens.adapters.torch_:TorchAdapter",
     "onnx": "rnnlens.adapters.onnx_:OnnxAdapter",
+    "flax": "rnnlens.adapters.flax_:FlaxAdapter",
 }
 
 _lock = threading.Lock()

@@ -22,7 +22,7 @@ A third-party adapter subclasses :class:`Adapter` and is registered through the
 Example:
     >>> from rnnlens.adapters import Adapter, registered
     >>> sorted(registered())
-    ['keras', 'onnx', 'torch', 'transformers']
+    ['flax', 'keras', 'onnx', 'torch', 'transformers']
     >>> issubclass(type(registered()["torch"]), Adapter)
     True
 """

@@ -28,7 +28,8 @@ __all__ = ["FIELDS_BY_KIND", "GATE_NAMES", "KINDS", "CellKind", "Field", "Kind"]
 #: real-gated linear recurrent unit) are state-space / linear-recurrent mixers: ``h`` is the
 #: mixer's output at each step, ``state`` its recurrent state.
 Kind = Literal[
-    "lstm", "gru", "simple", "rnn", "convlstm", "mamba", "mamba2", "rglru", "rwkv4", "mlstm", "gated_deltanet"
+    "lstm", "gru", "mgu", "simple", "rnn", "convlstm", "mamba", "mamba2", "rglru", "rwkv4", "mlstm",
+    "gated_deltanet",
 ]
 Field = Literal["h", "c", "gates", "state", "state_norm"]
 
@@ -76,6 +77,8 @@ KINDS: dict[str, CellKind] = {
     for k in (
         CellKind("lstm", ("i", "f", "g", "o"), has_c=True, reconstructable=True),
         CellKind("gru", ("z", "r", "n"), reconstructable=True),
+        # minimal gated unit (Flax's MGUCell): forget gate and candidate, h = (1 - f) n + f h
+        CellKind("mgu", ("f", "n")),
         CellKind("simple", ()),
         CellKind("rnn", (), known=False),
         CellKind("convlstm", ("i", "f", "g", "o"), has_c=True, feature_maps=True),

@@ -33,6 +33,7 @@ OPTIONAL: dict[str, tuple[str | None, str]] = {
     "torch": ("torch", ""),
     "jax": ("jax", ""),
     "jaxlib": ("jax", ""),
+    "flax": ("flax", ""),
     "onnx": ("onnx", ""),
     "onnxruntime": ("onnx", ""),
     "onnxscript": (None, "onnxscript"),
