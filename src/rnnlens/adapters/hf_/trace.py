@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,13 +50,13 @@ from ...core.spec import LayerSpec
 from ...core.tracing import resolve_fields, select_layers
 from ...errors import InputError, UnsupportedLayerError
 from ..base import Args, Captured, Edits, Intervened, Kwargs, TraceOptions
-from .classes import KIND_OF
-from .gdn import gdn_states
-from .gdn import state_shape as gdn_shape
+from . import delta, heads, lightning
+from .intercept import forward_with
 from .mamba import mamba_states
 from .mamba import state_shape as mamba_shape
 from .mamba2 import mamba2_states
 from .mamba2 import state_shape as mamba2_shape
+from .recognise import kind_of, unknown
 from .rglru import rglru_states
 from .rglru import state_shape as rglru_shape
 from .rwkv import rwkv_states
@@ -67,19 +68,70 @@ __all__ = ["capture", "describe", "mixers"]
 
 
 def mixers(model: Any) -> list[tuple[str, Any, str]]:
-    """``(path, module, kind)`` of every mixer rnnlens traces, in ``named_modules`` order."""
+    """``(path, module, kind)`` of every mixer rnnlens traces, in ``named_modules`` order (the
+    kind found by what the module is and does: :mod:`.recognise`)."""
+    found = [(path, m, kind_of(m)) for path, m in model.named_modules()]
+    return [(path, m, kind) for path, m, kind in found if kind is not None]
+
+
+def unknown_mixers(model: Any) -> list[tuple[str, Any]]:
+    """``(path, module)`` of the modules that keep a recurrent state of no kind rnnlens knows:
+    the innermost such modules, none inside or around a known mixer."""
+    known = [path for path, _, _ in mixers(model)]
+    odd = [(path, m) for path, m in model.named_modules() if unknown(m)]
+
+    def related(a: str, b: str) -> bool:
+        return a == b or a.startswith(b + ".") or b.startswith(a + ".") or not a or not b
+
     return [
-        (path, m, KIND_OF[type(m).__name__])
-        for path, m in model.named_modules()
-        if type(m).__name__ in KIND_OF
+        (path, m)
+        for path, m in odd
+        if not any(related(path, k) for k in known)
+        and not any(other.startswith(path + ".") or (not path and other) for other, _ in odd)
     ]
+
+
+def refuse_unknown(model: Any, layers: Any) -> None:
+    """Refuse, by name, a model with a recurrent module rnnlens does not know, unless ``layers``
+    picks the others."""
+    odd = unknown_mixers(model)
+    if not odd or layers is not None:
+        return
+    path, m = odd[0]
+    family = type(m).__module__.rsplit(".", 1)[-1].removeprefix("modeling_")
+    more = f" (and {len(odd) - 1} more)" if len(odd) > 1 else ""
+    others = [p for p, _, _ in mixers(model)]
+    then = (
+        f"other layers can be traced with `layers={others}`."
+        if others
+        else "the model has no other recurrent layer rnnlens traces."
+    )
+    raise UnsupportedLayerError(
+        f"`{type(m).__name__}` at `{path}`{more} keeps a recurrent state rnnlens does not know yet "
+        f"(family {family}); {then}"
+    )
 
 
 #: kind -> (the state's per-step shape of a mixer, what its entry's h and state are)
 _STATE: dict[str, tuple[Any, str]] = {
     "mamba": (mamba_shape, "h: the mixer output; state: the selective-scan state (d_inner, d_state)"),
     "mamba2": (mamba2_shape, "h: the mixer output; state: the per-head SSM state (head, head_dim, d_state)"),
-    "gated_deltanet": (gdn_shape, "h: the mixer output; state: the delta-rule state (value head, d_k, d_v)"),
+    "gated_deltanet": (
+        delta.state_shape,
+        "h: the mixer output; state: the delta-rule state (value head, d_k, d_v)",
+    ),
+    "kimi_delta": (
+        delta.state_shape,
+        "h: the mixer output; state: the delta-rule state with per-channel decay (head, d_k, d_v)",
+    ),
+    "lightning": (
+        lightning.state_shape,
+        "h: the mixer output; state: the decayed KᵀV memory (head, d_k, d_v)",
+    ),
+    "mamba_heads": (
+        heads.state_shape,
+        "h: the mixer output; state: each head's selective-scan state (head, head_dim, d_state)",
+    ),
     "mlstm": (
         xlstm_shape,
         "h: the mLSTM layer output; state: the matrix memory C (head, d_qk, d_v); parts n, m",
@@ -92,7 +144,13 @@ _STATE: dict[str, tuple[Any, str]] = {
 def _spec(path: str, m: Any, kind: str) -> LayerSpec:
     shape_of, note = _STATE[kind]
     # the mixer's output width: its own hidden_size, else its model config's (xLSTM, RWKV)
-    units = int(m.hidden_size if hasattr(m, "hidden_size") else m.config.hidden_size)
+    units = int(
+        m.hidden_size
+        if hasattr(m, "hidden_size")
+        else m.config.hidden_size
+        if hasattr(m, "config")
+        else m.out_proj.out_features
+    )
     return LayerSpec(
         path, kind, type(m).__name__, units, ("forward",), FIELDS_BY_KIND[kind],  # type: ignore[arg-type]
         notes=(note,), state_shape=tuple(shape_of(m)),
@@ -113,6 +171,7 @@ class _Calls:
     calls: list[dict[str, Any]] = field(default_factory=list)
     edits: LayerEdits | None = None  # rnnlens.intervene: this mixer's state edits
     gates: bool = True
+    name: str = ""
 
 
 def _mamba_stand_in(m: Any, rec: _Calls) -> Any:
@@ -121,18 +180,19 @@ def _mamba_stand_in(m: Any, rec: _Calls) -> Any:
         attention_mask = kwargs.get("attention_mask", args[2] if len(args) > 2 else None)
         cache = kwargs.get("cache", kwargs.get("cache_params", args[1] if len(args) > 1 else None))
         # Mamba's scan starts from zero unless it decodes one token; Mamba2's continues a cache
-        continues = hidden_states.shape[1] == 1 or rec.kind in ("mamba2", "gated_deltanet")
+        continues = hidden_states.shape[1] == 1 or rec.kind in ("mamba2", "lightning")
         if continues and cache is not None and _has_state(cache, m.layer_idx) is not False:
             raise UnsupportedLayerError(
                 f"Mixer {type(m).__name__} was called in decoding mode (continuing a cache): rnnlens "
                 "traces whole sequences from their start. Pass the full input_ids in one call (no "
                 "past cache)."
             )
-        out = type(m).forward(m, *args, **kwargs)
+        full = type(m).forward(m, *args, **kwargs)
+        out = full[0] if isinstance(full, tuple) else full  # lightning: (output, memory)
         call = {"x": hidden_states.clone(), "mask": attention_mask, "out": out.clone()}
         rec.calls.append(call)
         if rec.edits is None:
-            return out
+            return full
         # edited: the states are rebuilt now with the edits, and the rest of the model gets the
         # output computed from them instead of the mixer's own
         n, t = hidden_states.shape[:2]
@@ -140,13 +200,40 @@ def _mamba_stand_in(m: Any, rec: _Calls) -> Any:
         call["arrays"], edited = _REBUILD[rec.kind](
             m, call["x"], attention_mask, call["out"], name=rec.edits.spec.name, gates=rec.gates, ops=ops
         )
-        return edited.to(out.dtype)
+        return (edited.to(out.dtype), *full[1:]) if isinstance(full, tuple) else edited.to(out.dtype)
+
+    return forward
+
+
+def _intercept_stand_in(m: Any, rec: _Calls) -> Any:
+    """Delta-rule and multi-head Mamba mixers: their own forward, their scan helper recorded."""
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if "cache_params" in kwargs:  # the deprecated name the unwrapped forward no longer maps
+            kwargs["cache"] = kwargs.pop("cache_params")
+        hidden_states = args[0] if args else kwargs["hidden_states"]
+        mask = kwargs.get("attention_mask", args[2] if len(args) > 2 else None)
+        ops = None
+        if rec.edits is not None:
+            ops = rec.edits.steps("forward", "state", hidden_states.shape[1], hidden_states.shape[0])
+        scanner: Any = (
+            heads.HeadScan(m, rec.name, ops, rec.gates)
+            if rec.kind == "mamba_heads"
+            else delta.DeltaScan(rec.kind, rec.name, ops, rec.gates)
+        )
+        env = inspect.unwrap(type(m).forward).__globals__
+        out = forward_with(m, scanner.replacements(env))(m, *args, **kwargs)
+        rec.calls.append({"mask": mask, "out": out, "arrays": scanner.arrays(out)})
+        return out
 
     return forward
 
 
 def _has_state(cache: Any, layer: int) -> bool | None:
     """Whether ``cache`` holds a recurrent state for ``layer`` already (None: cannot tell)."""
+    if hasattr(cache, "linear_cache"):  # MiniMax: a list with [] for layers not filled yet
+        kept = cache.linear_cache
+        return layer < len(kept) and isinstance(kept[layer], torch.Tensor)
     get = getattr(cache, "get_recurrent_state", None)
     if get is None:
         return None
@@ -243,9 +330,11 @@ def _rglru_stand_in(block: Any, rec: _Calls) -> tuple[Any, Any]:
     return block_forward, lru_forward
 
 
-_REBUILD = {"mamba": mamba_states, "mamba2": mamba2_states, "gated_deltanet": gdn_states}
+_REBUILD = {"mamba": mamba_states, "mamba2": mamba2_states, "lightning": lightning.lightning_states}
+#: kinds whose scan helper is recorded as the mixer runs (:mod:`.intercept`)
+_INTERCEPTED = {"gated_deltanet", "kimi_delta", "mamba_heads"}
 #: kinds whose states rnnlens.intervene edits
-_EDITABLE = {*_REBUILD, "rglru", "mlstm", "rwkv4"}
+_EDITABLE = {*_REBUILD, *_INTERCEPTED, "rglru", "mlstm", "rwkv4"}
 
 
 def capture(model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Captured:
@@ -274,12 +363,15 @@ def _run(model: Any, args: Args, kwargs: Kwargs, options: TraceOptions, edits: E
             "mask= and batch_size= are not used for transformers models: pass attention_mask= as "
             "the model takes it (it becomes States.mask), and split large inputs yourself."
         )
+    refuse_unknown(model, options.layers)
     found = mixers(model)
     specs = [_spec(path, m, kind) for path, m, kind in found]
     chosen = select_layers(specs, options.layers)
     fields = resolve_fields(chosen, options.fields)
     wanted = {s.name for s in chosen}
-    recs = {path: _Calls(kind, m) for path, m, kind in found if path in wanted or path in edits}
+    recs = {path: _Calls(kind, m, name=path) for path, m, kind in found if path in wanted or path in edits}
+    for path in wanted:
+        recs[path].gates = "gates" in fields[path]
     for name, e in edits.items():
         recs[name].edits = e
         recs[name].gates = name not in fields or "gates" in fields[name]
@@ -289,8 +381,11 @@ def _run(model: Any, args: Args, kwargs: Kwargs, options: TraceOptions, edits: E
         model.eval()
         for rec in recs.values():
             m = rec.module
-            if rec.kind in ("mamba", "mamba2", "gated_deltanet"):
+            if rec.kind in _REBUILD:
                 vars(m)["forward"] = _mamba_stand_in(m, rec)
+                installed.append(m)
+            elif rec.kind in _INTERCEPTED:
+                vars(m)["forward"] = _intercept_stand_in(m, rec)
                 installed.append(m)
             elif rec.kind == "rwkv4":
                 vars(m)["forward"] = _rwkv_stand_in(m, rec)
@@ -327,7 +422,10 @@ def _arrays(spec: LayerSpec, rec: _Calls, fields: tuple[str, ...]) -> Any:
         )
     call = rec.calls[0]
     gates = "gates" in fields
-    if rec.kind in _REBUILD:
+    if rec.kind in _INTERCEPTED:
+        arrays = call["arrays"]
+        mask = None if call["mask"] is None else np.asarray(call["mask"].bool().numpy())
+    elif rec.kind in _REBUILD:
         arrays = call.get("arrays")  # an edited mixer's: built during the run
         if arrays is None:
             arrays, _ = _REBUILD[rec.kind](
