@@ -196,3 +196,32 @@ def test_an_unknown_mixer_beside_known_ones_names_the_layers_to_trace() -> None:
         rnnlens.trace(model, IDS)
     states = rnnlens.trace(model, IDS, layers=["backbone.layers.0.mixer"])
     assert list(states) == ["backbone.layers.0.mixer"]
+
+
+def test_every_family_is_recognised_without_the_class_table(monkeypatch: Any) -> None:
+    """With the table of class names emptied, every mixer is still found, with its kind, from
+    its helpers and parameters alone (so a renamed copy needs no table row)."""
+    import ssm_builders as b
+
+    import rnnlens.adapters.hf_.recognise as recognise
+    from rnnlens.adapters.hf_.recognise import mixers
+
+    torch.manual_seed(0)
+    models = [b.mamba(), b.mamba(True), b.mamba2(), b.gemma(), b.rwkv(), b.xlstm(1), b.gdn()]
+    models += [FAMILIES[f][0]() for f in ("olmo_hybrid", "kimi_linear", "minimax", "zamba")]
+    by_name = [[(p, k) for p, _, k in mixers(m)] for m in models]
+    monkeypatch.setattr(recognise, "KIND_OF", {})
+    assert [[(p, k) for p, _, k in mixers(m)] for m in models] == by_name
+    assert all(by_name)
+
+
+@pytest.mark.parametrize("family", ["olmo_hybrid", "kimi_linear", "minimax", "zamba"])
+def test_a_decoding_call_is_refused(family: str) -> None:
+    torch.manual_seed(0)
+    model = FAMILIES[family][0]().eval()
+    with torch.no_grad():
+        out = model(IDS[:, :3], use_cache=True)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    with pytest.raises(rnnlens.UnsupportedLayerError, match="decoding mode"):
+        rnnlens.trace(model, IDS[:, 3:4], cache=cache, use_cache=True)
+    assert not any("forward" in vars(m) for m in model.modules())

@@ -9,8 +9,10 @@ GLM-5-Next's Kimi delta attention, ...). A module's kind is found, in order, fro
 2. the modeling file's helper functions its methods call (the names in their code:
    ``torch_chunk_gated_delta_rule`` → ``gated_deltanet``, ``chunk_kimi_delta_attention`` →
    ``kimi_delta``, ``mamba_selective_scan`` on per-head weights → ``mamba_heads``);
-3. its parameters (``A_log``, ``x_proj``, ``dt_proj`` → ``mamba``; a per-head ``A_log`` with
-   ``dt_bias`` and ``D`` → ``mamba2``; ``slope_rate`` with ``qkv_proj`` → ``lightning``).
+3. its parameters and submodules (``A_log``, ``x_proj``, ``dt_proj`` → ``mamba``; a per-head
+   ``A_log`` with ``dt_bias``, ``D`` and groups → ``mamba2``; ``slope_rate`` with ``qkv_proj`` →
+   ``lightning``; ``time_decay`` / ``time_first`` → ``rwkv4``; an ``rg_lru`` → ``rglru``; an
+   ``mlstm_backend`` → ``mlstm``).
 
 A module whose code reads or writes a recurrent cache slot (``get_recurrent_state``,
 ``update_recurrent_state``, ``set_linear_cache``, ...) but has none of these is *unknown*: it is
@@ -28,9 +30,18 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from ...errors import UnsupportedLayerError
 from .classes import KIND_OF
 
-__all__ = ["RECURRENT_SLOTS", "code_names", "kind_of", "unknown"]
+__all__ = [
+    "RECURRENT_SLOTS",
+    "code_names",
+    "kind_of",
+    "mixers",
+    "refuse_unknown",
+    "unknown",
+    "unknown_mixers",
+]
 
 #: names whose use in a module's code means it keeps a recurrent state in the cache (or on itself)
 RECURRENT_SLOTS = frozenset(
@@ -104,6 +115,12 @@ def kind_of(m: Any) -> str | None:
         return "mamba2"
     if {"qkv_proj", "output_gate", "out_proj"} <= params and hasattr(m, "slope_rate"):
         return "lightning"
+    if {"time_decay", "time_first", "key", "value", "receptance"} <= params:
+        return "rwkv4"
+    if "rg_lru" in params:
+        return "rglru"
+    if "mlstm_backend" in params:
+        return "mlstm"
     return None
 
 
@@ -113,3 +130,48 @@ def unknown(m: Any) -> bool:
     if any(k.__name__ == "PreTrainedModel" for k in type(m).__mro__):
         return False  # a whole model sets its cache up; its layers keep the states
     return kind_of(m) is None and bool(RECURRENT_SLOTS & code_names(type(m)))
+
+
+def mixers(model: Any) -> list[tuple[str, Any, str]]:
+    """``(path, module, kind)`` of every mixer rnnlens traces, in ``named_modules`` order (the
+    kind found by what the module is and does: :mod:`.recognise`)."""
+    found = [(path, m, kind_of(m)) for path, m in model.named_modules()]
+    return [(path, m, kind) for path, m, kind in found if kind is not None]
+
+
+def unknown_mixers(model: Any) -> list[tuple[str, Any]]:
+    """``(path, module)`` of the modules that keep a recurrent state of no kind rnnlens knows:
+    the innermost such modules, none inside or around a known mixer."""
+    known = [path for path, _, _ in mixers(model)]
+    odd = [(path, m) for path, m in model.named_modules() if unknown(m)]
+
+    def related(a: str, b: str) -> bool:
+        return a == b or a.startswith(b + ".") or b.startswith(a + ".") or not a or not b
+
+    return [
+        (path, m)
+        for path, m in odd
+        if not any(related(path, k) for k in known)
+        and not any(other.startswith(path + ".") or (not path and other) for other, _ in odd)
+    ]
+
+
+def refuse_unknown(model: Any, layers: Any) -> None:
+    """Refuse, by name, a model with a recurrent module rnnlens does not know, unless ``layers``
+    picks the others."""
+    odd = unknown_mixers(model)
+    if not odd or layers is not None:
+        return
+    path, m = odd[0]
+    family = type(m).__module__.rsplit(".", 1)[-1].removeprefix("modeling_")
+    more = f" (and {len(odd) - 1} more)" if len(odd) > 1 else ""
+    others = [p for p, _, _ in mixers(model)]
+    then = (
+        f"other layers can be traced with `layers={others}`."
+        if others
+        else "the model has no other recurrent layer rnnlens traces."
+    )
+    raise UnsupportedLayerError(
+        f"`{type(m).__name__}` at `{path}`{more} keeps a recurrent state rnnlens does not know yet "
+        f"(family {family}); {then}"
+    )

@@ -1,24 +1,29 @@
 """transformers models with state-space / linear-recurrent mixers: find them, run the model once,
 rebuild every step's state.
 
-What is traced (the classes by kind: :mod:`.classes`), on transformers' pure-PyTorch path (CPU;
-no ``mamba_ssm`` / ``fla`` kernels): Mamba, FalconMamba and Jamba mixers (kind ``mamba``,
-:mod:`.mamba`), Mamba2 and the Mamba2 layers of hybrids (``mamba2``, :mod:`.mamba2`),
-RecurrentGemma's recurrent blocks (``rglru``, :mod:`.rglru`), xLSTM's mLSTM layers (``mlstm``,
-:mod:`.xlstm`), RWKV-4 time mixing (``rwkv4``, :mod:`.rwkv`) and Qwen3-Next's gated delta-net
-(``gated_deltanet``, :mod:`.gdn`). Fields: ``h`` (the mixer's output at each step), ``state``
-(its recurrent state after each step, in the model's own layout), ``state_norm`` (the state's
-L2 norm over its last axis, a row of units) and ``gates`` (the input-dependent step quantities,
-named per kind). One entry per mixer, named by its module path (``"backbone.layers.0.mixer"``),
-in model order; attention and MLP layers are not entries. :func:`intervene` edits ``state`` as
-the scan runs (:mod:`.edits`).
+What is traced (mixers found by what they compute: :mod:`.recognise`), on transformers'
+pure-PyTorch path (CPU; no ``mamba_ssm`` / ``fla`` kernels): Mamba, FalconMamba and Jamba mixers
+(kind ``mamba``, :mod:`.mamba`), Zamba v1's multi-head Mamba (``mamba_heads``, :mod:`.heads`),
+Mamba2 and the Mamba2 layers of hybrids (``mamba2``, :mod:`.mamba2`), RecurrentGemma's
+recurrent blocks (``rglru``, :mod:`.rglru`), xLSTM's mLSTM layers (``mlstm``, :mod:`.xlstm`),
+RWKV-4 time mixing (``rwkv4``, :mod:`.rwkv`), gated delta-nets (``gated_deltanet``) and Kimi
+delta attention (``kimi_delta``, both :mod:`.delta`), MiniMax's lightning attention
+(``lightning``, :mod:`.lightning`). A module that keeps a recurrent cache slot of no kind
+rnnlens knows is refused by name (``layers=`` picks the others). Fields: ``h`` (the mixer's
+output at each step), ``state`` (its recurrent state after each step, in the model's own
+layout), ``state_norm`` (the state's L2 norm over its last axis, a row of units) and ``gates``
+(the input-dependent step quantities, named per kind). One entry per mixer, named by its module
+path (``"backbone.layers.0.mixer"``), in model order; attention and MLP layers are not entries.
+:func:`intervene` edits ``state`` as the scan runs (:mod:`.edits`).
 
 How: ``trace(model, input_ids, **kwargs)`` calls ``model(input_ids, **kwargs)`` once, in eval
 mode under ``torch.no_grad()`` (training flags restored). Each mixer gets an instance
 ``forward`` that runs its own ``forward`` and keeps what it received and returned, removed
 again in a ``finally``: no hook, no weight or buffer is touched, and the model returns what it
-returns without rnnlens. The states are then rebuilt from the recorded inputs with the mixer's
-own weights and checked against the mixer's own output (float32: rtol 1e-4, atol 2e-5).
+returns without rnnlens (delta-rule and multi-head Mamba mixers run a copy of their own
+``forward`` whose scan helper is rnnlens' recorder: :mod:`.intercept`). The states are rebuilt
+from the recorded inputs with the mixer's own weights and checked against the mixer's own
+output (float32: rtol 1e-4, atol 2e-5).
 ``attention_mask`` (given as transformers takes it) becomes ``States.mask``; at padded steps
 the state is what the model computes (Mamba zeroes padded inputs; the state decays).
 
@@ -56,7 +61,7 @@ from .mamba import mamba_states
 from .mamba import state_shape as mamba_shape
 from .mamba2 import mamba2_states
 from .mamba2 import state_shape as mamba2_shape
-from .recognise import kind_of, unknown
+from .recognise import mixers, refuse_unknown
 from .rglru import rglru_states
 from .rglru import state_shape as rglru_shape
 from .rwkv import rwkv_states
@@ -64,52 +69,7 @@ from .rwkv import state_shape as rwkv_shape
 from .xlstm import mlstm_scan, mlstm_states
 from .xlstm import state_shape as xlstm_shape
 
-__all__ = ["capture", "describe", "mixers"]
-
-
-def mixers(model: Any) -> list[tuple[str, Any, str]]:
-    """``(path, module, kind)`` of every mixer rnnlens traces, in ``named_modules`` order (the
-    kind found by what the module is and does: :mod:`.recognise`)."""
-    found = [(path, m, kind_of(m)) for path, m in model.named_modules()]
-    return [(path, m, kind) for path, m, kind in found if kind is not None]
-
-
-def unknown_mixers(model: Any) -> list[tuple[str, Any]]:
-    """``(path, module)`` of the modules that keep a recurrent state of no kind rnnlens knows:
-    the innermost such modules, none inside or around a known mixer."""
-    known = [path for path, _, _ in mixers(model)]
-    odd = [(path, m) for path, m in model.named_modules() if unknown(m)]
-
-    def related(a: str, b: str) -> bool:
-        return a == b or a.startswith(b + ".") or b.startswith(a + ".") or not a or not b
-
-    return [
-        (path, m)
-        for path, m in odd
-        if not any(related(path, k) for k in known)
-        and not any(other.startswith(path + ".") or (not path and other) for other, _ in odd)
-    ]
-
-
-def refuse_unknown(model: Any, layers: Any) -> None:
-    """Refuse, by name, a model with a recurrent module rnnlens does not know, unless ``layers``
-    picks the others."""
-    odd = unknown_mixers(model)
-    if not odd or layers is not None:
-        return
-    path, m = odd[0]
-    family = type(m).__module__.rsplit(".", 1)[-1].removeprefix("modeling_")
-    more = f" (and {len(odd) - 1} more)" if len(odd) > 1 else ""
-    others = [p for p, _, _ in mixers(model)]
-    then = (
-        f"other layers can be traced with `layers={others}`."
-        if others
-        else "the model has no other recurrent layer rnnlens traces."
-    )
-    raise UnsupportedLayerError(
-        f"`{type(m).__name__}` at `{path}`{more} keeps a recurrent state rnnlens does not know yet "
-        f"(family {family}); {then}"
-    )
+__all__ = ["capture", "describe", "intervene"]
 
 
 #: kind -> (the state's per-step shape of a mixer, what its entry's h and state are)
