@@ -225,3 +225,47 @@ def test_a_decoding_call_is_refused(family: str) -> None:
     with pytest.raises(rnnlens.UnsupportedLayerError, match="decoding mode"):
         rnnlens.trace(model, IDS[:, 3:4], cache=cache, use_cache=True)
     assert not any("forward" in vars(m) for m in model.modules())
+
+
+def _jamba() -> Any:
+    cfg = transformers.JambaConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        intermediate_size=32, mamba_d_state=4, mamba_d_conv=4, mamba_expand=2, mamba_dt_rank=4,
+        attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1, num_experts=2,
+    )  # fmt: skip
+    return transformers.JambaForCausalLM(cfg)
+
+
+def _bamba() -> Any:
+    cfg = transformers.BambaConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1,
+        intermediate_size=32, mamba_n_heads=4, mamba_d_head=8, mamba_n_groups=2, mamba_d_state=8,
+        mamba_expand=2, mamba_chunk_size=4, attn_layer_indices=[1],
+    )  # fmt: skip
+    return transformers.BambaForCausalLM(cfg)
+
+
+def _hybrids() -> dict[str, Any]:
+    from test_ssm_models import _falcon_h1, _granite_hybrid, _nemotron_h, _zamba2
+
+    return {
+        "jamba": _jamba, "bamba": _bamba, "nemotron_h": _nemotron_h, "zamba2": _zamba2,
+        "granite_moe_hybrid": _granite_hybrid, "falcon_h1": lambda: _falcon_h1(True),
+    }  # fmt: skip
+
+
+HYBRIDS = ["jamba", "bamba", "nemotron_h", "zamba2", "granite_moe_hybrid", "falcon_h1"]
+
+
+@pytest.mark.parametrize("family", HYBRIDS)
+def test_hybrids_mamba_layers_equal_their_decode_cache_at_every_step(family: str) -> None:
+    """The Mamba / Mamba2 layers of hybrids, every step (their tests elsewhere check the last)."""
+    torch.manual_seed(8)
+    model = _hybrids()[family]().eval()
+    states = rnnlens.trace(model, IDS)
+    names = list(states)
+    layers = [model.get_submodule(n).layer_idx for n in names]
+    decoded, _ = fam.decode(model, IDS, layers)
+    for i, name in enumerate(names):
+        for t in range(IDS.shape[1]):
+            np.testing.assert_allclose(states[name].state[:, t], decoded[t][i].float().numpy(), **TOL)
