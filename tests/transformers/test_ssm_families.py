@@ -269,3 +269,17 @@ def test_hybrids_mamba_layers_equal_their_decode_cache_at_every_step(family: str
     for i, name in enumerate(names):
         for t in range(IDS.shape[1]):
             np.testing.assert_allclose(states[name].state[:, t], decoded[t][i].float().numpy(), **TOL)
+
+
+@pytest.mark.parametrize("family", ["olmo_hybrid", "kimi_linear", "zamba"])
+def test_left_padding_is_the_mask_and_leaves_the_states_of_the_real_tokens(family: str) -> None:
+    """The first mixer zeroes padded inputs: the real tokens' states equal an unpadded run's."""
+    torch.manual_seed(0)
+    model = FAMILIES[family][0]().eval()
+    name = FAMILIES[family][1][0]
+    ids = torch.tensor([[0, 0, 3, 4, 5, 6, 7]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1]])
+    padded = rnnlens.trace(model, ids, attention_mask=mask)[name]
+    np.testing.assert_array_equal(padded.mask, mask.bool().numpy())
+    alone = rnnlens.trace(model, ids[:, 2:])[name]
+    np.testing.assert_allclose(padded.state[:, 2:], alone.state, rtol=1e-5, atol=1e-6)

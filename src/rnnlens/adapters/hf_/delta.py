@@ -74,8 +74,8 @@ def scan(
         q, k = l2norm(q, dim=-1, eps=1e-6), l2norm(k, dim=-1, eps=1e-6)
     q = q * (scale if scale is not None else 1 / (q.shape[-1] ** 0.5))
     n, _, t, d_k = k.shape
-    s = torch.zeros((n, heads, d_k, v.shape[-1])) if s0 is None else s0.to(torch.float32).clone()
-    states = torch.empty((n, t, heads, d_k, v.shape[-1]), dtype=torch.float32)
+    s = torch.zeros((n, heads, d_k, v.shape[-1]), device=v.device) if s0 is None else s0.float().clone()
+    states = torch.empty((n, t, heads, d_k, v.shape[-1]), dtype=torch.float32, device=v.device)
     out = torch.empty_like(v)
     per_channel = g.dim() == 4
     for i in range(t):
@@ -153,9 +153,10 @@ class DeltaScan:
     def arrays(self, out: torch.Tensor) -> DirectionArrays:
         """The mixer's output ``out`` as ``h``, every state, the gates (if asked)."""
         states = torch.cat([p[0] for p in self.pieces], dim=1)
-        arrays = DirectionArrays(h=out.detach().float().numpy(), state=states.numpy())
+        arrays = DirectionArrays(h=out.detach().float().cpu().numpy(), state=states.cpu().numpy())
         if self.gates:
             arrays.gates = tuple(
-                np.ascontiguousarray(torch.cat([p[i] for p in self.pieces], dim=1).numpy()) for i in (1, 2)
+                np.ascontiguousarray(torch.cat([p[i] for p in self.pieces], dim=1).cpu().numpy())
+                for i in (1, 2)
             )
         return arrays

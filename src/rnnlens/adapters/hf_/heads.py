@@ -102,14 +102,14 @@ class HeadScan:
         B, C = B.transpose(1, 2).float(), C.transpose(1, 2).float()  # (n, t, d_state)
         d_a = torch.exp(A[None, :, None, :] * dt[:, :, :, None]).float()  # (n, d, t, d_state)
         d_bu = dt[:, :, :, None].float() * B[:, None] * u[:, :, :, None].float()
-        s = torch.zeros((n, d, A.shape[-1]), dtype=torch.float32)
-        states = torch.empty((n, t, d, A.shape[-1]), dtype=torch.float32)
-        y = torch.empty((n, d, t), dtype=torch.float32)
+        s = torch.zeros((n, d, A.shape[-1]), dtype=torch.float32, device=u.device)
+        states = torch.empty((n, t, d, A.shape[-1]), dtype=torch.float32, device=u.device)
+        y = torch.empty((n, d, t), dtype=torch.float32, device=u.device)
         for i in range(t):
             s = d_a[:, :, i] * s + d_bu[:, :, i]
             y[:, :, i] = torch.matmul(s.to(u.dtype), C[:, i, :, None].to(u.dtype))[..., 0]
             if self.ops and i in self.ops:  # the edit sees every head's state; this head's is kept
-                full = torch.zeros((n, self.heads, *s.shape[1:]), dtype=s.dtype)
+                full = torch.zeros((n, self.heads, *s.shape[1:]), dtype=s.dtype, device=s.device)
                 full[:, head] = s
                 edits.apply(full, self.ops[i])
                 s = full[:, head].clone()
@@ -128,11 +128,12 @@ class HeadScan:
                 "traces one scan per head (one whole sequence)."
             )
         arrays = DirectionArrays(
-            h=out.detach().float().numpy(), state=torch.stack([p[0] for p in self.pieces], dim=2).numpy()
+            h=out.detach().float().cpu().numpy(),
+            state=torch.stack([p[0] for p in self.pieces], dim=2).cpu().numpy(),
         )
         if self.gates:
             arrays.gates = tuple(
-                np.ascontiguousarray(torch.stack([p[i] for p in self.pieces], dim=2).float().numpy())
+                np.ascontiguousarray(torch.stack([p[i] for p in self.pieces], dim=2).float().cpu().numpy())
                 for i in (1, 2, 3)
             )
         return arrays

@@ -58,8 +58,8 @@ def lightning_states(
     qkv = mod.apply_mask_to_padding_states(qkv, attention_mask).reshape(n, t, heads, 3 * d)
     q, k, v = (x.transpose(1, 2) for x in torch.split(qkv, d, dim=3))  # (n, heads, t, d)
     ratio = torch.exp(-mixer.slope_rate)  # (heads, 1, 1)
-    s = torch.zeros((n, heads, d, d), dtype=v.dtype)
-    states = torch.empty((n, t, heads, d, d), dtype=torch.float32)
+    s = torch.zeros((n, heads, d, d), dtype=v.dtype, device=v.device)
+    states = torch.empty((n, t, heads, d, d), dtype=torch.float32, device=v.device)
     o = torch.empty_like(v)
     for i in range(t):
         s = ratio * s + torch.matmul(k[:, :, i, :, None], v[:, :, i, None, :])
@@ -75,4 +75,4 @@ def lightning_states(
     h = edits.check_unedited(
         out, rebuilt, ops, layer=name, what="the mixer output rebuilt from every step's memory"
     )
-    return DirectionArrays(h=h, state=states.numpy()), rebuilt
+    return DirectionArrays(h=h, state=states.cpu().numpy()), rebuilt
