@@ -283,3 +283,37 @@ def test_left_padding_is_the_mask_and_leaves_the_states_of_the_real_tokens(famil
     np.testing.assert_array_equal(padded.mask, mask.bool().numpy())
     alone = rnnlens.trace(model, ids[:, 2:])[name]
     np.testing.assert_allclose(padded.state[:, 2:], alone.state, rtol=1e-5, atol=1e-6)
+
+
+def test_a_chunked_call_then_step_calls_in_one_forward_carry_the_state() -> None:
+    """A mixer asked to keep intermediate states runs its chunk helper on the first steps and
+    the step helper on the rest (each from the last state): rnnlens carries its own state."""
+    from transformers.models.qwen3_next import modeling_qwen3_next as mod
+
+    from rnnlens.adapters.hf_.delta import DeltaScan
+
+    torch.manual_seed(0)
+    n, t, h, d = 2, 7, 2, 4
+    q, k, v = (torch.randn(n, t, h, d) for _ in range(3))
+    g, beta = -torch.rand(n, t, h), torch.rand(n, t, h)
+    whole = DeltaScan("gated_deltanet", "m", None, True)
+    chunk = whole.replacements(vars(mod))["torch_chunk_gated_delta_rule"]
+    kw = {"output_final_state": True, "use_qk_l2norm_in_kernel": True}
+    out, _ = chunk(q, k, v, g=g, beta=beta, initial_state=None, **kw)
+    split = DeltaScan("gated_deltanet", "m", None, True)
+    helpers = split.replacements(vars(mod))
+    first, state = helpers["torch_chunk_gated_delta_rule"](
+        q[:, :4], k[:, :4], v[:, :4], g=g[:, :4], beta=beta[:, :4], initial_state=None,
+        output_final_state=True, use_qk_l2norm_in_kernel=True,
+    )  # fmt: skip
+    outs = [first]
+    for i in range(4, t):
+        o, state = helpers["torch_recurrent_gated_delta_rule"](
+            q[:, i : i + 1], k[:, i : i + 1], v[:, i : i + 1], g=g[:, i : i + 1], beta=beta[:, i : i + 1],
+            initial_state=state, output_final_state=True, use_qk_l2norm_in_kernel=True,
+        )  # fmt: skip
+        outs.append(o)
+    np.testing.assert_allclose(torch.cat(outs, dim=1).numpy(), out.numpy(), rtol=1e-5, atol=1e-6)
+    got, want = split.arrays(out), whole.arrays(out)
+    assert got.state.shape == (n, t, h, d, d)
+    np.testing.assert_allclose(got.state, want.state, rtol=1e-5, atol=1e-6)
