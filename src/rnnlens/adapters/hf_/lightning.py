@@ -57,17 +57,20 @@ def lightning_states(
     qkv = mixer.act_fn(F.linear(hidden_states, mixer.qkv_proj.weight, mixer.qkv_proj.bias))
     qkv = mod.apply_mask_to_padding_states(qkv, attention_mask).reshape(n, t, heads, 3 * d)
     q, k, v = (x.transpose(1, 2) for x in torch.split(qkv, d, dim=3))  # (n, heads, t, d)
-    ratio = torch.exp(-mixer.slope_rate)  # (heads, 1, 1)
-    s = torch.zeros((n, heads, d, d), dtype=v.dtype, device=v.device)
-    states = torch.empty((n, t, heads, d, d), dtype=torch.float32, device=v.device)
-    o = torch.empty_like(v)
+    ratio = torch.exp(-mixer.slope_rate).float()  # (heads, 1, 1)
+    # every step's write k_tᵀ v_t at once; the loop is then one in-place update per step
+    states = torch.einsum("nhtd,nhte->nthde", k.float(), v.float()).contiguous()
+    unedited = {}
     for i in range(t):
-        s = ratio * s + torch.matmul(k[:, :, i, :, None], v[:, :, i, None, :])
-        o[:, :, i] = torch.matmul(q[:, :, i, None, :], s)[:, :, 0]  # read before an edit of step i
+        if i:
+            states[:, i].add_(states[:, i - 1] * ratio)
         if ops and i in ops:
-            s = s.clone()
-            edits.apply(s, ops[i])
-        states[:, i] = s
+            unedited[i] = states[:, i].clone()  # step i's own output reads the memory as computed
+            edits.apply(states[:, i], ops[i])
+    o = torch.einsum("nhtd,nthde->nhte", q.float(), states)
+    for i, mem in unedited.items():
+        o[:, :, i] = torch.einsum("nhd,nhde->nhe", q[:, :, i].float(), mem)
+    o = o.to(v.dtype)
     o = o.transpose(1, 2).reshape(n, t, heads * d)
     o = type(mixer.norm).forward(mixer.norm, o)
     o = torch.sigmoid(F.linear(hidden_states, mixer.output_gate.weight, mixer.output_gate.bias)) * o
