@@ -63,4 +63,56 @@ def mamba2_cases() -> list[Case]:
     return _cases("Mamba2", transformers.Mamba2ForCausalLM(cfg).eval())
 
 
-SUITES: dict[str, Callable[[], list[Case]]] = {"ssm-mamba": mamba_cases, "ssm-mamba2": mamba2_cases}
+def kimi_cases() -> list[Case]:
+    """Kimi delta attention (kind ``kimi_delta``): 3 of 4 layers linear, as Kimi Linear mixes them."""
+    import torch
+
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.KimiLinearConfig(
+        vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=4, linear_head_dim=16, linear_num_heads=4, kv_lora_rank=16, qk_rope_head_dim=8,
+        v_head_dim=16, qk_nope_head_dim=16, layer_types=["linear_attention"] * 3 + ["full_attention"],
+        mlp_layer_types=["dense"] * 4, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    return _cases("Kimi delta", transformers.KimiLinearForCausalLM(cfg).eval())
+
+
+def lightning_cases() -> list[Case]:
+    """MiniMax lightning attention (kind ``lightning``), blocks of 32 tokens."""
+    import torch
+
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.MiniMaxConfig(
+        vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, block_size=32, num_local_experts=2, num_experts_per_tok=1,
+        layer_types=["linear_attention"] * 3 + ["full_attention"],
+    )  # fmt: skip
+    return _cases("Lightning", transformers.MiniMaxForCausalLM(cfg).eval())
+
+
+def zamba_cases() -> list[Case]:
+    """Zamba v1's multi-head Mamba (kind ``mamba_heads``)."""
+    import torch
+
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.ZambaConfig(
+        vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=4, attention_head_dim=16, n_mamba_heads=2, mamba_d_state=16,
+        layers_block_type=["mamba", "mamba", "mamba", "hybrid"], tie_word_embeddings=False,
+    )  # fmt: skip
+    return _cases("Zamba", transformers.ZambaForCausalLM(cfg).eval())
+
+
+SUITES: dict[str, Callable[[], list[Case]]] = {
+    "ssm-mamba": mamba_cases,
+    "ssm-mamba2": mamba2_cases,
+    "ssm-kimi": kimi_cases,
+    "ssm-lightning": lightning_cases,
+    "ssm-zamba": zamba_cases,
+}

@@ -29,8 +29,8 @@ __all__ = ["FIELDS_BY_KIND", "GATE_NAMES", "KINDS", "CellKind", "Field", "Kind"]
 #: mixer's output at each step, ``state`` its recurrent state.
 Kind = Literal[
     "lstm", "gru", "mgu", "simple", "rnn", "convlstm", "mamba", "mamba2", "rglru", "rwkv4", "mlstm",
-    "gated_deltanet",
-]
+    "gated_deltanet", "kimi_delta", "lightning", "mamba_heads",
+]  # fmt: skip
 Field = Literal["h", "c", "gates", "state", "state_norm"]
 
 
@@ -94,6 +94,12 @@ KINDS: dict[str, CellKind] = {
         CellKind("mlstm", ("i", "f", "o"), state_dims=("head", "d_qk", "d_v")),
         # write strength beta (after its sigmoid) and log decay g, per value head
         CellKind("gated_deltanet", ("beta", "g"), state_dims=("head", "d_k", "d_v")),
+        # write strength beta and log decay g per head and key channel (Kimi delta attention)
+        CellKind("kimi_delta", ("beta", "g"), state_dims=("head", "d_k", "d_v")),
+        # decayed KᵀV memory with a fixed per-head decay: no input-dependent gate
+        CellKind("lightning", (), state_dims=("head", "d_k", "d_v")),
+        # Zamba v1's multi-head Mamba: dt per head and channel, B and C per head and state dim
+        CellKind("mamba_heads", ("dt", "B", "C"), state_dims=("head", "head_dim", "d_state")),
     )
 }
 

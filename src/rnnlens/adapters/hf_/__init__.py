@@ -1,9 +1,10 @@
-"""The transformers adapter: models with state-space / linear-recurrent mixers (Mamba,
-FalconMamba, RecurrentGemma), traced on transformers' pure-PyTorch path.
+"""The transformers adapter: models with state-space / linear-recurrent mixers (Mamba and its
+hybrids, Mamba2, gated delta-nets, Kimi delta attention, lightning attention, RecurrentGemma,
+RWKV-4, xLSTM), traced on transformers' pure-PyTorch path.
 
-This module imports no framework; :mod:`.trace` (discovery, the run) and the per-family
-rebuilds (:mod:`.mamba`, :mod:`.rglru`) do the work. A transformers model with none of these
-mixers is left to the PyTorch adapter (its ``nn.LSTM`` modules, if any).
+This module imports no framework; :mod:`.recognise` (which modules are mixers, by what they
+compute), :mod:`.trace` (the run) and the per-family modules do the work. A transformers model
+with no recurrent module is left to the PyTorch adapter (its ``nn.LSTM`` modules, if any).
 """
 
 from __future__ import annotations
@@ -15,19 +16,24 @@ import numpy as np
 
 from ...core.spec import LayerSpec
 from ..base import Adapter, Args, Captured, Edits, Inputs, Intervened, Kwargs, TraceOptions, mro_roots
-from .classes import CLASSES
+from .recognise import kind_of, unknown
 
 __all__ = ["TransformersAdapter"]
 
 
 class TransformersAdapter(Adapter):
     name = "transformers"
-    accepts = "a transformers model with Mamba / FalconMamba / RecurrentGemma mixers (input_ids first)"
+    accepts = (
+        "a transformers model with state-space / linear-recurrent mixers (Mamba, Mamba2, gated "
+        "delta-net, Kimi delta, lightning attention, RG-LRU, RWKV-4, mLSTM; input_ids first)"
+    )
 
     def can_trace(self, model: Any) -> bool:
+        """Claims a transformers model with a recurrent mixer, known or not (an unknown one is
+        then refused by name, not left to the PyTorch adapter's nn.LSTM search)."""
         if "transformers" not in mro_roots(model) or not hasattr(model, "modules"):
             return False
-        return any(type(m).__name__ in CLASSES for m in model.modules())
+        return any(kind_of(m) is not None or unknown(m) for m in model.modules())
 
     def describe(self, model: Any) -> list[LayerSpec]:
         from . import trace

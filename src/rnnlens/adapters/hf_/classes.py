@@ -1,4 +1,6 @@
-"""The transformers classes rnnlens traces, by kind (names only: importing this imports nothing).
+"""transformers mixer classes by kind (names only: importing this imports nothing). The first
+test of :func:`~rnnlens.adapters.hf_.recognise.kind_of` (a class or any base class named here);
+mixers not named here are found by what they compute.
 
 Example:
     >>> from rnnlens.adapters.hf_.classes import KIND_OF

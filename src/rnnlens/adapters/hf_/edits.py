@@ -33,8 +33,8 @@ __all__ = ["apply", "check_unedited", "first_step"]
 def apply(s: torch.Tensor, ops: Sequence[Op]) -> None:
     """Apply ``ops`` to one step's state ``s`` (sample, first state dim, ...) in place."""
     for op in ops:
-        sel: Any = op.units if isinstance(op.units, slice) else torch.as_tensor(op.units)
-        value = torch.as_tensor(op.value, dtype=s.dtype)
+        sel: Any = op.units if isinstance(op.units, slice) else torch.as_tensor(op.units, device=s.device)
+        value = torch.as_tensor(op.value, dtype=s.dtype, device=s.device)
         current = s[:, sel]
         if op.mode == "set":
             new = value.expand(current.shape)
@@ -57,8 +57,8 @@ def check_unedited(
     """Check the rebuilt output against the mixer's ``own`` at the steps the edits leave as the
     mixer computed them (all without edits); return the rebuilt output as float NumPy.
     :func:`~rnnlens.core.cells.check_parity` sees (sample, time, everything else)."""
-    got = rebuilt.detach().float().numpy()
-    expected = own.detach().float().numpy()
+    got = rebuilt.detach().float().cpu().numpy()
+    expected = own.detach().float().cpu().numpy()
     upto = first_step(ops, got.shape[time_axis])
 
     def steps(a: np.ndarray) -> np.ndarray:

@@ -1,24 +1,29 @@
 """transformers models with state-space / linear-recurrent mixers: find them, run the model once,
 rebuild every step's state.
 
-What is traced (the classes by kind: :mod:`.classes`), on transformers' pure-PyTorch path (CPU;
-no ``mamba_ssm`` / ``fla`` kernels): Mamba, FalconMamba and Jamba mixers (kind ``mamba``,
-:mod:`.mamba`), Mamba2 and the Mamba2 layers of hybrids (``mamba2``, :mod:`.mamba2`),
-RecurrentGemma's recurrent blocks (``rglru``, :mod:`.rglru`), xLSTM's mLSTM layers (``mlstm``,
-:mod:`.xlstm`), RWKV-4 time mixing (``rwkv4``, :mod:`.rwkv`) and Qwen3-Next's gated delta-net
-(``gated_deltanet``, :mod:`.gdn`). Fields: ``h`` (the mixer's output at each step), ``state``
-(its recurrent state after each step, in the model's own layout), ``state_norm`` (the state's
-L2 norm over its last axis, a row of units) and ``gates`` (the input-dependent step quantities,
-named per kind). One entry per mixer, named by its module path (``"backbone.layers.0.mixer"``),
-in model order; attention and MLP layers are not entries. :func:`intervene` edits ``state`` as
-the scan runs (:mod:`.edits`).
+What is traced (mixers found by what they compute: :mod:`.recognise`), on transformers'
+pure-PyTorch path (CPU; no ``mamba_ssm`` / ``fla`` kernels): Mamba, FalconMamba and Jamba mixers
+(kind ``mamba``, :mod:`.mamba`), Zamba v1's multi-head Mamba (``mamba_heads``, :mod:`.heads`),
+Mamba2 and the Mamba2 layers of hybrids (``mamba2``, :mod:`.mamba2`), RecurrentGemma's
+recurrent blocks (``rglru``, :mod:`.rglru`), xLSTM's mLSTM layers (``mlstm``, :mod:`.xlstm`),
+RWKV-4 time mixing (``rwkv4``, :mod:`.rwkv`), gated delta-nets (``gated_deltanet``) and Kimi
+delta attention (``kimi_delta``, both :mod:`.delta`), MiniMax's lightning attention
+(``lightning``, :mod:`.lightning`). A module that keeps a recurrent cache slot of no kind
+rnnlens knows is refused by name (``layers=`` picks the others). Fields: ``h`` (the mixer's
+output at each step), ``state`` (its recurrent state after each step, in the model's own
+layout), ``state_norm`` (the state's L2 norm over its last axis, a row of units) and ``gates``
+(the input-dependent step quantities, named per kind). One entry per mixer, named by its module
+path (``"backbone.layers.0.mixer"``), in model order; attention and MLP layers are not entries.
+:func:`intervene` edits ``state`` as the scan runs (:mod:`.edits`).
 
 How: ``trace(model, input_ids, **kwargs)`` calls ``model(input_ids, **kwargs)`` once, in eval
 mode under ``torch.no_grad()`` (training flags restored). Each mixer gets an instance
 ``forward`` that runs its own ``forward`` and keeps what it received and returned, removed
 again in a ``finally``: no hook, no weight or buffer is touched, and the model returns what it
-returns without rnnlens. The states are then rebuilt from the recorded inputs with the mixer's
-own weights and checked against the mixer's own output (float32: rtol 1e-4, atol 2e-5).
+returns without rnnlens (delta-rule and multi-head Mamba mixers run a copy of their own
+``forward`` whose scan helper is rnnlens' recorder: :mod:`.intercept`). The states are rebuilt
+from the recorded inputs with the mixer's own weights and checked against the mixer's own
+output (float32: rtol 1e-4, atol 2e-5).
 ``attention_mask`` (given as transformers takes it) becomes ``States.mask``; at padded steps
 the state is what the model computes (Mamba zeroes padded inputs; the state decays).
 
@@ -37,6 +42,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,13 +55,13 @@ from ...core.spec import LayerSpec
 from ...core.tracing import resolve_fields, select_layers
 from ...errors import InputError, UnsupportedLayerError
 from ..base import Args, Captured, Edits, Intervened, Kwargs, TraceOptions
-from .classes import KIND_OF
-from .gdn import gdn_states
-from .gdn import state_shape as gdn_shape
+from . import delta, heads, lightning
+from .intercept import forward_with
 from .mamba import mamba_states
 from .mamba import state_shape as mamba_shape
 from .mamba2 import mamba2_states
 from .mamba2 import state_shape as mamba2_shape
+from .recognise import mixers, refuse_unknown
 from .rglru import rglru_states
 from .rglru import state_shape as rglru_shape
 from .rwkv import rwkv_states
@@ -63,23 +69,29 @@ from .rwkv import state_shape as rwkv_shape
 from .xlstm import mlstm_scan, mlstm_states
 from .xlstm import state_shape as xlstm_shape
 
-__all__ = ["capture", "describe", "mixers"]
-
-
-def mixers(model: Any) -> list[tuple[str, Any, str]]:
-    """``(path, module, kind)`` of every mixer rnnlens traces, in ``named_modules`` order."""
-    return [
-        (path, m, KIND_OF[type(m).__name__])
-        for path, m in model.named_modules()
-        if type(m).__name__ in KIND_OF
-    ]
+__all__ = ["capture", "describe", "intervene"]
 
 
 #: kind -> (the state's per-step shape of a mixer, what its entry's h and state are)
 _STATE: dict[str, tuple[Any, str]] = {
     "mamba": (mamba_shape, "h: the mixer output; state: the selective-scan state (d_inner, d_state)"),
     "mamba2": (mamba2_shape, "h: the mixer output; state: the per-head SSM state (head, head_dim, d_state)"),
-    "gated_deltanet": (gdn_shape, "h: the mixer output; state: the delta-rule state (value head, d_k, d_v)"),
+    "gated_deltanet": (
+        delta.state_shape,
+        "h: the mixer output; state: the delta-rule state (value head, d_k, d_v)",
+    ),
+    "kimi_delta": (
+        delta.state_shape,
+        "h: the mixer output; state: the delta-rule state with per-channel decay (head, d_k, d_v)",
+    ),
+    "lightning": (
+        lightning.state_shape,
+        "h: the mixer output; state: the decayed KᵀV memory (head, d_k, d_v)",
+    ),
+    "mamba_heads": (
+        heads.state_shape,
+        "h: the mixer output; state: each head's selective-scan state (head, head_dim, d_state)",
+    ),
     "mlstm": (
         xlstm_shape,
         "h: the mLSTM layer output; state: the matrix memory C (head, d_qk, d_v); parts n, m",
@@ -92,7 +104,13 @@ _STATE: dict[str, tuple[Any, str]] = {
 def _spec(path: str, m: Any, kind: str) -> LayerSpec:
     shape_of, note = _STATE[kind]
     # the mixer's output width: its own hidden_size, else its model config's (xLSTM, RWKV)
-    units = int(m.hidden_size if hasattr(m, "hidden_size") else m.config.hidden_size)
+    units = int(
+        m.hidden_size
+        if hasattr(m, "hidden_size")
+        else m.config.hidden_size
+        if hasattr(m, "config")
+        else m.out_proj.out_features
+    )
     return LayerSpec(
         path, kind, type(m).__name__, units, ("forward",), FIELDS_BY_KIND[kind],  # type: ignore[arg-type]
         notes=(note,), state_shape=tuple(shape_of(m)),
@@ -113,6 +131,7 @@ class _Calls:
     calls: list[dict[str, Any]] = field(default_factory=list)
     edits: LayerEdits | None = None  # rnnlens.intervene: this mixer's state edits
     gates: bool = True
+    name: str = ""
 
 
 def _mamba_stand_in(m: Any, rec: _Calls) -> Any:
@@ -121,18 +140,19 @@ def _mamba_stand_in(m: Any, rec: _Calls) -> Any:
         attention_mask = kwargs.get("attention_mask", args[2] if len(args) > 2 else None)
         cache = kwargs.get("cache", kwargs.get("cache_params", args[1] if len(args) > 1 else None))
         # Mamba's scan starts from zero unless it decodes one token; Mamba2's continues a cache
-        continues = hidden_states.shape[1] == 1 or rec.kind in ("mamba2", "gated_deltanet")
+        continues = hidden_states.shape[1] == 1 or rec.kind in ("mamba2", "lightning")
         if continues and cache is not None and _has_state(cache, m.layer_idx) is not False:
             raise UnsupportedLayerError(
                 f"Mixer {type(m).__name__} was called in decoding mode (continuing a cache): rnnlens "
                 "traces whole sequences from their start. Pass the full input_ids in one call (no "
                 "past cache)."
             )
-        out = type(m).forward(m, *args, **kwargs)
+        full = type(m).forward(m, *args, **kwargs)
+        out = full[0] if isinstance(full, tuple) else full  # lightning: (output, memory)
         call = {"x": hidden_states.clone(), "mask": attention_mask, "out": out.clone()}
         rec.calls.append(call)
         if rec.edits is None:
-            return out
+            return full
         # edited: the states are rebuilt now with the edits, and the rest of the model gets the
         # output computed from them instead of the mixer's own
         n, t = hidden_states.shape[:2]
@@ -140,13 +160,40 @@ def _mamba_stand_in(m: Any, rec: _Calls) -> Any:
         call["arrays"], edited = _REBUILD[rec.kind](
             m, call["x"], attention_mask, call["out"], name=rec.edits.spec.name, gates=rec.gates, ops=ops
         )
-        return edited.to(out.dtype)
+        return (edited.to(out.dtype), *full[1:]) if isinstance(full, tuple) else edited.to(out.dtype)
+
+    return forward
+
+
+def _intercept_stand_in(m: Any, rec: _Calls) -> Any:
+    """Delta-rule and multi-head Mamba mixers: their own forward, their scan helper recorded."""
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if "cache_params" in kwargs:  # the deprecated name the unwrapped forward no longer maps
+            kwargs["cache"] = kwargs.pop("cache_params")
+        hidden_states = args[0] if args else kwargs["hidden_states"]
+        mask = kwargs.get("attention_mask", args[2] if len(args) > 2 else None)
+        ops = None
+        if rec.edits is not None:
+            ops = rec.edits.steps("forward", "state", hidden_states.shape[1], hidden_states.shape[0])
+        scanner: Any = (
+            heads.HeadScan(m, rec.name, ops, rec.gates)
+            if rec.kind == "mamba_heads"
+            else delta.DeltaScan(rec.kind, rec.name, ops, rec.gates)
+        )
+        env = inspect.unwrap(type(m).forward).__globals__
+        out = forward_with(m, scanner.replacements(env))(m, *args, **kwargs)
+        rec.calls.append({"mask": mask, "out": out, "arrays": scanner.arrays(out)})
+        return out
 
     return forward
 
 
 def _has_state(cache: Any, layer: int) -> bool | None:
     """Whether ``cache`` holds a recurrent state for ``layer`` already (None: cannot tell)."""
+    if hasattr(cache, "linear_cache"):  # MiniMax: a list with [] for layers not filled yet
+        kept = cache.linear_cache
+        return layer < len(kept) and isinstance(kept[layer], torch.Tensor)
     get = getattr(cache, "get_recurrent_state", None)
     if get is None:
         return None
@@ -243,9 +290,11 @@ def _rglru_stand_in(block: Any, rec: _Calls) -> tuple[Any, Any]:
     return block_forward, lru_forward
 
 
-_REBUILD = {"mamba": mamba_states, "mamba2": mamba2_states, "gated_deltanet": gdn_states}
+_REBUILD = {"mamba": mamba_states, "mamba2": mamba2_states, "lightning": lightning.lightning_states}
+#: kinds whose scan helper is recorded as the mixer runs (:mod:`.intercept`)
+_INTERCEPTED = {"gated_deltanet", "kimi_delta", "mamba_heads"}
 #: kinds whose states rnnlens.intervene edits
-_EDITABLE = {*_REBUILD, "rglru", "mlstm", "rwkv4"}
+_EDITABLE = {*_REBUILD, *_INTERCEPTED, "rglru", "mlstm", "rwkv4"}
 
 
 def capture(model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Captured:
@@ -274,12 +323,15 @@ def _run(model: Any, args: Args, kwargs: Kwargs, options: TraceOptions, edits: E
             "mask= and batch_size= are not used for transformers models: pass attention_mask= as "
             "the model takes it (it becomes States.mask), and split large inputs yourself."
         )
+    refuse_unknown(model, options.layers)
     found = mixers(model)
     specs = [_spec(path, m, kind) for path, m, kind in found]
     chosen = select_layers(specs, options.layers)
     fields = resolve_fields(chosen, options.fields)
     wanted = {s.name for s in chosen}
-    recs = {path: _Calls(kind, m) for path, m, kind in found if path in wanted or path in edits}
+    recs = {path: _Calls(kind, m, name=path) for path, m, kind in found if path in wanted or path in edits}
+    for path in wanted:
+        recs[path].gates = "gates" in fields[path]
     for name, e in edits.items():
         recs[name].edits = e
         recs[name].gates = name not in fields or "gates" in fields[name]
@@ -289,8 +341,11 @@ def _run(model: Any, args: Args, kwargs: Kwargs, options: TraceOptions, edits: E
         model.eval()
         for rec in recs.values():
             m = rec.module
-            if rec.kind in ("mamba", "mamba2", "gated_deltanet"):
+            if rec.kind in _REBUILD:
                 vars(m)["forward"] = _mamba_stand_in(m, rec)
+                installed.append(m)
+            elif rec.kind in _INTERCEPTED:
+                vars(m)["forward"] = _intercept_stand_in(m, rec)
                 installed.append(m)
             elif rec.kind == "rwkv4":
                 vars(m)["forward"] = _rwkv_stand_in(m, rec)
@@ -327,7 +382,10 @@ def _arrays(spec: LayerSpec, rec: _Calls, fields: tuple[str, ...]) -> Any:
         )
     call = rec.calls[0]
     gates = "gates" in fields
-    if rec.kind in _REBUILD:
+    if rec.kind in _INTERCEPTED:
+        arrays = call["arrays"]
+        mask = None if call["mask"] is None else np.asarray(call["mask"].bool().numpy())
+    elif rec.kind in _REBUILD:
         arrays = call.get("arrays")  # an edited mixer's: built during the run
         if arrays is None:
             arrays, _ = _REBUILD[rec.kind](
