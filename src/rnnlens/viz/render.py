@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import FieldNotAvailableError, InputError
+from ..io.stored import reading
 from ..io.zarr import open_states
 from ..viewer.store import Tokens
 from .plots import _pyplot, gate_grid, heatmap, pca_trajectory, unit_traces
@@ -75,6 +76,21 @@ def render(
     if kind not in KINDS:
         raise InputError(f"kind must be one of {list(KINDS)}; received {kind!r}.")
     opened = _open(states)
+    with reading(getattr(opened, "path", "the store")):
+        return _render(opened, layer, sample, kind, field, direction, units, tokens, fit_samples)
+
+
+def _render(
+    opened: Any,
+    layer: str,
+    sample: int,
+    kind: str,
+    field: str,
+    direction: str | None,
+    units: Sequence[int] | None,
+    tokens: Sequence[str] | None,
+    fit_samples: int | None,
+) -> Any:
     ls = opened[layer]  # LayerNotFoundError with a suggestion
     target = ls if direction is None else ls._direction(direction)
     n = int(ls.h.shape[0])
