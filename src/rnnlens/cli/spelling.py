@@ -21,6 +21,7 @@ _RULES: tuple[tuple[str, str], ...] = (
     (r"\bfields=\('h',\)", "--fields h"),
     (r"\blayers=\[\.\.\.\]", "--layers"),
     (r"\brnnlens\.describe\(model\)", "rnnlens inspect MODEL"),
+    (r"\bstorage_options\b", "--storage-options"),
 )
 
 
