@@ -226,3 +226,31 @@ def test_viewer_text_meets_wcag_aa_contrast(page) -> None:  # type: ignore[no-un
     page.wait_for_selector("#results li")
     assert len(text_contrast(page)) > 20
     assert below_aa(page) == []
+
+
+def test_gates_on_a_0_1_sequential_scale_in_the_viewer(browser, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    torch = pytest.importorskip("torch")
+    import rnnlens
+
+    torch.manual_seed(0)
+    net = torch.nn.LSTM(3, 6, batch_first=True)
+    x = np.random.default_rng(0).standard_normal((4, 9, 3)).astype("float32")
+    rnnlens.extract_to(tmp_path / "g.zarr", net, x, fields=None, batch_size=4)
+    server = start(tmp_path / "g.zarr")
+    pg = browser.new_page(viewport={"width": 1000, "height": 700})
+    try:
+        pg.goto(server.url)
+        pg.wait_for_selector("body[data-ready='1']")
+        canvas = pg.locator("#heatmap")
+        assert canvas.get_attribute("data-colour-scale") == "diverging"  # h
+        pg.select_option("#field", "f")
+        expect(canvas).to_have_attribute("data-colour-scale", "unit")
+        assert canvas.get_attribute("data-colour-bar") == "0 1"
+        pg.select_option("#field", "g")  # tanh: centred on zero again
+        expect(canvas).to_have_attribute("data-colour-scale", "diverging")
+    finally:
+        pg.close()
+        server.shutdown()
+        server.server_close()

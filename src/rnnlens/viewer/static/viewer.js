@@ -60,6 +60,20 @@
     return `rgb(${c},${c},255)`;
   }
 
+  // sequential 0..1 (a sigmoid gate): viridis, as the plots draw gates
+  const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
+  function sequential(v) {
+    if (!Number.isFinite(v)) return "#dddddd";
+    const x = Math.max(0, Math.min(1, v)) * (VIRIDIS.length - 1);
+    const i = Math.min(VIRIDIS.length - 2, Math.floor(x)), f = x - i;
+    const c = VIRIDIS[i].map((a, k) => Math.round(a + f * (VIRIDIS[i + 1][k] - a)));
+    return `rgb(${c[0]},${c[1]},${c[2]})`;
+  }
+
+  function cellColour(v, d) {
+    return d.scale === "unit" ? sequential(v) : colour(v, d.vmax);
+  }
+
   function geometry(d) {
     const cw = Math.max(12, Math.min(28, Math.floor(900 / d.time)));
     const ch = Math.max(6, Math.min(16, Math.floor(420 / d.units)));
@@ -90,7 +104,7 @@
     ctx.fillRect(0, 0, g.width, g.height);
     for (let t = 0; t < d.time; t++) {
       for (let u = 0; u < d.units; u++) {
-        ctx.fillStyle = colour(state.values[t * d.units + u], d.vmax);
+        ctx.fillStyle = cellColour(state.values[t * d.units + u], d);
         ctx.fillRect(g.left + t * g.cw, g.top + u * g.ch, g.cw, g.ch);
       }
       if (!d.mask[t]) {  // masked step: hatched
@@ -160,10 +174,12 @@
   function drawColourBar(ctx, g, d) {
     const x0 = g.left + d.time * g.cw + 10 + g.strip;
     const h = Math.max(d.units * g.ch, 80);
+    const unit = d.scale === "unit";
+    const [lo, hi] = unit ? [0, 1] : [-d.vmax, d.vmax];
     const steps = 64;
     for (let i = 0; i < steps; i++) {
-      const v = d.vmax * (1 - (2 * (i + 0.5)) / steps);  // top: +vmax
-      ctx.fillStyle = colour(v, d.vmax);
+      const v = hi - ((hi - lo) * (i + 0.5)) / steps;  // top: the highest value
+      ctx.fillStyle = cellColour(v, d);
       ctx.fillRect(x0, g.top + (i * h) / steps, 12, h / steps + 1);
     }
     ctx.strokeStyle = "#999";
@@ -172,12 +188,13 @@
     ctx.font = "10px sans-serif";
     ctx.textAlign = "left";
     ctx.textBaseline = "middle";
-    const label = (v) => (v < 0 ? "\u2212" : "") + Math.abs(v).toPrecision(2);
-    ctx.fillText(label(d.vmax), x0 + 15, g.top + 5);
-    ctx.fillText("0", x0 + 15, g.top + h / 2);
-    ctx.fillText(label(-d.vmax), x0 + 15, g.top + h - 5);
+    const label = (v) => (v < 0 ? "\u2212" : "") + (v === 0 || v === 1 ? String(Math.abs(v)) : Math.abs(v).toPrecision(2));
+    ctx.fillText(label(hi), x0 + 15, g.top + 5);
+    ctx.fillText(label((lo + hi) / 2), x0 + 15, g.top + h / 2);
+    ctx.fillText(label(lo), x0 + 15, g.top + h - 5);
     const canvas = $("heatmap");
-    canvas.dataset.colourBar = `${-d.vmax} ${d.vmax}`;
+    canvas.dataset.colourBar = `${lo} ${hi}`;
+    canvas.dataset.colourScale = d.scale;
     canvas.dataset.colourBarLeft = x0;
   }
 
