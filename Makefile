@@ -7,7 +7,7 @@ DEMO_STAMP := $(VENV)/.demo-$(shell cat pyproject.toml requirements/*.txt 2>/dev
 # every install here takes this machine's pins (the torch CPU wheel on disk; one agreeing botocore set)
 PIP    := $(PY) -m pip install -q -c requirements/constraints.txt
 
-.PHONY: install install-demo demo test test-fast lint docs bench clean
+.PHONY: install install-demo demo test test-fast lint docs bench clean browser
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,14 @@ install-demo: $(DEMO_STAMP)
 demo: install-demo  ## train a tiny model on built-in data, trace it, print what it found
 	$(VENV)/bin/rnnlens demo
 
-test: install  ## the full test suite (what CI runs), then the Keras suite on the JAX and PyTorch backends
-	$(PY) -m pytest -n 2 --dist loadgroup -q
+# the viewer's browser tests run in Debian's chromium: make test fails without it instead of skipping them
+browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "make test: chromium is not installed, and the viewer's \
+	browser tests need it. Install it (Debian/Ubuntu: sudo apt-get install chromium, as .ci/run does), or \
+	run make test-fast, which skips them." >&2; exit 1; }
+
+test: browser install  ## the full test suite (what CI runs), then the Keras suite on the JAX and PyTorch backends
+	RNNLENS_REQUIRE_BROWSER=1 $(PY) -m pytest -n 2 --dist loadgroup -q
 	KERAS_BACKEND=jax $(PY) -m pytest tests/keras -n 2 -q -p no:cacheprovider
 	KERAS_BACKEND=torch $(PY) -m pytest tests/keras -n 2 -q -p no:cacheprovider
 

@@ -60,10 +60,21 @@ def test_help_everywhere() -> None:
         assert result.returncode == 0 and "usage: rnnlens" in result.stdout
 
 
-def test_demo_finds_depth_units_far_above_a_random_unit(capsys) -> None:  # type: ignore[no-untyped-def]
+def test_demo_finds_depth_units_far_above_a_random_unit(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from rnnlens.cli.demo import run_demo
 
-    result = run_demo(epochs=4, verbose=False)
+    result = run_demo(epochs=4, verbose=False, report=tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    # the report holds what the terminal prints: the probe and the ablation, with their numbers
+    intact, ablated, _ = result.closing
+    for text in (
+        "logistic probe for depth on c",
+        "selectivity",
+        "Ablating them",
+        f"{intact:.3f}",
+        f"{ablated:.3f}",
+    ):
+        assert text in page
     best = abs(result.top_units[0][2])
     # Measured on 2 CPU cores: best |r| 0.876 vs a random unit's median |r| 0.331 (4 epochs).
     assert best > 0.7

@@ -131,7 +131,7 @@ def test_the_cli_extracts_verifies_exports_plots_and_views_a_bucket_store(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "No state store" in err[0] and "not valid JSON" in err[1], err
     assert main(["verify", "local.zarr", *opts]) == 2
-    assert "storage_options are for stores at URLs" in capsys.readouterr().err
+    assert "--storage-options are for stores at URLs" in capsys.readouterr().err
 
     view = subprocess.Popen(
         [sys.executable, "-m", "rnnlens", "view", url, "--no-browser", *opts],

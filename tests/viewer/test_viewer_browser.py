@@ -173,3 +173,84 @@ def test_correlation_panel_colours_units_by_a_loaded_feature(browser, planted, t
         ctx.close()
         server.shutdown()
         server.server_close()
+
+
+def test_default_threshold_from_the_data_and_a_first_selection_finds_units(page, planted) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from rnnlens.viewer import StoreView
+
+    view = StoreView(planted)
+    values = view.sample("lstm", "h", "forward", 0)
+    valid = np.sort(values[np.asarray(view.mask[0], bool)].ravel())
+    expected = round(float(valid[int(0.9 * valid.size)]), 2)
+    assert page.get_attribute("#threshold", "data-from-data") == "1"
+    assert float(page.input_value("#threshold")) == pytest.approx(expected, abs=1e-9)
+    s, a, b = PLANTED[0]
+    page.fill("#sample", str(s))
+    page.locator("#sample").dispatch_event("change")
+    expect(page.locator("#status")).to_have_text(re.compile(rf"^sample {s}:"))
+    assert float(page.input_value("#threshold")) == pytest.approx(expected)  # kept across samples
+    drag(page, a, b)  # no threshold typed: the planted units are found
+    expect(page.locator("#selected-units .chip")).to_have_count(2)
+
+
+def test_the_heatmap_has_a_colour_bar(page) -> None:  # type: ignore[no-untyped-def]
+    canvas = page.locator("#heatmap")
+    lo, hi = (float(v) for v in canvas.get_attribute("data-colour-bar").split())
+    assert lo == -hi and hi > 0
+    x = float(canvas.get_attribute("data-colour-bar-left")) + 6
+    top = float(canvas.get_attribute("data-top"))
+    pixel = page.evaluate(
+        """([x, y0]) => { const c = document.getElementById('heatmap'); const ctx = c.getContext('2d');
+        const h = c.height;
+        return [ctx.getImageData(x, y0 + 2, 1, 1).data, ctx.getImageData(x, h - 26, 1, 1).data]
+          .map((d) => Array.from(d).slice(0, 3)); }""",
+        [x, top],
+    )
+    (r1, _, b1), (r2, _, b2) = pixel
+    assert r1 > 200 and b1 < 120  # +max: red
+    assert b2 > 200 and r2 < 120  # -max: blue
+
+
+def test_viewer_text_meets_wcag_aa_contrast(page) -> None:  # type: ignore[no-untyped-def]
+    from contrast import below_aa, text_contrast
+
+    s, a, b = PLANTED[0]
+    page.fill("#sample", str(s))
+    page.locator("#sample").dispatch_event("change")
+    expect(page.locator("#status")).to_have_text(re.compile(rf"^sample {s}:"))
+    drag(page, a, b)
+    expect(page.locator("#selected-units .chip")).to_have_count(2)
+    page.click("#match")
+    page.wait_for_selector("#results li")
+    assert len(text_contrast(page)) > 20
+    assert below_aa(page) == []
+
+
+def test_gates_on_a_0_1_sequential_scale_in_the_viewer(browser, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    torch = pytest.importorskip("torch")
+    import rnnlens
+
+    torch.manual_seed(0)
+    net = torch.nn.LSTM(3, 6, batch_first=True)
+    x = np.random.default_rng(0).standard_normal((4, 9, 3)).astype("float32")
+    rnnlens.extract_to(tmp_path / "g.zarr", net, x, fields=None, batch_size=4)
+    server = start(tmp_path / "g.zarr")
+    pg = browser.new_page(viewport={"width": 1000, "height": 700})
+    try:
+        pg.goto(server.url)
+        pg.wait_for_selector("body[data-ready='1']")
+        canvas = pg.locator("#heatmap")
+        assert canvas.get_attribute("data-colour-scale") == "diverging"  # h
+        pg.select_option("#field", "f")
+        expect(canvas).to_have_attribute("data-colour-scale", "unit")
+        assert canvas.get_attribute("data-colour-bar") == "0 1"
+        pg.select_option("#field", "g")  # tanh: centred on zero again
+        expect(canvas).to_have_attribute("data-colour-scale", "diverging")
+    finally:
+        pg.close()
+        server.shutdown()
+        server.server_close()

@@ -3,6 +3,8 @@
 Run from the repository root (about a minute: it trains the demo model)::
 
     .venv/bin/python tests/viewer/viewer_screenshot.py docs/viewer.png
+
+``scripts/screenshots.py`` writes it together with docs/demo-report.png (one demo run).
 """
 
 from __future__ import annotations
@@ -12,18 +14,24 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 
 def main(out: str) -> None:
+    from rnnlens.cli.demo import run_demo
+
+    shoot(run_demo(verbose=False), out)
+
+
+def shoot(result: Any, out: str) -> None:
+    """The viewer on ``result`` (a :class:`~rnnlens.cli.demo.DemoResult`), screenshot to ``out``."""
     from playwright.sync_api import expect, sync_playwright
 
-    from rnnlens.cli.demo import run_demo
     from rnnlens.testing.stores import write_store
     from rnnlens.viewer import StoreView, make_server
 
-    result = run_demo(verbose=False)
     h = np.asarray(result.states["lstm"].h)  # type: ignore[attr-defined]
     tmp = Path(tempfile.mkdtemp())
     store = write_store(tmp / "demo.zarr", h, layer="lstm", backend="keras demo")

@@ -58,3 +58,58 @@ def test_html_report_is_self_contained(states, tmp_path) -> None:  # type: ignor
     assert page.count("data:image/png;base64,") == 2
     assert "lstm.h[2]" in page and page.count("<span") == 12
     assert "http" not in page  # nothing fetched from elsewhere
+
+
+def test_sigmoid_gates_on_a_0_1_sequential_scale_tanh_and_states_diverging(states) -> None:  # type: ignore[no-untyped-def]
+    from rnnlens.viz.plots import GATE_CMAP
+
+    fig = gate_grid(states["lstm"], 1)
+    scales = {}
+    for ax in fig.axes:
+        if ax.images:
+            image = ax.images[0]
+            scales[ax.get_title()] = (image.get_cmap().name, *image.get_clim())
+    for gate in "ifo":  # sigmoid gates: values in [0, 1]
+        assert scales[gate] == (GATE_CMAP, 0.0, 1.0)
+    for field in ("g", "c"):  # tanh gate and cell state: diverging, centred on zero
+        name, lo, hi = scales[field]
+        assert name == "RdBu_r" and lo == -hi and hi > 0
+    # every heatmap has its colour bar (an extra axes beside each image)
+    assert len(fig.axes) == 2 * len(scales)
+
+
+def test_every_character_of_a_saved_figure_has_a_glyph(states, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """ "PC 2" and the minus signs of negative ticks are drawn by a font that has them."""
+    from matplotlib import font_manager, ft2font
+
+    ax = pca_trajectory(states["lstm"], 0)
+    fig = ax.figure
+    fig.savefig(tmp_path / "pca.png")
+    fig.canvas.draw()
+    texts = [t for t in fig.findobj(lambda a: hasattr(a, "get_text") and hasattr(a, "get_fontproperties"))]
+    shown = [t for t in texts if t.get_text() and t.get_visible()]
+    labels = {t.get_text() for t in shown}
+    assert "PC 2" in labels and any(s.startswith(("\u2212", "-")) for s in labels)
+    for t in shown:
+        font = ft2font.FT2Font(font_manager.findfont(t.get_fontproperties()))
+        missing = [ch for ch in t.get_text() if not ch.isspace() and font.get_char_index(ord(ch)) == 0]
+        assert not missing, (t.get_text(), missing)
+
+
+def test_a_font_without_the_minus_glyph_falls_back_to_hyphen_minus(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import matplotlib
+    from matplotlib import ft2font
+
+    from rnnlens.viz import plots
+
+    class NoMinus:
+        def __init__(self, path: str) -> None:
+            pass
+
+        def get_char_index(self, code: int) -> int:
+            return 0 if code == 0x2212 else 1
+
+    monkeypatch.setattr(ft2font, "FT2Font", NoMinus)
+    with matplotlib.rc_context({"axes.unicode_minus": True}):
+        plots._pyplot()
+        assert matplotlib.rcParams["axes.unicode_minus"] is False

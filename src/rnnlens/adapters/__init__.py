@@ -17,11 +17,20 @@ from __future__ import annotations
 import importlib
 import os
 import threading
-from importlib.metadata import entry_points
 from typing import Any
 
 from ..errors import UnsupportedModelError
 from .base import Adapter, Captured, Inputs, LayerBatch, TraceOptions
+
+
+def entry_points(*, group: str) -> Any:
+    """Installed packages' entry points of ``group``. importlib.metadata (with email, zipfile,
+    ...) costs ~0.1 s to import, paid only when the registry is first read, not by every
+    ``import rnnlens`` (the CLI's fixed cost)."""
+    import importlib.metadata
+
+    return importlib.metadata.entry_points(group=group)
+
 
 __all__ = [
     "Adapter",

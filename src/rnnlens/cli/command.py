@@ -23,6 +23,8 @@ from ..viewer import serve
 from ..viz.render import read_tokens, render, save
 from . import causal as _cli_causal
 from .demo import run_demo
+from .extracting import FIELDS_HELP, choose_fields, guarded, parse_fields
+from .spelling import cli_spelling
 from .support import STORAGE_HELP, storage_options
 from .support import open_model as _open
 from .support import split as _split
@@ -59,7 +61,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             client = None
             if args.scheduler:
                 client = stack.enter_context(connect(args.scheduler))
-            _extract(args, extract_to, data, client)
+            guarded(lambda: _extract(args, extract_to, data, client), args.out, storage_options(args))
     except KeyboardInterrupt:
         print(
             f"\nrnnlens extract: interrupted; completed chunks are kept in {args.out}. "
@@ -71,12 +73,21 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _extract(args: argparse.Namespace, extract_to: Any, data: Any, client: Any) -> None:
+    import rnnlens
+
+    layers, fields = _split(args.layers), parse_fields(args.fields)
+    model: Any = args.model
+    if args.module or (fields is not None and not args.scheduler):
+        model = _open(args)  # opened once, here: its layers decide what each takes of --fields
+    if fields is not None:
+        specs = rnnlens.describe(model if not isinstance(model, str) else _open(args))
+        fields = choose_fields(fields, list(specs), layers)
     extract_to(
         args.out,
-        _open(args) if args.module else args.model,
+        model,
         data,
-        layers=_split(args.layers),
-        fields=_split(args.fields) or ("h",),
+        layers=layers,
+        fields=fields,
         batch_size=args.batch_size,
         resume=not args.no_resume,
         overwrite=args.overwrite,
@@ -142,6 +153,7 @@ def _cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
+VERBOSE_HELP = "show the frameworks' own log lines (TensorFlow's C++ logs)"
 STORE_HELP = "store written by 'rnnlens extract': a directory or a URL (s3://bucket/run.zarr, ...)"
 
 
@@ -151,9 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hidden states, cell states and gates of trained recurrent networks, every step.",
     )
     parser.add_argument("--version", action="version", version=_version())
-    parser.add_argument(
-        "--verbose", action="store_true", help="show the frameworks' own log lines (TensorFlow's C++ logs)"
-    )
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def module_options(p: argparse.ArgumentParser) -> None:
@@ -177,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--units", type=int, default=32, help="LSTM units (default 32)")
     p.add_argument("--epochs", type=int, default=6, help="training epochs (default 6)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed of the data, weights and training (default 0)"
+    )
     p.add_argument("-o", "--out", default="rnnlens-demo.html", help="HTML report (default rnnlens-demo.html)")
     p.set_defaults(func=_cmd_demo)
 
@@ -202,9 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--storage-options", metavar="JSON", help=STORAGE_HELP)
     p.add_argument("--layers", help="comma-separated layer names (default: every recurrent layer)")
-    p.add_argument(
-        "--fields", default="h", help="comma-separated subset of h,c,gates,state,state_norm (default: h)"
-    )
+    p.add_argument("--fields", default="all", help=FIELDS_HELP)
     p.add_argument("--batch-size", type=int, default=256, help="sequences per batch and chunk (default 256)")
     p.add_argument("--lengths", help=".npy of valid steps per sequence (sample,)")
     p.add_argument("--mask", help=".npy of valid steps, (sample, time) bool")
@@ -337,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
     p.set_defaults(func=_cmd_view)
+    for p in sub.choices.values():  # global options anywhere on the line, also after the subcommand
+        p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 
@@ -347,6 +359,12 @@ def _version() -> str:
 def _line(e: BaseException) -> str:
     """An error message on one line (frameworks' messages span several)."""
     return " ".join(str(e).split())
+
+
+def _note(e: BaseException) -> str:
+    """What a failed extract left behind (set by :func:`.extracting.guarded`), as a sentence."""
+    note = getattr(e, "rnnlens_note", "")
+    return f" {note}" if note else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -363,7 +381,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
     except (RnnLensError, FileNotFoundError) as e:
-        print(f"rnnlens {args.command}: error: {_line(e)}", file=sys.stderr)
+        print(f"rnnlens {args.command}: error: {cli_spelling(_line(e))}{_note(e)}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:  # an optional library imported where no require() stands guard
         if not is_optional(e.name):
@@ -391,7 +409,7 @@ def _unexpected(args: argparse.Namespace, e: Exception) -> int:
         raise e
     print(
         f"rnnlens {args.command}: error: {type(e).__name__}: {_line(e)} (an unexpected error; rerun "
-        "with RNNLENS_DEBUG=1 for the traceback and please report it)",
+        f"with RNNLENS_DEBUG=1 for the traceback and please report it){_note(e)}",
         file=sys.stderr,
     )
     return 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -90,6 +91,35 @@ def _ablate(model: object, ids: np.ndarray, units: list[tuple[str, int, float]])
         if any(f == field for f, _, _ in units)
     ]
     return _closing_probability(rnnlens.intervene(model, ids, edits).outputs, ids)
+
+
+def _findings(
+    ranked: list[tuple[str, int, float]], baseline: float, depth_probe: Any, closing: tuple[Any, ...]
+) -> list[tuple[str, list[tuple[str, str]]]]:
+    """What the terminal prints, as the report's tables: the top units, the probe, the ablation."""
+    intact, ablated, random_effects = closing
+    lo, hi, median = min(random_effects), max(random_effects), float(np.median(random_effects))
+    units = [(f"lstm.{f}[{u}]", f"r = {r:+.3f}") for f, u, r in ranked[:5]]
+    units.append(("a random unit of the layer", f"median |r| = {baseline:.3f}"))
+    return [
+        ("Units that track bracket depth (Pearson r over all held-out steps)", units),
+        (
+            "A logistic probe for depth on c (held out, against a control task)",
+            [
+                ("held-out accuracy", f"{depth_probe.score:.3f}"),
+                ("control task", f"{depth_probe.control_score:.3f}"),
+                ("selectivity", f"{depth_probe.selectivity:+.3f}"),
+            ],
+        ),
+        (
+            'Ablating them (rnnlens.intervene, set to 0 at every step): p(")") where ")" comes next',
+            [
+                ("intact model", f"{intact:.3f}"),
+                ("3 top depth units ablated", f"{ablated:.3f}"),
+                ("3 random units ablated", f"{median:.3f} (median of 5 draws, {lo:.3f}-{hi:.3f})"),
+            ],
+        ),
+    ]
 
 
 def run_demo(
@@ -180,6 +210,7 @@ def run_demo(
                 f"nesting depth over held-out text; a random unit of the layer reaches a median "
                 f"|r| of {baseline:.3f}."
             ),
+            results=_findings(ranked, baseline, depth_probe, closing),
         )
         if verbose:
             print(f"\nReport: {os.fspath(report)}")

@@ -8,17 +8,27 @@ bidirectional layer are :class:`LazyArray` views.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from ..core.states import DirectionStates, Gates, LayerStates, States, layer_table
+from ..errors import RnnLensError
+from .errors import StoreError
 from .layout import LayerLayout, Layout, direction_path
 from .location import Location
 
-__all__ = ["LazyArray", "StoredDirectionStates", "StoredGates", "StoredLayerStates", "StoredStates"]
+__all__ = [
+    "LazyArray",
+    "StoredDirectionStates",
+    "StoredGates",
+    "StoredLayerStates",
+    "StoredStates",
+    "reading",
+]
 
 
 def _normalise_key(key: Any, ndim: int) -> tuple[Any, ...]:
@@ -307,3 +317,30 @@ def _layer(group: Any, lay: LayerLayout, mask: Any) -> StoredLayerStates:
             dname, h, c, gates, mask, layer=lay.name, state=state, state_parts=parts, state_norm=norm
         )
     return StoredLayerStates(lay.spec(), dirs, mask)
+
+
+@contextlib.contextmanager
+def reading(where: Any) -> Iterator[None]:
+    """Reads from the store at ``where``: a chunk that Zarr cannot decode (a checksum that does
+    not match, truncated or edited bytes) becomes a :class:`~rnnlens.errors.StoreError` naming
+    the store, instead of the codec's bare ``ValueError``."""
+    try:
+        yield
+    except (ValueError, RuntimeError) as e:
+        if isinstance(e, RnnLensError) or not _from_codec(e):
+            raise
+        raise StoreError(
+            f"{where} is damaged: a chunk cannot be read ({type(e).__name__}: {str(e).splitlines()[0]}). "
+            "rnnlens verify lists the damaged arrays; rerun the extraction with overwrite=True to "
+            "rebuild the store."
+        ) from None
+
+
+def _from_codec(e: BaseException) -> bool:
+    """Whether ``e`` was raised inside Zarr or its codecs (not by the caller's own code)."""
+    tb = e.__traceback__
+    last = None
+    while tb is not None:
+        last = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    return last is not None and any(p in last for p in ("/zarr/", "/numcodecs/", "crc32c", "zstandard"))

@@ -319,9 +319,19 @@ def _sample(view: StoreView, p: Params) -> dict[str, Any]:
         "time": int(values.shape[0]), "units": int(values.shape[1]),
         "values": base64.b64encode(values.astype("<f4").tobytes()).decode("ascii"),
         "vmax": float(np.abs(finite).max()) if finite.size else 1.0,
+        "scale": _scale(view, layer, field, finite),
         "mask": [bool(m) for m in view.mask[sample]],
         "tokens": view.sample_tokens(sample),
     }  # fmt: skip
+
+
+def _scale(view: StoreView, layer: str, field: str, finite: np.ndarray) -> str:
+    """``"unit"``: a gate with values in [0, 1] (sigmoid), drawn on a sequential 0–1 scale;
+    ``"diverging"``: anything else, centred on zero (as :mod:`rnnlens.viz` draws them)."""
+    gate = field not in ("h", "c", "state_norm")
+    if gate and finite.size and float(finite.min()) >= 0.0 and float(finite.max()) <= 1.0:
+        return "unit"
+    return "diverging"
 
 
 def _range(view: StoreView, p: Params) -> tuple[int, int, int, float]:

@@ -21,7 +21,7 @@ import numpy as np
 from ..core.optional import require
 from ..errors import InputError
 
-__all__ = ["decomposition_map", "gate_grid", "heatmap", "pca_trajectory", "unit_traces"]
+__all__ = ["GATE_CMAP", "decomposition_map", "gate_grid", "heatmap", "pca_trajectory", "unit_traces"]
 
 
 def _pyplot() -> Any:
@@ -33,7 +33,37 @@ def _pyplot() -> Any:
             matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    _minus_sign(matplotlib)
     return plt
+
+
+def _minus_sign(matplotlib: Any) -> None:
+    """Negative tick labels use U+2212 (MINUS SIGN) by default; a configured font without that
+    glyph draws an empty box or nothing, so then they fall back to the ASCII hyphen-minus."""
+    if not matplotlib.rcParams["axes.unicode_minus"]:
+        return
+    from matplotlib import font_manager, ft2font
+
+    try:
+        path = font_manager.findfont(font_manager.FontProperties(), fallback_to_default=True)
+        if ft2font.FT2Font(path).get_char_index(0x2212) == 0:
+            matplotlib.rcParams["axes.unicode_minus"] = False
+    except (OSError, RuntimeError, ValueError):  # an unreadable font file: leave the setting
+        pass
+
+
+#: a gate whose values all lie in [0, 1] (a sigmoid gate: i, f, o; z, r) is drawn on this
+#: sequential scale from 0 to 1; h, c and tanh gates (g, n) on the zero-centred diverging one
+GATE_CMAP = "viridis"
+
+
+def _scale(field: str, values: np.ndarray, cmap: str | None) -> tuple[str, float, float]:
+    """Colour map and limits: 0–1 sequential for a gate in [0, 1], else symmetric diverging."""
+    finite = values[np.isfinite(values)]
+    if field not in ("h", "c") and finite.size and finite.min() >= 0.0 and finite.max() <= 1.0:
+        return cmap or GATE_CMAP, 0.0, 1.0
+    lim = float(np.abs(finite).max()) if finite.size else 1.0
+    return cmap or "RdBu_r", -(lim or 1.0), lim or 1.0
 
 
 def _field(states: Any, field: str, sample: int) -> np.ndarray:
@@ -68,9 +98,11 @@ def heatmap(
     units: Sequence[int] | None = None,
     tokens: Sequence[str] | None = None,
     ax: Any = None,
-    cmap: str = "RdBu_r",
+    cmap: str | None = None,
 ) -> Any:
-    """Unit × time image of one sample's ``field`` (``h``, ``c`` or a gate name); masked steps hatched."""
+    """Unit × time image of one sample's ``field`` (``h``, ``c`` or a gate name), with its colour
+    bar; masked steps hatched. Default colours: a gate with values in [0, 1] on a sequential
+    0–1 scale (:data:`GATE_CMAP`), anything else on a diverging scale centred on zero."""
     plt = _pyplot()
     values = _field(states, field, sample)  # (time, unit)
     if units is not None:
@@ -78,14 +110,14 @@ def heatmap(
     mask = _mask(states, sample, values.shape[0])
     if ax is None:
         _, ax = plt.subplots(figsize=(max(4.0, values.shape[0] * 0.25), max(2.5, values.shape[1] * 0.12)))
-    finite = values[np.isfinite(values)]
-    lim = float(np.abs(finite).max()) if finite.size else 1.0
-    image = ax.imshow(values.T, aspect="auto", cmap=cmap, vmin=-lim, vmax=lim, interpolation="nearest")
+    colours, lo, hi = _scale(field, values, cmap)
+    image = ax.imshow(values.T, aspect="auto", cmap=colours, vmin=lo, vmax=hi, interpolation="nearest")
     for t in np.flatnonzero(~mask):
         ax.add_patch(
             plt.Rectangle((t - 0.5, -0.5), 1, values.shape[1], fill=False, hatch="///", lw=0, color="grey")
         )
-    ax.figure.colorbar(image, ax=ax, fraction=0.03)
+    bar = ax.figure.colorbar(image, ax=ax, fraction=0.03)
+    bar.set_label(field, fontsize=8)
     shown = list(units) if units is not None else list(range(values.shape[1]))
     step = max(1, len(shown) // 16)
     ax.set_yticks(range(0, len(shown), step))

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from ..analysis.decompose import decompose
 from ..errors import FieldNotAvailableError, InputError
+from ..io.stored import reading
 from ..io.zarr import open_states
 from ..viewer.store import Tokens
 from .plots import _pyplot, decomposition_map, gate_grid, heatmap, pca_trajectory, unit_traces
@@ -78,6 +79,21 @@ def render(
     if kind not in KINDS:
         raise InputError(f"kind must be one of {list(KINDS)}; received {kind!r}.")
     opened = _open(states)
+    with reading(getattr(opened, "path", "the store")):
+        return _render(opened, layer, sample, kind, field, direction, units, tokens, fit_samples)
+
+
+def _render(
+    opened: Any,
+    layer: str,
+    sample: int,
+    kind: str,
+    field: str | None,
+    direction: str | None,
+    units: Sequence[int] | None,
+    tokens: Sequence[str] | None,
+    fit_samples: int | None,
+) -> Any:
     ls = opened[layer]  # LayerNotFoundError with a suggestion
     if kind == "decompose":
         dec = decompose(opened, layer, field=field, direction=direction, chunk=1)

@@ -5,7 +5,7 @@
   const $ = (id) => document.getElementById(id);
   const state = {
     meta: null, data: null, values: null, t0: 0, t1: 1, units: [], dragging: false,
-    geom: null, unit: null, corr: null,
+    geom: null, unit: null, corr: null, thresholdSet: false,
   };
 
   function setStatus(text, isError) {
@@ -49,16 +49,7 @@
     return new Float32Array(bytes.buffer);
   }
 
-  function colour(v, vmax) {
-    if (!Number.isFinite(v)) return "#dddddd";
-    const a = Math.max(-1, Math.min(1, v / (vmax || 1)));
-    if (a >= 0) {
-      const c = Math.round(255 * (1 - a));
-      return `rgb(255,${c},${c})`;
-    }
-    const c = Math.round(255 * (1 + a));
-    return `rgb(${c},${c},255)`;
-  }
+  const { colour, cellColour, drawColourBar } = window.RnnlensColours;  // colours.js
 
   function geometry(d) {
     const cw = Math.max(12, Math.min(28, Math.floor(900 / d.time)));
@@ -68,7 +59,9 @@
     const rotate = longest > 2;  // short tokens (characters) stand upright
     const top = !tokens.length ? 16 : rotate ? Math.min(90, 12 + 7 * longest) : 20;
     const strip = state.corr ? 22 : 0;  // the correlation strip right of the last step
-    return { cw, ch, rotate, left: 46, top, width: 46 + cw * d.time + 10 + strip, height: top + ch * d.units + 22 };
+    const bar = 64;  // the colour bar right of everything
+    const height = top + Math.max(ch * d.units, 80) + 22;
+    return { cw, ch, rotate, left: 46, top, strip, bar, width: 46 + cw * d.time + 10 + strip + bar, height };
   }
 
   function draw() {
@@ -88,7 +81,7 @@
     ctx.fillRect(0, 0, g.width, g.height);
     for (let t = 0; t < d.time; t++) {
       for (let u = 0; u < d.units; u++) {
-        ctx.fillStyle = colour(state.values[t * d.units + u], d.vmax);
+        ctx.fillStyle = cellColour(state.values[t * d.units + u], d);
         ctx.fillRect(g.left + t * g.cw, g.top + u * g.ch, g.cw, g.ch);
       }
       if (!d.mask[t]) {  // masked step: hatched
@@ -125,6 +118,7 @@
       ctx.strokeRect(x0 + 0.5, g.top + 0.5, 13, d.units * g.ch - 1);
       canvas.dataset.corrLeft = x0;
     }
+    drawColourBar(ctx, g, d, $("heatmap"));
     // unit labels
     ctx.fillStyle = "#333";
     ctx.font = "10px sans-serif";
@@ -153,12 +147,35 @@
     for (let t = 0; t < d.time; t += tick) ctx.fillText(String(t), g.left + (t + 0.5) * g.cw, g.top + d.units * g.ch + 5);
   }
 
+  // a first threshold from the data: the 90th percentile of this sample's valid values, so that
+  // a first selection finds the units most active there (until the user sets one)
+  function defaultThreshold(d) {
+    const valid = [];
+    for (let t = 0; t < d.time; t++) {
+      if (!d.mask[t]) continue;
+      for (let u = 0; u < d.units; u++) {
+        const v = state.values[t * d.units + u];
+        if (Number.isFinite(v)) valid.push(v);
+      }
+    }
+    if (!valid.length) return null;
+    valid.sort((a, b) => a - b);
+    const q = valid[Math.min(valid.length - 1, Math.floor(0.9 * valid.length))];
+    return Math.round(q * 100) / 100;
+  }
+
   async function loadSample() {
     const sample = Number($("sample").value);
     try {
       const d = await api("/api/sample", { ...where(), sample });
       state.data = d;
       state.values = decode(d.values);
+      if (!state.thresholdSet) {
+        const q = defaultThreshold(d);
+        if (q !== null) $("threshold").value = q;
+        $("threshold").dataset.fromData = "1";
+        state.thresholdSet = true;  // kept while paging through samples
+      }
       state.t0 = Math.min(state.t0, d.time - 1);
       state.t1 = Math.min(Math.max(state.t1, state.t0 + 1), d.time);
       syncRangeInputs();
@@ -413,6 +430,7 @@
   }
 
   async function onWhereChange() {
+    state.thresholdSet = false;  // another layer or field: its own scale
     await loadSample();
     await loadCorrelation();
   }
@@ -440,7 +458,11 @@
     $("next").addEventListener("click", () => { $("sample").value = Math.min(m.n_samples - 1, Number($("sample").value) + 1); loadSample(); });
     $("t0").addEventListener("change", onRangeInput);
     $("t1").addEventListener("change", onRangeInput);
-    $("threshold").addEventListener("change", refreshSelection);
+    $("threshold").addEventListener("change", () => {
+      state.thresholdSet = true;
+      $("threshold").dataset.fromData = "0";
+      refreshSelection();
+    });
     $("match").addEventListener("click", runMatch);
     const canvas = $("heatmap");
     canvas.addEventListener("mousedown", onMouseDown);
