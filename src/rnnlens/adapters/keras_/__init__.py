@@ -17,7 +17,7 @@ from ...core.digest import canonical_json, model_sha256
 from ...core.spec import LayerSpec
 from ...errors import InputError
 from ..base import Adapter, Args, Captured, Edits, Inputs, Intervened, Kwargs, TraceOptions, mro_roots
-from . import trace
+from . import subclassed
 from .load import load
 from .recording import KerasRecording
 
@@ -26,7 +26,7 @@ __all__ = ["KerasAdapter"]
 
 class KerasAdapter(Adapter):
     name = "keras"
-    accepts = "a built Functional or Sequential keras.Model; .keras/.h5/.hdf5 files"
+    accepts = "a built keras.Model (Functional, Sequential or subclassed); .keras/.h5/.hdf5 files"
     suffixes = (".keras", ".h5", ".hdf5")
     strategies = ("auto", "emit", "reconstruct")
     takes_mask = True
@@ -36,25 +36,15 @@ class KerasAdapter(Adapter):
         return bool(mro_roots(model) & {"keras", "tf_keras"})
 
     def describe(self, model: Any) -> list[LayerSpec]:
-        return trace.describe(model)
+        return subclassed.describe(model)
 
     def capture(self, model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Captured:
-        if len(args) != 1 or kwargs:
-            raise InputError(
-                "A Keras model takes one x (use a list or dict for several inputs); received "
-                f"{len(args)} positional and {sorted(kwargs)} keyword input argument(s)."
-            )
-        return trace.capture(model, args[0], options)
+        return subclassed.capture(model, args, kwargs, options)
 
     def intervene(
         self, model: Any, args: Args, kwargs: Kwargs, edits: Edits, options: TraceOptions
     ) -> Intervened:
-        if len(args) != 1 or kwargs:
-            raise InputError(
-                "A Keras model takes one x (use a list or dict for several inputs); received "
-                f"{len(args)} positional and {sorted(kwargs)} keyword input argument(s)."
-            )
-        return trace.intervene(model, args[0], edits, options)
+        return subclassed.intervene(model, args, kwargs, edits, options)
 
     def record(self, model: Any, options: TraceOptions) -> Any:
         return KerasRecording(model, options)
