@@ -17,7 +17,7 @@ from ...core.digest import canonical_json, model_sha256
 from ...core.spec import LayerSpec
 from ...errors import InputError
 from ..base import Adapter, Args, Captured, Edits, Inputs, Intervened, Kwargs, TraceOptions, mro_roots
-from . import subclassed
+from . import opaque, subclassed
 from .load import load
 from .recording import KerasRecording
 
@@ -33,7 +33,11 @@ class KerasAdapter(Adapter):
     requires = ("keras",)
 
     def can_trace(self, model: Any) -> bool:
-        return bool(mro_roots(model) & {"keras", "tf_keras"})
+        # TensorFlow's own graph objects too, to refuse them clearly (.opaque)
+        return bool(mro_roots(model) & {"keras", "tf_keras", "tensorflow"})
+
+    def can_open(self, path: str | os.PathLike[str]) -> bool:
+        return super().can_open(path) or opaque.is_saved_model_dir(path)
 
     def describe(self, model: Any) -> list[LayerSpec]:
         return subclassed.describe(model)
@@ -52,6 +56,8 @@ class KerasAdapter(Adapter):
     def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
         if options:
             raise InputError(f"Keras model files take no options besides unsafe; received {sorted(options)}.")
+        if opaque.is_saved_model_dir(path):
+            raise opaque.saved_model_dir_refusal(path)
         return load(Path(path), unsafe=unsafe)
 
     def model_digest(self, model: Any) -> str:

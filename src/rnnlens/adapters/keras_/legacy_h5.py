@@ -28,7 +28,13 @@ import numpy as np
 
 from ...errors import ModelFileError, RnnLensWarning, UnsupportedModelError
 
-__all__ = ["is_keras2_h5", "keras2_hard_sigmoid", "load_keras2_h5", "register_custom_objects"]
+__all__ = [
+    "is_keras2_h5",
+    "keras2_hard_sigmoid",
+    "load_keras2_h5",
+    "model_from_h5",
+    "register_custom_objects",
+]
 
 _RNN_CLASSES = ("LSTM", "GRU", "SimpleRNN", "RNN", "CuDNNLSTM", "CuDNNGRU")
 _CUDNN = {"CuDNNLSTM": "lstm", "CuDNNGRU": "gru"}
@@ -265,32 +271,38 @@ def load_keras2_h5(path: str | Path, *, safe_mode: bool = True) -> Any:
     ``safe_mode`` refuses a ``Lambda`` layer's code, as ``keras.saving.load_model`` does.
     """
     import h5py
+
+    p = Path(path)
+    with h5py.File(p, "r") as f:
+        return model_from_h5(f, p.name, safe_mode=safe_mode)
+
+
+def model_from_h5(f: Any, file: str, *, safe_mode: bool = True, stacklevel: int = 4) -> Any:
+    """:func:`load_keras2_h5` on an open ``h5py.File`` (``file``: its name in messages)."""
     from keras.src.legacy.saving import saving_options, saving_utils
     from keras.src.saving import serialization_lib
 
     register_custom_objects()
-    p = Path(path)
-    with h5py.File(p, "r") as f:
-        raw = _text(f.attrs.get("model_config"))
-        if raw is None:
-            raise ModelFileError(
-                f"{p.name} holds weights only (model.save_weights), not a model. Build the model in "
-                "code, call model.load_weights(path), and trace that model."
-            )
-        rewrite = _Rewrite()
-        config = rewrite.config(json.loads(raw))
-        legacy_scope = saving_options.keras_option_scope(use_legacy_config=True)
-        with legacy_scope, serialization_lib.SafeModeScope(safe_mode):
-            model = saving_utils.model_from_config(config, custom_objects={})
-        group = f.get("model_weights", f)
-        _load_weights(group, model, _converted_variables(model, rewrite.cudnn), p.name)
+    raw = _text(f.attrs.get("model_config"))
+    if raw is None:
+        raise ModelFileError(
+            f"{file} holds weights only (model.save_weights), not a model. Build the model in "
+            "code, call model.load_weights(path), and trace that model."
+        )
+    rewrite = _Rewrite()
+    config = rewrite.config(json.loads(raw))
+    legacy_scope = saving_options.keras_option_scope(use_legacy_config=True)
+    with legacy_scope, serialization_lib.SafeModeScope(safe_mode):
+        model = saving_utils.model_from_config(config, custom_objects={})
+    group = f.get("model_weights", f)
+    _load_weights(group, model, _converted_variables(model, rewrite.cudnn), file)
     if rewrite.hard_sigmoid:
         warnings.warn(
-            f"{p.name} is a Keras 2 file; layer(s) {rewrite.hard_sigmoid} use Keras 2's "
+            f"{file} is a Keras 2 model; layer(s) {rewrite.hard_sigmoid} use Keras 2's "
             "hard_sigmoid, clip(0.2*x + 0.5, 0, 1), which Keras 3's hard_sigmoid (relu6(x+3)/6) "
             "is not. They now use rnnlens>keras2_hard_sigmoid, the Keras 2 formula, so the model "
             "computes what it computed in Keras 2.",
             RnnLensWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     return model

@@ -44,7 +44,7 @@ from ...core.spec import LayerSpec, call_entry
 from ...core.tracing import resolve_fields, select_layers
 from ...errors import InputError, LayerNotFoundError, UnsupportedLayerError, UnsupportedModelError
 from ..base import Args, Captured, Edits, Intervened, Kwargs, TraceOptions
-from . import trace
+from . import keras2_objects, opaque, trace
 from .probe import Probe, Strategy, choose_strategy, is_recurrent
 
 __all__ = ["capture", "describe", "intervene", "is_subclassed", "recurrent_layers"]
@@ -133,6 +133,7 @@ def recurrent_layers(model: Any) -> tuple[list[tuple[str, Any]], list[str]]:
 def describe(model: Any) -> list[LayerSpec]:
     """Every recurrent layer of a Keras model (each call of a subclassed model's layer is an
     entry of its own at trace time: ``name#k``)."""
+    model = _keras3(model)
     if not is_subclassed(model):
         return trace.describe(model)
     _require_built(model)
@@ -280,6 +281,7 @@ def _probe_for(
 def capture(model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Captured:
     """:meth:`~rnnlens.adapters.Adapter.capture` for every Keras model: a subclassed model takes
     its ``call``'s own arguments (``trace(model, x, states=s)``), a graph model one ``x``."""
+    model = _keras3(model)
     if not is_subclassed(model):
         _one_input(args, kwargs)
         return trace.capture(model, args[0], options)
@@ -289,11 +291,20 @@ def capture(model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Ca
 def intervene(model: Any, args: Args, kwargs: Kwargs, edits: Edits, options: TraceOptions) -> Intervened:
     """:meth:`~rnnlens.adapters.Adapter.intervene` for every Keras model (edits name a later call
     of a subclassed model's layer ``name#k``)."""
+    model = _keras3(model)
     if not is_subclassed(model):
         _one_input(args, kwargs)
         return trace.intervene(model, args[0], edits, options)
     captured, outputs = _capture(model, args, kwargs, options, edits)
     return Intervened(outputs=outputs, captured=captured)
+
+
+def _keras3(model: Any) -> Any:
+    """``model`` as a Keras 3 model: an opaque TensorFlow graph refused, a tf_keras model converted."""
+    error = opaque.refusal(model)
+    if error is not None:
+        raise error
+    return keras2_objects.as_keras3(model)
 
 
 def _one_input(args: Args, kwargs: Kwargs) -> None:
