@@ -14,6 +14,10 @@ Keras 3 reads these files itself, but three things go wrong for recurrent models
   kernel is stored as cuDNN's row-major (unit, input) buffer, recurrent kernels transposed;
   an LSTM's two bias vectors (input, recurrent) are summed, a GRU's become its two bias rows.
 
+Files of Keras 2.0-2.2 also store a ``Sequential`` config as the bare list of its layers and a
+``GRU`` without ``reset_after`` (Keras 2's original GRU, ``reset_after=False``): both are read
+as those versions meant them.
+
 Weights are matched to layers in order, as Keras does for ``.h5`` files.
 """
 
@@ -107,6 +111,10 @@ class _Rewrite:
         if not isinstance(node, dict):
             return node
         cls, cfg = node.get("class_name"), node.get("config")
+        if cls == "Sequential" and isinstance(cfg, list):  # Keras 2.0-2.1: the layers alone
+            cfg = {"name": "sequential", "layers": cfg}
+        if cls == "Sequential" and isinstance(cfg, dict):
+            cfg = _sequential_input(cfg)
         if isinstance(cls, str) and isinstance(cfg, dict):
             name = cfg.get("name", owner)
             if cls in _CUDNN:
@@ -114,13 +122,16 @@ class _Rewrite:
                 cfg = self._from_cudnn(cls, cfg)
                 self.cudnn[str(name)] = _CUDNN[cls]
             elif cls in _RNN_CLASSES:
-                cfg = dict(cfg)
+                cfg = _older_keys(cls, dict(cfg))
                 if cfg.pop("time_major", False):
                     raise UnsupportedModelError(
                         f"Layer {name!r} ({cls}) is time_major=True (inputs shaped (time, sample, "
                         "feature)); Keras 3 has no such option. Rebuild it batch-major in Keras 2 "
                         "(time_major=False, inputs transposed) and save it again."
                     )
+            if isinstance(cfg.get("layer"), dict) and "module" not in cfg["layer"]:
+                # Keras 2.0-2.2 wrote a wrapped layer without its module, which Keras 3 needs
+                cfg = {**cfg, "layer": {"module": "keras.layers", **cfg["layer"]}}
             inner = _class_of(cfg.get("layer"))
             if cls == "Bidirectional" and inner in _CUDNN:
                 self.cudnn[str(name)] = _CUDNN[inner]  # its forward and backward layers
@@ -148,6 +159,37 @@ class _Rewrite:
             out.pop("unit_forget_bias", None)
             out["reset_after"] = True
         return out
+
+
+def _sequential_input(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A Sequential whose first layer holds Keras 2's ``batch_input_shape`` (files before
+    tf.keras wrote an ``InputLayer``) gets that ``InputLayer``: Keras 3's legacy reader takes
+    the batch shape for an input shape and adds a second batch axis."""
+    layers = cfg.get("layers")
+    if not isinstance(layers, list) or not layers or not isinstance(layers[0], dict):
+        return cfg
+    first = layers[0].get("config")
+    if layers[0].get("class_name") == "InputLayer" or not isinstance(first, dict):
+        return cfg
+    shape = first.get("batch_input_shape")
+    if shape is None:
+        return cfg
+    first = {k: v for k, v in first.items() if k != "batch_input_shape"}
+    name = f"{cfg.get('name', 'sequential')}_input"
+    given = {"batch_shape": shape, "dtype": first.get("dtype", "float32"), "name": name}
+    given_layer = {"class_name": "InputLayer", "config": given}
+    return {**cfg, "layers": [given_layer, {**layers[0], "config": first}, *layers[1:]]}
+
+
+def _older_keys(cls: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Keras 2.0-2.2 configs: a ``GRU`` without ``reset_after`` is Keras 2's original GRU
+    (``reset_after=False``, the only one before Keras 2.1.3; Keras 3's default is True), and
+    ``implementation=0`` (2.0's CPU mode, the same equations) is Keras 3's 1."""
+    if cls == "GRU" and "reset_after" not in cfg:
+        cfg["reset_after"] = False
+    if cfg.get("implementation") == 0:
+        cfg["implementation"] = 1
+    return cfg
 
 
 def _shift_nested_model_nodes(cfg: dict[str, Any]) -> None:
