@@ -20,6 +20,8 @@ L = keras.layers
 ops = keras.ops
 RTOL, ATOL = 1e-5, 1e-6
 VOCAB, T = 12, 6
+# JAX runs the model's own call op by op (eager), several seconds per trace of these models
+jax_slow = pytest.mark.slow if keras.backend.backend() == "jax" else pytest.mark.filterwarnings("default")
 
 
 class MyModel(keras.Model):
@@ -90,6 +92,7 @@ def _tutorial(mask: bool = False) -> tuple[MyModel, np.ndarray]:
     return model, x
 
 
+@jax_slow
 @pytest.mark.parametrize("mask", [False, True])
 def test_tutorial_model_h_and_gates_match_keras_cells(mask: bool) -> None:
     model, x = _tutorial(mask)
@@ -118,6 +121,7 @@ def test_initial_state_as_the_layer_receives_it() -> None:
     np.testing.assert_allclose(states["gru"].h, ref, rtol=RTOL, atol=ATOL)
 
 
+@jax_slow
 def test_bidirectional_called_twice_and_attribute_paths() -> None:
     model = Siamese()
     x = np.random.default_rng(2).normal(size=(2, 5, 4)).astype("float32")
