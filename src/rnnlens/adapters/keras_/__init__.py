@@ -1,8 +1,10 @@
-"""The Keras 3 adapter (TensorFlow, JAX and PyTorch backends; Keras 2 ``.h5`` files).
+"""The Keras 3 adapter (TensorFlow, JAX and PyTorch backends; Keras 2 ``.h5`` files and tf_keras models).
 
 This module imports no framework: Keras is imported when a Keras model arrives.
-``trace`` (discovery, inputs, the probe run), ``probe`` (the compiled emitting walk),
-``conv`` (ConvLSTM), ``load`` and ``legacy_h5`` (Keras 2 files) do the work.
+``subclassed`` (the dispatch; subclassed models run through their own ``call``), ``trace``
+(Functional/Sequential: discovery, inputs, the probe run), ``probe`` (the compiled emitting
+walk), ``conv`` (ConvLSTM), ``load`` and ``legacy_h5`` (Keras 2 files), ``keras2_objects``
+(tf_keras models), ``opaque`` (TensorFlow graphs refused) do the work.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ stated agreement with Keras' kernels (rtol 1e-5, atol 1e-6: the fed-back state i
 rnnlens' ``c`` comes from its probe, in another summation order). One direction and no masked
 steps are needed to join.
 
+A subclassed model's call is traced with the arguments it was given (``model(x, states=s,
+return_state=True)``, the text-generation loop); a graph model takes its inputs alone.
+
 Example:
     >>> import numpy as np, keras, rnnlens
     >>> x_in = keras.Input((None, 3))
