@@ -31,6 +31,6 @@ def load_model(path: str | os.PathLike[str], *, unsafe: bool = False, **options:
         FileNotFoundError: No model file at 'missing.keras'.
     """
     p = Path(path)
-    if not p.is_file():
+    if not (p.is_file() or p.is_dir()):  # a directory: a format some adapter names (SavedModel)
         raise FileNotFoundError(f"No model file at {str(path)!r}.")
     return adapters.for_file(p).load(p, unsafe=unsafe, **options)

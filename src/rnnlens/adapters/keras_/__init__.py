@@ -1,8 +1,10 @@
-"""The Keras 3 adapter (TensorFlow, JAX and PyTorch backends; Keras 2 ``.h5`` files).
+"""The Keras 3 adapter (TensorFlow, JAX and PyTorch backends; Keras 2 ``.h5`` files and tf_keras models).
 
 This module imports no framework: Keras is imported when a Keras model arrives.
-``trace`` (discovery, inputs, the probe run), ``probe`` (the compiled emitting walk),
-``conv`` (ConvLSTM), ``load`` and ``legacy_h5`` (Keras 2 files) do the work.
+``subclassed`` (the dispatch; subclassed models run through their own ``call``), ``trace``
+(Functional/Sequential: discovery, inputs, the probe run), ``probe`` (the compiled emitting
+walk), ``conv`` (ConvLSTM), ``load`` and ``legacy_h5`` (Keras 2 files), ``keras2_objects``
+(tf_keras models), ``opaque`` (TensorFlow graphs refused) do the work.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ...core.digest import canonical_json, model_sha256
 from ...core.spec import LayerSpec
 from ...errors import InputError
 from ..base import Adapter, Args, Captured, Edits, Inputs, Intervened, Kwargs, TraceOptions, mro_roots
-from . import trace
+from . import opaque, subclassed
 from .load import load
 from .recording import KerasRecording
 
@@ -26,35 +28,29 @@ __all__ = ["KerasAdapter"]
 
 class KerasAdapter(Adapter):
     name = "keras"
-    accepts = "a built Functional or Sequential keras.Model; .keras/.h5/.hdf5 files"
+    accepts = "a built keras.Model (Functional, Sequential or subclassed); .keras/.h5/.hdf5 files"
     suffixes = (".keras", ".h5", ".hdf5")
     strategies = ("auto", "emit", "reconstruct")
     takes_mask = True
     requires = ("keras",)
 
     def can_trace(self, model: Any) -> bool:
-        return bool(mro_roots(model) & {"keras", "tf_keras"})
+        # TensorFlow's own graph objects too, to refuse them clearly (.opaque)
+        return bool(mro_roots(model) & {"keras", "tf_keras", "tensorflow"})
+
+    def can_open(self, path: str | os.PathLike[str]) -> bool:
+        return super().can_open(path) or opaque.is_saved_model_dir(path)
 
     def describe(self, model: Any) -> list[LayerSpec]:
-        return trace.describe(model)
+        return subclassed.describe(model)
 
     def capture(self, model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Captured:
-        if len(args) != 1 or kwargs:
-            raise InputError(
-                "A Keras model takes one x (use a list or dict for several inputs); received "
-                f"{len(args)} positional and {sorted(kwargs)} keyword input argument(s)."
-            )
-        return trace.capture(model, args[0], options)
+        return subclassed.capture(model, args, kwargs, options)
 
     def intervene(
         self, model: Any, args: Args, kwargs: Kwargs, edits: Edits, options: TraceOptions
     ) -> Intervened:
-        if len(args) != 1 or kwargs:
-            raise InputError(
-                "A Keras model takes one x (use a list or dict for several inputs); received "
-                f"{len(args)} positional and {sorted(kwargs)} keyword input argument(s)."
-            )
-        return trace.intervene(model, args[0], edits, options)
+        return subclassed.intervene(model, args, kwargs, edits, options)
 
     def record(self, model: Any, options: TraceOptions) -> Any:
         return KerasRecording(model, options)
@@ -62,6 +58,8 @@ class KerasAdapter(Adapter):
     def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
         if options:
             raise InputError(f"Keras model files take no options besides unsafe; received {sorted(options)}.")
+        if opaque.is_saved_model_dir(path):
+            raise opaque.saved_model_dir_refusal(path)
         return load(Path(path), unsafe=unsafe)
 
     def model_digest(self, model: Any) -> str:

@@ -14,6 +14,10 @@ Keras 3 reads these files itself, but three things go wrong for recurrent models
   kernel is stored as cuDNN's row-major (unit, input) buffer, recurrent kernels transposed;
   an LSTM's two bias vectors (input, recurrent) are summed, a GRU's become its two bias rows.
 
+Files of Keras 2.0-2.2 also store a ``Sequential`` config as the bare list of its layers and a
+``GRU`` without ``reset_after`` (Keras 2's original GRU, ``reset_after=False``): both are read
+as those versions meant them.
+
 Weights are matched to layers in order, as Keras does for ``.h5`` files.
 """
 
@@ -28,7 +32,13 @@ import numpy as np
 
 from ...errors import ModelFileError, RnnLensWarning, UnsupportedModelError
 
-__all__ = ["is_keras2_h5", "keras2_hard_sigmoid", "load_keras2_h5", "register_custom_objects"]
+__all__ = [
+    "is_keras2_h5",
+    "keras2_hard_sigmoid",
+    "load_keras2_h5",
+    "model_from_h5",
+    "register_custom_objects",
+]
 
 _RNN_CLASSES = ("LSTM", "GRU", "SimpleRNN", "RNN", "CuDNNLSTM", "CuDNNGRU")
 _CUDNN = {"CuDNNLSTM": "lstm", "CuDNNGRU": "gru"}
@@ -101,6 +111,10 @@ class _Rewrite:
         if not isinstance(node, dict):
             return node
         cls, cfg = node.get("class_name"), node.get("config")
+        if cls == "Sequential" and isinstance(cfg, list):  # Keras 2.0-2.1: the layers alone
+            cfg = {"name": "sequential", "layers": cfg}
+        if cls == "Sequential" and isinstance(cfg, dict):
+            cfg = _sequential_input(cfg)
         if isinstance(cls, str) and isinstance(cfg, dict):
             name = cfg.get("name", owner)
             if cls in _CUDNN:
@@ -108,13 +122,16 @@ class _Rewrite:
                 cfg = self._from_cudnn(cls, cfg)
                 self.cudnn[str(name)] = _CUDNN[cls]
             elif cls in _RNN_CLASSES:
-                cfg = dict(cfg)
+                cfg = _older_keys(cls, dict(cfg))
                 if cfg.pop("time_major", False):
                     raise UnsupportedModelError(
                         f"Layer {name!r} ({cls}) is time_major=True (inputs shaped (time, sample, "
                         "feature)); Keras 3 has no such option. Rebuild it batch-major in Keras 2 "
                         "(time_major=False, inputs transposed) and save it again."
                     )
+            if isinstance(cfg.get("layer"), dict) and "module" not in cfg["layer"]:
+                # Keras 2.0-2.2 wrote a wrapped layer without its module, which Keras 3 needs
+                cfg = {**cfg, "layer": {"module": "keras.layers", **cfg["layer"]}}
             inner = _class_of(cfg.get("layer"))
             if cls == "Bidirectional" and inner in _CUDNN:
                 self.cudnn[str(name)] = _CUDNN[inner]  # its forward and backward layers
@@ -142,6 +159,37 @@ class _Rewrite:
             out.pop("unit_forget_bias", None)
             out["reset_after"] = True
         return out
+
+
+def _sequential_input(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A Sequential whose first layer holds Keras 2's ``batch_input_shape`` (files before
+    tf.keras wrote an ``InputLayer``) gets that ``InputLayer``: Keras 3's legacy reader takes
+    the batch shape for an input shape and adds a second batch axis."""
+    layers = cfg.get("layers")
+    if not isinstance(layers, list) or not layers or not isinstance(layers[0], dict):
+        return cfg
+    first = layers[0].get("config")
+    if layers[0].get("class_name") == "InputLayer" or not isinstance(first, dict):
+        return cfg
+    shape = first.get("batch_input_shape")
+    if shape is None:
+        return cfg
+    first = {k: v for k, v in first.items() if k != "batch_input_shape"}
+    name = f"{cfg.get('name', 'sequential')}_input"
+    given = {"batch_shape": shape, "dtype": first.get("dtype", "float32"), "name": name}
+    given_layer = {"class_name": "InputLayer", "config": given}
+    return {**cfg, "layers": [given_layer, {**layers[0], "config": first}, *layers[1:]]}
+
+
+def _older_keys(cls: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Keras 2.0-2.2 configs: a ``GRU`` without ``reset_after`` is Keras 2's original GRU
+    (``reset_after=False``, the only one before Keras 2.1.3; Keras 3's default is True), and
+    ``implementation=0`` (2.0's CPU mode, the same equations) is Keras 3's 1."""
+    if cls == "GRU" and "reset_after" not in cfg:
+        cfg["reset_after"] = False
+    if cfg.get("implementation") == 0:
+        cfg["implementation"] = 1
+    return cfg
 
 
 def _shift_nested_model_nodes(cfg: dict[str, Any]) -> None:
@@ -265,32 +313,38 @@ def load_keras2_h5(path: str | Path, *, safe_mode: bool = True) -> Any:
     ``safe_mode`` refuses a ``Lambda`` layer's code, as ``keras.saving.load_model`` does.
     """
     import h5py
+
+    p = Path(path)
+    with h5py.File(p, "r") as f:
+        return model_from_h5(f, p.name, safe_mode=safe_mode)
+
+
+def model_from_h5(f: Any, file: str, *, safe_mode: bool = True, stacklevel: int = 4) -> Any:
+    """:func:`load_keras2_h5` on an open ``h5py.File`` (``file``: its name in messages)."""
     from keras.src.legacy.saving import saving_options, saving_utils
     from keras.src.saving import serialization_lib
 
     register_custom_objects()
-    p = Path(path)
-    with h5py.File(p, "r") as f:
-        raw = _text(f.attrs.get("model_config"))
-        if raw is None:
-            raise ModelFileError(
-                f"{p.name} holds weights only (model.save_weights), not a model. Build the model in "
-                "code, call model.load_weights(path), and trace that model."
-            )
-        rewrite = _Rewrite()
-        config = rewrite.config(json.loads(raw))
-        legacy_scope = saving_options.keras_option_scope(use_legacy_config=True)
-        with legacy_scope, serialization_lib.SafeModeScope(safe_mode):
-            model = saving_utils.model_from_config(config, custom_objects={})
-        group = f.get("model_weights", f)
-        _load_weights(group, model, _converted_variables(model, rewrite.cudnn), p.name)
+    raw = _text(f.attrs.get("model_config"))
+    if raw is None:
+        raise ModelFileError(
+            f"{file} holds weights only (model.save_weights), not a model. Build the model in "
+            "code, call model.load_weights(path), and trace that model."
+        )
+    rewrite = _Rewrite()
+    config = rewrite.config(json.loads(raw))
+    legacy_scope = saving_options.keras_option_scope(use_legacy_config=True)
+    with legacy_scope, serialization_lib.SafeModeScope(safe_mode):
+        model = saving_utils.model_from_config(config, custom_objects={})
+    group = f.get("model_weights", f)
+    _load_weights(group, model, _converted_variables(model, rewrite.cudnn), file)
     if rewrite.hard_sigmoid:
         warnings.warn(
-            f"{p.name} is a Keras 2 file; layer(s) {rewrite.hard_sigmoid} use Keras 2's "
+            f"{file} is a Keras 2 model; layer(s) {rewrite.hard_sigmoid} use Keras 2's "
             "hard_sigmoid, clip(0.2*x + 0.5, 0, 1), which Keras 3's hard_sigmoid (relu6(x+3)/6) "
             "is not. They now use rnnlens>keras2_hard_sigmoid, the Keras 2 formula, so the model "
             "computes what it computed in Keras 2.",
             RnnLensWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     return model

@@ -15,6 +15,9 @@ stated agreement with Keras' kernels (rtol 1e-5, atol 1e-6: the fed-back state i
 rnnlens' ``c`` comes from its probe, in another summation order). One direction and no masked
 steps are needed to join.
 
+A subclassed model's call is traced with the arguments it was given (``model(x, states=s,
+return_state=True)``, the text-generation loop); a graph model takes its inputs alone.
+
 Example:
     >>> import numpy as np, keras, rnnlens
     >>> x_in = keras.Input((None, 3))
@@ -36,7 +39,7 @@ from ...core.spec import LayerSpec, call_entry
 from ...errors import InputError
 from ..base import Captured, TraceOptions
 from ..calllog import CallLog
-from . import trace
+from . import subclassed
 
 __all__ = ["KerasRecording"]
 
@@ -50,7 +53,7 @@ class KerasRecording(CallLog):
     def __init__(self, model: Any, options: TraceOptions):
         if options.mask is not None:
             raise InputError("mask= is not used by rnnlens.record: each call's inputs carry their own.")
-        self.model, self.trace = model, trace
+        self.model = model
         self.wanted_c = "c" in (options.fields or ("h", "c", "gates"))
         fields = options.fields
         if fields is not None and "c" not in fields:  # c joins calls: recorded, dropped at the end
@@ -59,7 +62,7 @@ class KerasRecording(CallLog):
         self.options = TraceOptions(
             layers=options.layers, fields=fields, strategy=options.strategy, batch_size=2**62
         )
-        trace.describe(model)  # a model rnnlens cannot trace fails here, before the block
+        subclassed.describe(model)  # a model rnnlens cannot trace fails here, before the block
         super().__init__()
         self.calls: list[Captured] = []
         self.busy = False
@@ -79,7 +82,7 @@ class KerasRecording(CallLog):
         def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
             x = args[0] if args else kwargs.get("inputs")
             extra = {k: v for k, v in kwargs.items() if k != "inputs"}
-            return rec.call(lambda: cls.__call__(self, *args, **kwargs), x, extra, len(args) > 1)
+            return rec.call(lambda: cls.__call__(self, *args, **kwargs), x, extra, args[1:])
 
         recorded = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
         recorded.__qualname__ = cls.__qualname__
@@ -100,7 +103,7 @@ class KerasRecording(CallLog):
 
     # ------------------------------------------------------------------ one call
 
-    def call(self, run: Any, x: Any, kwargs: dict[str, Any], more_args: bool = False) -> Any:
+    def call(self, run: Any, x: Any, kwargs: dict[str, Any], more_args: tuple[Any, ...] = ()) -> Any:
         if self.busy or x is None or not _concrete(x):
             return run()
         if kwargs.get("training"):
@@ -109,7 +112,8 @@ class KerasRecording(CallLog):
                 "statistics), which rnnlens' trace does not reproduce; record inference calls."
             )
         other = sorted(k for k in kwargs if k != "training")
-        if other or more_args:
+        own = subclassed.is_subclassed(self.model)  # its call's own arguments are traced with x
+        if not own and (other or more_args):
             raise InputError(
                 f"rnnlens.record: model(x, ...) was called with {other or 'more positional arguments'}, "
                 "which rnnlens' trace of x alone would not reproduce; call model(x) (several inputs "
@@ -117,7 +121,10 @@ class KerasRecording(CallLog):
             )
         self.busy = True
         try:
-            self.calls.append(self.trace.capture(self.model, x, self.options))
+            args, kw = (
+                ((x, *more_args), {k: v for k, v in kwargs.items() if k != "training"}) if own else ((x,), {})
+            )
+            self.calls.append(subclassed.capture(self.model, args, kw, self.options))
             out = run()
         finally:
             self.busy = False
