@@ -52,6 +52,11 @@ instance ``forward`` the user had set is put back). No hooks are registered and 
 is touched. The stand-in returns to the model what the module itself returns, so the rest of
 ``forward`` runs as usual, once.
 
+Whatever the model's own ``forward`` changes on itself — a recurrent state it keeps
+(``self.hidden = ...``), a counter, buffers, BatchNorm statistics — is put back afterwards, also
+after an error (:mod:`.unchanged`). Inputs made under ``torch.inference_mode()`` and calls made
+inside it work alike (an inference tensor has no version counter: what is kept of one is copied).
+
 * ``h`` only: a multi-layer module runs *layer by layer* through PyTorch's own kernel
   (``_VF.lstm`` and friends with that layer's weights, ``num_layers=1``, via the module's own
   ``forward`` on a one-layer view sharing its parameters) instead of in one call: every
@@ -121,6 +126,7 @@ from .chains import chain_calls, merge
 from .convert import _cell_entry, _generic_seq, _need_x, _seq_layer
 from .discover import _config, _require_module, _static_specs, _walk, describe
 from .record import _Recorder, _run, _tensors
+from .unchanged import unchanged
 from .weights import _np, _weights
 
 __all__ = ["capture", "describe"]
@@ -240,12 +246,14 @@ def _capture(
         "call trace per batch.",
     )
     planned = _plans(model, layers, fields, strategy, edits)
-    plans = planned.plans
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        given = [(t, t._version) for t in _tensors([*args, *kwargs.values()])]
-        rec = _run(model, args, kwargs, plans, clone=False, planner=planned.direct)
+    # eval mode by each module's flag, not model.eval() (an exported program's module refuses it);
+    # the flags, and whatever forward changes on the model (its state, buffers), are put back
+    with unchanged(model) as snapshot:
+        for m in model.modules():
+            m.training = False
+        # (an inference tensor has no version counter; the recorder copies what it keeps of one)
+        given = [(t, t._version) for t in _tensors([*args, *kwargs.values()]) if not t.is_inference()]
+        rec = _run(model, args, kwargs, planned.plans, clone=False, planner=planned.direct)
         if rec.tampered():  # the model changed a captured tensor in place: run again, keeping copies
             changed = [tuple(t.shape) for t, v in given if t._version != v]
             if changed:
@@ -255,12 +263,11 @@ def _capture(
                     "forward again on the original input. Pass a copy (x.clone()) for rnnlens to "
                     "trace, or avoid in-place operations on the input in forward."
                 )
+            snapshot.restore()  # the second run starts from the model as it was
+            for m in model.modules():
+                m.training = False
             planned = _plans(model, layers, fields, strategy, edits)  # fresh: direct plans again
             rec = _run(model, args, kwargs, planned.plans, clone=True, planner=planned.direct)
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
     return _captured(rec, planned, join=options.calls == "join"), rec.output
 
 

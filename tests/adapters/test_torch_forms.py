@@ -1,0 +1,247 @@
+"""PyTorch models in the forms people run them (issue 31): inference mode, modules that keep state
+on themselves, torch.export programs, torch.compile. Oracle: a loop of nn.LSTMCell / nn.GRUCell
+with the module's weights copied (float32, tolerance 1e-5), and the model's own outputs (bitwise
+where rnnlens runs the model's own kernel)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import pytest
+
+import rnnlens
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+TOL = 1e-5
+
+
+def cell_loop(m: Any, x: Any) -> dict[str, dict[str, np.ndarray]]:
+    """Every layer of a batch_first uni-directional nn.LSTM / nn.GRU stepped through an
+    nn.LSTMCell / nn.GRUCell holding that layer's weights: h, c and the gates per layer."""
+    lstm = isinstance(m, nn.LSTM)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    seq = x.detach().clone()
+    for layer in range(m.num_layers):
+        cell = (nn.LSTMCell if lstm else nn.GRUCell)(seq.shape[-1], m.hidden_size)
+        with torch.no_grad():
+            for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(cell, n).copy_(getattr(m, f"{n}_l{layer}"))
+        b, t = seq.shape[:2]
+        h = torch.zeros(b, m.hidden_size)
+        c = torch.zeros(b, m.hidden_size)
+        hs, cs, gs = [], [], []
+        with torch.no_grad():
+            for k in range(t):
+                xt = seq[:, k]
+                if lstm:
+                    z = xt @ cell.weight_ih.T + cell.bias_ih + h @ cell.weight_hh.T + cell.bias_hh
+                    u = m.hidden_size
+                    gs.append(
+                        torch.cat(
+                            [z[:, : 2 * u].sigmoid(), z[:, 2 * u : 3 * u].tanh(), z[:, 3 * u :].sigmoid()], -1
+                        )
+                    )
+                    h, c = cell(xt, (h, c))
+                    cs.append(c)
+                else:
+                    h = cell(xt, h)
+                hs.append(h)
+        seq = torch.stack(hs, 1)
+        entry = {"h": seq.numpy()}
+        if lstm:
+            entry["c"] = torch.stack(cs, 1).numpy()
+            entry["gates"] = torch.stack(gs, 1).numpy()
+        out[f"l{layer}"] = entry
+    return out
+
+
+def check(states: Any, m: Any, x: Any, prefix: str) -> None:
+    """Every layer's h (and c and gates) against the cell loop."""
+    want = cell_loop(m, x)
+    for layer, fields in want.items():
+        name = f"{prefix}.{layer}" if m.num_layers > 1 else prefix
+        got = states[name]
+        np.testing.assert_allclose(got.h, fields["h"], atol=TOL, err_msg=f"{name} h")
+        if "c" in fields:
+            np.testing.assert_allclose(got.c, fields["c"], atol=TOL, err_msg=f"{name} c")
+            g = np.concatenate([got.gates[k] for k in ("i", "f", "g", "o")], -1)
+            np.testing.assert_allclose(g, fields["gates"], atol=TOL, err_msg=f"{name} gates")
+
+
+class Classifier(nn.Module):
+    def __init__(self, cls: Any = nn.LSTM, layers: int = 2) -> None:
+        super().__init__()
+        self.rnn = cls(3, 4, num_layers=layers, batch_first=True)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: Any) -> Any:
+        y, _ = self.rnn(x)
+        return self.fc(y[:, -1])
+
+
+class Stateful(nn.Module):
+    """An online model: its recurrent state, a call counter, a history list and a BatchNorm in
+    train mode live on the module and move with every call."""
+
+    def __init__(self, carry: bool = True) -> None:
+        super().__init__()
+        self.carry = carry  # False: the stored state is kept but not read (any batch size)
+        self.norm = nn.BatchNorm1d(3)
+        self.rnn = nn.LSTM(3, 4, num_layers=2, batch_first=True)
+        self.register_buffer("hidden", torch.zeros(2, 2, 4))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.cell: Any = torch.zeros(2, 2, 4)
+        self.calls = 0
+        self.history: list[Any] = []
+
+    def forward(self, x: Any) -> Any:
+        x = self.norm(x.transpose(1, 2)).transpose(1, 2)
+        y, (h, c) = self.rnn(x, (self.hidden, self.cell) if self.carry else None)
+        self.hidden.copy_(h[:, :2])  # in place (a buffer)
+        self.cell = c[:, :2]  # rebound (a plain attribute)
+        self.steps += x.shape[1]
+        self.calls += 1
+        self.history.append(float(y.sum()))
+        self.new_attribute = True
+        return y
+
+
+def attributes(m: Any) -> dict[str, Any]:
+    """Every module's __dict__ as comparable values (tensors copied)."""
+    out = {}
+    for path, mod in m.named_modules():
+        for k, v in vars(mod).items():
+            if isinstance(v, torch.Tensor):
+                v = v.detach().clone()
+            elif isinstance(v, dict):
+                v = {kk: vv.detach().clone() if isinstance(vv, torch.Tensor) else vv for kk, vv in v.items()}
+            elif isinstance(v, list):
+                v = list(v)
+            out[f"{path}:{k}"] = v
+    return out
+
+
+def same(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert a.keys() == b.keys(), set(a) ^ set(b)
+    for k in a:
+        x, y = a[k], b[k]
+        if isinstance(x, torch.Tensor):
+            assert torch.equal(x, y), k
+        elif isinstance(x, dict):
+            assert x.keys() == y.keys(), k
+            for kk in x:
+                if isinstance(x[kk], torch.Tensor):
+                    assert torch.equal(x[kk], y[kk]), (k, kk)
+                else:
+                    assert x[kk] is y[kk] or x[kk] == y[kk], (k, kk)
+        else:
+            assert x is y or x == y, k
+
+
+def _x(seed: int = 0, batch: int = 2) -> Any:
+    return torch.from_numpy(np.random.default_rng(seed).normal(size=(batch, 5, 3)).astype("float32"))
+
+
+# ------------------------------------------------------------------------- inference mode
+
+
+def test_inference_tensors_and_calls_inside_inference_mode() -> None:
+    torch.manual_seed(0)
+    m = Classifier()
+    x = _x()
+    with torch.inference_mode():
+        xi = x.clone()
+    check(rnnlens.trace(m, xi, fields=None), m.rnn, x, "rnn")
+    with torch.inference_mode():
+        states = rnnlens.trace(m, x, fields=None)
+        inside_i = rnnlens.trace(m, xi, fields=None)
+    check(states, m.rnn, x, "rnn")
+    check(inside_i, m.rnn, x, "rnn")
+
+
+def test_inference_mode_intervene_record_ablation_extract(tmp_path: Any) -> None:
+    torch.manual_seed(1)
+    m = Classifier()
+    x = _x(1)
+    with torch.inference_mode():
+        xi = x.clone()
+    edit = rnnlens.Edit("rnn.l0", 2, units=[1], set=0.0)
+    plain = rnnlens.intervene(m, x, edit)
+    with torch.inference_mode():
+        inside = rnnlens.intervene(m, xi, edit)
+    np.testing.assert_array_equal(inside.outputs, plain.outputs)
+    np.testing.assert_array_equal(rnnlens.intervene(m, xi, edit).outputs, plain.outputs)
+    for name in ("rnn.l0", "rnn.l1"):
+        np.testing.assert_array_equal(inside.states[name].h, plain.states[name].h)
+
+    with torch.inference_mode(), rnnlens.record(m) as rec:
+        m(xi)
+    np.testing.assert_allclose(rec.states["rnn.l1"].h, rnnlens.trace(m, x)["rnn.l1"].h, atol=TOL)
+
+    metric = lambda out: float(np.asarray(out).sum())  # noqa: E731
+    with torch.inference_mode():
+        scan = rnnlens.ablation_scan(m, xi, "rnn.l0", metric)
+    ref = rnnlens.ablation_scan(m, x, "rnn.l0", metric)
+    np.testing.assert_array_equal(scan.effect, ref.effect)
+
+    with torch.inference_mode():
+        rnnlens.extract_to(tmp_path / "s", m, xi.numpy(), fields=None, batch_size=2)
+    stored = rnnlens.open_states(tmp_path / "s")
+    check(stored, m.rnn, x, "rnn")
+
+
+def test_rnnlens_own_failures_are_not_blamed_on_the_arguments(monkeypatch: Any) -> None:
+    from rnnlens.adapters.torch_ import record
+
+    def broken(self: Any, obj: Any) -> Any:
+        return record._hx_slice(obj, "x", 1)  # a TypeError raised in rnnlens' own code
+
+    monkeypatch.setattr(record._Recorder, "keep", broken)
+    with pytest.raises(rnnlens.errors.RnnLensError) as info:
+        rnnlens.trace(Classifier(), _x())
+    assert not isinstance(info.value, rnnlens.errors.InputError)
+    assert "defect in rnnlens" in str(info.value)
+
+
+# ------------------------------------------------------------------------- the model is never changed
+
+
+@pytest.mark.parametrize("call", ["trace", "intervene", "ablation_scan", "extract_to", "error"])
+def test_state_kept_on_the_module_is_put_back(call: str, tmp_path: Any) -> None:
+    torch.manual_seed(2)
+    m = Stateful(carry=call != "ablation_scan").train()
+    x = _x(2)
+    with torch.no_grad():
+        m(x)  # it has moved once already
+        want = copy.deepcopy(m)(x)
+    before = attributes(m)
+    if call == "trace":
+        states = rnnlens.trace(m, x, fields=None)
+        assert set(states) == {"rnn.l0", "rnn.l1"}
+    elif call == "intervene":
+        rnnlens.intervene(m, x, rnnlens.Edit("rnn.l1", 1, set=0.0))
+    elif call == "ablation_scan":
+        rnnlens.ablation_scan(m, x.numpy(), "rnn.l0", lambda out: float(np.asarray(out).sum()))
+    elif call == "extract_to":
+        rnnlens.extract_to(tmp_path / "s", m, x.numpy(), batch_size=2)
+    else:
+        with pytest.raises(rnnlens.errors.RnnLensError):
+            rnnlens.trace(m, x[:1])  # the stored state has batch 2: the forward fails midway
+    same(attributes(m), before)
+    assert m.training and m.norm.training
+    with torch.no_grad():
+        assert torch.equal(m(x), want)  # its next prediction is the one it would have made
+
+
+def test_an_in_place_change_to_a_parameter_is_an_error() -> None:
+    class Drifting(Classifier):
+        def forward(self, x: Any) -> Any:
+            self.fc.bias.add_(1.0)
+            return super().forward(x)
+
+    with pytest.raises(rnnlens.errors.UnsupportedModelError, match=r"fc\.bias"):
+        rnnlens.trace(Drifting(), _x())
