@@ -245,3 +245,132 @@ def test_an_in_place_change_to_a_parameter_is_an_error() -> None:
 
     with pytest.raises(rnnlens.errors.UnsupportedModelError, match=r"fc\.bias"):
         rnnlens.trace(Drifting(), _x())
+
+
+# ------------------------------------------------------------------------- torch.export
+
+
+class Stack(nn.Module):
+    """An LSTM (2 layers), a GRU fed by it and an RNN inside a submodule: every recurrent op."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(3, 4, num_layers=2, batch_first=True)
+        self.head = nn.ModuleDict(
+            {"gru": nn.GRU(4, 3, batch_first=True), "rnn": nn.RNN(3, 2, batch_first=True)}
+        )
+
+    def forward(self, x: Any) -> Any:
+        y, _ = self.lstm(x)
+        z, _ = self.head["gru"](y)
+        w, _ = self.head["rnn"](z)
+        return w
+
+
+def _export(m: Any, x: Any) -> Any:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.export's note on nn.LSTM's _flat_weights
+        return torch.export.export(m, (x,))
+
+
+def _check_stack(states: Any, m: Stack, x: Any) -> None:
+    assert list(states) == ["lstm.l0", "lstm.l1", "head.gru", "head.rnn"]
+    check(states, m.lstm, x, "lstm")
+    check(states, m.head["gru"], torch.from_numpy(states["lstm.l1"].h), "head.gru")
+    with torch.no_grad():
+        want = m(x).numpy()
+    np.testing.assert_allclose(states["head.rnn"].h, want, atol=TOL)
+
+
+@pytest.mark.parametrize("form", ["program", "module", "file"])
+def test_an_exported_program_is_traced_node_by_node(form: str, tmp_path: Any) -> None:
+    torch.manual_seed(3)
+    m = Stack().eval()
+    x = _x(3)
+    ep = _export(m, x)
+    if form == "module":
+        model: Any = ep.module()
+    elif form == "file":
+        torch.export.save(ep, tmp_path / "m.pt2")
+        with pytest.raises(rnnlens.errors.ModelFileError, match="unsafe=True"):
+            rnnlens.load_model(tmp_path / "m.pt2")
+        model = rnnlens.load_model(tmp_path / "m.pt2", unsafe=True)
+    else:
+        model = ep
+    before = attributes(model.module() if form != "module" else model)
+    states = rnnlens.trace(model, x, fields=None)
+    _check_stack(states, m, x)
+    if form == "module":
+        same(attributes(model), before)
+        assert model.training  # an exported module refuses eval(); its flag is left as it was
+    assert [s.name for s in rnnlens.describe(model)] == list(states)
+    assert [(s.kind, s.units, s.directions) for s in rnnlens.describe(model)] == [
+        (s.kind, s.units, s.directions) for s in rnnlens.describe(m)
+    ]
+    some = rnnlens.trace(model, x, layers=["lstm.l0", "head.gru"], fields=("h", "gates"))
+    assert list(some) == ["lstm.l0", "head.gru"]
+    np.testing.assert_array_equal(some["lstm.l0"].gates.array, states["lstm.l0"].gates.array)
+    np.testing.assert_allclose(some["head.gru"].h, states["head.gru"].h, atol=TOL)  # oneDNN vs emit below
+    with pytest.raises(rnnlens.errors.LayerNotFoundError, match=r"head\.gru"):
+        rnnlens.trace(model, x, layers="head.gr")
+    if form == "file":
+        with pytest.raises(rnnlens.errors.ModelFileError, match="unsafe=True"):
+            rnnlens.trace(tmp_path / "m.pt2", x)  # a path is opened in safe mode
+        from rnnlens.cli import main
+
+        assert main(["inspect", str(tmp_path / "m.pt2")]) == 2
+        assert main(["inspect", str(tmp_path / "m.pt2"), "--unsafe"]) == 0
+
+
+def test_an_exported_bidirectional_stack_and_a_bare_module() -> None:
+    torch.manual_seed(4)
+    lstm = nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 2, 3)
+    states = rnnlens.trace(_export(lstm, x), x, fields=None)
+    want = rnnlens.trace(lstm, x, fields=None)
+    assert list(states) == list(want) == ["lstm.l0", "lstm.l1"]
+    for name in want:
+        for f in ("h", "c"):
+            np.testing.assert_array_equal(getattr(states[name], f), getattr(want[name], f))
+        np.testing.assert_array_equal(states[name].gates.array, want[name].gates.array)
+
+
+def test_an_unrolled_program_is_refused_saying_how_to_export_it() -> None:
+    m = Classifier()
+    ep = _export(m, _x()).run_decompositions()
+    with pytest.raises(rnnlens.errors.UnsupportedLayerError, match="run_decompositions"):
+        rnnlens.trace(ep, _x())
+
+
+def test_interventions_on_an_exported_program_are_refused_clearly() -> None:
+    m = Classifier()
+    with pytest.raises(rnnlens.errors.RnnLensError, match="Intervene on the Python module"):
+        rnnlens.intervene(_export(m, _x()), _x(), rnnlens.Edit("rnn.l0", 0, set=0.0))
+
+
+# ------------------------------------------------------------------------- torch.compile
+
+
+def test_a_compiled_module_is_traced_through_the_module_it_wraps() -> None:
+    import time
+
+    torch.manual_seed(5)
+    m = Classifier(nn.GRU)
+    compiled = torch.compile(m)
+    x = _x(5)
+    start = time.perf_counter()
+    states = rnnlens.trace(compiled, x, fields=None)
+    seconds = time.perf_counter() - start
+    assert list(states) == ["rnn.l0", "rnn.l1"]  # no "_orig_mod." prefix
+    check(states, m.rnn, x, "rnn")
+    assert seconds < 5  # Dynamo compiles nothing (measured 35-75 s when it compiled the step loop)
+    assert rnnlens.describe(compiled) == rnnlens.describe(m)
+    edited = rnnlens.intervene(compiled, x, rnnlens.Edit("rnn.l1", 2, set=0.0))
+    np.testing.assert_array_equal(
+        edited.outputs, rnnlens.intervene(m, x, rnnlens.Edit("rnn.l1", 2, set=0.0)).outputs
+    )
+    from rnnlens.adapters.torch_ import TorchAdapter
+
+    assert TorchAdapter().model_digest(compiled) == TorchAdapter().model_digest(m)

@@ -27,7 +27,7 @@ __all__ = ["TorchAdapter"]
 class TorchAdapter(Adapter):
     name = "torch"
     accepts = "a torch.nn.Module (its forward's arguments as inputs); .pt/.pth state dicts with module="
-    suffixes = (".pt", ".pth", ".ts", ".torchscript", ".jit")
+    suffixes = (".pt", ".pth", ".ts", ".torchscript", ".jit", ".pt2")
     requires = ("torch",)
     strategies = ("auto", "emit", "reconstruct")
 
@@ -35,13 +35,17 @@ class TorchAdapter(Adapter):
         return "torch" in mro_roots(model)
 
     def describe(self, model: Any) -> list[LayerSpec]:
-        from . import trace
+        from . import forms, trace
 
+        model = forms.plain(model)
+        if forms.is_exported(model):  # no nn.LSTM module left: the graph's recurrent op nodes
+            return forms.describe_exported(model)
         return trace.describe(model)
 
     def capture(self, model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Captured:
-        from . import trace
+        from . import forms, trace
 
+        model = forms.plain(model)  # torch.compile's wrapper, torch.export's program: the module
         # NumPy arrays given for tensors are converted (as torch.from_numpy would), not passed on
         args = tuple(_from_numpy(a) for a in args)
         kwargs = {k: _from_numpy(v) for k, v in kwargs.items()}
@@ -50,8 +54,9 @@ class TorchAdapter(Adapter):
     def intervene(
         self, model: Any, args: Args, kwargs: Kwargs, edits: Edits, options: TraceOptions
     ) -> Intervened:
-        from . import trace
+        from . import forms, trace
 
+        model = forms.plain(model)
         args = tuple(_from_numpy(a) for a in args)
         kwargs = {k: _from_numpy(v) for k, v in kwargs.items()}
         return trace.intervene(model, args, kwargs, edits, options)
@@ -71,6 +76,9 @@ class TorchAdapter(Adapter):
         return load_model(path, module, unsafe=unsafe)
 
     def model_digest(self, model: Any) -> str:
+        from . import forms
+
+        model = forms.plain(model)
         arrays = [_bytes_of(t) for t in model.state_dict().values()]
         return model_sha256(arrays, _architecture(model))
 

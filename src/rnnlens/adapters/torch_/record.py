@@ -23,7 +23,7 @@ from torch.nn.utils.rnn import PackedSequence
 from ...core.kinds import KINDS
 from ...errors import RnnLensError, UnsupportedLayerError
 from ..base import Args
-from . import direct
+from . import direct, forms
 from .calls import _CellCalls, _Plan, _SeqCall
 from .convert import _input_error
 from .discover import _Config, base_class
@@ -370,6 +370,8 @@ def _direct_watch(rec: _Recorder, model: Any, planner: Callable[[str, Any], _Pla
     one meta-device module per weight set, kept for later calls: they chain and count as one
     module's calls)."""
     paths: dict[int, str] = {}  # module -> path, built at the first direct call (most models make none)
+    graph = forms.exported_paths(model)  # an exported program: its op nodes' paths, in call order
+    count = [0]
     routes: dict[tuple[Any, ...], tuple[Callable[..., Any] | None, Any]] = {}
     names: dict[str, int] = {}
 
@@ -381,10 +383,16 @@ def _direct_watch(rec: _Recorder, model: Any, planner: Callable[[str, Any], _Pla
                 "train=self.training (rnnlens traces in eval mode)."
             )
         key = call.key()
+        node = count[0]
+        count[0] += 1
         if key not in routes:
             if not paths:
                 paths.update((id(m), p or type(model).__name__.lower()) for p, m in model.named_modules())
-            path = direct.caller(paths) or f"vf_{call.base.lower()}"
+            path = (
+                graph[node]
+                if graph is not None and node < len(graph)
+                else direct.caller(paths) or f"vf_{call.base.lower()}"
+            )
             k = names.get(path, 0)
             names[path] = k + 1
             module = direct.module_for(call)

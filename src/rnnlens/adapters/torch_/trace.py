@@ -121,6 +121,7 @@ from ...errors import (
     UnsupportedModelError,
 )
 from ..base import Args, Captured, Edits, Intervened, Kwargs, TraceOptions
+from . import forms
 from .calls import _CellCalls, _Plan
 from .chains import chain_calls, merge
 from .convert import _cell_entry, _generic_seq, _need_x, _seq_layer
@@ -173,6 +174,12 @@ def capture(model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Ca
 def intervene(model: Any, args: Args, kwargs: Kwargs, edits: Edits, options: TraceOptions) -> Intervened:
     """PyTorch implementation of :meth:`rnnlens.adapters.Adapter.intervene`: one forward pass
     in which every edited layer runs rnnlens' step loop with the edits applied in place."""
+    if forms.is_exported(model):
+        raise UnsupportedModelError(
+            "Interventions on a torch.export program are not supported: its graph calls the fused "
+            "recurrent op, with no step at which rnnlens could apply an edit. Intervene on the "
+            "Python module you exported (the same weights: rnnlens.intervene(model, ...))."
+        )
     # edits name each call ("#k", steps counted per call), so the states keep one entry per call
     captured, output = _capture(model, args, kwargs, replace(options, calls="each"), edits)
     return Intervened(outputs=_outputs(output, copy=not options.outputs_only), captured=captured)
@@ -245,6 +252,7 @@ def _capture(
         "the forward pass runs once on the arguments as given; split large inputs yourself and "
         "call trace per batch.",
     )
+    forms.check_exported(model)
     planned = _plans(model, layers, fields, strategy, edits)
     # eval mode by each module's flag, not model.eval() (an exported program's module refuses it);
     # the flags, and whatever forward changes on the model (its state, buffers), are put back
@@ -289,10 +297,13 @@ class _Planned:
         cfg = _config(module)
         assert cfg is not None
         specs = _static_specs(name, cfg)
-        if self.names is not None:
-            return None
-        mine = dict(resolve_fields(specs, self.fields))
-        self.static_fields.update(mine)
+        if self.names is not None:  # selected by name: only an exported program's are known before
+            mine = {s.name: self.static_fields[s.name] for s in specs if s.name in self.static_fields}
+            if not mine:
+                return None
+        else:
+            mine = dict(resolve_fields(specs, self.fields))
+            self.static_fields.update(mine)
         plan = _plan_for(name, module, cfg, mine, self.strategy, {})
         self.plans.append(plan)
         return plan
@@ -302,6 +313,8 @@ def _plans(model: Any, layers: Any, fields: Any, strategy: str, edits: Edits) ->
     """Validate names and fields and decide, per recurrent module, what to record (before running)."""
     recurrent, others = _walk(model)
     static = [(spec, name) for name, _, cfg in recurrent for spec in _static_specs(name, cfg)]
+    if not recurrent and forms.is_exported(model):  # its op nodes: named and selected like modules
+        static = [(spec, spec.name) for spec in forms.describe_exported(model)]
     names = _names(layers)
     # Validate names and fields before running anything: "#k" selects a later call of a module.
     stripped = None if names is None else list(dict.fromkeys(_CALL_SUFFIX.sub("", n) for n in names))
