@@ -174,12 +174,6 @@ def capture(model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Ca
 def intervene(model: Any, args: Args, kwargs: Kwargs, edits: Edits, options: TraceOptions) -> Intervened:
     """PyTorch implementation of :meth:`rnnlens.adapters.Adapter.intervene`: one forward pass
     in which every edited layer runs rnnlens' step loop with the edits applied in place."""
-    if forms.is_exported(model):
-        raise UnsupportedModelError(
-            "Interventions on a torch.export program are not supported: its graph calls the fused "
-            "recurrent op, with no step at which rnnlens could apply an edit. Intervene on the "
-            "Python module you exported (the same weights: rnnlens.intervene(model, ...))."
-        )
     # edits name each call ("#k", steps counted per call), so the states keep one entry per call
     captured, output = _capture(model, args, kwargs, replace(options, calls="each"), edits)
     return Intervened(outputs=_outputs(output, copy=not options.outputs_only), captured=captured)
@@ -289,6 +283,7 @@ class _Planned:
     static: list[tuple[LayerSpec, str]]
     fields: Any = None
     strategy: str = "auto"
+    edits: Any = None  # the edits (an exported program's op nodes are edited as they run)
 
     def direct(self, name: str, module: Any) -> _Plan | None:
         """The plan of a direct ``torch._VF`` call found while running (:mod:`.direct`), named
@@ -297,14 +292,16 @@ class _Planned:
         cfg = _config(module)
         assert cfg is not None
         specs = _static_specs(name, cfg)
+        entries = _layer_names(name, cfg).values()
+        own_edits = {k: e for k, e in (self.edits or {}).items() if _CALL_SUFFIX.sub("", k) in entries}
         if self.names is not None:  # selected by name: only an exported program's are known before
             mine = {s.name: self.static_fields[s.name] for s in specs if s.name in self.static_fields}
-            if not mine:
+            if not mine and not own_edits:
                 return None
         else:
             mine = dict(resolve_fields(specs, self.fields))
             self.static_fields.update(mine)
-        plan = _plan_for(name, module, cfg, mine, self.strategy, {})
+        plan = _plan_for(name, module, cfg, mine, self.strategy, own_edits)
         self.plans.append(plan)
         return plan
 
@@ -338,7 +335,7 @@ def _plans(model: Any, layers: Any, fields: Any, strategy: str, edits: Edits) ->
         if cfg.scripted:
             continue
         plans.append(_plan_for(name, m, cfg, mine, strategy, own_edits))
-    return _Planned(plans, dict(static_fields), names, static, fields, strategy)
+    return _Planned(plans, dict(static_fields), names, static, fields, strategy, edits)
 
 
 def _layer_names(name: str, cfg: Any) -> dict[int, str]:
