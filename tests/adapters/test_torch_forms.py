@@ -385,3 +385,35 @@ def test_a_compiled_module_is_traced_through_the_module_it_wraps() -> None:
     from rnnlens.adapters.torch_ import TorchAdapter
 
     assert TorchAdapter().model_digest(compiled) == TorchAdapter().model_digest(m)
+
+
+# ------------------------------------------------------------------------- what was found
+
+
+class Scriptable(Classifier):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.rnn(x)
+        return self.fc(y[:, -1])
+
+
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_a_quantized_torchscript_is_refused_naming_what_is_quantized(how: str, tmp_path: Any) -> None:
+    import warnings
+
+    m = Scriptable(layers=1).eval()
+    x = _x()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torch.ao.quantization.quantize_dynamic(m, {nn.LSTM, nn.Linear}, dtype=torch.qint8)
+        scripted = torch.jit.script(q) if how == "script" else torch.jit.trace(q, (x,))
+    torch.jit.save(scripted, tmp_path / "q.pt")
+    loaded = rnnlens.load_model(tmp_path / "q.pt", unsafe=True)
+    for model in (scripted, loaded):
+        with pytest.raises(rnnlens.errors.UnsupportedModelError) as info:
+            rnnlens.trace(model, x)
+        message = str(info.value)
+        assert "quantized" in message and "rnn (LSTM)" in message and "fc (Linear)" in message
+        assert "aten::quantized_lstm" in message
+        assert "float model from before quantization" in message
+        with pytest.raises(rnnlens.errors.UnsupportedModelError, match="before quantization"):
+            rnnlens.intervene(model, x, rnnlens.Edit("rnn", 0, set=0.0))

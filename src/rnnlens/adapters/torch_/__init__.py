@@ -38,6 +38,7 @@ class TorchAdapter(Adapter):
         from . import forms, trace
 
         model = forms.plain(model)
+        forms.check_quantized_script(model)
         if forms.is_exported(model):  # no nn.LSTM module left: the graph's recurrent op nodes
             return forms.describe_exported(model)
         return trace.describe(model)

@@ -4,6 +4,10 @@
 * ``torch.compile(model)`` returns an ``OptimizedModule`` wrapping the model (``_orig_mod``):
   rnnlens traces the wrapped module itself (the same weights, the same code), so Dynamo never
   compiles rnnlens' step loop and entries carry the uncompiled module's names.
+* A quantized TorchScript module (``torch.jit.script`` / ``trace`` of a model quantized with
+  ``torch.ao.quantization``) runs int8 kernels (``quantized::...``) that neither its ONNX export
+  nor rnnlens' step loop reproduce: it is refused, naming its quantized submodules, with what to
+  do instead (:func:`check_quantized_script`).
 * ``torch.export.export(model, args)`` returns an ``ExportedProgram``; ``ep.module()`` is a
   graph module whose code calls ``aten.lstm`` / ``gru`` / ``rnn_tanh`` / ``rnn_relu`` with the
   weights as arguments. Those calls are traced like any direct recurrent op call
@@ -22,16 +26,25 @@ Example:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
 
 from ...core.spec import LayerSpec
-from ...errors import UnsupportedLayerError
+from ...errors import UnsupportedLayerError, UnsupportedModelError
 from .discover import _SEQ_KINDS, _Config, _static_specs
 
-__all__ = ["check_exported", "describe_exported", "exported_paths", "is_exported", "plain"]
+__all__ = [
+    "check_exported",
+    "check_quantized_script",
+    "describe_exported",
+    "exported_paths",
+    "is_exported",
+    "plain",
+]
 
+_QUANTIZED_OP = re.compile(r"quantized::\w+|aten::quantized_\w+")
 _RECURRENT = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 _BASES = {"lstm": ("LSTM", 4), "gru": ("GRU", 3), "rnn_tanh": ("RNN", 1), "rnn_relu": ("RNN", 1)}
 #: ops a recurrence decomposed into gate operations leaves behind
@@ -134,3 +147,33 @@ def describe_exported(model: Any) -> list[LayerSpec]:
         )  # fmt: skip
         out.extend(_static_specs(path, cfg))
     return out
+
+
+def check_quantized_script(model: Any) -> None:
+    """Refuse a TorchScript module that runs quantized kernels, naming its quantized submodules."""
+    if not isinstance(model, torch.jit.ScriptModule):
+        return
+    # packed parameters live in private children (lstm._all_weight_values.0, fc._packed_params)
+    packed = sorted(
+        {
+            ".".join(path.split(".")[: next(k for k, p in enumerate(path.split(".")) if p.startswith("_"))])
+            for path, m in model.named_modules()
+            if "Packed" in getattr(m, "original_name", "") and "._" in f".{path}"
+        }
+    )
+    try:
+        ops = sorted({op for op in _QUANTIZED_OP.findall(str(model.inlined_graph))})
+    except RuntimeError:  # a module without a forward graph
+        ops = []
+    if not packed and not ops:
+        return
+    kinds = dict(model.named_modules())
+    names = ", ".join(f"{p or '(root)'} ({getattr(kinds.get(p), 'original_name', '?')})" for p in packed)
+    raise UnsupportedModelError(
+        f"This TorchScript module is quantized: {names or 'its graph'} run{'s' if len(packed) == 1 else ''} "
+        f"int8 kernels ({', '.join(ops) or 'packed quantized parameters'}). rnnlens cannot trace or edit "
+        "them exactly: a quantized kernel's rounding is neither in the module's ONNX export nor in "
+        "rnnlens' float step loop. Trace the float model from before quantization (the nn.Module "
+        "you passed to torch.ao.quantization.quantize_dynamic / convert, before torch.jit.script "
+        "or torch.jit.trace); its states are what the int8 model approximates."
+    )

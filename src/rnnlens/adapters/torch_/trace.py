@@ -167,6 +167,7 @@ def capture(model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Ca
     if isinstance(model, torch.jit.ScriptModule):
         from . import scripted
 
+        forms.check_quantized_script(model)
         return scripted.capture(model, args, kwargs, options)
     return _capture(model, args, kwargs, options, {})[0]
 
@@ -224,6 +225,7 @@ def _capture(
     kwargs = dict(kwargs)
     _require_module(model)
     if isinstance(model, torch.jit.ScriptModule):
+        forms.check_quantized_script(model)
         raise UnsupportedModelError(
             f"{type(model).__name__} is a TorchScript module: its forward runs compiled code, which "
             "rnnlens cannot edit step by step (rnnlens.trace reads it through its ONNX export). Load "
