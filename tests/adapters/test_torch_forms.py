@@ -417,3 +417,27 @@ def test_a_quantized_torchscript_is_refused_naming_what_is_quantized(how: str, t
         assert "float model from before quantization" in message
         with pytest.raises(rnnlens.errors.UnsupportedModelError, match="before quantization"):
             rnnlens.intervene(model, x, rnnlens.Edit("rnn", 0, set=0.0))
+
+
+def test_recording_a_compiled_module_and_refusing_to_record_a_program() -> None:
+    import time
+
+    torch.manual_seed(7)
+    m = Classifier()
+    compiled = torch.compile(m)
+    x = _x(7)
+    start = time.perf_counter()
+    with rnnlens.record(compiled) as rec:
+        out = compiled(x)
+    assert time.perf_counter() - start < 5  # nothing compiled while recording
+    with torch.no_grad():
+        assert torch.equal(out, m(x))
+    assert list(rec.states) == ["rnn.l0", "rnn.l1"]
+    for name in rec.states:
+        np.testing.assert_allclose(rec.states[name].h, rnnlens.trace(m, x)[name].h, atol=TOL)
+    program = _export(m, x)
+    with (
+        pytest.raises(rnnlens.errors.UnsupportedModelError, match="Trace each call"),
+        rnnlens.record(program),
+    ):
+        pass

@@ -63,9 +63,12 @@ class TorchAdapter(Adapter):
         return trace.intervene(model, args, kwargs, edits, options)
 
     def record(self, model: Any, options: TraceOptions) -> Any:
+        from . import forms
         from .recording import TorchRecording
 
-        return TorchRecording(model, options)
+        forms.check_recordable(model)
+        # a compiled module: its original is recorded, and runs eagerly while the block is open
+        return TorchRecording(forms.plain(model), options, eager=forms.plain(model) is not model)
 
     def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
         check_archive(path)  # before torch is even imported

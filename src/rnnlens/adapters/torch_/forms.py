@@ -38,6 +38,7 @@ from .discover import _SEQ_KINDS, _Config, _static_specs
 __all__ = [
     "check_exported",
     "check_quantized_script",
+    "check_recordable",
     "describe_exported",
     "exported_paths",
     "is_exported",
@@ -177,3 +178,15 @@ def check_quantized_script(model: Any) -> None:
         "you passed to torch.ao.quantization.quantize_dynamic / convert, before torch.jit.script "
         "or torch.jit.trace); its states are what the int8 model approximates."
     )
+
+
+def check_recordable(model: Any) -> None:
+    """Refuse to record an exported program: a recording follows recurrent modules across the
+    calls of the user's loop, and a program has none (its graph calls the fused op itself)."""
+    if isinstance(model, torch.export.ExportedProgram) or is_exported(model):
+        raise UnsupportedModelError(
+            "rnnlens.record follows a model's recurrent modules across the calls of your loop; a "
+            "torch.export program has none (its graph calls the fused recurrent op). Trace each call "
+            "instead (rnnlens.trace(program, x) traces every recurrent op of it), or record the "
+            "Python module you exported."
+        )
