@@ -1,4 +1,5 @@
-"""The PyTorch adapter: ``nn.Module`` objects and ``.pt``/``.pth`` files.
+"""The PyTorch adapter: ``nn.Module`` objects (also ``torch.compile``'d), ``torch.export``
+programs, and ``.pt``/``.pth``/``.pt2`` files.
 
 This module imports no framework: torch is imported when a torch model arrives. ``trace``
 (``capture``: planning, the run, the entries) and ``load`` do the work, with ``discover``
@@ -26,7 +27,10 @@ __all__ = ["TorchAdapter"]
 
 class TorchAdapter(Adapter):
     name = "torch"
-    accepts = "a torch.nn.Module (its forward's arguments as inputs); .pt/.pth state dicts with module="
+    accepts = (
+        "a torch.nn.Module (its forward's arguments as inputs; also torch.compile'd), a torch.export "
+        "program; .pt/.pth state dicts with module=, .pt2 programs with unsafe=True"
+    )
     suffixes = (".pt", ".pth", ".ts", ".torchscript", ".jit", ".pt2")
     requires = ("torch",)
     strategies = ("auto", "emit", "reconstruct")

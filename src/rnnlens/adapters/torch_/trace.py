@@ -87,7 +87,10 @@ takes ``unsafe=True``) run compiled code that cannot be observed step by step: :
 reads them through their ONNX export, checked against the module's own outputs
 (:mod:`.scripted`; needs the ``onnx`` extra); :func:`rnnlens.intervene` and
 :func:`rnnlens.record` refuse them: load the weights into the Python module with
-:func:`load_model` (``module=``) for those.
+:func:`load_model` (``module=``) for those. ``torch.compile``'d modules are traced through the
+module they wrap; ``torch.export`` programs (the object, ``ep.module()``, a ``.pt2`` file opened
+with ``unsafe=True``) op node by op node, named by the module each node was exported from, edits
+included; quantized TorchScript and unrolled programs are refused saying why (:mod:`.forms`).
 
 Example:
     >>> import torch, rnnlens
