@@ -278,7 +278,7 @@ def _export(m: Any, x: Any) -> Any:
 def _check_stack(states: Any, m: Stack, x: Any) -> None:
     assert list(states) == ["lstm.l0", "lstm.l1", "head.gru", "head.rnn"]
     check(states, m.lstm, x, "lstm")
-    check(states, m.head["gru"], torch.from_numpy(states["lstm.l1"].h), "head.gru")
+    check(states, m.head["gru"], torch.from_numpy(np.asarray(states["lstm.l1"].h)), "head.gru")
     with torch.no_grad():
         want = m(x).numpy()
     np.testing.assert_allclose(states["head.rnn"].h, want, atol=TOL)
@@ -441,3 +441,31 @@ def test_recording_a_compiled_module_and_refusing_to_record_a_program() -> None:
         rnnlens.record(program),
     ):
         pass
+
+
+def test_state_made_under_inference_mode_is_put_back() -> None:
+    m = Stateful().eval()
+    x = _x(8)
+    with torch.inference_mode():
+        m(x)  # self.cell is now an inference tensor
+        before = attributes(m)
+        rnnlens.trace(m, x)
+        same(attributes(m), before)
+    same(attributes(m), before)
+
+
+def test_an_exported_program_extracted_resumed_and_scanned(tmp_path: Any) -> None:
+    torch.manual_seed(9)
+    m = Stack().eval()
+    x = _x(9)
+    ep = _export(m, x)
+    for _ in range(2):  # the second run resumes: the program's digest is the same
+        rnnlens.extract_to(tmp_path / "s", ep, x.numpy(), fields=None, batch_size=2)
+    _check_stack(rnnlens.open_states(tmp_path / "s"), m, x)
+    metric = lambda out: float(np.asarray(out).sum())  # noqa: E731
+    scan = rnnlens.ablation_scan(ep, x.numpy(), "lstm.l1", metric, group=1)  # the exported batch
+    np.testing.assert_allclose(
+        scan.effect, rnnlens.ablation_scan(m, x.numpy(), "lstm.l1", metric).effect, atol=TOL
+    )
+    with pytest.raises(rnnlens.errors.InputError, match="dynamic_shapes"):
+        rnnlens.trace(ep, x[:1])  # exported for a batch of 2

@@ -21,7 +21,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 from ...core.kinds import KINDS
-from ...errors import RnnLensError, UnsupportedLayerError
+from ...errors import InputError, RnnLensError, UnsupportedLayerError
 from ..base import Args
 from . import direct, forms
 from .calls import _CellCalls, _Plan, _SeqCall
@@ -333,6 +333,15 @@ def _run(
             rec.output = model(*args, **kwargs)
     except RnnLensError:
         raise
+    except AssertionError as e:
+        if not str(e).startswith("Guard failed"):
+            raise
+        raise InputError(
+            f"The exported program refuses these inputs ({e}): torch.export specialized it to the "
+            "shapes it was exported with. Pass inputs of those shapes (extract_to: batch_size= the "
+            "exported batch), or export with dynamic shapes (torch.export.export(..., "
+            "dynamic_shapes=...) with torch.export.Dim)."
+        ) from e
     except (RuntimeError, ValueError, TypeError, IndexError, AttributeError, KeyError) as e:
         if _raised_by_rnnlens(e, rec.active):
             raise RnnLensError(
