@@ -1,4 +1,5 @@
-"""The PyTorch adapter: ``nn.Module`` objects and ``.pt``/``.pth`` files.
+"""The PyTorch adapter: ``nn.Module`` objects (also ``torch.compile``'d), ``torch.export``
+programs, and ``.pt``/``.pth``/``.pt2`` files.
 
 This module imports no framework: torch is imported when a torch model arrives. ``trace``
 (``capture``: planning, the run, the entries) and ``load`` do the work, with ``discover``
@@ -27,8 +28,11 @@ __all__ = ["TorchAdapter"]
 
 class TorchAdapter(Adapter):
     name = "torch"
-    accepts = "a torch.nn.Module (its forward's arguments as inputs); .pt/.pth state dicts with module="
-    suffixes = (".pt", ".pth", ".ts", ".torchscript", ".jit")
+    accepts = (
+        "a torch.nn.Module (its forward's arguments as inputs; also torch.compile'd), a torch.export "
+        "program; .pt/.pth state dicts with module=, .pt2 programs with unsafe=True"
+    )
+    suffixes = (".pt", ".pth", ".ts", ".torchscript", ".jit", ".pt2")
     requires = ("torch",)
     strategies = ("auto", "emit", "reconstruct")
 
@@ -36,14 +40,19 @@ class TorchAdapter(Adapter):
         return "torch" in mro_roots(model)
 
     def describe(self, model: Any) -> list[LayerSpec]:
-        from . import trace
+        from . import forms, trace
 
+        model = forms.plain(model)
         refuse_quantized(model)
+        forms.check_quantized_script(model)
+        if forms.is_exported(model):  # no nn.LSTM module left: the graph's recurrent op nodes
+            return forms.describe_exported(model)
         return trace.describe(model)
 
     def capture(self, model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Captured:
-        from . import trace
+        from . import forms, trace
 
+        model = forms.plain(model)  # torch.compile's wrapper, torch.export's program: the module
         # NumPy arrays given for tensors are converted (as torch.from_numpy would), not passed on
         args = tuple(_from_numpy(a) for a in args)
         kwargs = {k: _from_numpy(v) for k, v in kwargs.items()}
@@ -53,8 +62,9 @@ class TorchAdapter(Adapter):
     def intervene(
         self, model: Any, args: Args, kwargs: Kwargs, edits: Edits, options: TraceOptions
     ) -> Intervened:
-        from . import trace
+        from . import forms, trace
 
+        model = forms.plain(model)
         args = tuple(_from_numpy(a) for a in args)
         kwargs = {k: _from_numpy(v) for k, v in kwargs.items()}
         refuse_quantized(model)
@@ -62,10 +72,13 @@ class TorchAdapter(Adapter):
         return trace.intervene(model, args, kwargs, edits, options)
 
     def record(self, model: Any, options: TraceOptions) -> Any:
+        from . import forms
         from .recording import TorchRecording
 
-        refuse_quantized(model)
-        return TorchRecording(model, options)
+        forms.check_recordable(model)
+        refuse_quantized(forms.plain(model))
+        # a compiled module: its original is recorded, and runs eagerly while the block is open
+        return TorchRecording(forms.plain(model), options, eager=forms.plain(model) is not model)
 
     def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
         check_archive(path)  # before torch is even imported
@@ -77,6 +90,9 @@ class TorchAdapter(Adapter):
         return load_model(path, module, unsafe=unsafe)
 
     def model_digest(self, model: Any) -> str:
+        from . import forms
+
+        model = forms.plain(model)
         arrays = [_bytes_of(t) for t in model.state_dict().values()]
         return model_sha256(arrays, _architecture(model))
 

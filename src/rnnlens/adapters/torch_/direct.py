@@ -55,6 +55,11 @@ _OPS: dict[Any, tuple[str, int, str]] = {
     _VF.rnn_tanh: ("RNN", 1, "tanh"),
     _VF.rnn_relu: ("RNN", 1, "relu"),
 }
+# the same ops as a torch.export program's graph module calls them (:mod:`.forms`)
+_ATEN = {"lstm": _VF.lstm, "gru": _VF.gru, "rnn_tanh": _VF.rnn_tanh, "rnn_relu": _VF.rnn_relu}
+for _name, _vf in _ATEN.items():
+    for _overload in ("input", "data"):
+        _OPS[getattr(getattr(torch.ops.aten, _name), _overload)] = _OPS[_vf]
 
 
 @dataclass

@@ -25,6 +25,14 @@ def _is_torchscript(path: str) -> bool:
         return any(n.endswith("constants.pkl") for n in z.namelist())
 
 
+def _is_exported(path: str) -> bool:
+    """A ``torch.export.save`` archive (``.pt2``)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("archive_format") for n in z.namelist())
+
+
 def _state_dict(obj: Any) -> Mapping[str, Any] | None:
     def is_sd(o: Any) -> bool:
         return (
@@ -84,6 +92,9 @@ def load_model(path: str | os.PathLike[str], module: Any = None, *, unsafe: bool
       It is refused unless ``unsafe=True`` (only for files you trust). With ``unsafe=True`` and
       without ``module`` the ScriptModule is returned (describe works, trace does not: compiled
       code cannot be observed); with ``module`` its weights are loaded into that Python module.
+    * A ``torch.export`` program (``torch.export.save``, ``.pt2``) unpickles its weights when
+      opened (``weights_only=False``): refused unless ``unsafe=True``; it is returned as the
+      ``ExportedProgram``, which :func:`rnnlens.trace` traces (:mod:`.forms`).
     * A whole pickled module (``torch.save(model)``) can run arbitrary code when loaded: it
       is refused unless ``unsafe=True`` (only for files you trust).
 
@@ -94,6 +105,20 @@ def load_model(path: str | os.PathLike[str], module: Any = None, *, unsafe: bool
     if not os.path.isfile(p):
         raise FileNotFoundError(f"No model file at {p!r}.")
     check_archive(p)  # PyTorch's format is a zip: bounded before anything is read
+    if _is_exported(p):
+        if not unsafe:
+            raise ModelFileError(
+                f"{p!r} is a torch.export program (torch.export.save): opening it unpickles its "
+                "weights and constants (torch.load with weights_only=False), which can run code from "
+                "the file. If you trust the file, pass unsafe=True (CLI: --unsafe); or trace the "
+                "Python module it was exported from."
+            )
+        if module is not None:
+            raise InputError(
+                f"{p!r} is a torch.export program: it holds its own graph and weights, so module= "
+                "does not apply. Open it without module= (unsafe=True)."
+            )
+        return torch.export.load(p)
     if _is_torchscript(p):
         if not unsafe:
             raise ModelFileError(

@@ -11,6 +11,7 @@ once under ``torch.no_grad()``, removes them again and turns a failing call into
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -20,9 +21,9 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 from ...core.kinds import KINDS
-from ...errors import RnnLensError, UnsupportedLayerError
+from ...errors import InputError, RnnLensError, UnsupportedLayerError
 from ..base import Args
-from . import direct
+from . import direct, forms
 from .calls import _CellCalls, _Plan, _SeqCall
 from .convert import _input_error
 from .discover import _Config, base_class
@@ -31,6 +32,7 @@ from .emit_loop import _apply
 from .fold import run_folded
 
 _LAYER_OF = re.compile(r"_l(\d+)(?:_reverse)?$")
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep
 
 
 def _tensors(obj: Any) -> Iterable[torch.Tensor]:
@@ -102,8 +104,10 @@ class _Recorder:
 
     # ---- bookkeeping
     def keep(self, obj: Any) -> Any:
-        """What to store of a tensor the model's own code also holds (copy or watch it)."""
-        if self.clone:
+        """What to store of a tensor the model's own code also holds (copy or watch it). An
+        inference tensor (made under ``torch.inference_mode()``) has no version counter to
+        watch: it is copied."""
+        if self.clone or any(t.is_inference() for t in _tensors(obj)):
             return _clone(obj)
         self.watched.extend((t, t._version) for t in _tensors(obj))
         return obj
@@ -329,11 +333,45 @@ def _run(
             rec.output = model(*args, **kwargs)
     except RnnLensError:
         raise
+    except AssertionError as e:
+        if not str(e).startswith("Guard failed"):
+            raise
+        raise InputError(
+            f"The exported program refuses these inputs ({e}): torch.export specialized it to the "
+            "shapes it was exported with. Pass inputs of those shapes (extract_to: batch_size= the "
+            "exported batch), or export with dynamic shapes (torch.export.export(..., "
+            "dynamic_shapes=...) with torch.export.Dim)."
+        ) from e
     except (RuntimeError, ValueError, TypeError, IndexError, AttributeError, KeyError) as e:
+        if _raised_by_rnnlens(e, rec.active):
+            raise RnnLensError(
+                f"rnnlens' own recording of {type(model).__name__}.forward failed ({type(e).__name__}: "
+                f"{e}); the model and its arguments are not the cause. This is a defect in rnnlens: "
+                "please report it with the model's class and the input shapes."
+            ) from e
         raise _input_error(e, rec.active, model, args, kwargs) from e
     finally:
         _uninstall(installed)
     return rec
+
+
+# where a module's input can fail PyTorch's checks (a shape, a dtype): the module's input is to blame
+_COMPUTES = frozenset({"emit.py", "emit_loop.py", "emit_packed.py", "fold.py"})
+
+
+def _raised_by_rnnlens(e: BaseException, active: list[Any]) -> bool:
+    """Whether ``e`` was raised in rnnlens' own bookkeeping (its innermost Python frame is
+    rnnlens' code, outside the step loop a recurrent module's input runs through)."""
+    tb = e.__traceback__
+    code = None
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        tb = tb.tb_next
+    if code is None or not os.path.abspath(code.co_filename).startswith(_PACKAGE):
+        return False
+    if code.co_name == "__torch_function__":  # the direct-call mode passing the model's own op on
+        return False
+    return not (active and os.path.basename(code.co_filename) in _COMPUTES)
 
 
 def _direct_watch(rec: _Recorder, model: Any, planner: Callable[[str, Any], _Plan | None]) -> Any:
@@ -341,6 +379,8 @@ def _direct_watch(rec: _Recorder, model: Any, planner: Callable[[str, Any], _Pla
     one meta-device module per weight set, kept for later calls: they chain and count as one
     module's calls)."""
     paths: dict[int, str] = {}  # module -> path, built at the first direct call (most models make none)
+    graph = forms.exported_paths(model)  # an exported program: its op nodes' paths, in call order
+    count = [0]
     routes: dict[tuple[Any, ...], tuple[Callable[..., Any] | None, Any]] = {}
     names: dict[str, int] = {}
 
@@ -352,10 +392,16 @@ def _direct_watch(rec: _Recorder, model: Any, planner: Callable[[str, Any], _Pla
                 "train=self.training (rnnlens traces in eval mode)."
             )
         key = call.key()
+        node = count[0]
+        count[0] += 1
         if key not in routes:
             if not paths:
                 paths.update((id(m), p or type(model).__name__.lower()) for p, m in model.named_modules())
-            path = direct.caller(paths) or f"vf_{call.base.lower()}"
+            path = (
+                graph[node]
+                if graph is not None and node < len(graph)
+                else direct.caller(paths) or f"vf_{call.base.lower()}"
+            )
             k = names.get(path, 0)
             names[path] = k + 1
             module = direct.module_for(call)

@@ -30,7 +30,7 @@ class TorchRecording:
     """One recording of one module: :meth:`start`, the user's loop, :meth:`stop`, then
     :meth:`joined`."""
 
-    def __init__(self, model: Any, options: TraceOptions):
+    def __init__(self, model: Any, options: TraceOptions, *, eager: bool = False):
         _require_module(model)
         if isinstance(model, torch.jit.ScriptModule):
             raise UnsupportedModelError("A TorchScript module runs compiled code: it cannot be recorded.")
@@ -39,14 +39,21 @@ class TorchRecording:
         self._installed: list[tuple[Any, Any]] | None = None
         self._carried: set[int] = set()  # calls already written, kept to link the next one
         self._stream: dict[int, int] = {}  # module -> index of the call its open stream began with
+        # torch.compile'd: compiled code runs eagerly while recording (else Dynamo compiles the
+        # stand-ins, ~45 s, and calls them from compiled code rnnlens cannot follow)
+        self._eager: Any = _force_eager() if eager else None
 
     def start(self) -> None:
+        if self._eager is not None:
+            self._eager.__enter__()
         self._installed = _install(self.rec, self.planned.plans, watched=False)
 
     def stop(self) -> None:
         if self._installed is not None:
             _uninstall(self._installed)
             self._installed = None
+            if self._eager is not None:
+                self._eager.__exit__(None, None, None)
 
     @property
     def on_call(self) -> Any:
@@ -136,3 +143,14 @@ def _spans(first: _SeqCall, calls: list[_SeqCall], index: int) -> list[tuple[str
             out.append((call_entry(name, call.index), entry, start, start + steps))
             start += steps
     return out
+
+
+def _force_eager() -> Any:
+    """``torch.compiler.set_stance("force_eager")`` (torch ≥ 2.6), as a context manager."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    if set_stance is None:
+        raise UnsupportedModelError(
+            "Recording a torch.compile'd module needs torch >= 2.6 (torch.compiler.set_stance); "
+            "record the module you compiled instead: rnnlens.record(model) around calls of model."
+        )
+    return set_stance("force_eager")

@@ -61,9 +61,7 @@ def _export(model: Any, args: Args) -> bytes:
             # a file-like object works (the stubs say paths only)
             torch.onnx.export(model, args, buf, dynamo=False, input_names=names)  # type: ignore[arg-type]
     except Exception as e:
-        raise _unsupported(
-            f"torch.onnx.export failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
-        ) from e
+        raise _unsupported(f"torch.onnx.export failed ({type(e).__name__}: {str(e).strip()})") from e
     return buf.getvalue()
 
 

@@ -52,6 +52,11 @@ instance ``forward`` the user had set is put back). No hooks are registered and 
 is touched. The stand-in returns to the model what the module itself returns, so the rest of
 ``forward`` runs as usual, once.
 
+Whatever the model's own ``forward`` changes on itself — a recurrent state it keeps
+(``self.hidden = ...``), a counter, buffers, BatchNorm statistics — is put back afterwards, also
+after an error (:mod:`.unchanged`). Inputs made under ``torch.inference_mode()`` and calls made
+inside it work alike (an inference tensor has no version counter: what is kept of one is copied).
+
 * ``h`` only: a multi-layer module runs *layer by layer* through PyTorch's own kernel
   (``_VF.lstm`` and friends with that layer's weights, ``num_layers=1``, via the module's own
   ``forward`` on a one-layer view sharing its parameters) instead of in one call: every
@@ -82,7 +87,10 @@ takes ``unsafe=True``) run compiled code that cannot be observed step by step: :
 reads them through their ONNX export, checked against the module's own outputs
 (:mod:`.scripted`; needs the ``onnx`` extra); :func:`rnnlens.intervene` and
 :func:`rnnlens.record` refuse them: load the weights into the Python module with
-:func:`load_model` (``module=``) for those.
+:func:`load_model` (``module=``) for those. ``torch.compile``'d modules are traced through the
+module they wrap; ``torch.export`` programs (the object, ``ep.module()``, a ``.pt2`` file opened
+with ``unsafe=True``) op node by op node, named by the module each node was exported from, edits
+included; quantized TorchScript and unrolled programs are refused saying why (:mod:`.forms`).
 
 Example:
     >>> import torch, rnnlens
@@ -116,11 +124,13 @@ from ...errors import (
     UnsupportedModelError,
 )
 from ..base import Args, Captured, Edits, Intervened, Kwargs, TraceOptions
+from . import forms
 from .calls import _CellCalls, _Plan
 from .chains import chain_calls, merge
 from .convert import _cell_entry, _generic_seq, _need_x, _seq_layer
 from .discover import _config, _require_module, _static_specs, _walk, describe
 from .record import _Recorder, _run, _tensors
+from .unchanged import unchanged
 from .weights import _np, _weights
 
 __all__ = ["capture", "describe"]
@@ -160,6 +170,7 @@ def capture(model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Ca
     if isinstance(model, torch.jit.ScriptModule):
         from . import scripted
 
+        forms.check_quantized_script(model)
         return scripted.capture(model, args, kwargs, options)
     return _capture(model, args, kwargs, options, {})[0]
 
@@ -217,6 +228,7 @@ def _capture(
     kwargs = dict(kwargs)
     _require_module(model)
     if isinstance(model, torch.jit.ScriptModule):
+        forms.check_quantized_script(model)
         raise UnsupportedModelError(
             f"{type(model).__name__} is a TorchScript module: its forward runs compiled code, which "
             "rnnlens cannot edit step by step (rnnlens.trace reads it through its ONNX export). Load "
@@ -239,13 +251,16 @@ def _capture(
         "the forward pass runs once on the arguments as given; split large inputs yourself and "
         "call trace per batch.",
     )
+    forms.check_exported(model)
     planned = _plans(model, layers, fields, strategy, edits)
-    plans = planned.plans
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        given = [(t, t._version) for t in _tensors([*args, *kwargs.values()])]
-        rec = _run(model, args, kwargs, plans, clone=False, planner=planned.direct)
+    # eval mode by each module's flag, not model.eval() (an exported program's module refuses it);
+    # the flags, and whatever forward changes on the model (its state, buffers), are put back
+    with unchanged(model) as snapshot:
+        for m in model.modules():
+            m.training = False
+        # (an inference tensor has no version counter; the recorder copies what it keeps of one)
+        given = [(t, t._version) for t in _tensors([*args, *kwargs.values()]) if not t.is_inference()]
+        rec = _run(model, args, kwargs, planned.plans, clone=False, planner=planned.direct)
         if rec.tampered():  # the model changed a captured tensor in place: run again, keeping copies
             changed = [tuple(t.shape) for t, v in given if t._version != v]
             if changed:
@@ -255,12 +270,11 @@ def _capture(
                     "forward again on the original input. Pass a copy (x.clone()) for rnnlens to "
                     "trace, or avoid in-place operations on the input in forward."
                 )
+            snapshot.restore()  # the second run starts from the model as it was
+            for m in model.modules():
+                m.training = False
             planned = _plans(model, layers, fields, strategy, edits)  # fresh: direct plans again
             rec = _run(model, args, kwargs, planned.plans, clone=True, planner=planned.direct)
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
     return _captured(rec, planned, join=options.calls == "join"), rec.output
 
 
@@ -274,6 +288,7 @@ class _Planned:
     static: list[tuple[LayerSpec, str]]
     fields: Any = None
     strategy: str = "auto"
+    edits: Any = None  # the edits (an exported program's op nodes are edited as they run)
 
     def direct(self, name: str, module: Any) -> _Plan | None:
         """The plan of a direct ``torch._VF`` call found while running (:mod:`.direct`), named
@@ -282,11 +297,16 @@ class _Planned:
         cfg = _config(module)
         assert cfg is not None
         specs = _static_specs(name, cfg)
-        if self.names is not None:
-            return None
-        mine = dict(resolve_fields(specs, self.fields))
-        self.static_fields.update(mine)
-        plan = _plan_for(name, module, cfg, mine, self.strategy, {})
+        entries = _layer_names(name, cfg).values()
+        own_edits = {k: e for k, e in (self.edits or {}).items() if _CALL_SUFFIX.sub("", k) in entries}
+        if self.names is not None:  # selected by name: only an exported program's are known before
+            mine = {s.name: self.static_fields[s.name] for s in specs if s.name in self.static_fields}
+            if not mine and not own_edits:
+                return None
+        else:
+            mine = dict(resolve_fields(specs, self.fields))
+            self.static_fields.update(mine)
+        plan = _plan_for(name, module, cfg, mine, self.strategy, own_edits)
         self.plans.append(plan)
         return plan
 
@@ -295,6 +315,8 @@ def _plans(model: Any, layers: Any, fields: Any, strategy: str, edits: Edits) ->
     """Validate names and fields and decide, per recurrent module, what to record (before running)."""
     recurrent, others = _walk(model)
     static = [(spec, name) for name, _, cfg in recurrent for spec in _static_specs(name, cfg)]
+    if not recurrent and forms.is_exported(model):  # its op nodes: named and selected like modules
+        static = [(spec, spec.name) for spec in forms.describe_exported(model)]
     names = _names(layers)
     # Validate names and fields before running anything: "#k" selects a later call of a module.
     stripped = None if names is None else list(dict.fromkeys(_CALL_SUFFIX.sub("", n) for n in names))
@@ -318,7 +340,7 @@ def _plans(model: Any, layers: Any, fields: Any, strategy: str, edits: Edits) ->
         if cfg.scripted:
             continue
         plans.append(_plan_for(name, m, cfg, mine, strategy, own_edits))
-    return _Planned(plans, dict(static_fields), names, static, fields, strategy)
+    return _Planned(plans, dict(static_fields), names, static, fields, strategy, edits)
 
 
 def _layer_names(name: str, cfg: Any) -> dict[int, str]:
