@@ -2,9 +2,7 @@
 data included, in a fresh namespace and an empty folder) and prints what the page shows: the
 comment lines right after a line that prints are its expected output, one printed line each.
 
-Two ```py blocks are shown but not run: they need what a test cannot make here (a Dask
-cluster's shared filesystem in docs/guide/dask.md; a streaming ONNX model file in
-docs/guide/recording.md). The same paths are tested in tests/dask and tests/recording.
+Every block runs; the Dask one on an in-process LocalCluster.
 """
 
 from __future__ import annotations
@@ -19,7 +17,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-LIBRARIES = ("keras", "torch", "onnx", "onnxruntime", "transformers", "zarr", "sklearn", "matplotlib")
+LIBRARIES = (
+    "keras",
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "transformers",
+    "zarr",
+    "sklearn",
+    "matplotlib",
+    "dask",
+    "flax",
+)
 
 
 def _blocks() -> list[tuple[str, int, str]]:
