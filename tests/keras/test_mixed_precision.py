@@ -49,7 +49,8 @@ def test_mixed_precision_every_field(policy: str, kind: str) -> None:
     assert own.dtype == np.dtype(policy.split("_")[1])
     if keras.backend.backend() == "torch":  # its LSTM kernel rounds differently from the step: 1 ulp
         eps = float(np.finfo(own.dtype).eps) if own.dtype == np.float16 else 2.0**-7
-        np.testing.assert_allclose(np.asarray(layer.h, np.float32), own.astype(np.float32), rtol=eps, atol=eps / 8)
+        got, want = np.asarray(layer.h, np.float32), own.astype(np.float32)
+        np.testing.assert_allclose(got, want, rtol=eps, atol=eps / 8)
     else:
         np.testing.assert_array_equal(np.asarray(layer.h, own.dtype), own)  # the model's own h
     cell = model.get_layer("rec").cell
