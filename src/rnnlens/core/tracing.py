@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import numpy as np
 
@@ -28,6 +29,14 @@ from .spec import ALL_FIELDS, GATE_NAMES, CellWeights, Field, LayerSpec
 from .states import DirectionStates, Gates, LayerStates, States
 
 __all__ = ["RawDirection", "RawLayer", "assemble", "resolve_fields", "select_layers"]
+
+
+class _Wanted(TypedDict):
+    """What both ways of getting c and gates (emitted, rebuilt) are asked for."""
+
+    reverse: bool
+    want_c: bool
+    want_gates: bool
 
 
 @dataclass
@@ -148,31 +157,12 @@ def to_direction_arrays(
             out[name] = DirectionArrays(h=d.seq)
             continue
         h0 = d.h0 if d.h0 is not None else np.zeros((d.seq.shape[0], spec.units), d.seq.dtype)
+        wanted: _Wanted = {"reverse": d.reverse, "want_c": want_c, "want_gates": want_gates}
         if d.parts is not None:
-            out[name] = split_emitted(
-                spec.kind,
-                d.parts,
-                h0,
-                d.c0,
-                raw.mask,
-                reverse=d.reverse,
-                want_c=want_c,
-                want_gates=want_gates,
-                settled=d.settled,
-            )
+            out[name] = split_emitted(spec.kind, d.parts, h0, d.c0, raw.mask, settled=d.settled, **wanted)
         elif d.weights is not None:
-            out[name] = reconstruct_direction(
-                d.weights,
-                raw.x,
-                d.seq,
-                h0,
-                d.c0,
-                raw.mask,
-                reverse=d.reverse,
-                want_c=want_c,
-                want_gates=want_gates,
-                layer=spec.name,
-            )
+            args = (d.weights, raw.x, d.seq, h0, d.c0, raw.mask)
+            out[name] = reconstruct_direction(*args, layer=spec.name, **wanted)
     return out
 
 

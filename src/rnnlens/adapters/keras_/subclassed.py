@@ -373,16 +373,8 @@ def _capture(
     for start in range(0, n, step):
         sl = slice(start, min(start + step, n))
         inputs = ((trace._slice(x, sl), *args[1:]), dict(kwargs))
-        try:
-            captured = probe(
-                inputs, None if user_mask is None else user_mask[sl], {k: a[sl] for k, a in affine.items()}
-            )
-        except (ValueError, TypeError) as e:
-            if not edits:
-                raise
-            raise InputError(
-                f"The edited run failed: {e}. Do the edits' steps match the layer's time axis?"
-            ) from e
+        mask = None if user_mask is None else user_mask[sl]
+        captured = trace.run_probe(probe, inputs, mask, {k: a[sl] for k, a in affine.items()}, edits)
         if order is None:
             first = list(probe.entries)
             order = [(e, b) for e, b in first if b in wanted and (asked is None or b in asked or e in asked)]

@@ -342,14 +342,9 @@ def _capture(
     for start in range(0, n, step):
         sl = slice(start, min(start + step, n))
         arrays = {key: a[sl] for key, a in affine.items()}
-        try:
-            captured = probe(_slice(x, sl), None if user_mask is None else user_mask[sl], arrays)
-        except (ValueError, TypeError) as e:
-            if not edits:
-                raise
-            raise InputError(
-                f"The edited run failed: {e}. Do the edits' steps match the layer's time axis?"
-            ) from e
+        captured = run_probe(
+            probe, _slice(x, sl), None if user_mask is None else user_mask[sl], arrays, edits
+        )
         for name, le in edits.items():
             check_masked(le, captured.get(f"{name}|mask"), time_of[name], n, sl.start)
         outputs.append(captured.get("|outputs"))
@@ -360,6 +355,18 @@ def _capture(
             }
         )
     return Captured(specs, batches, backend=f"keras/{_keras().backend.backend()}"), _join_outputs(outputs)
+
+
+def run_probe(probe: Any, inputs: Any, mask: Any, arrays: Mapping[str, Any], edits: Edits) -> Any:
+    """One probe run; a failure of an edited run is put down to the edits' steps."""
+    try:
+        return probe(inputs, mask, arrays)
+    except (ValueError, TypeError) as e:
+        if not edits:
+            raise
+        raise InputError(
+            f"The edited run failed: {e}. Do the edits' steps match the layer's time axis?"
+        ) from e
 
 
 def _layer_time(layer: Any, x: Any) -> int:
