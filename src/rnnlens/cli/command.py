@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..core.optional import install_hint, is_optional
+from ..core.optional import is_optional, missing_message
 from ..core.version import __version__
 from ..distributed import connect
 from ..errors import InputError, RnnLensError
@@ -387,9 +387,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if not is_optional(e.name):
             return _unexpected(args, e)
         print(
-            f"rnnlens {args.command}: error: this needs the optional package {e.name!r}, which is not "
-            f"installed. Install it with: {install_hint(str(e.name))}",
-            file=sys.stderr,
+            f"rnnlens {args.command}: error: {missing_message(str(e.name), 'This command')}", file=sys.stderr
         )
         return 2
     except MemoryError as e:

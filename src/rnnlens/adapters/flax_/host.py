@@ -26,6 +26,7 @@ import numpy as np
 from ...core.cells import DirectionArrays, check_parity, split_emitted
 from ...core.edits import LayerEdits, Op
 from ...core.kinds import KINDS
+from ...core.steploop import apply_ops
 from ...errors import InputError
 from .entries import Site
 
@@ -128,15 +129,16 @@ def _edit(run: Run, index: int, s: int, back: list[np.ndarray], lengths: np.ndar
 
 
 def _apply(state: np.ndarray, ops: list[Op], rows: np.ndarray) -> None:
-    """``state[rows, units] = / += / *= value`` for each op, in order, in place."""
-    for op in ops:
-        width = np.arange(state.shape[1])[op.units].size
-        value = np.broadcast_to(op.value.astype(state.dtype, copy=False), (state.shape[0], width))[rows]
-        part = state[rows][:, op.units]
-        part = value if op.mode == "set" else part + value if op.mode == "add" else part * value
-        block = state[rows]
-        block[:, op.units] = part
-        state[rows] = block
+    """``state[rows, units] = / += / *= value`` for each op, in order, in place: the step loop's
+    :func:`~rnnlens.core.steploop.apply_ops` on those rows, each op's values taken at them."""
+    n = state.shape[0]
+    at_rows = [
+        Op(op.units, op.mode, np.broadcast_to(op.value, (n, np.arange(state.shape[1])[op.units].size))[rows])
+        for op in ops
+    ]
+    block = state[rows]
+    apply_ops(block, at_rows)
+    state[rows] = block
 
 
 def direction_arrays(

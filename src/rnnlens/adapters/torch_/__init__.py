@@ -76,9 +76,10 @@ class TorchAdapter(Adapter):
         from .recording import TorchRecording
 
         forms.check_recordable(model)
-        refuse_quantized(forms.plain(model))
+        plain = forms.plain(model)
+        refuse_quantized(plain)
         # a compiled module: its original is recorded, and runs eagerly while the block is open
-        return TorchRecording(forms.plain(model), options, eager=forms.plain(model) is not model)
+        return TorchRecording(plain, options, eager=plain is not model)
 
     def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
         check_archive(path)  # before torch is even imported
