@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements/*.txt 2>/dev/null | cksum | cut -d' ' -f1)
-DEMO_STAMP := $(VENV)/.demo-$(shell cat pyproject.toml requirements/*.txt 2>/dev/null | cksum | cut -d' ' -f1)
+# the installs are redone when the package metadata or a requirements file changes
+HASH   := $(shell cat pyproject.toml requirements/*.txt 2>/dev/null | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(HASH)
+DEMO_STAMP := $(VENV)/.demo-$(HASH)
 # every install here takes this machine's pins (the torch CPU wheel on disk; one agreeing botocore set)
 PIP    := $(PY) -m pip install -q -c requirements/constraints.txt
 
