@@ -61,3 +61,15 @@ def test_the_version_has_one_source() -> None:
     from rnnlens.core.version import __version__
 
     assert rnnlens.__version__ == __version__
+
+
+def test_gates_looked_up_by_position_say_how_to_index_them() -> None:
+    import numpy as np
+
+    from rnnlens.core.states import Gates
+    from rnnlens.errors import InputError
+
+    gates = Gates([np.zeros((1, 2, 3)), np.ones((1, 2, 3))], ("r", "z"))
+    assert gates["z"].sum() == 6 and gates.array.shape == (1, 2, 2, 3)
+    with pytest.raises(InputError, match=r"by name, one of \['r', 'z'\].*gates.array"):
+        gates[0]  # type: ignore[index]

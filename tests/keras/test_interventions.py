@@ -112,3 +112,80 @@ def test_a_no_op_edit_is_the_models_own_prediction_and_masked_steps_are_refused(
         rnnlens.intervene(model, x, rnnlens.Edit("bi", 5, set=0.0))
     only = rnnlens.intervene(model, x, rnnlens.Edit("bi", 3, set=0.0), layers=["gru"])
     assert list(only.states) == ["gru"]
+
+
+def _write_fn(edits: list[rnnlens.Edit], t_len: int):  # type: ignore[no-untyped-def]
+    """``edit_write`` for the reference: the write edits of one direction, in order."""
+
+    def edit_write(t, w):  # type: ignore[no-untyped-def]
+        for e in edits:
+            steps = range(t_len)[e.step] if isinstance(e.step, slice) else [e.step % t_len]
+            if t in steps:
+                one = [e.units] if isinstance(e.units, int) else e.units
+                idx: Any = slice(None) if e.units is None else one
+                part = w[:, idx]
+                if e.set is not None:
+                    part = np.broadcast_to(np.asarray(e.set, float), part.shape).copy()
+                if e.add is not None:
+                    part = part + e.add
+                if e.scale is not None:
+                    part = part * e.scale
+                w[:, idx] = part
+        return w
+
+    return edit_write
+
+
+WRITE_CASES = [
+    ("lstm", [rnnlens.Edit("l0", 2, field="c", units=[0, 3], target="write", scale=3.0),
+              rnnlens.Edit("l0", 2, field="c", units=[1], set=0.5)]),  # write first, then the state
+    ("gru", [rnnlens.Edit("l0", slice(1, 4), field="h", target="write", add=0.25, direction="backward")]),
+    ("gru_v1", [rnnlens.Edit("l0", -1, field="h", units=2, target="write", set=1.0)]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("kind", "edits"), WRITE_CASES, ids=[c[0] for c in WRITE_CASES])
+def test_write_edits_equal_the_reference(kind: str, edits: list[rnnlens.Edit]) -> None:
+    """Edit(target="write") on Keras LSTM / GRU: the reference loop with that step's write
+    replaced (``edit_write``), state edits after it, bidirectional, every backend."""
+    inp = keras.Input((6, 3))
+    model = keras.Model(inp, keras.layers.Bidirectional(_layer(kind, 4), name="l0")(inp))
+    x = np.random.default_rng(1).normal(size=(3, 6, 3)).astype("float32")
+    run = rnnlens.intervene(model, x, edits)
+    layer = model.get_layer("l0")
+    for d, sub in (("forward", layer.forward_layer), ("backward", layer.backward_layer)):
+        mine = [e for e in edits if e.direction in (None, d)]
+        states = [e for e in mine if e.target == "state"]
+        writes = [e for e in mine if e.target == "write"]
+        ref = reference_rnn(
+            "lstm" if kind == "lstm" else "gru", x, reverse=d == "backward", edit=_edit_fn(states, 6),
+            edit_write=_write_fn(writes, 6),
+            **canonical_weights(sub.cell),  # type: ignore[arg-type]
+        )  # fmt: skip
+        got = getattr(run.states["l0"], d)
+        np.testing.assert_allclose(got.h, ref["h"], rtol=RTOL, atol=ATOL, err_msg=d)
+        if kind == "lstm":
+            np.testing.assert_allclose(got.c, ref["c"], rtol=RTOL, atol=ATOL, err_msg=d)
+    # an unedited write is the cell's own: a no-op write edit gives the model's prediction
+    same = rnnlens.intervene(model, x, rnnlens.Edit("l0", 0, field="c" if kind == "lstm" else "h",
+                                                    target="write", add=0.0))  # fmt: skip
+    np.testing.assert_allclose(same.outputs, model.predict(x, verbose=0), rtol=0, atol=1e-6)
+
+
+def test_write_edits_in_a_subclassed_model() -> None:
+    class Net(keras.Model):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = keras.layers.LSTM(3, return_sequences=True)
+
+        def call(self, x: Any) -> Any:
+            return self.rnn(x)
+
+    model = Net()
+    x = np.random.default_rng(2).normal(size=(2, 5, 2)).astype("float32")
+    model(x)
+    edit = rnnlens.Edit("rnn", 1, field="c", units=[2], target="write", scale=-2.0)
+    run = rnnlens.intervene(model, x, edit)
+    ref = reference_rnn("lstm", x, edit_write=_write_fn([edit], 5), **canonical_weights(model.rnn.cell))  # type: ignore[arg-type]
+    np.testing.assert_allclose(run.states["rnn"].c, ref["c"], rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(run.outputs, ref["h"], rtol=RTOL, atol=ATOL)

@@ -140,36 +140,41 @@ class Decomposition:
 
     # -- one step -----------------------------------------------------------------------------
 
-    def _at(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+    def _rows(self, samples: slice | None) -> range:
+        return range(self.n_samples)[samples if samples is not None else slice(None)]
+
+    def _at(self, t: int, samples: slice | None) -> tuple[np.ndarray, np.ndarray]:
         p = self._proc(t)
-        contrib = np.empty((self.n_samples, p + 1, int(np.prod(self.state_shape, dtype=int))))
-        initial = np.empty((self.n_samples, contrib.shape[2]))
-        for sl in self._chunks():
+        rows = self._rows(samples)
+        contrib = np.empty((len(rows), p + 1, int(np.prod(self.state_shape, dtype=int))))
+        initial = np.empty((len(rows), contrib.shape[2]))
+        for sl in self._chunks(rows):
             terms, init0 = self._terms(sl)
             carry = np.ones_like(init0)
-            block = contrib[sl]
+            at = slice(sl.start - rows.start, sl.stop - rows.start)
+            block = contrib[at]
             for s in range(p, -1, -1):
                 np.multiply(carry, terms.w[:, s], out=block[:, s])
                 if s:
                     carry *= terms.d[:, s]
-            initial[sl] = carry * init0
-            scale = np.abs(block).sum(axis=1) + np.abs(initial[sl])
-            self._check(block.sum(axis=1) + initial[sl], scale, terms.x[:, p], p)
+            initial[at] = carry * init0
+            scale = np.abs(block).sum(axis=1) + np.abs(initial[at])
+            self._check(block.sum(axis=1) + initial[at], scale, terms.x[:, p], p)
         if self.backward:
             contrib = contrib[:, ::-1]
-        return (contrib.reshape(self.n_samples, p + 1, *self.state_shape),
-                initial.reshape(self.n_samples, *self.state_shape))  # fmt: skip
+        return (contrib.reshape(len(rows), p + 1, *self.state_shape),
+                initial.reshape(len(rows), *self.state_shape))  # fmt: skip
 
-    def at(self, t: int) -> np.ndarray:
+    def at(self, t: int, *, samples: slice | None = None) -> np.ndarray:
         """The contribution of each step to the field at step ``t``, float64: forward
         (sample, t + 1, *state_shape) for steps 0..t; backward (sample, time − t, *state_shape)
         for steps t..time − 1. Masked steps contribute 0. Checked: with :meth:`initial_at`, it
-        sums to ``field[:, t]``."""
-        return self._at(t)[0]
+        sums to ``field[:, t]``. ``samples``: only those (read only those)."""
+        return self._at(t, samples)[0]
 
-    def initial_at(self, t: int) -> np.ndarray:
+    def initial_at(self, t: int, *, samples: slice | None = None) -> np.ndarray:
         """The initial state's term in the field at step ``t``, (sample, *state_shape), float64."""
-        return self._at(t)[1]
+        return self._at(t, samples)[1]
 
     # -- every step, streamed -----------------------------------------------------------------
 
@@ -215,7 +220,7 @@ class Decomposition:
         comes after t in processing order. Memory: the map plus one chunk × time × units.
         ``samples``: only those (read only those); ``units``: the norm over those units only
         (indices into the flattened state), e.g. ``[u]`` for |contribution| to unit u."""
-        rows = range(self.n_samples)[samples if samples is not None else slice(None)]
+        rows = self._rows(samples)
         cols = slice(None) if units is None else self._unit_index(units)
         out = np.zeros((len(rows), self.n_steps, self.n_steps))
         if ord == 2:  # batched matrix products (decompose_maps.norms)

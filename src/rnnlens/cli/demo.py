@@ -21,7 +21,7 @@ from rnnlens.core.optional import require
 
 from ..viz import html_report
 
-__all__ = ["VOCAB", "DemoResult", "depth_of", "make_corpus", "run_demo"]
+__all__ = ["VOCAB", "DemoResult", "WriteSources", "depth_of", "make_corpus", "run_demo", "write_sources"]
 
 VOCAB = "_ab()"  # "_" pads (id 0, masked)
 MAX_DEPTH = 4
@@ -74,6 +74,64 @@ class DemoResult:
     random_baseline: float
     accuracy: float
     closing: tuple[float, float, list[float]] = (0.0, 0.0, [])  # p(")"): intact, top ablated, random ablated
+    sources: list[WriteSources] | None = None  # where the depth units' c came from at closing brackets
+
+
+@dataclass
+class WriteSources:
+    """``rnnlens.decompose`` of one unit's ``c`` at every closing bracket of the held-out text.
+
+    ``from_opening``: how often the step whose write contributes most is an opening bracket;
+    ``from_matching``: how often it is the bracket being closed, beside ``matching_chance``
+    (the same rate if that step were any earlier opening bracket, uniformly);
+    ``opening_share``: the share of Σ|contribution| written at opening brackets, beside
+    ``opening_steps`` (the share of steps that are opening brackets)."""
+
+    unit: int
+    closers: int
+    from_opening: float
+    from_matching: float
+    matching_chance: float
+    opening_share: float
+    opening_steps: float
+
+
+def write_sources(states: Any, texts: list[str], units: list[int]) -> list[WriteSources]:
+    """Decompose the LSTM's ``c`` into per-step writes and ask, at each closing bracket, which
+    earlier step wrote what the unit holds (see :class:`WriteSources`)."""
+    dec = rnnlens.decompose(states, "lstm", field="c")
+    top, _ = dec.top_k(1)  # (sample, time, unit, 1): the step of the largest |contribution|
+    openers = np.array([[ch == "(" for ch in t] for t in texts])
+    matching = np.full(openers.shape, -1)  # for each ")", the step of the "(" it closes
+    for i, text in enumerate(texts):
+        stack: list[int] = []
+        for t, ch in enumerate(text):
+            if ch == "(":
+                stack.append(t)
+            elif ch == ")":
+                matching[i, t] = stack.pop()
+    rows, steps = np.nonzero(matching >= 0)
+    seen = np.cumsum(openers, axis=1)  # opening brackets up to each step
+    # |contribution| of every earlier step, at every closing bracket (one decompose.at per step)
+    shares: dict[int, list[float]] = {u: [] for u in units}
+    for t in np.unique(steps):
+        a = np.abs(dec.at(int(t)))  # (sample, t + 1, unit)
+        at_t = rows[steps == t]
+        for u in units:
+            part = a[at_t, :, u]
+            shares[u].extend(((part * openers[at_t, : t + 1]).sum(1) / part.sum(1)).tolist())
+    out = []
+    for u in units:
+        src = top[rows, steps, u, 0]
+        out.append(WriteSources(
+            unit=u, closers=int(rows.size),
+            from_opening=float(openers[rows, src].mean()),
+            from_matching=float((src == matching[rows, steps]).mean()),
+            matching_chance=float((1.0 / seen[rows, steps]).mean()),
+            opening_share=float(np.mean(shares[u])),
+            opening_steps=float((seen[rows, steps] / (steps + 1)).mean()),
+        ))  # fmt: skip
+    return out
 
 
 def _closing_probability(outputs: np.ndarray, ids: np.ndarray) -> float:
@@ -93,10 +151,27 @@ def _ablate(model: object, ids: np.ndarray, units: list[tuple[str, int, float]])
     return _closing_probability(rnnlens.intervene(model, ids, edits).outputs, ids)
 
 
+def _source_lines(sources: list[WriteSources]) -> list[tuple[str, str]]:
+    return [
+        (
+            f"lstm.c[{s.unit}], {s.closers} closing brackets",
+            f"largest write from an opening bracket {s.from_opening:.0%}, from the one it closes "
+            f"{s.from_matching:.0%} (any earlier one at random: {s.matching_chance:.0%}); "
+            f"{s.opening_share:.0%} of |c| written at opening brackets ({s.opening_steps:.0%} of steps)",
+        )
+        for s in sources
+    ]
+
+
 def _findings(
-    ranked: list[tuple[str, int, float]], baseline: float, depth_probe: Any, closing: tuple[Any, ...]
+    ranked: list[tuple[str, int, float]],
+    baseline: float,
+    depth_probe: Any,
+    closing: tuple[Any, ...],
+    sources: list[WriteSources],
 ) -> list[tuple[str, list[tuple[str, str]]]]:
-    """What the terminal prints, as the report's tables: the top units, the probe, the ablation."""
+    """What the terminal prints, as the report's tables: the top units, the probe, the ablation,
+    the decomposition."""
     intact, ablated, random_effects = closing
     lo, hi, median = min(random_effects), max(random_effects), float(np.median(random_effects))
     units = [(f"lstm.{f}[{u}]", f"r = {r:+.3f}") for f, u, r in ranked[:5]]
@@ -118,6 +193,10 @@ def _findings(
                 ("3 top depth units ablated", f"{ablated:.3f}"),
                 ("3 random units ablated", f"{median:.3f} (median of 5 draws, {lo:.3f}-{hi:.3f})"),
             ],
+        ),
+        (
+            "Where the depth units' c came from at closing brackets (rnnlens.decompose)",
+            _source_lines(sources),
         ),
     ]
 
@@ -172,6 +251,9 @@ def run_demo(
         for _ in range(5)
     ]
     closing = (intact, _ablate(model, held_out, top), random_effects)
+    # Which earlier step wrote what a depth unit holds when a bracket closes: the exact
+    # per-step decomposition of c (rnnlens.decompose), at every ")" of the held-out text.
+    sources = write_sources(states, held_out_texts, [u for f, u, _ in ranked if f == "c"][:3])
 
     if verbose:
         print(states)
@@ -190,6 +272,9 @@ def run_demo(
         print(f"  3 top depth units ablated {closing[1]:.3f}")
         median = float(np.median(closing[2]))
         print(f"  3 random units ablated    {median:.3f} (median of 5 draws, {lo:.3f}-{hi:.3f})")
+        print("\nWhere the depth units' c came from at closing brackets (rnnlens.decompose):")
+        for label, finding in _source_lines(sources):
+            print(f"  {label}: {finding}")
         text = held_out_texts[0]
         field, unit, _ = ranked[0]
         trace = getattr(states["lstm"], field)[0, :, unit]
@@ -210,8 +295,8 @@ def run_demo(
                 f"nesting depth over held-out text; a random unit of the layer reaches a median "
                 f"|r| of {baseline:.3f}."
             ),
-            results=_findings(ranked, baseline, depth_probe, closing),
+            results=_findings(ranked, baseline, depth_probe, closing, sources),
         )
         if verbose:
             print(f"\nReport: {os.fspath(report)}")
-    return DemoResult(held_out_texts, depth, states, ranked[:10], baseline, accuracy, closing)
+    return DemoResult(held_out_texts, depth, states, ranked[:10], baseline, accuracy, closing, sources)

@@ -183,17 +183,25 @@ class LayerEdits:
         return out
 
 
-def edit_arrays(edits: LayerEdits, direction: str, n_steps: int, n_samples: int) -> np.ndarray:
+def edit_arrays(
+    edits: LayerEdits, direction: str, n_steps: int, n_samples: int, *, writes: bool = False
+) -> np.ndarray:
     """The edits of one direction as dense affine maps ``state' = a * state + b`` per step:
     (sample, time, [a_h, b_h(, a_c, b_c)] × unit), input time order, ``a = 1, b = 0`` where
-    nothing is edited. For adapters whose loop runs compiled (the edit enters as an input)."""
+    nothing is edited. For adapters whose loop runs compiled (the edit enters as an input).
+    ``writes``: the adapter applies write edits too: for an LSTM or GRU, ``[a_w, b_w]`` of the
+    write into its linear state (``c``, ``h``) follow."""
     spec = edits.spec
-    fields = ("h", "c") if KINDS[spec.kind].has_c else ("h",)
+    fields: list[str] = ["h", "c"] if KINDS[spec.kind].has_c else ["h"]
+    linear = {"lstm": "c", "gru": "h"}.get(spec.kind)
+    if writes and linear is not None:
+        fields.append(WRITE + linear)
     widths = {"h": int(spec.units), "c": int(spec.cell_units or spec.units)}
     blocks = []
     for f in fields:
-        a = np.ones((n_samples, n_steps, widths[f]))
-        b = np.zeros((n_samples, n_steps, widths[f]))
+        width = widths[f.removeprefix(WRITE)]
+        a = np.ones((n_samples, n_steps, width))
+        b = np.zeros((n_samples, n_steps, width))
         for t, ops in edits.steps(direction, f, n_steps, n_samples).items():
             for op in ops:
                 v = np.broadcast_to(op.value, (n_samples, a[:, t, op.units].shape[1]))

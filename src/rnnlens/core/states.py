@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..errors import DirectionNotAvailableError, FieldNotAvailableError, LayerNotFoundError
+from ..errors import DirectionNotAvailableError, FieldNotAvailableError, InputError, LayerNotFoundError
 from .html import layer_html, states_html
 from .spec import LayerSpec
 from .table import format_table
@@ -43,6 +43,11 @@ class Gates(Mapping[str, np.ndarray]):
         return self._array
 
     def __getitem__(self, name: str) -> np.ndarray:
+        if not isinstance(name, str):
+            raise InputError(
+                f"Gates are looked up by name, one of {list(self.names)}; received {name!r}. For one "
+                "(sample, time, gate, unit) block, index gates.array."
+            )
         try:
             return self.parts[self.names.index(name)]
         except ValueError:

@@ -29,7 +29,8 @@ API (GET, JSON; ``layer``, ``field`` (``h``, ``c`` or a gate name), ``direction`
   or 0: all) are on; ``t1 - t0`` is the query length the score compares spans with;
 * ``/api/unit?...&unit[&threshold]``: one unit over the whole data set;
 * ``/api/correlation?layer&field&direction``: every unit's Pearson r with the feature the
-  viewer was started with (``--feature``; 404 without one), and the top units by |r|.
+  viewer was started with (``--feature``; 404 without one), and the top units by |r|;
+* ``/api/contribution?...&sample&t&unit``: the writes summing to a state (:mod:`.contribution`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from urllib.parse import parse_qsl, urlsplit
 import numpy as np
 
 from ..errors import InputError, RnnLensError, RnnLensWarning
+from .contribution import contribution
 from .feature import Feature
 from .store import MAX_K, MAX_MATCH_UNITS, StoreView, Tokens
 
@@ -402,6 +404,13 @@ def _correlation(view: StoreView, p: Params) -> dict[str, Any]:
     return view.feature.correlation(view, layer, field, direction)
 
 
+def _contribution(view: StoreView, p: Params) -> dict[str, Any]:
+    layer, _, direction = _where(view, p)  # the decomposed field is the layer's linear one
+    sample, t, unit = (p.integer(k, hi=100_000_000) for k in ("sample", "t", "unit"))  # ranges: below
+    p.done()
+    return contribution(view, layer, direction, sample=sample, t=t, unit=unit)
+
+
 _API: dict[str, Callable[[StoreView, Params], dict[str, Any]]] = {
     "/api/meta": _meta,
     "/api/sample": _sample,
@@ -409,6 +418,7 @@ _API: dict[str, Callable[[StoreView, Params], dict[str, Any]]] = {
     "/api/match": _match,
     "/api/unit": _unit,
     "/api/correlation": _correlation,
+    "/api/contribution": _contribution,
 }
 
 

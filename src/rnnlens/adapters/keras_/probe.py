@@ -389,7 +389,7 @@ class Probe:
             step_input = x
             if key in self._edits:
                 features = int(x.shape[-1])
-                runner = _edited_step(runner, kind, features, int(layer.cell.units))
+                runner = _edited_step(runner, kind, features, int(layer.cell.units), layer.cell)
                 step_input = ops.concatenate([ops.cast(x, dtype), ops.cast(self._edits[key], dtype)], axis=-1)
             emitted, final = _emit_loop(runner, step_input, mask, init, go_backwards=layer.go_backwards)
             for k, tensor in enumerate(emitted):

@@ -97,20 +97,34 @@ def _emit_step(cell: Any, kind: Kind, gates: bool = True) -> Callable[[Any, Any]
 
 
 def _edited_step(
-    step: Callable[[Any, Any], Any], kind: Kind, features: int, units: int
+    step: Callable[[Any, Any], Any], kind: Kind, features: int, units: int, cell: Any = None
 ) -> Callable[[Any, Any], Any]:
     """``step`` with an intervention: each step's input carries, after its ``features`` input
     features, the affine edit ``state' = a * state + b`` of that step (``a_h, b_h`` and for an
     LSTM ``a_c, b_c``, ``units`` wide each; ``a = 1, b = 0`` where nothing is edited), applied
-    to the step's h (output and carried state) and c (carried state) before the next step."""
+    to the step's h (output and carried state) and c (carried state) before the next step. An
+    LSTM or GRU step then carries ``a_w, b_w``: the edit of what the step wrote into its linear
+    state (``i ⊙ g`` into c, ``(1 − z) ⊙ n`` into h; :func:`~rnnlens.core.edits.edit_arrays`
+    with ``writes=True``), applied before the state is formed from it. Unedited (``a = 1,
+    b = 0``), ``a * w + b`` is ``w`` exactly, so the state is the cell's own."""
+    u = units
 
     def edited(inputs: Any, states: Any) -> Any:
         x_t, e = inputs[:, :features], inputs[:, features:]
         out, _ = step(x_t, states)
-        h = e[:, :units] * out[0] + e[:, units : 2 * units]
         if kind == "lstm":
-            c = e[:, 2 * units : 3 * units] * out[1] + e[:, 3 * units :]
-            return (h, c, *out[2:]), [h, c]
+            _, c, i, f, g, o = out
+            c = f * states[1] + (e[:, 4 * u : 5 * u] * (i * g) + e[:, 5 * u :])
+            h = o * cell.activation(c)
+            h = e[:, :u] * h + e[:, u : 2 * u]
+            c = e[:, 2 * u : 3 * u] * c + e[:, 3 * u : 4 * u]
+            return (h, c, i, f, g, o), [h, c]
+        if kind == "gru":
+            _, z, r, n = out
+            h = z * states[0] + (e[:, 2 * u : 3 * u] * ((1 - z) * n) + e[:, 3 * u :])
+            h = e[:, :u] * h + e[:, u : 2 * u]
+            return (h, z, r, n), [h]
+        h = e[:, :u] * out[0] + e[:, u : 2 * u]
         return (h, *out[1:]), [h]
 
     return edited

@@ -358,7 +358,7 @@ def _capture(
     if edits and steps is None:
         raise InputError("Cannot tell the edited layer's number of steps from the input.")
     affine = {
-        f"{name}|{d}": edit_arrays(le, d, int(steps or 0), n)
+        f"{name}|{d}": edit_arrays(le, d, int(steps or 0), n, writes=True)
         for name, le in edits.items()
         for d in trace._directions(layer_by_name[_CALL.sub("", name)])
     }

@@ -332,7 +332,7 @@ def _capture(
     probe = probe_for(model, recurrent, wanted, emit, edited)
     time_of = {name: _layer_time(layer_by_name[name], x) for name in edits}
     affine = {  # every sample's edits as affine maps, built once and sliced per batch
-        f"{name}|{d}": edit_arrays(le, d, time_of[name], n)
+        f"{name}|{d}": edit_arrays(le, d, time_of[name], n, writes=True)
         for name, le in edits.items()
         for d in _directions(layer_by_name[name])
     }

@@ -5,7 +5,7 @@
   const $ = (id) => document.getElementById(id);
   const state = {
     meta: null, data: null, values: null, t0: 0, t1: 1, units: [], dragging: false,
-    geom: null, unit: null, corr: null, thresholdSet: false,
+    geom: null, unit: null, corr: null, thresholdSet: false, contrib: null, clickUnit: null,
   };
 
   function setStatus(text, isError) {
@@ -126,6 +126,7 @@
     ctx.textBaseline = "middle";
     const every = Math.max(1, Math.ceil(10 / g.ch));
     for (let u = 0; u < d.units; u += every) ctx.fillText(String(u), g.left - 4, g.top + (u + 0.5) * g.ch);
+    drawContribution(ctx, g, d, canvas);
     // time axis: tokens on top (rotated when long), step numbers below
     const tokens = d.tokens || [];
     ctx.textAlign = "left";
@@ -145,6 +146,46 @@
     ctx.textBaseline = "top";
     const tick = Math.max(1, Math.ceil(24 / g.cw));
     for (let t = 0; t < d.time; t += tick) ctx.fillText(String(t), g.left + (t + 0.5) * g.cw, g.top + d.units * g.ch + 5);
+  }
+
+  // what each step wrote into the clicked cell's state: the tokens' backgrounds (and a row of
+  // ticks under the step numbers when there are no tokens), red positive, blue negative
+  function drawContribution(ctx, g, d, canvas) {
+    const c = state.contrib;
+    if (!c || c.sample !== d.sample || c.layer !== d.layer || c.direction !== d.direction) {
+      delete canvas.dataset.contribution;
+      return;
+    }
+    const vmax = c.values.reduce((m, v) => Math.max(m, Math.abs(v)), 0) || 1;
+    for (let t = 0; t < Math.min(c.values.length, d.time); t++) {
+      ctx.fillStyle = colour(c.values[t], vmax);
+      ctx.fillRect(g.left + t * g.cw, 0, g.cw, g.top - 3);
+    }
+    ctx.strokeStyle = "#000";
+    ctx.lineWidth = 2;
+    ctx.strokeRect(g.left + c.t * g.cw + 1, g.top + c.unit * g.ch + 1, g.cw - 2, g.ch - 2);
+    ctx.lineWidth = 1;
+    canvas.dataset.contribution = `${c.field}[${c.unit}]@${c.t}`;
+  }
+
+  async function showContribution(t, unit) {
+    const d = state.data;
+    try {
+      const r = await api("/api/contribution", { ...where(), sample: d.sample, t, unit });
+      state.contrib = r;
+      draw();
+      const [a, b] = r.steps;
+      let best = a;
+      for (let s = a; s <= b; s++) if (Math.abs(r.values[s]) > Math.abs(r.values[best])) best = s;
+      const tok = d.tokens && d.tokens[best] !== undefined ? ` (${JSON.stringify(d.tokens[best])})` : "";
+      setStatus(`${r.layer}.${r.field}[${unit}] at step ${t} = ${r.total.toFixed(4)}: the sum of what steps ` +
+        `${a}–${b} wrote (tokens coloured by it) and the initial state's ${r.initial.toFixed(4)}; ` +
+        `largest write: step ${best}${tok}, ${r.values[best].toFixed(4)}`);
+    } catch (e) {
+      state.contrib = null;
+      draw();
+      setStatus(e.message, true);
+    }
   }
 
   // a first threshold from the data: the 90th percentile of this sample's valid values, so that
@@ -212,6 +253,8 @@
       if (u >= 0 && u < state.data.units) showUnit(u);
       return;
     }
+    const u = Math.floor((y - g.top) / g.ch);
+    state.clickUnit = u >= 0 && u < state.data.units ? u : null;
     state.dragging = true;
     state.anchor = t;
     state.t0 = t;
@@ -232,6 +275,8 @@
     state.dragging = false;
     syncRangeInputs();
     refreshSelection();
+    // a click on one cell (no drag): where that unit's state at that step came from
+    if (state.t1 - state.t0 === 1 && state.clickUnit !== null) showContribution(state.t0, state.clickUnit);
   }
 
   function onRangeInput() {

@@ -1,0 +1,63 @@
+"""Where a unit's state at one step came from, for the viewer's click on a heatmap cell:
+the exact decomposition (:func:`rnnlens.decompose`) of the layer's linear state into what each
+earlier step wrote, for one sample, one step and one unit.
+
+The decomposed field is the layer's linear one, whatever field the page shows: an LSTM's
+``c`` (its ``h`` is ``o ⊙ tanh(c)``), a GRU's ``h``. Other kinds are refused with the reason
+:func:`rnnlens.decompose` gives (a 400 whose message the page shows).
+
+Example:
+    >>> import numpy as np, os, tempfile, torch, rnnlens
+    >>> from rnnlens.viewer.store import StoreView
+    >>> path = os.path.join(tempfile.mkdtemp(), "s.zarr")
+    >>> gru = torch.nn.GRU(2, 3, batch_first=True)
+    >>> _ = rnnlens.extract_to(path, gru, [torch.randn(2, 5, 2)], fields=("h", "gates"))
+    >>> r = contribution(StoreView(path), "gru", "forward", sample=1, t=3, unit=2)
+    >>> r["field"], len(r["values"]), r["steps"]
+    ('h', 5, [0, 3])
+    >>> bool(np.isclose(sum(r["values"][:4]) + r["initial"], r["total"], rtol=1e-5, atol=1e-7))
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..analysis.decompose import decompose
+from ..errors import InputError
+from .store import StoreView
+
+__all__ = ["contribution"]
+
+
+def contribution(
+    view: StoreView, layer: str, direction: str, *, sample: int, t: int, unit: int
+) -> dict[str, Any]:
+    """Step ``s``'s signed contribution to ``unit`` of the layer's linear field at step ``t`` of
+    ``sample``: ``values`` (one per step of the sequence; 0 for steps that come after ``t`` in
+    the direction's order), ``steps`` (the first and last step that can contribute),
+    ``initial`` (the initial state's term) and ``total`` (the stored value they sum to, checked
+    by :func:`rnnlens.decompose`)."""
+    view.check_sample(sample)
+    width = view.width(layer, "h")
+    if not 0 <= unit < width:
+        raise InputError(f"unit {unit} is out of range: layer {layer!r} has {width} units (0..{width - 1}).")
+    dec = decompose(view.states, layer, direction=direction)
+    if not 0 <= t < dec.n_steps:
+        raise InputError(
+            f"step {t} is out of range: the store holds {dec.n_steps} steps (0..{dec.n_steps - 1})."
+        )
+    rows = slice(sample, sample + 1)
+    part = dec.at(t, samples=rows).reshape(1, -1, width)[0, :, unit]
+    initial = float(dec.initial_at(t, samples=rows).reshape(-1)[unit])
+    values = np.zeros(dec.n_steps)
+    first, last = (t, dec.n_steps - 1) if dec.backward else (0, t)
+    values[first : last + 1] = part
+    total = float(part.sum() + initial)
+    return {
+        "layer": layer, "field": dec.field, "direction": direction, "sample": sample, "t": t,
+        "unit": unit, "steps": [first, last], "values": [float(v) for v in values],
+        "initial": initial, "total": total,
+    }  # fmt: skip
