@@ -30,23 +30,27 @@ def _layer(kind: str, units: int, **kw: Any) -> Any:
     return keras.layers.SimpleRNN(units, return_sequences=True, **kw)
 
 
+def _apply(e: rnnlens.Edit, t: int, t_len: int, target: np.ndarray) -> None:
+    """Edit ``e`` applied in place to ``target`` (sample, unit) if it edits step ``t``."""
+    steps = range(t_len)[e.step] if isinstance(e.step, slice) else [e.step % t_len]
+    if t not in steps:
+        return
+    one = [e.units] if isinstance(e.units, int) else e.units
+    idx: Any = slice(None) if e.units is None else one
+    part = target[:, idx]
+    if e.set is not None:
+        part = np.broadcast_to(np.asarray(e.set, float), part.shape).copy()
+    if e.add is not None:
+        part = part + e.add
+    if e.scale is not None:
+        part = part * e.scale
+    target[:, idx] = part
+
+
 def _edit_fn(edits: list[rnnlens.Edit], t_len: int):  # type: ignore[no-untyped-def]
     def edit(t, h, c):  # type: ignore[no-untyped-def]
         for e in edits:
-            steps = range(t_len)[e.step] if isinstance(e.step, slice) else [e.step % t_len]
-            if t not in steps:
-                continue
-            one = [e.units] if isinstance(e.units, int) else e.units
-            idx: Any = slice(None) if e.units is None else one
-            target = h if e.field == "h" else c
-            part = target[:, idx]
-            if e.set is not None:
-                part = np.broadcast_to(np.asarray(e.set, float), part.shape).copy()
-            if e.add is not None:
-                part = part + e.add
-            if e.scale is not None:
-                part = part * e.scale
-            target[:, idx] = part
+            _apply(e, t, t_len, h if e.field == "h" else c)
         return h, c
 
     return edit
@@ -119,18 +123,7 @@ def _write_fn(edits: list[rnnlens.Edit], t_len: int):  # type: ignore[no-untyped
 
     def edit_write(t, w):  # type: ignore[no-untyped-def]
         for e in edits:
-            steps = range(t_len)[e.step] if isinstance(e.step, slice) else [e.step % t_len]
-            if t in steps:
-                one = [e.units] if isinstance(e.units, int) else e.units
-                idx: Any = slice(None) if e.units is None else one
-                part = w[:, idx]
-                if e.set is not None:
-                    part = np.broadcast_to(np.asarray(e.set, float), part.shape).copy()
-                if e.add is not None:
-                    part = part + e.add
-                if e.scale is not None:
-                    part = part * e.scale
-                w[:, idx] = part
+            _apply(e, t, t_len, w)
         return w
 
     return edit_write
