@@ -3,7 +3,7 @@
 
 A PyTorch LSTM's ``c`` and gates are extracted into a Zarr store (``extract_to``); then, each
 timed as the best of ``--repeats`` runs, alternating: **read** (every chunk of c and the gates
-read into NumPy, what any pass over the store pays), **attention** (``Decomposition.attention()``:
+read into NumPy once, what any pass over the store pays), **attention** (``Decomposition.attention()``:
 the (sample, time, time) map, streamed in chunks of 256 samples, checked at every step),
 **lifetime** (``Decomposition.lifetime(0.5)``). Prints the times and their ratios to reading.
 """
@@ -30,9 +30,10 @@ def _store(path: Path, n: int, steps: int, units: int) -> str:
     return "lstm"
 
 
-def _read(states, layer: str, chunk: int = 256) -> None:  # type: ignore[no-untyped-def]
+def _read(states, layer: str) -> None:  # type: ignore[no-untyped-def]
+    """Every chunk of c and the gates, read once, a stored chunk of samples at a time."""
     ls = states[layer]
-    n = ls.c.shape[0]
+    n, chunk = ls.c.shape[0], ls.c.chunks[0]
     for start in range(0, n, chunk):
         np.asarray(ls.c[start : start + chunk])
         np.asarray(ls.gates.array[start : start + chunk])

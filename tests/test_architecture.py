@@ -208,8 +208,18 @@ def test_importing_rnnlens_imports_no_framework() -> None:
 
 #: libraries whose import is deferred to first use (importing rnnlens stays cheap)
 OPTIONAL_LIBRARIES = FRAMEWORKS | {
-    "transformers", "zarr", "xarray", "h5py", "numcodecs", "fsspec", "s3fs", "sklearn",
-    "matplotlib", "dask", "distributed", "onnxscript",
+    "transformers",
+    "zarr",
+    "xarray",
+    "h5py",
+    "numcodecs",
+    "fsspec",
+    "s3fs",
+    "sklearn",
+    "matplotlib",
+    "dask",
+    "distributed",
+    "onnxscript",
 }
 
 

@@ -206,6 +206,30 @@ def test_wrong_gates_are_a_parity_error() -> None:
         dec.attention()
 
 
+@pytest.mark.parametrize("use", ["attention", "lifetime", "at"])
+def test_a_nan_gate_is_a_parity_error_not_a_nan_map(use: str) -> None:
+    torch.manual_seed(3)
+    states = rnnlens.trace(torch.nn.LSTM(2, 3, batch_first=True), torch.randn(2, 5, 2))
+    states["lstm"].forward.gates["i"][1, 3, 2] = np.nan
+    dec = rnnlens.decompose(states, "lstm")
+    with pytest.raises(rnnlens.ParityError, match="step 4" if use == "at" else "step 3"):
+        dec.at(4) if use == "at" else getattr(dec, use)()  # at(4) checks step 4, the others every step
+
+
+def test_stored_gates_are_read_once_per_chunk_and_equal_the_traced(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(4)
+    lstm, x = torch.nn.LSTM(2, 3, batch_first=True), torch.randn(5, 6, 2)
+    rnnlens.extract_to(tmp_path / "s.zarr", lstm, [x], fields=None)
+    stored = rnnlens.open_states(tmp_path / "s.zarr")["lstm"].forward.gates
+    traced = rnnlens.trace(lstm, x)["lstm"].forward.gates
+    for gates in (stored, traced):
+        got = gates.read(("g", "f"), slice(1, 4))
+        np.testing.assert_array_equal(got[0], traced["g"][1:4])
+        np.testing.assert_array_equal(got[1], traced["f"][1:4])
+    with pytest.raises(rnnlens.LayerNotFoundError, match="gate"):
+        stored.read(("q",), slice(0, 1))
+
+
 def test_keras_conv_lstm_feature_maps() -> None:
     keras = pytest.importorskip("keras")
     layer = keras.layers.ConvLSTM1D(2, 3, padding="same", return_sequences=True, name="conv")

@@ -128,15 +128,18 @@ class Decomposition:
 
     def _check(self, total: np.ndarray, scale: np.ndarray, x: np.ndarray, p: int) -> None:
         err = np.abs(total - x)
-        bad = err > self.rtol * scale + self.atol
+        bad = ~(err <= self.rtol * scale + self.atol)  # NaN fails too
         if bad.any():
-            step = self.n_steps - 1 - p if self.backward else p
-            raise ParityError(
-                f"The writes of layer {self.layer!r} ({self.field}, {self.direction}) do not sum to "
-                f"the stored {self.field} at step {step}: off by up to {float(err.max()):.3g} "
-                f"(allowed {self.rtol:g} × Σ|terms| + {self.atol:g}). The stored gates are not "
-                "those that produced the state (a customised cell?)."
-            )
+            self._fail(float(np.max(err[bad])), p)
+
+    def _fail(self, off: float, p: int) -> None:
+        step = self.n_steps - 1 - p if self.backward else p
+        raise ParityError(
+            f"The writes of layer {self.layer!r} ({self.field}, {self.direction}) do not sum to "
+            f"the stored {self.field} at step {step}: off by up to {off:.3g} "
+            f"(allowed {self.rtol:g} × Σ|terms| + {self.atol:g}). The stored gates are not "
+            "those that produced the state (a customised cell?)."
+        )
 
     # -- one step -----------------------------------------------------------------------------
 
@@ -181,16 +184,22 @@ class Decomposition:
     def _checked(self, sl: slice) -> tuple[Terms, np.ndarray]:
         """A chunk's terms, after checking that its decays and writes rebuild the stored field at
         every step: the running sum and Σ|terms| (equal to Σ_s contribution + initial term and its
-        Σ|·| up to rounding) in O(units) a step."""
+        Σ|·| up to rounding) in O(units) a step, in place (no temporaries: this runs on every
+        step of every chunk)."""
         terms, init = self._terms(sl)
         total, scale = init.copy(), np.abs(init)
+        tmp, bound = np.empty_like(total), np.empty_like(total)
         for p in range(terms.x.shape[1]):
             if p:
                 total *= terms.d[:, p]
-                scale *= np.abs(terms.d[:, p])
+                scale *= np.abs(terms.d[:, p], out=tmp)
             total += terms.w[:, p]
-            scale += np.abs(terms.w[:, p])
-            self._check(total, scale, terms.x[:, p], p)
+            scale += np.abs(terms.w[:, p], out=tmp)
+            err = np.abs(np.subtract(total, terms.x[:, p], out=tmp), out=tmp)
+            np.multiply(scale, self.rtol, out=bound)
+            bound += self.atol
+            if not (err <= bound).all():  # NaN fails too
+                self._check(total, scale, terms.x[:, p], p)
         return terms, init
 
     def _scan(
@@ -299,14 +308,16 @@ class Decomposition:
 
 
 def decompose(states: States, layer: str, *, field: str | None = None, direction: str | None = None,
-              initial: np.ndarray | None = None, chunk: int = 256) -> Decomposition:  # fmt: skip
+              initial: np.ndarray | None = None, chunk: int | None = None) -> Decomposition:  # fmt: skip
     """The exact decomposition of ``layer``'s linear field into per-step writes.
 
     ``states``: traced States or a store opened with :func:`rnnlens.open_states`. ``field``:
     ``c`` for LSTM and ConvLSTM, ``h`` for GRU (the default); other fields and kinds are refused
     with why. ``direction``: needed when the layer has both. ``initial``: the initial state
     (sample, *state_shape) if known (otherwise its term is read from the first step: ``x_0 −
-    w_0``). ``chunk``: samples read at once.
+    w_0``). ``chunk``: samples read at once (default: a stored layer's chunk of samples, so
+    that each chunk is decompressed once, if it holds at most 2²² values per sample block; else
+    256).
     """
     ls = states[layer]
     name = linear_field(ls.kind, field)
@@ -319,5 +330,10 @@ def decompose(states: States, layer: str, *, field: str | None = None, direction
         direction = dirs[0]
     ds = ls._direction(direction)
     mask = ds.mask if ds.mask is not None else ls.mask
+    if chunk is None:
+        arr = getattr(ds, name)
+        stored = int((getattr(arr, "chunks", None) or (0,))[0])
+        per_sample = int(np.prod(arr.shape[1:], dtype=np.int64))
+        chunk = stored if stored > 0 and stored * per_sample <= 1 << 22 else 256
     return Decomposition(ds, mask, layer=layer, kind=ls.kind, field=name, direction=direction,
                          initial=initial, chunk=chunk)  # fmt: skip

@@ -35,8 +35,13 @@ _LOG0 = -1e4  # log|0|: a write carried through an exact zero is gone
 
 
 def _log_decay(d: np.ndarray) -> np.ndarray:
+    out = np.abs(d)
     with np.errstate(divide="ignore"):
-        return np.cumsum(np.maximum(np.log(np.abs(d)), _LOG0), axis=1)
+        np.log(out, out=out)
+    np.maximum(out, _LOG0, out=out)
+    for k in range(1, out.shape[1]):  # a running sum over time: ~2× np.cumsum on a middle axis
+        np.add(out[:, k], out[:, k - 1], out=out[:, k])
+    return out
 
 
 def norms(d: np.ndarray, w: np.ndarray) -> np.ndarray:

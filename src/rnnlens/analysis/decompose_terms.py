@@ -84,16 +84,16 @@ def read_terms(ds: Any, mask: Any, kind: str, field: str, sl: slice, backward: b
     x = _read(getattr(ds, field), sl)
     gates = ds.gates
     if kind == "gru":
-        z, n_ = _read(gates["z"], sl), _read(gates["n"], sl)
+        z, n_ = (np.asarray(a, np.float64) for a in gates.read(("z", "n"), sl))
         d, w = z, (1.0 - z) * n_
     else:  # lstm, convlstm
-        d, w = _read(gates["f"], sl), _read(gates["i"], sl) * _read(gates["g"], sl)
+        f, i, g = (np.asarray(a, np.float64) for a in gates.read(("f", "i", "g"), sl))
+        d, w = f, i * g
     n, t = x.shape[:2]
     x, d, w = (a.reshape(n, t, -1) for a in (x, d, w))
     valid = np.ones((n, t), bool) if mask is None else np.asarray(mask[sl], dtype=bool)
-    v = valid[:, :, None]
-    d = np.where(v, d, 1.0)
-    w = np.where(v, w, 0.0)
+    if not valid.all():  # (d and w are fresh float64 arrays here: edited in place)
+        d[~valid], w[~valid] = 1.0, 0.0
     if backward:  # processing order runs from the last input step to the first
         x, d, w, valid = x[:, ::-1], d[:, ::-1], w[:, ::-1], valid[:, ::-1]
     return Terms(x, d, w, valid)

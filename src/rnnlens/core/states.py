@@ -59,6 +59,11 @@ class Gates(Mapping[str, np.ndarray]):
     def __len__(self) -> int:
         return len(self.names)
 
+    def read(self, names: Sequence[str], rows: slice) -> list[np.ndarray]:
+        """The gates ``names`` of samples ``rows``, each (sample, time, unit) as NumPy arrays
+        (a stored layer reads its gate block once for all of them)."""
+        return [np.asarray(self[name][rows]) for name in names]
+
     def __repr__(self) -> str:
         shape = self.parts[0].shape if self.parts else ()
         return f"Gates({', '.join(self.names)}; each {shape})"
