@@ -9,11 +9,15 @@ loop (another summation order than the layer's kernel); the model's own outputs 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
 import rnnlens
+from keras_helpers import canonical_weights
 from rnnlens.errors import LayerNotFoundError, UnsupportedModelError
+from rnnlens.testing import reference_rnn
 
 keras = pytest.importorskip("keras")
 L = keras.layers
@@ -222,3 +226,49 @@ def test_recurrent_layer_inside_compiled_call_is_refused() -> None:
     with pytest.raises(UnsupportedModelError, match="compiled code"):
         rnnlens.trace(model, np.zeros((1, 4, 2), "float32"))
     assert type(model.lstm) is L.LSTM
+
+
+class _Pieces(keras.Model):  # type: ignore[misc]
+    """Feeds the sequence to one recurrent layer 3 steps at a time; ``carry``: each piece starts
+    from the state the previous one ended in (a chain), else from zeros (separate calls)."""
+
+    def __init__(self, kind: str, carry: bool) -> None:
+        super().__init__()
+        layer = keras.layers.LSTM if kind == "lstm" else keras.layers.GRU
+        self.rnn = layer(4, return_sequences=True, return_state=True)
+        self.carry = carry
+
+    def call(self, x: Any) -> Any:
+        state, outs = None, []
+        for k in range(0, x.shape[1], 3):
+            out, *new = self.rnn(x[:, k : k + 3], initial_state=state if self.carry else None)
+            state = new
+            outs.append(out)
+        return keras.ops.concatenate(outs, axis=1)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_calls_that_carry_the_state_on_are_joined_along_time(kind: str) -> None:
+    """Oracle: the reference loop over the whole sequence with the layer's weights (chained),
+    and the per-piece reference from zeros (not chained)."""
+    x = np.random.default_rng(3).normal(size=(2, 9, 3)).astype("float32")
+    model = _Pieces(kind, carry=True)
+    model(x)
+    states = rnnlens.trace(model, x)
+    assert list(states) == ["rnn"]
+    ref = reference_rnn(kind, x, **canonical_weights(model.rnn.cell))  # type: ignore[arg-type]
+    np.testing.assert_allclose(states["rnn"].h, ref["h"], rtol=1e-5, atol=1e-5)
+    if kind == "lstm":
+        np.testing.assert_allclose(states["rnn"].c, ref["c"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(states["rnn"].gates.array, ref["gates"], rtol=1e-5, atol=1e-5)
+    each = rnnlens.trace(model, x, calls="each")
+    assert list(each) == ["rnn", "rnn#1", "rnn#2"]
+    np.testing.assert_array_equal(each["rnn#2"].h, states["rnn"].h[:, 6:])
+
+    apart = _Pieces(kind, carry=False)
+    apart(x)
+    apart.set_weights(model.get_weights())
+    separate = rnnlens.trace(apart, x)
+    assert list(separate) == ["rnn", "rnn#1", "rnn#2"]
+    piece = reference_rnn(kind, x[:, 3:6], **canonical_weights(model.rnn.cell))  # type: ignore[arg-type]
+    np.testing.assert_allclose(separate["rnn#1"].h, piece["h"], rtol=1e-5, atol=1e-5)

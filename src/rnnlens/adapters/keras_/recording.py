@@ -9,11 +9,8 @@ the call returns is exactly what it returns without recording. Calls inside the 
 ``predict`` calls the model), calls on symbolic tensors (graph building) and rnnlens' own probe
 pass through unrecorded.
 
-A call continues the previous call of a layer when the layer started from the state that call
-ended in: its ``h0`` (and ``c0``) equal the previous call's last ``h`` (``c``) within rnnlens'
-stated agreement with Keras' kernels (rtol 1e-5, atol 1e-6: the fed-back state is Keras', while
-rnnlens' ``c`` comes from its probe, in another summation order). One direction and no masked
-steps are needed to join.
+Calls of a layer that continue each other's state are joined along time (:mod:`.chains` says
+when).
 
 A subclassed model's call is traced with the arguments it was given (``model(x, states=s,
 return_state=True)``, the text-generation loop); a graph model takes its inputs alone.
@@ -32,19 +29,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from ...core.kinds import KINDS
 from ...core.spec import LayerSpec, call_entry
 from ...errors import InputError
 from ..base import Captured, TraceOptions
 from ..calllog import CallLog
 from . import subclassed
+from .chains import continues, merge
 
 __all__ = ["KerasRecording"]
 
 _MISSING = object()
-RTOL, ATOL = 1e-5, 1e-6
 
 
 class KerasRecording(CallLog):
@@ -148,7 +142,7 @@ class KerasRecording(CallLog):
         for s in self.calls[0].specs:
             chains: list[list[int]] = []
             for k in range(len(per_call)):
-                if chains and _continues(per_call[k - 1][s.name], per_call[k][s.name], s):
+                if chains and continues(per_call[k - 1][s.name], per_call[k][s.name], s):
                     chains[-1].append(k)
                 else:
                     chains.append([k])
@@ -160,59 +154,13 @@ class KerasRecording(CallLog):
                 entry = call_entry(s.name, began)
                 specs.append(LayerSpec(entry, s.kind, s.layer_type, s.units, s.directions,
                                        s.fields, s.cell_units, s.notes))  # fmt: skip
-                batch[entry] = self._merged([per_call[k][s.name] for k in chain])
+                batch[entry] = merge([per_call[k][s.name] for k in chain], with_c=self.wanted_c)
                 start = 0
                 for k in chain:
                     steps = int(next(iter(per_call[k][s.name][0].values())).h.shape[1])
                     spans.append((self.call_name(s.name, k), entry, start, start + steps))
                     start += steps
         return Captured(specs, [batch], backend=self.calls[0].backend), spans
-
-    def _merged(self, parts: list[Any]) -> Any:
-        dirs = {}
-        for name, first in parts[0][0].items():
-            arrays = [p[0][name] for p in parts]
-            joined = type(first)(h=np.concatenate([a.h for a in arrays], axis=1))
-            if first.c is not None and self.wanted_c:
-                joined.c = np.concatenate([a.c for a in arrays], axis=1)
-            if first.gates is not None:
-                joined.gates = tuple(
-                    np.concatenate([a.gates[g] for a in arrays], axis=1) for g in range(len(first.gates))
-                )
-            dirs[name] = joined
-        masks = [p[1] for p in parts]
-        mask = None
-        if any(m is not None for m in masks):
-            mask = np.concatenate(
-                [
-                    np.ones(p[0][next(iter(p[0]))].h.shape[:2], bool) if m is None else m
-                    for p, m in zip(parts, masks)
-                ],
-                axis=1,
-            )
-        return dirs, mask
-
-
-def _continues(prev: Any, call: Any, spec: LayerSpec) -> bool:
-    """``call`` of one layer started from the state ``prev`` ended in (see the module docstring)."""
-    (prev_dirs, prev_mask), (dirs, mask) = prev, call
-    if len(dirs) != 1 or not KINDS[spec.kind].known:
-        return False
-    if any(m is not None and not np.all(m) for m in (prev_mask, mask)):
-        return False
-    name, a = next(iter(dirs.items()))
-    b = prev_dirs.get(name)
-    if b is None or a.initial is None or a.initial[0] is None:
-        return False
-    finals = [(a.initial[0], b.h[:, -1])]
-    if KINDS[spec.kind].has_c:
-        if a.initial[1] is None or b.c is None:
-            return False
-        finals.append((a.initial[1], b.c[:, -1]))
-    return all(
-        np.shape(start) == np.shape(end) and np.allclose(start, end, rtol=RTOL, atol=ATOL)
-        for start, end in finals
-    )
 
 
 def _concrete(x: Any) -> bool:

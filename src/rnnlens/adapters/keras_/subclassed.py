@@ -10,7 +10,10 @@ Each layer sees the mask and ``initial_state`` the model's code gives it.
 
 Entries are named by attribute path (``"gru"``, ``"encoder.lstm"``, ``"blocks.0"``; a layer
 of a nested Functional/Sequential model by ``"<attribute>.<layer name>"``); a layer called
-several times in one call has one entry per call, ``name``, ``name#1``, ... A recurrent layer
+several times in one call has one entry per call, ``name``, ``name#1``, ..., except calls that
+carry the state on (each starting from the state the previous one ended in: a sequence fed in
+pieces), joined along time into the first call's entry (``calls="join"``, the default; not in
+``intervene``, whose edits name calls; :mod:`.chains`). A recurrent layer
 called inside a ``tf.function`` / ``jax.jit`` of the model's own code cannot be seen step by
 step: refused with an :class:`~rnnlens.errors.UnsupportedModelError`.
 
@@ -45,6 +48,7 @@ from ...core.tracing import resolve_fields, select_layers
 from ...errors import InputError, LayerNotFoundError, UnsupportedLayerError, UnsupportedModelError
 from ..base import Args, Captured, Edits, Intervened, Kwargs, TraceOptions
 from . import keras2_objects, opaque, trace
+from .chains import join_calls
 from .probe import Probe, Strategy, choose_strategy, is_recurrent
 
 __all__ = ["capture", "describe", "intervene", "is_subclassed", "recurrent_layers"]
@@ -395,6 +399,8 @@ def _capture(
                 for entry, base in order
             }
         )
+    if options.calls == "join" and not edits:  # calls that carry the state on: one entry along time
+        order, batches = join_calls(order or [], {s.name: s for s in specs_all}, batches)
     specs_out = [_renamed(specs_all, base, entry) for entry, base in order or []]
     backend = f"keras/{_keras().backend.backend()}"
     return Captured(specs_out, batches, backend=backend), trace._join_outputs(outputs)
