@@ -1,7 +1,8 @@
-"""PyTorch ``quantize_dynamic`` recurrent modules (refused, named: rnnlens does not reproduce the
-fbgemm kernel), ``torch.autocast`` and bfloat16 modules (h is the kernel's own; c and gates, which
-rnnlens would compute differently from the oneDNN kernel, are refused with ``fields=('h',)``
-offered; edited runs under autocast refused), float16 modules (every field, h the kernel's)."""
+"""PyTorch ``quantize_dynamic`` recurrent modules in a word-language model (traced; the kernel
+itself is tested in test_torch_quantized_dynamic.py), ``torch.autocast`` and bfloat16 modules
+(h is the kernel's own; c and gates, which rnnlens would compute differently from the oneDNN
+kernel, are refused with ``fields=('h',)`` offered; edited runs under autocast refused), float16
+modules (every field, h the kernel's)."""
 
 from __future__ import annotations
 
@@ -42,35 +43,34 @@ def _quantized(layers: set[type]) -> torch.nn.Module:
 X = torch.randint(0, 20, (2, 7))
 
 
-def test_quantize_dynamic_refused_by_name() -> None:
+def test_quantize_dynamic_word_lm_traced() -> None:
+    """LSTM, GRU and the decoder quantized: every layer traced, h the module's own, edits run."""
     model = _quantized({torch.nn.LSTM, torch.nn.GRU, torch.nn.Linear})
-    for call in (
-        lambda: rnnlens.describe(model),
-        lambda: rnnlens.trace(model, X),
-        lambda: rnnlens.intervene(model, X, [rnnlens.Edit("lstm", 0, scale=0)]),
-    ):
-        with pytest.raises(rnnlens.UnsupportedLayerError) as err:
-            call()
-        text = str(err.value)
-        assert "'lstm' (torch.ao.nn.quantized.dynamic.modules.rnn.LSTM)" in text
-        assert "'gru' (torch.ao.nn.quantized.dynamic.modules.rnn.GRU)" in text
-        assert "quantize_dynamic" in text and "float model" in text
+    assert [s.name for s in rnnlens.describe(model)] == ["lstm", "gru"]
+    states = rnnlens.trace(model, X)
+    with torch.no_grad():
+        y, _ = model.lstm(model.emb(X))
+        g, _ = model.gru(y)
+    np.testing.assert_array_equal(states["lstm"].h, y.numpy())
+    np.testing.assert_array_equal(states["gru"].h, g.numpy())
+    assert np.isfinite(states["lstm"].c).all() and list(states["gru"].gates) == ["z", "r", "n"]
+    result = rnnlens.intervene(model, X, [rnnlens.Edit("lstm", 0, scale=0)])
+    assert (result.states["lstm"].h[:, 0] == 0).all()
 
 
-def test_one_quantized_layer_refuses_the_trace() -> None:
-    """A float GRU beside a quantized LSTM: no trace with the LSTM missing."""
+def test_one_quantized_layer_beside_a_float_one() -> None:
     model = _quantized({torch.nn.LSTM})
     assert isinstance(model.gru, torch.nn.GRU)
-    with pytest.raises(rnnlens.UnsupportedLayerError, match=r"^'lstm' \(torch.ao.nn.quantized"):
-        rnnlens.trace(model, X)
+    states = rnnlens.trace(model, X)
+    assert list(states) == ["lstm", "gru"]
 
 
 def test_quantized_file_in_cli(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "q.pt"
     torch.save(_quantized({torch.nn.LSTM}), path)
-    assert main(["inspect", str(path), "--unsafe"]) != 0
-    err = capsys.readouterr().err
-    assert "dynamically quantized" in err and "Traceback" not in err
+    assert main(["inspect", str(path), "--unsafe"]) == 0
+    out = capsys.readouterr().out
+    assert "lstm" in out and "gru" in out
 
 
 def test_autocast_h_is_the_kernels() -> None:

@@ -1,4 +1,4 @@
-"""PyTorch's dynamically quantized ``LSTM`` / ``GRU`` (``quantize_dynamic``), traced with the kernel's own ops.
+"""PyTorch's dynamically quantized ``LSTM`` / ``GRU`` (``quantize_dynamic``), stepped with its own ops.
 
 ``torch.ao.quantization.quantize_dynamic(model, {nn.LSTM, nn.GRU}, dtype=torch.qint8)`` (or
 ``dtype=torch.float16``) swaps each layer for ``torch.ao.nn.quantized.dynamic.LSTM`` / ``GRU``,
@@ -52,6 +52,7 @@ from .emit_loop import _apply, _ops
 from .weights import _np
 
 __all__ = ["emit_quantized", "layer_view", "linears"]
+
 
 def layer_view(m: Any, cfg: _Config, layer: int) -> Any:
     """A one-layer stand-in for layer ``layer`` of ``m`` sharing its packed parameters (the
@@ -130,7 +131,11 @@ def emit_quantized(
     x_tm = x.transpose(0, 1) if cfg.batch_first else x
     steps, n = x_tm.shape[0], x_tm.shape[1]
     h0, c0 = _initial(hx, x_tm, cfg, lstm)
-    ys, finals_h, finals_c, cs, gs = [], [], [], [], []
+    ys: list[torch.Tensor] = []
+    finals_h: list[torch.Tensor] = []
+    finals_c: list[Any] = []
+    cs: list[torch.Tensor] = []
+    gs: list[tuple[torch.Tensor, ...]] = []
     teacher = None if kernel is None else (kernel[0].transpose(0, 1) if cfg.batch_first else kernel[0])
     for d in range(cfg.n_dir):
         linear_ih, linear_hh = linears(view, d)
@@ -139,7 +144,8 @@ def emit_quantized(
         direction = cfg.directions[d]
         eh = _ops(edits, direction, "h", steps, n, None)
         ec = _ops(edits, direction, "c", steps, n, None)
-        h, c = h0[d], (c0[d] if c0 is not None else None)
+        h: Any = h0[d]
+        c: Any = c0[d] if c0 is not None else None
         y = x_tm.new_empty(steps, n, cfg.hidden_size)
         c_all = x_tm.new_empty(steps, n, cfg.hidden_size) if lstm else None
         g_all = x_tm.new_empty(4 if lstm else 3, steps, n, cfg.hidden_size)
