@@ -337,3 +337,16 @@ def test_quantized_cells_still_refused(tmp_path, capsys) -> None:  # type: ignor
     assert main(["inspect", str(path), "--unsafe"]) != 0
     err = capsys.readouterr().err
     assert "quantized recurrent module" in err and "Traceback" not in err
+
+
+def test_record_a_stream() -> None:
+    """rnnlens.record on a quantized module called step by step: the calls joined, h the module's."""
+    torch.manual_seed(7)
+    model = _quantize(torch.nn.Sequential(torch.nn.LSTM(3, 4, num_layers=2)))
+    x = torch.randn(6, 2, 3)
+    with rnnlens.record(model) as rec, torch.no_grad():
+        first = model[0](x[:3])
+        second = model[0](x[3:], first[1])
+    states = rec.states
+    assert states["0.l0"].c.shape == (2, 6, 4)
+    np.testing.assert_array_equal(states["0.l1"].h[:, 3:], second[0].numpy().transpose(1, 0, 2))
