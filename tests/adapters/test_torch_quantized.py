@@ -82,8 +82,11 @@ def test_autocast_h_is_the_kernels() -> None:
         own, _ = model.lstm(model.emb(X))
         states = rnnlens.trace(model, X, fields=("h",))
         np.testing.assert_array_equal(np.asarray(states["lstm"].h, np.float32), own.float().numpy())
-        # c and gates: rnnlens' float loop would not compute the bfloat16 kernel's; refused, h offered
-        with pytest.raises(rnnlens.UnsupportedLayerError, match=r"fields=\('h',\)"):
+        # the LSTM: every field, as the oneDNN bfloat16 kernel computes them (test_torch_bfloat16.py);
+        # the GRU's c and gates are not reproduced: refused, h offered
+        lstm = rnnlens.trace(model, X, layers="lstm")["lstm"]
+        np.testing.assert_array_equal(lstm.h, own.float().numpy())
+        with pytest.raises(rnnlens.UnsupportedLayerError, match=r"'gru' runs in bfloat16.*fields=\('h',\)"):
             rnnlens.trace(model, X)
         with pytest.raises(rnnlens.UnsupportedLayerError, match="autocast"):
             rnnlens.intervene(model, X, [rnnlens.Edit("lstm", 0, scale=0)])
@@ -91,16 +94,20 @@ def test_autocast_h_is_the_kernels() -> None:
     assert plain["lstm"].c.dtype == np.float32
 
 
-def test_bfloat16_module_h_only() -> None:
+def test_bfloat16_module() -> None:
+    """LSTM: every field (h the kernel's own); GRU: c and gates refused, h offered."""
     torch.manual_seed(0)
     model = WordLM().eval().to(torch.bfloat16)
     x = torch.randn(2, 7, 6).to(torch.bfloat16)
     with torch.no_grad():
         own, _ = model.lstm(x)
-    with pytest.raises(rnnlens.UnsupportedLayerError, match=r"oneDNN.*fields=\('h',\)"):
-        rnnlens.trace(model.lstm, x)
-    h = rnnlens.trace(model.lstm, x, fields=("h",))["lstm"].h
-    np.testing.assert_array_equal(np.asarray(h, np.float32), own.float().numpy())
+        y_gru, _ = model.gru(own)
+    layer = rnnlens.trace(model.lstm, x)["lstm"]
+    np.testing.assert_array_equal(layer.h, own.float().numpy())
+    with pytest.raises(rnnlens.UnsupportedLayerError, match=r"GRU.*fields=\('h',\)"):
+        rnnlens.trace(model.gru, own)
+    h = rnnlens.trace(model.gru, own, fields=("h",))["gru"].h
+    np.testing.assert_array_equal(np.asarray(h, np.float32), y_gru.float().numpy())
 
 
 @pytest.mark.parametrize("cls", [torch.nn.LSTM, torch.nn.GRU])

@@ -22,6 +22,7 @@ from ...core.spec import Field, LayerSpec
 from ...core.tracing import RawDirection, RawLayer, to_direction_arrays
 from ...errors import InputError, UnsupportedLayerError
 from ..base import Args
+from .bfloat16 import lstm_parts, onednn_bfloat16, refusal
 from .calls import _CellCalls, _Plan, _SeqCall
 from .discover import _Config
 from .quantized import autocast_dtype
@@ -113,12 +114,34 @@ def _check_dtype(t: Any, name: str, fields: Sequence[str]) -> None:
         )
 
 
+def _bfloat16_lstm(out: Any, call: _SeqCall, name: str, fields: Sequence[str]) -> bool:
+    """Whether this layer's c and gates are computed by :mod:`.bfloat16` (a bfloat16 LSTM on the
+    oneDNN kernel); a bfloat16 layer it cannot compute them for is refused."""
+    data = out.data if isinstance(out, PackedSequence) else out
+    if not (isinstance(data, torch.Tensor) and data.dtype == torch.bfloat16 and _need_x(fields)):
+        return False
+    cfg = call.plan.cfg
+    how = "under torch.autocast, " if autocast_dtype(data.device.type) is not None else ""
+    weight = getattr(call.plan.module, "weight_ih_l0", None)
+    if cfg.kind != "lstm" or cfg.quantized:
+        raise refusal(name, f"({how}{cfg.base})", "oneDNN's or the native kernel")
+    if call.packed or cfg.proj_size:
+        raise refusal(name, f"({how}a PackedSequence or proj_size)", "PyTorch's native kernel")
+    if data.device.type != "cpu" or not isinstance(weight, torch.Tensor) or weight.device.type != "cpu":
+        raise refusal(name, f"({how}on {data.device.type})", "The GPU kernel")
+    if not onednn_bfloat16():
+        raise refusal(name, f"({how}oneDNN disabled or without bfloat16 here)", "PyTorch's native kernel")
+    return True
+
+
 def _seq_layer(
     spec: LayerSpec, call: _SeqCall, layer: int, fields: tuple[Field, ...], weights: Callable[..., Any]
 ) -> tuple[dict[str, DirectionArrays], np.ndarray | None]:
     cfg = call.plan.cfg
     out = call.outputs[layer]
-    _check_dtype(out, spec.name, fields)
+    bf16 = _bfloat16_lstm(out, call, spec.name, fields)  # c and gates as the oneDNN kernel computes them
+    if not bf16:
+        _check_dtype(out, spec.name, fields)
     seq, mask = _batch_major(out, cfg, call.unbatched)
     u = cfg.units
     emitted = layer in call.gates  # by the loop: nothing to reconstruct
@@ -135,6 +158,13 @@ def _seq_layer(
             gates = [_np(g).transpose(1, 0, 2) for g in call.gates[layer][d]]
             cs = [_np(call.c[layer][d]).transpose(1, 0, 2)] if KINDS[cfg.kind].has_c else []
             parts = (h, *cs, *gates)
+        elif bf16:
+            assert x is not None
+            _, *rest = lstm_parts(
+                call.plan.module, layer, d == 1, x[:, :, :], h, _state(h0s, d, call.unbatched),
+                _state(c0s, d, call.unbatched), name=spec.name,
+            )  # fmt: skip
+            parts = (h, *rest)
         raw.directions[direction] = RawDirection(
             seq=h,
             h0=_state(h0s, d, call.unbatched),

@@ -1,0 +1,130 @@
+"""``c`` and gates of a bfloat16 ``nn.LSTM`` (a bfloat16 module, or ``torch.autocast("cpu",
+dtype=torch.bfloat16)``), computed as PyTorch's CPU kernel computes them.
+
+On CPU, PyTorch runs a bfloat16 LSTM through oneDNN (``mkldnn_rnn``, when oneDNN is enabled and
+the CPU has bfloat16 support; not for ``PackedSequence`` inputs or ``proj_size``). Measured
+against that kernel, op for op: the bias is ``b_ih + b_hh`` summed in bfloat16; the gate
+pre-activations are float32 (bfloat16 ``x``, ``h`` and weights, float32 accumulation); the
+activations and the new ``c`` are float32, ``h = o * tanh(c)`` from that float32 ``c`` and then
+rounded to bfloat16, and ``c`` is carried (and returned as ``c_n``) rounded to bfloat16. Under
+autocast the input, state and weights are first rounded to bfloat16.
+
+:func:`lstm_parts` redoes that, fed the kernel's own ``h_{t-1}``, and returns ``c`` as the kernel
+carries it (bfloat16 values) and the float32 gates; its ``h`` must agree with the kernel's
+within one bfloat16 rounding of ``h`` and of ``c`` (``u = 2**-8``): ``|h - h_kernel| <= u (|h_kernel|
++ |c|) + 1e-6`` — the ``c`` term for a ``c`` that sits on a bfloat16 tie, which the kernel's
+float32 sums may round the other way (measured: the rounded ``h`` bitwise the kernel's except at
+rare ties, ``c_n`` bitwise). Where the kernel is not
+that one (oneDNN disabled or without bfloat16, packed input, projections, GRU: PyTorch's native
+kernel rounds every op to bfloat16), the caller refuses c and gates, offering ``fields=('h',)``.
+
+>>> import torch
+>>> lstm = torch.nn.LSTM(3, 4).to(torch.bfloat16)
+>>> x = torch.randn(5, 2, 3).to(torch.bfloat16)
+>>> with torch.no_grad():
+...     y, (h_n, c_n) = lstm(x)
+>>> xs, seq = x.float().numpy().swapaxes(0, 1), y.float().numpy().swapaxes(0, 1)
+>>> parts = lstm_parts(lstm, 0, False, xs, seq, None, None)
+>>> bool((parts[1][:, -1] == c_n[0].float().numpy()).all()) or not onednn_bfloat16()
+True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...errors import ParityError, UnsupportedLayerError
+
+__all__ = ["lstm_parts", "onednn_bfloat16", "refusal"]
+
+#: a bfloat16 rounding (unit roundoff 2**-8), and float32 slack for values near 0
+TOLERANCE = (2.0**-8, 1e-6)
+
+
+def onednn_bfloat16() -> bool:
+    """Whether PyTorch runs bfloat16 LSTMs on CPU through oneDNN here."""
+    try:
+        return bool(torch._C._get_mkldnn_enabled() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def refusal(name: str, why: str, engine: str) -> UnsupportedLayerError:
+    """The error for a bfloat16 layer whose c and gates rnnlens cannot compute as ``engine`` does."""
+    return UnsupportedLayerError(
+        f"Layer {name!r} runs in bfloat16 {why}: {engine} rounds its gates and states to bfloat16 "
+        "where rnnlens does not reproduce it, so c and gates would not be the kernel's (rnnlens "
+        "computes them for nn.LSTM on PyTorch's oneDNN CPU kernel: tensor inputs, no proj_size). Ask for "
+        "fields=('h',) (the kernel's own h, as float32), or trace a float32 copy "
+        "(copy.deepcopy(model).float()) with float32 inputs outside autocast."
+    )
+
+
+def _bf16(a: Any) -> torch.Tensor:
+    """float32 values rounded to bfloat16 (as autocast casts them; exact for bfloat16 ones)."""
+    t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a, np.float32))
+    return t.detach().to(torch.bfloat16).float()
+
+
+def lstm_parts(
+    module: Any,
+    layer: int,
+    reverse: bool,
+    x: np.ndarray,
+    seq: np.ndarray,
+    h0: np.ndarray | None,
+    c0: np.ndarray | None,
+    *,
+    name: str = "lstm",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One direction: ``(h, c, i, f, g, o)`` (sample, time, unit), input order; ``x`` and ``seq``
+    (the kernel's h of this direction) (sample, time, ·) as float32 arrays, checked against ``seq``."""
+    sfx = f"_l{layer}" + ("_reverse" if reverse else "")
+    w_ih = getattr(module, "weight_ih" + sfx).detach().to(torch.bfloat16)
+    w_hh = getattr(module, "weight_hh" + sfx).detach().to(torch.bfloat16)
+    n, t, _ = seq.shape
+    hidden = w_hh.shape[1]
+    if module.bias:
+        b = getattr(module, "bias_ih" + sfx).detach().to(torch.bfloat16)
+        b = (b + getattr(module, "bias_hh" + sfx).detach().to(torch.bfloat16)).float()
+    else:
+        b = torch.zeros(4 * hidden)
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):  # float32 here, whatever the caller's
+        xs = _bf16(x).transpose(0, 1)  # (time, sample, feature)
+        kernel_h = torch.from_numpy(np.ascontiguousarray(seq, np.float32)).transpose(0, 1)
+        pre_x = xs @ w_ih.float().t() + b
+        u = w_hh.float().t()
+        h = _bf16(np.zeros((n, hidden), np.float32) if h0 is None else h0)
+        c = _bf16(np.zeros((n, hidden), np.float32) if c0 is None else c0)
+        hs = torch.empty(t, n, hidden)
+        cs = torch.empty(t, n, hidden)
+        gates = torch.empty(4, t, n, hidden)
+        for s in range(t - 1, -1, -1) if reverse else range(t):
+            pre = pre_x[s] + h @ u
+            i, f, g, o = pre.chunk(4, 1)
+            i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+            c_new = f * c + i * g
+            hs[s] = o * c_new.tanh()  # from the float32 c
+            c = c_new.to(torch.bfloat16).float()  # carried in bfloat16
+            cs[s] = c
+            for k, v in enumerate((i, f, g, o)):
+                gates[k, s] = v
+            h = kernel_h[s]  # the kernel's own h feeds the next step
+    out = [a.transpose(0, 1).numpy() for a in (hs, cs, *gates)]
+    # h rounds to bfloat16 (u |h|); where the float32 c sits on a bfloat16 tie the kernel's sums
+    # may round the other way: c then differs by one rounding, which moves h by at most u |c|
+    expected = np.asarray(seq, np.float32)
+    err = np.abs(out[0] - expected)
+    bound = TOLERANCE[0] * (np.abs(expected) + np.abs(out[1])) + TOLERANCE[1]
+    if (err > bound).any():
+        sample, step, unit = (int(v) for v in np.argwhere(err > bound)[0])
+        raise ParityError(
+            f"Layer {name!r}: o * tanh(c) with PyTorch's oneDNN bfloat16 LSTM arithmetic does not reproduce "
+            f"the kernel's own h (max error {float(err.max()):.3g} beyond one bfloat16 rounding of h and c; "
+            f"first at sample {sample}, step {step}, unit {unit}); this build or CPU computes it otherwise. "
+            "Ask for fields=('h',): h is the kernel's own."
+        )
+    return out[0], out[1], out[2], out[3], out[4], out[5]
