@@ -1,10 +1,11 @@
-"""bfloat16 ``nn.LSTM`` on CPU (a bfloat16 module; ``torch.autocast("cpu", dtype=torch.bfloat16)``):
-every field, as PyTorch's oneDNN kernel computes them, against the module's own h and c_n and an
+"""bfloat16 ``nn.LSTM`` / ``nn.GRU`` on CPU (a bfloat16 module; ``torch.autocast("cpu",
+dtype=torch.bfloat16)``): every field, as PyTorch's kernels compute them (LSTM: oneDNN; GRU: the
+native kernel, every op rounded to bfloat16), against the module's own h and c_n and an
 independent float64 loop on the bfloat16-rounded weights, fed the module's h.
 
 Measured (this CPU, oneDNN with bfloat16): h bitwise the module's (it is the kernel's own); the
 loop's h rounds to the kernel's bfloat16 h except at rare ties (within 2**-8 relative, the
-parity tolerance); c at the last step bitwise ``c_n``; gates against the float64 loop ≤ 2.4e-7,
+parity tolerance); c at the last step bitwise ``c_n``; gates against the float64 loop ≤ 8.7e-8,
 c ≤ one bfloat16 rounding (c is carried in bfloat16).
 """
 
@@ -105,3 +106,48 @@ def test_refused_where_not_reproduced() -> None:
     native = pytest.raises(rnnlens.UnsupportedLayerError, match=r"oneDNN disabled.*fields=\('h',\)")
     with torch.backends.mkldnn.flags(enabled=False), native:
         rnnlens.trace(module, torch.randn(5, 2, 3).to(torch.bfloat16))
+
+
+def _gru_reference(module: object, layer: int, d: int, x: np.ndarray, h_seq: np.ndarray) -> dict:
+    """float64 GRU on the bfloat16-rounded weights and input, fed the kernel's h: z, r, n."""
+    sfx = f"_l{layer}" + ("_reverse" if d else "")
+
+    def w(name: str) -> np.ndarray:
+        return getattr(module, name + sfx).detach().to(torch.bfloat16).double().numpy()
+
+    w_ih, w_hh, b_ih, b_hh = w("weight_ih"), w("weight_hh"), w("bias_ih"), w("bias_hh")
+    x = torch.from_numpy(np.ascontiguousarray(x)).to(torch.bfloat16).double().numpy()
+    hid = w_hh.shape[1]
+    out = {k: np.zeros(x.shape[:2] + (hid,)) for k in "zrn"}
+    h = np.zeros((x.shape[1], hid))
+    for s in range(x.shape[0] - 1, -1, -1) if d else range(x.shape[0]):
+        xi, hh = x[s] @ w_ih.T + b_ih, h @ w_hh.T + b_hh
+        r = 1 / (1 + np.exp(-(xi[:, :hid] + hh[:, :hid])))
+        z = 1 / (1 + np.exp(-(xi[:, hid : 2 * hid] + hh[:, hid : 2 * hid])))
+        out["n"][s] = np.tanh(xi[:, 2 * hid :] + r * hh[:, 2 * hid :])
+        out["r"][s], out["z"][s] = r, z
+        h = h_seq[s]
+    return out
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_gru(autocast: bool) -> None:
+    torch.manual_seed(3)
+    module = torch.nn.GRU(5, 16, num_layers=2, bidirectional=True, batch_first=True)
+    x = torch.randn(3, 12, 5) * 2
+    if not autocast:
+        module, x = module.to(torch.bfloat16), x.to(torch.bfloat16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y, _ = module(x)
+        states = rnnlens.trace(module, x)
+    np.testing.assert_array_equal(states["gru.l1"].h, y.float().numpy())
+    inp = x.float().numpy().swapaxes(0, 1)
+    for layer in range(2):
+        st = states[f"gru.l{layer}"]
+        for d in range(2):
+            sl = slice(d * 16, (d + 1) * 16)
+            ref = _gru_reference(module, layer, d, inp, st.h[:, :, sl].swapaxes(0, 1).astype(np.float64))
+            for k in "zrn":
+                got = st.gates[k][:, :, sl].swapaxes(0, 1)
+                assert (np.abs(got - ref[k]) <= 4 * 2.0**-8 * (1 + np.abs(ref[k]))).all()
+        inp = st.h.swapaxes(0, 1)

@@ -82,12 +82,10 @@ def test_autocast_h_is_the_kernels() -> None:
         own, _ = model.lstm(model.emb(X))
         states = rnnlens.trace(model, X, fields=("h",))
         np.testing.assert_array_equal(np.asarray(states["lstm"].h, np.float32), own.float().numpy())
-        # the LSTM: every field, as the oneDNN bfloat16 kernel computes them (test_torch_bfloat16.py);
-        # the GRU's c and gates are not reproduced: refused, h offered
-        lstm = rnnlens.trace(model, X, layers="lstm")["lstm"]
-        np.testing.assert_array_equal(lstm.h, own.float().numpy())
-        with pytest.raises(rnnlens.UnsupportedLayerError, match=r"'gru' runs in bfloat16.*fields=\('h',\)"):
-            rnnlens.trace(model, X)
+        # every field, as the bfloat16 kernels compute them (test_torch_bfloat16.py)
+        states = rnnlens.trace(model, X)
+        np.testing.assert_array_equal(states["lstm"].h, own.float().numpy())
+        assert list(states["gru"].gates) == ["z", "r", "n"]
         with pytest.raises(rnnlens.UnsupportedLayerError, match="autocast"):
             rnnlens.intervene(model, X, [rnnlens.Edit("lstm", 0, scale=0)])
     plain = rnnlens.trace(model, X)  # outside autocast: every field as before
@@ -95,19 +93,21 @@ def test_autocast_h_is_the_kernels() -> None:
 
 
 def test_bfloat16_module() -> None:
-    """LSTM: every field (h the kernel's own); GRU: c and gates refused, h offered."""
+    """Every field (h the kernels' own); a PackedSequence: c and gates refused, h offered."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
     torch.manual_seed(0)
     model = WordLM().eval().to(torch.bfloat16)
     x = torch.randn(2, 7, 6).to(torch.bfloat16)
     with torch.no_grad():
         own, _ = model.lstm(x)
         y_gru, _ = model.gru(own)
-    layer = rnnlens.trace(model.lstm, x)["lstm"]
-    np.testing.assert_array_equal(layer.h, own.float().numpy())
-    with pytest.raises(rnnlens.UnsupportedLayerError, match=r"GRU.*fields=\('h',\)"):
-        rnnlens.trace(model.gru, own)
-    h = rnnlens.trace(model.gru, own, fields=("h",))["gru"].h
-    np.testing.assert_array_equal(np.asarray(h, np.float32), y_gru.float().numpy())
+    np.testing.assert_array_equal(rnnlens.trace(model.lstm, x)["lstm"].h, own.float().numpy())
+    np.testing.assert_array_equal(rnnlens.trace(model.gru, own)["gru"].h, y_gru.float().numpy())
+    packed = pack_padded_sequence(own, [7, 4], batch_first=True)
+    with pytest.raises(rnnlens.UnsupportedLayerError, match=r"PackedSequence.*fields=\('h',\)"):
+        rnnlens.trace(model.gru, packed)
+    assert rnnlens.trace(model.gru, packed, fields=("h",))["gru"].h.shape == (2, 7, 5)
 
 
 @pytest.mark.parametrize("cls", [torch.nn.LSTM, torch.nn.GRU])

@@ -128,3 +128,60 @@ def lstm_parts(
             "Ask for fields=('h',): h is the kernel's own."
         )
     return out[0], out[1], out[2], out[3], out[4], out[5]
+
+
+def gru_parts(
+    module: Any,
+    layer: int,
+    reverse: bool,
+    x_tm: torch.Tensor,
+    seq: np.ndarray,
+    h0: np.ndarray | None,
+    dtypes: tuple[Any, Any],
+    *,
+    name: str = "gru",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One direction of a bfloat16 ``nn.GRU``: ``(h, z, r, n)`` (sample, time, unit), input order.
+
+    PyTorch runs GRUs on CPU through its native kernel (``RNN.cpp``: the input projection of all
+    steps with ``at::linear``, then per step ``GRUCell``'s ops, each rounding to bfloat16). The
+    same ops on the same tensors — ``x_tm`` is the layer's input as the kernel sees it, (time,
+    sample, feature) with its memory layout (the GEMM's rounding follows it) — fed the kernel's
+    own ``h_{t-1}``, under the caller's autocast (it casts the kernel's inner ops too): measured
+    bitwise the kernel's h; checked within one bfloat16 rounding. ``dtypes``: those of the
+    kernel's ``h0`` and output (a float32 GRU under autocast keeps float32 states)."""
+    import torch.nn.functional as F
+
+    sfx = f"_l{layer}" + ("_reverse" if reverse else "")
+    w_ih, w_hh = getattr(module, "weight_ih" + sfx), getattr(module, "weight_hh" + sfx)
+    b_ih = getattr(module, "bias_ih" + sfx) if module.bias else None
+    b_hh = getattr(module, "bias_hh" + sfx) if module.bias else None
+    n, t, _ = seq.shape
+    hidden = w_hh.shape[1]
+    with torch.no_grad():
+        kernel_h = torch.from_numpy(np.ascontiguousarray(seq.swapaxes(0, 1), np.float32)).to(dtypes[1])
+        h = torch.zeros(n, hidden) if h0 is None else torch.from_numpy(np.asarray(h0, np.float32))
+        h = h.to(dtypes[0])
+        projected = F.linear(x_tm, w_ih, b_ih)
+        hs = torch.empty(t, n, hidden)
+        gates = torch.empty(3, t, n, hidden)
+        for s in range(t - 1, -1, -1) if reverse else range(t):
+            i_r, i_z, i_n = projected[s].unsafe_chunk(3, 1)
+            h_r, h_z, h_n = F.linear(h, w_hh, b_hh).unsafe_chunk(3, 1)
+            r = h_r.add_(i_r).sigmoid_()
+            z = h_z.add_(i_z).sigmoid_()
+            n_ = i_n.add(h_n.mul_(r)).tanh_()
+            hs[s] = (h - n_).mul_(z).add_(n_).float()
+            for k, v in enumerate((z, r, n_)):
+                gates[k, s] = v.float()
+            h = kernel_h[s]
+    out = [a.transpose(0, 1).numpy() for a in (hs, *gates)]
+    expected = np.asarray(seq, np.float32)
+    err = np.abs(out[0] - expected)
+    if (err > TOLERANCE[0] * np.abs(expected) + TOLERANCE[1]).any():
+        raise ParityError(
+            f"Layer {name!r}: (h - n) * z + n with PyTorch's native bfloat16 GRU ops does not reproduce the "
+            f"kernel's own h (max error {float(err.max()):.3g} beyond one bfloat16 rounding); this build "
+            "computes it otherwise. Ask for fields=('h',): h is the kernel's own."
+        )
+    return out[0], out[1], out[2], out[3]
