@@ -22,18 +22,22 @@ from rnnlens.adapters.torch_.bfloat16 import onednn_bfloat16  # noqa: E402
 pytestmark = pytest.mark.skipif(not onednn_bfloat16(), reason="PyTorch runs bfloat16 LSTMs natively here")
 
 
-def _reference(module: object, layer: int, d: int, x: np.ndarray, h_seq: np.ndarray) -> dict:
+def _reference(
+    module: object, layer: int, d: int, x: np.ndarray, h_seq: np.ndarray, dtype: object = None
+) -> dict:
     """float64: bias summed in bfloat16, c carried in bfloat16, fed the kernel's h; (time, sample, ·)."""
     sfx = f"_l{layer}" + ("_reverse" if d else "")
 
+    dtype = dtype or torch.bfloat16
+
     def w(name: str) -> torch.Tensor:
-        return getattr(module, name + sfx).detach().to(torch.bfloat16)
+        return getattr(module, name + sfx).detach().to(dtype)
 
     w_ih, w_hh = w("weight_ih").double().numpy(), w("weight_hh").double().numpy()
     bias = (w("bias_ih") + w("bias_hh")).double().numpy()
     t_len, n = x.shape[:2]
     hid = w_hh.shape[1]
-    x = torch.from_numpy(x).to(torch.bfloat16).double().numpy()
+    x = torch.from_numpy(x).to(dtype).double().numpy()
     out = {k: np.zeros((t_len, n, hid)) for k in ("h", "c", "i", "f", "g", "o")}
     h, c = np.zeros((n, hid)), np.zeros((n, hid))
     for s in range(t_len - 1, -1, -1) if d else range(t_len):
@@ -42,7 +46,7 @@ def _reference(module: object, layer: int, d: int, x: np.ndarray, h_seq: np.ndar
         i, f, g, o = 1 / (1 + np.exp(-i)), 1 / (1 + np.exp(-f)), np.tanh(g), 1 / (1 + np.exp(-o))
         c_new = f * c + i * g
         out["h"][s] = o * np.tanh(c_new)
-        c = torch.from_numpy(c_new).to(torch.bfloat16).double().numpy()
+        c = torch.from_numpy(c_new).to(dtype).double().numpy()
         for k, v in zip("cifgo", (c, i, f, g, o)):
             out[k][s] = v
         h = h_seq[s]
@@ -103,9 +107,34 @@ def test_refused_where_not_reproduced() -> None:
     with pytest.raises(rnnlens.UnsupportedLayerError, match=r"PackedSequence.*fields=\('h',\)"):
         rnnlens.trace(module, packed)
     assert rnnlens.trace(module, packed, fields=("h",))["lstm"].h.shape == (2, 5, 4)
-    native = pytest.raises(rnnlens.UnsupportedLayerError, match=r"oneDNN disabled.*fields=\('h',\)")
-    with torch.backends.mkldnn.flags(enabled=False), native:
-        rnnlens.trace(module, torch.randn(5, 2, 3).to(torch.bfloat16))
+    # oneDNN off: PyTorch's native kernel, every op rounded to bfloat16 -- stepped with its own ops
+    x = torch.randn(5, 2, 3).to(torch.bfloat16)
+    with torch.backends.mkldnn.flags(enabled=False), torch.no_grad():
+        y, (_, c_n) = module(x)
+        layer = rnnlens.trace(module, x)["lstm"]
+    np.testing.assert_array_equal(layer.h, y.float().numpy().swapaxes(0, 1))
+    np.testing.assert_array_equal(layer.c[:, -1], c_n[0].float().numpy())
+
+
+@pytest.mark.parametrize("cls", [torch.nn.LSTM, torch.nn.GRU])
+def test_float16_native_kernel(cls: type) -> None:
+    """float16 modules run PyTorch's native kernel on CPU: stepped with its own ops, h and c_n
+    bitwise; gates within a few float16 roundings of a float64 loop (measured ≤ 2 * 2**-11)."""
+    torch.manual_seed(4)
+    module = cls(5, 16, num_layers=2, bidirectional=True, batch_first=True).half()
+    x = (torch.randn(3, 12, 5) * 2).half()
+    with torch.no_grad():
+        y, final = module(x)
+    states = rnnlens.trace(module, x)
+    name = cls.__name__.lower()
+    np.testing.assert_array_equal(states[f"{name}.l1"].h, y.numpy())
+    if cls is torch.nn.LSTM:
+        np.testing.assert_array_equal(states["lstm.l1"].c[:, -1, :16], final[1][2].numpy())
+        h_seq = states["lstm.l0"].h[:, :, :16].swapaxes(0, 1).astype(np.float64)
+        ref = _reference(module, 0, 0, x.float().numpy().swapaxes(0, 1), h_seq, torch.float16)
+        for k in "ifgo":
+            got = states["lstm.l0"].gates[k][:, :, :16].swapaxes(0, 1)
+            assert (np.abs(got - ref[k]) <= 4 * 2.0**-11 * (1 + np.abs(ref[k]))).all()
 
 
 def _gru_reference(module: object, layer: int, d: int, x: np.ndarray, h_seq: np.ndarray) -> dict:

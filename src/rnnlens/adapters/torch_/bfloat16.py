@@ -1,22 +1,22 @@
-"""``c`` and gates of a bfloat16 ``nn.LSTM`` (a bfloat16 module, or ``torch.autocast("cpu",
-dtype=torch.bfloat16)``), computed as PyTorch's CPU kernel computes them.
+"""``c`` and gates of half-precision ``nn.LSTM`` / ``nn.GRU`` layers on CPU (bfloat16 or float16
+modules, ``torch.autocast("cpu", dtype=torch.bfloat16)``), computed as PyTorch's kernel computes them.
 
-On CPU, PyTorch runs a bfloat16 LSTM through oneDNN (``mkldnn_rnn``, when oneDNN is enabled and
-the CPU has bfloat16 support; not for ``PackedSequence`` inputs or ``proj_size``). Measured
-against that kernel, op for op: the bias is ``b_ih + b_hh`` summed in bfloat16; the gate
-pre-activations are float32 (bfloat16 ``x``, ``h`` and weights, float32 accumulation); the
-activations and the new ``c`` are float32, ``h = o * tanh(c)`` from that float32 ``c`` and then
-rounded to bfloat16, and ``c`` is carried (and returned as ``c_n``) rounded to bfloat16. Under
-autocast the input, state and weights are first rounded to bfloat16.
+**bfloat16 LSTM, oneDNN** (``mkldnn_rnn``: CPU with bfloat16 support, oneDNN enabled, tensor
+input, no ``proj_size``) — :func:`lstm_parts`. Measured against that kernel, op for op: the bias
+is ``b_ih + b_hh`` summed in bfloat16; the gate pre-activations are float32 (bfloat16 ``x``,
+``h`` and weights, float32 accumulation); the activations and the new ``c`` are float32,
+``h = o * tanh(c)`` from that float32 ``c`` and then rounded to bfloat16, and ``c`` is carried
+(and returned as ``c_n``) rounded to bfloat16. Under autocast the input, state and weights are
+first rounded to bfloat16. Redone here fed the kernel's own ``h_{t-1}``: ``c`` as the kernel
+carries it, float32 gates; its ``h`` must agree with the kernel's within one bfloat16 rounding
+of ``h`` and of ``c`` (``u = 2**-8``): ``|h - h_kernel| <= u (|h_kernel| + |c|) + 1e-6`` — the
+``c`` term for a ``c`` on a bfloat16 tie, which the kernel's float32 sums may round the other way
+(measured: the rounded ``h`` bitwise the kernel's except at rare ties, ``c_n`` bitwise).
 
-:func:`lstm_parts` redoes that, fed the kernel's own ``h_{t-1}``, and returns ``c`` as the kernel
-carries it (bfloat16 values) and the float32 gates; its ``h`` must agree with the kernel's
-within one bfloat16 rounding of ``h`` and of ``c`` (``u = 2**-8``): ``|h - h_kernel| <= u (|h_kernel|
-+ |c|) + 1e-6`` — the ``c`` term for a ``c`` that sits on a bfloat16 tie, which the kernel's
-float32 sums may round the other way (measured: the rounded ``h`` bitwise the kernel's except at
-rare ties, ``c_n`` bitwise). Where the kernel is not
-that one (oneDNN disabled or without bfloat16, packed input, projections, GRU: PyTorch's native
-kernel rounds every op to bfloat16), the caller refuses c and gates, offering ``fields=('h',)``.
+**Everything else** (GRUs, float16, oneDNN off) runs PyTorch's native kernel, every op rounded
+to the dtype — :func:`native_parts` performs the very ops on the same tensors (measured: h and
+``c_n`` bitwise). A ``PackedSequence`` or ``proj_size`` (other op sequences) is refused by the
+caller, offering ``fields=('h',)``.
 
 >>> import torch
 >>> lstm = torch.nn.LSTM(3, 4).to(torch.bfloat16)
@@ -38,7 +38,7 @@ import torch
 
 from ...errors import ParityError, UnsupportedLayerError
 
-__all__ = ["lstm_parts", "onednn_bfloat16", "refusal"]
+__all__ = ["lstm_parts", "native_parts", "onednn_bfloat16", "refusal"]
 
 #: a bfloat16 rounding (unit roundoff 2**-8), and float32 slack for values near 0
 TOLERANCE = (2.0**-8, 1e-6)
@@ -130,28 +130,36 @@ def lstm_parts(
     return out[0], out[1], out[2], out[3], out[4], out[5]
 
 
-def gru_parts(
+#: unit roundoff of the half-precision dtypes (float32 slack added near 0)
+_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+
+
+def native_parts(
     module: Any,
     layer: int,
     reverse: bool,
     x_tm: torch.Tensor,
     seq: np.ndarray,
     h0: np.ndarray | None,
+    c0: np.ndarray | None,
     dtypes: tuple[Any, Any],
     *,
-    name: str = "gru",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One direction of a bfloat16 ``nn.GRU``: ``(h, z, r, n)`` (sample, time, unit), input order.
+    name: str = "rnn",
+) -> tuple[np.ndarray, ...]:
+    """One direction of a half-precision ``nn.LSTM`` / ``nn.GRU`` on PyTorch's native CPU kernel:
+    ``(h, c, i, f, g, o)`` / ``(h, z, r, n)`` (sample, time, unit), input order.
 
-    PyTorch runs GRUs on CPU through its native kernel (``RNN.cpp``: the input projection of all
-    steps with ``at::linear``, then per step ``GRUCell``'s ops, each rounding to bfloat16). The
-    same ops on the same tensors — ``x_tm`` is the layer's input as the kernel sees it, (time,
-    sample, feature) with its memory layout (the GEMM's rounding follows it) — fed the kernel's
-    own ``h_{t-1}``, under the caller's autocast (it casts the kernel's inner ops too): measured
-    bitwise the kernel's h; checked within one bfloat16 rounding. ``dtypes``: those of the
-    kernel's ``h0`` and output (a float32 GRU under autocast keeps float32 states)."""
+    The native kernel (``RNN.cpp``: the input projection of all steps with ``at::linear``, then per
+    step ``LSTMCell`` / ``GRUCell``'s ops, each rounding to the dtype) is run op for op on the same
+    tensors — ``x_tm`` is the layer's input as the kernel sees it, (time, sample, feature) with its
+    memory layout (the GEMM's rounding follows it) — fed the kernel's own ``h_{t-1}``, under the
+    caller's autocast (it casts the kernel's inner ops too); LSTM's ``c`` is carried by the loop.
+    Measured bitwise the kernel's h (and ``c_n``); checked within one rounding of the output dtype.
+    ``dtypes``: those of the kernel's ``h0`` and output (a float32 GRU under autocast keeps float32
+    states)."""
     import torch.nn.functional as F
 
+    lstm = type(module).__name__ == "LSTM" or isinstance(module, torch.nn.LSTM)
     sfx = f"_l{layer}" + ("_reverse" if reverse else "")
     w_ih, w_hh = getattr(module, "weight_ih" + sfx), getattr(module, "weight_hh" + sfx)
     b_ih = getattr(module, "bias_ih" + sfx) if module.bias else None
@@ -160,28 +168,42 @@ def gru_parts(
     hidden = w_hh.shape[1]
     with torch.no_grad():
         kernel_h = torch.from_numpy(np.ascontiguousarray(seq.swapaxes(0, 1), np.float32)).to(dtypes[1])
-        h = torch.zeros(n, hidden) if h0 is None else torch.from_numpy(np.asarray(h0, np.float32))
-        h = h.to(dtypes[0])
+
+        def initial(a: np.ndarray | None) -> torch.Tensor:
+            v = torch.zeros(n, hidden) if a is None else torch.from_numpy(np.asarray(a, np.float32))
+            return v.to(dtypes[0])
+
+        h, c = initial(h0), initial(c0)
         projected = F.linear(x_tm, w_ih, b_ih)
         hs = torch.empty(t, n, hidden)
-        gates = torch.empty(3, t, n, hidden)
+        cs = torch.empty(t, n, hidden)
+        gates = torch.empty(4 if lstm else 3, t, n, hidden)
         for s in range(t - 1, -1, -1) if reverse else range(t):
-            i_r, i_z, i_n = projected[s].unsafe_chunk(3, 1)
-            h_r, h_z, h_n = F.linear(h, w_hh, b_hh).unsafe_chunk(3, 1)
-            r = h_r.add_(i_r).sigmoid_()
-            z = h_z.add_(i_z).sigmoid_()
-            n_ = i_n.add(h_n.mul_(r)).tanh_()
-            hs[s] = (h - n_).mul_(z).add_(n_).float()
-            for k, v in enumerate((z, r, n_)):
+            if lstm:
+                i, f, g, o = F.linear(h, w_hh, b_hh).add_(projected[s]).unsafe_chunk(4, 1)
+                i, f, g, o = i.sigmoid_(), f.sigmoid_(), g.tanh_(), o.sigmoid_()
+                c = (f * c).add_(i * g)
+                hs[s], cs[s] = (o * c.tanh()).float(), c.float()
+                step: tuple[torch.Tensor, ...] = (i, f, g, o)
+            else:
+                i_r, i_z, i_n = projected[s].unsafe_chunk(3, 1)
+                h_r, h_z, h_n = F.linear(h, w_hh, b_hh).unsafe_chunk(3, 1)
+                r = h_r.add_(i_r).sigmoid_()
+                z = h_z.add_(i_z).sigmoid_()
+                n_ = i_n.add(h_n.mul_(r)).tanh_()
+                hs[s] = (h - n_).mul_(z).add_(n_).float()
+                step = (z, r, n_)
+            for k, v in enumerate(step):
                 gates[k, s] = v.float()
             h = kernel_h[s]
-    out = [a.transpose(0, 1).numpy() for a in (hs, *gates)]
+    out = [a.transpose(0, 1).numpy() for a in (hs, *([cs] if lstm else []), *gates)]
     expected = np.asarray(seq, np.float32)
     err = np.abs(out[0] - expected)
-    if (err > TOLERANCE[0] * np.abs(expected) + TOLERANCE[1]).any():
+    roundoff = _ROUNDOFF.get(projected.dtype, 2.0**-8)
+    if (err > roundoff * np.abs(expected) + TOLERANCE[1]).any():
         raise ParityError(
-            f"Layer {name!r}: (h - n) * z + n with PyTorch's native bfloat16 GRU ops does not reproduce the "
-            f"kernel's own h (max error {float(err.max()):.3g} beyond one bfloat16 rounding); this build "
-            "computes it otherwise. Ask for fields=('h',): h is the kernel's own."
+            f"Layer {name!r}: PyTorch's native {projected.dtype} {'LSTM' if lstm else 'GRU'} ops, fed the "
+            f"kernel's h, do not reproduce it (max error {float(err.max()):.3g} beyond one rounding); this "
+            "build or CPU computes it otherwise (oneDNN?). Ask for fields=('h',): h is the kernel's own."
         )
-    return out[0], out[1], out[2], out[3]
+    return tuple(out)
