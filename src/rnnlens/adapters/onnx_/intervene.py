@@ -25,6 +25,7 @@ from ..base import Edits, Intervened
 from .deps import _first_line, _onnx, _ort
 from .feeds import _signature
 from .graph import _B, _C0, _H0, _P, _R, _SEQ_LENS, _W, _X, _Node, _Prepared
+from .half import widened
 from .quantized import quantized_run
 from .runtime import QUANTIZED_THREADS
 from .states import _batch_of, _cell_weights, _input_order, _lookup, _needs, quantized_cell
@@ -141,8 +142,12 @@ def edited_node(
                 gates=arrays.gates if "gates" in fields else None,
             )
             continue
+        cw, xd = _cell_weights(node, d, w, r, b, p), xb
+        if x.dtype == np.float16:  # ONNX Runtime runs float16 nodes in float32 (.half)
+            cw, xd = widened(cw), xb.astype(np.float32)
+            h0, c0 = h0.astype(np.float32), None if c0 is None else c0.astype(np.float32)
         res = run_direction(
-            _cell_weights(node, d, w, r, b, p), xb, h0, c0, mask,
+            cw, xd, h0, c0, mask,
             reverse=direction == "backward", edits_h=ops_h, edits_c=ops_c, edits_w=ops_w,
         )  # fmt: skip
         seq = res.arrays.h if mask is None else np.where(mask[..., None], res.arrays.h, 0)
@@ -151,10 +156,13 @@ def edited_node(
         if lstm and res.c_last is not None:
             y_c[d] = res.c_last
         arrays = res.arrays
+        dtype = x.dtype  # float16: the loop's float32 states rounded as the node outputs them, as traced
         states[direction] = DirectionArrays(
-            h=arrays.h,
-            c=arrays.c if "c" in fields else None,
-            gates=arrays.gates if "gates" in fields else None,
+            h=arrays.h.astype(dtype),
+            c=arrays.c.astype(dtype) if "c" in fields and arrays.c is not None else None,
+            gates=tuple(g.astype(dtype) for g in arrays.gates)
+            if "gates" in fields and arrays.gates is not None
+            else None,
         )
     outputs = {node.outputs[0]: y, node.outputs[1]: y_h}
     if lstm:

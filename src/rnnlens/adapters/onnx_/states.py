@@ -22,6 +22,7 @@ from ...core.rebuild import reconstruct_direction
 from ...core.spec import CellWeights, Field
 from ...errors import RnnLensWarning, UnsupportedLayerError
 from .graph import _ACTIVATIONS, _B, _C0, _H0, _P, _R, _SEQ_LENS, _W, _X, _Node
+from .half import float32_direction
 from .quantized import QuantizedCell, QuantizedWeights, quantized_direction
 from .runtime import QUANTIZED_THREADS
 
@@ -117,6 +118,13 @@ def _node_states(
             assert x is not None
             cell = quantized_cell(node, d, w, r, b, p, tensor)
             arrays = quantized_direction(cell, x, seq, h0, c0, lens, reverse=reverse, layer=node.name)
+        elif rebuild and y.dtype == np.float16:  # run in float32 by the kernel (.half)
+            assert w is not None and r is not None and x is not None
+            arrays = float32_direction(
+                _cell_weights(node, d, w, r, b, p), x, seq, h0, c0, mask, reverse=reverse, layer=node.name
+            )
+            if "gates" not in fields:
+                arrays.gates = None
         elif rebuild:
             assert w is not None and r is not None
             arrays = reconstruct_direction(

@@ -94,7 +94,7 @@ class TorchAdapter(Adapter):
         from . import forms
 
         model = forms.plain(model)
-        arrays = [_bytes_of(t) for t in model.state_dict().values()]
+        arrays = [a for t in model.state_dict().values() for a in _arrays_of(t)]
         return model_sha256(arrays, _architecture(model))
 
     def to_inputs(self, x: Any, *, mask: np.ndarray | None, size: int) -> Inputs:
@@ -147,6 +147,27 @@ def _code_text(code: Any) -> str:
         return repr(c)
 
     return "|".join([code.co_code.hex(), ",".join(code.co_names), ",".join(map(const, code.co_consts))])
+
+
+def _arrays_of(v: Any) -> list[np.ndarray]:
+    """A state-dict value as arrays: a tensor (a quantized one as its integers, scales and zero
+    points), or the tensors inside a packed-parameter object (``quantize_dynamic``'s modules keep
+    their weights in TorchScript objects, whose own bytes are addresses)."""
+    import torch
+
+    if isinstance(v, (tuple, list)):
+        return [a for e in v for a in _arrays_of(e)]
+    if isinstance(v, torch.ScriptObject):
+        return _arrays_of(v.__getstate__())  # type: ignore[attr-defined]
+    if isinstance(v, torch.Tensor) and v.is_quantized:
+        if v.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+            params = [v.q_per_channel_scales(), v.q_per_channel_zero_points()]
+        else:
+            params = [torch.tensor([v.q_scale()]), torch.tensor([v.q_zero_point()])]
+        return [_bytes_of(v.int_repr()), *(_bytes_of(p) for p in params)]
+    if isinstance(v, (str, bool, int, float)):
+        return [np.frombuffer(repr(v).encode(), np.uint8)]
+    return [_bytes_of(v)]
 
 
 def _bytes_of(t: Any) -> np.ndarray:

@@ -22,6 +22,7 @@ from ...core.spec import Field, LayerSpec
 from ...core.tracing import RawDirection, RawLayer, to_direction_arrays
 from ...errors import InputError, UnsupportedLayerError
 from ..base import Args
+from .bfloat16 import lstm_parts, native_parts, onednn_bfloat16, refusal
 from .calls import _CellCalls, _Plan, _SeqCall
 from .discover import _Config
 from .quantized import autocast_dtype
@@ -113,12 +114,56 @@ def _check_dtype(t: Any, name: str, fields: Sequence[str]) -> None:
         )
 
 
+def _half(out: Any, call: _SeqCall, name: str, fields: Sequence[str]) -> bool:
+    """Whether this layer's c and gates are computed by :mod:`.bfloat16` (a bfloat16 LSTM on the
+    oneDNN kernel; a float16 or bfloat16 LSTM / GRU on the native one); a half-precision layer it
+    cannot compute them for is refused."""
+    data = out.data if isinstance(out, PackedSequence) else out
+    if not (isinstance(data, torch.Tensor) and _need_x(fields)):
+        return False
+    cfg = call.plan.cfg
+    autocast = autocast_dtype(data.device.type) is not None
+    # (a float32 GRU under autocast returns float32, its inner ops computed in autocast's dtype)
+    if data.dtype not in (torch.bfloat16, torch.float16) and not (autocast and cfg.kind == "gru"):
+        return False
+    how = "under torch.autocast, " if autocast else ""
+    weight = getattr(call.plan.module, "weight_ih_l0", None)
+    if cfg.kind not in ("lstm", "gru") or cfg.quantized:
+        raise refusal(name, f"({how}{cfg.base})", "its kernel")
+    if call.packed or cfg.proj_size:
+        raise refusal(name, f"({how}a PackedSequence or proj_size)", "PyTorch's native kernel")
+    if data.device.type != "cpu" or not isinstance(weight, torch.Tensor) or weight.device.type != "cpu":
+        raise refusal(name, f"({how}on {data.device.type})", "The GPU kernel")
+    return True
+
+
+def _half_parts(
+    call: _SeqCall, layer: int, d: int, x: np.ndarray, h: np.ndarray, h0s: Any, c0s: Any, name: str
+) -> tuple[np.ndarray, ...]:
+    """One direction's ``(h, c, gates...)`` of a half-precision layer (:mod:`.bfloat16`), ``h``
+    the kernel's: a bfloat16 LSTM on oneDNN by its arithmetic, the rest by the native ops."""
+    module, unbatched = call.plan.module, call.unbatched
+    h0, c0 = _state(h0s, d, unbatched), _state(c0s, d, unbatched)
+    out = call.outputs[layer]
+    if call.plan.cfg.kind == "lstm" and out.dtype == torch.bfloat16 and onednn_bfloat16():
+        _, *rest = lstm_parts(module, layer, d == 1, x, h, h0, c0, name=name)
+        return (h, *rest)
+    x_in = call.inputs[layer]  # as the kernel saw it: its layout decides the GEMM's rounding
+    batch_first = call.plan.cfg.batch_first and not unbatched
+    x_tm = x_in.unsqueeze(1) if unbatched else (x_in.transpose(0, 1) if batch_first else x_in)
+    dtypes = (x_in.dtype if h0s is None else h0s.dtype, out.dtype)
+    _, *rest = native_parts(module, layer, d == 1, x_tm, h, h0, c0, dtypes, name=name)
+    return (h, *rest)
+
+
 def _seq_layer(
     spec: LayerSpec, call: _SeqCall, layer: int, fields: tuple[Field, ...], weights: Callable[..., Any]
 ) -> tuple[dict[str, DirectionArrays], np.ndarray | None]:
     cfg = call.plan.cfg
     out = call.outputs[layer]
-    _check_dtype(out, spec.name, fields)
+    bf16 = _half(out, call, spec.name, fields)  # c and gates as the half-precision kernel computes them
+    if not bf16:
+        _check_dtype(out, spec.name, fields)
     seq, mask = _batch_major(out, cfg, call.unbatched)
     u = cfg.units
     emitted = layer in call.gates  # by the loop: nothing to reconstruct
@@ -135,6 +180,9 @@ def _seq_layer(
             gates = [_np(g).transpose(1, 0, 2) for g in call.gates[layer][d]]
             cs = [_np(call.c[layer][d]).transpose(1, 0, 2)] if KINDS[cfg.kind].has_c else []
             parts = (h, *cs, *gates)
+        elif bf16:
+            assert x is not None
+            parts = _half_parts(call, layer, d, x, h, h0s, c0s, spec.name)
         raw.directions[direction] = RawDirection(
             seq=h,
             h0=_state(h0s, d, call.unbatched),

@@ -19,6 +19,7 @@ from torch import nn
 from ...core.kinds import KINDS
 from ...core.spec import FIELDS_BY_KIND, Kind, LayerSpec
 from ...errors import UnsupportedModelError
+from .quantized import quantized_base
 
 __all__ = ["describe"]
 
@@ -52,6 +53,8 @@ class _Config:
     #: a subclass whose class ``forward`` is its own (it calls ``super().forward`` inside): the
     #: inner call of the base class's forward is what is traced (:mod:`.record`)
     overridden: bool = False
+    #: ``quantize_dynamic``'s LSTM / GRU: stepped with its own quantized ops (:mod:`.quantized_rnn`)
+    quantized: bool = False
 
     @property
     def cell(self) -> bool:
@@ -78,6 +81,19 @@ class _Config:
 def _config(m: Any) -> _Config | None:
     if isinstance(m, torch.jit.ScriptModule):
         return _script_config(m)
+    q = quantized_base(m)
+    if q is not None:
+        return _Config(
+            q,
+            _SEQ_KINDS[q],
+            int(m.input_size),
+            int(m.hidden_size),
+            num_layers=int(m.num_layers),
+            bidirectional=bool(m.bidirectional),
+            batch_first=bool(m.batch_first),
+            bias=bool(m.bias),
+            quantized=True,
+        )
     for cls, base in _CLASSES:
         if isinstance(m, cls):
             own_instance_forward = "forward" in vars(m)
@@ -176,6 +192,8 @@ def _static_specs(name: str, cfg: _Config) -> list[LayerSpec]:
         notes.append(f"proj_size={cfg.proj_size}: h has {cfg.proj_size} units, c {cfg.hidden_size}")
     if cfg.scripted:
         notes.append("TorchScript: traced through its ONNX export")
+    if cfg.quantized:
+        notes.append("quantize_dynamic: c and gates stepped with the kernel's own quantized linear ops")
     if cfg.cell:
         notes.append("one time step per call; the calls in one forward pass form the time axis")
         return [

@@ -30,6 +30,8 @@ def _can_emit(input: Any, cfg: _Config, strategy: str) -> bool:
     """
     if isinstance(input, PackedSequence):
         input = input.data
+    if cfg.quantized:  # its loop is fed the kernel's h: the rebuild, done with the kernel's own ops
+        return True
     if strategy == "reconstruct" or not isinstance(input, torch.Tensor):
         return False
     if not KINDS[cfg.kind].reconstructable:
@@ -62,6 +64,10 @@ def _emit_layer(
     no gates) run here only for edits. ``keep=False`` (an edited layer whose c and gates are not
     asked for): none are kept, and the c and gates lists come back empty (see :class:`_Slots`).
     """
+    if cfg.quantized:
+        from .quantized_rnn import emit_quantized
+
+        return emit_quantized(view, cfg, layer, x, hx, edits, keep)
     if isinstance(x, PackedSequence):
         return emit_packed(view, cfg, layer, x, hx, edits, keep)
     lstm = cfg.kind == "lstm"

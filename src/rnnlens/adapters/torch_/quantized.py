@@ -1,12 +1,15 @@
-"""PyTorch's dynamically quantized recurrent modules and autocast: what rnnlens refuses, by name.
+"""PyTorch's quantized recurrent modules and autocast: what rnnlens traces, and what it refuses by name.
 
-``torch.ao.quantization.quantize_dynamic(model, {nn.LSTM, nn.GRU}, dtype=torch.qint8)`` swaps
-each layer for ``torch.ao.nn.quantized.dynamic.LSTM`` / ``GRU`` (and the cells), whose
-fbgemm / qnnpack kernel quantizes ``x`` and ``h`` to 8 bits at every step. rnnlens does not
-reproduce that arithmetic yet, and the modules are not ``nn.LSTM`` / ``nn.GRU``: without this
-check they would be skipped silently ("no recurrent layers"), or a model with float layers too
-would be traced with the quantized ones missing. :func:`refuse_quantized` names each one and
-says what to do instead; it imports nothing (it reads class names).
+``torch.ao.quantization.quantize_dynamic(model, {nn.LSTM, nn.GRU})`` swaps each layer for
+``torch.ao.nn.quantized.dynamic.LSTM`` / ``GRU``: :func:`quantized_base` recognises those (traced
+with the kernel's own quantized ops, :mod:`.quantized_rnn`). The other quantized recurrent modules
+— the dynamically quantized cells (``LSTMCell``, ``GRUCell``, ``RNNCell``), the statically
+quantized ``torch.ao.nn.quantized.LSTM`` and its ``quantizable`` form, a quantized layer whose
+``forward`` was replaced — run int8 kernels rnnlens does not step through, and are not
+``nn.LSTM`` / ``nn.GRU``: without this check they would be skipped silently ("no recurrent
+layers"), or a model with float layers too would be traced with them missing.
+:func:`refuse_quantized` names each one and says what to do instead; it imports nothing (it
+reads class names).
 
 Under ``torch.autocast`` the recurrent kernel computes in autocast's dtype, not the module's:
 rnnlens' own step loop would compute something else (:func:`autocast_dtype` tells the emitting
@@ -15,12 +18,14 @@ tolerance), and an edited run (which needs that loop) is refused (:func:`refuse_
 
 >>> class LSTM:  # what quantize_dynamic puts in place of nn.LSTM, by its module path
 ...     pass
->>> LSTM.__module__ = "torch.ao.nn.quantized.dynamic.modules.rnn"
+>>> class LSTMCell:  # ... and of nn.LSTMCell
+...     pass
+>>> LSTM.__module__ = LSTMCell.__module__ = "torch.ao.nn.quantized.dynamic.modules.rnn"
 >>> class Model:
 ...     def named_modules(self):
-...         return iter([("", self), ("encoder.rnn", LSTM())])
->>> quantized_recurrent(Model())
-[('encoder.rnn', 'torch.ao.nn.quantized.dynamic.modules.rnn.LSTM')]
+...         return iter([("", self), ("encoder.rnn", LSTM()), ("decoder.cell", LSTMCell())])
+>>> quantized_base(LSTM()), quantized_recurrent(Model())
+('LSTM', [('decoder.cell', 'torch.ao.nn.quantized.dynamic.modules.rnn.LSTMCell')])
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any
 
 from ...errors import UnsupportedLayerError
 
-__all__ = ["autocast_dtype", "quantized_recurrent", "refuse_autocast", "refuse_quantized"]
+__all__ = ["autocast_dtype", "quantized_base", "quantized_recurrent", "refuse_autocast", "refuse_quantized"]
 
 #: module paths of PyTorch's quantized modules (``torch.nn.quantized`` is the older alias)
 _QUANTIZED = (
@@ -41,14 +46,30 @@ _QUANTIZED = (
 _RECURRENT = {"LSTM", "GRU", "RNN", "RNNBase", "LSTMCell", "GRUCell", "RNNCell", "RNNCellBase"}
 
 
+#: dynamically quantized sequence modules rnnlens traces (:mod:`.quantized_rnn`)
+_DYNAMIC = ("torch.ao.nn.quantized.dynamic", "torch.nn.quantized.dynamic")
+
+
+def quantized_base(m: Any) -> str | None:
+    """``"LSTM"`` / ``"GRU"`` for a dynamically quantized ``LSTM`` / ``GRU`` that rnnlens traces
+    (by its class's module path; a subclass only when it keeps the class ``forward``), else None."""
+    for cls in type(m).__mro__:
+        if cls.__name__ in ("LSTM", "GRU") and cls.__module__.startswith(_DYNAMIC):
+            same = getattr(type(m), "forward", None) is getattr(cls, "forward", None)
+            return cls.__name__ if same and "forward" not in vars(m) else None
+    return None
+
+
 def quantized_recurrent(model: Any) -> list[tuple[str, str]]:
     """``(path, class)`` of every quantized recurrent module in ``model`` (``"<model>"`` for the
-    model itself)."""
+    model itself) that rnnlens does not trace (all but :func:`quantized_base`'s)."""
     modules = getattr(model, "named_modules", None)
     if modules is None:
         return []
     found = []
     for name, module in modules():
+        if quantized_base(module) is not None:
+            continue
         for cls in type(module).__mro__:
             if cls.__module__.startswith(_QUANTIZED) and cls.__name__ in _RECURRENT:
                 kind = type(module)
@@ -65,12 +86,14 @@ def refuse_quantized(model: Any) -> None:
         return
     named = ", ".join(f"{path!r} ({cls})" for path, cls in found)
     raise UnsupportedLayerError(
-        f"{named} {'is' if len(found) == 1 else 'are'} dynamically quantized "
-        "(torch.ao.quantization.quantize_dynamic): the fbgemm/qnnpack kernel quantizes x and h to "
-        "8 bits at every step, which rnnlens does not reproduce, so it returns no numbers for the "
-        "model rather than approximate ones (or a trace with these layers missing). Trace the float "
-        "model (before quantize_dynamic), or export it with torch.onnx.export and quantize the ONNX "
-        "file with onnxruntime.quantization.quantize_dynamic: rnnlens traces ONNX Runtime's "
+        f"{named} {'is a' if len(found) == 1 else 'are'} quantized recurrent "
+        f"module{'' if len(found) == 1 else 's'} (torch.ao.quantization): the fbgemm/qnnpack kernel "
+        "quantizes x and h to 8 bits at every step, which rnnlens does not reproduce for this module "
+        "(it traces quantize_dynamic's LSTM and GRU layers, not its cells, static quantization or a "
+        "replaced forward), so it returns no numbers for the model rather than approximate ones (or a "
+        "trace with these layers missing). Trace the float model (before quantize_dynamic), quantize "
+        "nn.LSTM / nn.GRU layers (not cells), or export it with torch.onnx.export and quantize the "
+        "ONNX file with onnxruntime.quantization.quantize_dynamic: rnnlens traces ONNX Runtime's "
         "DynamicQuantizeLSTM with its kernel's own arithmetic."
     )
 

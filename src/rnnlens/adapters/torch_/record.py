@@ -70,6 +70,10 @@ def _layer_view(m: Any, cfg: _Config, layer: int) -> Any:
     Only its class ``forward`` is ever called (never ``__call__``, so no hooks run): PyTorch's
     own argument handling and kernel, with ``num_layers=1`` and that layer's weights.
     """
+    if cfg.quantized:
+        from .quantized_rnn import layer_view
+
+        return layer_view(m, cfg, layer)
     view = object.__new__(type(m))
     d = view.__dict__
     d.update(vars(m))
@@ -223,6 +227,7 @@ class _Recorder:
                         and layer not in plan.emit
                         and not packed
                         and len(views) == cfg.num_layers
+                        and not cfg.quantized
                     ):
                         # h fixed to constants on a range of steps: the fused kernel, weights folded
                         folded = run_folded(view, cfg, layer, x, hx_l, edits[layer])

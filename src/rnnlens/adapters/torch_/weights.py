@@ -104,7 +104,7 @@ _RELU = _torch_fn(torch.relu)
 
 def _weights(m: Any, cfg: _Config, layer: int, reverse: bool) -> CellWeights | None:
     """One direction of one layer in canonical gate order (GRU: PyTorch's r,z,n → z,r,n)."""
-    if not KINDS[cfg.kind].known:
+    if not KINDS[cfg.kind].known or cfg.quantized:  # (quantized: int8 packed, stepped by .quantized_rnn)
         return None
     sfx = "" if cfg.cell else f"_l{layer}" + ("_reverse" if reverse else "")
     w_ih, w_hh = _np(getattr(m, "weight_ih" + sfx)), _np(getattr(m, "weight_hh" + sfx))
