@@ -198,6 +198,11 @@ def analyse(content: bytes) -> Graph:
                 Layer(_layer_name(names[outs[0]], "rnn", counts), kind, "simple", {"forward": cell})
             )
     layers = _pair_bidirectional(layers, operators, kinds, consumers, reversed_on, names)
+    seen: Counter[str] = Counter()
+    for lay in layers:  # a name used twice gets "#1", "#2", ... (as ONNX nodes do)
+        k = seen[lay.name]
+        seen[lay.name] += 1
+        lay.name = f"{lay.name}#{k}" if k else lay.name
     signature: dict[str, int] = {}
     for sd in model.signatureDefs or []:
         if not signature:  # the first signature (serving_default)
