@@ -132,3 +132,23 @@ def test_a_keras3_lstm_is_a_while_loop_and_refused(tmp_path: Path) -> None:
         with pytest.raises(rnnlens.UnsupportedLayerError, match=r"WHILE .*tf_keras") as e:
             call()
         assert "lstm" in str(e.value)
+
+
+@pytest.mark.slow
+def test_a_dynamic_range_quantized_lstm_is_rebuilt_with_the_hybrid_arithmetic(tmp_path: Path) -> None:
+    """Optimize.DEFAULT on an LSTM with weights of >= 1024 values: int8 weights, asymmetric input
+    quantization (what the converter writes); c and gates checked against the kernel's h inside."""
+    inp = k2.Input((STEPS, 40), batch_size=BATCH)
+    model = k2.Model(inp, k2.layers.LSTM(32, return_sequences=True)(inp))
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    path = tmp_path / "hybrid.tflite"
+    path.write_bytes(converter.convert())
+    x = np.random.default_rng(0).normal(size=(3, STEPS, 40)).astype(np.float32)
+    d = rnnlens.trace(str(path), x)["lstm_0"].forward
+    assert d.c.shape == (3, STEPS, 32) and d.gates.array.shape == (3, STEPS, 4, 32)
+    it = tf.lite.Interpreter(model_content=path.read_bytes())
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], x[:2])
+    it.invoke()
+    np.testing.assert_array_equal(d.h[:2], it.get_tensor(it.get_output_details()[0]["index"]))

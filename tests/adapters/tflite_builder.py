@@ -181,7 +181,7 @@ def lstm_file(
         opts = s.UnidirectionalSequenceLSTMOptionsT()
         opts.fusedActivationFunction, opts.cellClip, opts.projClip = 4, float(o.get("cell_clip", 0.0)), 0.0
         opts.timeMajor = time_major
-        opts.asymmetricQuantizeInputs = False
+        opts.asymmetricQuantizeInputs = bool(o.get("asymmetric"))
         w.op(
             44,
             [x, *weights[0], *states, *norms],

@@ -72,6 +72,9 @@ class Cell:
     #: the op's input is the layer's input reversed in time by a REVERSE_V2 (Keras' Bidirectional)
     graph_reverse: bool = False
     problem: str | None = None
+    #: int8 weights with float activations (dynamic-range quantization): weight scale per tensor
+    hybrid: dict[int, float] = field(default_factory=dict)
+    asymmetric: bool = False  #: the hybrid kernel quantizes x and h with a zero point
     cell_clip: float | None = None  #: ``c`` is clipped to [-cell_clip, cell_clip] (0 in the file: None)
     cell_units: int = 0
     units: int = 0
@@ -136,6 +139,11 @@ def analyse(content: bytes) -> Graph:
         i: tuple(int(d) for d in (t.shape if t.shape is not None else ())) for i, t in enumerate(tensors)
     }
     dtypes = {i: _TYPES.get(int(t.type), f"type {t.type}") for i, t in enumerate(tensors)}
+    scales = {
+        i: [float(v) for v in t.quantization.scale]
+        for i, t in enumerate(tensors)
+        if t.quantization is not None and t.quantization.scale is not None
+    }
 
     def op_name(o: Any) -> str:
         code = model.operatorCodes[o.opcodeIndex]
@@ -184,10 +192,10 @@ def analyse(content: bytes) -> Graph:
             cell = Cell(
                 k, roles, outs[0], slice(None), bool(opts.timeMajor), _act(opts.fusedActivationFunction)
             )
-            _lstm_problem(cell, opts, shapes, dtypes)
+            _lstm_problem(cell, opts, shapes, dtypes, scales)
             layers.append(Layer(_layer_name(names[outs[0]], "lstm", counts), kind, "lstm", {"forward": cell}))
         elif kind == "BIDIRECTIONAL_SEQUENCE_LSTM":
-            layers.append(_bidirectional(k, ins, outs, opts, shapes, dtypes, names, counts))
+            layers.append(_bidirectional(k, ins, outs, opts, shapes, dtypes, names, counts, scales))
         elif kind == "UNIDIRECTIONAL_SEQUENCE_RNN":
             roles = dict(zip(("input", "weights", "recurrent", "bias", "h0"), ins))
             cell = Cell(
@@ -216,22 +224,39 @@ def _act(code: int) -> str:
 
 
 def _layer_name(tensor: str, family: str, counts: Counter[str]) -> str:
-    """The output tensor's name where the converter kept one (not ``tfl.*``), else ``lstm_<k>``."""
+    """The output tensor's name where the converter kept one (not ``tfl.*`` or a graph output's
+    ``StatefulPartitionedCall:0``), else ``lstm_<k>``."""
     k = counts[family]
     counts[family] += 1
-    return tensor if tensor and not tensor.startswith("tfl.") else f"{family}_{k}"
+    generic = not tensor or tensor.startswith("tfl.") or "PartitionedCall" in tensor  # the converter's
+    return f"{family}_{k}" if generic else tensor
 
 
-def _lstm_problem(cell: Cell, opts: Any, shapes: dict[int, tuple[int, ...]], dtypes: dict[int, str]) -> None:
+def _lstm_problem(
+    cell: Cell,
+    opts: Any,
+    shapes: dict[int, tuple[int, ...]],
+    dtypes: dict[int, str],
+    scales: dict[int, list[float]],
+) -> None:
     """Fill in the cell's sizes and ``problem``: what rnnlens' LSTM equations do not cover."""
     r = {k: v for k, v in cell.roles.items() if v >= 0}
     cell.cell_units = shapes[r["input_to_forget"]][0]
     cell.units = shapes[r["projection"]][0] if "projection" in r else cell.cell_units
     weights = [v for k, v in r.items() if k.startswith(("input_to", "recurrent_to"))]
     why = []
-    if any(dtypes[v] != "float32" for v in weights) or dtypes[r["input"]] != "float32":
+    hybrid = dtypes[r["input"]] == "float32" and all(
+        dtypes[v] == "int8" and len(scales.get(v, [])) == 1 for v in weights
+    )
+    others = [v for k, v in r.items() if k not in ("input", "h0", "c0") and v not in weights]
+    if hybrid and all(dtypes[v] == "float32" for v in others):
+        cell.hybrid = {v: scales[v][0] for v in weights}
+        cell.asymmetric = bool(getattr(opts, "asymmetricQuantizeInputs", False))
+        if any(k.startswith(("cell_to", "projection")) or k.endswith("_norm") for k in r):
+            why.append("peepholes, a projection or layer normalisation with int8 weights")
+    elif any(dtypes[v] != "float32" for v in weights) or dtypes[r["input"]] != "float32":
         types = sorted({dtypes[v] for v in [*weights, r["input"]]})
-        why.append(f"quantized weights or inputs ({', '.join(types)}: the hybrid or integer kernel)")
+        why.append(f"quantized weights or inputs ({', '.join(types)}: the integer kernel)")
     if "input_to_input" not in r:
         why.append("coupled input and forget gates (CIFG)")
     if any(k.endswith("_norm") for k in r):
@@ -252,6 +277,7 @@ def _lstm_problem(cell: Cell, opts: Any, shapes: dict[int, tuple[int, ...]], dty
 def _bidirectional(
     k: int, ins: list[int], outs: list[int], opts: Any,
     shapes: dict[int, tuple[int, ...]], dtypes: dict[int, str], names: dict[int, str], counts: Counter[str],
+    scales: dict[int, list[float]],
 ) -> Layer:  # fmt: skip
     """One BIDIRECTIONAL_SEQUENCE_LSTM op: forward roles 1-17, backward 18-34, states 35-38."""
     merged = bool(opts.mergeOutputs)
@@ -268,7 +294,7 @@ def _bidirectional(
             _act(opts.fusedActivationFunction),
         )
         cell.op_reverse = d == 1
-        _lstm_problem(cell, opts, shapes, dtypes)
+        _lstm_problem(cell, opts, shapes, dtypes, scales)
         if merged:
             cell.out_slice = slice(0, cell.units) if d == 0 else slice(cell.units, None)
         cells["backward" if d else "forward"] = cell

@@ -16,7 +16,8 @@ that ``h`` at every step and against the op's state tensors after the last step 
 with ``act`` the op's fused activation (tanh for a converted Keras LSTM) and ``cell_clip`` where
 the op sets one (the converter sets 10 on every Keras LSTM, which Keras itself does not clip).
 Peepholes ``p`` and a projection ``P`` without bias are covered (a projection without peepholes
-or cell clip); what is not (:attr:`.graph.Cell.problem`) gives ``h`` only.
+or cell clip); what is not (:attr:`.graph.Cell.problem`) gives ``h`` only. A hybrid op (int8
+weights, float activations) is rebuilt with its kernel's arithmetic (:mod:`.hybrid`).
 
 Example:
     >>> _to_batch_major(np.zeros((5, 2, 4)), time_major=True).shape
@@ -33,6 +34,7 @@ from ...core.cells import DirectionArrays, carry_forward, check_parity
 from ...core.rebuild import reconstruct_direction
 from ...core.spec import CellWeights, Field
 from .graph import Cell, Layer
+from .hybrid import hybrid_direction
 
 __all__ = ["layer_arrays", "needs"]
 
@@ -124,6 +126,9 @@ def layer_arrays(
             x = _to_batch_major(tensor(cell.roles["input"], True), time_major=cell.time_major)
             if cell.graph_reverse:
                 x = x[:, ::-1]
+        if rebuild and cell.hybrid:
+            arrays = _hybrid(cell, const, x, seq, h0, c0, reverse=reverse, layer=layer.name)
+        elif rebuild:
             arrays = reconstruct_direction(
                 _weights(cell, const), x, np.ascontiguousarray(seq), h0, c0, None,
                 reverse=reverse, want_c=True, want_gates="gates" in fields, layer=layer.name,
@@ -137,6 +142,33 @@ def layer_arrays(
                 arrays.c = None
         out[direction] = arrays
     return out
+
+
+def _hybrid(
+    cell: Cell,
+    const: dict[int, np.ndarray],
+    x: np.ndarray,
+    seq: np.ndarray,
+    h0: np.ndarray,
+    c0: np.ndarray | None,
+    *,
+    reverse: bool,
+    layer: str,
+) -> DirectionArrays:
+    """One direction of a hybrid (int8-weight) op, with the kernel's arithmetic (:mod:`.hybrid`)."""
+    weights = {
+        f"{p}_{g}": (const[cell.roles[f"{p}_{g}"]], cell.hybrid[cell.roles[f"{p}_{g}"]])
+        for p in ("input_to", "recurrent_to")
+        for g in _GATES
+    }
+    biases = {
+        g: const[t] if (t := cell.roles.get(f"{g}_bias", -1)) >= 0 else np.zeros(cell.cell_units, np.float32)
+        for g in _GATES
+    }
+    return hybrid_direction(
+        weights, biases, _FUNCTIONS[cell.activation], cell.cell_clip, x, seq, h0, c0,
+        reverse=reverse, asymmetric=cell.asymmetric, layer=layer,
+    )  # fmt: skip
 
 
 def _check_last(layer: str, seq: np.ndarray, final: np.ndarray, reverse: bool, what: str, state: str) -> None:
