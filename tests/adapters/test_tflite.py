@@ -104,6 +104,14 @@ def test_hybrid_int8_ops_are_rebuilt_with_the_kernels_arithmetic(tmp_path: Path,
     assert np.abs(float_rebuild - d.h).max() > 1e-4
 
 
+def test_inputs_by_name_and_other_numbers_of_steps(tmp_path: Path) -> None:
+    path, refs = lstm_file(tmp_path / "m.tflite")  # 6 steps in the file
+    for x in (_x(1, 4), _x(3, 9)):  # the input is resized: the op's states do not depend on time
+        for given in (x, {"x": x}, [x]):
+            c = rnnlens.trace(str(path), given)["encoder/lstm"].c
+            np.testing.assert_allclose(c, lstm_oracle(x, refs[0])["c"], **TOL)
+
+
 def test_simple_rnn_op(tmp_path: Path) -> None:
     path, ref = rnn_file(tmp_path / "rnn.tflite")
     x = _x()

@@ -175,7 +175,6 @@ def analyse(content: bytes) -> Graph:
 
     layers: list[Layer] = []
     loops: list[str] = []
-    counts: Counter[str] = Counter()
     for k, (o, kind) in enumerate(zip(operators, kinds)):
         ins = [int(v) for v in (o.inputs if o.inputs is not None else [])]
         outs = [int(v) for v in (o.outputs if o.outputs is not None else [])]
@@ -193,19 +192,23 @@ def analyse(content: bytes) -> Graph:
                 k, roles, outs[0], slice(None), bool(opts.timeMajor), _act(opts.fusedActivationFunction)
             )
             _lstm_problem(cell, opts, shapes, dtypes, scales)
-            layers.append(Layer(_layer_name(names[outs[0]], "lstm", counts), kind, "lstm", {"forward": cell}))
+            layers.append(Layer(_layer_name(names[outs[0]]), kind, "lstm", {"forward": cell}))
         elif kind == "BIDIRECTIONAL_SEQUENCE_LSTM":
-            layers.append(_bidirectional(k, ins, outs, opts, shapes, dtypes, names, counts, scales))
+            layers.append(_bidirectional(k, ins, outs, opts, shapes, dtypes, names, scales))
         elif kind == "UNIDIRECTIONAL_SEQUENCE_RNN":
             roles = dict(zip(("input", "weights", "recurrent", "bias", "h0"), ins))
             cell = Cell(
                 k, roles, outs[0], slice(None), bool(opts.timeMajor), _act(opts.fusedActivationFunction)
             )
             cell.units = cell.cell_units = shapes[roles["weights"]][0]
-            layers.append(
-                Layer(_layer_name(names[outs[0]], "rnn", counts), kind, "simple", {"forward": cell})
-            )
+            layers.append(Layer(_layer_name(names[outs[0]]), kind, "simple", {"forward": cell}))
     layers = _pair_bidirectional(layers, operators, kinds, consumers, reversed_on, names)
+    counts: Counter[str] = Counter()
+    for lay in layers:  # unnamed layers: lstm_0, lstm_1, ..., rnn_0, ... in graph order
+        if not lay.name:
+            family = "rnn" if lay.kind == "simple" else "lstm"
+            lay.name = f"{family}_{counts[family]}"
+            counts[family] += 1
     seen: Counter[str] = Counter()
     for lay in layers:  # a name used twice gets "#1", "#2", ... (as ONNX nodes do)
         k = seen[lay.name]
@@ -223,13 +226,11 @@ def _act(code: int) -> str:
     return ACTIVATIONS.get(int(code), f"activation {code}")
 
 
-def _layer_name(tensor: str, family: str, counts: Counter[str]) -> str:
-    """The output tensor's name where the converter kept one (not ``tfl.*`` or a graph output's
-    ``StatefulPartitionedCall:0``), else ``lstm_<k>``."""
-    k = counts[family]
-    counts[family] += 1
-    generic = not tensor or tensor.startswith("tfl.") or "PartitionedCall" in tensor  # the converter's
-    return f"{family}_{k}" if generic else tensor
+def _layer_name(tensor: str) -> str:
+    """The output tensor's name where the converter kept one, else "" (numbered later): ``tfl.*``
+    and a graph output's ``StatefulPartitionedCall:0`` are the converter's, not the layer's."""
+    generic = not tensor or tensor.startswith("tfl.") or "PartitionedCall" in tensor
+    return "" if generic else tensor
 
 
 def _lstm_problem(
@@ -276,7 +277,7 @@ def _lstm_problem(
 
 def _bidirectional(
     k: int, ins: list[int], outs: list[int], opts: Any,
-    shapes: dict[int, tuple[int, ...]], dtypes: dict[int, str], names: dict[int, str], counts: Counter[str],
+    shapes: dict[int, tuple[int, ...]], dtypes: dict[int, str], names: dict[int, str],
     scales: dict[int, list[float]],
 ) -> Layer:  # fmt: skip
     """One BIDIRECTIONAL_SEQUENCE_LSTM op: forward roles 1-17, backward 18-34, states 35-38."""
@@ -302,7 +303,7 @@ def _bidirectional(
     if aux:
         for cell in cells.values():
             cell.problem = "; ".join(filter(None, [cell.problem, "an auxiliary input"]))
-    return Layer(_layer_name(names[outs[0]], "lstm", counts), "BIDIRECTIONAL_SEQUENCE_LSTM", "lstm", cells)
+    return Layer(_layer_name(names[outs[0]]), "BIDIRECTIONAL_SEQUENCE_LSTM", "lstm", cells)
 
 
 def _pair_bidirectional(
