@@ -4,6 +4,11 @@ This module imports no framework: TensorFlow is imported when a TFLite model arr
 file is a flatbuffer, read without running anything (:mod:`.model`, :mod:`.graph`); tracing runs
 it with rnnlens' own interpreter (:mod:`.runtime`) and reads the fused recurrent ops' tensors
 (:mod:`.trace`, :mod:`.states`).
+
+Example:
+    >>> adapter = TFLiteAdapter()
+    >>> adapter.can_trace("model.tflite"), adapter.can_trace("model.onnx")
+    (True, False)
 """
 
 from __future__ import annotations

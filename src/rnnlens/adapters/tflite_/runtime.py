@@ -9,6 +9,10 @@ thread. The user's interpreter, if one was given, is not used or changed.
 own batch size (TFLite models fix the batch: the fused ops' state tensors have it in their shape;
 the last chunk is padded with zeros and cut off again), resetting the ops' state variables before
 each invoke so that every chunk starts from the state the file holds, as a fresh interpreter does.
+
+Example:
+    >>> _first_line(RuntimeError("  Node number 0 failed to prepare.  "))
+    'Node number 0 failed to prepare.'
 """
 
 from __future__ import annotations

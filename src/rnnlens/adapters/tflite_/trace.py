@@ -26,6 +26,10 @@ Names
 A layer is named after its op's output tensor where the converter kept a name (a Keras
 ``Bidirectional``: its concatenation's scope, ``"sequential/bidirectional"``), else
 ``lstm_<k>`` / ``rnn_<k>`` in graph order.
+
+Example:
+    >>> "tf_keras" in _HOW and "batch_size=1" in _HOW  # the way out named in WHILE-loop refusals
+    True
 """
 
 from __future__ import annotations
