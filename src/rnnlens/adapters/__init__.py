@@ -49,6 +49,8 @@ ENTRY_POINT_GROUP = "rnnlens.adapters"
 
 #: Built-ins, tried in this order (a path is asked of every adapter's ``can_open``).
 BUILTINS: dict[str, str] = {
+    # before keras: a tf.lite.Interpreter's class is TensorFlow's too; it claims only interpreters
+    "tflite": "rnnlens.adapters.tflite_:TFLiteAdapter",
     "keras": "rnnlens.adapters.keras_:KerasAdapter",
     # before torch: a transformers model is an nn.Module too; it claims only models with its mixers
     "transformers": "rnnlens.adapters.hf_:TransformersAdapter",

@@ -22,7 +22,7 @@ A third-party adapter subclasses :class:`Adapter` and is registered through the
 Example:
     >>> from rnnlens.adapters import Adapter, registered
     >>> sorted(registered())
-    ['flax', 'keras', 'onnx', 'torch', 'transformers']
+    ['flax', 'keras', 'onnx', 'tflite', 'torch', 'transformers']
     >>> issubclass(type(registered()["torch"]), Adapter)
     True
 """

@@ -1,5 +1,6 @@
 """The rebuild of an LSTM whose gates read the cell state — peepholes, ``clip``, coupled input
-and forget gates (ONNX ``P``, ``clip``, ``input_forget``) — from the kernel's ``h``.
+and forget gates (ONNX ``P``, ``clip``, ``input_forget``), a clipped cell (TFLite ``cell_clip``)
+— from the kernel's ``h``.
 
 The pre-activations ``x @ K + h_{t-1} @ U + b`` of every step still come from the shared GEMMs
 of :mod:`rnnlens.core.rebuild` (``h_{t-1}`` is the kernel's); what reads ``c`` cannot be batched
@@ -8,7 +9,8 @@ order (ONNX Runtime's kernel, checked against it):
 
     i = σ(clip(z_i + p_i ⊙ c_{t-1}))     f = σ(clip(z_f + p_f ⊙ c_{t-1}))  (1 - i if coupled)
     g = act(clip(z_g))                   c_t = f ⊙ c_{t-1} + i ⊙ g
-    o = σ(clip(z_o + p_o ⊙ c_t))         h_t = o ⊙ act(c_t)   (c itself is not clipped)
+    o = σ(clip(z_o + p_o ⊙ c_t))         h_t = o ⊙ act(c_t)   (c itself is not clipped by ``clip``;
+                                         TFLite's ``cell_clip`` clips it before o reads it)
 
 Example:
     >>> from rnnlens.core.spec import CellWeights
@@ -70,6 +72,8 @@ def lstm_cell_fed(
         activate(w.activation, g_s)
         np.multiply(f_s, prev, out=cur)
         cur += i_s * g_s
+        if w.cell_clip is not None:  # TFLite's cell_clip bounds c itself
+            np.clip(cur, -w.cell_clip, w.cell_clip, out=cur)
         if mask is not None:
             off = ~at(mask, s)
             if off.any():

@@ -103,11 +103,15 @@ class CellWeights:
     clip: float | None = None
     #: ONNX ``input_forget``: the forget gate is ``1 - i``
     input_forget: bool = False
+    #: TFLite ``cell_clip``: ``c`` itself is clipped to [-cell_clip, cell_clip] after each step
+    cell_clip: float | None = None
 
     @property
     def plain(self) -> bool:
         """No peepholes, clip or coupled gates: the LSTM every framework computes."""
-        return self.peepholes is None and self.clip is None and not self.input_forget
+        return (
+            self.peepholes is None and self.clip is None and not self.input_forget and self.cell_clip is None
+        )
 
     @property
     def cell_units(self) -> int:
