@@ -114,6 +114,9 @@ def test_refused_where_not_reproduced() -> None:
         layer = rnnlens.trace(module, x)["lstm"]
     np.testing.assert_array_equal(layer.h, y.float().numpy().swapaxes(0, 1))
     np.testing.assert_array_equal(layer.c[:, -1], c_n[0].float().numpy())
+    # edits: refused, saying why and the way out
+    with pytest.raises(rnnlens.UnsupportedLayerError, match=r"bfloat16.*model.float\(\)"):
+        rnnlens.intervene(module, x, rnnlens.Edit("lstm", 1, scale=0.0))
 
 
 @pytest.mark.parametrize("cls", [torch.nn.LSTM, torch.nn.GRU])

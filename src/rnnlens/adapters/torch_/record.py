@@ -271,12 +271,17 @@ class _Recorder:
 def _check_editable(plan: _Plan, input: Any) -> None:
     if isinstance(input, PackedSequence):
         input = input.data
-    if not isinstance(input, torch.Tensor) or input.dtype not in (
-        torch.float16,
-        torch.float32,
-        torch.float64,
-    ):
-        raise UnsupportedLayerError(f"{plan.name!r}: edits need a floating-point input tensor.")
+    if isinstance(input, torch.Tensor) and input.dtype == torch.bfloat16:
+        raise UnsupportedLayerError(
+            f"{plan.name!r} runs in bfloat16: edits are not implemented for bfloat16 layers (rnnlens "
+            "traces them, but does not yet replay oneDNN's bfloat16 arithmetic with an edit). Trace it "
+            "(every field), or edit a float32 copy of the model (model.float())."
+        )
+    if not isinstance(input, torch.Tensor) or input.dtype not in (torch.float16, torch.float32, torch.float64):
+        raise UnsupportedLayerError(
+            f"{plan.name!r}: edits need a floating-point input tensor; received "
+            f"{getattr(input, 'dtype', type(input).__name__)}."
+        )
 
 
 def _edit_cell_output(plan: _Plan, edits: Any, step: int, out: Any) -> Any:
