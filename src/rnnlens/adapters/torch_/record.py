@@ -277,7 +277,11 @@ def _check_editable(plan: _Plan, input: Any) -> None:
             "traces them, but does not yet replay oneDNN's bfloat16 arithmetic with an edit). Trace it "
             "(every field), or edit a float32 copy of the model (model.float())."
         )
-    if not isinstance(input, torch.Tensor) or input.dtype not in (torch.float16, torch.float32, torch.float64):
+    if not isinstance(input, torch.Tensor) or input.dtype not in (
+        torch.float16,
+        torch.float32,
+        torch.float64,
+    ):
         raise UnsupportedLayerError(
             f"{plan.name!r}: edits need a floating-point input tensor; received "
             f"{getattr(input, 'dtype', type(input).__name__)}."
