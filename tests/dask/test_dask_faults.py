@@ -60,7 +60,8 @@ def test_interrupted_run_resumes_to_the_uninterrupted_store(client, tmp_path, fi
         assert resumed.completed_samples == 3 * len(done)
         assert resumed.chunks_traced == 10 - len(done)
     else:  # one process keeps the chunks before the first gap and recomputes the rest in order
-        assert resumed.completed_samples == manifest["samples_done"] > 0
+        # (no chunk before it when Dask finished the first chunk last: then samples_done is 0)
+        assert resumed.completed_samples == manifest["samples_done"]
     assert_same_store(ref, store)
     assert read_manifest(store)["complete"]
 

@@ -98,7 +98,7 @@ def test_models_rnnlens_cannot_see_into() -> None:
         rnnlens.trace(L.LSTM(2), X)
     with pytest.raises(rnnlens.UnsupportedModelError, match="has not been built"):
         rnnlens.trace(keras.Sequential([L.LSTM(2)]), X)
-    listing = r"cannot trace a builtins\.object\. Installed adapters: keras: .*torch: .*onnx: "
+    listing = r"cannot trace a builtins\.object\. Installed adapters: tflite: .*keras: .*torch: .*onnx: "
     with pytest.raises(rnnlens.UnsupportedModelError, match=listing):
         rnnlens.trace(object(), X)
 
