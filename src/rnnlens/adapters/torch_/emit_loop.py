@@ -14,6 +14,7 @@ import torch
 from ...core.buffers import empty
 from ...core.edits import WRITE, LayerEdits, Op
 from .discover import _Config
+from .emit_fast import gru_steps, lstm_steps
 
 
 def _empty(like: torch.Tensor, *shape: int) -> torch.Tensor:
@@ -97,7 +98,11 @@ def _directions(
             tg = x_tm.new_empty(n, h_)
             assert c0 is not None
             c = c0[d].clone() if packed else c0[d]
-            for s in order:
+            fast = not packed and keep and not (eh or ec or ew)
+            if fast:  # the plain case: per-step views made at once, only arithmetic per step
+                assert slots.c is not None
+                h, c, cand = lstm_steps(slots.g, slots.c, out, w_hh_t, h, c, h_, order, w_hr_t, _empty)
+            for s in order if not fast else ():
                 b = sizes[s]
                 g = slots.gate(s)[:b]
                 g.addmm_(h[:b], w_hh_t)
@@ -127,7 +132,7 @@ def _directions(
                 assert slots.c is not None
                 cs.append(slots.c)
                 i_, f_, o_, g_ = slots.g.unsafe_chunk(4, 2)
-                gs.append((i_, f_, g_, o_))  # canonical order: i, f, g, o
+                gs.append((i_, f_, cand if fast else g_, o_))  # canonical order: i, f, g, o
         elif cfg.kind == "simple":
             bias = None if b_ih is None or b_hh is None else b_ih + b_hh
             slots = _Slots(x_tm, x2d, w_ih, bias, h_, 0, keep=False, reverse=bool(d))
@@ -154,7 +159,10 @@ def _directions(
             hg = x_tm.new_empty(n, 3 * h_)
             tg = x_tm.new_empty(n, h_)
             b_hn = None if b_hh is None else b_hh[2 * h_ :]
-            for s in order:
+            fast = not packed and keep and not (eh or ew)
+            if fast:  # the plain case (see emit_fast)
+                h, cand = gru_steps(slots.g, out, w_hh_t, b_hn, h, h_, order, _empty)
+            for s in order if not fast else ():
                 b = sizes[s]
                 g, hg_s = slots.gate(s)[:b], hg[:b]
                 torch.mm(h[:b], w_hh_t, out=hg_s)
@@ -178,7 +186,7 @@ def _directions(
                     slots.gate(s)[b:] = float("nan")
             if keep:
                 r_, z_, n_ = slots.g.unsafe_chunk(3, 2)
-                gs.append((z_, r_, n_))  # canonical order: z, r, n
+                gs.append((z_, r_, cand if fast else n_))  # canonical order: z, r, n
         finals_h.append(h)
     return y, finals_h, finals_c, cs, gs
 
