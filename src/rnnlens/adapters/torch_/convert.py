@@ -211,18 +211,24 @@ def _cell_entry(
         x = _stack(calls.xs, name, "inputs")
 
         def prev(k: int) -> np.ndarray:
+            """Each call's given state (zeros where hx was None), stacked once."""
             given = [hx if hx is None else (hx[k] if lstm else hx) for hx in calls.hxs]
+            if all(g is not None for g in given):
+                return _stack(given, name, "hx")
             zero = np.zeros((h.shape[0], cfg.hidden_size), h.dtype)
             cols = [zero if g is None else _stack([g], name, "hx")[:, 0] for g in given]
             return np.stack(cols, axis=1)
 
         h_prev = prev(0)
         # at edited steps the parity check is against what the cell computed before the edit
-        computed = [calls.computed.get(k, o) for k, o in enumerate(outs)]
-        h_cell = _stack([o[0] for o in computed] if lstm else computed, name, "outputs")
+        edited = bool(calls.computed)
+        computed = [calls.computed.get(k, o) for k, o in enumerate(outs)] if edited else outs
+        h_cell = _stack([o[0] for o in computed] if lstm else computed, name, "outputs") if edited else h
         if lstm:
             gates = lstm_gates(w, np.ascontiguousarray(x), h_prev)
-            c = _stack([o[1] for o in computed], name, "outputs")
+            c = result.c if result.c is not None and not edited else None
+            if c is None:
+                c = _stack([o[1] for o in computed], name, "outputs")
             i, f, g, o = (gates[:, :, k] for k in range(4))
             check_parity(c, f * prev(1) + i * g, None, layer=name, what="f * c_prev + i * g")
             check_parity(h_cell, o * w.activation(c), None, layer=name, what="o * tanh(c)")

@@ -89,7 +89,7 @@ def _directions(
         h = h0[d].clone() if packed else h0[d]
         if lstm:
             # Rows reordered to i, f, o, g once per layer: the three sigmoids are one call per step.
-            ifog = torch.arange(4 * h_).view(4, h_)[[0, 1, 3, 2]].flatten()
+            ifog = _ifog(h_, w_ih.device)
             w_ih, w_hh_t = w_ih[ifog], w_hh_t[:, ifog].contiguous()
             bias = None if b_ih is None or b_hh is None else (b_ih + b_hh)[ifog]
             slots = _Slots(x_tm, x2d, w_ih, bias, 4 * h_, h_, keep=keep, reverse=bool(d))
@@ -189,6 +189,18 @@ def _directions(
                 gs.append((z_, r_, cand if fast else n_))  # canonical order: z, r, n
         finals_h.append(h)
     return y, finals_h, finals_c, cs, gs
+
+
+_IFOG: dict[tuple[int, Any], torch.Tensor] = {}
+
+
+def _ifog(h_: int, device: Any) -> torch.Tensor:
+    """The row order i, f, o, g of PyTorch's i, f, g, o gate blocks (kept: a pure function of
+    the size, made once instead of four tensor ops per layer and call)."""
+    key = (h_, device)
+    if key not in _IFOG:
+        _IFOG[key] = torch.arange(4 * h_, device=device).view(4, h_)[[0, 1, 3, 2]].flatten()
+    return _IFOG[key]
 
 
 def _carry(state: torch.Tensor, new: torch.Tensor, b: int, packed: bool) -> torch.Tensor:
