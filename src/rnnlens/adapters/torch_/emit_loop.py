@@ -78,7 +78,8 @@ def _directions(
         w_ih, w_hh = getattr(view, "weight_ih" + sfx), getattr(view, "weight_hh" + sfx)
         b_ih = getattr(view, "bias_ih" + sfx) if cfg.bias else None
         b_hh = getattr(view, "bias_hh" + sfx) if cfg.bias else None
-        w_hh_t = w_hh.t().contiguous()  # MKL is ~20% faster on a row-major right operand
+        # MKL is ~20% faster on a row-major right operand (an LSTM's is made with its rows reordered)
+        w_hh_t = w_hh.t().contiguous() if not lstm else w_hh.t()
         order = range(steps - 1, -1, -1) if d else range(steps)
         direction = cfg.directions[d]
         eh = _ops(edits, direction, "h", steps, n, mask)
@@ -89,9 +90,10 @@ def _directions(
         h = h0[d].clone() if packed else h0[d]
         if lstm:
             # Rows reordered to i, f, o, g once per layer: the three sigmoids are one call per step.
+            # (index_select, not w[ifog]: the same copy at a fifth of the cost on small layers)
             ifog = _ifog(h_, w_ih.device)
-            w_ih, w_hh_t = w_ih[ifog], w_hh_t[:, ifog].contiguous()
-            bias = None if b_ih is None or b_hh is None else (b_ih + b_hh)[ifog]
+            w_ih, w_hh_t = torch.index_select(w_ih, 0, ifog), torch.index_select(w_hh_t, 1, ifog)
+            bias = None if b_ih is None or b_hh is None else torch.index_select(b_ih + b_hh, 0, ifog)
             slots = _Slots(x_tm, x2d, w_ih, bias, 4 * h_, h_, keep=keep, reverse=bool(d))
             w_hr_t = getattr(view, "weight_hr" + sfx).t() if cfg.proj_size else None
             tmp = x_tm.new_empty(n, h_)
