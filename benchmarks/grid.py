@@ -11,11 +11,15 @@ argument checks, the recording set-up, conversion and assembly.
 
 ``python -m benchmarks --only grid`` runs the default diagonal (9 shapes + the cell loop, a few
 minutes on 2 cores); ``python -m benchmarks --only grid --full`` runs the whole product.
+On a machine other processes load, ``RNNLENS_BENCH_THREADS=1 RNNLENS_BENCH_CLOCK=cpu`` runs
+PyTorch on one thread and times CPU time (``time.process_time``) instead of wall time: two
+OpenMP threads competing with other processes for two cores make wall times meaningless.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -54,7 +58,7 @@ DIAGONAL = [
     Shape("lstm", 32, 1000, 128),
     Shape("lstm", 512, 100, 128, 3),
     Shape("gru", 256, 50, 512, 1),
-    Shape("lstm", 128, 100, 512, 2),
+    Shape("lstm", 64, 100, 512),
     Shape("lstmcell", 64, 100, 64),
 ]
 
@@ -191,7 +195,7 @@ def _suite() -> list[Case]:
 SUITES: dict[str, Callable[[], list[Case]]] = {"grid": _suite}
 
 
-def shape_cases(shape: Shape) -> tuple[list[Case], int]:
+def shape_cases(shape: Shape, clock: Callable[[], float] = time.perf_counter) -> tuple[list[Case], int]:
     """The four cases of one shape, each repeating its call ``k`` times per timed sample."""
     import torch
 
@@ -204,9 +208,9 @@ def shape_cases(shape: Shape) -> tuple[list[Case], int]:
             return model(x)
 
     forward()
-    t0 = time.perf_counter()
+    t0 = clock()
     forward()
-    once = time.perf_counter() - t0
+    once = clock() - t0
     k = max(1, min(200, int(0.02 / max(once, 1e-6))))
     cases = [
         Case("forward", forward),
@@ -220,10 +224,15 @@ def shape_cases(shape: Shape) -> tuple[list[Case], int]:
 def run(*, full: bool = False, repeats: int = 7, shapes: list[Shape] | None = None) -> list[dict[str, Any]]:
     """One row per shape: forward ms and the three ratios (medians of ``repeats`` rounds); the
     first (smallest) shape's row also has ``fixed_ms``."""
+    clock = time.process_time if os.environ.get("RNNLENS_BENCH_CLOCK") == "cpu" else time.perf_counter
+    if os.environ.get("RNNLENS_BENCH_THREADS"):
+        import torch
+
+        torch.set_num_threads(int(os.environ["RNNLENS_BENCH_THREADS"]))
     rows = []
     for n, shape in enumerate(shapes or (full_grid() if full else DIAGONAL)):
-        cases, k = shape_cases(shape)
-        results = interleaved(cases, repeats=repeats)
+        cases, k = shape_cases(shape, clock)
+        results = interleaved(cases, repeats=repeats, clock=clock)
         row: dict[str, Any] = {
             "shape": shape.label,
             "forward_ms": results[0].median / k * 1e3,
@@ -264,9 +273,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def main(*, full: bool = False, repeats: int = 7) -> list[dict[str, Any]]:
     rows = run(full=full, repeats=repeats)
+    import torch
+
+    clock = "CPU" if os.environ.get("RNNLENS_BENCH_CLOCK") == "cpu" else "wall"
     print(
         f"\n[grid] ratios to the forward pass (torch.inference_mode), medians of {repeats} interleaved "
-        "rounds\n" + format_table(rows)
+        f"rounds; {clock} time, {torch.get_num_threads()} PyTorch thread(s)\n" + format_table(rows)
     )
     return rows
 

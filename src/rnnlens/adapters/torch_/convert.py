@@ -23,6 +23,7 @@ from ...core.tracing import RawDirection, RawLayer, to_direction_arrays
 from ...errors import InputError, UnsupportedLayerError
 from ..base import Args
 from .calls import _CellCalls, _Plan, _SeqCall
+from .cell_gates import lstm_cell_gates
 from .discover import _Config
 from .quantized import autocast_dtype
 from .weights import _np
@@ -206,6 +207,11 @@ def _cell_entry(
     result = DirectionArrays(h=h)
     if lstm and "c" in fields:
         result.c = _stack([o[1] for o in outs], name, "outputs")
+    if "gates" in fields and lstm and not calls.computed:
+        fast = lstm_cell_gates(calls.plan.module, calls.xs, calls.hxs, outs)
+        if fast is not None:  # (None: unbatched, another dtype, or off: the NumPy path says why)
+            result.gates = fast
+            return {"forward": result}, None
     if "gates" in fields and KINDS[cfg.kind].reconstructable:
         w = weights(calls.plan, 0, False)
         x = _stack(calls.xs, name, "inputs")
