@@ -141,7 +141,7 @@ def _seq_layer(
             h0=_state(h0s, d, call.unbatched),
             c0=_state(c0s, d, call.unbatched),
             reverse=d == 1,
-            weights=weights(call.plan, layer, d == 1),
+            weights=None if emitted else weights(call.plan, layer, d == 1),  # emitted: not read
             parts=parts,
             settled=emitted and call.packed,  # the packed loop carried c and NaN-ed the gates
         )
