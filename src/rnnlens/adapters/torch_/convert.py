@@ -129,6 +129,8 @@ def _seq_layer(
     hx = call.hx.get(layer)
     h0s, c0s = (hx[0], hx[1]) if isinstance(hx, tuple) else (hx, None)
     raw = RawLayer(x=x, mask=mask)
+    # the weights are read to rebuild c and gates, or to carry h over padding; not otherwise
+    read = not emitted and (_need_x(fields) or mask is not None)
     for d, direction in enumerate(cfg.directions):
         h = seq[:, :, d * u : (d + 1) * u]
         parts = None
@@ -141,7 +143,7 @@ def _seq_layer(
             h0=_state(h0s, d, call.unbatched),
             c0=_state(c0s, d, call.unbatched),
             reverse=d == 1,
-            weights=None if emitted else weights(call.plan, layer, d == 1),  # emitted: not read
+            weights=weights(call.plan, layer, d == 1) if read else None,
             parts=parts,
             settled=emitted and call.packed,  # the packed loop carried c and NaN-ed the gates
         )
