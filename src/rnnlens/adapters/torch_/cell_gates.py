@@ -34,14 +34,17 @@ import numpy as np
 import torch
 
 from ...core.cells import tolerance
+from .emit_loop import _empty
 
 __all__ = ["lstm_cell_gates"]
 
 
-def _off(got: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> bool:
+def _off(got: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float, bound: torch.Tensor) -> bool:
     """Whether ``got`` is off ``expected`` by more than ``atol + rtol * |expected|`` anywhere
-    (NaN compares as not off, as in :func:`rnnlens.core.cells.check_parity`)."""
-    return bool((got - expected).abs_().gt_(expected.abs().mul_(rtol).add_(atol)).any())
+    (NaN compares as not off, as in :func:`rnnlens.core.cells.check_parity`). ``got`` is
+    overwritten; ``bound`` is scratch of the same shape."""
+    torch.abs(expected, out=bound).mul_(rtol).add_(atol)
+    return bool(got.sub_(expected).abs_().gt_(bound).any())
 
 
 def lstm_cell_gates(
@@ -56,22 +59,29 @@ def lstm_cell_gates(
     with torch.inference_mode():
         zeros = h_out[0].new_zeros(n, units)
         h_prev = torch.stack([zeros if hx is None else hx[0] for hx in hxs])
-        c_prev = torch.stack([zeros if hx is None else hx[1] for hx in hxs])
         x = torch.stack(xs).view(steps * n, -1)
         w_ih, w_hh = cell.weight_ih.detach(), cell.weight_hh.detach()
+        # the returned gates: a reused buffer once an earlier result is dropped (no fresh pages)
+        gates = _empty(h_out[0], steps, n, 4, units)
+        z = gates.view(steps * n, 4 * units)
         if cell.bias:
-            z = torch.addmm(cell.bias_ih.detach() + cell.bias_hh.detach(), x, w_ih.t())
+            torch.addmm(cell.bias_ih.detach() + cell.bias_hh.detach(), x, w_ih.t(), out=z)
         else:
-            z = torch.mm(x, w_ih.t())
+            torch.mm(x, w_ih.t(), out=z)
         z.addmm_(h_prev.view(steps * n, units), w_hh.t())
-        z4 = z.view(steps, n, 4, units)
-        gates = torch.sigmoid(z4)
-        gates[:, :, 2] = torch.tanh(z4[:, :, 2].contiguous())  # a strided tanh is ~8x slower
+        del h_prev, x
+        g_pre = gates[:, :, 2].contiguous()  # a strided tanh is ~8x slower
+        gates.sigmoid_()
+        gates[:, :, 2] = g_pre.tanh_()
         i, f, g, o = gates.unbind(2)
         c = torch.stack([o[1] for o in outs])
+        rtol, atol = tolerance(np.dtype(str(c.dtype).removeprefix("torch.")))
+        # c = f * c_prev + i * g, then h = o * tanh(c): two scratch buffers for both checks
+        got = torch.mul(f, torch.stack([zeros if hx is None else hx[1] for hx in hxs]))
+        if _off(got.addcmul_(i, g), c, rtol, atol, g_pre):
+            return None
         h = torch.stack(h_out)
-        rtol, atol = tolerance(np.dtype(str(h.dtype).removeprefix("torch.")))
-        if _off(torch.addcmul(f * c_prev, i, g), c, rtol, atol) or _off(o * torch.tanh(c), h, rtol, atol):
+        if _off(torch.tanh(c, out=got).mul_(o), h, rtol, atol, g_pre):
             return None
         arr = gates.numpy()
     return tuple(arr[:, :, k].transpose(1, 0, 2) for k in range(4))
