@@ -28,7 +28,7 @@ def all_suites() -> dict[str, Callable[[], list[Case]]]:
     from . import keras_suite
 
     suites = dict(keras_suite.SUITES)
-    for module in ("torch_suite", "recording", "ssm_suite", "streaming", "dask_suite"):
+    for module in ("torch_suite", "grid", "recording", "ssm_suite", "streaming", "dask_suite"):
         with contextlib.suppress(ImportError):
             suites.update(importlib.import_module(f"benchmarks.{module}").SUITES)
     return suites
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=None, help="comma-separated suite names (see --list)")
     p.add_argument("--list", action="store_true", help="list the suites and exit")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--full", action="store_true", help="grid: every shape of the grid, not the diagonal")
     args = p.parse_args(argv)
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before any framework import: CPU kernels only
@@ -116,6 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     md = []
     for name in chosen:
         t0 = time.perf_counter()
+        if name == "grid":  # one interleaved group per shape: a table of its own
+            from .grid import format_table as grid_table
+            from .grid import main as grid_main
+
+            rows = grid_main(full=args.full, repeats=args.repeats or (3 if args.quick else 7))
+            print(f"  ({time.perf_counter() - t0:.0f} s)")
+            report["grid"] = rows
+            md.append(f"**grid**\n\n{grid_table(rows)}\n")
+            continue
         if name == "keras-main":
             from .keras_suite import main_cases
 

@@ -53,8 +53,12 @@ class Result:
         }
 
 
-def interleaved(cases: list[Case], *, repeats: int = 5, warmup: int = 1) -> list[Result]:
-    """Time ``cases`` interleaved; ratios are to ``cases[0]`` within each round."""
+def interleaved(
+    cases: list[Case], *, repeats: int = 5, warmup: int = 1, clock: Callable[[], float] = time.perf_counter
+) -> list[Result]:
+    """Time ``cases`` interleaved; ratios are to ``cases[0]`` within each round. ``clock``:
+    wall time by default; ``time.process_time`` (with one thread) where other processes load the
+    machine."""
     for _ in range(warmup):
         for c in cases:
             c.fn()
@@ -62,9 +66,9 @@ def interleaved(cases: list[Case], *, repeats: int = 5, warmup: int = 1) -> list
     for _ in range(repeats):
         for c in cases:
             gc.collect()
-            t0 = time.perf_counter()
+            t0 = clock()
             c.fn()
-            times[c.name].append(time.perf_counter() - t0)
+            times[c.name].append(clock() - t0)
     base = times[cases[0].name]
     return [
         Result(c.name, times[c.name], [t / b for t, b in zip(times[c.name], base)], c.note) for c in cases

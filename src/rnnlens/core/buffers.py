@@ -27,6 +27,7 @@ True
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import sys
@@ -128,7 +129,7 @@ _POOL = _Pool(_default_cap())
 def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """An uninitialised C-contiguous array, in a reused buffer when it is large."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize  # (np.prod: ~5 µs a call, several calls a layer)
     if nbytes < MIN_BYTES:
         return np.empty(shape, dtype)
     if not _POOL.works or _POOL.cap == 0:

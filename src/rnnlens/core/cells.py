@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ParityError
 from .kinds import KINDS
-from .spec import CellWeights
+from .spec import CellWeights, MatMul
 
 __all__ = [
     "DirectionArrays",
@@ -92,10 +92,11 @@ def carry_forward(seq: np.ndarray, mask: np.ndarray | None, h0: np.ndarray) -> n
     return np.take_along_axis(padded, steps.reshape(steps.shape + (1,) * (seq.ndim - 2)), axis=1)
 
 
-def _affine(a: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    """``a @ w + b`` over all (sample, time) rows at once."""
+def _affine(a: np.ndarray, w: np.ndarray, b: np.ndarray | None, matmul: MatMul | None = None) -> np.ndarray:
+    """``a @ w + b`` over all (sample, time) rows at once (on the adapter's GEMM when it gives
+    one: NumPy's BLAS threads would compete with the framework's for the cores)."""
     n, t, f = a.shape
-    out = np.matmul(a.reshape(n * t, f), w.astype(a.dtype, copy=False))
+    out = np.asarray((matmul or np.matmul)(a.reshape(n * t, f), w.astype(a.dtype, copy=False)))
     if b is not None:
         out += b.astype(a.dtype, copy=False)
     return out.reshape(n, t, -1)
@@ -103,11 +104,11 @@ def _affine(a: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
 
 def lstm_gates(w: CellWeights, x: np.ndarray, h_prev: np.ndarray) -> np.ndarray:
     """Post-activation gates ``i, f, g, o`` as (sample, time, 4, cell_unit)."""
-    z = _affine(x, w.kernel, w.bias)
-    z += _affine(h_prev, w.recurrent_kernel, w.recurrent_bias)
+    z = _affine(x, w.kernel, w.bias, w.matmul)
+    z += _affine(h_prev, w.recurrent_kernel, w.recurrent_bias, w.matmul)
     n, t, _ = z.shape
     z = z.reshape(n, t, 4, -1)
-    g = w.activation(z[:, :, 2])
+    g = w.activation(np.ascontiguousarray(z[:, :, 2]))  # a strided block: ~8x slower in PyTorch's tanh
     gates = np.asarray(w.recurrent_activation(z), dtype=x.dtype)
     gates[:, :, 2] = g
     return gates
@@ -116,20 +117,22 @@ def lstm_gates(w: CellWeights, x: np.ndarray, h_prev: np.ndarray) -> np.ndarray:
 def gru_gates(w: CellWeights, x: np.ndarray, h_prev: np.ndarray) -> np.ndarray:
     """Post-activation gates ``z, r, n`` as (sample, time, 3, unit)."""
     units = w.cell_units
-    xz = _affine(x, w.kernel, w.bias)
+    xz = _affine(x, w.kernel, w.bias, w.matmul)
     n_, t, _ = xz.shape
     if w.reset_after:
-        hz = _affine(h_prev, w.recurrent_kernel, w.recurrent_bias)
+        hz = _affine(h_prev, w.recurrent_kernel, w.recurrent_bias, w.matmul)
         zr = np.asarray(w.recurrent_activation(xz[..., : 2 * units] + hz[..., : 2 * units]))
         r = zr[..., units:]
         cand = xz[..., 2 * units :] + r * hz[..., 2 * units :]
     else:
         rb = w.recurrent_bias
-        hz = _affine(h_prev, w.recurrent_kernel[:, : 2 * units], None if rb is None else rb[: 2 * units])
+        hz = _affine(
+            h_prev, w.recurrent_kernel[:, : 2 * units], None if rb is None else rb[: 2 * units], w.matmul
+        )
         zr = np.asarray(w.recurrent_activation(xz[..., : 2 * units] + hz))
         r = zr[..., units:]
         cand = xz[..., 2 * units :] + _affine(
-            r * h_prev, w.recurrent_kernel[:, 2 * units :], None if rb is None else rb[2 * units :]
+            r * h_prev, w.recurrent_kernel[:, 2 * units :], None if rb is None else rb[2 * units :], w.matmul
         )
     gates = np.empty((n_, t, 3, units), dtype=x.dtype)
     gates[:, :, :2] = zr.reshape(n_, t, 2, units)

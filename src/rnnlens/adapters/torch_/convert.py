@@ -24,6 +24,7 @@ from ...errors import InputError, UnsupportedLayerError
 from ..base import Args
 from .bfloat16 import lstm_parts, native_parts, onednn_bfloat16, refusal
 from .calls import _CellCalls, _Plan, _SeqCall
+from .cell_gates import lstm_cell_gates
 from .discover import _Config
 from .quantized import autocast_dtype
 from .weights import _np
@@ -173,6 +174,8 @@ def _seq_layer(
     hx = call.hx.get(layer)
     h0s, c0s = (hx[0], hx[1]) if isinstance(hx, tuple) else (hx, None)
     raw = RawLayer(x=x, mask=mask)
+    # the weights are read to rebuild c and gates, or to carry h over padding; not otherwise
+    read = not emitted and (_need_x(fields) or mask is not None)
     for d, direction in enumerate(cfg.directions):
         h = seq[:, :, d * u : (d + 1) * u]
         parts = None
@@ -188,7 +191,7 @@ def _seq_layer(
             h0=_state(h0s, d, call.unbatched),
             c0=_state(c0s, d, call.unbatched),
             reverse=d == 1,
-            weights=weights(call.plan, layer, d == 1),
+            weights=weights(call.plan, layer, d == 1) if read else None,
             parts=parts,
             settled=emitted and call.packed,  # the packed loop carried c and NaN-ed the gates
         )
@@ -254,23 +257,34 @@ def _cell_entry(
     result = DirectionArrays(h=h)
     if lstm and "c" in fields:
         result.c = _stack([o[1] for o in outs], name, "outputs")
+    if "gates" in fields and lstm and not calls.computed:
+        fast = lstm_cell_gates(calls.plan.module, calls.xs, calls.hxs, outs)
+        if fast is not None:  # (None: unbatched, another dtype, or off: the NumPy path says why)
+            result.gates = fast
+            return {"forward": result}, None
     if "gates" in fields and KINDS[cfg.kind].reconstructable:
         w = weights(calls.plan, 0, False)
         x = _stack(calls.xs, name, "inputs")
 
         def prev(k: int) -> np.ndarray:
+            """Each call's given state (zeros where hx was None), stacked once."""
             given = [hx if hx is None else (hx[k] if lstm else hx) for hx in calls.hxs]
+            if all(g is not None for g in given):
+                return _stack(given, name, "hx")
             zero = np.zeros((h.shape[0], cfg.hidden_size), h.dtype)
             cols = [zero if g is None else _stack([g], name, "hx")[:, 0] for g in given]
             return np.stack(cols, axis=1)
 
         h_prev = prev(0)
         # at edited steps the parity check is against what the cell computed before the edit
-        computed = [calls.computed.get(k, o) for k, o in enumerate(outs)]
-        h_cell = _stack([o[0] for o in computed] if lstm else computed, name, "outputs")
+        edited = bool(calls.computed)
+        computed = [calls.computed.get(k, o) for k, o in enumerate(outs)] if edited else outs
+        h_cell = _stack([o[0] for o in computed] if lstm else computed, name, "outputs") if edited else h
         if lstm:
             gates = lstm_gates(w, np.ascontiguousarray(x), h_prev)
-            c = _stack([o[1] for o in computed], name, "outputs")
+            c = result.c if result.c is not None and not edited else None
+            if c is None:
+                c = _stack([o[1] for o in computed], name, "outputs")
             i, f, g, o = (gates[:, :, k] for k in range(4))
             check_parity(c, f * prev(1) + i * g, None, layer=name, what="f * c_prev + i * g")
             check_parity(h_cell, o * w.activation(c), None, layer=name, what="o * tanh(c)")

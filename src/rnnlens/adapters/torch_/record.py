@@ -111,6 +111,11 @@ class _Recorder:
         """What to store of a tensor the model's own code also holds (copy or watch it). An
         inference tensor (made under ``torch.inference_mode()``) has no version counter to
         watch: it is copied."""
+        if isinstance(obj, torch.Tensor):  # the common case, called per step by a cell loop
+            if self.clone or obj.is_inference():
+                return obj.clone()
+            self.watched.append((obj, obj._version))
+            return obj
         if self.clone or any(t.is_inference() for t in _tensors(obj)):
             return _clone(obj)
         self.watched.extend((t, t._version) for t in _tensors(obj))

@@ -34,16 +34,23 @@ __all__ = ["unchanged"]
 _CONTAINERS = (dict, list, set)
 
 
-def _tensors_in(v: Any, depth: int = 2) -> Iterator[torch.Tensor]:
-    """Tensors held in ``v`` (itself, or in its tuples, lists and dicts, ``depth`` levels)."""
+_ATOMS = frozenset({str, int, float, bool, type(None)})
+
+
+def _tensors_in(v: Any, out: list[torch.Tensor], depth: int = 2) -> None:
+    """Append the tensors held in ``v`` (itself, or in its tuples, lists and dicts, ``depth``
+    levels) to ``out`` (a plain loop, not a generator: it runs for every attribute of every
+    module at every trace, and was a tenth of a small model's fixed cost as a generator)."""
     if isinstance(v, torch.Tensor):
-        yield v
+        out.append(v)
     elif depth and isinstance(v, (tuple, list)):
         for o in v:
-            yield from _tensors_in(o, depth - 1)
+            if type(o) not in _ATOMS:
+                _tensors_in(o, out, depth - 1)
     elif depth and isinstance(v, dict):
         for o in v.values():
-            yield from _tensors_in(o, depth - 1)
+            if type(o) not in _ATOMS:
+                _tensors_in(o, out, depth - 1)
 
 
 class _Snapshot:
@@ -59,15 +66,19 @@ class _Snapshot:
             params.add(id(p))
             if not p.is_inference():
                 self.params.append((name, p, p._version))
+        held: list[torch.Tensor] = []
         for m in model.modules():
             d = vars(m)
             self.dicts.append((d, dict(d)))
             for v in d.values():
+                if type(v) in _ATOMS:
+                    continue
                 if isinstance(v, _CONTAINERS):
                     self.containers.append((v, type(v)(v) if not isinstance(v, dict) else v.copy()))
-                for t in _tensors_in(v):
-                    if id(t) not in params and id(t) not in self.tensors:
-                        self.tensors[id(t)] = (t, t.detach().clone())
+                _tensors_in(v, held)
+        for t in held:
+            if id(t) not in params and id(t) not in self.tensors:
+                self.tensors[id(t)] = (t, t.detach().clone())
 
     def restore(self) -> None:
         for obj, saved in self.containers:

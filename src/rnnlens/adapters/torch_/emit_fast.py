@@ -1,0 +1,95 @@
+"""The step loop's plain case: one direction of a padded (not packed) LSTM or GRU layer, no
+edits, every step's gates and ``c`` kept — what ``rnnlens.trace`` asks of the loop almost always.
+
+The general loop (:func:`.emit_loop._directions`) slices each step's slots and checks for edits
+and packed batches at every step; on small shapes, where a step's arithmetic takes a few
+microseconds, those Python-level calls were most of the time (an LSTM(64), batch 8, 50 steps:
+~20 PyTorch calls per step against the fused kernel's none). Here every step's views are made
+at once (``unbind``), and a step is only its arithmetic: for an LSTM six calls (``addmm_``,
+the three sigmoids in one, ``tanh`` of the candidate into its own contiguous buffer, ``c``,
+``tanh(c)``, ``h``), for a GRU nine. The arithmetic is the general loop's, op for op, so the
+results are bitwise the same (tested); only the candidate gate (LSTM ``g``, GRU ``n``) is
+returned from a buffer of its own instead of the gate slot (``tanh`` of a strided block into a
+contiguous buffer is the same kernel and the same bits as the general loop's copy-then-tanh).
+
+Example:
+    >>> import torch, rnnlens
+    >>> lstm = torch.nn.LSTM(3, 4, batch_first=True)
+    >>> s = rnnlens.trace(lstm, torch.ones(2, 5, 3))["lstm"]
+    >>> s.c.shape, s.gates["g"].shape
+    ((2, 5, 4), (2, 5, 4))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Empty = Callable[..., torch.Tensor]
+
+
+def lstm_steps(
+    g: torch.Tensor,
+    c_buf: torch.Tensor,
+    out: torch.Tensor,
+    w_hh_t: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    h_: int,
+    order: range,
+    w_hr_t: torch.Tensor | None,
+    empty: Empty,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the steps ``order`` of one LSTM direction. ``g`` (time, sample, 4·h_) holds each step's
+    input projection in i, f, o, g order and is activated in place; ``c_buf`` (time, sample, h_)
+    and ``out`` (time, sample, unit) receive c and h. Returns the final h and c and the
+    candidate gate ``g`` (time, sample, h_)."""
+    steps, n = g.shape[0], g.shape[1]
+    cand = empty(g, steps, n, h_)
+    slots, sig = g.unbind(0), g[:, :, : 3 * h_].unbind(0)
+    i_, f_, o_, g_ = (part.unbind(0) for part in g.unsafe_chunk(4, 2))
+    cands, cells, outs = cand.unbind(0), c_buf.unbind(0), out.unbind(0)
+    tmp = g.new_empty(n, h_)
+    addcmul, mul, tanh, mm = torch.Tensor.addcmul_, torch.mul, torch.tanh, torch.mm
+    for s in order:
+        slots[s].addmm_(h, w_hh_t)
+        sig[s].sigmoid_()
+        gt = tanh(g_[s], out=cands[s])
+        c = addcmul(mul(f_[s], c, out=cells[s]), i_[s], gt)
+        if w_hr_t is None:
+            h = mul(tanh(c, out=tmp), o_[s], out=outs[s])
+        else:
+            h = mm(tanh(c, out=tmp).mul_(o_[s]), w_hr_t, out=outs[s])
+    return h, c, cand
+
+
+def gru_steps(
+    g: torch.Tensor,
+    out: torch.Tensor,
+    w_hh_t: torch.Tensor,
+    b_hn: torch.Tensor | None,
+    h: torch.Tensor,
+    h_: int,
+    order: range,
+    empty: Empty,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the steps ``order`` of one GRU direction. ``g`` (time, sample, 3·h_) holds each step's
+    input projection in r, z, n order (r and z with both biases); r and z are activated in place.
+    Returns the final h and the candidate ``n`` (time, sample, h_)."""
+    steps, n = g.shape[0], g.shape[1]
+    cand = empty(g, steps, n, h_)
+    rz, nn_ = g[:, :, : 2 * h_].unbind(0), g[:, :, 2 * h_ :].unbind(0)
+    r_, z_ = (part.unbind(0) for part in g[:, :, : 2 * h_].unsafe_chunk(2, 2))
+    cands, outs = cand.unbind(0), out.unbind(0)
+    hg = g.new_empty(n, 3 * h_)
+    hg_rz, hn = hg[:, : 2 * h_], hg[:, 2 * h_ :]
+    mm, tanh, sub = torch.mm, torch.tanh, torch.sub
+    for s in order:
+        mm(h, w_hh_t, out=hg)
+        rz[s].add_(hg_rz).sigmoid_()
+        if b_hn is not None:
+            hn.add_(b_hn)
+        nt = tanh(nn_[s].addcmul_(r_[s], hn), out=cands[s])
+        h = sub(h, nt, out=outs[s]).mul_(z_[s]).add_(nt)
+    return h, cand
