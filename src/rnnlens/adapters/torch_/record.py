@@ -23,10 +23,10 @@ from torch.nn.utils.rnn import PackedSequence
 from ...core.kinds import KINDS
 from ...errors import InputError, RnnLensError, UnsupportedLayerError
 from ..base import Args
-from . import direct, forms
+from . import direct, forms, wrapped
 from .calls import _CellCalls, _Plan, _SeqCall
 from .convert import _input_error
-from .discover import _Config, base_class
+from .discover import _Config, base_class, genuine_forward
 from .emit import _can_emit, _emit_layer
 from .emit_loop import _apply
 from .fold import run_folded
@@ -121,14 +121,27 @@ class _Recorder:
         original = m.forward  # bound: the class forward, or the user's own instance attribute
         if not KINDS[cfg.kind].known:
             return self._generic(plan, original)
+        own = genuine_forward(base_class(cfg))  # PyTorch's, also where a wrapper patched the class
+        if own is None:
+            raise UnsupportedLayerError(
+                f"{plan.name!r}: {base_class(cfg).__name__}.forward is replaced by "
+                f"{wrapped.describe_wrapper(base_class(cfg).forward)}, and rnnlens finds no PyTorch "
+                "forward behind it (no __wrapped__). Import rnnlens before patching, or set "
+                "__wrapped__ on the patch (functools.wraps)."
+            )
         if cfg.cell:
-            return self._cell(plan, type(m).forward)
-        views = [m]
-        if cfg.num_layers > 1 and plan.record and (plan.loop or plan.emit):
-            views = [_layer_view(m, cfg, layer) for layer in range(cfg.num_layers)]
+            inner = self._cell(plan, own)
+        else:
+            views = [m]
+            if cfg.num_layers > 1 and plan.record and (plan.loop or plan.emit):
+                views = [_layer_view(m, cfg, layer) for layer in range(cfg.num_layers)]
+            inner = self._seq(plan, own, views)
+        if cfg.wrapped:
+            watch = plan.record or bool(plan.edits)
+            return wrapped.through(plan.name, m, cfg, original, direct.unwatched(inner), watch)
         if cfg.overridden:
-            return _through_subclass(m, self._seq(plan, base_class(cfg).forward, views), plan.record)
-        return self._seq(plan, type(m).forward, views)
+            return _through_subclass(m, inner, plan.record)
+        return inner
 
     def _generic(self, plan: _Plan, original: Callable[..., Any]) -> Callable[..., Any]:
         def forward(*args: Any, **kwargs: Any) -> Any:
