@@ -71,7 +71,7 @@ def gpus() -> dict[str, bool]:
 
 
 def _framework_of_suite(name: str) -> str:
-    return "torch" if name.startswith("torch") else "tensorflow"
+    return "torch" if name.startswith(("torch", "peers")) else "tensorflow"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -134,6 +134,19 @@ def _rnnlens_diff(states: Any, names: list[str], ref: list[dict[str, np.ndarray]
     return d
 
 
+def _rnnlens_on(nnsight_model: Any, x: Any, what: str, names: list[str], ref: Any) -> Case:
+    """rnnlens on the model nnsight wrapped (its modules' forward replaced by nnsight's
+    controllers): traced through them, every field (rnnlens.adapters.torch_.wrapped)."""
+    import rnnlens
+
+    d = _rnnlens_diff(rnnlens.trace(nnsight_model, x), names, ref)
+    return Case(
+        f"{what}: rnnlens h, c, gates on NNsight(model)",
+        lambda: rnnlens.trace(nnsight_model, x),
+        f"the same fields through nnsight's wrappers; {_exact(d, 1e-5)}",
+    )
+
+
 def _forward(model: Any, *args: Any) -> Callable[[], Any]:
     import torch
 
@@ -215,6 +228,7 @@ def cell_cases() -> list[Case]:
         cases.append(
             Case("cell loop: nnsight tracer.iter[:]", _quiet(nnsight_hc), f"h, c per step; {_exact(d, 1e-5)}")
         )
+        cases.append(_rnnlens_on(wrapped._module, x, "cell loop", ["cell"], ref))
     if not _skip("torchlens", notes):
         mine = copy.deepcopy(model)
         trace = _quiet(lambda: _torchlens(mine, x))()
@@ -288,6 +302,7 @@ def lstm_cases() -> list[Case]:
                 f"top layer's h per step, each layer's last h, c only; {_exact(d, 1e-5)}",
             )
         )
+        cases.append(_rnnlens_on(wrapped._module, x, "2-layer LSTM", names, ref))
     if not _skip("torchlens", notes):
         mine = copy.deepcopy(model)
         trace = _quiet(lambda: _torchlens(mine, x))()
