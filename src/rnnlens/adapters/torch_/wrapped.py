@@ -86,11 +86,10 @@ def _matcher(m: Any, cfg: _Config) -> Callable[[Any, tuple[Any, ...]], bool]:
     """Whether an op call is this module's: its recurrent op, with its own weight tensors."""
     if cfg.cell:
         return lambda func, args: func in _CELL_OPS and len(args) > 2 and args[2] is m.weight_ih
-    first = m._flat_weights[0]
 
     def seq(func: Any, args: tuple[Any, ...]) -> bool:
-        call = direct.parse(func, args)
-        return call is not None and bool(call.params) and call.params[0] is first
+        call = direct.parse(func, args)  # (the weights looked up now: a wrapper may set new ones)
+        return call is not None and bool(call.params) and call.params[0] is m._flat_weights[0]
 
     return seq
 
