@@ -14,7 +14,7 @@ Three models (suites ``peers-cell``, ``peers-lstm``, ``peers-mamba``; ``--only p
 A peer that is not installed is left out with a line saying so. Each tool runs on its own deep
 copy of the model (nnsight replaces its modules' ``forward``; torchlens wraps torch's functions
 while it logs and is asked to unwrap them afterwards), so no case sees another's changes. The
-"what" and "exact" of each case are in its note; ``max|Δ|`` is the largest absolute difference
+"what" and "exact" of each case are in its note; ``max abs Δ`` is the largest absolute difference
 over every array the tool returns that the reference has.
 """
 
@@ -79,7 +79,7 @@ def _diff(got: Any, want: Any) -> float:
 
 
 def _exact(d: float, tol: float) -> str:
-    return f"max|Δ| {d:.1e} ({'exact' if d <= tol else 'NOT exact'}, tol {tol:.0e})"
+    return f"max abs Δ {d:.1e} ({'exact' if d <= tol else 'NOT exact'}, tol {tol:.0e})"
 
 
 # --------------------------------------------------------------------------- references
