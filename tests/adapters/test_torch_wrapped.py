@@ -432,3 +432,46 @@ def test_the_packed_helper_is_unaffected() -> None:
     want = rnnlens.trace(lstm, x)
     envoy(lstm)
     same_states(rnnlens.trace(lstm, x), want)
+
+
+@pytest.mark.parametrize(
+    ("make", "shape"),
+    [
+        (lambda: nn.LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2), (6, 2, 3)),
+        (lambda: nn.GRU(3, 4, num_layers=2, bidirectional=True, batch_first=True), (2, 6, 3)),
+        (lambda: nn.RNN(3, 4, nonlinearity="relu", num_layers=2), (6, 2, 3)),
+        (lambda: nn.LSTM(3, 4, num_layers=2), (6, 3)),  # unbatched
+    ],
+    ids=["lstm-bidirectional-proj", "gru-bidirectional", "rnn-relu", "lstm-unbatched"],
+)
+def test_wrapped_configurations_are_the_unwrapped_ones(make: Any, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(5)
+    m = make()
+    x = torch.randn(*shape)
+    want = rnnlens.trace(m, x)
+    original = m.forward
+    m.forward = lambda input, hx=None: original(input=input, hx=hx)  # keywords to the original
+    same_states(rnnlens.trace(m, x), want)
+    assert "forward" in vars(m)
+
+
+def test_a_wrapped_cell_called_with_keywords_and_unbatched() -> None:
+    torch.manual_seed(6)
+
+    class Loop(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell = nn.LSTMCell(3, 4)
+
+        def forward(self, x: Any) -> Any:
+            state = None
+            for t in range(x.shape[0]):
+                state = self.cell(x[t], state)
+            return state
+
+    model = Loop()
+    x = torch.randn(5, 3)
+    want = rnnlens.trace(model, x)
+    original = model.cell.forward
+    model.cell.forward = lambda input, hx=None: original(input=input, hx=hx)
+    same_states(rnnlens.trace(model, x), want)
