@@ -475,3 +475,16 @@ def test_a_wrapped_cell_called_with_keywords_and_unbatched() -> None:
     original = model.cell.forward
     model.cell.forward = lambda input, hx=None: original(input=input, hx=hx)
     same_states(rnnlens.trace(model, x), want)
+
+
+def test_a_subclass_calling_the_base_forward_by_name_is_traced(encoder: Any) -> None:
+    class ByName(nn.LSTM):
+        def forward(self, input: Any, hx: Any = None) -> Any:  # type: ignore[override]
+            return nn.LSTM.forward(self, input, hx)  # not super(): the base class by name
+
+    x = torch.randn(2, 5, 3)
+    want = rnnlens.trace(encoder, x)
+    sub = ByName(3, 5, num_layers=2, batch_first=True)
+    sub.load_state_dict(encoder.rnn.state_dict())
+    encoder.rnn = sub
+    same_states(rnnlens.trace(encoder, x), want)

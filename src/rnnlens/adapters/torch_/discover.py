@@ -51,11 +51,11 @@ class _Config:
     bias: bool = True
     nonlinearity: str = "tanh"
     scripted: bool = False
-    #: a subclass whose class ``forward`` is its own (it calls ``super().forward`` inside): the
-    #: inner call of the base class's forward is what is traced (:mod:`.record`)
+    #: a subclass whose class ``forward`` is its own (it calls ``super().forward`` inside)
     overridden: bool = False
-    #: ``Module.__call__`` reaches a wrapper (an instance ``forward`` such as nnsight's, or a
-    #: class-level patch) that calls the original inside: traced through it (:mod:`.wrapped`)
+    #: ``Module.__call__`` reaches a forward other than PyTorch's that calls it inside: a
+    #: subclass's own, or a wrapper (an instance ``forward`` such as nnsight's, a class-level
+    #: patch); the inner call of PyTorch's forward is what is traced (:mod:`.wrapped`)
     wrapped: bool = False
 
     @property
@@ -88,9 +88,9 @@ def _config(m: Any) -> _Config | None:
             wrapper, own = forward_parts(m, cls)
             cell = base.endswith("Cell")
             # a cell subclass's own forward computes something else; a sequence subclass's own
-            # forward calls super().forward (checked while running); a wrapper calls the original
+            # forward, and a wrapper, call the original (checked while running: .wrapped)
             known = not (cell and own is not None)
-            wrapped = known and wrapper is not None
+            wrapped = known and (wrapper is not None or own is not None)
             kinds = _CELL_KINDS if cell else _SEQ_KINDS
             kind: Kind = kinds[base] if known else "rnn"
             if cell:
@@ -115,7 +115,7 @@ def _config(m: Any) -> _Config | None:
                 bool(m.batch_first),
                 bool(m.bias),
                 nonlinearity,
-                overridden=own is not None and not wrapped,
+                overridden=own is not None and wrapper is None,
                 wrapped=wrapped,
             )
     return None

@@ -139,8 +139,6 @@ class _Recorder:
         if cfg.wrapped:
             watch = plan.record or bool(plan.edits)
             return wrapped.through(plan.name, m, cfg, original, direct.unwatched(inner), watch)
-        if cfg.overridden:
-            return _through_subclass(m, inner, plan.record)
         return inner
 
     def _generic(self, plan: _Plan, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -426,39 +424,3 @@ def _direct_watch(rec: _Recorder, model: Any, planner: Callable[[str, Any], _Pla
         return direct.op_result(call, stand_in(call.input, direct.user_order(call)))
 
     return direct.DirectCalls(lambda: bool(rec.active), route)
-
-
-def _through_subclass(m: Any, inner: Callable[..., Any], record: bool) -> Callable[..., Any]:
-    """The stand-in for a subclass that overrides ``forward`` and calls ``super().forward``:
-    its own ``forward`` runs unchanged, on a proxy whose class puts one more class between the
-    subclass and the torch base class in the MRO, so that ``super().forward(...)`` reaches
-    ``inner`` (which records that call and runs the base class's kernel). The proxy shares the
-    module's ``__dict__`` (its parameters, buffers and attributes): nothing is copied, and
-    neither the module nor its class is changed."""
-    sub = type(m)
-    base = next(c for c in sub.__mro__[1:] if c.__module__.startswith("torch.nn"))
-
-    calls = [0]
-
-    def forward(self: Any, input: Any, hx: Any = None) -> Any:
-        calls[0] += 1
-        return inner(input, hx)
-
-    interceptor = type("_RnnLensIntercept", (base,), {"forward": forward})
-    shadow = type(sub.__name__, (sub, interceptor), {"__module__": sub.__module__})
-    proxy: Any = object.__new__(shadow)
-    object.__setattr__(proxy, "__dict__", m.__dict__)
-    subclass_forward = sub.forward
-
-    def stand_in(*args: Any, **kwargs: Any) -> Any:
-        before = calls[0]
-        out = subclass_forward(proxy, *args, **kwargs)
-        if record and calls[0] == before:  # it computed something else: nothing to trace exactly
-            raise UnsupportedLayerError(
-                f"{sub.__name__} overrides forward and this call did not go through "
-                f"super().forward(...), so rnnlens sees no {base.__name__} computation to trace. "
-                "Select other layers with layers=[...], or call super().forward in the subclass."
-            )
-        return out
-
-    return stand_in

@@ -8,7 +8,8 @@ What is traced
 ``PackedSequence`` inputs; and hand-written loops over ``nn.LSTMCell`` / ``nn.GRUCell`` /
 ``nn.RNNCell``. A subclass of ``nn.LSTM``/``nn.GRU``/``nn.RNN`` that overrides ``forward``
 (packing its input itself, handling empty sequences, ...) runs its own ``forward`` unchanged;
-the ``super().forward(...)`` call inside it is what is traced, with every field. A module whose
+the ``super().forward(...)`` call inside it (or ``nn.LSTM.forward(self, ...)``) is what is
+traced, with every field. A module whose
 ``forward`` is wrapped by a function that calls the original (an instance attribute: nnsight's
 ``NNsight(model)``, accelerate's hooks, ``functools.wraps``; or a class-level patch) is traced
 through the wrapper to the original, with every field and the names of the unwrapped model

@@ -120,13 +120,23 @@ def through(name: str, m: Any, cfg: _Config, wrapper: Any, inner: Callable[..., 
         with mode:
             out = wrapper(*args, **kwargs)
         if mode.calls == 0:
-            raise UnsupportedLayerError(
-                f"The forward of {name!r} ({type(m).__name__}) is replaced by {describe_wrapper(wrapper)}, "
-                f"which returned without calling the {cfg.base} forward it replaced, so rnnlens "
-                f"sees no {cfg.base} computation to trace (and returns no partial result). Call the "
-                "original forward inside the wrapper, trace the model without the wrapper, or select "
-                "other layers with layers=[...]."
-            )
+            raise UnsupportedLayerError(_never_called(name, m, cfg, wrapper))
         return out
 
     return forward
+
+
+def _never_called(name: str, m: Any, cfg: _Config, wrapper: Any) -> str:
+    if cfg.overridden:  # a subclass's own forward
+        return (
+            f"{type(m).__name__} (at {name!r}) overrides forward and this call did not go through "
+            f"super().forward(...), so rnnlens sees no {cfg.base} computation to trace. Select other "
+            "layers with layers=[...], or call super().forward in the subclass."
+        )
+    return (
+        f"The forward of {name!r} ({type(m).__name__}) is replaced by {describe_wrapper(wrapper)}, "
+        f"which returned without calling the {cfg.base} forward it replaced, so rnnlens sees no "
+        f"{cfg.base} computation to trace (and returns no partial result). Call the original forward "
+        "inside the wrapper, trace the model without the wrapper, or select other layers with "
+        "layers=[...]."
+    )
