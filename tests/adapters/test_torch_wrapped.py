@@ -488,3 +488,11 @@ def test_a_subclass_calling_the_base_forward_by_name_is_traced(encoder: Any) -> 
     sub.load_state_dict(encoder.rnn.state_dict())
     encoder.rnn = sub
     same_states(rnnlens.trace(encoder, x), want)
+
+
+def test_the_nnsight_object_itself_is_refused_naming_the_model_to_pass(encoder: Any) -> None:
+    nnsight = pytest.importorskip("nnsight")
+    wrapped = nnsight.NNsight(encoder)
+    with pytest.raises(rnnlens.UnsupportedModelError, match=r"NNsight, a wrapper.*\._module.*Encoder"):
+        rnnlens.trace(wrapped, torch.randn(2, 5, 3))
+    assert list(rnnlens.trace(wrapped._module, torch.randn(2, 5, 3))) == ["rnn.l0", "rnn.l1"]
