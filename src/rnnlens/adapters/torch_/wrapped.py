@@ -1,9 +1,10 @@
 """Recurrent modules behind a wrapper: a ``forward`` that calls the one it replaced.
 
 nnsight's ``NNsight(model)``, accelerate's hooks, ``functools.wraps``-style instance attributes
-(``m.forward = wrapper``) and class-level patches (``nn.LSTM.forward = wrapper``) put a
-function of their own where ``Module.__call__`` looks for ``forward``, and call the original
-somewhere inside it (:func:`.discover.forward_parts` finds them). rnnlens runs the wrapper as
+(``m.forward = wrapper``), class-level patches (``nn.LSTM.forward = wrapper``) and a subclass's
+own ``forward`` (``super().forward(...)`` inside) put a function of their own where
+``Module.__call__`` looks for ``forward``, and call PyTorch's somewhere inside it
+(:func:`.discover.forward_parts` finds them). rnnlens runs the wrapper as
 it is, under a :class:`~torch.overrides.TorchFunctionMode` that catches the one recurrent op the
 original ``forward`` makes with *this module's* weights (``torch._VF.lstm`` / ``gru`` /
 ``rnn_*``, or ``lstm_cell`` / ``gru_cell`` / ``rnn_*_cell`` for a cell) and runs that call
