@@ -28,7 +28,7 @@ def all_suites() -> dict[str, Callable[[], list[Case]]]:
     from . import keras_suite
 
     suites = dict(keras_suite.SUITES)
-    for module in ("torch_suite", "grid", "recording", "ssm_suite", "streaming", "dask_suite"):
+    for module in ("torch_suite", "grid", "recording", "ssm_suite", "streaming", "dask_suite", "peers"):
         with contextlib.suppress(ImportError):
             suites.update(importlib.import_module(f"benchmarks.{module}").SUITES)
     return suites
@@ -71,7 +71,7 @@ def gpus() -> dict[str, bool]:
 
 
 def _framework_of_suite(name: str) -> str:
-    return "torch" if name.startswith("torch") else "tensorflow"
+    return "torch" if name.startswith(("torch", "peers")) else "tensorflow"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(suites))
         return 0
     chosen = args.only.split(",") if args.only else list(suites)
+    # "peers": the suites that run torchlens, nnsight and transformer-lens beside rnnlens
+    chosen = [
+        s for n in chosen for s in ([k for k in suites if k.startswith("peers-")] if n == "peers" else [n])
+    ]
     unknown = [n for n in chosen if n not in suites]
     if unknown:
         p.error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(suites)}")
@@ -114,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         "suites": {},
     }
     print(f"Machine: {report['machine']}; device {args.device}")
+    if any(n.startswith("peers-") for n in chosen):
+        from .peers import versions
+
+        report["peers"] = versions()
+        print(f"Peers: {report['peers']}")
     md = []
     for name in chosen:
         t0 = time.perf_counter()

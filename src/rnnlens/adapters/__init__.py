@@ -120,6 +120,13 @@ def for_model(model: Any) -> Adapter:
         if isinstance(model, (str, os.PathLike))
         else f"{type(model).__module__}.{type(model).__name__}"
     )
+    inner = getattr(model, "_module", None)  # a wrapper object around a model (nnsight's NNsight)
+    if inner is not None and any(a.can_trace(inner) for a in registered().values()):
+        raise UnsupportedModelError(
+            f"rnnlens cannot trace a {what}, a wrapper object; it holds a model rnnlens traces: pass "
+            f"that model (its ._module, a {type(inner).__module__}.{type(inner).__name__}), wrappers "
+            "of its modules' forward included."
+        )
     raise UnsupportedModelError(
         f"rnnlens cannot trace a {what}. Installed adapters: {_listing()}. Load a model file first "
         "(rnnlens.load_model) and pass the model."

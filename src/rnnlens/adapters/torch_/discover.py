@@ -9,6 +9,8 @@ layer when ``num_layers > 1``). :func:`describe` is the adapter's ``describe``.
 
 from __future__ import annotations
 
+import inspect
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -50,11 +52,14 @@ class _Config:
     bias: bool = True
     nonlinearity: str = "tanh"
     scripted: bool = False
-    #: a subclass whose class ``forward`` is its own (it calls ``super().forward`` inside): the
-    #: inner call of the base class's forward is what is traced (:mod:`.record`)
+    #: a subclass whose class ``forward`` is its own (it calls ``super().forward`` inside)
     overridden: bool = False
     #: ``quantize_dynamic``'s LSTM / GRU: stepped with its own quantized ops (:mod:`.quantized_rnn`)
     quantized: bool = False
+    #: ``Module.__call__`` reaches a forward other than PyTorch's that calls it inside: a
+    #: subclass's own, or a wrapper (an instance ``forward`` such as nnsight's, a class-level
+    #: patch); the inner call of PyTorch's forward is what is traced (:mod:`.wrapped`)
+    wrapped: bool = False
 
     @property
     def cell(self) -> bool:
@@ -96,12 +101,15 @@ def _config(m: Any) -> _Config | None:
         )
     for cls, base in _CLASSES:
         if isinstance(m, cls):
-            own_instance_forward = "forward" in vars(m)
-            overridden = type(m).forward is not cls.forward and not base.endswith("Cell")
-            standard = not own_instance_forward and (type(m).forward is cls.forward or overridden)
-            kinds = _CELL_KINDS if base.endswith("Cell") else _SEQ_KINDS
-            kind: Kind = kinds[base] if standard else "rnn"
-            if base.endswith("Cell"):
+            wrapper, own = forward_parts(m, cls)
+            cell = base.endswith("Cell")
+            # a cell subclass's own forward computes something else; a sequence subclass's own
+            # forward, and a wrapper, call the original (checked while running: .wrapped)
+            known = not (cell and own is not None)
+            wrapped = known and (wrapper is not None or own is not None)
+            kinds = _CELL_KINDS if cell else _SEQ_KINDS
+            kind: Kind = kinds[base] if known else "rnn"
+            if cell:
                 return _Config(
                     base,
                     kind,
@@ -109,6 +117,7 @@ def _config(m: Any) -> _Config | None:
                     int(m.hidden_size),
                     bias=bool(m.bias),
                     nonlinearity=str(getattr(m, "nonlinearity", "tanh")),
+                    wrapped=wrapped,
                 )
             nonlinearity = "relu" if getattr(m, "mode", "") == "RNN_RELU" else "tanh"
             return _Config(
@@ -122,9 +131,80 @@ def _config(m: Any) -> _Config | None:
                 bool(m.batch_first),
                 bool(m.bias),
                 nonlinearity,
-                overridden=standard and overridden,
+                overridden=own is not None and wrapper is None,
+                wrapped=wrapped,
             )
     return None
+
+
+_TORCH_RNN = os.path.abspath(nn.modules.rnn.__file__)
+
+
+def _torch_own(f: Any) -> bool:
+    """Whether ``f`` is a ``forward`` PyTorch's own ``torch/nn/modules/rnn.py`` defines (a
+    ``functools.wraps`` wrapper copies names, not the code object)."""
+    code = getattr(f, "__code__", None)
+    return code is not None and code.co_name == "forward" and os.path.abspath(code.co_filename) == _TORCH_RNN
+
+
+# as PyTorch defined them, before anyone patched the classes after importing rnnlens
+_AT_IMPORT = {cls: cls.forward for cls, _ in _CLASSES if _torch_own(cls.forward)}
+
+
+def genuine_forward(cls: Any) -> Any:
+    """PyTorch's own ``forward`` of the torch class ``cls`` (``nn.LSTM``, ...), also when the class
+    attribute was patched (found at import, or through the patch's ``__wrapped__``); None if
+    it cannot be found.
+
+    >>> genuine_forward(nn.LSTM) is nn.LSTM.forward
+    True
+    """
+    f = cls.forward
+    if _torch_own(f):
+        return f
+    if cls in _AT_IMPORT:
+        return _AT_IMPORT[cls]
+    try:
+        f = inspect.unwrap(f, stop=_torch_own)
+    except ValueError:  # a __wrapped__ cycle
+        return None
+    return f if _torch_own(f) else None
+
+
+def _body_def(f: Any, m: Any) -> bool:
+    """Whether ``f`` is a ``def forward`` in the body of a (user) class of ``m``."""
+    code = getattr(f, "__code__", None)
+    if code is None or hasattr(f, "__wrapped__") or _torch_own(f):
+        return False
+    return any(code.co_qualname == f"{c.__qualname__}.forward" for c in type(m).__mro__)
+
+
+def forward_parts(m: Any, cls: Any) -> tuple[Any, Any]:
+    """``(wrapper, own)`` of a recurrent module of torch class ``cls``: ``wrapper`` is what
+    ``Module.__call__`` reaches instead of a class's own ``forward`` (an instance attribute
+    ``forward``, or a class attribute patched with a function that is not a ``def forward`` of
+    the class body), else None; ``own`` is a subclass's own ``def forward`` (behind any
+    ``__wrapped__`` chain), else None.
+
+    >>> lstm = nn.LSTM(2, 3)
+    >>> forward_parts(lstm, nn.LSTM)
+    (None, None)
+    >>> lstm.forward = lambda *a, **k: nn.LSTM.forward(lstm, *a, **k)
+    >>> forward_parts(lstm, nn.LSTM)[0] is lstm.forward
+    True
+    """
+    wrapper = vars(m).get("forward")
+    f = type(m).forward
+    if _torch_own(f):
+        return wrapper, None
+    try:
+        inner = inspect.unwrap(f)
+    except ValueError:
+        inner = f
+    own = inner if _body_def(inner, m) else None
+    if wrapper is None and not _body_def(f, m):
+        wrapper = f  # a class-level patch: it wraps the forward below it
+    return wrapper, own
 
 
 def base_class(cfg: _Config) -> Any:

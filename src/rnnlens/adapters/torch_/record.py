@@ -23,10 +23,10 @@ from torch.nn.utils.rnn import PackedSequence
 from ...core.kinds import KINDS
 from ...errors import InputError, RnnLensError, UnsupportedLayerError
 from ..base import Args
-from . import direct, forms
+from . import direct, forms, wrapped
 from .calls import _CellCalls, _Plan, _SeqCall
 from .convert import _input_error
-from .discover import _Config, base_class
+from .discover import _Config, base_class, genuine_forward
 from .emit import _can_emit, _emit_layer
 from .emit_loop import _apply
 from .fold import run_folded
@@ -130,14 +130,25 @@ class _Recorder:
         original = m.forward  # bound: the class forward, or the user's own instance attribute
         if not KINDS[cfg.kind].known:
             return self._generic(plan, original)
+        own = genuine_forward(base_class(cfg))  # PyTorch's, also where a wrapper patched the class
+        if own is None:
+            raise UnsupportedLayerError(
+                f"{plan.name!r}: {base_class(cfg).__name__}.forward is replaced by "
+                f"{wrapped.describe_wrapper(base_class(cfg).forward)}, and rnnlens finds no PyTorch "
+                "forward behind it (no __wrapped__). Import rnnlens before patching, or set "
+                "__wrapped__ on the patch (functools.wraps)."
+            )
         if cfg.cell:
-            return self._cell(plan, type(m).forward)
-        views = [m]
-        if cfg.num_layers > 1 and plan.record and (plan.loop or plan.emit):
-            views = [_layer_view(m, cfg, layer) for layer in range(cfg.num_layers)]
-        if cfg.overridden:
-            return _through_subclass(m, self._seq(plan, base_class(cfg).forward, views), plan.record)
-        return self._seq(plan, type(m).forward, views)
+            inner = self._cell(plan, own)
+        else:
+            views = [m]
+            if cfg.num_layers > 1 and plan.record and (plan.loop or plan.emit):
+                views = [_layer_view(m, cfg, layer) for layer in range(cfg.num_layers)]
+            inner = self._seq(plan, own, views)
+        if cfg.wrapped:
+            watch = plan.record or bool(plan.edits)
+            return wrapped.through(plan.name, m, cfg, original, direct.unwatched(inner), watch)
+        return inner
 
     def _generic(self, plan: _Plan, original: Callable[..., Any]) -> Callable[..., Any]:
         def forward(*args: Any, **kwargs: Any) -> Any:
@@ -432,39 +443,3 @@ def _direct_watch(rec: _Recorder, model: Any, planner: Callable[[str, Any], _Pla
         return direct.op_result(call, stand_in(call.input, direct.user_order(call)))
 
     return direct.DirectCalls(lambda: bool(rec.active), route)
-
-
-def _through_subclass(m: Any, inner: Callable[..., Any], record: bool) -> Callable[..., Any]:
-    """The stand-in for a subclass that overrides ``forward`` and calls ``super().forward``:
-    its own ``forward`` runs unchanged, on a proxy whose class puts one more class between the
-    subclass and the torch base class in the MRO, so that ``super().forward(...)`` reaches
-    ``inner`` (which records that call and runs the base class's kernel). The proxy shares the
-    module's ``__dict__`` (its parameters, buffers and attributes): nothing is copied, and
-    neither the module nor its class is changed."""
-    sub = type(m)
-    base = next(c for c in sub.__mro__[1:] if c.__module__.startswith("torch.nn"))
-
-    calls = [0]
-
-    def forward(self: Any, input: Any, hx: Any = None) -> Any:
-        calls[0] += 1
-        return inner(input, hx)
-
-    interceptor = type("_RnnLensIntercept", (base,), {"forward": forward})
-    shadow = type(sub.__name__, (sub, interceptor), {"__module__": sub.__module__})
-    proxy: Any = object.__new__(shadow)
-    object.__setattr__(proxy, "__dict__", m.__dict__)
-    subclass_forward = sub.forward
-
-    def stand_in(*args: Any, **kwargs: Any) -> Any:
-        before = calls[0]
-        out = subclass_forward(proxy, *args, **kwargs)
-        if record and calls[0] == before:  # it computed something else: nothing to trace exactly
-            raise UnsupportedLayerError(
-                f"{sub.__name__} overrides forward and this call did not go through "
-                f"super().forward(...), so rnnlens sees no {base.__name__} computation to trace. "
-                "Select other layers with layers=[...], or call super().forward in the subclass."
-            )
-        return out
-
-    return stand_in

@@ -8,9 +8,14 @@ What is traced
 ``PackedSequence`` inputs; and hand-written loops over ``nn.LSTMCell`` / ``nn.GRUCell`` /
 ``nn.RNNCell``. A subclass of ``nn.LSTM``/``nn.GRU``/``nn.RNN`` that overrides ``forward``
 (packing its input itself, handling empty sequences, ...) runs its own ``forward`` unchanged;
-the ``super().forward(...)`` call inside it is what is traced, with every field. A module whose
-*instance* ``forward`` was replaced, or a cell subclass that overrides ``forward``, computes
-something rnnlens does not know: its per-step outputs are given as ``h`` (kind ``"rnn"``).
+the ``super().forward(...)`` call inside it (or ``nn.LSTM.forward(self, ...)``) is what is
+traced, with every field. A module whose ``forward`` is wrapped by a function that calls the
+original (an instance attribute: nnsight's ``NNsight(model)``, accelerate's hooks,
+``functools.wraps``; or a class-level patch) is traced through the wrapper to the original,
+with every field and the names of the unwrapped model (:mod:`.wrapped`); a wrapper that never
+calls the original is an error naming the module and the wrapper. A cell subclass that
+overrides ``forward`` computes something rnnlens does not know: its per-step outputs are given
+as ``h`` (kind ``"rnn"``).
 A module that holds its own weights and calls the fused op itself (``torch._VF.lstm`` /
 ``gru`` / ``rnn_tanh`` / ``rnn_relu``, ``torch.lstm``; either overload) is traced too, with
 every field, under the calling module's path (:mod:`.direct`; ``layers=None`` only, since
