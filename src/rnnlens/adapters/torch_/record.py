@@ -130,7 +130,8 @@ class _Recorder:
         original = m.forward  # bound: the class forward, or the user's own instance attribute
         if not KINDS[cfg.kind].known:
             return self._generic(plan, original)
-        own = genuine_forward(base_class(cfg))  # PyTorch's, also where a wrapper patched the class
+        # PyTorch's, also where a wrapper patched the class; a quantized module's is its class's own
+        own = type(m).forward if cfg.quantized else genuine_forward(base_class(cfg))
         if own is None:
             raise UnsupportedLayerError(
                 f"{plan.name!r}: {base_class(cfg).__name__}.forward is replaced by "
