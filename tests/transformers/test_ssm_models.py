@@ -48,10 +48,26 @@ def test_mamba_states_at_every_step_equal_the_decode_cache(falcon: bool) -> None
     names = ["backbone.layers.0.mixer", "backbone.layers.1.mixer"]
     assert list(states) == names == rnnlens.describe(model).names
     ls = states[names[0]]
-    assert ls.kind == "mamba" and ls.state.shape == (2, 7, 16, 4) and list(ls.gates) == ["dt", "B", "C"]
+    assert ls.kind == "mamba" and ls.state.shape == (2, 7, 16, 4) and list(ls.gates) == ["dt", "B", "C", "x"]
     assert ls.gates["dt"].shape == (2, 7, 16) and ls.gates["B"].shape == (2, 7, 4)
+    assert ls.gates["x"].shape == (2, 7, 16)
     _equals_prefill_and_decode(model, states, names)
     _untouched(model, before)
+    # the states come out of the forward pass itself (rnnlens' scan stands in for the helper's):
+    # each mixer's output is bitwise the one it computes without rnnlens
+    own: dict[str, Any] = {}
+    mixers = [model.backbone.layers[i].mixer for i in range(2)]
+    hooks = [
+        m.register_forward_hook(lambda m, a, o, n=n: own.__setitem__(n, o)) for n, m in zip(names, mixers)
+    ]
+    try:
+        with torch.no_grad():
+            model(IDS)
+    finally:
+        for h in hooks:
+            h.remove()
+    for name in names:
+        assert np.array_equal(states[name].h, own[name].numpy())
 
 
 def test_mamba_attention_mask_is_the_mask_and_options_are_checked() -> None:

@@ -82,8 +82,9 @@ KINDS: dict[str, CellKind] = {
         CellKind("simple", ()),
         CellKind("rnn", (), known=False),
         CellKind("convlstm", ("i", "f", "g", "o"), has_c=True, feature_maps=True),
-        # step size dt (per channel), input and output projections B, C (per state dim)
-        CellKind("mamba", ("dt", "B", "C"), state_dims=("channel", "d_state")),
+        # step size dt (per channel), input and output projections B, C (per state dim), the
+        # scan's input x (per channel): the write of a step is dt x B
+        CellKind("mamba", ("dt", "B", "C", "x"), state_dims=("channel", "d_state")),
         # per-head step size dt, per-group input and output projections B, C
         CellKind("mamba2", ("dt", "B", "C"), state_dims=("head", "head_dim", "d_state")),
         # recurrence gate (before a = exp(-8 r softplus(Λ))) and input gate, per LRU unit

@@ -49,13 +49,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...core.cells import DirectionArrays
 from ...core.edits import LayerEdits
 from ...core.kinds import FIELDS_BY_KIND
 from ...core.spec import LayerSpec
 from ...core.tracing import resolve_fields, select_layers
 from ...errors import InputError, UnsupportedLayerError
 from ..base import Args, Captured, Edits, Intervened, Kwargs, TraceOptions
-from . import delta, heads, lightning
+from . import delta, heads, lightning, mamba_scan
 from .intercept import forward_with
 from .mamba import mamba_states
 from .mamba import state_shape as mamba_shape
@@ -147,9 +148,25 @@ def _mamba_stand_in(m: Any, rec: _Calls) -> Any:
                 "traces whole sequences from their start. Pass the full input_ids in one call (no "
                 "past cache)."
             )
-        full = type(m).forward(m, *args, **kwargs)
+        scan = None
+        if rec.edits is None and rec.kind == "mamba" and mamba_scan.available(m):
+            # the states come out of this forward pass: rnnlens' scan stands in for the helper's
+            scan = mamba_scan.ScanRecorder(m, rec.name, gates=rec.gates)
+            if "cache_params" in kwargs:  # the deprecated name the unwrapped forward no longer maps
+                kwargs["cache"] = kwargs.pop("cache_params")
+            full = forward_with(m, scan.replacements(type(m).forward))(m, *args, **kwargs)
+        else:
+            full = type(m).forward(m, *args, **kwargs)
         out = full[0] if isinstance(full, tuple) else full  # lightning: (output, memory)
-        call = {"x": hidden_states.clone(), "mask": attention_mask, "out": out.clone()}
+        call = {"x": hidden_states, "mask": attention_mask, "out": out}
+        if scan is not None and scan.used:
+            call["arrays"] = DirectionArrays(
+                h=out.detach().float().numpy(),
+                state=scan.states.numpy(),  # type: ignore[union-attr]
+                gates=scan.gate_arrays() if rec.gates else None,
+            )
+        else:
+            call["x"], call["out"] = hidden_states.clone(), out.clone()
         rec.calls.append(call)
         if rec.edits is None:
             return full
@@ -420,7 +437,8 @@ def _arrays(spec: LayerSpec, rec: _Calls, fields: tuple[str, ...]) -> Any:
         mask = None
     if "state_norm" in fields and arrays.state is not None:
         s = arrays.state
-        arrays.state_norm = np.sqrt(np.square(s).sum(axis=-1)).reshape(s.shape[0], s.shape[1], -1)
+        norm = torch.linalg.vector_norm(torch.from_numpy(s), dim=-1)  # one pass, no squared copy
+        arrays.state_norm = norm.numpy().reshape(s.shape[0], s.shape[1], -1)
     if "state" not in fields:
         arrays.state = None
         arrays.parts = None
