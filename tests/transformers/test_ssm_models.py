@@ -102,7 +102,7 @@ def test_recurrent_gemma_states_equal_the_state_after_each_prefix() -> None:
     names = ["model.layers.0.temporal_block", "model.layers.1.temporal_block"]  # layer 2 is attention
     assert list(states) == names
     blocks = [model.get_submodule(n) for n in names]
-    assert states[names[0]].state.shape == (2, 7, 16) and list(states[names[0]].gates) == ["r", "i"]
+    assert states[names[0]].state.shape == (2, 7, 16) and list(states[names[0]].gates) == ["r", "i", "x"]
     with torch.no_grad():
         for t in range(IDS.shape[1]):
             model(IDS[:, : t + 1], use_cache=True)  # the state is kept on the rg_lru module

@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ...core.cells import DirectionArrays
 from ...core.edits import LayerEdits
@@ -114,8 +115,18 @@ def _spec(path: str, m: Any, kind: str) -> LayerSpec:
     )
     return LayerSpec(
         path, kind, type(m).__name__, units, ("forward",), FIELDS_BY_KIND[kind],  # type: ignore[arg-type]
-        notes=(note,), state_shape=tuple(shape_of(m)),
+        notes=(note,), state_shape=tuple(shape_of(m)), constants=_constants(m, kind),
     )  # fmt: skip
+
+
+def _constants(m: Any, kind: str) -> dict[str, np.ndarray]:
+    """The recurrence's constants :func:`rnnlens.decompose` needs, as the mixer computes them."""
+    with torch.no_grad():
+        if kind in ("mamba", "mamba2"):
+            return {"A": (-torch.exp(m.A_log.float())).numpy()}
+        if kind == "rglru":  # log a_t = -8 r_t softplus(Λ)
+            return {"softplus_lambda": F.softplus(m.rg_lru.recurrent_param).float().numpy()}
+    return {}
 
 
 def describe(model: Any) -> list[LayerSpec]:
