@@ -55,19 +55,9 @@ def test_mamba_states_at_every_step_equal_the_decode_cache(falcon: bool) -> None
     _untouched(model, before)
     # the states come out of the forward pass itself (rnnlens' scan stands in for the helper's):
     # each mixer's output is bitwise the one it computes without rnnlens
-    own: dict[str, Any] = {}
-    mixers = [model.backbone.layers[i].mixer for i in range(2)]
-    hooks = [
-        m.register_forward_hook(lambda m, a, o, n=n: own.__setitem__(n, o)) for n, m in zip(names, mixers)
-    ]
-    try:
-        with torch.no_grad():
-            model(IDS)
-    finally:
-        for h in hooks:
-            h.remove()
+    own = _mixer_outputs(model, names)
     for name in names:
-        assert np.array_equal(states[name].h, own[name].numpy())
+        assert np.array_equal(states[name].h, own[name])
 
 
 def test_mamba_attention_mask_is_the_mask_and_options_are_checked() -> None:
@@ -164,8 +154,30 @@ def test_mamba2_states_at_every_step_equal_the_decode_cache() -> None:
     ls = states[names[0]]
     assert ls.kind == "mamba2" and ls.state.shape == (2, 7, 4, 8, 8)
     assert ls.gates["dt"].shape == (2, 7, 4) and ls.gates["B"].shape == (2, 7, 2, 8)
+    assert ls.gates["x"].shape == (2, 7, 4, 8)
     _equals_prefill_and_decode(model, states, names)
     _untouched(model, before)
+    # computed from what the scan helper received while the helper computes the mixer's output:
+    # h is bitwise the mixer's own
+    own = _mixer_outputs(model, names)
+    for name in names:
+        assert np.array_equal(states[name].h, own[name])
+
+
+def _mixer_outputs(model: Any, names: list[str]) -> dict[str, np.ndarray]:
+    """Each mixer's output in a plain forward pass (hooks in the test, not rnnlens)."""
+    own: dict[str, np.ndarray] = {}
+    hooks = [
+        model.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: own.__setitem__(n, o.numpy()))
+        for n in names
+    ]
+    try:
+        with torch.no_grad():
+            model(IDS)
+    finally:
+        for h in hooks:
+            h.remove()
+    return own
 
 
 def test_a_hybrid_gives_its_mamba2_layers_and_skips_attention() -> None:

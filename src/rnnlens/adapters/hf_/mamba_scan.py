@@ -102,9 +102,10 @@ class ScanRecorder:
         states = dt[..., None] * B[:, :, None, :].float()
         states.mul_(u[..., None].float())  # deltaB_u: the write of every step
         tmp = torch.empty_like(states[:, 0])
-        for i in range(1, states.shape[1]):
-            torch.mul(d_a[:, i], states[:, i - 1], out=tmp)
-            states[:, i].add_(tmp)
+        steps, decays = states.unbind(1), d_a.unbind(1)  # the views once: indexing costs as much
+        for i in range(1, len(steps)):  # a multiply, then an add, as the helper rounds them
+            torch.mul(decays[i], steps[i - 1], out=tmp)
+            steps[i].add_(tmp)
         y = torch.matmul(states.to(dtype), C[..., None].to(dtype))[..., 0].transpose(1, 2)  # (b, d, t)
         y = y + hs * m.D.float()[None, :, None]
         y = (y * F.silu(gate)).contiguous()

@@ -57,7 +57,7 @@ from ...core.spec import LayerSpec
 from ...core.tracing import resolve_fields, select_layers
 from ...errors import InputError, UnsupportedLayerError
 from ..base import Args, Captured, Edits, Intervened, Kwargs, TraceOptions
-from . import delta, heads, lightning, mamba_scan
+from . import delta, heads, lightning, mamba2_scan, mamba_scan
 from .intercept import forward_with
 from .mamba import mamba_states
 from .mamba import state_shape as mamba_shape
@@ -159,10 +159,11 @@ def _mamba_stand_in(m: Any, rec: _Calls) -> Any:
                 "traces whole sequences from their start. Pass the full input_ids in one call (no "
                 "past cache)."
             )
-        scan = None
-        if rec.edits is None and rec.kind == "mamba" and mamba_scan.available(m):
-            # the states come out of this forward pass: rnnlens' scan stands in for the helper's
-            scan = mamba_scan.ScanRecorder(m, rec.name, gates=rec.gates)
+        scan: Any = None
+        fast = _FAST.get(rec.kind)
+        if rec.edits is None and fast is not None and fast[0](m):
+            # the states come out of this forward pass, from what its scan helper receives
+            scan = fast[1](m, rec.name, gates=rec.gates)
             if "cache_params" in kwargs:  # the deprecated name the unwrapped forward no longer maps
                 kwargs["cache"] = kwargs.pop("cache_params")
             full = forward_with(m, scan.replacements(type(m).forward))(m, *args, **kwargs)
@@ -173,7 +174,7 @@ def _mamba_stand_in(m: Any, rec: _Calls) -> Any:
         if scan is not None and scan.used:
             call["arrays"] = DirectionArrays(
                 h=out.detach().float().numpy(),
-                state=scan.states.numpy(),  # type: ignore[union-attr]
+                state=scan.states.numpy(),
                 gates=scan.gate_arrays() if rec.gates else None,
             )
         else:
@@ -318,6 +319,11 @@ def _rglru_stand_in(block: Any, rec: _Calls) -> tuple[Any, Any]:
     return block_forward, lru_forward
 
 
+#: kinds whose states come out of the forward pass (:mod:`.mamba_scan`, :mod:`.mamba2_scan`)
+_FAST: dict[str, tuple[Any, Any]] = {
+    "mamba": (mamba_scan.available, mamba_scan.ScanRecorder),
+    "mamba2": (mamba2_scan.available, mamba2_scan.Scan2Recorder),
+}
 _REBUILD = {"mamba": mamba_states, "mamba2": mamba2_states, "lightning": lightning.lightning_states}
 #: kinds whose scan helper is recorded as the mixer runs (:mod:`.intercept`)
 _INTERCEPTED = {"gated_deltanet", "kimi_delta", "mamba_heads"}
