@@ -450,3 +450,19 @@ def test_a_rebuild_that_differs_is_a_parity_error_also_for_per_head_outputs() ->
     check_unedited(
         own, bad, {2: []}, layer="m", what="x", time_axis=2
     )  # an edit at 2: steps 0..2 are checked
+
+
+@pytest.mark.parametrize("family", ["mamba", "mamba2"])
+def test_a_scan_helper_that_computes_something_else_is_a_parity_error(family: str, monkeypatch: Any) -> None:
+    """The states come out of the forward pass only while the modeling file's scan helper agrees
+    with rnnlens' scan (a replaced or customised helper is caught, not silently traced)."""
+    import sys
+
+    model = mamba() if family == "mamba" else mamba2()
+    mod = sys.modules[type(model.backbone.layers[0].mixer).__module__]
+    helper = f"{family}_scan_forward"
+    real = getattr(mod, helper)
+    monkeypatch.setattr(mod, helper, lambda *a, **k: 1.5 * real(*a, **k))
+    with pytest.raises(rnnlens.ParityError, match=r"backbone\.layers\.0\.mixer"):
+        rnnlens.trace(model, IDS)
+    assert not any("forward" in vars(m) for m in model.modules())
