@@ -10,15 +10,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+torch = pytest.importorskip("torch")
+
 pytest.importorskip("transformers")
 
-from ssm_builders import IDS, gemma, mamba, mamba2
+from ssm_builders import IDS, gdn, gemma, mamba, mamba2  # noqa: E402
 
-import rnnlens
+import rnnlens  # noqa: E402
 
 BUILD = {"mamba": mamba, "falcon_mamba": lambda seed: mamba(True, seed), "mamba2": mamba2, "rglru": gemma}
 
@@ -170,3 +171,10 @@ def test_refusals_name_what_is_missing() -> None:
     states["backbone.layers.0.mixer"].forward.gates["dt"][:, 3] *= 1.01  # not the dt that made the state
     with pytest.raises(rnnlens.ParityError, match="step 3"):
         rnnlens.decompose(states, "backbone.layers.0.mixer").attention()
+
+
+def test_a_gated_delta_net_is_refused_with_why() -> None:
+    states = rnnlens.trace(gdn(), IDS)
+    name = next(n for n in states if states[n].kind == "gated_deltanet")
+    with pytest.raises(rnnlens.UnsupportedLayerError, match="product of matrices"):
+        rnnlens.decompose(states, name)

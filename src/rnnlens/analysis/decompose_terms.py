@@ -39,8 +39,7 @@ SUPPORTED: dict[str, str] = {
 _NOT_YET = {
     "mlstm": "its state is stabilised by a running maximum m (the decay and write are rescaled "
     "by exp(m_{t-1} - m_t) each step) and rnnlens does not yet carry that through",
-    "gated_deltanet": "its decay is a product of matrices (I - beta k kᵀ) per step, not a "
-    "per-unit factor",
+    "gated_deltanet": "its decay is a product of matrices (I - beta k kᵀ) per step, not a per-unit factor",
     "kimi_delta": "its decay is a product of matrices (diag(g) - beta k kᵀ) per step",
     "rwkv4": "its WKV state is a ratio of two decayed sums kept with a running maximum",
     "mamba_heads": "rnnlens does not yet keep its per-head constants",
