@@ -48,10 +48,16 @@ def test_mamba_states_at_every_step_equal_the_decode_cache(falcon: bool) -> None
     names = ["backbone.layers.0.mixer", "backbone.layers.1.mixer"]
     assert list(states) == names == rnnlens.describe(model).names
     ls = states[names[0]]
-    assert ls.kind == "mamba" and ls.state.shape == (2, 7, 16, 4) and list(ls.gates) == ["dt", "B", "C"]
+    assert ls.kind == "mamba" and ls.state.shape == (2, 7, 16, 4) and list(ls.gates) == ["dt", "B", "C", "x"]
     assert ls.gates["dt"].shape == (2, 7, 16) and ls.gates["B"].shape == (2, 7, 4)
+    assert ls.gates["x"].shape == (2, 7, 16)
     _equals_prefill_and_decode(model, states, names)
     _untouched(model, before)
+    # the states come out of the forward pass itself (rnnlens' scan stands in for the helper's):
+    # each mixer's output is bitwise the one it computes without rnnlens
+    own = _mixer_outputs(model, names)
+    for name in names:
+        assert np.array_equal(states[name].h, own[name])
 
 
 def test_mamba_attention_mask_is_the_mask_and_options_are_checked() -> None:
@@ -86,7 +92,7 @@ def test_recurrent_gemma_states_equal_the_state_after_each_prefix() -> None:
     names = ["model.layers.0.temporal_block", "model.layers.1.temporal_block"]  # layer 2 is attention
     assert list(states) == names
     blocks = [model.get_submodule(n) for n in names]
-    assert states[names[0]].state.shape == (2, 7, 16) and list(states[names[0]].gates) == ["r", "i"]
+    assert states[names[0]].state.shape == (2, 7, 16) and list(states[names[0]].gates) == ["r", "i", "x"]
     with torch.no_grad():
         for t in range(IDS.shape[1]):
             model(IDS[:, : t + 1], use_cache=True)  # the state is kept on the rg_lru module
@@ -148,8 +154,30 @@ def test_mamba2_states_at_every_step_equal_the_decode_cache() -> None:
     ls = states[names[0]]
     assert ls.kind == "mamba2" and ls.state.shape == (2, 7, 4, 8, 8)
     assert ls.gates["dt"].shape == (2, 7, 4) and ls.gates["B"].shape == (2, 7, 2, 8)
+    assert ls.gates["x"].shape == (2, 7, 4, 8)
     _equals_prefill_and_decode(model, states, names)
     _untouched(model, before)
+    # computed from what the scan helper received while the helper computes the mixer's output:
+    # h is bitwise the mixer's own
+    own = _mixer_outputs(model, names)
+    for name in names:
+        assert np.array_equal(states[name].h, own[name])
+
+
+def _mixer_outputs(model: Any, names: list[str]) -> dict[str, np.ndarray]:
+    """Each mixer's output in a plain forward pass (hooks in the test, not rnnlens)."""
+    own: dict[str, np.ndarray] = {}
+    hooks = [
+        model.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: own.__setitem__(n, o.numpy()))
+        for n in names
+    ]
+    try:
+        with torch.no_grad():
+            model(IDS)
+    finally:
+        for h in hooks:
+            h.remove()
+    return own
 
 
 def test_a_hybrid_gives_its_mamba2_layers_and_skips_attention() -> None:
@@ -422,3 +450,19 @@ def test_a_rebuild_that_differs_is_a_parity_error_also_for_per_head_outputs() ->
     check_unedited(
         own, bad, {2: []}, layer="m", what="x", time_axis=2
     )  # an edit at 2: steps 0..2 are checked
+
+
+@pytest.mark.parametrize("family", ["mamba", "mamba2"])
+def test_a_scan_helper_that_computes_something_else_is_a_parity_error(family: str, monkeypatch: Any) -> None:
+    """The states come out of the forward pass only while the modeling file's scan helper agrees
+    with rnnlens' scan (a replaced or customised helper is caught, not silently traced)."""
+    import sys
+
+    model = mamba() if family == "mamba" else mamba2()
+    mod = sys.modules[type(model.backbone.layers[0].mixer).__module__]
+    helper = f"{family}_scan_forward"
+    real = getattr(mod, helper)
+    monkeypatch.setattr(mod, helper, lambda *a, **k: 1.5 * real(*a, **k))
+    with pytest.raises(rnnlens.ParityError, match=r"backbone\.layers\.0\.mixer"):
+        rnnlens.trace(model, IDS)
+    assert not any("forward" in vars(m) for m in model.modules())

@@ -27,7 +27,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,10 +35,14 @@ import numpy as np
 
 from ..core.states import States
 from ..errors import DirectionNotAvailableError, InputError, ParityError
+from .decompose_hidden import hidden
 from .decompose_maps import lifetimes, norms
 from .decompose_terms import Terms, linear_field, read_terms
 
 __all__ = ["Decomposition", "Lifetimes", "decompose"]
+
+
+_CHUNK_BYTES = 64 << 20
 
 
 def _tolerance(dtype: np.dtype) -> tuple[float, float]:
@@ -77,12 +81,17 @@ class Decomposition:
     """
 
     def __init__(self, direction_states: Any, mask: Any, *, layer: str, kind: str, field: str,
-                 direction: str, initial: np.ndarray | None = None, chunk: int = 256):  # fmt: skip
+                 direction: str, initial: np.ndarray | None = None, chunk: int = 256,
+                 constants: Mapping[str, np.ndarray] | None = None):  # fmt: skip
         self.layer, self.kind, self.field, self.direction = layer, kind, field, direction
-        self._ds, self._mask, self.chunk = direction_states, mask, max(1, int(chunk))
+        self._ds, self._mask = direction_states, mask
+        self._constants = dict(constants or {})
         arr = getattr(direction_states, field)
         self.n_samples, self.n_steps = int(arr.shape[0]), int(arr.shape[1])
         self.state_shape: tuple[int, ...] = tuple(int(s) for s in arr.shape[2:])
+        # a chunk's float64 arrays (field, decays, writes, carried) stay within _CHUNK_BYTES each
+        per_sample = 8 * self.n_steps * max(1, int(np.prod(self.state_shape, dtype=np.int64)))
+        self.chunk = max(1, min(int(chunk), _CHUNK_BYTES // per_sample))
         self.dtype = np.dtype(arr.dtype)
         self.rtol, self.atol = _tolerance(self.dtype)
         if initial is not None:
@@ -113,7 +122,8 @@ class Decomposition:
 
     def _terms(self, sl: slice) -> tuple[Terms, np.ndarray]:
         """A chunk's terms and its initial term ``d_0 ⊙ x_{-1}`` (n, U), processing order."""
-        terms = read_terms(self._ds, self._mask, self.kind, self.field, sl, self.backward)
+        terms = read_terms(self._ds, self._mask, self.kind, self.field, sl, self.backward,
+                           self._constants, self.layer)  # fmt: skip
         if self._initial is not None:
             init0 = terms.d[:, 0] * self._initial[sl].reshape(terms.x.shape[0], -1)
         else:
@@ -285,6 +295,27 @@ class Decomposition:
         shape = (self.n_samples, self.n_steps, *self.state_shape, k)
         return idx.reshape(shape), val.reshape(shape)
 
+    def hidden_attention(self, *, samples: slice | None = None) -> np.ndarray:
+        """Mamba's and Mamba2's "hidden attention" (Ali et al., ACL 2025): ``[n, c, t, s] =
+        C_t · (Π_{r=s+1..t} exp(dt_r A)) · dt_s B_s``, the weight of step s's input ``x_s`` in
+        the scan output ``y_t`` of channel c (Mamba: c a channel; Mamba2: c a head, the same for
+        its head_dim channels), (sample, channel or head, time, time), 0 for s > t. From the
+        stored ``dt``, ``B``, ``C`` and the layer's ``A``; the writes it weighs are checked to
+        sum to the stored states first."""
+        if self.kind not in ("mamba", "mamba2"):
+            raise InputError(
+                f"hidden_attention is Mamba's and Mamba2's (layer {self.layer!r} is {self.kind!r}); "
+                "attention() is the map of every kind."
+            )
+        rows = range(self.n_samples)[samples if samples is not None else slice(None)]
+        parts = []
+        for sl in self._chunks(rows):
+            self._checked(sl)
+            g = {k: np.asarray(self._ds.gates[k][sl], np.float64) for k in ("dt", "B", "C")}
+            parts.append(hidden(self.kind, g, np.asarray(self._constants["A"], np.float64)))
+        shape = (0, self.state_shape[0], self.n_steps, self.n_steps)
+        return np.concatenate(parts) if parts else np.zeros(shape)
+
     def lifetime(self, fraction: float = 0.5) -> Lifetimes:
         """For each write, how many later valid steps it keeps at least ``fraction`` of its weight
         (``|Π d_r| ≥ fraction``): a :class:`Lifetimes` over every sample, step and unit."""
@@ -312,12 +343,12 @@ def decompose(states: States, layer: str, *, field: str | None = None, direction
     """The exact decomposition of ``layer``'s linear field into per-step writes.
 
     ``states``: traced States or a store opened with :func:`rnnlens.open_states`. ``field``:
-    ``c`` for LSTM and ConvLSTM, ``h`` for GRU (the default); other fields and kinds are refused
-    with why. ``direction``: needed when the layer has both. ``initial``: the initial state
-    (sample, *state_shape) if known (otherwise its term is read from the first step: ``x_0 −
-    w_0``). ``chunk``: samples read at once (default: a stored layer's chunk of samples, so
-    that each chunk is decompressed once, if it holds at most 2²² values per sample block; else
-    256).
+    ``c`` for LSTM and ConvLSTM, ``h`` for GRU, ``state`` for Mamba, Mamba2 and RG-LRU (the
+    default); other fields and kinds are refused with why. ``direction``: needed when the layer
+    has both. ``initial``: the initial state (sample, *state_shape) if known (otherwise its term
+    is read from the first step: ``x_0 − w_0``). ``chunk``: samples read at once (default: a
+    stored layer's chunk of samples, so that each chunk is decompressed once, if it holds at most
+    2²² values per sample block; else 256).
     """
     ls = states[layer]
     name = linear_field(ls.kind, field)
@@ -336,4 +367,4 @@ def decompose(states: States, layer: str, *, field: str | None = None, direction
         per_sample = int(np.prod(arr.shape[1:], dtype=np.int64))
         chunk = stored if stored > 0 and stored * per_sample <= 1 << 22 else 256
     return Decomposition(ds, mask, layer=layer, kind=ls.kind, field=name, direction=direction,
-                         initial=initial, chunk=chunk)  # fmt: skip
+                         initial=initial, chunk=chunk, constants=ls.spec.constants)  # fmt: skip

@@ -5,7 +5,8 @@ A field ``x`` is *linear in its previous value* when, once the gates are known,
 
 - LSTM and ConvLSTM ``c``: ``d = f``, ``w = i ⊙ g``;
 - GRU ``h`` (rnnlens' canonical gates, post-activation: ``h_t = z ⊙ h_{t-1} + (1 − z) ⊙ n``):
-  ``d = z``, ``w = (1 − z) ⊙ n``.
+  ``d = z``, ``w = (1 − z) ⊙ n``;
+- the ``state`` of Mamba, Mamba2 and RG-LRU mixers: :mod:`.decompose_ssm`.
 
 A masked step writes nothing and decays nothing (``d = 1``, ``w = 0``): the state is carried.
 Other fields and kinds are refused here, saying why and what to decompose instead.
@@ -18,29 +19,40 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from ..core.kinds import KINDS
 from ..errors import FieldNotAvailableError, UnsupportedLayerError
+from . import decompose_ssm
 
 __all__ = ["SUPPORTED", "Terms", "linear_field", "read_terms"]
 
 #: kind -> the field whose recurrence is linear in itself (what ``decompose`` reads by default)
-SUPPORTED: dict[str, str] = {"lstm": "c", "convlstm": "c", "gru": "h"}
+SUPPORTED: dict[str, str] = {
+    "lstm": "c", "convlstm": "c", "gru": "h", **{k: "state" for k in decompose_ssm.KINDS},
+}  # fmt: skip
 
-_STATE_SPACE = ("mamba", "mamba2", "mlstm", "gated_deltanet", "rglru", "rwkv4")
+#: state-space kinds whose state is linear in itself but not yet decomposed, and why
+_NOT_YET = {
+    "mlstm": "its state is stabilised by a running maximum m (the decay and write are rescaled "
+    "by exp(m_{t-1} - m_t) each step) and rnnlens does not yet carry that through",
+    "gated_deltanet": "its decay is a product of matrices (I - beta k kᵀ) per step, not a per-unit factor",
+    "kimi_delta": "its decay is a product of matrices (diag(g) - beta k kᵀ) per step",
+    "rwkv4": "its WKV state is a ratio of two decayed sums kept with a running maximum",
+    "mamba_heads": "rnnlens does not yet keep its per-head constants",
+    "lightning": "rnnlens does not yet keep its per-head decay constants",
+}
 
 
 def linear_field(kind: str, field: str | None) -> str:
     """The field to decompose for a layer of ``kind`` (``field`` checked, or the default)."""
-    if kind in _STATE_SPACE:
+    if kind in _NOT_YET:
         raise UnsupportedLayerError(
-            f"decompose does not yet support {kind!r} layers: their state is linear in the previous "
-            "state, but rnnlens does not store every parameter of the decay (for Mamba the matrix "
-            "A = -exp(A_log)) nor the step's input, so the writes cannot be computed exactly from "
-            "the stored gates. Decompose an LSTM's c or a GRU's h."
+            f"decompose does not yet support {kind!r} layers: {_NOT_YET[kind]}. It decomposes the "
+            f"state of {sorted(decompose_ssm.KINDS)} layers, an LSTM's c and a GRU's h."
         )
     if kind not in SUPPORTED:
         what = (
@@ -79,20 +91,27 @@ def _read(arr: Any, sl: slice) -> np.ndarray:
     return np.asarray(arr[sl], dtype=np.float64)
 
 
-def read_terms(ds: Any, mask: Any, kind: str, field: str, sl: slice, backward: bool) -> Terms:
-    """The field, decays and writes of samples ``sl`` of direction ``ds`` (in memory or stored)."""
+def read_terms(ds: Any, mask: Any, kind: str, field: str, sl: slice, backward: bool,
+               constants: Mapping[str, np.ndarray] | None = None, layer: str = "") -> Terms:  # fmt: skip
+    """The field, decays and writes of samples ``sl`` of direction ``ds`` (in memory or stored);
+    ``constants``: the layer's (state-space kinds, :mod:`.decompose_ssm`)."""
     x = _read(getattr(ds, field), sl)
+    n, t = x.shape[:2]
+    valid = np.ones((n, t), bool) if mask is None else np.asarray(mask[sl], dtype=bool)
+    if kind in decompose_ssm.KINDS:  # padded steps decay and write as the mixer computes them
+        d, w = decompose_ssm.read(ds, kind, sl, constants or {}, layer)
+        return Terms(x.reshape(n, t, -1), d, w, valid)
     gates = ds.gates
     if kind == "gru":
-        z, n_ = (np.asarray(a, np.float64) for a in gates.read(("z", "n"), sl))
-        d, w = z, (1.0 - z) * n_
+        z, n_ = gates.read(("z", "n"), sl)
+        d = np.array(z, np.float64)  # a copy: masked steps are set below, in place
+        w = (1.0 - d) * n_
     else:  # lstm, convlstm
-        f, i, g = (np.asarray(a, np.float64) for a in gates.read(("f", "i", "g"), sl))
-        d, w = f, i * g
-    n, t = x.shape[:2]
+        f, i, g = gates.read(("f", "i", "g"), sl)
+        d = np.array(f, np.float64)
+        w = np.multiply(i, g, dtype=np.float64)
     x, d, w = (a.reshape(n, t, -1) for a in (x, d, w))
-    valid = np.ones((n, t), bool) if mask is None else np.asarray(mask[sl], dtype=bool)
-    if not valid.all():  # (d and w are fresh float64 arrays here: edited in place)
+    if not valid.all():
         d[~valid], w[~valid] = 1.0, 0.0
     if backward:  # processing order runs from the last input step to the first
         x, d, w, valid = x[:, ::-1], d[:, ::-1], w[:, ::-1], valid[:, ::-1]

@@ -82,12 +82,15 @@ KINDS: dict[str, CellKind] = {
         CellKind("simple", ()),
         CellKind("rnn", (), known=False),
         CellKind("convlstm", ("i", "f", "g", "o"), has_c=True, feature_maps=True),
-        # step size dt (per channel), input and output projections B, C (per state dim)
-        CellKind("mamba", ("dt", "B", "C"), state_dims=("channel", "d_state")),
-        # per-head step size dt, per-group input and output projections B, C
-        CellKind("mamba2", ("dt", "B", "C"), state_dims=("head", "head_dim", "d_state")),
-        # recurrence gate (before a = exp(-8 r softplus(Λ))) and input gate, per LRU unit
-        CellKind("rglru", ("r", "i"), state_dims=("unit",)),
+        # step size dt (per channel), input and output projections B, C (per state dim), the
+        # scan's input x (per channel): the write of a step is dt x B
+        CellKind("mamba", ("dt", "B", "C", "x"), state_dims=("channel", "d_state")),
+        # per-head step size dt, per-group input and output projections B, C, the scan's input x
+        # (head, head_dim): the write of a step is dt x ⊗ B
+        CellKind("mamba2", ("dt", "B", "C", "x"), state_dims=("head", "head_dim", "d_state")),
+        # recurrence gate (before a = exp(-8 r softplus(Λ))), input gate and the block's input x,
+        # per LRU unit: the write of a step is sqrt(1 - a²) (i x)
+        CellKind("rglru", ("r", "i", "x"), state_dims=("unit",)),
         # receptance (after its sigmoid), key, value; the WKV state's parts num, den, max
         CellKind("rwkv4", ("r", "k", "v"), state_dims=("part", "unit")),
         # input and forget gate pre-activations (per head), output gate (per unit)

@@ -6,7 +6,7 @@ Adapters translate a framework's layer into these; everything downstream (the ma
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -147,6 +147,9 @@ class LayerSpec:
     feature_shape: tuple[int, ...] | None = None
     #: the per-step shape of ``state`` (state-space mixers), e.g. ``(d_inner, d_state)``
     state_shape: tuple[int, ...] | None = None
+    #: constants of the recurrence that no per-step array holds, as the model computes them
+    #: (Mamba's and Mamba2's ``A = -exp(A_log)``): what :func:`rnnlens.decompose` needs
+    constants: Mapping[str, np.ndarray] = field(default_factory=dict, compare=False)
 
     @property
     def gate_names(self) -> tuple[str, ...]:

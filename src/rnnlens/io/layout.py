@@ -56,7 +56,9 @@ cluster resume each other's runs.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field as _field
 from typing import Any
 
 import numpy as np
@@ -149,6 +151,8 @@ class LayerLayout:
     part_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
     #: ConvLSTM: the per-step shape of h, c and each gate (a feature map) in place of (unit,)
     feature_shape: tuple[int, ...] | None = None
+    #: the layer's recurrence constants (:attr:`LayerSpec.constants`), kept in the layout's JSON
+    constants: Mapping[str, np.ndarray] = _field(default_factory=dict, compare=False)
 
     @property
     def gate_names(self) -> tuple[str, ...]:
@@ -183,6 +187,7 @@ class LayerLayout:
             notes=self.notes,
             state_shape=self.state_shape,
             feature_shape=self.feature_shape,
+            constants=self.constants,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -195,6 +200,11 @@ class LayerLayout:
             }
         if self.feature_shape is not None:
             extra["feature_shape"] = list(self.feature_shape)
+        if self.constants:  # float32 values round-trip exactly through JSON's doubles
+            extra["constants"] = {
+                k: {"shape": list(v.shape), "dtype": v.dtype.name, "values": v.ravel().tolist()}
+                for k, v in self.constants.items()
+            }
         return extra | {
             "name": self.name,
             "kind": self.kind,
@@ -228,6 +238,10 @@ class LayerLayout:
                 (str(k), tuple(int(v) for v in s)) for k, s in d.get("part_shapes", {}).items()
             ),
             feature_shape=_ints(d.get("feature_shape")),
+            constants={
+                str(k): np.asarray(v["values"], dtype=v["dtype"]).reshape(v["shape"])
+                for k, v in d.get("constants", {}).items()
+            },
         )
 
 

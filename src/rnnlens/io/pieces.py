@@ -153,6 +153,7 @@ def _layout_of(states: States, max_time: int) -> Layout:
                 if "gates" in d0.fields
                 else None,
                 "part_shapes": tuple((k, tuple(v.shape[2:])) for k, v in d0.state_parts.items()),
+                "constants": dict(ls.spec.constants),
             }
         layers.append(
             LayerLayout(

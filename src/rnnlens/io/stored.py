@@ -314,7 +314,9 @@ def _layer(group: Any, lay: LayerLayout, mask: Any) -> StoredLayerStates:
         gates: Gates | None = None
         if "gates" in lay.fields:
             if lay.state_shape is not None:  # a state-space mixer: one array per gate
-                gates = Gates([g[f"gate_{name}"] for name in lay.gate_names], lay.gate_names)
+                # the gates the store holds (one written before a kind gained a gate has fewer)
+                names = tuple(n for n, _ in zip(lay.gate_names, lay.gate_shapes or ()))
+                gates = Gates([g[f"gate_{name}"] for name in names], names)
             else:
                 gates = StoredGates(g["gates"], lay.gate_names)
         state = g["state"] if "state" in lay.fields else None

@@ -106,5 +106,5 @@ def mamba_states(
     )
     arrays = DirectionArrays(h=h, state=states.float().numpy())
     if gates:
-        arrays.gates = tuple(np.ascontiguousarray(g.float().numpy()) for g in (dt.transpose(1, 2), B, C))
+        arrays.gates = tuple(np.ascontiguousarray(g.float().numpy()) for g in (dt.transpose(1, 2), B, C, x))
     return arrays, rebuilt

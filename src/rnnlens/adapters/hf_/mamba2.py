@@ -104,5 +104,5 @@ def mamba2_states(
     )
     arrays = DirectionArrays(h=h, state=states.numpy())
     if gates:
-        arrays.gates = tuple(np.ascontiguousarray(g.float().numpy()) for g in (dt, Bg, Cg))
+        arrays.gates = tuple(np.ascontiguousarray(g.float().numpy()) for g in (dt, Bg, Cg, xh))
     return arrays, rebuilt

@@ -85,5 +85,6 @@ def rglru_states(
         arrays.gates = (
             np.ascontiguousarray(r_gate.float().numpy()),
             np.ascontiguousarray(i_gate.float().numpy()),
+            np.ascontiguousarray(activations.float().numpy()),
         )
     return arrays, rebuilt.to(state.dtype)

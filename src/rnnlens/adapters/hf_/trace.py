@@ -48,14 +48,16 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from ...core.cells import DirectionArrays
 from ...core.edits import LayerEdits
 from ...core.kinds import FIELDS_BY_KIND
 from ...core.spec import LayerSpec
 from ...core.tracing import resolve_fields, select_layers
 from ...errors import InputError, UnsupportedLayerError
 from ..base import Args, Captured, Edits, Intervened, Kwargs, TraceOptions
-from . import delta, heads, lightning
+from . import delta, heads, lightning, mamba2_scan, mamba_scan
 from .intercept import forward_with
 from .mamba import mamba_states
 from .mamba import state_shape as mamba_shape
@@ -113,8 +115,18 @@ def _spec(path: str, m: Any, kind: str) -> LayerSpec:
     )
     return LayerSpec(
         path, kind, type(m).__name__, units, ("forward",), FIELDS_BY_KIND[kind],  # type: ignore[arg-type]
-        notes=(note,), state_shape=tuple(shape_of(m)),
+        notes=(note,), state_shape=tuple(shape_of(m)), constants=_constants(m, kind),
     )  # fmt: skip
+
+
+def _constants(m: Any, kind: str) -> dict[str, np.ndarray]:
+    """The recurrence's constants :func:`rnnlens.decompose` needs, as the mixer computes them."""
+    with torch.no_grad():
+        if kind in ("mamba", "mamba2"):
+            return {"A": (-torch.exp(m.A_log.float())).numpy()}
+        if kind == "rglru":  # log a_t = -8 r_t softplus(Λ)
+            return {"softplus_lambda": F.softplus(m.rg_lru.recurrent_param).float().numpy()}
+    return {}
 
 
 def describe(model: Any) -> list[LayerSpec]:
@@ -147,9 +159,26 @@ def _mamba_stand_in(m: Any, rec: _Calls) -> Any:
                 "traces whole sequences from their start. Pass the full input_ids in one call (no "
                 "past cache)."
             )
-        full = type(m).forward(m, *args, **kwargs)
+        scan: Any = None
+        fast = _FAST.get(rec.kind)
+        if rec.edits is None and fast is not None and fast[0](m):
+            # the states come out of this forward pass, from what its scan helper receives
+            scan = fast[1](m, rec.name, gates=rec.gates)
+            if "cache_params" in kwargs:  # the deprecated name the unwrapped forward no longer maps
+                kwargs["cache"] = kwargs.pop("cache_params")
+            full = forward_with(m, scan.replacements(type(m).forward))(m, *args, **kwargs)
+        else:
+            full = type(m).forward(m, *args, **kwargs)
         out = full[0] if isinstance(full, tuple) else full  # lightning: (output, memory)
-        call = {"x": hidden_states.clone(), "mask": attention_mask, "out": out.clone()}
+        call = {"x": hidden_states, "mask": attention_mask, "out": out}
+        if scan is not None and scan.used:
+            call["arrays"] = DirectionArrays(
+                h=out.detach().float().numpy(),
+                state=scan.states.numpy(),
+                gates=scan.gate_arrays() if rec.gates else None,
+            )
+        else:
+            call["x"], call["out"] = hidden_states.clone(), out.clone()
         rec.calls.append(call)
         if rec.edits is None:
             return full
@@ -290,6 +319,11 @@ def _rglru_stand_in(block: Any, rec: _Calls) -> tuple[Any, Any]:
     return block_forward, lru_forward
 
 
+#: kinds whose states come out of the forward pass (:mod:`.mamba_scan`, :mod:`.mamba2_scan`)
+_FAST: dict[str, tuple[Any, Any]] = {
+    "mamba": (mamba_scan.available, mamba_scan.ScanRecorder),
+    "mamba2": (mamba2_scan.available, mamba2_scan.Scan2Recorder),
+}
 _REBUILD = {"mamba": mamba_states, "mamba2": mamba2_states, "lightning": lightning.lightning_states}
 #: kinds whose scan helper is recorded as the mixer runs (:mod:`.intercept`)
 _INTERCEPTED = {"gated_deltanet", "kimi_delta", "mamba_heads"}
@@ -420,7 +454,8 @@ def _arrays(spec: LayerSpec, rec: _Calls, fields: tuple[str, ...]) -> Any:
         mask = None
     if "state_norm" in fields and arrays.state is not None:
         s = arrays.state
-        arrays.state_norm = np.sqrt(np.square(s).sum(axis=-1)).reshape(s.shape[0], s.shape[1], -1)
+        norm = torch.linalg.vector_norm(torch.from_numpy(s), dim=-1)  # one pass, no squared copy
+        arrays.state_norm = norm.numpy().reshape(s.shape[0], s.shape[1], -1)
     if "state" not in fields:
         arrays.state = None
         arrays.parts = None
