@@ -3,10 +3,12 @@ flax.nnx modules.
 
 This module imports no framework: JAX and Flax are imported when a Flax model arrives.
 ``sites`` (the interceptor of RNN, Bidirectional and cell calls: linen's method interception,
-``nnx``'s traced copy), ``cells`` / ``nnx`` (each cell's step in JAX, for its gates), ``host``
-(the steps recorded and edited on the host), ``entries`` (what is recorded), ``run`` (compiled
-once per input shape, run, states), ``describe`` (layers before a trace; identity) and ``load``
-(msgpack checkpoints) do the work.
+``nnx``'s traced copy), ``scan`` (a plain ``nn.RNN`` call in rnnlens' own scan, its states
+returned by the compiled function), ``cells`` / ``nnx`` (each cell's step in JAX, for its
+gates), ``host`` (the steps recorded and edited on the host), ``entries`` (what is recorded),
+``run`` (compiled once per input shape, run, states), ``chains`` (chained calls joined),
+``recording`` (``rnnlens.record``), ``describe`` (layers before a trace; identity) and ``load``
+(msgpack and Orbax checkpoints) do the work.
 
 Example:
     >>> import jax, numpy as np, flax.linen as nn, rnnlens
@@ -59,6 +61,11 @@ class FlaxAdapter(Adapter):
     ) -> Intervened:
         outputs, captured = run.capture(model, args, kwargs, options, edits=edits)
         return Intervened(_joined(outputs), captured)
+
+    def record(self, model: Any, options: TraceOptions) -> Any:
+        from .recording import FlaxRecording
+
+        return FlaxRecording(model, options)
 
     def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
         return load(path, **options)  # msgpack holds no code: unsafe changes nothing

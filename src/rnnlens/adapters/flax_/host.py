@@ -213,4 +213,5 @@ def direction_arrays(
     out = split_emitted(
         site.kind, parts, h0, c0, mask, reverse=site.reverse, want_c=want_c, want_gates=want_gates
     )
+    out.initial = (np.asarray(h0), None if c0 is None else np.asarray(c0))  # to join chained calls
     return out, mask

@@ -26,6 +26,7 @@ from ...core.spec import LayerSpec
 from ...core.tracing import resolve_fields, select_layers
 from ...errors import InputError, OptionError, RnnLensError, UnsupportedModelError
 from ..base import Captured, LayerBatch, TraceOptions
+from .chains import join_calls
 from .entries import Site
 from .host import Run, active, direction_arrays
 from .nnx import is_nnx, traced_copy
@@ -301,6 +302,7 @@ def capture(
     outputs: list[Any] = []
     batches: list[dict[str, LayerBatch]] = []
     chosen: list[LayerSpec] = []
+    layer_of: dict[str, str] = {}
     for piece_args, piece_kwargs in split_batches(args, kwargs, options.batch_size):
         out, run = _run_once(model, piece_args, piece_kwargs, edits)
         outputs.append(jax.tree_util.tree_map(np.asarray, out))
@@ -315,6 +317,9 @@ def capture(
                     f = fields[spec.name]
                     arrays, mask = direction_arrays(run, index, want_c="c" in f, want_gates="gates" in f)
                     directions[site.direction] = arrays
+                    layer_of[spec.name] = site.layer
             batch[spec.name] = (directions, mask)
         batches.append(batch)
+    if options.calls == "join" and edits is None:  # edits name calls as planned: name#k
+        chosen, batches = join_calls(chosen, batches, layer_of, rtol=0.0, atol=0.0)
     return outputs, Captured(chosen, batches, backend="flax")

@@ -32,13 +32,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from ...core.kinds import KINDS
-from ...core.spec import LayerSpec, call_entry
+from ...core.spec import LayerSpec
 from ...errors import InputError
 from ..base import Captured, TraceOptions
-from ..calllog import CallLog
+from ..calllog import CallLog, continues, merge_batches
 from . import subclassed
 
 __all__ = ["KerasRecording"]
@@ -141,78 +138,15 @@ class KerasRecording(CallLog):
         return self._convert(skip_first=False)
 
     def _convert(self, *, skip_first: bool) -> tuple[Captured, list[tuple[str, str, int, int]]]:
-        per_call = [c.batches[0] for c in self.calls]  # one batch per call (batch_size below)
-        specs: list[LayerSpec] = []
-        batch: dict[str, Any] = {}
-        spans: list[tuple[str, str, int, int]] = []
-        for s in self.calls[0].specs:
-            chains: list[list[int]] = []
-            for k in range(len(per_call)):
-                if chains and _continues(per_call[k - 1][s.name], per_call[k][s.name], s):
-                    chains[-1].append(k)
-                else:
-                    chains.append([k])
-            for chain in chains:
-                todo = self.stream_of(s.name, chain, skip_first=skip_first)
-                if todo is None:
-                    continue
-                chain, began = todo
-                entry = call_entry(s.name, began)
-                specs.append(LayerSpec(entry, s.kind, s.layer_type, s.units, s.directions,
-                                       s.fields, s.cell_units, s.notes))  # fmt: skip
-                batch[entry] = self._merged([per_call[k][s.name] for k in chain])
-                start = 0
-                for k in chain:
-                    steps = int(next(iter(per_call[k][s.name][0].values())).h.shape[1])
-                    spans.append((self.call_name(s.name, k), entry, start, start + steps))
-                    start += steps
-        return Captured(specs, [batch], backend=self.calls[0].backend), spans
+        return self.convert_calls(self.calls, skip_first=skip_first, joins=_continues, merge=self._merged)
 
     def _merged(self, parts: list[Any]) -> Any:
-        dirs = {}
-        for name, first in parts[0][0].items():
-            arrays = [p[0][name] for p in parts]
-            joined = type(first)(h=np.concatenate([a.h for a in arrays], axis=1))
-            if first.c is not None and self.wanted_c:
-                joined.c = np.concatenate([a.c for a in arrays], axis=1)
-            if first.gates is not None:
-                joined.gates = tuple(
-                    np.concatenate([a.gates[g] for a in arrays], axis=1) for g in range(len(first.gates))
-                )
-            dirs[name] = joined
-        masks = [p[1] for p in parts]
-        mask = None
-        if any(m is not None for m in masks):
-            mask = np.concatenate(
-                [
-                    np.ones(p[0][next(iter(p[0]))].h.shape[:2], bool) if m is None else m
-                    for p, m in zip(parts, masks)
-                ],
-                axis=1,
-            )
-        return dirs, mask
+        return merge_batches(parts, with_c=self.wanted_c)
 
 
 def _continues(prev: Any, call: Any, spec: LayerSpec) -> bool:
     """``call`` of one layer started from the state ``prev`` ended in (see the module docstring)."""
-    (prev_dirs, prev_mask), (dirs, mask) = prev, call
-    if len(dirs) != 1 or not KINDS[spec.kind].known:
-        return False
-    if any(m is not None and not np.all(m) for m in (prev_mask, mask)):
-        return False
-    name, a = next(iter(dirs.items()))
-    b = prev_dirs.get(name)
-    if b is None or a.initial is None or a.initial[0] is None:
-        return False
-    finals = [(a.initial[0], b.h[:, -1])]
-    if KINDS[spec.kind].has_c:
-        if a.initial[1] is None or b.c is None:
-            return False
-        finals.append((a.initial[1], b.c[:, -1]))
-    return all(
-        np.shape(start) == np.shape(end) and np.allclose(start, end, rtol=RTOL, atol=ATOL)
-        for start, end in finals
-    )
+    return continues(prev, call, spec.kind, rtol=RTOL, atol=ATOL)
 
 
 def _concrete(x: Any) -> bool:
