@@ -20,6 +20,7 @@ import numpy as np
 
 from ..core.kinds import KINDS
 from ..core.spec import LayerSpec, call_entry
+from .base import Captured
 
 __all__ = ["CallLog", "continues", "merge_batches"]
 
@@ -79,8 +80,6 @@ class CallLog:
         """``calls`` (one :class:`~rnnlens.adapters.base.Captured` of one batch per model call)
         as one Captured: per layer, calls that ``joins(prev, call, spec)`` joined by ``merge``
         along time into one entry named after the chain's first call; and each call's span."""
-        from .base import Captured
-
         per_call = [c.batches[0] for c in calls]
         specs: list[LayerSpec] = []
         batch: dict[str, Any] = {}

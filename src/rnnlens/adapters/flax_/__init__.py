@@ -33,6 +33,7 @@ from ..base import Adapter, Args, Captured, Edits, Inputs, Intervened, Kwargs, T
 from . import run
 from .describe import digest, guessed_specs, param_specs
 from .load import load
+from .recording import FlaxRecording
 
 __all__ = ["FlaxAdapter"]
 
@@ -63,8 +64,6 @@ class FlaxAdapter(Adapter):
         return Intervened(_joined(outputs), captured)
 
     def record(self, model: Any, options: TraceOptions) -> Any:
-        from .recording import FlaxRecording
-
         return FlaxRecording(model, options)
 
     def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
