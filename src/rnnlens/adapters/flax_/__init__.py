@@ -33,6 +33,7 @@ from ..base import Adapter, Args, Captured, Edits, Inputs, Intervened, Kwargs, T
 from . import run
 from .describe import digest, guessed_specs, param_specs
 from .load import load
+from .portable import Portable
 from .recording import FlaxRecording
 
 __all__ = ["FlaxAdapter"]
@@ -68,6 +69,9 @@ class FlaxAdapter(Adapter):
 
     def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
         return load(path, **options)  # msgpack holds no code: unsafe changes nothing
+
+    def portable(self, model: Any) -> Any:
+        return Portable(model)
 
     def model_digest(self, model: Any) -> str:
         return digest(model)
