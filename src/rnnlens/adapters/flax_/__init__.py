@@ -32,7 +32,7 @@ from ...errors import InputError
 from ..base import Adapter, Args, Captured, Edits, Inputs, Intervened, Kwargs, TraceOptions, mro_roots
 from . import run
 from .describe import digest, guessed_specs, param_specs
-from .load import load
+from .load import is_orbax, load
 from .portable import Portable
 from .recording import FlaxRecording
 
@@ -43,7 +43,7 @@ class FlaxAdapter(Adapter):
     name = "flax"
     accepts = (
         "a flax.linen Module bound to its variables (module.bind(variables)) or a flax.nnx Module; "
-        ".msgpack checkpoints (with module=)"
+        ".msgpack checkpoints and Orbax checkpoint directories (with module=)"
     )
     suffixes = (".msgpack",)
     requires = ("flax",)
@@ -67,8 +67,11 @@ class FlaxAdapter(Adapter):
     def record(self, model: Any, options: TraceOptions) -> Any:
         return FlaxRecording(model, options)
 
+    def can_open(self, path: str | os.PathLike[str]) -> bool:
+        return super().can_open(path) or is_orbax(path)
+
     def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
-        return load(path, **options)  # msgpack holds no code: unsafe changes nothing
+        return load(path, **options)  # msgpack and Orbax hold no code: unsafe changes nothing
 
     def portable(self, model: Any) -> Any:
         return Portable(model)
