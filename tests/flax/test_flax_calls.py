@@ -102,3 +102,18 @@ def test_record_follows_an_nnx_model_and_puts_its_class_back() -> None:
     (name,) = list(whole)
     assert list(rec.states) == [name] and rec.states[name].fields == ("h",)
     np.testing.assert_allclose(rec.states[name].h, whole[name].h, **TOL)
+
+
+def test_record_written_as_it_goes(tmp_path: Any) -> None:
+    pytest.importorskip("zarr")
+    rnn = nn.RNN(nn.OptimizedLSTMCell(U), return_carry=True)
+    x = _x(3, t=8)
+    model = rnn.bind(rnn.init(jax.random.key(2), x))
+    with rnnlens.record(model, to=tmp_path / "rec", flush_every=2) as rec:
+        carry = None
+        for lo in range(0, 8, 2):
+            carry, _ = model(x[:, lo : lo + 2], **({} if carry is None else {"initial_carry": carry}))
+    whole = rnnlens.trace(model, x)["cell"]
+    np.testing.assert_allclose(rec.states["cell"].h, whole.h, **TOL)
+    np.testing.assert_allclose(rec.states["cell"].c, whole.c, **TOL)
+    assert [c.entry for c in rec.calls] == ["cell"] * 4

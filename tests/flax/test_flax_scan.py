@@ -82,3 +82,17 @@ def test_an_nn_rnn_inside_the_users_vmap_falls_back_on_the_host_and_is_refused_c
     from rnnlens.adapters.flax_ import run  # rnnlens' scan was tried, then the host's path
 
     assert all(not c.fast for c in run._CACHE[id(model)].values())
+
+
+def test_h_and_c_alone_come_from_the_cell_without_rnnlens_step() -> None:
+    from rnnlens.adapters.flax_ import run
+
+    rnn = nn.RNN(nn.OptimizedLSTMCell(U))
+    x = np.random.default_rng(5).normal(size=(2, 6, F)).astype(np.float32)
+    model = rnn.bind(rnn.init(jax.random.key(5), x))
+    full = rnnlens.trace(model, x)["cell"]
+    hc = rnnlens.trace(model, x, fields=("h", "c"))["cell"]
+    assert hc.fields == ("h", "c")
+    np.testing.assert_array_equal(hc.h, full.h)
+    np.testing.assert_array_equal(hc.c, full.c)
+    assert sorted(c.gates for c in run._CACHE[id(model)].values()) == [False, True]

@@ -188,13 +188,15 @@ def direction_arrays(
     got = _steps(run, index, has_c)
     if got is None:
         raise InputError(f"Layer {site.layer!r} ran no step: give inputs with at least one time step.")
-    h_model, h_ours = got["h_model"], got["h_ours"]
+    h_model = got["h_model"]
     n, steps = h_model.shape[:2]
-    check_parity(h_model, h_ours.astype(h_model.dtype), None, layer=site.layer, what="rnnlens' step (h)")
-    if has_c:
-        check_parity(got["c_model"], got["c_ours"].astype(h_model.dtype), None, layer=site.layer,
-                     what="rnnlens' step (c)")  # fmt: skip
-    gates, lengths = got["gates"], got.get("lengths")
+    if "h_ours" in got:  # rnnlens' step ran (for the gates): it must give the cell's own h and c
+        check_parity(h_model, got["h_ours"].astype(h_model.dtype), None, layer=site.layer,
+                     what="rnnlens' step (h)")  # fmt: skip
+        if has_c:
+            check_parity(got["c_model"], got["c_ours"].astype(h_model.dtype), None, layer=site.layer,
+                         what="rnnlens' step (c)")  # fmt: skip
+    gates, lengths = got.get("gates", np.zeros((n, steps, 0, 0), h_model.dtype)), got.get("lengths")
     h, c = got["h"], got.get("c")
     h0, c0 = got["h0"], got.get("c0")
     parts = [h] + ([c] if c is not None else []) + [gates[:, :, g] for g in range(gates.shape[2])]

@@ -44,6 +44,7 @@ class _Compiled:
     fn: Any  # (state, arrays) -> (outputs, {site index: stacked step arrays})
     sites: list[Site]
     fast: bool  # plain nn.RNN calls run in rnnlens' scan (else: every step through the host)
+    gates: bool = True  # the scan computes the gates (else: h and c, the cell's own, only)
 
 
 def model_parts(model: Any) -> tuple[Any, Any, Any]:
@@ -57,7 +58,7 @@ def model_parts(model: Any) -> tuple[Any, Any, Any]:
         graphdef, state = nnx.split(model)
 
         def call_nnx(sites: list[Site], state: Any, args: Any, kwargs: Any, stacked: Any = None) -> Any:
-            with traced_copy(graphdef, state, Interceptor(sites, stacked)) as copy:
+            with traced_copy(graphdef, state, Interceptor(sites, stacked)) as copy:  # nnx: the host's path
                 return copy(*args, **kwargs)
 
         return graphdef, state, call_nnx
@@ -65,8 +66,10 @@ def model_parts(model: Any) -> tuple[Any, Any, Any]:
 
     module, variables = split_model(model)
 
-    def call_linen(sites: list[Site], variables: Any, args: Any, kwargs: Any, stacked: Any = None) -> Any:
-        with nn.intercept_methods(Interceptor(sites, stacked)):
+    def call_linen(
+        sites: list[Site], variables: Any, args: Any, kwargs: Any, stacked: Any = None, gates: bool = True
+    ) -> Any:
+        with nn.intercept_methods(Interceptor(sites, stacked, gates)):
             return module.apply(variables, *args, **kwargs)
 
     return module, variables, call_linen
@@ -132,10 +135,13 @@ def _signature(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[list[A
     return dynamic, tree, (tree, tuple(statics))
 
 
-def _compiled(model: Any, call: Any, tree: Any, dynamic: list[Any], key: Any, fast: bool) -> _Compiled:
+def _compiled(
+    model: Any, call: Any, tree: Any, dynamic: list[Any], key: Any, fast: bool, gates: bool = True
+) -> _Compiled:
     import jax
 
-    key = (key, fast)
+    gates = gates or not fast or is_nnx(model)
+    key = (key, fast, gates)
     with _cache_lock:
         per_model = _CACHE.get(id(model))
         if per_model is None:
@@ -153,9 +159,10 @@ def _compiled(model: Any, call: Any, tree: Any, dynamic: list[Any], key: Any, fa
         leaves = [next(it) if s is not None else _static(key, i) for i, s in enumerate(statics)]
         args, kwargs = jax.tree_util.tree_unflatten(tree, leaves)
         stacked: dict[int, Any] | None = {} if fast else None
-        return call(sites, state, args, kwargs, stacked), stacked or {}
+        extra = {} if gates else {"gates": False}
+        return call(sites, state, args, kwargs, stacked, **extra), stacked or {}
 
-    compiled = _Compiled(jax.jit(fn), sites, fast)
+    compiled = _Compiled(jax.jit(fn), sites, fast, gates)
     with _cache_lock:
         per_model[key] = compiled
     return compiled
@@ -229,7 +236,11 @@ def split_batches(
 
 
 def _run_once(
-    model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], edits: Mapping[str, LayerEdits] | None
+    model: Any,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    edits: Mapping[str, LayerEdits] | None,
+    gates: bool = True,
 ) -> tuple[Any, Run]:
     import jax
 
@@ -237,7 +248,7 @@ def _run_once(
     dynamic, tree, key = _signature(args, kwargs)
     key = (key, static if is_nnx(model) else None)  # an nnx module's graph may change
     # edits go to the host step by step; a trace runs plain nn.RNN calls in rnnlens' scan
-    compiled = _compiled(model, call, tree, dynamic, key, fast=edits is None)
+    compiled = _compiled(model, call, tree, dynamic, key, fast=edits is None, gates=gates)
     arrays = [d for d in dynamic if d is not None]
     try:
         if edits is not None:  # the edits were planned on describe(): plan them on these sites
@@ -304,7 +315,8 @@ def capture(
     chosen: list[LayerSpec] = []
     layer_of: dict[str, str] = {}
     for piece_args, piece_kwargs in split_batches(args, kwargs, options.batch_size):
-        out, run = _run_once(model, piece_args, piece_kwargs, edits)
+        gates = options.fields is None or "gates" in options.fields  # else no rnnlens step is needed
+        out, run = _run_once(model, piece_args, piece_kwargs, edits, gates)
         outputs.append(jax.tree_util.tree_map(np.asarray, out))
         specs = _specs(run.sites)
         chosen = select_layers(specs, options.layers)

@@ -62,11 +62,13 @@ def scan_rnn(
     kwargs: Mapping[str, Any],
     register: Callable[[Any, Any], int],
     quiet: Callable[[], AbstractContextManager[Any]],
+    gates: bool = True,
 ) -> tuple[Any, int, dict[str, Any]]:
     """Run one plain ``nn.RNN`` call (a bound module, inside its own method context):
     ``(what nn.RNN returns, the site's index, the stacked step arrays)``. ``register(cell, h0)``
     makes (or finds) the call's site; the cell's calls inside the scan run under ``quiet()``
-    (not intercepted)."""
+    (not intercepted). Without ``gates`` only the cell's own h and c are returned (no rnnlens
+    step: nothing to check it against)."""
     import jax
     import jax.numpy as jnp
     from flax.linen import transforms
@@ -110,17 +112,35 @@ def scan_rnn(
     with quiet():
         last, (carries, outputs, (h_model, c_model)) = scan(cell, carry, inputs)
     stacked = {"h_model": h_model, "h0": h0}
+    if c_model is not None:
+        stacked.update(c_model=c_model, c0=c0)
+    if seq_lengths is not None:
+        stacked["lengths"] = jnp.asarray(seq_lengths)
+    carry = _select_last_carry(carries, jnp.asarray(seq_lengths)) if slice_carry else last
+    if reverse and keep_order:
+        outputs = flip_sequences(outputs, seq_lengths, num_batch_dims=1, time_major=time_major)
+    result = (carry, outputs) if return_carry else outputs
+    if gates:
+        _gates(kind, cell, stacked, jnp.moveaxis(inputs, time_axis, 0))
+    return result, index, stacked
+
+
+def _gates(kind: str, cell: Any, stacked: dict[str, Any], inputs: Any) -> None:
+    """rnnlens' step on every step at once (time first): ``h_ours``, ``c_ours``, ``gates``."""
+    import jax.numpy as jnp
+
+    h_model, h0 = stacked["h_model"], stacked["h0"]
+    c_model, c0 = stacked.get("c_model"), stacked.get("c0")
     # the gates from the cell's maths, all steps at once (the carry each step started from is
     # known now): one large product instead of one per step inside the scan
     steps, n = h_model.shape[:2]
     flat = lambda a: jnp.reshape(a, (steps * n, *a.shape[2:]))  # noqa: E731
     h_in = jnp.concatenate([h0[None].astype(h_model.dtype), h_model], axis=0)[:steps]
     carry_in: Any = flat(h_in)
-    if c_model is not None:
+    if c_model is not None and c0 is not None:
         c_in = jnp.concatenate([c0[None].astype(c_model.dtype), c_model], axis=0)[:steps]
         carry_in = (flat(c_in), carry_in)
-        stacked.update(c_model=c_model, c0=c0)
-    x = flat(jnp.moveaxis(inputs, time_axis, 0))
+    x = flat(inputs)
     my_h, my_c, gates = step(kind, cell, cell.variables.get("params", {}), carry_in, x)
     unflat = lambda a: jnp.reshape(a, (steps, n, *a.shape[1:]))  # noqa: E731
     stacked["h_ours"] = unflat(my_h)
@@ -128,9 +148,3 @@ def scan_rnn(
         stacked["c_ours"] = unflat(my_c)
     no_gates = jnp.zeros((steps, n, 0, h0.shape[-1]), h_model.dtype)  # SimpleCell
     stacked["gates"] = no_gates if gates is None else unflat(gates)
-    if seq_lengths is not None:
-        stacked["lengths"] = jnp.asarray(seq_lengths)
-    carry = _select_last_carry(carries, jnp.asarray(seq_lengths)) if slice_carry else last
-    if reverse and keep_order:
-        outputs = flip_sequences(outputs, seq_lengths, num_batch_dims=1, time_major=time_major)
-    return (carry, outputs) if return_carry else outputs, index, stacked

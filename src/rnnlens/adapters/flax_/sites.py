@@ -65,6 +65,7 @@ class Interceptor:
 
     sites: list[Site]
     stacked: dict[int, dict[str, Any]] | None = None
+    gates: bool = True  # rnnlens' scan computes the gates (and checks its step against the cell's)
     _quiet: int = 0
     _calls: Counter[str] = field(default_factory=Counter)
     _stack: list[Any] = field(default_factory=list)
@@ -117,7 +118,7 @@ class Interceptor:
         )
         try:
             if self.stacked is not None and plain(module, args, kwargs):
-                out, index, arrays = scan_rnn(module, args, kwargs, self._register, self._quieted)
+                out, index, arrays = scan_rnn(module, args, kwargs, self._register, self._quieted, self.gates)
                 self.stacked[index] = arrays
                 return out
             return next_fun(*args, **kwargs)
