@@ -1,12 +1,14 @@
 """Where the cells of a linen model run, found by Flax's own method interception.
 
 While a model is traced under :func:`flax.linen.intercept_methods`, :class:`Interceptor` sees
-every ``nn.Bidirectional``, ``nn.RNN`` and cell call. Each cell call (one step, inside
-``nn.RNN``'s scan, the user's own ``nn.scan`` or a Python loop) runs the cell's own
-``__call__`` unchanged, computes the gates from the cell's parameters (:mod:`.cells`) and hands
-the step to the host through one ordered ``io_callback``: the host records it and returns the
-carry, edited where an intervention asks (:mod:`.host`). A :class:`Site` is one sequence of steps:
-one ``nn.RNN`` call, or every direct call of one cell.
+every ``nn.Bidirectional``, ``nn.RNN`` and cell call. A plain ``nn.RNN`` call of a trace runs
+in rnnlens' own scan (:mod:`.scan`): its steps leave the compiled function as outputs. Every
+other cell call (one step, inside ``nn.RNN``'s scan during an intervention, the user's own
+``nn.scan`` or a Python loop, an nnx cell) runs the cell's own ``__call__`` unchanged, computes
+the gates from the cell's parameters (:mod:`.cells`) and hands the step to the host through one
+ordered ``io_callback``: the host records it and returns the carry, edited where an intervention
+asks (:mod:`.host`). A :class:`Site` is one sequence of steps: one ``nn.RNN`` call, or every
+direct call of one cell.
 
 Example:
     >>> import flax.linen as nn
