@@ -28,7 +28,8 @@ def all_suites() -> dict[str, Callable[[], list[Case]]]:
     from . import keras_suite
 
     suites = dict(keras_suite.SUITES)
-    for module in ("torch_suite", "grid", "recording", "ssm_suite", "streaming", "dask_suite", "peers"):
+    others = ("torch_suite", "grid", "recording", "ssm_suite", "streaming", "dask_suite", "peers")
+    for module in (*others, "flax_suite", "torch_compile"):
         with contextlib.suppress(ImportError):
             suites.update(importlib.import_module(f"benchmarks.{module}").SUITES)
     return suites

@@ -237,14 +237,39 @@ def test_state_kept_on_the_module_is_put_back(call: str, tmp_path: Any) -> None:
         assert torch.equal(m(x), want)  # its next prediction is the one it would have made
 
 
-def test_an_in_place_change_to_a_parameter_is_an_error() -> None:
+@pytest.mark.parametrize("weights", ["copied", "over the limit"])
+def test_an_in_place_change_to_a_parameter_is_put_back_or_an_error(weights: str, monkeypatch: Any) -> None:
+    from rnnlens.adapters.torch_ import unchanged
+
     class Drifting(Classifier):
         def forward(self, x: Any) -> Any:
             self.fc.bias.add_(1.0)
+            self.rnn.weight_hh_l0.mul_(0.5)  # the recurrence itself moves as it runs
             return super().forward(x)
 
-    with pytest.raises(rnnlens.errors.UnsupportedModelError, match=r"fc\.bias"):
-        rnnlens.trace(Drifting(), _x())
+    torch.manual_seed(4)
+    m, x = Drifting(), _x()
+    params = {k: v.detach().clone() for k, v in m.named_parameters()}
+    if weights == "over the limit":  # weights too large to copy: found after the run, an error
+        monkeypatch.setattr(unchanged, "PARAM_COPY_LIMIT", 0)
+        with pytest.raises(rnnlens.errors.UnsupportedModelError, match=r"fc\.bias.*rnn\.weight_hh_l0|0 MiB"):
+            rnnlens.trace(m, x)
+        return
+    for run in (
+        lambda: rnnlens.trace(m, x),
+        lambda: rnnlens.intervene(m, x, rnnlens.Edit("rnn.l0", 1, set=0.0)),
+    ):
+        run()
+        for k, v in m.named_parameters():
+            assert torch.equal(v, params[k]), k  # bitwise as before
+    # the states are those of the run the model made (its recurrence halved first)
+    drifted = copy.deepcopy(m)
+    with torch.no_grad():
+        drifted.rnn.weight_hh_l0.mul_(0.5)
+        want, _ = drifted.rnn(x)
+    np.testing.assert_allclose(
+        rnnlens.trace(m, x, fields=("h",))["rnn.l1"].h, want.numpy(), rtol=1e-5, atol=1e-6
+    )
 
 
 # ------------------------------------------------------------------------- torch.export

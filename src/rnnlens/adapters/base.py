@@ -163,6 +163,12 @@ class Adapter(ABC):
         """The model's identity for resuming a store: sha256 (hex) over its weights *and*
         its architecture (graph, activations, layer configurations)."""
 
+    def portable(self, model: Any) -> Any:
+        """What is pickled to ship ``model`` to Dask workers: an object that unpickles as the
+        model (the model itself, by default; an adapter whose models cannot be pickled as they
+        are gives one that rebuilds them)."""
+        return model
+
     @abstractmethod
     def to_inputs(self, x: Any, *, mask: np.ndarray | None, size: int) -> Inputs:
         """How one streamed piece (NumPy ``x``: array, list or dict; ``size`` samples;

@@ -1,5 +1,7 @@
-"""What the ONNX and Keras recordings share for ``rnnlens.record(model, to=dir)``: a list of
-recorded calls drained every so often, keeping the last call to link the next.
+"""What the ONNX, Keras and Flax recordings share for ``rnnlens.record(model, to=dir)``: a list
+of recorded calls drained every so often, keeping the last call to link the next; and the test
+of whether a layer's call continues the previous one (:func:`continues`) and their joining
+(:func:`merge_batches`).
 
 Example:
     >>> log = CallLog()
@@ -10,11 +12,17 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-from ..core.spec import call_entry
+import numpy as np
 
-__all__ = ["CallLog"]
+from ..core.kinds import KINDS
+from ..core.spec import LayerSpec, call_entry
+from .base import Captured
+
+__all__ = ["CallLog", "continues", "merge_batches"]
 
 Spans = list[tuple[str, str, int, int]]
 
@@ -60,3 +68,93 @@ class CallLog:
     def call_name(self, layer: str, k: int) -> str:
         """The name of local call ``k`` of ``layer``: ``layer``, ``layer#<global number>``."""
         return call_entry(layer, self.base + k)
+
+    def convert_calls(
+        self,
+        calls: list[Any],
+        *,
+        skip_first: bool,
+        joins: Callable[[Any, Any, LayerSpec], bool],
+        merge: Callable[[list[Any]], Any],
+    ) -> tuple[Any, Spans]:
+        """``calls`` (one :class:`~rnnlens.adapters.base.Captured` of one batch per model call)
+        as one Captured: per layer, calls that ``joins(prev, call, spec)`` joined by ``merge``
+        along time into one entry named after the chain's first call; and each call's span."""
+        per_call = [c.batches[0] for c in calls]
+        specs: list[LayerSpec] = []
+        batch: dict[str, Any] = {}
+        spans: Spans = []
+        for s in calls[0].specs:
+            chains: list[list[int]] = []
+            for k in range(len(per_call)):
+                if s.name not in per_call[k]:
+                    continue
+                if chains and joins(per_call[chains[-1][-1]][s.name], per_call[k][s.name], s):
+                    chains[-1].append(k)
+                else:
+                    chains.append([k])
+            for chain in chains:
+                todo = self.stream_of(s.name, chain, skip_first=skip_first)
+                if todo is None:
+                    continue
+                chain, began = todo
+                entry = call_entry(s.name, began)
+                specs.append(replace(s, name=entry))
+                batch[entry] = merge([per_call[k][s.name] for k in chain])
+                start = 0
+                for k in chain:
+                    steps = int(next(iter(per_call[k][s.name][0].values())).h.shape[1])
+                    spans.append((self.call_name(s.name, k), entry, start, start + steps))
+                    start += steps
+        return Captured(specs, [batch], backend=calls[0].backend), spans
+
+
+def continues(prev: Any, call: Any, kind: str, *, rtol: float, atol: float) -> bool:
+    """Whether ``call`` (a layer's ``(directions, mask)``) started from the state ``prev`` ended
+    in: one direction, no masked step, its ``initial`` h0 (and c0) equal to ``prev``'s last h
+    (and c) within ``rtol`` / ``atol``."""
+    (prev_dirs, prev_mask), (dirs, mask) = prev, call
+    if len(dirs) != 1 or not KINDS[kind].known:
+        return False
+    if any(m is not None and not np.all(m) for m in (prev_mask, mask)):
+        return False
+    name, a = next(iter(dirs.items()))
+    b = prev_dirs.get(name)
+    if b is None or a.initial is None or a.initial[0] is None:
+        return False
+    finals = [(a.initial[0], b.h[:, -1])]
+    if KINDS[kind].has_c:
+        if a.initial[1] is None or b.c is None:
+            return False
+        finals.append((a.initial[1], b.c[:, -1]))
+    return all(
+        np.shape(start) == np.shape(end) and np.allclose(start, end, rtol=rtol, atol=atol)
+        for start, end in finals
+    )
+
+
+def merge_batches(parts: list[Any], *, with_c: bool = True) -> Any:
+    """Calls of one layer (``(directions, mask)`` each) joined along time into one."""
+    dirs = {}
+    for name, first in parts[0][0].items():
+        arrays = [p[0][name] for p in parts]
+        joined = type(first)(h=np.concatenate([a.h for a in arrays], axis=1))
+        if first.c is not None and with_c:
+            joined.c = np.concatenate([a.c for a in arrays], axis=1)
+        if first.gates is not None:
+            joined.gates = tuple(
+                np.concatenate([a.gates[g] for a in arrays], axis=1) for g in range(len(first.gates))
+            )
+        joined.initial = first.initial
+        dirs[name] = joined
+    masks = [p[1] for p in parts]
+    mask = None
+    if any(m is not None for m in masks):
+        mask = np.concatenate(
+            [
+                np.ones(p[0][next(iter(p[0]))].h.shape[:2], bool) if m is None else m
+                for p, m in zip(parts, masks)
+            ],
+            axis=1,
+        )
+    return dirs, mask

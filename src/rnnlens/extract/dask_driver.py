@@ -215,7 +215,8 @@ class _Driver:
                 # refuse a mismatched store before shipping the model anywhere
                 target = self._target(expected, _model_name(model), None)
                 manifest = target.prepare(resume=resume, overwrite=overwrite)
-                payload = client.scatter(cloudpickle.dumps(model), broadcast=True, hash=False)
+                portable = adapters.for_model(model).portable(model)
+                payload = client.scatter(cloudpickle.dumps(portable), broadcast=True, hash=False)
             # the probe: one worker loads the model, reports its hash, and traces the first
             # chunk to do (kept there for that chunk's task), which fixes the store's layout
             guess = 0 if overwrite and manifest is None else self._first_todo(manifest)

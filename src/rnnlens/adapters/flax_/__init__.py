@@ -3,10 +3,12 @@ flax.nnx modules.
 
 This module imports no framework: JAX and Flax are imported when a Flax model arrives.
 ``sites`` (the interceptor of RNN, Bidirectional and cell calls: linen's method interception,
-``nnx``'s traced copy), ``cells`` / ``nnx`` (each cell's step in JAX, for its gates), ``host``
-(the steps recorded and edited on the host), ``entries`` (what is recorded), ``run`` (compiled
-once per input shape, run, states), ``describe`` (layers before a trace; identity) and ``load``
-(msgpack checkpoints) do the work.
+``nnx``'s traced copy), ``scan`` (a plain ``nn.RNN`` call in rnnlens' own scan, its states
+returned by the compiled function), ``cells`` / ``nnx`` (each cell's step in JAX, for its
+gates), ``host`` (the steps recorded and edited on the host), ``entries`` (what is recorded),
+``run`` (compiled once per input shape, run, states), ``chains`` (chained calls joined),
+``recording`` (``rnnlens.record``), ``describe`` (layers before a trace; identity) and ``load``
+(msgpack and Orbax checkpoints) do the work.
 
 Example:
     >>> import jax, numpy as np, flax.linen as nn, rnnlens
@@ -30,7 +32,9 @@ from ...errors import InputError
 from ..base import Adapter, Args, Captured, Edits, Inputs, Intervened, Kwargs, TraceOptions, mro_roots
 from . import run
 from .describe import digest, guessed_specs, param_specs
-from .load import load
+from .load import is_orbax, load
+from .portable import Portable
+from .recording import FlaxRecording
 
 __all__ = ["FlaxAdapter"]
 
@@ -39,7 +43,7 @@ class FlaxAdapter(Adapter):
     name = "flax"
     accepts = (
         "a flax.linen Module bound to its variables (module.bind(variables)) or a flax.nnx Module; "
-        ".msgpack checkpoints (with module=)"
+        ".msgpack checkpoints and Orbax checkpoint directories (with module=)"
     )
     suffixes = (".msgpack",)
     requires = ("flax",)
@@ -60,8 +64,17 @@ class FlaxAdapter(Adapter):
         outputs, captured = run.capture(model, args, kwargs, options, edits=edits)
         return Intervened(_joined(outputs), captured)
 
+    def record(self, model: Any, options: TraceOptions) -> Any:
+        return FlaxRecording(model, options)
+
+    def can_open(self, path: str | os.PathLike[str]) -> bool:
+        return super().can_open(path) or is_orbax(path)
+
     def load(self, path: str | os.PathLike[str], *, unsafe: bool = False, **options: Any) -> Any:
-        return load(path, **options)  # msgpack holds no code: unsafe changes nothing
+        return load(path, **options)  # msgpack and Orbax hold no code: unsafe changes nothing
+
+    def portable(self, model: Any) -> Any:
+        return Portable(model)
 
     def model_digest(self, model: Any) -> str:
         return digest(model)

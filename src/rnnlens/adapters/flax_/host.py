@@ -43,6 +43,8 @@ class Run:
     sites: list[Site]
     edits: Mapping[str, LayerEdits] | None = None
     steps: dict[int, list[tuple[np.ndarray, ...]]] = field(default_factory=dict)
+    #: per site run by rnnlens' scan: its steps, time first (names: ``scan.STACKED``)
+    stacked: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
     error: BaseException | None = None
     _plans: dict[int, tuple[np.ndarray, dict[str, dict[int, list[Op]]]]] = field(default_factory=dict)
 
@@ -141,33 +143,62 @@ def _apply(state: np.ndarray, ops: list[Op], rows: np.ndarray) -> None:
     state[rows] = block
 
 
+def _steps(run: Run, index: int, has_c: bool) -> dict[str, np.ndarray] | None:
+    """Site ``index``'s steps, (sample, time, ...): ``h_model``, ``h_ours``, ``h`` (what the model
+    carried on, edited where asked), ``h0``, the same of c, ``gates``, ``lengths`` where given."""
+    stacked = run.stacked.get(index)
+    if stacked is not None:  # rnnlens' scan: nothing edited
+        # (time, sample, ...) -> (sample, time, ...); what is returned, copied (writable, contiguous)
+        out = {k: np.moveaxis(v, 0, 1) for k, v in stacked.items() if k not in ("h0", "c0", "lengths")}
+        for name in ("h_model", "c_model", "gates"):
+            if name in out:
+                out[name] = np.ascontiguousarray(out[name]) if out[name].flags.writeable else out[name].copy()
+        out.update((name, stacked[name]) for name in ("h0", "c0") if name in stacked)
+        out["h"] = out["h_model"]
+        if has_c:
+            out["c"] = out["c_model"]
+        if "lengths" in stacked:
+            out["lengths"] = stacked["lengths"].reshape(-1).astype(np.int64)
+        return out if out["h"].shape[1] else None
+    records = run.steps.get(index)
+    if not records:
+        return None
+
+    def stacked_at(k: int) -> np.ndarray:
+        return np.stack([r[k] for r in records], axis=1)
+
+    names = ["h_in", "h_model", "h_ours"] + (["c_in", "c_model", "c_ours"] if has_c else []) + ["gates"]
+    out = {name: stacked_at(i) for i, name in enumerate(names) if not name.endswith("_in")}
+    k = len(names)
+    if run.sites[index].lengths:
+        out["lengths"] = records[0][k].reshape(-1).astype(np.int64)
+    out["h"], out["h0"] = stacked_at(k + 1), records[0][0]
+    if has_c:
+        out["c"], out["c0"] = stacked_at(k + 2), records[0][3]
+    return out
+
+
 def direction_arrays(
     run: Run, index: int, *, want_c: bool, want_gates: bool
 ) -> tuple[DirectionArrays, np.ndarray | None]:
     """Site ``index``'s steps as one direction, input time order, checked against the cell's own
     ``h`` (and ``c``); and its valid-step mask (``seq_lengths``) or None."""
     site = run.sites[index]
-    records = run.steps.get(index)
-    if not records:
-        raise InputError(f"Layer {site.layer!r} ran no step: give inputs with at least one time step.")
     has_c = KINDS[site.kind].has_c
-
-    def stacked(k: int) -> np.ndarray:
-        return np.stack([r[k] for r in records], axis=1)
-
-    h_model, h_ours = stacked(1), stacked(2)
+    got = _steps(run, index, has_c)
+    if got is None:
+        raise InputError(f"Layer {site.layer!r} ran no step: give inputs with at least one time step.")
+    h_model = got["h_model"]
     n, steps = h_model.shape[:2]
-    check_parity(h_model, h_ours.astype(h_model.dtype), None, layer=site.layer, what="rnnlens' step (h)")
-    k = 3
-    if has_c:
-        check_parity(stacked(4), stacked(5).astype(h_model.dtype), None, layer=site.layer,
-                     what="rnnlens' step (c)")  # fmt: skip
-        k = 6
-    gates = stacked(k)
-    lengths = records[0][k + 1].reshape(-1).astype(np.int64) if site.lengths else None
-    h, c = stacked(k + 2), stacked(k + 3) if has_c else None
-    h0 = records[0][0]
-    c0 = records[0][3] if has_c else None
+    if "h_ours" in got:  # rnnlens' step ran (for the gates): it must give the cell's own h and c
+        check_parity(h_model, got["h_ours"].astype(h_model.dtype), None, layer=site.layer,
+                     what="rnnlens' step (h)")  # fmt: skip
+        if has_c:
+            check_parity(got["c_model"], got["c_ours"].astype(h_model.dtype), None, layer=site.layer,
+                         what="rnnlens' step (c)")  # fmt: skip
+    gates, lengths = got.get("gates", np.zeros((n, steps, 0, 0), h_model.dtype)), got.get("lengths")
+    h, c = got["h"], got.get("c")
+    h0, c0 = got["h0"], got.get("c0")
     parts = [h] + ([c] if c is not None else []) + [gates[:, :, g] for g in range(gates.shape[2])]
     mask = None
     if site.steps is not None and site.reverse:
@@ -184,4 +215,5 @@ def direction_arrays(
     out = split_emitted(
         site.kind, parts, h0, c0, mask, reverse=site.reverse, want_c=want_c, want_gates=want_gates
     )
+    out.initial = (np.asarray(h0), None if c0 is None else np.asarray(c0))  # to join chained calls
     return out, mask

@@ -26,6 +26,7 @@ from ...core.spec import LayerSpec
 from ...core.tracing import resolve_fields, select_layers
 from ...errors import InputError, OptionError, RnnLensError, UnsupportedModelError
 from ..base import Captured, LayerBatch, TraceOptions
+from .chains import join_calls
 from .entries import Site
 from .host import Run, active, direction_arrays
 from .nnx import is_nnx, traced_copy
@@ -40,21 +41,24 @@ _CACHE: dict[int, dict[Any, _Compiled]] = {}
 
 @dataclass
 class _Compiled:
-    fn: Any
+    fn: Any  # (state, arrays) -> (outputs, {site index: stacked step arrays})
     sites: list[Site]
+    fast: bool  # plain nn.RNN calls run in rnnlens' scan (else: every step through the host)
+    gates: bool = True  # the scan computes the gates (else: h and c, the cell's own, only)
 
 
 def model_parts(model: Any) -> tuple[Any, Any, Any]:
     """``(static, state, call)``: what does not change between runs (the linen module, the nnx
-    graph definition), the arrays (variables, nnx state), and ``call(sites, state, args, kwargs)``,
-    which runs the model with every recurrent call traced into ``sites``."""
+    graph definition), the arrays (variables, nnx state), and ``call(sites, state, args, kwargs,
+    stacked)``, which runs the model with every recurrent call traced into ``sites`` (plain
+    ``nn.RNN`` calls by rnnlens' scan, their steps left in ``stacked``, where it is a dict)."""
     if is_nnx(model):
         from flax import nnx
 
         graphdef, state = nnx.split(model)
 
-        def call_nnx(sites: list[Site], state: Any, args: Any, kwargs: Any) -> Any:
-            with traced_copy(graphdef, state, Interceptor(sites)) as copy:
+        def call_nnx(sites: list[Site], state: Any, args: Any, kwargs: Any, stacked: Any = None) -> Any:
+            with traced_copy(graphdef, state, Interceptor(sites, stacked)) as copy:  # nnx: the host's path
                 return copy(*args, **kwargs)
 
         return graphdef, state, call_nnx
@@ -62,8 +66,10 @@ def model_parts(model: Any) -> tuple[Any, Any, Any]:
 
     module, variables = split_model(model)
 
-    def call_linen(sites: list[Site], variables: Any, args: Any, kwargs: Any) -> Any:
-        with nn.intercept_methods(Interceptor(sites)):
+    def call_linen(
+        sites: list[Site], variables: Any, args: Any, kwargs: Any, stacked: Any = None, gates: bool = True
+    ) -> Any:
+        with nn.intercept_methods(Interceptor(sites, stacked, gates)):
             return module.apply(variables, *args, **kwargs)
 
     return module, variables, call_linen
@@ -129,9 +135,13 @@ def _signature(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[list[A
     return dynamic, tree, (tree, tuple(statics))
 
 
-def _compiled(model: Any, call: Any, tree: Any, dynamic: list[Any], key: Any) -> _Compiled:
+def _compiled(
+    model: Any, call: Any, tree: Any, dynamic: list[Any], key: Any, fast: bool, gates: bool = True
+) -> _Compiled:
     import jax
 
+    gates = gates or not fast or is_nnx(model)
+    key = (key, fast, gates)
     with _cache_lock:
         per_model = _CACHE.get(id(model))
         if per_model is None:
@@ -148,16 +158,18 @@ def _compiled(model: Any, call: Any, tree: Any, dynamic: list[Any], key: Any) ->
         it = iter(arrays)
         leaves = [next(it) if s is not None else _static(key, i) for i, s in enumerate(statics)]
         args, kwargs = jax.tree_util.tree_unflatten(tree, leaves)
-        return call(sites, state, args, kwargs)
+        stacked: dict[int, Any] | None = {} if fast else None
+        extra = {} if gates else {"gates": False}
+        return call(sites, state, args, kwargs, stacked, **extra), stacked or {}
 
-    compiled = _Compiled(jax.jit(fn), sites)
+    compiled = _Compiled(jax.jit(fn), sites, fast, gates)
     with _cache_lock:
         per_model[key] = compiled
     return compiled
 
 
 def _static(key: Any, i: int) -> Any:
-    return key[0][1][i][2]
+    return key[0][0][1][i][2]
 
 
 def _specs(sites: list[Site]) -> list[LayerSpec]:
@@ -180,6 +192,14 @@ def site_specs(model: Any) -> list[LayerSpec] | None:
         per_model = _CACHE.get(id(model))
         compiled = list(per_model.values()) if per_model else []
     return _specs(compiled[-1].sites) if compiled else None
+
+
+def forget(model: Any, compiled: _Compiled) -> None:
+    """Drop one compiled function of ``model`` from the cache."""
+    with _cache_lock:
+        per_model = _CACHE.get(id(model), {})
+        for k in [k for k, v in per_model.items() if v is compiled]:
+            del per_model[k]
 
 
 def abstract_specs(model: Any, x: np.ndarray) -> list[LayerSpec] | None:
@@ -216,31 +236,61 @@ def split_batches(
 
 
 def _run_once(
-    model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], edits: Mapping[str, LayerEdits] | None
+    model: Any,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    edits: Mapping[str, LayerEdits] | None,
+    gates: bool = True,
 ) -> tuple[Any, Run]:
     import jax
 
     static, variables, call = model_parts(model)
     dynamic, tree, key = _signature(args, kwargs)
     key = (key, static if is_nnx(model) else None)  # an nnx module's graph may change
-    compiled = _compiled(model, call, tree, dynamic, key)
+    # edits go to the host step by step; a trace runs plain nn.RNN calls in rnnlens' scan
+    compiled = _compiled(model, call, tree, dynamic, key, fast=edits is None, gates=gates)
     arrays = [d for d in dynamic if d is not None]
     try:
         if edits is not None:  # the edits were planned on describe(): plan them on these sites
             jax.eval_shape(compiled.fn, variables, arrays)
             planned = [e for le in edits.values() for e, *_ in le.edits]
             edits = plan_edits(planned, _specs(compiled.sites))
-        run = Run(compiled.sites, edits)
-        with active(run):
-            outputs = compiled.fn(variables, arrays)
-            jax.block_until_ready(outputs)
-            jax.effects_barrier()
+        try:
+            outputs, run = _attempt(compiled, variables, arrays, edits)
+        except jax.errors.UnexpectedTracerError:
+            if not compiled.fast:
+                raise
+            # an nn.RNN inside another transform (the user's nn.scan, a vmap): its steps cannot
+            # leave the compiled function as its outputs, so they go through the host
+            forget(model, compiled)
+            compiled = _compiled(model, call, tree, dynamic, key, fast=False)
+            outputs, run = _attempt(compiled, variables, arrays, edits)
     except RnnLensError:
         raise
     except Exception as e:  # the model refused these inputs
+        if "vmap` ordered IO callback" in str(e):
+            raise UnsupportedModelError(
+                "A recurrent cell of this model runs inside the model's own vmap (nn.vmap / jax.vmap): "
+                "rnnlens cannot record its steps there. Trace the module the vmap wraps, with the "
+                "vmapped axis as a batch axis."
+            ) from None
         raise InputError(f"The Flax model could not run on these inputs: {type(e).__name__}: {e}") from None
     if run.error is not None:
         raise run.error
+    return outputs, run
+
+
+def _attempt(
+    compiled: _Compiled, variables: Any, arrays: list[Any], edits: Mapping[str, LayerEdits] | None
+) -> tuple[Any, Run]:
+    import jax
+
+    run = Run(compiled.sites, edits)
+    with active(run):
+        outputs, stacked = compiled.fn(variables, arrays)
+        jax.block_until_ready(outputs)
+        jax.effects_barrier()
+    run.stacked = {i: {k: np.asarray(v) for k, v in d.items()} for i, d in stacked.items()}
     return outputs, run
 
 
@@ -263,8 +313,10 @@ def capture(
     outputs: list[Any] = []
     batches: list[dict[str, LayerBatch]] = []
     chosen: list[LayerSpec] = []
+    layer_of: dict[str, str] = {}
     for piece_args, piece_kwargs in split_batches(args, kwargs, options.batch_size):
-        out, run = _run_once(model, piece_args, piece_kwargs, edits)
+        gates = options.fields is None or "gates" in options.fields  # else no rnnlens step is needed
+        out, run = _run_once(model, piece_args, piece_kwargs, edits, gates)
         outputs.append(jax.tree_util.tree_map(np.asarray, out))
         specs = _specs(run.sites)
         chosen = select_layers(specs, options.layers)
@@ -277,6 +329,9 @@ def capture(
                     f = fields[spec.name]
                     arrays, mask = direction_arrays(run, index, want_c="c" in f, want_gates="gates" in f)
                     directions[site.direction] = arrays
+                    layer_of[spec.name] = site.layer
             batch[spec.name] = (directions, mask)
         batches.append(batch)
+    if options.calls == "join" and edits is None:  # edits name calls as planned: name#k
+        chosen, batches = join_calls(chosen, batches, layer_of, rtol=0.0, atol=0.0)
     return outputs, Captured(chosen, batches, backend="flax")

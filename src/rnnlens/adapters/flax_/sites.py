@@ -1,12 +1,14 @@
 """Where the cells of a linen model run, found by Flax's own method interception.
 
 While a model is traced under :func:`flax.linen.intercept_methods`, :class:`Interceptor` sees
-every ``nn.Bidirectional``, ``nn.RNN`` and cell call. Each cell call (one step, inside
-``nn.RNN``'s scan, the user's own ``nn.scan`` or a Python loop) runs the cell's own
-``__call__`` unchanged, computes the gates from the cell's parameters (:mod:`.cells`) and hands
-the step to the host through one ordered ``io_callback``: the host records it and returns the
-carry, edited where an intervention asks (:mod:`.host`). A :class:`Site` is one sequence of steps:
-one ``nn.RNN`` call, or every direct call of one cell.
+every ``nn.Bidirectional``, ``nn.RNN`` and cell call. A plain ``nn.RNN`` call of a trace runs
+in rnnlens' own scan (:mod:`.scan`): its steps leave the compiled function as outputs. Every
+other cell call (one step, inside ``nn.RNN``'s scan during an intervention, the user's own
+``nn.scan`` or a Python loop, an nnx cell) runs the cell's own ``__call__`` unchanged, computes
+the gates from the cell's parameters (:mod:`.cells`) and hands the step to the host through one
+ordered ``io_callback``: the host records it and returns the carry, edited where an intervention
+asks (:mod:`.host`). A :class:`Site` is one sequence of steps: one ``nn.RNN`` call, or every
+direct call of one cell.
 
 Example:
     >>> import flax.linen as nn
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -29,6 +33,7 @@ from .cells import carry_parts, kind_of, step
 from .entries import Site
 from .host import on_step
 from .nnx import nnx_kind, nnx_step
+from .scan import plain, scan_rnn
 
 __all__ = ["Interceptor", "module_path"]
 
@@ -56,9 +61,14 @@ class _RnnCall:
 @dataclass
 class Interceptor:
     """The interceptor of one trace; ``sites`` is filled as the model is traced (once per
-    compiled shape) and indexes the host's records."""
+    compiled shape) and indexes the host's records. With ``stacked`` (a dict), plain ``nn.RNN``
+    calls run in rnnlens' scan (:mod:`.scan`) and leave their stacked steps there, by site index,
+    for the compiled function to return; every other cell call goes through the host."""
 
     sites: list[Site]
+    stacked: dict[int, dict[str, Any]] | None = None
+    gates: bool = True  # rnnlens' scan computes the gates (and checks its step against the cell's)
+    _quiet: int = 0
     _calls: Counter[str] = field(default_factory=Counter)
     _stack: list[Any] = field(default_factory=list)
     _direct: dict[str, int] = field(default_factory=dict)
@@ -71,6 +81,8 @@ class Interceptor:
 
     def intercept(self, module: Any, next_fun: Any, args: Any, kwargs: Any) -> Any:
         """One ``__call__`` of a linen or nnx module: the recurrent ones are traced."""
+        if self._quiet:  # a cell inside rnnlens' own scan
+            return next_fun(*args, **kwargs)
         role = _role(module)
         if role == "Bidirectional":
             name = module_path(module)
@@ -107,9 +119,24 @@ class Interceptor:
             )
         )
         try:
+            if self.stacked is not None and plain(module, args, kwargs):
+                out, index, arrays = scan_rnn(module, args, kwargs, self._register, self._quieted, self.gates)
+                self.stacked[index] = arrays
+                return out
             return next_fun(*args, **kwargs)
         finally:
             self._stack.pop()
+
+    def _register(self, cell: Any, h: Any) -> int:
+        return self._site(kind_of(cell) or "", cell, h)[0]
+
+    @contextmanager
+    def _quieted(self) -> Iterator[None]:
+        self._quiet += 1
+        try:
+            yield
+        finally:
+            self._quiet -= 1
 
     def _site(self, kind: str, module: Any, h: Any) -> tuple[int, Any]:
         """The site of this cell call (made on the first trace of it) and its seq_lengths."""

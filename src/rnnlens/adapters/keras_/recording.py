@@ -9,8 +9,11 @@ the call returns is exactly what it returns without recording. Calls inside the 
 ``predict`` calls the model), calls on symbolic tensors (graph building) and rnnlens' own probe
 pass through unrecorded.
 
-Calls of a layer that continue each other's state are joined along time (:mod:`.chains` says
-when).
+A call continues the previous call of a layer when the layer started from the state that call
+ended in: its ``h0`` (and ``c0``) equal the previous call's last ``h`` (``c``) within rnnlens'
+stated agreement with Keras' kernels (rtol 1e-5, atol 1e-6: the fed-back state is Keras', while
+rnnlens' ``c`` comes from its probe, in another summation order). One direction and no masked
+steps are needed to join.
 
 A subclassed model's call is traced with the arguments it was given (``model(x, states=s,
 return_state=True)``, the text-generation loop); a graph model takes its inputs alone.
@@ -29,12 +32,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...core.spec import LayerSpec, call_entry
+from ...core.spec import LayerSpec
 from ...errors import InputError
 from ..base import Captured, TraceOptions
-from ..calllog import CallLog
+from ..calllog import CallLog, continues, merge_batches
 from . import subclassed
-from .chains import continues, merge
+from .chains import ATOL, RTOL
 
 __all__ = ["KerasRecording"]
 
@@ -135,32 +138,15 @@ class KerasRecording(CallLog):
         return self._convert(skip_first=False)
 
     def _convert(self, *, skip_first: bool) -> tuple[Captured, list[tuple[str, str, int, int]]]:
-        per_call = [c.batches[0] for c in self.calls]  # one batch per call (batch_size below)
-        specs: list[LayerSpec] = []
-        batch: dict[str, Any] = {}
-        spans: list[tuple[str, str, int, int]] = []
-        for s in self.calls[0].specs:
-            chains: list[list[int]] = []
-            for k in range(len(per_call)):
-                if chains and continues(per_call[k - 1][s.name], per_call[k][s.name], s):
-                    chains[-1].append(k)
-                else:
-                    chains.append([k])
-            for chain in chains:
-                todo = self.stream_of(s.name, chain, skip_first=skip_first)
-                if todo is None:
-                    continue
-                chain, began = todo
-                entry = call_entry(s.name, began)
-                specs.append(LayerSpec(entry, s.kind, s.layer_type, s.units, s.directions,
-                                       s.fields, s.cell_units, s.notes))  # fmt: skip
-                batch[entry] = merge([per_call[k][s.name] for k in chain], with_c=self.wanted_c)
-                start = 0
-                for k in chain:
-                    steps = int(next(iter(per_call[k][s.name][0].values())).h.shape[1])
-                    spans.append((self.call_name(s.name, k), entry, start, start + steps))
-                    start += steps
-        return Captured(specs, [batch], backend=self.calls[0].backend), spans
+        return self.convert_calls(self.calls, skip_first=skip_first, joins=_continues, merge=self._merged)
+
+    def _merged(self, parts: list[Any]) -> Any:
+        return merge_batches(parts, with_c=self.wanted_c)
+
+
+def _continues(prev: Any, call: Any, spec: LayerSpec) -> bool:
+    """``call`` of one layer started from the state ``prev`` ended in (see the module docstring)."""
+    return continues(prev, call, spec.kind, rtol=RTOL, atol=ATOL)
 
 
 def _concrete(x: Any) -> bool:

@@ -5,9 +5,15 @@ count their calls, or update buffers (BatchNorm running statistics, ``self.h.cop
 :func:`unchanged` takes a snapshot of every module's ``__dict__`` before a run — each binding,
 the contents of its dicts, lists and sets (``_parameters``, ``_buffers``, ``_modules``, hooks, the
 user's own containers), a copy of every buffer and every tensor the module holds outside its
-parameters — and puts all of it back afterwards, also after an error. Parameters are not copied
-(a model's weights may be most of the memory): a run that changed one in place is an error,
-found by its version counter.
+parameters — and puts all of it back afterwards, also after an error.
+
+Parameters: whether ``forward`` changes one in place cannot be known before it runs. Where they
+take no more than :data:`PARAM_COPY_LIMIT` bytes in all (every recurrent model of usual size:
+a 2-layer LSTM of 1024 units holds 50 MiB), they are copied too and a parameter the run
+changed is put back (the copy costs about 1 ms per MiB, against a trace of the same model that
+takes far longer). Above it a copy would double the memory of the weights: a changed parameter
+is found by its version counter after the run and is an error that says so (the change cannot
+be undone; trace a copy of such a model).
 
 Example:
     >>> import torch
@@ -29,9 +35,11 @@ import torch
 
 from ...errors import UnsupportedModelError
 
-__all__ = ["unchanged"]
+__all__ = ["PARAM_COPY_LIMIT", "unchanged"]
 
 _CONTAINERS = (dict, list, set)
+#: parameters up to this many bytes in all are copied before a run, to put back what it changes
+PARAM_COPY_LIMIT = 64 * 2**20
 
 
 _ATOMS = frozenset({str, int, float, bool, type(None)})
@@ -60,12 +68,17 @@ class _Snapshot:
         self.dicts: list[tuple[dict[str, Any], dict[str, Any]]] = []
         self.containers: list[tuple[Any, Any]] = []
         self.tensors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.params: list[tuple[str, torch.Tensor, int]] = []
+        #: (name, parameter, version before the run or None, copy or None)
+        self.params: list[tuple[str, torch.Tensor, int | None, torch.Tensor | None]] = []
         params: set[int] = set()
-        for name, p in model.named_parameters(remove_duplicate=True):
+        named = list(model.named_parameters(remove_duplicate=True))
+        copied = sum(p.numel() * p.element_size() for _, p in named) <= PARAM_COPY_LIMIT
+        for name, p in named:
             params.add(id(p))
-            if not p.is_inference():
-                self.params.append((name, p, p._version))
+            version = None if p.is_inference() else p._version
+            saved = p.detach().clone() if copied else None
+            if version is not None or saved is not None:
+                self.params.append((name, p, version, saved))
         held: list[torch.Tensor] = []
         for m in model.modules():
             d = vars(m)
@@ -94,18 +107,31 @@ class _Snapshot:
         for t, saved in self.tensors.values():
             if t.shape == saved.shape and t.dtype == saved.dtype and torch.equal(t.detach(), saved):
                 continue
-            mode = torch.inference_mode() if t.is_inference() else torch.no_grad()
-            with mode:
-                if t.shape != saved.shape:
-                    t.resize_(saved.shape)
-                t.copy_(saved)
-        changed = [name for name, p, v in self.params if p._version != v]
+            _put_back(t, saved)
+        changed = []
+        for name, p, version, saved in self.params:
+            if saved is not None:
+                moved = p._version != version if version is not None else not torch.equal(p.detach(), saved)
+                if moved:
+                    _put_back(p, saved)
+            elif version is not None and p._version != version:
+                changed.append(name)
         if changed:
             raise UnsupportedModelError(
                 f"forward changed the parameter(s) {changed} in place, which rnnlens cannot put back "
-                "(it keeps no copy of the weights). The model is now changed: reload it. rnnlens "
-                "never changes a model; trace a copy (copy.deepcopy(model)) of one that does."
+                f"(weights over {PARAM_COPY_LIMIT // 2**20} MiB are not copied before a run). The model "
+                "is now changed: reload it. rnnlens never changes a model; trace a copy "
+                "(copy.deepcopy(model)) of one that does."
             )
+
+
+def _put_back(t: torch.Tensor, saved: torch.Tensor) -> None:
+    """``t``'s values (and shape) as ``saved``, in place."""
+    mode = torch.inference_mode() if t.is_inference() else torch.no_grad()
+    with mode:
+        if t.shape != saved.shape:
+            t.resize_(saved.shape)
+        t.copy_(saved)
 
 
 @contextlib.contextmanager
