@@ -22,7 +22,7 @@ $(DEMO_STAMP): pyproject.toml requirements/dev.txt | $(VENV)/bin/python
 	touch $@
 
 $(STAMP): pyproject.toml requirements/dev.txt | $(VENV)/bin/python
-	$(PIP) -e ".[all,test,bench,docs]" -r requirements/dev.txt
+	$(PIP) -e ".[all,test,docs]" -r requirements/dev.txt
 	# tf_keras (Keras 2) only writes legacy .h5 files in the tests; it declares `tensorflow`,
 	# which tensorflow-cpu already provides, hence --no-deps
 	$(PY) -m pip install -q --no-deps "tf_keras==2.21.0"
@@ -57,7 +57,8 @@ lint: install  ## ruff and mypy on src/
 docs: install  ## the documentation site in site/, strict: a broken link or reference fails
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet -d site
 
-bench: install  ## side-by-side speed ratios, writes benchmarks/results/
+bench: install  ## side-by-side speed ratios beside the peers (the bench extra), writes benchmarks/results/
+	$(PIP) -e ".[bench]"
 	$(PY) -m benchmarks
 
 clean:
