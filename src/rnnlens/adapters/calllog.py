@@ -22,7 +22,7 @@ from ..core.kinds import KINDS
 from ..core.spec import LayerSpec, call_entry
 from .base import Captured
 
-__all__ = ["CallLog", "continues", "merge_batches"]
+__all__ = ["CallLog", "JoiningLog", "continues", "merge_batches"]
 
 Spans = list[tuple[str, str, int, int]]
 
@@ -158,3 +158,28 @@ def merge_batches(parts: list[Any], *, with_c: bool = True) -> Any:
             axis=1,
         )
     return dirs, mask
+
+
+class JoiningLog(CallLog):
+    """A :class:`CallLog` of calls each traced to one :class:`~rnnlens.adapters.base.Captured`
+    (one batch), joined by :func:`continues` within ``rtol`` / ``atol`` and :func:`merge_batches`
+    (c kept where ``wanted_c``): the Keras and Flax recordings."""
+
+    backend_name = "?"
+    rtol, atol = 1e-5, 1e-6
+    wanted_c = True
+
+    def joined(self) -> tuple[Captured, Spans]:
+        """The recorded calls, chained ones joined along time, and each call's span."""
+        if not self.calls:
+            return Captured([], [], backend=self.backend_name), []
+        return self._convert(skip_first=False)
+
+    def _convert(self, *, skip_first: bool) -> tuple[Captured, Spans]:
+        def joins(prev: Any, call: Any, spec: LayerSpec) -> bool:
+            return continues(prev, call, spec.kind, rtol=self.rtol, atol=self.atol)
+
+        def merge(parts: list[Any]) -> Any:
+            return merge_batches(parts, with_c=self.wanted_c)
+
+        return self.convert_calls(self.calls, skip_first=skip_first, joins=joins, merge=merge)

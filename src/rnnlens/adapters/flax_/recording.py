@@ -29,17 +29,17 @@ from typing import Any
 
 from ...errors import InputError
 from ..base import Captured, TraceOptions
-from ..calllog import CallLog, continues, merge_batches
+from ..calllog import JoiningLog
 from .nnx import is_nnx
 from .run import capture, split_model
 
 __all__ = ["FlaxRecording"]
 
-RTOL, ATOL = 1e-5, 1e-6
 
-
-class FlaxRecording(CallLog):
+class FlaxRecording(JoiningLog):
     """See the module docstring."""
+
+    backend_name = "flax"
 
     def __init__(self, model: Any, options: TraceOptions):
         if options.mask is not None:
@@ -119,19 +119,3 @@ class FlaxRecording(CallLog):
         if self.on_call is not None:
             self.on_call()
         return out
-
-    def joined(self) -> tuple[Captured, list[tuple[str, str, int, int]]]:
-        """The recorded calls, chained ones joined along time, and each call's span."""
-        if not self.calls:
-            return Captured([], [], backend="flax"), []
-        return self._convert(skip_first=False)
-
-    def _convert(self, *, skip_first: bool) -> tuple[Captured, list[tuple[str, str, int, int]]]:
-        return self.convert_calls(self.calls, skip_first=skip_first, joins=_continues, merge=self._merged)
-
-    def _merged(self, parts: list[Any]) -> Any:
-        return merge_batches(parts, with_c=self.wanted_c)
-
-
-def _continues(prev: Any, call: Any, spec: Any) -> bool:
-    return continues(prev, call, spec.kind, rtol=RTOL, atol=ATOL)

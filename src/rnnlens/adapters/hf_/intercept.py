@@ -30,7 +30,7 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["forward_with"]
+__all__ = ["HelperRecorder", "forward_with"]
 
 
 def forward_with(m: Any, replace: Mapping[str, Any]) -> Callable[..., Any]:
@@ -42,3 +42,27 @@ def forward_with(m: Any, replace: Mapping[str, Any]) -> Callable[..., Any]:
     f = types.FunctionType(raw.__code__, env, raw.__name__, raw.__defaults__, raw.__closure__)
     f.__kwdefaults__ = raw.__kwdefaults__
     return f
+
+
+class HelperRecorder:
+    """Stands in for the modeling file's module-level ``helper`` (its scan) in one call of one
+    mixer, through :func:`forward_with`: ``replacements(forward)`` maps the helper's name to the
+    recorder and keeps the real one (``_real``, for the recorder's own checks). ``used`` says
+    whether the forward called it; ``states`` / ``parts``: what the recorder kept."""
+
+    helper = ""
+
+    def __init__(self, mixer: Any, name: str, *, gates: bool):
+        self.mixer, self.name, self.gates = mixer, name, gates
+        self.used = False
+        self.states: Any = None
+        self.parts: dict[str, Any] = {}
+
+    def replacements(self, forward: Any) -> dict[str, Any]:
+        self._real = inspect.unwrap(forward).__globals__[self.helper]
+        return {self.helper: self}
+
+    @classmethod
+    def available(cls, mixer: Any) -> bool:
+        """Whether ``mixer``'s forward hands its scan to ``helper`` (recent transformers)."""
+        return cls.helper in inspect.unwrap(type(mixer).forward).__globals__

@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import numpy as np
@@ -36,29 +35,15 @@ import torch
 import torch.nn.functional as F
 
 from ...core.cells import check_parity
+from .intercept import HelperRecorder
 
 __all__ = ["Scan2Recorder", "available"]
 
-_HELPER = "mamba2_scan_forward"
 
-
-def available(mixer: Any) -> bool:
-    """Whether ``mixer``'s forward hands its scan to ``mamba2_scan_forward``."""
-    return _HELPER in inspect.unwrap(type(mixer).forward).__globals__
-
-
-class Scan2Recorder:
+class Scan2Recorder(HelperRecorder):
     """Stands in for ``mamba2_scan_forward`` in one call of one mixer (see the module doc)."""
 
-    def __init__(self, mixer: Any, name: str, *, gates: bool):
-        self.mixer, self.name, self.gates = mixer, name, gates
-        self.used = False
-        self.states: torch.Tensor | None = None
-        self.parts: dict[str, torch.Tensor] = {}
-
-    def replacements(self, forward: Any) -> dict[str, Any]:
-        self._real = inspect.unwrap(forward).__globals__[_HELPER]
-        return {_HELPER: self}
+    helper = "mamba2_scan_forward"
 
     def __call__(self, module: Any, hidden_states: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  dt: torch.Tensor, cache: Any, **kwargs: Any) -> torch.Tensor:  # fmt: skip
@@ -104,3 +89,6 @@ class Scan2Recorder:
     def gate_arrays(self) -> tuple[np.ndarray, ...]:
         """``dt``, ``B``, ``C``, ``x`` (sample, time, ...) as float32 NumPy."""
         return tuple(np.ascontiguousarray(self.parts[g].numpy()) for g in ("dt", "B", "C", "x"))
+
+
+available = Scan2Recorder.available

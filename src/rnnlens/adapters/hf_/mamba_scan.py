@@ -33,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import numpy as np
@@ -41,31 +40,18 @@ import torch
 import torch.nn.functional as F
 
 from ...core.cells import check_parity
+from .intercept import HelperRecorder
 
 __all__ = ["CHECK_STEPS", "ScanRecorder", "available"]
 
 #: leading steps on which the modeling file's own scan checks rnnlens' scan
 CHECK_STEPS = 8
-_HELPER = "mamba_scan_forward"
 
 
-def available(mixer: Any) -> bool:
-    """Whether ``mixer``'s forward hands its scan to ``mamba_scan_forward`` (recent transformers)."""
-    return _HELPER in inspect.unwrap(type(mixer).forward).__globals__
-
-
-class ScanRecorder:
+class ScanRecorder(HelperRecorder):
     """Stands in for ``mamba_scan_forward`` in one call of one mixer (see the module doc)."""
 
-    def __init__(self, mixer: Any, name: str, *, gates: bool):
-        self.mixer, self.name, self.gates = mixer, name, gates
-        self.used = False
-        self.states: torch.Tensor | None = None
-        self.parts: dict[str, torch.Tensor] = {}
-
-    def replacements(self, forward: Any) -> dict[str, Any]:
-        self._real = inspect.unwrap(forward).__globals__[_HELPER]
-        return {_HELPER: self}
+    helper = "mamba_scan_forward"
 
     def __call__(self, module: Any, hidden_states: torch.Tensor, time_step: torch.Tensor,
                  B: torch.Tensor, C: torch.Tensor, gate: torch.Tensor, cache: Any,
@@ -116,3 +102,6 @@ class ScanRecorder:
     def gate_arrays(self) -> tuple[np.ndarray, ...]:
         """``dt``, ``B``, ``C``, ``x`` (sample, time, ...) as float32 NumPy."""
         return tuple(np.ascontiguousarray(self.parts[g].float().numpy()) for g in ("dt", "B", "C", "x"))
+
+
+available = ScanRecorder.available

@@ -32,20 +32,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...core.spec import LayerSpec
 from ...errors import InputError
 from ..base import Captured, TraceOptions
-from ..calllog import CallLog, continues, merge_batches
+from ..calllog import JoiningLog
 from . import subclassed
-from .chains import ATOL, RTOL
 
 __all__ = ["KerasRecording"]
 
 _MISSING = object()
 
 
-class KerasRecording(CallLog):
+class KerasRecording(JoiningLog):
     """See the module docstring."""
+
+    backend_name = "keras"
 
     def __init__(self, model: Any, options: TraceOptions):
         if options.mask is not None:
@@ -128,25 +128,6 @@ class KerasRecording(CallLog):
         if self.on_call is not None:
             self.on_call()
         return out
-
-    # ------------------------------------------------------------------ joining
-
-    def joined(self) -> tuple[Captured, list[tuple[str, str, int, int]]]:
-        """The recorded calls, chained ones joined along time, and each call's span."""
-        if not self.calls:
-            return Captured([], [], backend="keras"), []
-        return self._convert(skip_first=False)
-
-    def _convert(self, *, skip_first: bool) -> tuple[Captured, list[tuple[str, str, int, int]]]:
-        return self.convert_calls(self.calls, skip_first=skip_first, joins=_continues, merge=self._merged)
-
-    def _merged(self, parts: list[Any]) -> Any:
-        return merge_batches(parts, with_c=self.wanted_c)
-
-
-def _continues(prev: Any, call: Any, spec: LayerSpec) -> bool:
-    """``call`` of one layer started from the state ``prev`` ended in (see the module docstring)."""
-    return continues(prev, call, spec.kind, rtol=RTOL, atol=ATOL)
 
 
 def _concrete(x: Any) -> bool:
