@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .harness import Case, interleaved
-from .torch_suite import hand_loop
+from .torch_suite import hand_loop, hand_lstm_layer
 
 FEATURES = 32
 
@@ -146,19 +146,7 @@ def hand_cell(loop: Any, x: Any) -> Callable[[], Any]:
 
     def run() -> Any:
         with torch.inference_mode():
-            n, steps = x.shape[0], x.shape[1]
-            g = torch.addmm(b, x.transpose(0, 1).reshape(steps * n, -1), w_ih_t).view(steps, n, 4 * hid)
-            c_buf, h_buf = x.new_empty(steps, n, hid), x.new_empty(steps, n, hid)
-            h = c = x.new_zeros(n, hid)
-            for t in range(steps):
-                gt = g[t].addmm_(h, w_hh_t)
-                i, f, gg, o = gt.unsafe_chunk(4, 1)
-                gt[:, : 2 * hid].sigmoid_()
-                o.sigmoid_()
-                gg.tanh_()
-                c = torch.mul(f, c, out=c_buf[t]).addcmul_(i, gg)
-                h = torch.tanh(c, out=h_buf[t]).mul_(o)
-            return h_buf, c_buf, g
+            return hand_lstm_layer(x.transpose(0, 1), w_ih_t, w_hh_t, b, hid)
 
     return run
 

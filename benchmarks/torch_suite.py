@@ -111,6 +111,28 @@ def layer_by_layer(lstm: Any, x: Any) -> Callable[[], Any]:
     return run
 
 
+def hand_lstm_layer(seq: Any, w_ih_t: Any, w_hh_t: Any, b: Any, hid: int) -> tuple[Any, Any, Any]:
+    """One LSTM layer by hand on a time-major ``seq``: one ``addmm`` for every step's input
+    projection into a (time, sample, 4·H) buffer, then per step ``addmm_`` of ``h @ W_hh.T`` in
+    place on that step's slot, in-place activations, ``c`` and ``h`` written into preallocated
+    buffers. Returns ``(h, c, gates)`` (the gates post-activation, i f g o)."""
+    import torch
+
+    steps, n = seq.shape[0], seq.shape[1]
+    g = torch.addmm(b, seq.reshape(steps * n, -1), w_ih_t).view(steps, n, 4 * hid)
+    c_buf, h_buf = seq.new_empty(steps, n, hid), seq.new_empty(steps, n, hid)
+    h = c = seq.new_zeros(n, hid)
+    for t in range(steps):
+        gt = g[t].addmm_(h, w_hh_t)
+        i, f, gg, o = gt.unsafe_chunk(4, 1)
+        gt[:, : 2 * hid].sigmoid_()
+        o.sigmoid_()
+        gg.tanh_()
+        c = torch.mul(f, c, out=c_buf[t]).addcmul_(i, gg)
+        h = torch.tanh(c, out=h_buf[t]).mul_(o)
+    return h_buf, c_buf, g
+
+
 def hand_loop(lstm: Any, x: Any) -> Callable[[], Any]:
     """What a careful user writes for h, c and gates of every layer: per layer one ``addmm`` for
     every step's input projection into a (time, sample, 4·H) buffer, then per step ``addmm_`` of
@@ -127,21 +149,10 @@ def hand_loop(lstm: Any, x: Any) -> Callable[[], Any]:
 
     def run() -> Any:
         with torch.inference_mode():
-            seq, n, steps = x.transpose(0, 1), x.shape[0], x.shape[1]
+            seq = x.transpose(0, 1)
             outs = []
             for w_ih_t, w_hh_t, b in weights:
-                g = torch.addmm(b, seq.reshape(steps * n, -1), w_ih_t).view(steps, n, 4 * hid)
-                c_buf = x.new_empty(steps, n, hid)
-                h_buf = x.new_empty(steps, n, hid)
-                h = c = x.new_zeros(n, hid)
-                for t in range(steps):
-                    gt = g[t].addmm_(h, w_hh_t)
-                    i, f, gg, o = gt.unsafe_chunk(4, 1)
-                    gt[:, : 2 * hid].sigmoid_()
-                    o.sigmoid_()
-                    gg.tanh_()
-                    c = torch.mul(f, c, out=c_buf[t]).addcmul_(i, gg)
-                    h = torch.tanh(c, out=h_buf[t]).mul_(o)
+                h_buf, c_buf, g = hand_lstm_layer(seq, w_ih_t, w_hh_t, b, hid)
                 outs.append((h_buf, c_buf, g))
                 seq = h_buf
             return outs
