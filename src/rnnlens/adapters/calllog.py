@@ -1,7 +1,8 @@
 """What the ONNX, Keras and Flax recordings share for ``rnnlens.record(model, to=dir)``: a list
 of recorded calls drained every so often, keeping the last call to link the next; and the test
-of whether a layer's call continues the previous one (:func:`continues`) and their joining
-(:func:`merge_batches`).
+of whether a layer's call continues the previous one (:func:`continues`), their joining
+(:func:`merge_batches`), and the joining of one trace's chained calls (:func:`join_calls`, for
+``trace(..., calls="join")`` on Keras subclassed models and Flax).
 
 Example:
     >>> log = CallLog()
@@ -20,9 +21,13 @@ import numpy as np
 
 from ..core.kinds import KINDS
 from ..core.spec import LayerSpec, call_entry
-from .base import Captured
+from .base import Captured, LayerBatch
 
-__all__ = ["CallLog", "JoiningLog", "continues", "merge_batches"]
+__all__ = ["ATOL", "RTOL", "CallLog", "JoiningLog", "continues", "join_calls", "merge_batches"]
+
+#: a call continues another when its initial state equals the other's last within these (the
+#: fed-back state is the framework's, rnnlens' c its own, summed in another order)
+RTOL, ATOL = 1e-5, 1e-6
 
 Spans = list[tuple[str, str, int, int]]
 
@@ -109,6 +114,44 @@ class CallLog:
         return Captured(specs, [batch], backend=calls[0].backend), spans
 
 
+def join_calls(
+    specs: list[LayerSpec],
+    batches: list[dict[str, LayerBatch]],
+    layer_of: dict[str, str],
+    *,
+    rtol: float,
+    atol: float,
+) -> tuple[list[LayerSpec], list[dict[str, LayerBatch]]]:
+    """``specs`` and ``batches`` (one trace's entries, calls in call order) with chained calls
+    joined along time into one entry named after the first call: calls of one layer (the
+    entries ``layer_of`` maps to it) where each :func:`continues` the previous in every batch
+    (one direction, no masked step).
+
+    Example:
+        >>> join_calls([], [{}], {}, rtol=0.0, atol=0.0)
+        ([], [{}])
+    """
+    chains: list[list[LayerSpec]] = []
+    last: dict[str, list[LayerSpec]] = {}
+    for spec in specs:
+        layer = layer_of.get(spec.name, spec.name)
+        chain = last.get(layer)
+        if chain is not None and all(
+            continues(b[chain[-1].name], b[spec.name], spec.kind, rtol=rtol, atol=atol) for b in batches
+        ):
+            chain.append(spec)
+            continue
+        chains.append([spec])
+        last[layer] = chains[-1]
+    if all(len(c) == 1 for c in chains):
+        return specs, batches
+    joined = [
+        {c[0].name: merge_batches([b[s.name] for s in c]) if len(c) > 1 else b[c[0].name] for c in chains}
+        for b in batches
+    ]
+    return [c[0] for c in chains], joined
+
+
 def continues(prev: Any, call: Any, kind: str, *, rtol: float, atol: float) -> bool:
     """Whether ``call`` (a layer's ``(directions, mask)``) started from the state ``prev`` ended
     in: one direction, no masked step, its ``initial`` h0 (and c0) equal to ``prev``'s last h
@@ -166,7 +209,7 @@ class JoiningLog(CallLog):
     (c kept where ``wanted_c``): the Keras and Flax recordings."""
 
     backend_name = "?"
-    rtol, atol = 1e-5, 1e-6
+    rtol, atol = RTOL, ATOL
     wanted_c = True
 
     def joined(self) -> tuple[Captured, Spans]:

@@ -6,7 +6,8 @@ This module imports no framework: JAX and Flax are imported when a Flax model ar
 ``nnx``'s traced copy), ``scan`` (a plain ``nn.RNN`` call in rnnlens' own scan, its states
 returned by the compiled function), ``cells`` / ``nnx`` (each cell's step in JAX, for its
 gates), ``host`` (the steps recorded and edited on the host), ``entries`` (what is recorded),
-``run`` (compiled once per input shape, run, states), ``chains`` (chained calls joined),
+``run`` (compiled once per input shape, run, states; chained calls joined by
+:func:`rnnlens.adapters.calllog.join_calls`),
 ``recording`` (``rnnlens.record``), ``describe`` (layers before a trace; identity) and ``load``
 (msgpack and Orbax checkpoints) do the work.
 

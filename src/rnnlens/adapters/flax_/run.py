@@ -26,7 +26,7 @@ from ...core.spec import LayerSpec
 from ...core.tracing import resolve_fields, select_layers
 from ...errors import InputError, OptionError, RnnLensError, UnsupportedModelError
 from ..base import Captured, LayerBatch, TraceOptions
-from .chains import join_calls
+from ..calllog import join_calls
 from .entries import Site
 from .host import Run, active, direction_arrays
 from .nnx import is_nnx, traced_copy

@@ -13,7 +13,7 @@ of a nested Functional/Sequential model by ``"<attribute>.<layer name>"``); a la
 several times in one call has one entry per call, ``name``, ``name#1``, ..., except calls that
 carry the state on (each starting from the state the previous one ended in: a sequence fed in
 pieces), joined along time into the first call's entry (``calls="join"``, the default; not in
-``intervene``, whose edits name calls; :mod:`.chains`). A recurrent layer
+``intervene``, whose edits name calls; :func:`~rnnlens.adapters.calllog.join_calls`). A recurrent layer
 called inside a ``tf.function`` / ``jax.jit`` of the model's own code cannot be seen step by
 step: refused with an :class:`~rnnlens.errors.UnsupportedModelError`.
 
@@ -47,8 +47,8 @@ from ...core.spec import LayerSpec, call_entry
 from ...core.tracing import resolve_fields, select_layers
 from ...errors import InputError, LayerNotFoundError, UnsupportedLayerError, UnsupportedModelError
 from ..base import Args, Captured, Edits, Intervened, Kwargs, TraceOptions
+from ..calllog import ATOL, RTOL, join_calls
 from . import keras2_objects, opaque, trace
-from .chains import join_calls
 from .probe import Probe, Strategy, choose_strategy, is_recurrent
 
 __all__ = ["capture", "describe", "intervene", "is_subclassed", "recurrent_layers"]
@@ -399,9 +399,9 @@ def _capture(
                 for entry, base in order
             }
         )
-    if options.calls == "join" and not edits:  # calls that carry the state on: one entry along time
-        order, batches = join_calls(order or [], {s.name: s for s in specs_all}, batches)
     specs_out = [_renamed(specs_all, base, entry) for entry, base in order or []]
+    if options.calls == "join" and not edits:  # calls that carry the state on: one entry along time
+        specs_out, batches = join_calls(specs_out, batches, dict(order or []), rtol=RTOL, atol=ATOL)
     backend = f"keras/{_keras().backend.backend()}"
     return Captured(specs_out, batches, backend=backend), trace._join_outputs(outputs)
 
