@@ -105,6 +105,9 @@ def test_decomposition_against_reference(cfg) -> None:  # type: ignore[no-untype
         np.testing.assert_allclose(at, contrib[:, ti, steps], rtol=1e-12, atol=1e-13)
         np.testing.assert_allclose(init, initial[:, ti], rtol=1e-12, atol=1e-13)
         np.testing.assert_allclose(at.sum(axis=1) + init, field[:, ti], rtol=1e-12, atol=1e-12)
+        both = dec.at_with_initial(ti, samples=slice(0, None))
+        np.testing.assert_array_equal(both[0], at)
+        np.testing.assert_array_equal(both[1], init)
         if mask is not None:  # a masked step writes nothing
             assert np.all(at[~mask[:, steps]] == 0)
     att = dec.attention()

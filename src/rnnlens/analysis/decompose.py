@@ -189,6 +189,11 @@ class Decomposition:
         """The initial state's term in the field at step ``t``, (sample, *state_shape), float64."""
         return self._at(t, samples)[1]
 
+    def at_with_initial(self, t: int, *, samples: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`at` and :meth:`initial_at` from one pass (each alone reads and checks the
+        chunk again)."""
+        return self._at(t, samples)
+
     # -- every step, streamed -----------------------------------------------------------------
 
     def _checked(self, sl: slice) -> tuple[Terms, np.ndarray]:

@@ -50,8 +50,9 @@ def contribution(
             f"step {t} is out of range: the store holds {dec.n_steps} steps (0..{dec.n_steps - 1})."
         )
     rows = slice(sample, sample + 1)
-    part = dec.at(t, samples=rows).reshape(1, -1, width)[0, :, unit]
-    initial = float(dec.initial_at(t, samples=rows).reshape(-1)[unit])
+    contributions, initial_term = dec.at_with_initial(t, samples=rows)
+    part = contributions.reshape(1, -1, width)[0, :, unit]
+    initial = float(initial_term.reshape(-1)[unit])
     values = np.zeros(dec.n_steps)
     first, last = (t, dec.n_steps - 1) if dec.backward else (0, t)
     values[first : last + 1] = part
