@@ -93,8 +93,9 @@ KINDS: dict[str, CellKind] = {
         CellKind("rglru", ("r", "i", "x"), state_dims=("unit",)),
         # receptance (after its sigmoid), key, value; the WKV state's parts num, den, max
         CellKind("rwkv4", ("r", "k", "v"), state_dims=("part", "unit")),
-        # input and forget gate pre-activations (per head), output gate (per unit)
-        CellKind("mlstm", ("i", "f", "o"), state_dims=("head", "d_qk", "d_v")),
+        # input and forget gate pre-activations (per head), output gate (per unit), and the key
+        # (head, d_qk) and value (head, d_v) each step writes into C (decompose reads them)
+        CellKind("mlstm", ("i", "f", "o", "k", "v"), state_dims=("head", "d_qk", "d_v")),
         # write strength beta (after its sigmoid) and log decay g, per value head
         CellKind("gated_deltanet", ("beta", "g"), state_dims=("head", "d_k", "d_v")),
         # write strength beta and log decay g per head and key channel (Kimi delta attention)
