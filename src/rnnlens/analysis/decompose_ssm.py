@@ -7,6 +7,8 @@ Each is computed with the mixer's own float32 operations, in its order, then wid
   ``w_t = (dt_t B_t) x_t`` (``A = -exp(A_log)``, constant ``A``; gates ``dt``, ``B``, ``x``);
 - ``mamba2`` (state (head, head_dim, d_state)): ``d_t = exp(dt_t A)`` per head (a scalar for the
   whole head), ``w_t = (dt_t x_t) ⊗ B_t`` (``B`` of the head's group);
+- ``mamba_heads`` (Zamba v1's multi-head Mamba, state (head, head_dim, d_state)): ``mamba``'s
+  decay and write per head, with each head's ``A`` (head, head_dim, d_state);
 - ``rglru`` (state (unit,)): ``a_t = exp(-8 r_t softplus(Λ))``, ``w_t = (x_t i_t) sqrt(1 - a_t²)``;
   the first step starts a segment (``a = 0``, no square root), as the block computes it;
 - ``mlstm`` (xLSTM's matrix memory ``C``, and its normaliser ``n``) and ``rwkv4`` (the WKV
@@ -36,7 +38,10 @@ import numpy as np
 from ..errors import FieldNotAvailableError
 from .decompose_stabilised import LIFE, mlstm_n_terms, mlstm_terms, rwkv4_terms
 
-__all__ = ["EXTRA", "KINDS", "field_array", "mamba2_terms", "mamba_terms", "read", "rglru_terms"]
+__all__ = [
+    "EXTRA", "KINDS", "field_array", "mamba2_terms", "mamba_heads_terms", "mamba_terms", "read",
+    "rglru_terms",
+]  # fmt: skip
 
 
 def mamba_terms(g: Mapping[str, np.ndarray], c: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -44,6 +49,17 @@ def mamba_terms(g: Mapping[str, np.ndarray], c: Mapping[str, np.ndarray]) -> tup
     dt, B, x, A = g["dt"], g["B"], g["x"], c["A"]
     d = np.exp(A[None, None] * dt[..., None])
     w = (dt[..., None] * B[:, :, None, :]) * x[..., None]
+    n, t = dt.shape[:2]
+    return d.reshape(n, t, -1).astype(np.float64), w.reshape(n, t, -1).astype(np.float64)
+
+
+def mamba_heads_terms(
+    g: Mapping[str, np.ndarray], c: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(d, w)`` (n, T, head × head_dim × d_state), float64: :func:`mamba_terms` per head."""
+    dt, B, x, A = g["dt"], g["B"], g["x"], c["A"]  # (n,T,H,P), (n,T,H,N), (n,T,H,P), (H,P,N)
+    d = np.exp(A[None, None] * dt[..., None])
+    w = (dt[..., None] * B[:, :, :, None, :]) * x[..., None]
     n, t = dt.shape[:2]
     return d.reshape(n, t, -1).astype(np.float64), w.reshape(n, t, -1).astype(np.float64)
 
@@ -75,6 +91,7 @@ def rglru_terms(g: Mapping[str, np.ndarray], c: Mapping[str, np.ndarray]) -> tup
 KINDS: dict[str, tuple[Any, tuple[str, ...], tuple[str, ...]]] = {
     "mamba": (mamba_terms, ("dt", "B", "x"), ("A",)),
     "mamba2": (mamba2_terms, ("dt", "B", "x"), ("A",)),
+    "mamba_heads": (mamba_heads_terms, ("dt", "B", "x"), ("A",)),
     "rglru": (rglru_terms, ("r", "i", "x"), ("softplus_lambda",)),
     "mlstm": (mlstm_terms, ("i", "f", "k", "v"), ()),
     "rwkv4": (rwkv4_terms, ("k", "v"), ("decay",)),

@@ -102,8 +102,9 @@ KINDS: dict[str, CellKind] = {
         CellKind("kimi_delta", ("beta", "g"), state_dims=("head", "d_k", "d_v")),
         # decayed KᵀV memory with a fixed per-head decay: no input-dependent gate
         CellKind("lightning", (), state_dims=("head", "d_k", "d_v")),
-        # Zamba v1's multi-head Mamba: dt per head and channel, B and C per head and state dim
-        CellKind("mamba_heads", ("dt", "B", "C"), state_dims=("head", "head_dim", "d_state")),
+        # Zamba v1's multi-head Mamba: dt per head and channel, B and C per head and state dim,
+        # the scan's input x per head and channel: the write of a step is dt x B
+        CellKind("mamba_heads", ("dt", "B", "C", "x"), state_dims=("head", "head_dim", "d_state")),
     )
 }
 
