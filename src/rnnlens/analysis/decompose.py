@@ -353,13 +353,13 @@ def decompose(states: States, layer: str, *, field: str | None = None, direction
 
     ``states``: traced States or a store opened with :func:`rnnlens.open_states`. ``field``:
     ``c`` for LSTM and ConvLSTM, ``h`` for GRU, ``state`` for Mamba (and multi-head Mamba),
-    Mamba2, RG-LRU, mLSTM (or its normaliser ``n``) and RWKV-4 (its ``num`` and ``den`` parts)
-    (the default); other fields and kinds are refused with why. ``direction``: needed when the
-    layer has both. ``initial``: the initial state (sample, *state_shape) if known (otherwise
-    its term is read from the first step: ``x_0 − w_0``; refused for mLSTM and RWKV-4, whose
-    stabiliser before the first step is not stored). ``chunk``: samples read at once (default: a
-    stored layer's chunk of samples, so that each chunk is decompressed once, if it holds at most
-    2²² values per sample block; else 256).
+    Mamba2, RG-LRU, lightning attention, mLSTM (or its normaliser ``n``) and RWKV-4 (its ``num``
+    and ``den`` parts) (the default); other fields and kinds are refused with why.
+    ``direction``: needed when the layer has both. ``initial``: the initial state (sample,
+    *state_shape) if known (otherwise its term is read from the first step: ``x_0 − w_0``;
+    refused for mLSTM and RWKV-4, whose stabiliser before the first step is not stored).
+    ``chunk``: samples read at once (default: a stored layer's chunk of samples, so that each
+    chunk is decompressed once, if it holds at most 2²² values per sample block; else 256).
     """
     ls = states[layer]
     name = linear_field(ls.kind, field)

@@ -9,6 +9,8 @@ Each is computed with the mixer's own float32 operations, in its order, then wid
   whole head), ``w_t = (dt_t x_t) ⊗ B_t`` (``B`` of the head's group);
 - ``mamba_heads`` (Zamba v1's multi-head Mamba, state (head, head_dim, d_state)): ``mamba``'s
   decay and write per head, with each head's ``A`` (head, head_dim, d_state);
+- ``lightning`` (MiniMax's lightning attention, state (head, d_k, d_v)): ``d = exp(−λ)`` per
+  head (the fixed ``slope_rate``, constant ``decay``), ``w_t = k_t ⊗ v_t`` (gates ``k``, ``v``);
 - ``rglru`` (state (unit,)): ``a_t = exp(-8 r_t softplus(Λ))``, ``w_t = (x_t i_t) sqrt(1 - a_t²)``;
   the first step starts a segment (``a = 0``, no square root), as the block computes it;
 - ``mlstm`` (xLSTM's matrix memory ``C``, and its normaliser ``n``) and ``rwkv4`` (the WKV
@@ -39,8 +41,8 @@ from ..errors import FieldNotAvailableError
 from .decompose_stabilised import LIFE, mlstm_n_terms, mlstm_terms, rwkv4_terms
 
 __all__ = [
-    "EXTRA", "KINDS", "field_array", "mamba2_terms", "mamba_heads_terms", "mamba_terms", "read",
-    "rglru_terms",
+    "EXTRA", "KINDS", "field_array", "lightning_terms", "mamba2_terms", "mamba_heads_terms",
+    "mamba_terms", "read", "rglru_terms",
 ]  # fmt: skip
 
 
@@ -61,6 +63,17 @@ def mamba_heads_terms(
     d = np.exp(A[None, None] * dt[..., None])
     w = (dt[..., None] * B[:, :, :, None, :]) * x[..., None]
     n, t = dt.shape[:2]
+    return d.reshape(n, t, -1).astype(np.float64), w.reshape(n, t, -1).astype(np.float64)
+
+
+def lightning_terms(
+    g: Mapping[str, np.ndarray], c: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(d, w)`` (n, T, head × d_k × d_v), float64."""
+    k, v, decay = g["k"], g["v"], c["decay"]  # (n,T,H,Dk), (n,T,H,Dv), (H,)
+    w = k[..., :, None] * v[..., None, :]
+    d = np.broadcast_to(decay[None, None, :, None, None], w.shape)
+    n, t = k.shape[:2]
     return d.reshape(n, t, -1).astype(np.float64), w.reshape(n, t, -1).astype(np.float64)
 
 
@@ -92,6 +105,7 @@ KINDS: dict[str, tuple[Any, tuple[str, ...], tuple[str, ...]]] = {
     "mamba": (mamba_terms, ("dt", "B", "x"), ("A",)),
     "mamba2": (mamba2_terms, ("dt", "B", "x"), ("A",)),
     "mamba_heads": (mamba_heads_terms, ("dt", "B", "x"), ("A",)),
+    "lightning": (lightning_terms, ("k", "v"), ("decay",)),
     "rglru": (rglru_terms, ("r", "i", "x"), ("softplus_lambda",)),
     "mlstm": (mlstm_terms, ("i", "f", "k", "v"), ()),
     "rwkv4": (rwkv4_terms, ("k", "v"), ("decay",)),

@@ -6,8 +6,8 @@ A field ``x`` is *linear in its previous value* when, once the gates are known,
 - LSTM and ConvLSTM ``c``: ``d = f``, ``w = i ⊙ g``;
 - GRU ``h`` (rnnlens' canonical gates, post-activation: ``h_t = z ⊙ h_{t-1} + (1 − z) ⊙ n``):
   ``d = z``, ``w = (1 − z) ⊙ n``;
-- the ``state`` of Mamba (and Zamba v1's multi-head Mamba), Mamba2 and RG-LRU mixers:
-  :mod:`.decompose_ssm`;
+- the ``state`` of Mamba (and Zamba v1's multi-head Mamba), Mamba2, RG-LRU and lightning
+  attention mixers: :mod:`.decompose_ssm`;
 - xLSTM's mLSTM matrix memory ``state`` (and its normaliser, field ``n``) and RWKV-4's WKV
   ``state`` (its ``num`` and ``den`` parts; ``max`` is the stabiliser), stored stabilised by a
   running maximum: :mod:`.decompose_stabilised`.
@@ -43,7 +43,6 @@ SUPPORTED: dict[str, str] = {
 _NOT_YET = {
     "gated_deltanet": "its decay is a product of matrices (I - beta k kᵀ) per step, not a per-unit factor",
     "kimi_delta": "its decay is a product of matrices (diag(g) - beta k kᵀ) per step",
-    "lightning": "rnnlens does not yet keep its per-head decay constants",
 }
 
 

@@ -100,8 +100,9 @@ KINDS: dict[str, CellKind] = {
         CellKind("gated_deltanet", ("beta", "g"), state_dims=("head", "d_k", "d_v")),
         # write strength beta and log decay g per head and key channel (Kimi delta attention)
         CellKind("kimi_delta", ("beta", "g"), state_dims=("head", "d_k", "d_v")),
-        # decayed KᵀV memory with a fixed per-head decay: no input-dependent gate
-        CellKind("lightning", (), state_dims=("head", "d_k", "d_v")),
+        # decayed KᵀV memory with a fixed per-head decay: no input-dependent gate; the key
+        # (head, d_k) and value (head, d_v) each step writes into it (decompose reads them)
+        CellKind("lightning", ("k", "v"), state_dims=("head", "d_k", "d_v")),
         # Zamba v1's multi-head Mamba: dt per head and channel, B and C per head and state dim,
         # the scan's input x per head and channel: the write of a step is dt x B
         CellKind("mamba_heads", ("dt", "B", "C", "x"), state_dims=("head", "head_dim", "d_state")),
