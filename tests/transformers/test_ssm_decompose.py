@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
@@ -18,10 +18,25 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from ssm_builders import IDS, gdn, gemma, mamba, mamba2  # noqa: E402
+from ssm_families import minimax, zamba  # noqa: E402
 
 import rnnlens  # noqa: E402
 
-BUILD = {"mamba": mamba, "falcon_mamba": lambda seed: mamba(True, seed), "mamba2": mamba2, "rglru": gemma}
+
+def _zamba(seed: int) -> Any:
+    torch.manual_seed(seed)
+    return zamba().eval()
+
+
+def _minimax(seed: int) -> Any:
+    torch.manual_seed(seed)
+    return minimax().eval()
+
+
+BUILD = {
+    "mamba": mamba, "falcon_mamba": lambda seed: mamba(True, seed), "mamba2": mamba2, "rglru": gemma,
+    "mamba_heads": _zamba, "lightning": _minimax,
+}  # fmt: skip
 
 
 def _carried(d: np.ndarray, w: np.ndarray, t: int) -> np.ndarray:
@@ -49,6 +64,12 @@ def _terms(ls: Any) -> tuple[np.ndarray, np.ndarray]:
         b = np.repeat(g["B"], rep, axis=2)
         w = np.einsum("nth,nthp,nthk->nthpk", g["dt"], g["x"], b)
         d = np.broadcast_to(np.exp(g["dt"] * c["A"])[..., None, None], w.shape)
+    elif ls.kind == "lightning":
+        w = np.einsum("nthk,nthv->nthkv", g["k"], g["v"])
+        d = np.broadcast_to(c["decay"][None, None, :, None, None], w.shape)
+    elif ls.kind == "mamba_heads":
+        d = np.exp(np.einsum("nthp,hpk->nthpk", g["dt"], c["A"]))
+        w = np.einsum("nthp,nthk,nthp->nthpk", g["dt"], g["B"], g["x"])
     else:
         a = np.exp(-8.0 * g["r"] * c["softplus_lambda"])
         mult = np.sqrt(1.0 - a**2)
@@ -58,6 +79,8 @@ def _terms(ls: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 @settings(max_examples=6, deadline=None)
+@example("mamba_heads", 0, True)
+@example("lightning", 1, True)
 @given(st.sampled_from(sorted(BUILD)), st.integers(0, 3), st.booleans())
 def test_writes_sum_to_the_state_and_equal_a_brute_force_carry(family: str, seed: int, padded: bool) -> None:
     model = BUILD[family](seed)

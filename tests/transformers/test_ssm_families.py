@@ -89,10 +89,11 @@ def test_gates_of_the_new_kinds() -> None:
     assert kimi.gates["beta"].shape == (2, 7, 2) and kimi.gates["g"].shape == (2, 7, 2, 8)  # per channel
     assert np.all(kimi.gates["g"] <= 0)  # a log decay
     zamba = rnnlens.trace(fam.zamba().eval(), IDS)["model.layers.0.mamba"]
-    assert zamba.state.shape == (2, 7, 2, 16, 4) and list(zamba.gates) == ["dt", "B", "C"]
+    assert zamba.state.shape == (2, 7, 2, 16, 4) and list(zamba.gates) == ["dt", "B", "C", "x"]
     assert zamba.gates["dt"].shape == (2, 7, 2, 16) and zamba.gates["B"].shape == (2, 7, 2, 4)
     lightning = rnnlens.trace(fam.minimax().eval(), IDS)["model.layers.0.self_attn"]
-    assert lightning.fields == ("h", "state", "state_norm")  # a fixed decay: no gate
+    assert lightning.fields == ("h", "gates", "state", "state_norm")  # a fixed decay: k and v only
+    assert list(lightning.gates) == ["k", "v"] and lightning.gates["k"].shape == (2, 7, 2, 16)
 
 
 def test_lightning_memory_is_stepped_across_block_boundaries() -> None:

@@ -234,7 +234,7 @@ def test_xlstm_matrix_memory_at_every_step_equals_the_decode_cache() -> None:
     assert list(states) == names
     ls = states[names[0]]
     assert ls.kind == "mlstm" and ls.state.shape == (2, 7, 2, 32, 32)
-    assert set(ls.state_parts) == {"n", "m"} and list(ls.gates) == ["i", "f", "o"]
+    assert set(ls.state_parts) == {"n", "m"} and list(ls.gates) == ["i", "f", "o", "k", "v"]
     tol = {"rtol": 1e-5, "atol": 1e-5}  # chunkwise (prefill) and step-wise (decode) sums round differently
     with torch.no_grad():
         out = model(IDS[:, :1], use_cache=True)

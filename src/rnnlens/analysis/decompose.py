@@ -37,7 +37,8 @@ from ..core.states import States
 from ..errors import DirectionNotAvailableError, InputError, ParityError
 from .decompose_hidden import hidden
 from .decompose_maps import lifetimes, norms
-from .decompose_terms import Terms, linear_field, read_terms
+from .decompose_ssm import field_array
+from .decompose_terms import Terms, linear_field, read_terms, refuse_initial
 
 __all__ = ["Decomposition", "Lifetimes", "decompose"]
 
@@ -86,7 +87,7 @@ class Decomposition:
         self.layer, self.kind, self.field, self.direction = layer, kind, field, direction
         self._ds, self._mask = direction_states, mask
         self._constants = dict(constants or {})
-        arr = getattr(direction_states, field)
+        arr = field_array(direction_states, kind, field)
         self.n_samples, self.n_steps = int(arr.shape[0]), int(arr.shape[1])
         self.state_shape: tuple[int, ...] = tuple(int(s) for s in arr.shape[2:])
         # a chunk's float64 arrays (field, decays, writes, carried) stay within _CHUNK_BYTES each
@@ -95,6 +96,7 @@ class Decomposition:
         self.dtype = np.dtype(arr.dtype)
         self.rtol, self.atol = _tolerance(self.dtype)
         if initial is not None:
+            refuse_initial(kind)
             initial = np.asarray(initial, np.float64)
             if initial.shape != (self.n_samples, *self.state_shape):
                 raise InputError(
@@ -323,7 +325,9 @@ class Decomposition:
 
     def lifetime(self, fraction: float = 0.5) -> Lifetimes:
         """For each write, how many later valid steps it keeps at least ``fraction`` of its weight
-        (``|Π d_r| ≥ fraction``): a :class:`Lifetimes` over every sample, step and unit."""
+        (``|Π d_r| ≥ fraction``): a :class:`Lifetimes` over every sample, step and unit. For
+        states stored stabilised (mLSTM, RWKV-4) ``d`` is the real, unstabilised decay (the
+        stabiliser rescales every term of a step alike: :mod:`.decompose_stabilised`)."""
         if not 0 < fraction <= 1:
             raise InputError(f"fraction must be in (0, 1]; received {fraction!r}.")
         u = int(np.prod(self.state_shape, dtype=int))
@@ -331,12 +335,12 @@ class Decomposition:
         alive = np.zeros((self.n_samples, self.n_steps, u), bool)
         for sl in self._chunks():
             terms, _ = self._checked(sl)
-            if np.abs(terms.d).max(initial=0.0) > 1.0:
+            if np.abs(terms.life).max(initial=0.0) > 1.0:
                 raise InputError(
                     f"Layer {self.layer!r} has decays above 1 in magnitude (a custom gate activation?): "
                     "a write's weight can grow again, so its lifetime is not defined."
                 )
-            steps[sl], alive[sl] = lifetimes(terms.d, terms.valid, fraction)
+            steps[sl], alive[sl] = lifetimes(terms.life, terms.valid, fraction)
         shape = (self.n_samples, self.n_steps, *self.state_shape)
         if self.backward:
             steps, alive = steps[:, ::-1], alive[:, ::-1]
@@ -348,12 +352,14 @@ def decompose(states: States, layer: str, *, field: str | None = None, direction
     """The exact decomposition of ``layer``'s linear field into per-step writes.
 
     ``states``: traced States or a store opened with :func:`rnnlens.open_states`. ``field``:
-    ``c`` for LSTM and ConvLSTM, ``h`` for GRU, ``state`` for Mamba, Mamba2 and RG-LRU (the
-    default); other fields and kinds are refused with why. ``direction``: needed when the layer
-    has both. ``initial``: the initial state (sample, *state_shape) if known (otherwise its term
-    is read from the first step: ``x_0 − w_0``). ``chunk``: samples read at once (default: a
-    stored layer's chunk of samples, so that each chunk is decompressed once, if it holds at most
-    2²² values per sample block; else 256).
+    ``c`` for LSTM and ConvLSTM, ``h`` for GRU, ``state`` for Mamba (and multi-head Mamba),
+    Mamba2, RG-LRU, lightning attention, mLSTM (or its normaliser ``n``) and RWKV-4 (its ``num``
+    and ``den`` parts) (the default); other fields and kinds are refused with why.
+    ``direction``: needed when the layer has both. ``initial``: the initial state (sample,
+    *state_shape) if known (otherwise its term is read from the first step: ``x_0 − w_0``;
+    refused for mLSTM and RWKV-4, whose stabiliser before the first step is not stored).
+    ``chunk``: samples read at once (default: a stored layer's chunk of samples, so that each
+    chunk is decompressed once, if it holds at most 2²² values per sample block; else 256).
     """
     ls = states[layer]
     name = linear_field(ls.kind, field)
@@ -367,7 +373,7 @@ def decompose(states: States, layer: str, *, field: str | None = None, direction
     ds = ls._direction(direction)
     mask = ds.mask if ds.mask is not None else ls.mask
     if chunk is None:
-        arr = getattr(ds, name)
+        arr = field_array(ds, ls.kind, name)
         stored = int((getattr(arr, "chunks", None) or (0,))[0])
         per_sample = int(np.prod(arr.shape[1:], dtype=np.int64))
         chunk = stored if stored > 0 and stored * per_sample <= 1 << 22 else 256

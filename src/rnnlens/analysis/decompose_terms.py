@@ -6,7 +6,11 @@ A field ``x`` is *linear in its previous value* when, once the gates are known,
 - LSTM and ConvLSTM ``c``: ``d = f``, ``w = i ⊙ g``;
 - GRU ``h`` (rnnlens' canonical gates, post-activation: ``h_t = z ⊙ h_{t-1} + (1 − z) ⊙ n``):
   ``d = z``, ``w = (1 − z) ⊙ n``;
-- the ``state`` of Mamba, Mamba2 and RG-LRU mixers: :mod:`.decompose_ssm`.
+- the ``state`` of Mamba (and Zamba v1's multi-head Mamba), Mamba2, RG-LRU and lightning
+  attention mixers: :mod:`.decompose_ssm`;
+- xLSTM's mLSTM matrix memory ``state`` (and its normaliser, field ``n``) and RWKV-4's WKV
+  ``state`` (its ``num`` and ``den`` parts; ``max`` is the stabiliser), stored stabilised by a
+  running maximum: :mod:`.decompose_stabilised`.
 
 A masked step writes nothing and decays nothing (``d = 1``, ``w = 0``): the state is carried.
 Other fields and kinds are refused here, saying why and what to decompose instead.
@@ -25,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from ..core.kinds import KINDS
-from ..errors import FieldNotAvailableError, UnsupportedLayerError
+from ..errors import FieldNotAvailableError, InputError, UnsupportedLayerError
 from . import decompose_ssm
 
-__all__ = ["SUPPORTED", "Terms", "linear_field", "read_terms"]
+__all__ = ["SUPPORTED", "Terms", "linear_field", "read_terms", "refuse_initial"]
 
 #: kind -> the field whose recurrence is linear in itself (what ``decompose`` reads by default)
 SUPPORTED: dict[str, str] = {
@@ -37,13 +41,8 @@ SUPPORTED: dict[str, str] = {
 
 #: state-space kinds whose state is linear in itself but not yet decomposed, and why
 _NOT_YET = {
-    "mlstm": "its state is stabilised by a running maximum m (the decay and write are rescaled "
-    "by exp(m_{t-1} - m_t) each step) and rnnlens does not yet carry that through",
     "gated_deltanet": "its decay is a product of matrices (I - beta k kᵀ) per step, not a per-unit factor",
     "kimi_delta": "its decay is a product of matrices (diag(g) - beta k kᵀ) per step",
-    "rwkv4": "its WKV state is a ratio of two decayed sums kept with a running maximum",
-    "mamba_heads": "rnnlens does not yet keep its per-head constants",
-    "lightning": "rnnlens does not yet keep its per-head decay constants",
 }
 
 
@@ -65,17 +64,30 @@ def linear_field(kind: str, field: str | None) -> str:
             "a sum of per-step writes. Decompose an LSTM's c or a GRU's h instead."
         )
     default = SUPPORTED[kind]
-    if field is None or field == default:
-        return default
+    if field is None or field == default or (kind, field) in decompose_ssm.EXTRA:
+        return default if field is None else field
     if field == "h" and default == "c":
         raise FieldNotAvailableError(
             "An LSTM's h = o ⊙ tanh(c) is not linear in the previous state (tanh and the output "
             "gate), so it is not a sum of per-step writes. Decompose its cell state: field='c' "
             "(h follows from c and the output gate at each step)."
         )
+    also = [f for k, f in decompose_ssm.EXTRA if k == kind]
     raise FieldNotAvailableError(
-        f"A {kind!r} layer has no linear field {field!r}: decompose field={default!r}."
+        f"A {kind!r} layer has no linear field {field!r}: decompose field={default!r}"
+        + (f" (or {', '.join(repr(f) for f in also)})." if also else ".")
     )
+
+
+def refuse_initial(kind: str) -> None:
+    """Kinds stored with a running-maximum stabiliser take no caller's initial state: the
+    stabiliser before the first step, which its decay needs, is not stored."""
+    if kind in ("mlstm", "rwkv4"):
+        raise InputError(
+            f"A {kind!r} layer's first decay needs its stabiliser before the first step, which is "
+            "not stored: leave initial out (the initial term is then read exactly from the first "
+            "stored step)."
+        )
 
 
 class Terms:
@@ -83,8 +95,12 @@ class Terms:
     (n, T, U), the decays ``d`` and writes ``w`` (n, T, U), the valid steps ``valid`` (n, T), all
     float64 but ``valid``."""
 
-    def __init__(self, x: np.ndarray, d: np.ndarray, w: np.ndarray, valid: np.ndarray):
+    def __init__(self, x: np.ndarray, d: np.ndarray, w: np.ndarray, valid: np.ndarray,
+                 life: np.ndarray | None = None):  # fmt: skip
         self.x, self.d, self.w, self.valid = x, d, w, valid
+        #: the real decays a write's lifetime is read from, where the stored state is
+        #: stabilised (:mod:`.decompose_stabilised`); else ``d``
+        self.life = d if life is None else life
 
 
 def _read(arr: Any, sl: slice) -> np.ndarray:
@@ -95,12 +111,12 @@ def read_terms(ds: Any, mask: Any, kind: str, field: str, sl: slice, backward: b
                constants: Mapping[str, np.ndarray] | None = None, layer: str = "") -> Terms:  # fmt: skip
     """The field, decays and writes of samples ``sl`` of direction ``ds`` (in memory or stored);
     ``constants``: the layer's (state-space kinds, :mod:`.decompose_ssm`)."""
-    x = _read(getattr(ds, field), sl)
+    x = _read(decompose_ssm.field_array(ds, kind, field), sl)
     n, t = x.shape[:2]
     valid = np.ones((n, t), bool) if mask is None else np.asarray(mask[sl], dtype=bool)
     if kind in decompose_ssm.KINDS:  # padded steps decay and write as the mixer computes them
-        d, w = decompose_ssm.read(ds, kind, sl, constants or {}, layer)
-        return Terms(x.reshape(n, t, -1), d, w, valid)
+        d, w, life = decompose_ssm.read(ds, kind, sl, constants or {}, layer, field)
+        return Terms(x.reshape(n, t, -1), d, w, valid, life)
     gates = ds.gates
     if kind == "gru":
         z, n_ = gates.read(("z", "n"), sl)

@@ -93,16 +93,19 @@ KINDS: dict[str, CellKind] = {
         CellKind("rglru", ("r", "i", "x"), state_dims=("unit",)),
         # receptance (after its sigmoid), key, value; the WKV state's parts num, den, max
         CellKind("rwkv4", ("r", "k", "v"), state_dims=("part", "unit")),
-        # input and forget gate pre-activations (per head), output gate (per unit)
-        CellKind("mlstm", ("i", "f", "o"), state_dims=("head", "d_qk", "d_v")),
+        # input and forget gate pre-activations (per head), output gate (per unit), and the key
+        # (head, d_qk) and value (head, d_v) each step writes into C (decompose reads them)
+        CellKind("mlstm", ("i", "f", "o", "k", "v"), state_dims=("head", "d_qk", "d_v")),
         # write strength beta (after its sigmoid) and log decay g, per value head
         CellKind("gated_deltanet", ("beta", "g"), state_dims=("head", "d_k", "d_v")),
         # write strength beta and log decay g per head and key channel (Kimi delta attention)
         CellKind("kimi_delta", ("beta", "g"), state_dims=("head", "d_k", "d_v")),
-        # decayed KᵀV memory with a fixed per-head decay: no input-dependent gate
-        CellKind("lightning", (), state_dims=("head", "d_k", "d_v")),
-        # Zamba v1's multi-head Mamba: dt per head and channel, B and C per head and state dim
-        CellKind("mamba_heads", ("dt", "B", "C"), state_dims=("head", "head_dim", "d_state")),
+        # decayed KᵀV memory with a fixed per-head decay: no input-dependent gate; the key
+        # (head, d_k) and value (head, d_v) each step writes into it (decompose reads them)
+        CellKind("lightning", ("k", "v"), state_dims=("head", "d_k", "d_v")),
+        # Zamba v1's multi-head Mamba: dt per head and channel, B and C per head and state dim,
+        # the scan's input x per head and channel: the write of a step is dt x B
+        CellKind("mamba_heads", ("dt", "B", "C", "x"), state_dims=("head", "head_dim", "d_state")),
     )
 }
 

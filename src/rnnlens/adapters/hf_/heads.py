@@ -11,7 +11,8 @@ helper, then runs each head's recurrence step by step on the same inputs,
 
 keeping every state (head, head_dim, d_state), and checks ``y`` against the helper's own
 output. Gates: ``dt`` (per head and channel, after its softplus), ``B`` and ``C`` (per head and
-state dim).
+state dim), and the scan's input ``x`` (per head and channel; the write of a step is
+``dt_t B_t x_t``, what :func:`rnnlens.decompose` reads).
 
 Example:
     >>> from types import SimpleNamespace
@@ -83,7 +84,7 @@ class HeadScan:
             what = f"head {head}'s scan output rebuilt from each step's state"
             edits.check_unedited(own_y, y, self.ops, layer=self.name, what=what, time_axis=2)
             b_t, c_t = B.transpose(1, 2).float(), C.transpose(1, 2).float()
-            self.pieces.append((states, dt_used.transpose(1, 2), b_t, c_t))
+            self.pieces.append((states, dt_used.transpose(1, 2), b_t, c_t, u.transpose(1, 2)))
             if not self.ops:
                 return own
             y = y.to(own_y.dtype)
@@ -134,6 +135,6 @@ class HeadScan:
         if self.gates:
             arrays.gates = tuple(
                 np.ascontiguousarray(torch.stack([p[i] for p in self.pieces], dim=2).float().cpu().numpy())
-                for i in (1, 2, 3)
+                for i in (1, 2, 3, 4)
             )
         return arrays

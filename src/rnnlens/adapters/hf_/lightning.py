@@ -11,7 +11,9 @@ mixer's computation on what it received, with its own weights and the modeling f
 
 (``λ`` the head's fixed ``slope_rate``: no input-dependent gate), keeping every ``S_t`` (head,
 d_k, d_v), and checks the output it rebuilds against the mixer's own (block and step sums round
-differently: float32 tolerance).
+differently: float32 tolerance). Gates: the keys ``k`` (head, d_k) and values ``v`` (head, d_v)
+each step writes, ``k_tᵀ v_t`` (padded steps' zeroed, as the mixer computes them; what
+:func:`rnnlens.decompose` reads).
 
 Example:
     >>> from types import SimpleNamespace
@@ -24,6 +26,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -78,4 +81,7 @@ def lightning_states(
     h = edits.check_unedited(
         out, rebuilt, ops, layer=name, what="the mixer output rebuilt from every step's memory"
     )
-    return DirectionArrays(h=h, state=states.cpu().numpy()), rebuilt
+    arrays = DirectionArrays(h=h, state=states.cpu().numpy())
+    if gates:
+        arrays.gates = tuple(np.ascontiguousarray(x.transpose(1, 2).float().cpu().numpy()) for x in (k, v))
+    return arrays, rebuilt

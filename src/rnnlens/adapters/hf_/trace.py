@@ -122,10 +122,14 @@ def _spec(path: str, m: Any, kind: str) -> LayerSpec:
 def _constants(m: Any, kind: str) -> dict[str, np.ndarray]:
     """The recurrence's constants :func:`rnnlens.decompose` needs, as the mixer computes them."""
     with torch.no_grad():
-        if kind in ("mamba", "mamba2"):
+        if kind in ("mamba", "mamba2", "mamba_heads"):  # mamba_heads: (head, head_dim, d_state)
             return {"A": (-torch.exp(m.A_log.float())).numpy()}
         if kind == "rglru":  # log a_t = -8 r_t softplus(Λ)
             return {"softplus_lambda": F.softplus(m.rg_lru.recurrent_param).float().numpy()}
+        if kind == "lightning":  # the per-head decay of the memory, exp(-slope_rate)
+            return {"decay": torch.exp(-m.slope_rate).float().reshape(-1).numpy()}
+        if kind == "rwkv4":  # the WKV kernel's per-unit log decay
+            return {"decay": (-torch.exp(m.time_decay)).float().numpy()}
     return {}
 
 

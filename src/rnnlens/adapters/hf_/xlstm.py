@@ -7,7 +7,9 @@ last state. :func:`mlstm_states` runs the modeling file's own single-step functi
 values, gate pre-activations, initial state), keeping every step's ``C`` (head, d_qk, d_v),
 ``n`` (head, d_qk) and ``m`` (head, 1), and checks the per-step outputs against the backend's
 own (chunkwise and step-wise sums round differently: float32 tolerance). Gates: ``i`` and ``f``
-(pre-activations, per head) and ``o`` (the output gate after its activation, per unit).
+(pre-activations, per head), ``o`` (the output gate after its activation, per unit), and the
+keys ``k`` (head, d_qk) and values ``v`` (head, d_v) the backend received: step t writes
+``exp(i_t − m_t) k_t ⊗ v_t`` into ``C`` (what :func:`rnnlens.decompose` reads).
 
 Example:
     >>> from types import SimpleNamespace
@@ -62,6 +64,7 @@ def mlstm_states(
             np.ascontiguousarray(i_pre.transpose(1, 2).float().numpy()),
             np.ascontiguousarray(f_pre.transpose(1, 2).float().numpy()),
             np.ascontiguousarray(_o_gate(layer, x).float().numpy()),
+            *(np.ascontiguousarray(call[key].transpose(1, 2).float().numpy()) for key in ("key", "value")),
         )
     return arrays
 
