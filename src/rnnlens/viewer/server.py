@@ -405,10 +405,10 @@ def _correlation(view: StoreView, p: Params) -> dict[str, Any]:
 
 
 def _contribution(view: StoreView, p: Params) -> dict[str, Any]:
-    layer, _, direction = _where(view, p)  # the decomposed field is the layer's linear one
+    layer, field, direction = _where(view, p)  # the decomposed field is the layer's linear one
     sample, t, unit = (p.integer(k, hi=100_000_000) for k in ("sample", "t", "unit"))  # ranges: below
     p.done()
-    return contribution(view, layer, direction, sample=sample, t=t, unit=unit)
+    return contribution(view, layer, direction, sample=sample, t=t, unit=unit, field=field)
 
 
 _API: dict[str, Callable[[StoreView, Params], dict[str, Any]]] = {

@@ -178,7 +178,8 @@
       let best = a;
       for (let s = a; s <= b; s++) if (Math.abs(r.values[s]) > Math.abs(r.values[best])) best = s;
       const tok = d.tokens && d.tokens[best] !== undefined ? ` (${JSON.stringify(d.tokens[best])})` : "";
-      setStatus(`${r.layer}.${r.field}[${unit}] at step ${t} = ${r.total.toFixed(4)}: the sum of what steps ` +
+      const what = r.norm ? `‖${r.layer}.${r.field}[${unit}]‖` : `${r.layer}.${r.field}[${unit}]`;
+      setStatus(`${what} at step ${t} = ${r.total.toFixed(4)}: the sum of what steps ` +
         `${a}–${b} wrote (tokens coloured by it) and the initial state's ${r.initial.toFixed(4)}; ` +
         `largest write: step ${best}${tok}, ${r.values[best].toFixed(4)}`);
     } catch (e) {
