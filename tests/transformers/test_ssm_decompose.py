@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 pytest.importorskip("transformers")
 
-from ssm_builders import IDS, gdn, gemma, mamba, mamba2  # noqa: E402
+from ssm_builders import IDS, gemma, mamba, mamba2  # noqa: E402
 
 import rnnlens  # noqa: E402
 
@@ -173,8 +173,11 @@ def test_refusals_name_what_is_missing() -> None:
         rnnlens.decompose(states, "backbone.layers.0.mixer").attention()
 
 
-def test_a_gated_delta_net_is_refused_with_why() -> None:
-    states = rnnlens.trace(gdn(), IDS)
-    name = next(n for n in states if states[n].kind == "gated_deltanet")
-    with pytest.raises(rnnlens.UnsupportedLayerError, match="product of matrices"):
+def test_a_lightning_mixer_is_refused_with_why() -> None:
+    import ssm_families as fam
+
+    torch.manual_seed(0)
+    states = rnnlens.trace(fam.minimax().eval(), IDS)
+    name = next(n for n in states if states[n].kind == "lightning")
+    with pytest.raises(rnnlens.UnsupportedLayerError, match="decay constants"):
         rnnlens.decompose(states, name)

@@ -6,7 +6,9 @@ A field ``x`` is *linear in its previous value* when, once the gates are known,
 - LSTM and ConvLSTM ``c``: ``d = f``, ``w = i ⊙ g``;
 - GRU ``h`` (rnnlens' canonical gates, post-activation: ``h_t = z ⊙ h_{t-1} + (1 − z) ⊙ n``):
   ``d = z``, ``w = (1 − z) ⊙ n``;
-- the ``state`` of Mamba, Mamba2 and RG-LRU mixers: :mod:`.decompose_ssm`.
+- the ``state`` of Mamba, Mamba2 and RG-LRU mixers: :mod:`.decompose_ssm`;
+- the ``state`` of gated delta-nets and Kimi delta attention, whose decay is a matrix per head
+  (``x_t = A_t x_{t-1} + w_t``): :mod:`.decompose_delta` (:data:`MATRIX`).
 
 A masked step writes nothing and decays nothing (``d = 1``, ``w = 0``): the state is carried.
 Other fields and kinds are refused here, saying why and what to decompose instead.
@@ -28,19 +30,19 @@ from ..core.kinds import KINDS
 from ..errors import FieldNotAvailableError, UnsupportedLayerError
 from . import decompose_ssm
 
-__all__ = ["SUPPORTED", "Terms", "linear_field", "read_terms"]
+__all__ = ["MATRIX", "SUPPORTED", "Terms", "linear_field", "read_terms"]
 
+#: kinds whose decay is a matrix per head (their terms: :mod:`.decompose_delta`)
+MATRIX = frozenset({"gated_deltanet", "kimi_delta"})
 #: kind -> the field whose recurrence is linear in itself (what ``decompose`` reads by default)
 SUPPORTED: dict[str, str] = {
-    "lstm": "c", "convlstm": "c", "gru": "h", **{k: "state" for k in decompose_ssm.KINDS},
+    "lstm": "c", "convlstm": "c", "gru": "h", **{k: "state" for k in (*decompose_ssm.KINDS, *MATRIX)},
 }  # fmt: skip
 
 #: state-space kinds whose state is linear in itself but not yet decomposed, and why
 _NOT_YET = {
     "mlstm": "its state is stabilised by a running maximum m (the decay and write are rescaled "
     "by exp(m_{t-1} - m_t) each step) and rnnlens does not yet carry that through",
-    "gated_deltanet": "its decay is a product of matrices (I - beta k kᵀ) per step, not a per-unit factor",
-    "kimi_delta": "its decay is a product of matrices (diag(g) - beta k kᵀ) per step",
     "rwkv4": "its WKV state is a ratio of two decayed sums kept with a running maximum",
     "mamba_heads": "rnnlens does not yet keep its per-head constants",
     "lightning": "rnnlens does not yet keep its per-head decay constants",
@@ -52,7 +54,7 @@ def linear_field(kind: str, field: str | None) -> str:
     if kind in _NOT_YET:
         raise UnsupportedLayerError(
             f"decompose does not yet support {kind!r} layers: {_NOT_YET[kind]}. It decomposes the "
-            f"state of {sorted(decompose_ssm.KINDS)} layers, an LSTM's c and a GRU's h."
+            f"state of {sorted((*decompose_ssm.KINDS, *MATRIX))} layers, an LSTM's c and a GRU's h."
         )
     if kind not in SUPPORTED:
         what = (
@@ -81,10 +83,18 @@ def linear_field(kind: str, field: str | None) -> str:
 class Terms:
     """One chunk of samples in *processing* order, units flattened: the field ``x``
     (n, T, U), the decays ``d`` and writes ``w`` (n, T, U), the valid steps ``valid`` (n, T), all
-    float64 but ``valid``."""
+    float64 but ``valid``. ``matrix``: whether the decay mixes units (then ``d`` is only its
+    diagonal part and :meth:`carry` applies it; :mod:`.decompose_delta`)."""
+
+    matrix = False
 
     def __init__(self, x: np.ndarray, d: np.ndarray, w: np.ndarray, valid: np.ndarray):
         self.x, self.d, self.w, self.valid = x, d, w, valid
+
+    def carry(self, a: np.ndarray, p: int) -> np.ndarray:
+        """Step p's decay applied to a block of contributions ``a`` (n, m, U), in place: ``a``."""
+        a *= self.d[:, p, None]
+        return a
 
 
 def _read(arr: Any, sl: slice) -> np.ndarray:
