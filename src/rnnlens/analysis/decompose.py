@@ -251,19 +251,13 @@ class Decomposition:
 
     def _carried(self, sl: slice, terms: Terms, init: np.ndarray,
                  visit: Callable[[slice, int, np.ndarray, Terms], None] | None) -> None:  # fmt: skip
-        """:meth:`_scan` for a decay that mixes units, checking the sum against the field at
-        each step (column 0 carries the initial term)."""
-        n, t, u = terms.x.shape
-        v = np.zeros((n, t + 1, u))
-        v[:, 0] = init
-        for p in range(t):
-            if p:
-                terms.carry(v[:, : p + 1], p)
-            v[:, p + 1] = terms.w[:, p]
-            live = v[:, : p + 2]
-            self._check(live.sum(axis=1), np.abs(live).sum(axis=1), terms.x[:, p], p)
+        """:meth:`_scan` for a decay that mixes units (:meth:`DeltaTerms.walk`), checking the
+        sum against the field at each step."""
+        assert isinstance(terms, decompose_delta.DeltaTerms)
+        for p, total, scale, keys in terms.walk(init):
+            self._check(total, scale, terms.x[:, p], p)
             if visit is not None:
-                visit(sl, p, v[:, 1 : p + 2], terms)
+                visit(sl, p, terms.contributions(keys), terms)
 
     def _to_input(self, a: np.ndarray) -> np.ndarray:
         """(sample, t, s, ...) from processing to input order."""
@@ -280,6 +274,15 @@ class Decomposition:
         rows = self._rows(samples)
         cols = slice(None) if units is None else self._unit_index(units)
         out = np.zeros((len(rows), self.n_steps, self.n_steps))
+        if ord == 2 and units is None and self._matrix:  # rank-one writes: ‖P k‖ ‖v‖ per head
+            for sl in self._chunks(rows):
+                terms, init = self._terms(sl)
+                assert isinstance(terms, decompose_delta.DeltaTerms)
+                for p, total, scale, keys in terms.walk(init):
+                    self._check(total, scale, terms.x[:, p], p)
+                    at = slice(sl.start - rows.start, sl.stop - rows.start)
+                    out[at, p, : p + 1] = np.linalg.norm(terms.norms(keys), axis=-1)
+            return self._to_input(out)
         if ord == 2 and not self._matrix:  # batched matrix products (decompose_maps.norms)
             for sl in self._chunks(rows):
                 terms, _ = self._checked(sl)
@@ -388,11 +391,11 @@ def decompose(states: States, layer: str, *, field: str | None = None, direction
 
     ``states``: traced States or a store opened with :func:`rnnlens.open_states`. ``field``:
     ``c`` for LSTM and ConvLSTM, ``h`` for GRU, ``state`` for Mamba, Mamba2, RG-LRU, gated
-    delta-nets and Kimi delta attention (the default); other fields and kinds are refused with why. ``direction``: needed when the layer
-    has both. ``initial``: the initial state (sample, *state_shape) if known (otherwise its term
-    is read from the first step: ``x_0 − w_0``). ``chunk``: samples read at once (default: a
-    stored layer's chunk of samples, so that each chunk is decompressed once, if it holds at most
-    2²² values per sample block; else 256).
+    delta-nets and Kimi delta attention (the default); other fields and kinds are refused with
+    why. ``direction``: needed when the layer has both. ``initial``: the initial state (sample,
+    *state_shape) if known (otherwise its term is read from the first step: ``x_0 − w_0``).
+    ``chunk``: samples read at once (default: a stored layer's chunk of samples, so that each
+    chunk is decompressed once, if it holds at most 2²² values per sample block; else 256).
     """
     ls = states[layer]
     name = linear_field(ls.kind, field)

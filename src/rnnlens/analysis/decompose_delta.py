@@ -14,7 +14,10 @@ the initial term is ``P(0→t) A_0 S_{-1}``.
 
 :class:`DeltaTerms` is the :class:`~rnnlens.analysis.decompose_terms.Terms` of such a layer:
 ``carry(a, p)`` applies ``A_p`` to a block of contributions; ``unrolled(p, init0)`` computes
-every contribution to step p at once, right to left (``M ← M A_s``: O(d_k²) a step and head).
+every contribution to step p at once, right to left (``M ← M A_s``: O(d_k²) a step and head);
+``walk(init0)`` goes through the steps carrying only the keys — a write stays rank one,
+``P(s→t) w_s = (P(s→t) β_s k_s) v_sᵀ`` — and sums the contributions with one matrix product per
+head (the check at every step, the attention map: ``‖P k‖ · ‖v‖`` per head).
 Padded steps decay and write as the mixer computes them (as for the state-space kinds).
 
 A write's *lifetime* is per head: the steps during which ``‖P(s→t) w_s‖ ≥ fraction · ‖w_s‖``
@@ -36,6 +39,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -96,6 +100,41 @@ class DeltaTerms(Terms):
         initial = np.einsum("nhij,nhjv->nhiv", m, init0.reshape(n, h, dk, dv))
         return out.reshape(n, p + 1, -1), initial.reshape(n, -1)
 
+    def walk(self, init0: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        """For each step p: ``(p, total, scale, keys)`` with the sum of every contribution and the
+        initial term at p and their Σ|·| (n, U), and ``keys`` (n, p + 1, head, d_k) the carried
+        keys ``P(s→p) β_s k_s`` (valid until the next step). A write ``β_s k_s v_sᵀ`` stays rank
+        one as it is carried (``P`` acts on its key), so only keys are carried: O(d_k) a source
+        and step, the sums one matrix product per head."""
+        n, t, _ = self.x.shape
+        h, dk, dv = self.shape
+        keys = np.zeros((n, t, h, dk))
+        init = np.array(init0).reshape(n, 1, -1)
+        values = np.ascontiguousarray(self.values.transpose(0, 2, 1, 3))  # (n, head, T, d_v)
+        for p in range(t):
+            if p:
+                live = keys[:, :p]
+                live *= self.d[:, p, None]
+                proj = np.einsum("nshk,nhk->nsh", live, self.k[:, p])
+                live -= (self.beta[:, p, :, None] * self.k[:, p])[:, None] * proj[..., None]
+                self.carry(init, p)
+            keys[:, p] = self.beta[:, p, :, None] * self.k[:, p]
+            k_t = keys[:, : p + 1].transpose(0, 2, 3, 1)  # (n, head, d_k, s)
+            first = init.reshape(n, h, dk, dv)
+            total = first + k_t @ values[:, :, : p + 1]
+            scale = np.abs(first) + np.abs(k_t) @ np.abs(values[:, :, : p + 1])
+            yield p, total.reshape(n, -1), scale.reshape(n, -1), keys[:, : p + 1]
+
+    def contributions(self, keys: np.ndarray) -> np.ndarray:
+        """The contributions (n, s, U) of the carried ``keys`` (n, s, head, d_k) of :meth:`walk`."""
+        n, m = keys.shape[:2]
+        return (keys[..., None] * self.values[:, :m, :, None, :]).reshape(n, m, -1)
+
+    def norms(self, keys: np.ndarray) -> np.ndarray:
+        """The Frobenius norm of each contribution per head (n, s, head): ‖P k‖ · ‖v‖."""
+        m = keys.shape[1]
+        return np.linalg.norm(keys, axis=-1) * np.linalg.norm(self.values[:, :m], axis=-1)
+
     def lifetimes(self, fraction: float) -> tuple[np.ndarray, np.ndarray]:
         """Per head, broadcast over its units (n, T, U): the later valid steps during which each
         write keeps ``‖P(s→t) w_s‖ ≥ fraction ‖w_s‖``, and whether it still did at the end; NaN
@@ -108,15 +147,16 @@ class DeltaTerms(Terms):
             )
         n, t, _ = self.x.shape
         heads = self.shape[0]
-        norm = np.linalg.norm(self.w.reshape(n, t, heads, -1), axis=-1)
-        target = fraction * norm
-        steps, still = np.zeros((n, t, heads)), self.valid[:, :, None] & (norm > 0)
-        live = np.array(self.w)
-        for r in range(1, t):
-            self.carry(live[:, :r], r)
-            kept = np.linalg.norm(live[:, :r].reshape(n, r, heads, -1), axis=-1)
-            still[:, :r] &= kept >= target[:, :r]
-            steps[:, :r] += still[:, :r] & self.valid[:, r, None, None]
+        norm = np.zeros((n, t, heads))
+        steps = np.zeros((n, t, heads))
+        still = np.zeros((n, t, heads), bool)
+        for p, _, _, keys in self.walk(np.zeros((n, self.x.shape[2]))):
+            kept = self.norms(keys)
+            norm[:, p] = kept[:, p]
+            still[:, p] = self.valid[:, p, None] & (kept[:, p] > 0)
+            if p:
+                still[:, :p] &= kept[:, :p] >= fraction * norm[:, :p]
+                steps[:, :p] += still[:, :p] & self.valid[:, p, None, None]
         steps[~(self.valid[:, :, None] & (norm > 0))] = np.nan
         per = self.shape[1] * self.shape[2]
         return np.repeat(steps, per, axis=2), np.repeat(still, per, axis=2)
