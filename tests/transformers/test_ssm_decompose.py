@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 pytest.importorskip("transformers")
 
-from ssm_builders import IDS, gdn, gemma, mamba, mamba2  # noqa: E402
+from ssm_builders import IDS, gemma, mamba, mamba2  # noqa: E402
 from ssm_families import minimax, zamba  # noqa: E402
 
 import rnnlens  # noqa: E402
@@ -194,10 +194,3 @@ def test_refusals_name_what_is_missing() -> None:
     states["backbone.layers.0.mixer"].forward.gates["dt"][:, 3] *= 1.01  # not the dt that made the state
     with pytest.raises(rnnlens.ParityError, match="step 3"):
         rnnlens.decompose(states, "backbone.layers.0.mixer").attention()
-
-
-def test_a_gated_delta_net_is_refused_with_why() -> None:
-    states = rnnlens.trace(gdn(), IDS)
-    name = next(n for n in states if states[n].kind == "gated_deltanet")
-    with pytest.raises(rnnlens.UnsupportedLayerError, match="product of matrices"):
-        rnnlens.decompose(states, name)

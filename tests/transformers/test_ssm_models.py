@@ -256,7 +256,8 @@ def test_gated_deltanet_states_at_every_step_equal_the_decode_cache() -> None:
     states = rnnlens.trace(model, IDS)
     name = "model.layers.0.linear_attn"
     assert list(states) == [name]  # layer 1 is full attention
-    assert states[name].state.shape == (2, 7, 4, 8, 8) and list(states[name].gates) == ["beta", "g"]
+    assert states[name].state.shape == (2, 7, 4, 8, 8) and list(states[name].gates) == ["beta", "g", "k", "v"]
+    assert states[name].gates["k"].shape == (2, 7, 2, 8)  # per key head: 2 keys serve 4 value heads
     tol = {"rtol": 1e-5, "atol": 1e-6}
     with torch.no_grad():
         out = model(IDS[:, :1], use_cache=True)

@@ -12,6 +12,9 @@ initial state). Every sum rnnlens returns is checked against the stored field (a
 ``(rtol, atol)`` = ``(1e-5, 1e-7)`` for float32 states, ``(1e-12, 1e-14)`` for float64,
 ``(1e-2, 1e-3)`` for 16-bit floats.
 
+Delta-rule mixers (gated delta-nets, Kimi delta attention) decay by a matrix per head: the
+products above are matrix products there (:mod:`rnnlens.analysis.decompose_delta`).
+
 Arrays are read in chunks of samples (``chunk``), so the maps of a stored layer never hold more
 than ``chunk × time × units`` values at once.
 
@@ -35,10 +38,11 @@ import numpy as np
 
 from ..core.states import States
 from ..errors import DirectionNotAvailableError, InputError, ParityError
+from . import decompose_delta
 from .decompose_hidden import hidden
 from .decompose_maps import lifetimes, norms
 from .decompose_ssm import field_array
-from .decompose_terms import Terms, linear_field, read_terms, refuse_initial
+from .decompose_terms import MATRIX, Terms, linear_field, read_terms, refuse_initial
 
 __all__ = ["Decomposition", "Lifetimes", "decompose"]
 
@@ -87,6 +91,7 @@ class Decomposition:
         self.layer, self.kind, self.field, self.direction = layer, kind, field, direction
         self._ds, self._mask = direction_states, mask
         self._constants = dict(constants or {})
+        self._matrix = kind in MATRIX  # a decay that mixes units (decompose_delta)
         arr = field_array(direction_states, kind, field)
         self.n_samples, self.n_steps = int(arr.shape[0]), int(arr.shape[1])
         self.state_shape: tuple[int, ...] = tuple(int(s) for s in arr.shape[2:])
@@ -124,10 +129,13 @@ class Decomposition:
 
     def _terms(self, sl: slice) -> tuple[Terms, np.ndarray]:
         """A chunk's terms and its initial term ``d_0 ⊙ x_{-1}`` (n, U), processing order."""
-        terms = read_terms(self._ds, self._mask, self.kind, self.field, sl, self.backward,
-                           self._constants, self.layer)  # fmt: skip
-        if self._initial is not None:
-            init0 = terms.d[:, 0] * self._initial[sl].reshape(terms.x.shape[0], -1)
+        if self._matrix:
+            terms: Terms = decompose_delta.read(self._ds, self._mask, self.kind, sl, self.layer)
+        else:
+            terms = read_terms(self._ds, self._mask, self.kind, self.field, sl, self.backward,
+                               self._constants, self.layer)  # fmt: skip
+        if self._initial is not None:  # the first step's decay applied to the given state
+            init0 = terms.carry(self._initial[sl].reshape(terms.x.shape[0], 1, -1).copy(), 0)[:, 0]
         else:
             init0 = terms.x[:, 0] - terms.w[:, 0]
         return terms, init0
@@ -165,14 +173,17 @@ class Decomposition:
         initial = np.empty((len(rows), contrib.shape[2]))
         for sl in self._chunks(rows):
             terms, init0 = self._terms(sl)
-            carry = np.ones_like(init0)
             at = slice(sl.start - rows.start, sl.stop - rows.start)
             block = contrib[at]
-            for s in range(p, -1, -1):
-                np.multiply(carry, terms.w[:, s], out=block[:, s])
-                if s:
-                    carry *= terms.d[:, s]
-            initial[at] = carry * init0
+            if isinstance(terms, decompose_delta.DeltaTerms):  # matrix products, right to left
+                block[:], initial[at] = terms.unrolled(p, init0)
+            else:
+                carry = np.ones_like(init0)
+                for s in range(p, -1, -1):
+                    np.multiply(carry, terms.w[:, s], out=block[:, s])
+                    if s:
+                        carry *= terms.d[:, s]
+                initial[at] = carry * init0
             scale = np.abs(block).sum(axis=1) + np.abs(initial[at])
             self._check(block.sum(axis=1) + initial[at], scale, terms.x[:, p], p)
         if self.backward:
@@ -204,6 +215,9 @@ class Decomposition:
         Σ|·| up to rounding) in O(units) a step, in place (no temporaries: this runs on every
         step of every chunk)."""
         terms, init = self._terms(sl)
+        if terms.matrix:  # no running bound in O(units): carry every write, checking each step
+            self._carried(sl, terms, init, None)
+            return terms, init
         total, scale = init.copy(), np.abs(init)
         tmp, bound = np.empty_like(total), np.empty_like(total)
         for p in range(terms.x.shape[1]):
@@ -225,6 +239,9 @@ class Decomposition:
         """Carry every write forward, chunk by chunk: ``visit(sl, p, V, terms)`` sees at each
         processing step p the contributions ``V[:, :p + 1]`` (n, p + 1, U) to the field there."""
         for sl in self._chunks(rows):
+            if self._matrix:
+                self._carried(sl, *self._terms(sl), visit)
+                continue
             terms, _ = self._checked(sl)
             n, t, u = terms.x.shape
             v = np.zeros((n, t, u))
@@ -233,6 +250,16 @@ class Decomposition:
                     v[:, :p] *= terms.d[:, p, None]
                 v[:, p] = terms.w[:, p]
                 visit(sl, p, v[:, : p + 1], terms)
+
+    def _carried(self, sl: slice, terms: Terms, init: np.ndarray,
+                 visit: Callable[[slice, int, np.ndarray, Terms], None] | None) -> None:  # fmt: skip
+        """:meth:`_scan` for a decay that mixes units (:meth:`DeltaTerms.walk`), checking the
+        sum against the field at each step."""
+        assert isinstance(terms, decompose_delta.DeltaTerms)
+        for p, total, scale, keys in terms.walk(init):
+            self._check(total, scale, terms.x[:, p], p)
+            if visit is not None:
+                visit(sl, p, terms.contributions(keys), terms)
 
     def _to_input(self, a: np.ndarray) -> np.ndarray:
         """(sample, t, s, ...) from processing to input order."""
@@ -249,7 +276,16 @@ class Decomposition:
         rows = self._rows(samples)
         cols = slice(None) if units is None else self._unit_index(units)
         out = np.zeros((len(rows), self.n_steps, self.n_steps))
-        if ord == 2:  # batched matrix products (decompose_maps.norms)
+        if ord == 2 and units is None and self._matrix:  # rank-one writes: ‖P k‖ ‖v‖ per head
+            for sl in self._chunks(rows):
+                terms, init = self._terms(sl)
+                assert isinstance(terms, decompose_delta.DeltaTerms)
+                for p, total, scale, keys in terms.walk(init):
+                    self._check(total, scale, terms.x[:, p], p)
+                    at = slice(sl.start - rows.start, sl.stop - rows.start)
+                    out[at, p, : p + 1] = np.linalg.norm(terms.norms(keys), axis=-1)
+            return self._to_input(out)
+        if ord == 2 and not self._matrix:  # batched matrix products (decompose_maps.norms)
             for sl in self._chunks(rows):
                 terms, _ = self._checked(sl)
                 out[sl.start - rows.start : sl.stop - rows.start] = norms(
@@ -327,7 +363,10 @@ class Decomposition:
         """For each write, how many later valid steps it keeps at least ``fraction`` of its weight
         (``|Π d_r| ≥ fraction``): a :class:`Lifetimes` over every sample, step and unit. For
         states stored stabilised (mLSTM, RWKV-4) ``d`` is the real, unstabilised decay (the
-        stabiliser rescales every term of a step alike: :mod:`.decompose_stabilised`)."""
+        stabiliser rescales every term of a step alike: :mod:`.decompose_stabilised`). A
+        delta-rule mixer's decay mixes units: there the weight is per head (``‖P(s→t) w_s‖ ≥
+        fraction · ‖w_s‖`` over the head's state), the same for each of its units
+        (:mod:`rnnlens.analysis.decompose_delta`)."""
         if not 0 < fraction <= 1:
             raise InputError(f"fraction must be in (0, 1]; received {fraction!r}.")
         u = int(np.prod(self.state_shape, dtype=int))
@@ -335,6 +374,9 @@ class Decomposition:
         alive = np.zeros((self.n_samples, self.n_steps, u), bool)
         for sl in self._chunks():
             terms, _ = self._checked(sl)
+            if isinstance(terms, decompose_delta.DeltaTerms):  # per head (decompose_delta)
+                steps[sl], alive[sl] = terms.lifetimes(fraction)
+                continue
             if np.abs(terms.life).max(initial=0.0) > 1.0:
                 raise InputError(
                     f"Layer {self.layer!r} has decays above 1 in magnitude (a custom gate activation?): "
@@ -353,11 +395,12 @@ def decompose(states: States, layer: str, *, field: str | None = None, direction
 
     ``states``: traced States or a store opened with :func:`rnnlens.open_states`. ``field``:
     ``c`` for LSTM and ConvLSTM, ``h`` for GRU, ``state`` for Mamba (and multi-head Mamba),
-    Mamba2, RG-LRU, lightning attention, mLSTM (or its normaliser ``n``) and RWKV-4 (its ``num``
-    and ``den`` parts) (the default); other fields and kinds are refused with why.
-    ``direction``: needed when the layer has both. ``initial``: the initial state (sample,
-    *state_shape) if known (otherwise its term is read from the first step: ``x_0 − w_0``;
-    refused for mLSTM and RWKV-4, whose stabiliser before the first step is not stored).
+    Mamba2, RG-LRU, lightning attention, gated delta-nets, Kimi delta attention, mLSTM (or its
+    normaliser ``n``) and RWKV-4 (its ``num`` and ``den`` parts) (the default); other fields and
+    kinds are refused with why. ``direction``: needed when the layer has both. ``initial``: the
+    initial state (sample, *state_shape) if known (otherwise its term is read from the first
+    step: ``x_0 − w_0``; refused for mLSTM and RWKV-4, whose stabiliser before the first step is
+    not stored).
     ``chunk``: samples read at once (default: a stored layer's chunk of samples, so that each
     chunk is decompressed once, if it holds at most 2²² values per sample block; else 256).
     """

@@ -10,7 +10,9 @@ A field ``x`` is *linear in its previous value* when, once the gates are known,
   attention mixers: :mod:`.decompose_ssm`;
 - xLSTM's mLSTM matrix memory ``state`` (and its normaliser, field ``n``) and RWKV-4's WKV
   ``state`` (its ``num`` and ``den`` parts; ``max`` is the stabiliser), stored stabilised by a
-  running maximum: :mod:`.decompose_stabilised`.
+  running maximum: :mod:`.decompose_stabilised`;
+- the ``state`` of gated delta-nets and Kimi delta attention, whose decay is a matrix per head
+  (``x_t = A_t x_{t-1} + w_t``): :mod:`.decompose_delta` (:data:`MATRIX`).
 
 A masked step writes nothing and decays nothing (``d = 1``, ``w = 0``): the state is carried.
 Other fields and kinds are refused here, saying why and what to decompose instead.
@@ -29,30 +31,21 @@ from typing import Any
 import numpy as np
 
 from ..core.kinds import KINDS
-from ..errors import FieldNotAvailableError, InputError, UnsupportedLayerError
+from ..errors import FieldNotAvailableError, InputError
 from . import decompose_ssm
 
-__all__ = ["SUPPORTED", "Terms", "linear_field", "read_terms", "refuse_initial"]
+__all__ = ["MATRIX", "SUPPORTED", "Terms", "linear_field", "read_terms", "refuse_initial"]
 
+#: kinds whose decay is a matrix per head (their terms: :mod:`.decompose_delta`)
+MATRIX = frozenset({"gated_deltanet", "kimi_delta"})
 #: kind -> the field whose recurrence is linear in itself (what ``decompose`` reads by default)
 SUPPORTED: dict[str, str] = {
-    "lstm": "c", "convlstm": "c", "gru": "h", **{k: "state" for k in decompose_ssm.KINDS},
+    "lstm": "c", "convlstm": "c", "gru": "h", **{k: "state" for k in (*decompose_ssm.KINDS, *MATRIX)},
 }  # fmt: skip
-
-#: state-space kinds whose state is linear in itself but not yet decomposed, and why
-_NOT_YET = {
-    "gated_deltanet": "its decay is a product of matrices (I - beta k kᵀ) per step, not a per-unit factor",
-    "kimi_delta": "its decay is a product of matrices (diag(g) - beta k kᵀ) per step",
-}
 
 
 def linear_field(kind: str, field: str | None) -> str:
     """The field to decompose for a layer of ``kind`` (``field`` checked, or the default)."""
-    if kind in _NOT_YET:
-        raise UnsupportedLayerError(
-            f"decompose does not yet support {kind!r} layers: {_NOT_YET[kind]}. It decomposes the "
-            f"state of {sorted(decompose_ssm.KINDS)} layers, an LSTM's c and a GRU's h."
-        )
     if kind not in SUPPORTED:
         what = (
             "its update is not known to rnnlens"
@@ -93,7 +86,10 @@ def refuse_initial(kind: str) -> None:
 class Terms:
     """One chunk of samples in *processing* order, units flattened: the field ``x``
     (n, T, U), the decays ``d`` and writes ``w`` (n, T, U), the valid steps ``valid`` (n, T), all
-    float64 but ``valid``."""
+    float64 but ``valid``. ``matrix``: whether the decay mixes units (then ``d`` is only its
+    diagonal part and :meth:`carry` applies it; :mod:`.decompose_delta`)."""
+
+    matrix = False
 
     def __init__(self, x: np.ndarray, d: np.ndarray, w: np.ndarray, valid: np.ndarray,
                  life: np.ndarray | None = None):  # fmt: skip
@@ -101,6 +97,11 @@ class Terms:
         #: the real decays a write's lifetime is read from, where the stored state is
         #: stabilised (:mod:`.decompose_stabilised`); else ``d``
         self.life = d if life is None else life
+
+    def carry(self, a: np.ndarray, p: int) -> np.ndarray:
+        """Step p's decay applied to a block of contributions ``a`` (n, m, U), in place: ``a``."""
+        a *= self.d[:, p, None]
+        return a
 
 
 def _read(arr: Any, sl: slice) -> np.ndarray:

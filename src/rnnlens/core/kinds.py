@@ -96,10 +96,11 @@ KINDS: dict[str, CellKind] = {
         # input and forget gate pre-activations (per head), output gate (per unit), and the key
         # (head, d_qk) and value (head, d_v) each step writes into C (decompose reads them)
         CellKind("mlstm", ("i", "f", "o", "k", "v"), state_dims=("head", "d_qk", "d_v")),
-        # write strength beta (after its sigmoid) and log decay g, per value head
-        CellKind("gated_deltanet", ("beta", "g"), state_dims=("head", "d_k", "d_v")),
-        # write strength beta and log decay g per head and key channel (Kimi delta attention)
-        CellKind("kimi_delta", ("beta", "g"), state_dims=("head", "d_k", "d_v")),
+        # write strength beta (after its sigmoid) and log decay g, per value head; the keys k
+        # (per key head, as the rule uses them) and values v: the write of a step is beta k ⊗ v
+        CellKind("gated_deltanet", ("beta", "g", "k", "v"), state_dims=("head", "d_k", "d_v")),
+        # write strength beta and log decay g per head and key channel (Kimi delta attention), k, v
+        CellKind("kimi_delta", ("beta", "g", "k", "v"), state_dims=("head", "d_k", "d_v")),
         # decayed KᵀV memory with a fixed per-head decay: no input-dependent gate; the key
         # (head, d_k) and value (head, d_v) each step writes into it (decompose reads them)
         CellKind("lightning", ("k", "v"), state_dims=("head", "d_k", "d_v")),

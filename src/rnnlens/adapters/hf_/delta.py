@@ -13,14 +13,16 @@ runs the rule step by step on the same queries, keys, values and gates,
 (per value head; ``q``, ``k`` L2-normalised with the modeling file's own ``l2norm`` when the
 mixer asks for it; ``d_t = exp(g_t)``, one number per head for a gated delta-net, one per key
 channel for Kimi), keeping every ``S_t`` (head, d_k, d_v), and checks ``o`` against the helper's
-own output. Gates: ``beta`` (the write strength, as the helper gets it) and ``g`` (the log
-decay: per head, or per head and key channel).
+own output. Gates: ``beta`` (the write strength, as the helper gets it), ``g`` (the log
+decay: per head, or per head and key channel), ``k`` (the keys the rule uses, L2-normalised if
+the mixer asks for it, per key head) and ``v`` (the values, per value head): the write of a step
+is ``β_t k_t ⊗ v_t`` (:mod:`rnnlens.analysis.decompose_delta`).
 
 Example:
     >>> import torch
     >>> q = k = torch.nn.functional.normalize(torch.ones(1, 2, 1, 2), dim=-1)
     >>> v, g, beta = torch.ones(1, 2, 1, 2), torch.zeros(1, 2, 1), torch.ones(1, 2, 1)
-    >>> out, states, _ = scan(q, k, v, g, beta, None, None, 0)
+    >>> out, states, _, _ = scan(q, k, v, g, beta, None, None, 0)
     >>> states.shape, round(float(states[0, 1, 0, 0, 0]), 4)  # v written once, then kept
     (torch.Size([1, 2, 1, 2, 2]), 0.7071)
 """
@@ -60,18 +62,20 @@ def scan(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
     s0: torch.Tensor | None, ops: dict[int, list[Op]] | None, t0: int,
     l2norm: Callable[..., torch.Tensor] | None = None, scale: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """The rule step by step: outputs (batch, time, head, d_v), every state (batch, time, head,
-    d_k, d_v) and the last. ``q``, ``k`` (batch, time, key head, d_k), ``v`` (…, value head,
+    d_k, d_v), the last, and the keys it used (batch, time, key head, d_k; L2-normalised if
+    asked). ``q``, ``k`` (batch, time, key head, d_k), ``v`` (…, value head,
     d_v), ``g`` (…, head) or (…, head, d_k), ``beta`` (…, head); ``ops`` by absolute step,
     this call starting at ``t0`` (edits after a step's output read its state, carried)."""
-    heads = v.shape[2]
-    if k.shape[2] != heads:  # grouped: each key head serves consecutive value heads
-        q = q.repeat_interleave(heads // k.shape[2], dim=2)
-        k = k.repeat_interleave(heads // k.shape[2], dim=2)
     q, k, v, beta, g = (x.transpose(1, 2).to(torch.float32) for x in (q, k, v, beta, g))
-    if l2norm is not None:
+    if l2norm is not None:  # per key row: the same before or after the grouping below
         q, k = l2norm(q, dim=-1, eps=1e-6), l2norm(k, dim=-1, eps=1e-6)
+    keys = k.transpose(1, 2)  # the keys the rule writes with, per key head
+    heads = v.shape[1]
+    if k.shape[1] != heads:  # grouped: each key head serves consecutive value heads
+        q = q.repeat_interleave(heads // k.shape[1], dim=1)
+        k = k.repeat_interleave(heads // k.shape[1], dim=1)
     q = q * (scale if scale is not None else 1 / (q.shape[-1] ** 0.5))
     n, _, t, d_k = k.shape
     s = torch.zeros((n, heads, d_k, v.shape[-1]), device=v.device) if s0 is None else s0.float().clone()
@@ -89,7 +93,7 @@ def scan(
             s = s.clone()
             edits.apply(s, ops[t0 + i])
         states[:, i] = s
-    return out.transpose(1, 2), states, s
+    return out.transpose(1, 2), states, s, keys
 
 
 class DeltaScan:
@@ -100,7 +104,7 @@ class DeltaScan:
         self.kind, self.name, self.ops, self.gates = kind, name, ops, gates
         self.t = 0
         self.carry: torch.Tensor | None = None
-        self.pieces: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.pieces: list[tuple[torch.Tensor, ...]] = []
 
     def replacements(self, env: dict[str, Any]) -> dict[str, Any]:
         """The helpers of the modeling file ``env`` (its globals) wrapped; its ``l2norm`` used."""
@@ -125,7 +129,7 @@ class DeltaScan:
                 )
             own, own_state = helper(*args, **kwargs)
             use_l2 = a.get("use_qk_l2norm_in_kernel", extra.get("use_qk_l2norm_in_kernel", False))
-            out, states, last = scan(
+            out, states, last, keys = scan(
                 a["query"],
                 a["key"],
                 a["value"],
@@ -140,7 +144,8 @@ class DeltaScan:
             shifted = {k - self.t: v for k, v in (self.ops or {}).items() if k >= self.t}
             what = "the delta-rule outputs rebuilt from each step's state"
             edits.check_unedited(own, out, shifted or None, layer=self.name, what=what)
-            self.pieces.append((states, a["beta"].detach().float(), a["g"].detach().float()))
+            gates = (a["beta"], a["g"], keys, a["value"])
+            self.pieces.append((states, *(x.detach().float() for x in gates)))
             self.t += out.shape[1]
             self.carry = last
             if not self.ops:
@@ -157,6 +162,6 @@ class DeltaScan:
         if self.gates:
             arrays.gates = tuple(
                 np.ascontiguousarray(torch.cat([p[i] for p in self.pieces], dim=1).cpu().numpy())
-                for i in (1, 2)
+                for i in (1, 2, 3, 4)
             )
         return arrays
