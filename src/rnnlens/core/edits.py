@@ -135,7 +135,7 @@ class LayerEdits:
         if field_name.startswith(WRITE):
             self.writes_applied.add((direction, field_name[len(WRITE) :]))
         out: dict[int, list[Op]] = {}
-        tail = tuple(self.spec.state_shape or ())[1:] if field_name == "state" else ()
+        tail = tuple(self.spec.state_shape or ())[1:] if field_name.removeprefix(WRITE) == "state" else ()
         for edit, directions, units, width in self.edits:
             if _key(edit) != field_name or direction not in directions:
                 continue
