@@ -204,3 +204,22 @@ def test_flax_write_edit_refusals() -> None:
     model, layer, _ = build("lstm", False, F, U, 1)
     with pytest.raises(rnnlens.FieldNotAvailableError, match="field='c'"):
         rnnlens.intervene(model, x, rnnlens.Edit(layer, 1, field="h", target="write", scale=0.0))
+
+
+def test_flax_write_edit_uses_the_cells_own_activation() -> None:
+    """An LSTM cell with ``activation_fn=relu``: h is formed from the edited c with that function."""
+    import flax.linen as nn
+    from flax_nets import reference_weights
+
+    rnn = nn.RNN(nn.LSTMCell(U, activation_fn=nn.relu, name="cell"), return_carry=True)
+    x = np.random.default_rng(8).normal(size=(N, T, F)).astype(np.float32)
+    variables = rnn.init(jax.random.key(2), x)
+    model = rnn.bind(variables)
+    layer = next(iter(rnnlens.trace(model, x)))
+    edit = rnnlens.Edit(layer, 2, field="c", units=[0, 1], target="write", add=-1.0)
+    run = rnnlens.intervene(model, x, edit)
+    ref = {"forward": {**reference_weights("lstm", variables["params"]["cell"]),
+                       "activation": lambda a: np.maximum(a, 0.0)}}  # fmt: skip
+    want = _reference("lstm", ref, {}, x, "forward", [edit])
+    np.testing.assert_allclose(run.states[layer].h, want["h"], **TOL)
+    np.testing.assert_allclose(run.states[layer].c, want["c"], **TOL)
