@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from functools import cache
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
@@ -79,9 +82,11 @@ def _sig(v: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-v))
 
 
-def _emulate(module: object, layer: int, d: int, x: np.ndarray, h_seq: np.ndarray, h0: np.ndarray) -> dict:
+def _emulate(module: object, layer: int, d: int, x: np.ndarray, h_seq: np.ndarray, h0: np.ndarray,
+             edit_write: object = None) -> dict:  # fmt: skip
     """One direction of one layer, (time, sample, ...) ``x``, fed the kernel's ``h_seq``: the
-    float64 cell on the emulated quantized linears. Returns h, c and the gates (canonical order)."""
+    float64 cell on the emulated quantized linears. Returns h, c and the gates (canonical order).
+    ``edit_write(s, w) -> w`` replaces what step ``s`` writes (LSTM ``i * g``, GRU ``(1 − z) n``)."""
     state = module._all_weight_values[layer * (2 if module.bidirectional else 1) + d].param.__getstate__()[0]  # type: ignore[attr-defined]
     reduce_range = bool(state[3][0])
     w_ih, w_hh = state[4]
@@ -107,7 +112,8 @@ def _emulate(module: object, layer: int, d: int, x: np.ndarray, h_seq: np.ndarra
                 np.tanh(pre[:, 2 * hid : 3 * hid]),
                 _sig(pre[:, 3 * hid :]),
             )
-            c = f * c + i * g
+            w = i * g if edit_write is None else edit_write(s, i * g)  # type: ignore[operator]
+            c = f * c + w
             h = o * np.tanh(c)
             gates = (i, f, g, o)
             out["c"][s] = c
@@ -115,7 +121,8 @@ def _emulate(module: object, layer: int, d: int, x: np.ndarray, h_seq: np.ndarra
             r = _sig(x_proj[s][:, :hid] + hg[:, :hid])
             z = _sig(x_proj[s][:, hid : 2 * hid] + hg[:, hid : 2 * hid])
             nn_ = np.tanh(x_proj[s][:, 2 * hid :] + r * hg[:, 2 * hid :])
-            h = (1 - z) * nn_ + z * prev
+            w = (1 - z) * nn_ if edit_write is None else edit_write(s, (1 - z) * nn_)  # type: ignore[operator]
+            h = w + z * prev
             gates = (z, r, nn_)
         out["h"][s] = h
         for k, g_ in enumerate(gates):
@@ -262,6 +269,43 @@ def test_edits() -> None:
         np.testing.assert_allclose(ref["h"][4:], edited.h.transpose(1, 0, 2)[4:], rtol=0, atol=1e-6)
         if cls is torch.nn.LSTM:
             np.testing.assert_allclose(ref["c"], edited.c.transpose(1, 0, 2), rtol=0, atol=1e-6)
+
+
+@given(st.sampled_from(["LSTM", "GRU"]), st.integers(0, 6), st.sampled_from(["set", "add", "scale"]),
+       st.floats(-2, 2, width=32), st.lists(st.integers(0, 5), min_size=1, max_size=3, unique=True),
+       st.integers(0, 2**16))  # fmt: skip
+def test_write_edits(cls: str, step: int, mode: str, value: float, units: list[int], seed: int) -> None:
+    """Edit(target="write"): the float64 emulation with that step's write edited, fed the edited
+    run's h (within 1e-6, as the state edits; measured ≤ 8e-8); steps before it bitwise the
+    module's; the model's outputs are the edited run's."""
+    model = _model(cls)
+    x = torch.from_numpy(np.random.default_rng(seed).normal(size=(7, 2, 4)).astype(F32))
+    with torch.no_grad():
+        own = model(x)[0].numpy().transpose(1, 0, 2)
+    field = "c" if cls == "LSTM" else "h"
+    run = rnnlens.intervene(model, x, [rnnlens.Edit("0", step, field=field, units=units, target="write",
+                                                    **{mode: value})])  # fmt: skip
+    edited = run.states["0"]
+    np.testing.assert_array_equal(edited.h[:, :step], own[:, :step])
+    np.testing.assert_array_equal(np.asarray(run.outputs[0]), edited.h.transpose(1, 0, 2))
+
+    def edit_write(s: int, w: np.ndarray) -> np.ndarray:
+        if s == step:
+            w = w.copy()
+            part = w[:, units]
+            w[:, units] = value if mode == "set" else part + value if mode == "add" else part * value
+        return w
+
+    ref = _emulate(model[0], 0, 0, x.numpy(), edited.h.transpose(1, 0, 2), np.zeros((2, 6), F32), edit_write)
+    np.testing.assert_allclose(ref["h"], edited.h.transpose(1, 0, 2), rtol=0, atol=1e-6)
+    if cls == "LSTM":
+        np.testing.assert_allclose(ref["c"], edited.c.transpose(1, 0, 2), rtol=0, atol=1e-6)
+
+
+@cache
+def _model(cls: str) -> torch.nn.Module:
+    torch.manual_seed(3)
+    return _quantize(torch.nn.Sequential(getattr(torch.nn, cls)(4, 6)))
 
 
 def test_float16_weights_and_other_engines() -> None:

@@ -2,7 +2,8 @@
 
 Oracle: the float64 NumPy reference cell loop (rnnlens.testing.reference_rnn) with that step's
 write replaced (``edit_write``), for PyTorch nn.LSTM / nn.GRU stacks (hypothesis; float32,
-``rtol=1e-4, atol=1e-5`` as the state edits' tests) and for rnnlens' NumPy step loop (float64,
+``rtol=1e-4, atol=1e-5`` as the state edits' tests), for nn.LSTMCell / nn.GRUCell called per step,
+and for rnnlens' NumPy step loop (float64,
 ``1e-12``). With decompose: a write scaled by k changes the state exactly by (k − 1) × that
 write's contribution.
 """
@@ -21,7 +22,7 @@ import rnnlens
 from rnnlens.core.edits import plan_edits
 from rnnlens.core.spec import CellWeights
 from rnnlens.core.steploop import run_direction
-from rnnlens.errors import FieldNotAvailableError, OptionError, UnsupportedLayerError
+from rnnlens.errors import FieldNotAvailableError, OptionError
 from rnnlens.testing import reference_rnn
 
 torch = pytest.importorskip("torch")
@@ -130,19 +131,87 @@ def test_write_edit_refusals() -> None:
     with pytest.raises(OptionError, match="target"):
         rnnlens.intervene(lstm, x, rnnlens.Edit("lstm", 1, field="c", target="writes", scale=0))
 
-    class Loop(nn.Module):  # a cell called per step: its path does not implement write edits
-        def __init__(self) -> None:
-            super().__init__()
-            self.cell = nn.GRUCell(3, 4)
+    # an adapter path that never asks for a layer's write edits leaves them unapplied: refused
+    plan = plan_edits([rnnlens.Edit("lstm", 1, field="c", target="write", scale=0)], rnnlens.describe(lstm))
+    assert len(plan["lstm"].unapplied_writes()) == 1
+    plan["lstm"].steps("forward", "write:c", 3, 1)
+    assert plan["lstm"].unapplied_writes() == []
 
-        def forward(self, x: Any) -> Any:
-            h = torch.zeros(x.shape[0], 4)
-            for t in range(x.shape[1]):
-                h = self.cell(x[:, t], h)
-            return h
 
-    with pytest.raises(UnsupportedLayerError, match="target='state'"):
-        rnnlens.intervene(Loop(), x, rnnlens.Edit("cell", 1, target="write", scale=0))
+class _Loop(nn.Module):
+    """A cell the user calls once per step (its calls count the steps)."""
+
+    def __init__(self, cls: Any, units: int, unbatched: bool) -> None:
+        super().__init__()
+        self.cell, self.units, self.unbatched = cls(3, units), units, unbatched
+
+    def forward(self, x: Any) -> Any:
+        lstm = isinstance(self.cell, nn.LSTMCell)
+        state: Any = None
+        outs = []
+        for t in range(x.shape[1]):
+            xt = x[0, t] if self.unbatched else x[:, t]
+            state = self.cell(xt, state)
+            outs.append(state[0] if lstm else state)
+        return torch.stack(outs, -2)
+
+
+def _cell_weights(cell: Any) -> dict[str, Any]:
+    get = lambda n: getattr(cell, n).detach().double().numpy()  # noqa: E731
+    w_ih, w_hh, b_ih, b_hh = get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
+    if isinstance(cell, nn.GRUCell):  # PyTorch r, z, n -> canonical z, r, n
+        h = cell.hidden_size
+        order = np.r_[h : 2 * h, 0:h, 2 * h : 3 * h]
+        w_ih, w_hh, b_ih, b_hh = w_ih[order], w_hh[order], b_ih[order], b_hh[order]
+    return dict(kernel=w_ih.T, recurrent_kernel=w_hh.T, bias=b_ih, recurrent_bias=b_hh)
+
+
+@given(
+    st.sampled_from([nn.LSTMCell, nn.GRUCell]), st.integers(0, 4), st.sampled_from(["set", "add", "scale"]),
+    st.floats(-2, 2, width=32), st.one_of(st.none(), st.lists(st.integers(0, 3), min_size=1, max_size=3,
+                                                              unique=True)),
+    st.booleans(), st.booleans(), st.integers(0, 2**16),
+)  # fmt: skip
+def test_write_edits_on_cells_called_per_step(
+    cls: Any, step: int, mode: str, value: float, units: Any, unbatched: bool, with_state: bool, seed: int
+) -> None:
+    """nn.LSTMCell / nn.GRUCell in the user's loop: the float64 reference loop with that step's
+    write edited (and an h edit at the same step after it), ``rtol=1e-4, atol=1e-5`` (measured
+    ≤ 2e-7); the steps before it are the cell's own; the model is unchanged."""
+    torch.manual_seed(seed % 7)
+    m = _Loop(cls, 4, unbatched).eval()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    n = 1 if unbatched else 2
+    x = np.random.default_rng(seed).normal(size=(n, 5, 3)).astype("float32")
+    field = "c" if cls is nn.LSTMCell else "h"
+    edits = [rnnlens.Edit("cell", step, field=field, units=units, target="write", **{mode: value})]
+    if with_state:
+        edits.append(rnnlens.Edit("cell", step, units=[1], add=0.5))
+    run = rnnlens.intervene(m, torch.from_numpy(x), edits)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+    assert "forward" not in vars(m.cell)
+    sel = slice(None) if units is None else units
+
+    def edit_write(s: int, w: np.ndarray) -> np.ndarray:
+        if s == step:
+            part = w[:, sel]
+            w[:, sel] = value if mode == "set" else part + value if mode == "add" else part * value
+        return w
+
+    def edit(s: int, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if with_state and s == step:
+            h[:, 1] += 0.5
+        return h, c
+
+    kind = "lstm" if cls is nn.LSTMCell else "gru"
+    ref = reference_rnn(kind, x, **_cell_weights(m.cell), edit_write=edit_write, edit=edit)
+    np.testing.assert_allclose(run.states["cell"].h, ref["h"], rtol=RTOL, atol=ATOL)
+    if kind == "lstm":
+        np.testing.assert_allclose(run.states["cell"].c, ref["c"], rtol=RTOL, atol=ATOL)
+    out = np.asarray(run.outputs).reshape(n, 5, 4)
+    np.testing.assert_allclose(out, ref["h"], rtol=RTOL, atol=ATOL)
+    plain = rnnlens.trace(m, torch.from_numpy(x))["cell"].h
+    np.testing.assert_array_equal(run.states["cell"].h[:, :step], plain[:, :step])
 
 
 def test_reference_weights_helper_is_shared() -> None:

@@ -10,8 +10,9 @@ kernel's ``Y_c`` ≤ 4.8e-7, its c and gates against the teacher-forced loop ≤
 free-running loop's h against the kernel's ``Y`` ≤ 3e-7 (asserted within 1e-5: with h of its own a
 float32/float64 difference could flip one rounding of the next step's quantization); an edited
 run's h and c against the loop with the same edits 1.2e-7, an edit that changes nothing against
-the kernel's ``Y`` 1.8e-7. The float rebuild with dequantized weights rnnlens did before was off
-by 3.3e-3 to 6.8e-2 on the same cases.
+the kernel's ``Y`` 1.8e-7; an edited write (``target="write"``) against the loop with it
+1.1e-7. The float rebuild with dequantized weights rnnlens did before was off by 3.3e-3 to
+6.8e-2 on the same cases.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -99,11 +102,12 @@ def _qmatmul(a: np.ndarray, q: np.ndarray, zero: float, scale: np.ndarray) -> np
 
 def _oracle(path: Path, x: np.ndarray, lens: np.ndarray | None, y: np.ndarray | None,
             h0: np.ndarray | None = None, c0: np.ndarray | None = None,
-            threads: int = 1, edits: dict[tuple[int, int, str], tuple[list[int], float]] | None = None,
+            threads: int = 1, edits: dict[tuple[int, int, str], tuple[Any, ...]] | None = None,
             ) -> list[dict[str, np.ndarray]]:  # fmt: skip
     """Per direction: h, c and the gates i, f, g, o (kernel processing order, (time, batch, unit)),
     float64. ``y`` given: fed the kernel's h (teacher-forced), else its own; ``edits``
-    ``{(direction, input step, field): (units, factor)}`` scale a state after its step."""
+    ``{(direction, input step, field): (units, factor)}`` scale a state after its step (field
+    ``"w"``: the write ``i * g`` before c is formed; ``(units, mode, value)``: set / add / scale)."""
     inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
     node = onnx.load(str(path)).graph.node[0]
     w, r, b = (inits[n] for n in node.input[1:4])
@@ -145,19 +149,30 @@ def _oracle(path: Path, x: np.ndarray, lens: np.ndarray | None, y: np.ndarray | 
                 zi, zf = zi + p[d, :hid] * c, zf + p[d, 2 * hid :] * c
             i, f, g = 1 / (1 + np.exp(-zi)), 1 / (1 + np.exp(-zf)), np.tanh(zg)
             live = (j < lens)[:, None]
-            c_new = f * c + i * g
+            backward = d == 1 or direction == "reverse"
+            here = {f: e for (ed, step, f), e in (edits or {}).items()
+                    if ed == d and step == (t - 1 - j if backward else j)}  # fmt: skip
+            w_new = i * g
+            if "w" in here:
+                _op(w_new, *here["w"])
+            c_new = f * c + w_new
             o = 1 / (1 + np.exp(-(zo + (0 if p is None else p[d, hid : 2 * hid] * c_new))))
             h_new = o * np.tanh(c_new)
-            for (ed, step, field), (units, factor) in (edits or {}).items():
-                backward = d == 1 or direction == "reverse"
-                if ed == d and step == (t - 1 - j if backward else j):
-                    (h_new if field == "h" else c_new)[:, units] *= factor
+            for field, e in here.items():
+                if field != "w":
+                    _op(h_new if field == "h" else c_new, *e)
             c = np.where(live, c_new, c)
             for k, v in zip("hcifgo", (h_new, c, i, f, g, o)):
                 rec[k].append(np.where(live, v, np.nan) if k in "ifgo" else v)
             h = ys[j] if ys is not None else np.where(live, h_new, 0).astype(F32)
         out.append({k: np.stack(v) for k, v in rec.items()})
     return out
+
+
+def _op(a: np.ndarray, units: Any, *edit: Any) -> None:
+    """``a[:, units]`` scaled by ``edit = (factor,)``, or ``edit = (mode, value)`` applied, in place."""
+    mode, value = edit if len(edit) == 2 else ("scale", edit[0])
+    a[:, units] = value if mode == "set" else a[:, units] + value if mode == "add" else a[:, units] * value
 
 
 def _input_order(a: np.ndarray, lens: np.ndarray, reverse: bool) -> np.ndarray:
@@ -346,3 +361,42 @@ def test_two_quantized_layers_one_edited(tmp_path: Path) -> None:
     assert second.c.shape == (6, 8, 12)
     plain = rnnlens.trace(path, x)
     assert not np.allclose(second.c, plain[names[1]].c)
+
+
+@pytest.fixture(scope="module")
+def bidirectional_q(tmp_path_factory: Any) -> Path:
+    return _quantized(tmp_path_factory.mktemp("q"), 8, 5, "bidirectional", per_channel=True, peepholes=True)
+
+
+@given(
+    st.integers(0, 5), st.sampled_from([0, 1]),
+    st.lists(st.integers(0, 7), min_size=1, max_size=3, unique=True),
+    st.sampled_from(["set", "add", "scale"]), st.floats(-2, 2, width=32), st.integers(0, 2**16),
+    st.booleans(),
+)  # fmt: skip
+def test_write_edits_with_the_kernels_arithmetic(
+    bidirectional_q: Path, step: int, d: int, units: list[int], mode: str, value: float, seed: int, also: bool
+) -> None:
+    """Edit(target="write") on a quantized LSTM (peepholes: o reads the edited c): what the float64
+    loop gives with the same write edited (and a state edit at the same step: after it),
+    ``atol = 1e-5`` (measured ≤ 2e-7); the other direction is untouched."""
+    path, t, n = bidirectional_q, 6, 3
+    name = rnnlens.describe(path)[0].name
+    x = np.random.default_rng(seed).normal(size=(t, n, 5)).astype(F32)
+    direction = ("forward", "backward")[d]
+    edits = [rnnlens.Edit(name, step, field="c", units=units, direction=direction, target="write",
+                          **{mode: value})]  # fmt: skip
+    want = {(d, step, "w"): (units, mode, value)}
+    if also:
+        edits.append(rnnlens.Edit(name, step, field="c", units=[1], direction=direction, scale=-1.0))
+        want[(d, step, "c")] = ([1], "scale", -1.0)
+    run = rnnlens.intervene(path, x, edits)
+    ref = _oracle(path, x, None, None, edits=want)
+    every = np.full(n, t)
+    got = getattr(run.states[name], direction)
+    np.testing.assert_allclose(got.h, _input_order(ref[d]["h"], every, d == 1), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got.c, _input_order(ref[d]["c"], every, d == 1), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(run.outputs[0][:, d], got.h.transpose(1, 0, 2), rtol=0, atol=0)
+    other = getattr(rnnlens.trace(path, x)[name], ("forward", "backward")[1 - d])
+    np.testing.assert_allclose(getattr(run.states[name], ("forward", "backward")[1 - d]).h, other.h,
+                               rtol=0, atol=1e-6)  # fmt: skip

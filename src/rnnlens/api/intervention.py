@@ -120,7 +120,9 @@ def _run(
             raise UnsupportedLayerError(
                 f"Edit(target='write') on {layer.spec.name!r} ({layer.spec.layer_type}) is not "
                 f"implemented by the {adapter.name} adapter for this layer: write edits run on "
-                "PyTorch nn.LSTM / nn.GRU, Keras LSTM / GRU and ONNX LSTM / GRU nodes. Edit the state "
+                "PyTorch nn.LSTM / nn.GRU (dynamically quantized too) and nn.LSTMCell / nn.GRUCell loops, "
+                "Keras LSTM / GRU, ONNX LSTM / GRU nodes (quantized LSTM too), Flax LSTM / GRU / MGU "
+                "cells and transformers Mamba / Mamba2 / RG-LRU mixers. Edit the state "
                 "(target='state') instead (for a GRU, adding (new write − old write) to h at that step "
                 "is the same edit)."
             )

@@ -11,9 +11,12 @@ several edits compose in the order given.
 
 ``target="write"`` edits what step ``t`` *wrote* instead: the term the step adds to its linear
 state (an LSTM's ``c_t = f ⊙ c_{t-1} + i ⊙ g`` — the write ``i ⊙ g``; a GRU's
-``h_t = z ⊙ h_{t-1} + (1 − z) ⊙ n`` — the write ``(1 − z) ⊙ n``), before the state and the
-output at ``t`` are computed from it (see :func:`rnnlens.decompose`): an LSTM's ``h_t`` reads the
-edited ``c_t``. A write edit and a state edit at one step: the write is edited first.
+``h_t = z ⊙ h_{t-1} + (1 − z) ⊙ n`` — the write ``(1 − z) ⊙ n``; an MGU's ``(1 − f) ⊙ n``;
+a Mamba mixer's ``state_t = exp(A dt_t) ⊙ state_{t-1} + (dt_t B_t) x_t`` per channel and state
+dim; a Mamba2 mixer's ``(dt_t x_t) ⊗ B_t`` per head; an RG-LRU's ``(x_t i_t) sqrt(1 − a_t²)``:
+the terms of :func:`rnnlens.decompose`), before the state and the output at ``t`` are computed
+from it: an LSTM's ``h_t`` and a mixer's output at ``t`` read the edited state. A write edit and
+a state edit at one step: the write is edited first.
 
 Example:
     >>> from rnnlens import Edit
@@ -37,7 +40,7 @@ from ..errors import FieldNotAvailableError, LayerNotFoundError, OptionError, Op
 from .kinds import KINDS
 from .spec import LayerSpec
 
-__all__ = ["WRITE", "Edit", "LayerEdits", "Op", "check_masked", "edit_arrays", "plan_edits"]
+__all__ = ["LINEAR", "WRITE", "Edit", "LayerEdits", "Op", "check_masked", "edit_arrays", "plan_edits"]
 
 Mode = Literal["set", "add", "scale"]
 _CALL = re.compile(r"#\d+$")
@@ -61,7 +64,8 @@ class Edit:
         add: add this value (same shapes as ``set``).
         scale: multiply by this value (same shapes; ``scale=0`` ablates).
         target: ``"state"`` (the state after the step) or ``"write"`` (what the step wrote into
-            its linear state: ``field="c"`` of an LSTM, ``field="h"`` of a GRU; see the module doc).
+            its linear state: ``field="c"`` of an LSTM, ``field="h"`` of a GRU or an MGU,
+            ``field="state"`` of a Mamba, Mamba2 or RG-LRU mixer; see the module doc).
     """
 
     layer: str
@@ -77,6 +81,8 @@ class Edit:
 
 #: the ``field_name`` under which :meth:`LayerEdits.steps` gives the write edits of a field
 WRITE = "write:"
+#: kind -> the field its steps write into, a state linear in the previous one (the module doc)
+LINEAR = {"lstm": "c", "gru": "h", "mgu": "h", "mamba": "state", "mamba2": "state", "rglru": "state"}
 
 
 def _key(edit: Edit) -> str:
@@ -129,7 +135,7 @@ class LayerEdits:
         if field_name.startswith(WRITE):
             self.writes_applied.add((direction, field_name[len(WRITE) :]))
         out: dict[int, list[Op]] = {}
-        tail = tuple(self.spec.state_shape or ())[1:] if field_name == "state" else ()
+        tail = tuple(self.spec.state_shape or ())[1:] if field_name.removeprefix(WRITE) == "state" else ()
         for edit, directions, units, width in self.edits:
             if _key(edit) != field_name or direction not in directions:
                 continue
@@ -171,6 +177,8 @@ class LayerEdits:
     def ops_at(self, direction: str, field_name: str, step: int, n_samples: int) -> list[Op]:
         """The operations at one ``step`` of a loop whose length is not known yet (a cell
         called once per step): steps count from 0; negative steps cannot be resolved."""
+        if field_name.startswith(WRITE):
+            self.writes_applied.add((direction, field_name[len(WRITE) :]))
         out: list[Op] = []
         for edit, directions, units, width in self.edits:
             if _key(edit) != field_name or direction not in directions:
@@ -322,12 +330,13 @@ def _check(edit: Edit, spec: LayerSpec) -> tuple[Edit, tuple[str, ...], slice | 
 
 
 def _check_write(edit: Edit, spec: LayerSpec) -> None:
-    linear = {"lstm": "c", "gru": "h"}.get(spec.kind)
+    linear = LINEAR.get(spec.kind)
     if linear is None:
         raise FieldNotAvailableError(
             f"Edit(target='write') on {spec.name!r} ({spec.layer_type}): write edits are implemented "
-            "for LSTM (field='c') and GRU (field='h') layers, whose state is linear in the previous "
-            "state; edit this layer's state instead (target='state')."
+            "for LSTM (field='c'), GRU and MGU (field='h') layers and Mamba, Mamba2 and RG-LRU mixers "
+            "(field='state'), whose state is linear in the previous state; edit this layer's state "
+            "instead (target='state')."
         )
     if edit.field != linear:
         raise FieldNotAvailableError(

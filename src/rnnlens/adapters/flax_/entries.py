@@ -7,7 +7,8 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from ...core.spec import call_entry
 
@@ -30,6 +31,8 @@ class Site:
     steps: int | None
     reverse: bool
     lengths: bool  # an nn.RNN call with seq_lengths
+    #: an LSTM cell's ``activation_fn`` (``h = o ⊙ act(c)``, for write edits); None otherwise
+    activation: Any = field(default=None, compare=False, repr=False)
 
     @property
     def entry(self) -> str:

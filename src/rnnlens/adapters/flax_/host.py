@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ...core.cells import DirectionArrays, check_parity, split_emitted
-from ...core.edits import LayerEdits, Op
+from ...core.edits import LINEAR, WRITE, LayerEdits, Op
 from ...core.kinds import KINDS
 from ...core.steploop import apply_ops
 from ...errors import InputError
@@ -98,36 +98,70 @@ def _record(run: Run, index: int, arrays: list[np.ndarray], back: list[np.ndarra
     try:
         records = run.steps.setdefault(index, [])
         if run.edits:
-            _edit(run, index, len(records), back, arrays[-1].reshape(-1).astype(np.int64))
+            _edit(run, index, len(records), arrays, back)
         records.append((*arrays, *back))
     except BaseException as e:  # raised after the run, by the caller
         run.error = run.error or e
 
 
-def _edit(run: Run, index: int, s: int, back: list[np.ndarray], lengths: np.ndarray) -> None:
+def _edit(run: Run, index: int, s: int, arrays: list[np.ndarray], back: list[np.ndarray]) -> None:
+    """Step ``s`` of site ``index`` edited in ``back``: its write first (``write:c`` of an LSTM,
+    ``write:h`` of a GRU or MGU: the state formed again from the edited write), then h and c."""
     site = run.sites[index]
     edits = (run.edits or {}).get(site.entry)
     if edits is None:
         return
     n = back[0].shape[0]
     names = ("h", "c")[: len(back)]
+    linear = LINEAR.get(site.kind)
+    fields = [*names, *([WRITE + linear] if linear in names else [])]
     if site.steps is None:  # a cell called directly: its calls count the steps
+        at = {f: edits.ops_at(site.direction, f, s, n) for f in fields}
+        rows = np.ones(n, bool)
+        if at.get(fields[-1]) and len(fields) > len(names):
+            _write(site, arrays, back, at[fields[-1]], rows)
         for f, state in zip(names, back):
-            _apply(state, edits.ops_at(site.direction, f, s, n), np.ones(n, bool))
+            _apply(state, at[f], rows)
         return
     if index not in run._plans:
+        lengths = arrays[-1].reshape(-1).astype(np.int64)
         lens = lengths if site.lengths else None
         order = input_order(lens, site.steps, reverse=site.reverse, samples=n)
         mask = None if lens is None else np.arange(site.steps)[None, :] < lens[:, None]
-        plans = {f: edits.steps(site.direction, f, site.steps, n, mask=mask) for f in names}
+        plans = {f: edits.steps(site.direction, f, site.steps, n, mask=mask) for f in fields}
         run._plans[index] = (order, plans)
     order, plans = run._plans[index]
     times = order[:, s]
-    for f, state in zip(names, back):
-        for t in np.unique(times):
+    for t in np.unique(times):
+        rows = times == t
+        if len(fields) > len(names) and plans[fields[-1]].get(int(t)):
+            _write(site, arrays, back, plans[fields[-1]][int(t)], rows)
+        for f, state in zip(names, back):
             ops = plans[f].get(int(t))
             if ops:
-                _apply(state, ops, times == t)
+                _apply(state, ops, rows)
+
+
+def _write(
+    site: Site, arrays: list[np.ndarray], back: list[np.ndarray], ops: list[Op], rows: np.ndarray
+) -> None:
+    """Edit what the step wrote into its linear state at ``rows`` and form the state (and an
+    LSTM's ``h``) again from it, in the cell's arithmetic: ``c = f ⊙ c_in + w``, ``h = o ⊙ act(c)``
+    (LSTM, ``w = i ⊙ g``); ``h = z ⊙ h_in + w`` (GRU, ``w = (1 − z) ⊙ n``; MGU, ``f`` for ``z``).
+    ``arrays``: the step's ``h_in, h_model, h_ours, (c_in, c_model, c_ours,) gates, lengths``."""
+    gates = arrays[-2]  # (sample, gate, unit), rnnlens' order: i f g o / z r n / f n
+    if site.kind == "lstm":
+        i, f, g, o = (gates[:, k] for k in range(4))
+        w = i * g
+        _apply(w, ops, rows)
+        c = f * arrays[3] + w
+        h = o * _on_host(site.activation, c)
+        back[1][rows], back[0][rows] = c[rows], h[rows]
+        return
+    z, cand = gates[:, 0], gates[:, -1]
+    w = (1 - z) * cand
+    _apply(w, ops, rows)
+    back[0][rows] = (z * arrays[0] + w)[rows]
 
 
 def _apply(state: np.ndarray, ops: list[Op], rows: np.ndarray) -> None:
@@ -141,6 +175,15 @@ def _apply(state: np.ndarray, ops: list[Op], rows: np.ndarray) -> None:
     block = state[rows]
     apply_ops(block, at_rows)
     state[rows] = block
+
+
+def _on_host(fn: Any, a: np.ndarray) -> np.ndarray:
+    """The cell's own JAX function of ``a``, run on the CPU (never on the device the model's
+    callback waits for), as NumPy in ``a``'s dtype."""
+    import jax
+
+    with jax.default_device(jax.devices("cpu")[0]):
+        return np.asarray(fn(a), dtype=a.dtype)
 
 
 def _steps(run: Run, index: int, has_c: bool) -> dict[str, np.ndarray] | None:

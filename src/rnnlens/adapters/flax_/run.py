@@ -250,6 +250,7 @@ def _run_once(
     # edits go to the host step by step; a trace runs plain nn.RNN calls in rnnlens' scan
     compiled = _compiled(model, call, tree, dynamic, key, fast=edits is None, gates=gates)
     arrays = [d for d in dynamic if d is not None]
+    given = edits
     try:
         if edits is not None:  # the edits were planned on describe(): plan them on these sites
             jax.eval_shape(compiled.fn, variables, arrays)
@@ -277,6 +278,9 @@ def _run_once(
         raise InputError(f"The Flax model could not run on these inputs: {type(e).__name__}: {e}") from None
     if run.error is not None:
         raise run.error
+    for name, le in (edits or {}).items():  # the write edits the host applied, told to the caller's plan
+        if given is not None and name in given:
+            given[name].writes_applied |= le.writes_applied
     return outputs, run
 
 

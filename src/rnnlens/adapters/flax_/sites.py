@@ -157,13 +157,15 @@ class Interceptor:
                     self._calls[layer] += 1
                 cell_type = type(module).__name__
                 site = Site(layer, top.direction, path, cell_type, top.layer_type, kind, units, call,
-                            top.steps, top.reverse, top.lengths is not None)  # fmt: skip
+                            top.steps, top.reverse, top.lengths is not None,
+                            _activation(kind, module))  # fmt: skip
                 self.sites.append(site)
                 top.site = len(self.sites) - 1
             return top.site, top.lengths
         if path not in self._direct:
             cell_type = type(module).__name__
-            site = Site(path, "forward", path, cell_type, cell_type, kind, units, 0, None, False, False)
+            site = Site(path, "forward", path, cell_type, cell_type, kind, units, 0, None, False, False,
+                        _activation(kind, module))  # fmt: skip
             self.sites.append(site)
             self._direct[path] = len(self.sites) - 1
         return self._direct[path], None
@@ -203,6 +205,11 @@ class Interceptor:
         if not has_c:
             return h_new, h_new if y is h_out else y
         return (back[:, h_out.shape[1] :].astype(c_out.dtype), h_new), h_new
+
+
+def _activation(kind: str, module: Any) -> Any:
+    """An LSTM cell's ``activation_fn`` (the host forms ``h`` from an edited ``c`` with it)."""
+    return getattr(module, "activation_fn", None) if kind == "lstm" else None
 
 
 def _role(module: Any) -> str | None:

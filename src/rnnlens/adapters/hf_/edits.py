@@ -3,9 +3,11 @@
 Each rebuild (:mod:`.mamba`, :mod:`.mamba2`, :mod:`.gdn`) calls :func:`apply` on the state of
 step ``t`` right after computing it and after step ``t``'s own output has read it, before step
 ``t + 1`` reads it (as an LSTM ``c`` edit): the edit is carried forward and changes the outputs
-from ``t + 1`` on; the states stored for step ``t`` are the edited ones. The mixer's output is
+from ``t + 1`` on; the states stored for step ``t`` are the edited ones. A write edit
+(``target="write"``: Mamba, Mamba2, RG-LRU) is applied to what step ``t`` adds to its state
+before the state is formed from it, so step ``t``'s own output reads it. The mixer's output is
 computed from these states and given to the rest of the model in place of the mixer's own;
-the steps up to the first edited one are checked against the mixer's own output.
+the steps before the first one an edit changes are checked against the mixer's own output.
 
 Example:
     >>> import numpy as np, torch
@@ -53,19 +55,22 @@ def check_unedited(
     layer: str,
     what: str,
     time_axis: int = 1,
+    writes: Mapping[int, Sequence[Op]] | None = None,
 ) -> np.ndarray:
     """Check the rebuilt output against the mixer's ``own`` at the steps the edits leave as the
-    mixer computed them (all without edits); return the rebuilt output as float NumPy.
+    mixer computed them (all without edits; ``writes``: the write edits by step, which change
+    their own step's output too); return the rebuilt output as float NumPy.
     :func:`~rnnlens.core.cells.check_parity` sees (sample, time, everything else)."""
     got = rebuilt.detach().float().cpu().numpy()
     expected = own.detach().float().cpu().numpy()
-    upto = first_step(ops, got.shape[time_axis])
+    upto = min(first_step(ops, got.shape[time_axis]), min(writes or (), default=got.shape[time_axis]))
 
     def steps(a: np.ndarray) -> np.ndarray:
         a = np.moveaxis(a, time_axis, 1)[:, :upto]
         return a.reshape(a.shape[0], a.shape[1], -1)
 
-    check_parity(steps(expected), steps(got), None, layer=layer, what=what)
+    if upto:  # a write edit at step 0 leaves no step as the mixer computed it
+        check_parity(steps(expected), steps(got), None, layer=layer, what=what)
     return got
 
 

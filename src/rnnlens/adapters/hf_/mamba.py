@@ -10,6 +10,8 @@ mixer returned (:class:`~rnnlens.errors.ParityError` otherwise):
     dt = softplus(W_dt · dt_low + b_dt),  A = -exp(A_log)
     s_t = exp(A dt_t) ⊙ s_{t-1} + dt_t B_t x_t,   y_t = s_t C_t + D x_t,   out = W_out (y ⊙ silu(z))
 
+(``(dt_t B_t) x_t``: the write of step ``t``, what ``Edit(target="write")`` edits).
+
 FalconMamba also RMS-normalises ``dt_low``, ``B`` and ``C`` (its weightless norms).
 
 Example:
@@ -53,10 +55,12 @@ def mamba_states(
     name: str,
     gates: bool,
     ops: dict[int, list[Op]] | None = None,
+    writes: dict[int, list[Op]] | None = None,
 ) -> tuple[DirectionArrays, torch.Tensor]:
     """The mixer's output ``h``, its SSM state (sample, time, d_inner, d_state) and, when asked,
     its ``dt``, ``B``, ``C`` at every step, checked against the mixer's own output ``out``; and
-    the output tensor rebuilt from them. ``ops``: edits of the state by step (:mod:`.edits`)."""
+    the output tensor rebuilt from them. ``ops``: edits of the state by step; ``writes``: edits
+    of each step's write ``(dt B) x`` before the state is formed from it (:mod:`.edits`)."""
     mod = sys.modules[type(mixer).__module__]
     falcon = hasattr(mixer, "b_layernorm")
     dtype = hidden_states.dtype
@@ -88,6 +92,8 @@ def mamba_states(
     d_a = d_a.permute(0, 2, 1, 3)
     unedited = {}
     for i in range(t):
+        if writes and i in writes:  # step i's write, before the carried state is added to it
+            edits.apply(states[:, i], writes[i])
         if i:
             states[:, i].add_(states[:, i - 1] * d_a[:, i])
         if ops and i in ops:
@@ -102,7 +108,7 @@ def mamba_states(
     rebuilt = F.linear(y.transpose(1, 2).to(dtype), mixer.out_proj.weight, mixer.out_proj.bias)
     # the steps up to the first edit are the mixer's own
     h = edits.check_unedited(
-        out, rebuilt, ops, layer=name, what="the mixer output rebuilt from every step's state"
+        out, rebuilt, ops, layer=name, what="the mixer output rebuilt from every step's state", writes=writes
     )
     arrays = DirectionArrays(h=h, state=states.float().numpy())
     if gates:

@@ -49,9 +49,12 @@ def mamba2_states(
     name: str,
     gates: bool,
     ops: dict[int, list[Op]] | None = None,
+    writes: dict[int, list[Op]] | None = None,
 ) -> tuple[DirectionArrays, torch.Tensor]:
     """The mixer's output ``h``, its state (sample, time, head, head_dim, d_state) and, when
-    asked, ``dt`` (per head), ``B`` and ``C`` (per group and state dim) at every step."""
+    asked, ``dt`` (per head), ``B`` and ``C`` (per group and state dim) at every step.
+    ``ops``: edits of the state by step; ``writes``: edits of each step's write
+    ``(dt x) ⊗ B`` before the state is formed from it (:mod:`.edits`)."""
     mod = sys.modules[type(mixer).__module__]
     dtype = hidden_states.dtype
     n, t, _ = hidden_states.shape
@@ -83,6 +86,8 @@ def mamba2_states(
     states = (dt[..., None].float() * xh)[..., None] * Bh[:, :, :, None, :]  # (n, t, heads, p, d_state)
     unedited = {}
     for k in range(t):
+        if writes and k in writes:  # step k's write, before the carried state is added to it
+            edits.apply(states[:, k], writes[k])
         if k:
             states[:, k].add_(states[:, k - 1] * d_a[:, k])
         if ops and k in ops:
@@ -100,7 +105,7 @@ def mamba2_states(
     rebuilt = F.linear(y.to(dtype), mixer.out_proj.weight, mixer.out_proj.bias)
     # the steps up to the first edit are the mixer's own
     h = edits.check_unedited(
-        out, rebuilt, ops, layer=name, what="the mixer output rebuilt from every step's state"
+        out, rebuilt, ops, layer=name, what="the mixer output rebuilt from every step's state", writes=writes
     )
     arrays = DirectionArrays(h=h, state=states.numpy())
     if gates:

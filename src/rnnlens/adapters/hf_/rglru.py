@@ -39,11 +39,13 @@ def state_shape(block: Any) -> tuple[int]:
 def rglru_states(
     lru: Any, activations: torch.Tensor, position_ids: torch.Tensor, h0: Any, state: torch.Tensor,
     out: torch.Tensor | None, *, name: str, gates: bool, ops: dict[int, list[Op]] | None = None,
+    writes: dict[int, list[Op]] | None = None,
 ) -> tuple[DirectionArrays, torch.Tensor]:  # fmt: skip
     """``state`` is what ``lru`` returned for ``activations``; its gates are rebuilt and checked.
     Returns the arrays (``h`` = ``out``, the block's output, when given) and the ``lru`` output
     rebuilt (with ``ops``, the state edits by step: each step's output is its state as
-    computed, the edited state is carried; :mod:`.edits`)."""
+    computed, the edited state is carried; with ``writes``, the edits of each step's write
+    ``(x i) sqrt(1 - a²)`` before the state is formed from it; :mod:`.edits`)."""
     n, t, width = activations.shape
     heads, block = lru.num_attention_heads, lru.block_width
     reset = position_ids[:, :, None] == 0
@@ -68,7 +70,11 @@ def rglru_states(
     rebuilt = torch.empty_like(state, dtype=torch.float32)
     carried = rebuilt.clone() if ops else rebuilt
     for k in range(t):
-        s = a[:, k].float() * s + normalized[:, k].float()
+        w = normalized[:, k].float()
+        if writes and k in writes:
+            w = w.clone()
+            edits.apply(w, writes[k])
+        s = a[:, k].float() * s + w
         rebuilt[:, k] = s
         if ops and k in ops:
             s = s.clone()
@@ -77,8 +83,10 @@ def rglru_states(
         elif ops:
             carried[:, k] = s
     own = state.detach().float().numpy()
-    edits.check_unedited(state, rebuilt, ops, layer=name, what="the RG-LRU state rebuilt from its gates")
-    got = own if not ops else carried.numpy()
+    edits.check_unedited(
+        state, rebuilt, ops, layer=name, what="the RG-LRU state rebuilt from its gates", writes=writes
+    )
+    got = own if not (ops or writes) else carried.numpy()
     h = np.empty(0, np.float32) if out is None else out.detach().float().numpy()
     arrays = DirectionArrays(h=h, state=got)
     if gates:

@@ -14,7 +14,8 @@ output at each step), ``state`` (its recurrent state after each step, in the mod
 layout), ``state_norm`` (the state's L2 norm over its last axis, a row of units) and ``gates``
 (the input-dependent step quantities, named per kind). One entry per mixer, named by its module
 path (``"backbone.layers.0.mixer"``), in model order; attention and MLP layers are not entries.
-:func:`intervene` edits ``state`` as the scan runs (:mod:`.edits`).
+:func:`intervene` edits ``state`` as the scan runs (:mod:`.edits`), and what each step writes
+into it (``target="write"``) for Mamba, Mamba2 and RG-LRU mixers.
 
 How: ``trace(model, input_ids, **kwargs)`` calls ``model(input_ids, **kwargs)`` once, in eval
 mode under ``torch.no_grad()`` (training flags restored). Each mixer gets an instance
@@ -51,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from ...core.cells import DirectionArrays
-from ...core.edits import LayerEdits
+from ...core.edits import WRITE, LayerEdits
 from ...core.kinds import FIELDS_BY_KIND
 from ...core.spec import LayerSpec
 from ...core.tracing import resolve_fields, select_layers
@@ -190,9 +191,11 @@ def _mamba_stand_in(m: Any, rec: _Calls) -> Any:
         # output computed from them instead of the mixer's own
         n, t = hidden_states.shape[:2]
         ops = rec.edits.steps("forward", "state", t, n)
+        more = {"writes": rec.edits.steps("forward", WRITE + "state", t, n)} if rec.kind in _WRITES else {}
         call["arrays"], edited = _REBUILD[rec.kind](
-            m, call["x"], attention_mask, call["out"], name=rec.edits.spec.name, gates=rec.gates, ops=ops
-        )
+            m, call["x"], attention_mask, call["out"], name=rec.edits.spec.name, gates=rec.gates, ops=ops,
+            **more,
+        )  # fmt: skip
         return (edited.to(out.dtype), *full[1:]) if isinstance(full, tuple) else edited.to(out.dtype)
 
     return forward
@@ -304,9 +307,10 @@ def _rglru_stand_in(block: Any, rec: _Calls) -> tuple[Any, Any]:
             return state
         n, t = activations.shape[:2]  # edited: the block goes on with the edited states' output
         ops = rec.edits.steps("forward", "state", t, n)
+        writes = rec.edits.steps("forward", WRITE + "state", t, n)
         pending["arrays"], edited = rglru_states(
             lru, pending["x"], pending["pos"], h0, pending["state"], None,
-            name=rec.edits.spec.name, gates=rec.gates, ops=ops,
+            name=rec.edits.spec.name, gates=rec.gates, ops=ops, writes=writes,
         )  # fmt: skip
         return edited
 
@@ -329,6 +333,8 @@ _FAST: dict[str, tuple[Any, Any]] = {
     "mamba2": (mamba2_scan.available, mamba2_scan.Scan2Recorder),
 }
 _REBUILD = {"mamba": mamba_states, "mamba2": mamba2_states, "lightning": lightning.lightning_states}
+#: kinds of :data:`_REBUILD` whose rebuild applies write edits (``target="write"``; RG-LRU too)
+_WRITES = {"mamba", "mamba2"}
 #: kinds whose scan helper is recorded as the mixer runs (:mod:`.intercept`)
 _INTERCEPTED = {"gated_deltanet", "kimi_delta", "mamba_heads"}
 #: kinds whose states rnnlens.intervene edits

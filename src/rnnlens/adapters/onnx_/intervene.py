@@ -126,15 +126,11 @@ def edited_node(
         ops_c = edits.steps(direction, "c", t, n, mask=mask) if lstm else {}
         ops_w = edits.steps(direction, "write:" + ("c" if lstm else "h"), t, n, mask=mask)
         if node.quant:  # the quantized kernel's arithmetic (.quantized)
-            if ops_w:
-                raise UnsupportedLayerError(
-                    f"Layer {node.name!r}: write edits (target='write') on a quantized LSTM are not "
-                    "supported yet; edit its state (target='state') instead."
-                )
             cell = quantized_cell(node, d, w, r, b, p, tensor)
             arrays, seq_q, y_h[d], y_c[d] = quantized_run(
-                cell, xb, h0, c0, lens, reverse=direction == "backward", edits_h=ops_h, edits_c=ops_c
-            )
+                cell, xb, h0, c0, lens, reverse=direction == "backward", edits_h=ops_h, edits_c=ops_c,
+                edits_w=ops_w,
+            )  # fmt: skip
             y[:, d] = seq_q.transpose(1, 0, 2)
             states[direction] = DirectionArrays(
                 h=arrays.h,

@@ -147,10 +147,12 @@ def _loop(
     teacher: np.ndarray | None = None,
     edits_h: Mapping[int, list[Op]] | None = None,
     edits_c: Mapping[int, list[Op]] | None = None,
+    edits_w: Mapping[int, list[Op]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(h, c, gates)`` at every step the kernel runs, (step, sample, unit) / (gate, step, sample,
     unit) in its processing order, float64 (NaN where a sample has ended). ``h_{t-1}`` is
-    ``teacher`` (the kernel's own ``Y``, kernel order) when given, else the loop's own (edited)."""
+    ``teacher`` (the kernel's own ``Y``, kernel order) when given, else the loop's own (edited).
+    ``edits_w``: edits of the write ``i ⊙ g`` into ``c`` (``target="write"``), by input step."""
     n = x.shape[0]
     hidden = cell.r.q.shape[0]
     steps = int(lens.max()) if n else 0
@@ -180,13 +182,15 @@ def _loop(
         i = f_act(i)
         f = 1.0 - i if cell.input_forget else f_act(f)
         g = g_act(g)
-        c = f * c_prev + i * g
+        live = j < lens
+        at = np.where(reverse, lens - 1 - j, j)  # the input step of kernel step j, per sample
+        w = i * g
+        _edit(w, edits_w, at, live)  # the write, edited before c (and h through o's peephole) read it
+        c = f * c_prev + w
         if p is not None:
             o = o + p[1] * c
         o = f_act(o if clip is None else np.clip(o, -clip, clip))
         h = o * h_act(c)
-        live = j < lens
-        at = np.where(reverse, lens - 1 - j, j)  # the input step of kernel step j, per sample
         _edit(h, edits_h, at, live)
         _edit(c, edits_c, at, live)
         for k, v in enumerate((i, f, g, o)):
@@ -277,16 +281,18 @@ def quantized_run(
     reverse: bool,
     edits_h: Mapping[int, list[Op]] | None = None,
     edits_c: Mapping[int, list[Op]] | None = None,
+    edits_w: Mapping[int, list[Op]] | None = None,
 ) -> tuple[DirectionArrays, np.ndarray, np.ndarray, np.ndarray]:
     """One direction run as the kernel runs it on its own ``h``, with ``edits_h`` / ``edits_c``
-    (by input step) applied after their steps: the states (h and c carried past each length),
+    (by input step) applied after their steps and ``edits_w`` to their steps' writes ``i ⊙ g``
+    before ``c`` is formed: the states (h and c carried past each length),
     the direction's ``Y`` (sample, time, unit; zeros past each length, as the kernel writes it),
     ``Y_h`` and ``Y_c`` (zeros for an empty sample)."""
     n, t, _ = x.shape
     hidden = cell.r.q.shape[0]
     dtype = np.asarray(x).dtype
     lens = _lengths(n, t, lengths)
-    hs, cs, gates = _loop(cell, x, h0, c0, lens, reverse, edits_h=edits_h, edits_c=edits_c)
+    hs, cs, gates = _loop(cell, x, h0, c0, lens, reverse, edits_h=edits_h, edits_c=edits_c, edits_w=edits_w)
     h_seq = _input_order(hs, lens, t, reverse)
     y = np.nan_to_num(h_seq).astype(dtype)
     c_init = np.zeros((n, hidden)) if c0 is None else np.asarray(c0)

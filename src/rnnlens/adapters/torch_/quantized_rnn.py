@@ -38,6 +38,7 @@ is the kernel's: bitwise what the stacked call returns (tested).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -89,11 +90,17 @@ def linears(m: Any, index: int) -> tuple[Any, Any]:
     raise UnsupportedLayerError(f"Unknown quantized cell parameters {kind!r}; ask for fields=('h',).")
 
 
-def _lstm_step(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[Any, ...]]:
-    """``LSTMCell`` on CPU (``RNN.cpp``), op for op: ``gates`` is ``linear_hh(h).add_(x_proj)``."""
+def _lstm_step(
+    gates: torch.Tensor, c: torch.Tensor, write: Any = None
+) -> tuple[torch.Tensor, torch.Tensor, tuple[Any, ...]]:
+    """``LSTMCell`` on CPU (``RNN.cpp``), op for op: ``gates`` is ``linear_hh(h).add_(x_proj)``;
+    ``write`` (given a write edit) edits the write ``i * g`` in place before ``c`` is formed."""
     i, f, g, o = gates.unsafe_chunk(4, 1)
     i, f, g, o = i.sigmoid_(), f.sigmoid_(), g.tanh_(), o.sigmoid_()
-    cy = (f * c).add_(i * g)
+    w = i * g
+    if write is not None:
+        write(w)
+    cy = (f * c).add_(w)
     return o * cy.tanh(), cy, (i, f, g, o)
 
 
@@ -119,10 +126,6 @@ def emit_quantized(
             "rnnlens computes c and gates (and edits) of quantized layers on padded tensors only. Ask "
             "for fields=('h',) (the kernel's own h), or pass the padded tensor."
         )
-    if edits is not None and any(f.startswith(WRITE) for f in edits.fields()):
-        raise UnsupportedLayerError(
-            "write edits (target='write') on a dynamically quantized layer are not supported; edit h or c."
-        )
     lstm = cfg.kind == "lstm"
     kernel = None
     if edits is None:  # the kernel's own run: its h is what the loop is fed and checked against
@@ -144,6 +147,7 @@ def emit_quantized(
         direction = cfg.directions[d]
         eh = _ops(edits, direction, "h", steps, n, None)
         ec = _ops(edits, direction, "c", steps, n, None)
+        ew = _ops(edits, direction, WRITE + ("c" if lstm else "h"), steps, n, None)  # the writes
         h: Any = h0[d]
         c: Any = c0[d] if c0 is not None else None
         y = x_tm.new_empty(steps, n, cfg.hidden_size)
@@ -152,11 +156,17 @@ def emit_quantized(
         cache: dict[int, Any] = {}
         order = range(steps - 1, -1, -1) if d else range(steps)
         for s in order:
+            write = partial(_apply, ops=ew[s], cache=cache) if s in ew else None
             if lstm:
-                h_s, c_s, gates = _lstm_step(linear_hh(h).add_(x_proj[s]), c)
+                h_s, c_s, gates = _lstm_step(linear_hh(h).add_(x_proj[s]), c, write)
             else:
                 h_s, gates = _gru_step(x_proj[s], linear_hh(h), h)
                 c_s = None
+                if write is not None:  # h = z ⊙ h_{t-1} + (1 − z) ⊙ n, its write edited
+                    z, _, cand = gates
+                    w = (1 - z) * cand
+                    write(w)
+                    h_s = z * h + w
             if s in eh:
                 _apply(h_s, eh[s], cache)
             if c_s is not None and s in ec:

@@ -20,11 +20,13 @@ from typing import Any
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
+from ...core.edits import WRITE
 from ...core.kinds import KINDS
 from ...errors import InputError, RnnLensError, UnsupportedLayerError
 from ..base import Args
 from . import direct, forms, wrapped
 from .calls import _CellCalls, _Plan, _SeqCall
+from .cell_write import edit_write
 from .convert import _input_error
 from .discover import _Config, base_class, genuine_forward
 from .emit import _can_emit, _emit_layer
@@ -196,7 +198,7 @@ class _Recorder:
             if edits is not None:
                 step = len(self._cell_calls(plan).xs)
                 self._cell_calls(plan).computed[step] = _clone(out)  # for the parity check
-                out = _edit_cell_output(plan, edits, step, out)
+                out = _edit_cell_output(plan, edits, step, out, input, hx)
             if plan.record:
                 calls = self._cell_calls(plan)
                 calls.xs.append(self.keep(input))
@@ -305,11 +307,19 @@ def _check_editable(plan: _Plan, input: Any) -> None:
         )
 
 
-def _edit_cell_output(plan: _Plan, edits: Any, step: int, out: Any) -> Any:
-    """A cell call is one step: edit its returned h (and c) in place, as the loop will carry them."""
+def _edit_cell_output(plan: _Plan, edits: Any, step: int, out: Any, input: Any, hx: Any) -> Any:
+    """A cell call is one step: edit its returned h (and c) in place, as the loop will carry them
+    (an LSTM's or GRU's write first: :mod:`.cell_write`)."""
     lstm = plan.cfg.kind == "lstm"
     h, c = (out[0], out[1]) if lstm else (out, None)
     unbatched = h.dim() == 1
+    if plan.cfg.kind in ("lstm", "gru"):
+        ops = edits.ops_at("forward", WRITE + ("c" if lstm else "h"), step, 1 if unbatched else h.shape[0])
+        if ops:
+            one = (lambda a: a.unsqueeze(0)) if unbatched else (lambda a: a)
+            state = None if hx is None else tuple(map(one, hx)) if lstm else one(hx)
+            edit_write(plan.module, plan.cfg.kind, one(input), state,
+                       (one(h), one(c)) if lstm else one(h), ops, layer=plan.name)  # fmt: skip
     for field_name, state in (("h", h), ("c", c)):
         if state is not None:
             ops = edits.ops_at("forward", field_name, step, 1 if unbatched else h.shape[0])
