@@ -43,6 +43,17 @@ class Encoder(nn.Module):
         return self.head(self.rnn(x)[0])
 
 
+def _nnsight() -> Any:
+    """nnsight, imported after TensorFlow's Keras where that is installed: importing nnsight first
+    leaves ``tensorflow.python.keras`` unimportable in the same process (its ``saving.save`` is
+    shadowed by a function), which broke the Keras doctests a worker ran after these tests."""
+    try:
+        import keras  # noqa: F401
+    except ImportError:
+        pass
+    return pytest.importorskip("nnsight")
+
+
 def oracle(lstm: Any, x: Any) -> dict[str, dict[str, np.ndarray]]:
     """h, c and gates (i, f, g, o after their activations) of every layer of ``lstm``
     (batch_first), from an ``nn.LSTMCell`` per layer in float64, stepped in a Python loop."""
@@ -173,7 +184,7 @@ def test_an_envoy_wrapped_model_is_traced_through_with_every_field(encoder: Any)
 
 
 def test_an_nnsight_wrapped_model_is_traced_through_with_every_field(encoder: Any) -> None:
-    nnsight = pytest.importorskip("nnsight")
+    nnsight = _nnsight()
     x = torch.randn(4, 7, 3)
     want = rnnlens.trace(encoder, x)
     wrapped = nnsight.NNsight(encoder)
@@ -209,7 +220,7 @@ def test_a_wrapped_cell_loop_is_traced_through(kind: str) -> None:
 
 
 def test_an_nnsight_wrapped_cell_loop_matches_the_cell_oracle() -> None:
-    nnsight = pytest.importorskip("nnsight")
+    nnsight = _nnsight()
     torch.manual_seed(2)
     model = CellLoop(3, 4, cell="lstm").eval()
     x = torch.randn(3, 6, 3)
@@ -495,7 +506,7 @@ def test_a_subclass_calling_the_base_forward_by_name_is_traced(encoder: Any) -> 
 
 
 def test_the_nnsight_object_itself_is_refused_naming_the_model_to_pass(encoder: Any) -> None:
-    nnsight = pytest.importorskip("nnsight")
+    nnsight = _nnsight()
     wrapped = nnsight.NNsight(encoder)
     with pytest.raises(rnnlens.UnsupportedModelError, match=r"NNsight, a wrapper.*\._module.*Encoder"):
         rnnlens.trace(wrapped, torch.randn(2, 5, 3))

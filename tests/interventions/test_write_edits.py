@@ -216,3 +216,25 @@ def test_write_edits_on_cells_called_per_step(
 
 def test_reference_weights_helper_is_shared() -> None:
     assert _ref_weights(nn.GRU(2, 3), 0, False)["kind"] == "gru"
+
+
+def test_an_edited_bare_lstm_on_a_packed_input_returns_a_packed_output() -> None:
+    """The model's own PackedSequence comes back, its fields as NumPy arrays, each sample edited
+    as when it is run alone."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(3, 4, batch_first=True)
+    x = torch.randn(2, 5, 3)
+    packed = pack_padded_sequence(x, [5, 3], batch_first=True)
+    edit = rnnlens.Edit("lstm", 1, field="c", target="write", scale=0.0)
+    out = rnnlens.intervene(lstm, packed, edit).outputs[0]
+    assert isinstance(out, torch.nn.utils.rnn.PackedSequence) and isinstance(out.data, np.ndarray)
+    data = torch.from_numpy(out.data)
+    sizes = torch.from_numpy(np.asarray(out.batch_sizes))
+    padded, lengths = torch.nn.utils.rnn.pad_packed_sequence(
+        torch.nn.utils.rnn.PackedSequence(data, sizes), batch_first=True
+    )
+    for i, n in enumerate(lengths.tolist()):
+        alone = rnnlens.intervene(lstm, x[i : i + 1, :n], edit).outputs[0]
+        np.testing.assert_allclose(padded[i, :n].numpy(), alone[0], rtol=1e-6, atol=1e-7)

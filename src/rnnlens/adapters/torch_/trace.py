@@ -197,7 +197,8 @@ def _outputs(obj: Any, copy: bool = True) -> Any:
         t = obj.detach()
         return _np(t.clone() if copy and t.device.type == "cpu" else t)
     if isinstance(obj, PackedSequence):
-        return PackedSequence(*(_outputs(getattr(obj, f), copy) for f in obj._fields))
+        # its fields as NumPy arrays, past PackedSequence.__new__ (which wants tensors)
+        return tuple.__new__(PackedSequence, (_outputs(getattr(obj, f), copy) for f in obj._fields))
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a named tuple
         return type(obj)(*(_outputs(o, copy) for o in obj))
     if isinstance(obj, (tuple, list)):
