@@ -42,10 +42,8 @@ _DIST = {"torchlens": "torchlens", "nnsight": "nnsight", "transformer_lens": "tr
 
 def available(peer: str) -> bool:
     if peer == "nnsight":  # imported first, it leaves TensorFlow's Keras unimportable (the Keras suite)
-        try:
+        with contextlib.suppress(ImportError):
             importlib.import_module("keras")
-        except ImportError:
-            pass
     try:
         importlib.import_module(peer)
     except Exception:  # a broken install is as good as none here

@@ -11,6 +11,7 @@ naming the module and the wrapper.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 import weakref
@@ -47,10 +48,8 @@ def _nnsight() -> Any:
     """nnsight, imported after TensorFlow's Keras where that is installed: importing nnsight first
     leaves ``tensorflow.python.keras`` unimportable in the same process (its ``saving.save`` is
     shadowed by a function), which broke the Keras doctests a worker ran after these tests."""
-    try:
+    with contextlib.suppress(ImportError):
         import keras  # noqa: F401
-    except ImportError:
-        pass
     return pytest.importorskip("nnsight")
 
 
