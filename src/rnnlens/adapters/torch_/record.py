@@ -116,6 +116,14 @@ class _Recorder:
                 return obj.clone()
             self.watched.append((obj, obj._version))
             return obj
+        if type(obj) is tuple and not self.clone:  # a cell's (h, c): plain loops, no generators
+            for t in obj:
+                if not isinstance(t, torch.Tensor) or t.is_inference():
+                    break
+            else:
+                for t in obj:
+                    self.watched.append((t, t._version))
+                return obj
         if self.clone or any(t.is_inference() for t in _tensors(obj)):
             return _clone(obj)
         self.watched.extend((t, t._version) for t in _tensors(obj))
@@ -187,21 +195,23 @@ class _Recorder:
 
     def _cell(self, plan: _Plan, cls_forward: Callable[..., Any]) -> Callable[..., Any]:
         m = plan.module
+        active, keep = self.active, self.keep
+        edits = plan.edits_for(0, 0)  # a cell has one layer and all its calls are one entry
 
         def forward(input: Any, hx: Any = None) -> Any:
-            self.active.append((plan, input))
+            # (called per step of a cell loop: the work per call is kept to the bookkeeping itself)
+            active.append((plan, input))
             out = cls_forward(m, input, hx)
-            self.active.pop()
-            edits = plan.edits_for(0, 0)
+            active.pop()
             if edits is not None:
                 step = len(self._cell_calls(plan).xs)
                 self._cell_calls(plan).computed[step] = _clone(out)  # for the parity check
                 out = _edit_cell_output(plan, edits, step, out)
             if plan.record:
-                calls = self._cell_calls(plan)
-                calls.xs.append(self.keep(input))
-                calls.hxs.append(self.keep(hx))
-                calls.outs.append(self.keep(out))
+                calls = self.cells.get(id(m)) or self._cell_calls(plan)
+                calls.xs.append(keep(input))
+                calls.hxs.append(keep(hx))
+                calls.outs.append(keep(out))
                 if self.on_call is not None:
                     self.on_call()
             return out
