@@ -140,11 +140,19 @@ def _config(m: Any) -> _Config | None:
 _TORCH_RNN = os.path.abspath(nn.modules.rnn.__file__)
 
 
+_OWN: dict[Any, bool] = {}  # code object -> _torch_own (read at every trace call)
+
+
 def _torch_own(f: Any) -> bool:
     """Whether ``f`` is a ``forward`` PyTorch's own ``torch/nn/modules/rnn.py`` defines (a
     ``functools.wraps`` wrapper copies names, not the code object)."""
     code = getattr(f, "__code__", None)
-    return code is not None and code.co_name == "forward" and os.path.abspath(code.co_filename) == _TORCH_RNN
+    if code is None:
+        return False
+    own = _OWN.get(code)
+    if own is None:
+        own = _OWN[code] = code.co_name == "forward" and os.path.abspath(code.co_filename) == _TORCH_RNN
+    return own
 
 
 # as PyTorch defined them, before anyone patched the classes after importing rnnlens
