@@ -9,6 +9,7 @@ layer when ``num_layers > 1``). :func:`describe` is the adapter's ``describe``.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import re
@@ -271,6 +272,17 @@ def _walk(root: Any) -> tuple[list[tuple[str, Any, _Config]], list[str]]:
 
 
 def _static_specs(name: str, cfg: _Config) -> list[LayerSpec]:
+    """The entries of recurrent module ``name`` (one per layer when expanded)."""
+    return list(_specs_of(name, cfg))
+
+
+@functools.lru_cache(maxsize=1024)
+def _specs_of(name: str, cfg: _Config) -> tuple[LayerSpec, ...]:
+    # (a pure function of its arguments, asked several times per trace call)
+    return tuple(_make_specs(name, cfg))
+
+
+def _make_specs(name: str, cfg: _Config) -> list[LayerSpec]:
     fields = FIELDS_BY_KIND[cfg.kind]
     cell_units = cfg.hidden_size if KINDS[cfg.kind].has_c else None
     notes: list[str] = []
