@@ -97,6 +97,8 @@ class _Snapshot:
 
     def restore(self) -> None:
         for obj, saved in self.containers:
+            if not obj and not saved:  # (most: a module's hook dicts, empty before and after)
+                continue
             if isinstance(obj, list):
                 obj[:] = saved
             else:
