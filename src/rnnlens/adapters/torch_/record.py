@@ -116,6 +116,8 @@ class _Recorder:
                 return obj.clone()
             self.watched.append((obj, obj._version))
             return obj
+        if obj is None:  # no hx given
+            return None
         if type(obj) is tuple and not self.clone:  # a cell's (h, c): plain loops, no generators
             for t in obj:
                 if not isinstance(t, torch.Tensor) or t.is_inference():
