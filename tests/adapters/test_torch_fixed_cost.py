@@ -80,3 +80,29 @@ def test_cell_loop_states_are_the_cells_own(hx: str) -> None:
     with torch.inference_mode():  # inference tensors: copied, not watched
         xi = x.clone()
     np.testing.assert_array_equal(rnnlens.trace(m, xi, fields=("h",))["cell"].h, want.numpy())
+
+
+class Filling(torch.nn.Module):
+    """forward fills containers that were empty (a hook dict, a list, a set) and one that was not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = torch.nn.GRU(3, 4, batch_first=True)
+        self.seen: list[Any] = []
+        self.tags: set[str] = set()
+        self.counts = {"calls": 0}
+
+    def forward(self, x: Any) -> Any:
+        self.rnn.register_forward_hook(lambda *a: None)
+        self.seen.append(x.shape)
+        self.tags.add("ran")
+        self.counts["calls"] += 1
+        self.counts["extra"] = 1
+        return self.rnn(x)[0]
+
+
+def test_containers_filled_by_forward_are_put_back() -> None:
+    m = Filling()
+    rnnlens.trace(m, torch.randn(2, 5, 3))
+    assert not m.rnn._forward_hooks and m.seen == [] and m.tags == set()
+    assert m.counts == {"calls": 0}

@@ -86,9 +86,11 @@ class _Snapshot:
                 if type(v) in _ATOMS:
                     continue
                 if isinstance(v, _CONTAINERS):
+                    if not v:  # (most: a module's hook dicts) empty: emptied again if filled, no copy
+                        self.containers.append((v, None))
+                        continue
                     self.containers.append((v, type(v)(v) if not isinstance(v, dict) else v.copy()))
-                    # (empty: no tensor; _parameters: the parameters, copied above)
-                    if not v or k == "_parameters":
+                    if k == "_parameters":  # the parameters: copied above
                         continue
                 _tensors_in(v, held)
         for t in held:
@@ -97,7 +99,9 @@ class _Snapshot:
 
     def restore(self) -> None:
         for obj, saved in self.containers:
-            if not obj and not saved:  # (most: a module's hook dicts, empty before and after)
+            if saved is None:  # empty before the run
+                if obj:
+                    obj.clear()
                 continue
             if isinstance(obj, list):
                 obj[:] = saved
