@@ -112,7 +112,10 @@ class Inputs:
 def mro_roots(model: Any) -> set[str]:
     """Top-level package names in ``model``'s class hierarchy (imports nothing)."""
     kind: Any = type(model)
-    return set(_roots(kind))
+    try:
+        return set(_roots(kind))
+    except TypeError:  # a class whose metaclass makes it unhashable
+        return {cls.__module__.split(".", 1)[0] for cls in kind.__mro__}
 
 
 @functools.lru_cache(maxsize=512)
