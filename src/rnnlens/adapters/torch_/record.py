@@ -111,21 +111,23 @@ class _Recorder:
         """What to store of a tensor the model's own code also holds (copy or watch it). An
         inference tensor (made under ``torch.inference_mode()``) has no version counter to
         watch: it is copied."""
-        if isinstance(obj, torch.Tensor):  # the common case, called per step by a cell loop
-            if self.clone or obj.is_inference():
-                return obj.clone()
-            self.watched.append((obj, obj._version))
-            return obj
         if obj is None:  # no hx given
             return None
-        if type(obj) is tuple and not self.clone:  # a cell's (h, c): plain loops, no generators
-            for t in obj:
-                if not isinstance(t, torch.Tensor) or t.is_inference():
-                    break
-            else:
-                for t in obj:
-                    self.watched.append((t, t._version))
-                return obj
+        if not self.clone:  # the common cases, per step in a cell loop: a tensor, a tuple of them
+            # (an inference tensor's _version raises: it is copied below; no is_inference calls)
+            try:
+                if isinstance(obj, torch.Tensor):
+                    self.watched.append((obj, obj._version))
+                    return obj
+                if type(obj) is tuple:
+                    versions = [(t, t._version) for t in obj if isinstance(t, torch.Tensor)]
+                    if len(versions) == len(obj):
+                        self.watched.extend(versions)
+                        return obj
+            except RuntimeError:
+                pass
+        if isinstance(obj, torch.Tensor):
+            return obj.clone()
         if self.clone or any(t.is_inference() for t in _tensors(obj)):
             return _clone(obj)
         self.watched.extend((t, t._version) for t in _tensors(obj))
