@@ -9,7 +9,7 @@ parameters — and puts all of it back afterwards, also after an error.
 
 Parameters: whether ``forward`` changes one in place cannot be known before it runs. Where they
 take no more than :data:`PARAM_COPY_LIMIT` bytes in all (every recurrent model of usual size:
-a 2-layer LSTM of 1024 units holds 50 MiB), they are copied too and a parameter the run
+a 2-layer LSTM of 1024 units holds 50 MiB), they are copied too (in one flat copy) and a parameter the run
 changed is put back (the copy costs about 1 ms per MiB, against a trace of the same model that
 takes far longer). Above it a copy would double the memory of the weights: a changed parameter
 is found by its version counter after the run and is an error that says so (the change cannot
