@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -110,7 +111,17 @@ class Inputs:
 
 def mro_roots(model: Any) -> set[str]:
     """Top-level package names in ``model``'s class hierarchy (imports nothing)."""
-    return {cls.__module__.split(".", 1)[0] for cls in type(model).__mro__}
+    kind: Any = type(model)
+    try:
+        return set(_roots(kind))
+    except TypeError:  # a class whose metaclass makes it unhashable
+        return {cls.__module__.split(".", 1)[0] for cls in kind.__mro__}
+
+
+@functools.lru_cache(maxsize=512)
+def _roots(kind: type) -> frozenset[str]:
+    # (per class: every adapter asks it of the model at every trace call)
+    return frozenset(cls.__module__.split(".", 1)[0] for cls in kind.__mro__)
 
 
 class Adapter(ABC):

@@ -59,6 +59,8 @@ def check_fields(fields: Any) -> tuple[Field, ...] | None:
     """None, a field name, or an iterable of names from ``h``, ``c``, ``gates``."""
     if fields is None:
         return None
+    if type(fields) is tuple and fields and all(f in ALL_FIELDS for f in fields):  # the usual case
+        return tuple(f for f in ALL_FIELDS if f in fields)
     asked = _names(fields, "fields", "a field", f"a subset of {list(ALL_FIELDS)}, fields=['h', 'c']")
     for f in asked:
         if f not in ALL_FIELDS:

@@ -9,6 +9,7 @@ layer when ``num_layers > 1``). :func:`describe` is the adapter's ``describe``.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import re
@@ -140,11 +141,19 @@ def _config(m: Any) -> _Config | None:
 _TORCH_RNN = os.path.abspath(nn.modules.rnn.__file__)
 
 
+_OWN: dict[Any, bool] = {}  # code object -> _torch_own (read at every trace call)
+
+
 def _torch_own(f: Any) -> bool:
     """Whether ``f`` is a ``forward`` PyTorch's own ``torch/nn/modules/rnn.py`` defines (a
     ``functools.wraps`` wrapper copies names, not the code object)."""
     code = getattr(f, "__code__", None)
-    return code is not None and code.co_name == "forward" and os.path.abspath(code.co_filename) == _TORCH_RNN
+    if code is None:
+        return False
+    own = _OWN.get(code)
+    if own is None:
+        own = _OWN[code] = code.co_name == "forward" and os.path.abspath(code.co_filename) == _TORCH_RNN
+    return own
 
 
 # as PyTorch defined them, before anyone patched the classes after importing rnnlens
@@ -263,6 +272,17 @@ def _walk(root: Any) -> tuple[list[tuple[str, Any, _Config]], list[str]]:
 
 
 def _static_specs(name: str, cfg: _Config) -> list[LayerSpec]:
+    """The entries of recurrent module ``name`` (one per layer when expanded)."""
+    return list(_specs_of(name, cfg))
+
+
+@functools.lru_cache(maxsize=1024)
+def _specs_of(name: str, cfg: _Config) -> tuple[LayerSpec, ...]:
+    # (a pure function of its arguments, asked several times per trace call)
+    return tuple(_make_specs(name, cfg))
+
+
+def _make_specs(name: str, cfg: _Config) -> list[LayerSpec]:
     fields = FIELDS_BY_KIND[cfg.kind]
     cell_units = cfg.hidden_size if KINDS[cfg.kind].has_c else None
     notes: list[str] = []

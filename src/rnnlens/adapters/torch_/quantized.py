@@ -30,6 +30,7 @@ tolerance), and an edited run (which needs that loop) is refused (:func:`refuse_
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ...errors import UnsupportedLayerError
@@ -50,14 +51,31 @@ _RECURRENT = {"LSTM", "GRU", "RNN", "RNNBase", "LSTMCell", "GRUCell", "RNNCell",
 _DYNAMIC = ("torch.ao.nn.quantized.dynamic", "torch.nn.quantized.dynamic")
 
 
+@functools.lru_cache(maxsize=512)
+def _dynamic_class(kind: type) -> type | None:
+    """The dynamically quantized ``LSTM`` / ``GRU`` class in ``kind``'s hierarchy, else None
+    (per class: it is asked of every module at every trace call)."""
+    for cls in kind.__mro__:
+        if cls.__name__ in ("LSTM", "GRU") and cls.__module__.startswith(_DYNAMIC):
+            return cls
+    return None
+
+
+@functools.lru_cache(maxsize=512)
+def _quantized_class(kind: type) -> bool:
+    """Whether ``kind`` is a quantized recurrent class (by its hierarchy's module paths)."""
+    return any(cls.__module__.startswith(_QUANTIZED) and cls.__name__ in _RECURRENT for cls in kind.__mro__)
+
+
 def quantized_base(m: Any) -> str | None:
     """``"LSTM"`` / ``"GRU"`` for a dynamically quantized ``LSTM`` / ``GRU`` that rnnlens traces
     (by its class's module path; a subclass only when it keeps the class ``forward``), else None."""
-    for cls in type(m).__mro__:
-        if cls.__name__ in ("LSTM", "GRU") and cls.__module__.startswith(_DYNAMIC):
-            same = getattr(type(m), "forward", None) is getattr(cls, "forward", None)
-            return cls.__name__ if same and "forward" not in vars(m) else None
-    return None
+    kind: Any = type(m)  # (Any: a class is hashable, whatever mypy says of type[Any])
+    cls = _dynamic_class(kind)
+    if cls is None:
+        return None
+    same = getattr(type(m), "forward", None) is getattr(cls, "forward", None)
+    return cls.__name__ if same and "forward" not in vars(m) else None
 
 
 def quantized_recurrent(model: Any) -> list[tuple[str, str]]:
@@ -68,13 +86,9 @@ def quantized_recurrent(model: Any) -> list[tuple[str, str]]:
         return []
     found = []
     for name, module in modules():
-        if quantized_base(module) is not None:
-            continue
-        for cls in type(module).__mro__:
-            if cls.__module__.startswith(_QUANTIZED) and cls.__name__ in _RECURRENT:
-                kind = type(module)
-                found.append((name or "<model>", f"{kind.__module__}.{kind.__qualname__}"))
-                break
+        kind: Any = type(module)
+        if _quantized_class(kind) and quantized_base(module) is None:
+            found.append((name or "<model>", f"{kind.__module__}.{kind.__qualname__}"))
     return found
 
 

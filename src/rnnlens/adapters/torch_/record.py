@@ -113,11 +113,23 @@ class _Recorder:
         """What to store of a tensor the model's own code also holds (copy or watch it). An
         inference tensor (made under ``torch.inference_mode()``) has no version counter to
         watch: it is copied."""
-        if isinstance(obj, torch.Tensor):  # the common case, called per step by a cell loop
-            if self.clone or obj.is_inference():
-                return obj.clone()
-            self.watched.append((obj, obj._version))
-            return obj
+        if obj is None:  # no hx given
+            return None
+        if not self.clone:  # the common cases, per step in a cell loop: a tensor, a tuple of them
+            # (an inference tensor's _version raises: it is copied below; no is_inference calls)
+            try:
+                if isinstance(obj, torch.Tensor):
+                    self.watched.append((obj, obj._version))
+                    return obj
+                if type(obj) is tuple:
+                    versions = [(t, t._version) for t in obj if isinstance(t, torch.Tensor)]
+                    if len(versions) == len(obj):
+                        self.watched.extend(versions)
+                        return obj
+            except RuntimeError:
+                pass
+        if isinstance(obj, torch.Tensor):
+            return obj.clone()
         if self.clone or any(t.is_inference() for t in _tensors(obj)):
             return _clone(obj)
         self.watched.extend((t, t._version) for t in _tensors(obj))
@@ -189,21 +201,23 @@ class _Recorder:
 
     def _cell(self, plan: _Plan, cls_forward: Callable[..., Any]) -> Callable[..., Any]:
         m = plan.module
+        active, keep = self.active, self.keep
+        edits = plan.edits_for(0, 0)  # a cell has one layer and all its calls are one entry
 
         def forward(input: Any, hx: Any = None) -> Any:
-            self.active.append((plan, input))
+            # (called per step of a cell loop: the work per call is kept to the bookkeeping itself)
+            active.append((plan, input))
             out = cls_forward(m, input, hx)
-            self.active.pop()
-            edits = plan.edits_for(0, 0)
+            active.pop()
             if edits is not None:
                 step = len(self._cell_calls(plan).xs)
                 self._cell_calls(plan).computed[step] = _clone(out)  # for the parity check
                 out = _edit_cell_output(plan, edits, step, out, input, hx)
             if plan.record:
-                calls = self._cell_calls(plan)
-                calls.xs.append(self.keep(input))
-                calls.hxs.append(self.keep(hx))
-                calls.outs.append(self.keep(out))
+                calls = self.cells.get(id(m)) or self._cell_calls(plan)
+                calls.xs.append(keep(input))
+                calls.hxs.append(keep(hx))
+                calls.outs.append(keep(out))
                 if self.on_call is not None:
                     self.on_call()
             return out

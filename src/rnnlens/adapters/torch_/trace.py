@@ -263,7 +263,8 @@ def _capture(
     # the flags, and whatever forward changes on the model (its state, buffers), are put back
     with unchanged(model) as snapshot:
         for m in model.modules():
-            m.training = False
+            if m.training:  # (set only where it changes: a module's __setattr__ is not free)
+                m.training = False
         # (an inference tensor has no version counter; the recorder copies what it keeps of one)
         given = [(t, t._version) for t in _tensors([*args, *kwargs.values()]) if not t.is_inference()]
         rec = _run(model, args, kwargs, planned.plans, clone=False, planner=planned.direct)
