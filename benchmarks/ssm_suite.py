@@ -109,10 +109,74 @@ def zamba_cases() -> list[Case]:
     return _cases("Zamba", transformers.ZambaForCausalLM(cfg).eval())
 
 
+def rglru_cases() -> list[Case]:
+    """RecurrentGemma's RG-LRU (kind ``rglru``): 2 of 3 blocks recurrent, as Griffin mixes them."""
+    import torch
+
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.RecurrentGemmaConfig(
+        vocab_size=100, hidden_size=64, lru_width=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=1, intermediate_size=128, attention_window_size=32, head_dim=16,
+        block_types=["recurrent", "recurrent", "attention"],
+    )  # fmt: skip
+    return _cases("RG-LRU", transformers.RecurrentGemmaForCausalLM(cfg).eval())
+
+
+def rwkv_cases() -> list[Case]:
+    """RWKV-4 (kind ``rwkv4``): transformers' CPU path steps its WKV recurrence in Python."""
+    import torch
+
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.RwkvConfig(
+        vocab_size=100, hidden_size=64, num_hidden_layers=4, attention_hidden_size=64,
+        intermediate_size=128, context_length=STEPS,
+    )  # fmt: skip
+    return _cases("RWKV-4", transformers.RwkvForCausalLM(cfg).eval())
+
+
+def xlstm_cases() -> list[Case]:
+    """xLSTM's mLSTM (kind ``mlstm``), chunkwise as transformers runs it."""
+    import torch
+
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.xLSTMConfig(
+        vocab_size=100, hidden_size=64, num_heads=4, num_blocks=4, qk_dim_factor=1.0,
+        v_dim_factor=1.0, chunk_size=32,
+    )  # fmt: skip
+    return _cases("xLSTM", transformers.xLSTMForCausalLM(cfg).eval())
+
+
+def gdn_cases() -> list[Case]:
+    """A gated delta-net (kind ``gated_deltanet``): Qwen3-Next, 3 of 4 layers linear."""
+    import torch
+
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.Qwen3NextConfig(
+        vocab_size=100, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, intermediate_size=128, linear_num_value_heads=4, linear_num_key_heads=2,
+        linear_key_head_dim=16, linear_value_head_dim=16, linear_conv_kernel_dim=4, num_experts=4,
+        num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32,
+        layer_types=["linear_attention"] * 3 + ["full_attention"],
+    )  # fmt: skip
+    return _cases("Gated delta-net", transformers.Qwen3NextForCausalLM(cfg).eval())
+
+
 SUITES: dict[str, Callable[[], list[Case]]] = {
     "ssm-mamba": mamba_cases,
     "ssm-mamba2": mamba2_cases,
     "ssm-kimi": kimi_cases,
     "ssm-lightning": lightning_cases,
     "ssm-zamba": zamba_cases,
+    "ssm-rglru": rglru_cases,
+    "ssm-rwkv": rwkv_cases,
+    "ssm-xlstm": xlstm_cases,
+    "ssm-gdn": gdn_cases,
 }
