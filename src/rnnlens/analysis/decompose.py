@@ -13,7 +13,9 @@ initial state). Every sum rnnlens returns is checked against the stored field (a
 ``(1e-2, 1e-3)`` for 16-bit floats.
 
 Arrays are read in chunks of samples (``chunk``), so the maps of a stored layer never hold more
-than ``chunk × time × units`` values at once.
+than two chunks × ``time × units`` values at once (the next chunk is read and checked in a second
+thread while this one's maps are computed). :meth:`Decomposition.maps` gives the attention map
+and the lifetimes from one read and one check of each chunk.
 
 Example:
     >>> import numpy as np, torch, rnnlens
@@ -27,7 +29,10 @@ Example:
 
 from __future__ import annotations
 
+import functools
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,13 +41,14 @@ import numpy as np
 from ..core.states import States
 from ..errors import DirectionNotAvailableError, InputError, ParityError
 from .decompose_hidden import hidden
-from .decompose_maps import lifetimes, norms
+from .decompose_maps import lifetimes, norms, products
 from .decompose_terms import Terms, linear_field, read_terms
 
-__all__ = ["Decomposition", "Lifetimes", "decompose"]
+__all__ = ["Decomposition", "DecompositionMaps", "Lifetimes", "decompose"]
 
 
 _CHUNK_BYTES = 64 << 20
+_AHEAD = 2  # chunks read and checked ahead, each in its own thread
 
 
 def _tolerance(dtype: np.dtype) -> tuple[float, float]:
@@ -71,6 +77,15 @@ class Lifetimes:
         """The median lifetime of each unit over every sample and step, (*state_shape,)."""
         flat = self.steps.reshape(-1, *self.steps.shape[2:])
         return np.asarray(np.nanmedian(flat, axis=0))
+
+
+@dataclass
+class DecompositionMaps:
+    """:meth:`Decomposition.maps`: the attention map (sample, time, time) and the lifetimes of
+    every write, from one read and one check of each chunk."""
+
+    attention: np.ndarray
+    lifetimes: Lifetimes
 
 
 class Decomposition:
@@ -202,35 +217,69 @@ class Decomposition:
         Σ|·| up to rounding) in O(units) a step, in place (no temporaries: this runs on every
         step of every chunk)."""
         terms, init = self._terms(sl)
+        d, w, x = terms.d, terms.w, terms.x
+        size = d.size > 0
+        abs_d = d if size and d.min() >= 0 else np.abs(d)  # sigmoid gates: |d| = d, no copy
+        abs_w = np.abs(w)  # once for the chunk, not once a step
         total, scale = init.copy(), np.abs(init)
-        tmp, bound = np.empty_like(total), np.empty_like(total)
-        for p in range(terms.x.shape[1]):
-            if p:
-                total *= terms.d[:, p]
-                scale *= np.abs(terms.d[:, p], out=tmp)
-            total += terms.w[:, p]
-            scale += np.abs(terms.w[:, p], out=tmp)
-            err = np.abs(np.subtract(total, terms.x[:, p], out=tmp), out=tmp)
+        err, bound = np.empty_like(total), np.empty_like(total)
+        ok = np.empty(total.shape, bool)
+        for p in range(x.shape[1]):
+            if p:  # the decay of step p (diagonal)
+                total *= d[:, p]
+                scale *= abs_d[:, p]
+            total += w[:, p]
+            scale += abs_w[:, p]
+            np.abs(np.subtract(total, x[:, p], out=err), out=err)
             np.multiply(scale, self.rtol, out=bound)
             bound += self.atol
-            if not (err <= bound).all():  # NaN fails too
-                self._check(total, scale, terms.x[:, p], p)
+            if not np.less_equal(err, bound, out=ok).all():  # NaN fails too
+                self._check(total, scale, x[:, p], p)
         return terms, init
+
+    def _checked_chunks(
+        self, rows: range | None = None, prepare: Callable[[Terms], Any] | None = None
+    ) -> Iterator[tuple[slice, Terms, Any]]:
+        """Each chunk's :meth:`_checked` terms and ``prepare(terms)``, in order; the next chunk is
+        read, checked and prepared in a second thread while the caller works on this one (the
+        store's reads and NumPy release the GIL), so a pass over a store costs about the larger of
+        reading and computing, not their sum. A chunk that fails raises when the caller reaches it."""
+
+        def job(sl: slice) -> tuple[Terms, Any]:
+            terms = self._checked(sl)[0]
+            return terms, (prepare(terms) if prepare is not None else None)
+
+        chunks = list(self._chunks(rows))
+        if len(chunks) < 2:
+            yield from ((sl, *job(sl)) for sl in chunks)
+            return
+        with ThreadPoolExecutor(_AHEAD, thread_name_prefix="rnnlens-decompose") as pool:
+            pending = deque(pool.submit(job, sl) for sl in chunks[:_AHEAD])
+            for i, sl in enumerate(chunks):
+                terms, extra = pending.popleft().result()
+                if i + _AHEAD < len(chunks):
+                    pending.append(pool.submit(job, chunks[i + _AHEAD]))
+                yield sl, terms, extra
 
     def _scan(
         self, visit: Callable[[slice, int, np.ndarray, Terms], None], rows: range | None = None
     ) -> None:
         """Carry every write forward, chunk by chunk: ``visit(sl, p, V, terms)`` sees at each
         processing step p the contributions ``V[:, :p + 1]`` (n, p + 1, U) to the field there."""
-        for sl in self._chunks(rows):
-            terms, _ = self._checked(sl)
-            n, t, u = terms.x.shape
-            v = np.zeros((n, t, u))
-            for p in range(t):
-                if p:
-                    v[:, :p] *= terms.d[:, p, None]
-                v[:, p] = terms.w[:, p]
-                visit(sl, p, v[:, : p + 1], terms)
+        for sl, terms, _ in self._checked_chunks(rows):
+            self._carry(terms, functools.partial(visit, sl, terms=terms))
+
+    @staticmethod
+    def _carry(terms: Terms, visit: Callable[[int, np.ndarray], None]) -> None:
+        """``visit(p, V)`` at each processing step p of one chunk, V (n, p + 1, U) the
+        contributions of steps 0..p to the field there, carried step by step."""
+        n, t, u = terms.x.shape
+        v = np.zeros((n, t, u))
+        for p in range(t):
+            if p:  # the decay of step p applied to every earlier write (diagonal)
+                v[:, :p] *= terms.d[:, p, None]
+            v[:, p] = terms.w[:, p]
+            visit(p, v[:, : p + 1])
 
     def _to_input(self, a: np.ndarray) -> np.ndarray:
         """(sample, t, s, ...) from processing to input order."""
@@ -244,23 +293,68 @@ class Decomposition:
         comes after t in processing order. Memory: the map plus one chunk × time × units.
         ``samples``: only those (read only those); ``units``: the norm over those units only
         (indices into the flattened state), e.g. ``[u]`` for |contribution| to unit u."""
+        return self._maps(samples, units, ord, None)[0]  # type: ignore[return-value]
+
+    def maps(self, ord: float = 2, fraction: float = 0.5, *, samples: slice | None = None,
+             units: Sequence[int] | None = None) -> DecompositionMaps:  # fmt: skip
+        """:meth:`attention` (``ord``, ``units``) and :meth:`lifetime` (``fraction``, every unit)
+        from one read and one check of each chunk: about half the cost of calling both (each
+        reads and checks every chunk). ``samples``: only those (read only those)."""
+        att, life = self._maps(samples, units, ord, fraction)
+        assert att is not None and life is not None
+        return DecompositionMaps(att, life)
+
+    def _maps(self, samples: slice | None, units: Sequence[int] | None, ord: float | None,
+              fraction: float | None) -> tuple[np.ndarray | None, Lifetimes | None]:  # fmt: skip
+        """The attention map (``ord`` not None) and the lifetimes (``fraction`` not None) of
+        ``samples``, chunk by chunk: on the products route (:func:`.decompose_maps.products`)
+        both come from the same running products of the decays."""
+        if fraction is not None and not 0 < fraction <= 1:
+            raise InputError(f"fraction must be in (0, 1]; received {fraction!r}.")
         rows = self._rows(samples)
         cols = slice(None) if units is None else self._unit_index(units)
-        out = np.zeros((len(rows), self.n_steps, self.n_steps))
-        if ord == 2:  # batched matrix products (decompose_maps.norms)
-            for sl in self._chunks(rows):
-                terms, _ = self._checked(sl)
-                out[sl.start - rows.start : sl.stop - rows.start] = norms(
-                    terms.d[..., cols], terms.w[..., cols]
-                )
-            return self._to_input(out)
+        n, t, u = len(rows), self.n_steps, int(np.prod(self.state_shape, dtype=int))
+        att = np.zeros((n, t, t)) if ord is not None else None
+        steps = np.zeros((n, t, u)) if fraction is not None else None
+        alive = np.zeros((n, t, u), bool) if fraction is not None else None
 
-        def visit(sl: slice, p: int, live: np.ndarray, terms: Terms) -> None:
+        def weights(terms: Terms) -> np.ndarray | None:  # in the reading thread
+            bounded = None
+            if fraction is not None:
+                bounded = bool(np.abs(terms.d).max(initial=0.0) <= 1.0)
+                if not bounded:
+                    raise InputError(
+                        f"Layer {self.layer!r} has decays above 1 in magnitude (a custom gate "
+                        "activation?): a write's weight can grow again, so its lifetime is not defined."
+                    )
+            return products(terms.d, bounded) if ord == 2 or fraction is not None else None
+
+        for sl, terms, q in self._checked_chunks(rows, weights):
             at = slice(sl.start - rows.start, sl.stop - rows.start)
-            out[at, p, : p + 1] = np.linalg.norm(live[..., cols], ord=ord, axis=-1)
+            if att is not None:
+                self._attention_chunk(terms, q, ord, cols, att[at])
+            if steps is not None and alive is not None and fraction is not None:
+                lifetimes(terms.d, terms.valid, fraction, q, out=(steps[at], alive[at]))
+        life = None
+        if steps is not None and alive is not None and fraction is not None:
+            shape = (n, t, *self.state_shape)
+            if self.backward:
+                steps, alive = steps[:, ::-1], alive[:, ::-1]
+            life = Lifetimes(fraction, steps.reshape(shape), alive.reshape(shape))
+        return (None if att is None else self._to_input(att)), life
 
-        self._scan(visit, rows)
-        return self._to_input(out)
+    def _attention_chunk(self, terms: Terms, q: np.ndarray | None, ord: float | None,
+                         cols: slice | np.ndarray, out: np.ndarray) -> None:  # fmt: skip
+        """One chunk's map into ``out`` (n, T, T), processing order."""
+        if ord == 2:  # batched matrix products (decompose_maps.norms)
+            qc = None if q is None else q[..., cols]
+            norms(terms.d[..., cols], terms.w[..., cols], qc, out=out)
+            return
+
+        def visit(p: int, live: np.ndarray) -> None:
+            out[:, p, : p + 1] = np.linalg.norm(live[..., cols], ord=ord, axis=-1)
+
+        self._carry(terms, visit)
 
     def _unit_index(self, units: Sequence[int]) -> np.ndarray:
         size = int(np.prod(self.state_shape, dtype=int))
@@ -314,33 +408,17 @@ class Decomposition:
             )
         rows = range(self.n_samples)[samples if samples is not None else slice(None)]
         parts = []
-        for sl in self._chunks(rows):
-            self._checked(sl)
+        for sl, _, _ in self._checked_chunks(rows):
             g = {k: np.asarray(self._ds.gates[k][sl], np.float64) for k in ("dt", "B", "C")}
             parts.append(hidden(self.kind, g, np.asarray(self._constants["A"], np.float64)))
         shape = (0, self.state_shape[0], self.n_steps, self.n_steps)
         return np.concatenate(parts) if parts else np.zeros(shape)
 
-    def lifetime(self, fraction: float = 0.5) -> Lifetimes:
+    def lifetime(self, fraction: float = 0.5, *, samples: slice | None = None) -> Lifetimes:
         """For each write, how many later valid steps it keeps at least ``fraction`` of its weight
-        (``|Π d_r| ≥ fraction``): a :class:`Lifetimes` over every sample, step and unit."""
-        if not 0 < fraction <= 1:
-            raise InputError(f"fraction must be in (0, 1]; received {fraction!r}.")
-        u = int(np.prod(self.state_shape, dtype=int))
-        steps = np.zeros((self.n_samples, self.n_steps, u))
-        alive = np.zeros((self.n_samples, self.n_steps, u), bool)
-        for sl in self._chunks():
-            terms, _ = self._checked(sl)
-            if np.abs(terms.d).max(initial=0.0) > 1.0:
-                raise InputError(
-                    f"Layer {self.layer!r} has decays above 1 in magnitude (a custom gate activation?): "
-                    "a write's weight can grow again, so its lifetime is not defined."
-                )
-            steps[sl], alive[sl] = lifetimes(terms.d, terms.valid, fraction)
-        shape = (self.n_samples, self.n_steps, *self.state_shape)
-        if self.backward:
-            steps, alive = steps[:, ::-1], alive[:, ::-1]
-        return Lifetimes(fraction, steps.reshape(shape), alive.reshape(shape))
+        (``|Π d_r| ≥ fraction``): a :class:`Lifetimes` over every sample, step and unit.
+        ``samples``: only those (read only those)."""
+        return self._maps(samples, None, None, fraction)[1]  # type: ignore[return-value]
 
 
 def decompose(states: States, layer: str, *, field: str | None = None, direction: str | None = None,

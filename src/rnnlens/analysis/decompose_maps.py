@@ -13,6 +13,13 @@ is ``|Π_{r=s+1..t} d_r| = exp(L_t − L_s)``:
   ``≥ fraction`` of its weight are a prefix of those after it: one comparison of ``L`` shifted by
   k steps for k = 1, 2, … until no write is alive (most die within a few steps).
 
+**The products route** (both maps, when it applies): with the running products
+``q_t = Π_{r=1..t} d_r`` (:func:`products`; ``q_0 = 1``) the weight is ``q_t / q_s``, so the map is
+*one* batched matrix product per sample, ``Σ_u q_t² · (w_s² / q_s²)``, and a write is alive at t
+while ``|q_t| ≥ fraction · |q_s|`` — no logarithm or exponential. It needs every ``|q|`` within
+``[1e-60, 1e60]`` (:func:`products` returns None otherwise: an exact zero, a decay of ~e-300, a long
+sequence whose weights fade below 1e-60), and then the log route above is used.
+
 Example:
     >>> import numpy as np
     >>> from rnnlens.analysis.decompose_maps import norms
@@ -27,11 +34,30 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["lifetimes", "norms"]
+__all__ = ["lifetimes", "norms", "products"]
 
 _BLOCK = 16
 _LIMIT = 600.0  # |exponent| beyond which exp leaves float64's comfortable range
 _LOG0 = -1e4  # log|0|: a write carried through an exact zero is gone
+_TINY = 1e-60  # the products route needs |q| in [_TINY, 1/_TINY]: q², 1/q² and their ratios in range
+
+
+def products(d: np.ndarray, decays_at_most_1: bool | None = None) -> np.ndarray | None:
+    """``q[:, t] = Π_{r=1..t} d_r`` (n, T, U), ``q[:, 0] = 1`` — the weight of step s's write at
+    step t is ``q_t / q_s`` — or None where some ``|q|`` leaves ``[1e-60, 1e60]`` (then the maps
+    take the log route). ``decays_at_most_1``: whether ``|d| ≤ 1`` is known (then ``|q|`` does
+    not increase and only the last step's is looked at)."""
+    t = d.shape[1]
+    q = np.empty_like(d)
+    q[:, 0] = 1.0
+    for p in range(1, t):  # the decay of step p applied to the running product (diagonal decays)
+        np.multiply(q[:, p - 1], d[:, p], out=q[:, p])
+    if decays_at_most_1 is None:
+        decays_at_most_1 = bool(np.abs(d).max(initial=0.0) <= 1.0)
+    last = np.abs(q[:, -1]) if decays_at_most_1 else np.abs(q)
+    if last.size and not (last.min() >= _TINY and (decays_at_most_1 or last.max() <= 1 / _TINY)):
+        return None  # NaN too
+    return q
 
 
 def _log_decay(d: np.ndarray) -> np.ndarray:
@@ -44,13 +70,20 @@ def _log_decay(d: np.ndarray) -> np.ndarray:
     return out
 
 
-def norms(d: np.ndarray, w: np.ndarray) -> np.ndarray:
+def norms(d: np.ndarray, w: np.ndarray, q: np.ndarray | None = None,
+          out: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
     """``out[n, t, s]`` = the L2 norm over units of step s's write carried to step t (0 for s > t);
-    ``d``, ``w`` (n, T, U), processing order, float64."""
+    ``d``, ``w`` (n, T, U), processing order, float64; ``q``: :func:`products` of ``d`` (the
+    products route) or None (the log route); ``out``: a C-contiguous (n, T, T) float64 array to
+    fill (a new one otherwise)."""
     n, t, _ = d.shape
+    if out is None:
+        out = np.empty((n, t, t))
+    if q is not None:
+        return _norms_products(w, q, out)
+    out[:] = 0.0
     big = _log_decay(d)
     sq = w * w
-    out = np.zeros((n, t, t))
     for a in range(0, t, _BLOCK):
         b = min(a + _BLOCK, t)
         ref = big[:, a : a + 1]  # (n, 1, U)
@@ -65,6 +98,22 @@ def norms(d: np.ndarray, w: np.ndarray) -> np.ndarray:
     return out
 
 
+def _norms_products(w: np.ndarray, q: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``sqrt(Σ_u q_t² · w_s² / q_s²)``: one batched matrix product per sample, written into
+    ``out`` (the upper triangle, s > t, holds ratios above 1 and is set to 0)."""
+    e = np.square(q)
+    f = np.divide(w, q)
+    f *= f
+    with np.errstate(over="ignore", invalid="ignore"):  # only in the discarded upper triangle
+        np.matmul(e, np.swapaxes(f, 1, 2), out=out)
+    np.copyto(out, 0.0, where=_upper(q.shape[1]))
+    return np.sqrt(out, out=out)
+
+
+def _upper(t: int) -> np.ndarray:
+    return np.triu(np.ones((t, t), bool), 1)
+
+
 def _carried(d: np.ndarray, w: np.ndarray, a: int, b: int, out: np.ndarray) -> None:
     """The block of sources a..b-1, carried step by step (the exact fallback)."""
     v = np.array(w[:, a:b])  # (n, B, U)
@@ -75,9 +124,16 @@ def _carried(d: np.ndarray, w: np.ndarray, a: int, b: int, out: np.ndarray) -> N
         out[:, p, a : a + k] = np.sqrt(np.einsum("nsu,nsu->ns", v[:, :k], v[:, :k]))
 
 
-def lifetimes(d: np.ndarray, valid: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+def lifetimes(d: np.ndarray, valid: np.ndarray, fraction: float, q: np.ndarray | None = None,
+              out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """For each write (n, T, U): the later valid steps it keeps ``|Π d| ≥ fraction``, and whether
-    it still did at the end (censored); NaN where the step is not valid. Needs ``|d| ≤ 1``."""
+    it still did at the end (censored); NaN where the step is not valid. Needs ``|d| ≤ 1``.
+    ``q``: :func:`products` of ``d`` (the products route) or None (the log route); ``out``: the
+    (steps, censored) arrays to fill (new ones otherwise)."""
+    if q is not None:
+        steps, censored = out if out is not None else (np.empty(d.shape), np.empty(d.shape, bool))
+        _lifetimes_products(q, valid, fraction, steps, censored)
+        return steps, censored
     n, t, u = d.shape
     big = _log_decay(d)
     target = big + np.log(fraction)  # write s is alive at r while big[r] ≥ target[s]
@@ -91,9 +147,36 @@ def lifetimes(d: np.ndarray, valid: np.ndarray, fraction: float) -> tuple[np.nda
             break
     censored = _censored(big, target, valid)
     steps[~valid] = np.nan
+    if out is not None:
+        out[0][:], out[1][:] = steps, censored
+        return out
     return steps, censored
 
 
 def _censored(big: np.ndarray, target: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Alive at the last step (the prefix of alive steps reaches the end: ``L`` does not increase)."""
     return (big[:, -1:] >= target) & valid[:, :, None]
+
+
+def _lifetimes_products(q: np.ndarray, valid: np.ndarray, fraction: float, steps: np.ndarray,
+                        censored: np.ndarray) -> None:  # fmt: skip
+    """Write s is alive k steps later while ``|q_{s+k}| ≥ fraction · |q_s|``. ``|q|`` never
+    increases (``|d| ≤ 1``; rounding a product by a factor ≤ 1 keeps it ≤), so the alive steps
+    are a prefix and counting the k for which it holds counts that prefix."""
+    n, t, u = q.shape
+    mag = np.abs(q)
+    threshold = mag * fraction
+    count = np.zeros((n, t, u), np.uint16 if t < 1 << 16 else np.int64)
+    masked = not valid.all()
+    for k in range(1, t):  # most writes die within a few steps
+        live = np.greater_equal(mag[:, k:], threshold[:, : t - k])
+        if not live.any():
+            break
+        if masked:
+            live &= valid[:, k:, None]
+        count[:, : t - k] += live
+    np.copyto(steps, count)
+    np.greater_equal(mag[:, -1:], threshold, out=censored)
+    if masked:
+        censored &= valid[:, :, None]
+        steps[~valid] = np.nan
