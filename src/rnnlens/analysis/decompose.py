@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -266,8 +265,12 @@ class Decomposition:
     ) -> None:
         """Carry every write forward, chunk by chunk: ``visit(sl, p, V, terms)`` sees at each
         processing step p the contributions ``V[:, :p + 1]`` (n, p + 1, U) to the field there."""
+
+        def at(sl: slice, terms: Terms) -> Callable[[int, np.ndarray], None]:
+            return lambda p, live: visit(sl, p, live, terms)
+
         for sl, terms, _ in self._checked_chunks(rows):
-            self._carry(terms, functools.partial(visit, sl, terms=terms))
+            self._carry(terms, at(sl, terms))
 
     @staticmethod
     def _carry(terms: Terms, visit: Callable[[int, np.ndarray], None]) -> None:

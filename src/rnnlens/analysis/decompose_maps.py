@@ -50,8 +50,9 @@ def products(d: np.ndarray, decays_at_most_1: bool | None = None) -> np.ndarray 
     t = d.shape[1]
     q = np.empty_like(d)
     q[:, 0] = 1.0
-    for p in range(1, t):  # the decay of step p applied to the running product (diagonal decays)
-        np.multiply(q[:, p - 1], d[:, p], out=q[:, p])
+    with np.errstate(over="ignore"):  # an overflow is looked at below
+        for p in range(1, t):  # the decay of step p applied to the running product (diagonal)
+            np.multiply(q[:, p - 1], d[:, p], out=q[:, p])
     if decays_at_most_1 is None:
         decays_at_most_1 = bool(np.abs(d).max(initial=0.0) <= 1.0)
     last = np.abs(q[:, -1]) if decays_at_most_1 else np.abs(q)
