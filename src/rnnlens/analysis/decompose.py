@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +41,7 @@ import numpy as np
 from ..core.states import States
 from ..errors import DirectionNotAvailableError, InputError, ParityError
 from .decompose_hidden import hidden
-from .decompose_maps import lifetimes, norms, products
+from .decompose_maps import Scratch, lifetimes, norms, products
 from .decompose_terms import Terms, linear_field, read_terms
 
 __all__ = ["Decomposition", "DecompositionMaps", "Lifetimes", "decompose"]
@@ -116,6 +117,13 @@ class Decomposition:
                     f"received {initial.shape}."
                 )
         self._initial = initial
+        self._local = threading.local()
+
+    def _scratch(self) -> Scratch:
+        """This thread's working arrays (each reading thread checks its own chunks)."""
+        if not hasattr(self._local, "scratch"):
+            self._local.scratch = Scratch()
+        return self._local.scratch  # type: ignore[no-any-return]
 
     @property
     def backward(self) -> bool:
@@ -219,7 +227,7 @@ class Decomposition:
         d, w, x = terms.d, terms.w, terms.x
         size = d.size > 0
         abs_d = d if size and d.min() >= 0 else np.abs(d)  # sigmoid gates: |d| = d, no copy
-        abs_w = np.abs(w)  # once for the chunk, not once a step
+        abs_w = np.abs(w, out=self._scratch()("abs_w", w.shape))  # once for the chunk, not a step
         total, scale = init.copy(), np.abs(init)
         err, bound = np.empty_like(total), np.empty_like(total)
         ok = np.empty(total.shape, bool)
@@ -324,7 +332,8 @@ class Decomposition:
         def weights(terms: Terms) -> np.ndarray | None:  # in the reading thread
             bounded = None
             if fraction is not None:
-                bounded = bool(np.abs(terms.d).max(initial=0.0) <= 1.0)
+                d = terms.d
+                bounded = bool(d.size == 0 or max(d.max(), -d.min()) <= 1.0)
                 if not bounded:
                     raise InputError(
                         f"Layer {self.layer!r} has decays above 1 in magnitude (a custom gate "
@@ -332,12 +341,13 @@ class Decomposition:
                     )
             return products(terms.d, bounded) if ord == 2 or fraction is not None else None
 
+        scratch = Scratch()
         for sl, terms, q in self._checked_chunks(rows, weights):
             at = slice(sl.start - rows.start, sl.stop - rows.start)
             if att is not None:
-                self._attention_chunk(terms, q, ord, cols, att[at])
+                self._attention_chunk(terms, q, ord, cols, att[at], scratch)
             if steps is not None and alive is not None and fraction is not None:
-                lifetimes(terms.d, terms.valid, fraction, q, out=(steps[at], alive[at]))
+                lifetimes(terms.d, terms.valid, fraction, q, out=(steps[at], alive[at]), scratch=scratch)
         life = None
         if steps is not None and alive is not None and fraction is not None:
             shape = (n, t, *self.state_shape)
@@ -347,11 +357,11 @@ class Decomposition:
         return (None if att is None else self._to_input(att)), life
 
     def _attention_chunk(self, terms: Terms, q: np.ndarray | None, ord: float | None,
-                         cols: slice | np.ndarray, out: np.ndarray) -> None:  # fmt: skip
+                         cols: slice | np.ndarray, out: np.ndarray, scratch: Scratch) -> None:  # fmt: skip
         """One chunk's map into ``out`` (n, T, T), processing order."""
         if ord == 2:  # batched matrix products (decompose_maps.norms)
             qc = None if q is None else q[..., cols]
-            norms(terms.d[..., cols], terms.w[..., cols], qc, out=out)
+            norms(terms.d[..., cols], terms.w[..., cols], qc, out=out, scratch=scratch)
             return
 
         def visit(p: int, live: np.ndarray) -> None:
