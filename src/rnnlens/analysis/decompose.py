@@ -33,7 +33,6 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,7 +40,7 @@ import numpy as np
 from ..core.states import States
 from ..errors import DirectionNotAvailableError, InputError, ParityError
 from .decompose_hidden import hidden
-from .decompose_maps import Scratch, lifetimes, norms, products
+from .decompose_maps import DecompositionMaps, Lifetimes, Scratch, lifetimes, norms, products
 from .decompose_terms import Terms, linear_field, read_terms
 
 __all__ = ["Decomposition", "DecompositionMaps", "Lifetimes", "decompose"]
@@ -57,35 +56,6 @@ def _tolerance(dtype: np.dtype) -> tuple[float, float]:
     if dtype == np.float32:
         return 1e-5, 1e-7
     return 1e-2, 1e-3
-
-
-@dataclass
-class Lifetimes:
-    """How long each write keeps a fraction of its weight.
-
-    ``steps`` (sample, time, *state_shape): for the write of step s, the number of later valid
-    steps during which ``|Π d_r|`` (its carried weight) stays ≥ ``fraction``; NaN where the
-    step is masked (it wrote nothing). ``censored``: the write still held that fraction when the
-    sequence ended (its lifetime is at least ``steps``).
-    """
-
-    fraction: float
-    steps: np.ndarray
-    censored: np.ndarray
-
-    def per_unit(self) -> np.ndarray:
-        """The median lifetime of each unit over every sample and step, (*state_shape,)."""
-        flat = self.steps.reshape(-1, *self.steps.shape[2:])
-        return np.asarray(np.nanmedian(flat, axis=0))
-
-
-@dataclass
-class DecompositionMaps:
-    """:meth:`Decomposition.maps`: the attention map (sample, time, time) and the lifetimes of
-    every write, from one read and one check of each chunk."""
-
-    attention: np.ndarray
-    lifetimes: Lifetimes
 
 
 class Decomposition:

@@ -32,9 +32,41 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-__all__ = ["Scratch", "lifetimes", "norms", "products"]
+__all__ = ["DecompositionMaps", "Lifetimes", "Scratch", "lifetimes", "norms", "products"]
+
+
+@dataclass
+class Lifetimes:
+    """How long each write keeps a fraction of its weight.
+
+    ``steps`` (sample, time, *state_shape): for the write of step s, the number of later valid
+    steps during which ``|Π d_r|`` (its carried weight) stays ≥ ``fraction``; NaN where the
+    step is masked (it wrote nothing). ``censored``: the write still held that fraction when the
+    sequence ended (its lifetime is at least ``steps``).
+    """
+
+    fraction: float
+    steps: np.ndarray
+    censored: np.ndarray
+
+    def per_unit(self) -> np.ndarray:
+        """The median lifetime of each unit over every sample and step, (*state_shape,)."""
+        flat = self.steps.reshape(-1, *self.steps.shape[2:])
+        return np.asarray(np.nanmedian(flat, axis=0))
+
+
+@dataclass
+class DecompositionMaps:
+    """:meth:`Decomposition.maps`: the attention map (sample, time, time) and the lifetimes of
+    every write, from one read and one check of each chunk."""
+
+    attention: np.ndarray
+    lifetimes: Lifetimes
+
 
 _BLOCK = 16
 _LIMIT = 600.0  # |exponent| beyond which exp leaves float64's comfortable range
