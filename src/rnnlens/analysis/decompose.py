@@ -13,9 +13,9 @@ initial state). Every sum rnnlens returns is checked against the stored field (a
 ``(1e-2, 1e-3)`` for 16-bit floats.
 
 Arrays are read in chunks of samples (``chunk``), so the maps of a stored layer never hold more
-than two chunks × ``time × units`` values at once (the next chunk is read and checked in a second
-thread while this one's maps are computed). :meth:`Decomposition.maps` gives the attention map
-and the lifetimes from one read and one check of each chunk.
+than three chunks × ``time × units`` values at once (the next two chunks are read and checked in
+other threads while this one's maps are computed). :meth:`Decomposition.maps` gives the
+attention map and the lifetimes from one read and one check of each chunk.
 
 Example:
     >>> import numpy as np, torch, rnnlens
@@ -217,10 +217,11 @@ class Decomposition:
     def _checked_chunks(
         self, rows: range | None = None, prepare: Callable[[Terms], Any] | None = None
     ) -> Iterator[tuple[slice, Terms, Any]]:
-        """Each chunk's :meth:`_checked` terms and ``prepare(terms)``, in order; the next chunk is
-        read, checked and prepared in a second thread while the caller works on this one (the
-        store's reads and NumPy release the GIL), so a pass over a store costs about the larger of
-        reading and computing, not their sum. A chunk that fails raises when the caller reaches it."""
+        """Each chunk's :meth:`_checked` terms and ``prepare(terms)``, in order; the next
+        ``_AHEAD`` chunks are read, checked and prepared in other threads while the caller works on
+        this one (the store's reads and NumPy release the GIL), so on free cores a pass costs about
+        the larger of reading-and-checking and computing, not their sum. A chunk that fails raises
+        when the caller reaches it (and not before the chunks ahead of it are done with)."""
 
         def job(sl: slice) -> tuple[Terms, Any]:
             terms = self._checked(sl)[0]
