@@ -104,7 +104,7 @@ def products(d: np.ndarray, decays_at_most_1: bool | None = None) -> np.ndarray 
         for p in range(1, t):  # the decay of step p applied to the running product (diagonal)
             np.multiply(q[:, p - 1], d[:, p], out=q[:, p])
     if decays_at_most_1 is None:
-        decays_at_most_1 = bool(np.abs(d).max(initial=0.0) <= 1.0)
+        decays_at_most_1 = bool(d.size == 0 or max(d.max(), -d.min()) <= 1.0)  # no |d| temporary
     last = np.abs(q[:, -1]) if decays_at_most_1 else np.abs(q)
     if last.size and not (last.min() >= _TINY and (decays_at_most_1 or last.max() <= 1 / _TINY)):
         return None  # NaN too
