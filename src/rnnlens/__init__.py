@@ -5,7 +5,7 @@ loads when that model is first traced.
 """
 
 from .analysis.ablation import AblationScan, ablation_scan
-from .analysis.decompose import Decomposition, Lifetimes, decompose
+from .analysis.decompose import Decomposition, DecompositionMaps, Lifetimes, decompose
 from .analysis.probes import confirm, probe, rank_units
 from .api.intervention import Intervention, intervene
 from .api.loader import load_model
@@ -36,6 +36,7 @@ from .io.zarr import open_states
 __all__ = [
     "AblationScan",
     "Decomposition",
+    "DecompositionMaps",
     "Description",
     "DirectionNotAvailableError",
     "DirectionStates",

@@ -108,6 +108,9 @@ def test_contributions_initial_terms_and_maps_against_the_oracle(cfg: dict[str, 
     largest = np.take_along_axis(flat, best[:, :, None], 2)[:, :, 0]
     np.testing.assert_allclose(values[..., 0].reshape(n, t, -1), largest)
     _check_lifetimes(dec, o, states["m"].mask, flat)
+    both = dec.maps(np.inf, 0.5, units=[0])  # one pass: the same map and lifetimes
+    np.testing.assert_allclose(both.attention, np.abs(flat[..., 0]), rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(both.lifetimes.steps, dec.lifetime(0.5).steps)
 
 
 def _check_lifetimes(dec: Any, o: dict[str, np.ndarray], mask: np.ndarray | None, flat: np.ndarray) -> None:

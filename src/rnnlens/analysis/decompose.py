@@ -16,7 +16,9 @@ Delta-rule mixers (gated delta-nets, Kimi delta attention) decay by a matrix per
 products above are matrix products there (:mod:`rnnlens.analysis.decompose_delta`).
 
 Arrays are read in chunks of samples (``chunk``), so the maps of a stored layer never hold more
-than ``chunk × time × units`` values at once.
+than three chunks × ``time × units`` values at once (the next two chunks are read and checked in
+other threads while this one's maps are computed). :meth:`Decomposition.maps` gives the
+attention map and the lifetimes from one read and one check of each chunk.
 
 Example:
     >>> import numpy as np, torch, rnnlens
@@ -30,8 +32,8 @@ Example:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,14 +42,16 @@ from ..core.states import States
 from ..errors import DirectionNotAvailableError, InputError, ParityError
 from . import decompose_delta
 from .decompose_hidden import hidden
-from .decompose_maps import lifetimes, norms
+from .decompose_maps import DecompositionMaps, Lifetimes, Scratch, carry, lifetimes, norms, products
 from .decompose_ssm import field_array
 from .decompose_terms import MATRIX, Terms, linear_field, read_terms, refuse_initial
+from .read_ahead import read_ahead
 
-__all__ = ["Decomposition", "Lifetimes", "decompose"]
+__all__ = ["Decomposition", "DecompositionMaps", "Lifetimes", "decompose"]
 
 
 _CHUNK_BYTES = 64 << 20
+_AHEAD = 2  # chunks read and checked ahead, each in its own thread
 
 
 def _tolerance(dtype: np.dtype) -> tuple[float, float]:
@@ -56,26 +60,6 @@ def _tolerance(dtype: np.dtype) -> tuple[float, float]:
     if dtype == np.float32:
         return 1e-5, 1e-7
     return 1e-2, 1e-3
-
-
-@dataclass
-class Lifetimes:
-    """How long each write keeps a fraction of its weight.
-
-    ``steps`` (sample, time, *state_shape): for the write of step s, the number of later valid
-    steps during which ``|Π d_r|`` (its carried weight) stays ≥ ``fraction``; NaN where the
-    step is masked (it wrote nothing). ``censored``: the write still held that fraction when the
-    sequence ended (its lifetime is at least ``steps``).
-    """
-
-    fraction: float
-    steps: np.ndarray
-    censored: np.ndarray
-
-    def per_unit(self) -> np.ndarray:
-        """The median lifetime of each unit over every sample and step, (*state_shape,)."""
-        flat = self.steps.reshape(-1, *self.steps.shape[2:])
-        return np.asarray(np.nanmedian(flat, axis=0))
 
 
 class Decomposition:
@@ -109,6 +93,13 @@ class Decomposition:
                     f"received {initial.shape}."
                 )
         self._initial = initial
+        self._local = threading.local()
+
+    def _scratch(self) -> Scratch:
+        """This thread's working arrays (each reading thread checks its own chunks)."""
+        if not hasattr(self._local, "scratch"):
+            self._local.scratch = Scratch()
+        return self._local.scratch  # type: ignore[no-any-return]
 
     @property
     def backward(self) -> bool:
@@ -218,38 +209,54 @@ class Decomposition:
         if terms.matrix:  # no running bound in O(units): carry every write, checking each step
             self._carried(sl, terms, init, None)
             return terms, init
+        d, w, x = terms.d, terms.w, terms.x
+        size = d.size > 0
+        abs_d = d if size and d.min() >= 0 else np.abs(d)  # sigmoid gates: |d| = d, no copy
+        abs_w = np.abs(w, out=self._scratch()("abs_w", w.shape))  # once for the chunk, not a step
         total, scale = init.copy(), np.abs(init)
-        tmp, bound = np.empty_like(total), np.empty_like(total)
-        for p in range(terms.x.shape[1]):
-            if p:
-                total *= terms.d[:, p]
-                scale *= np.abs(terms.d[:, p], out=tmp)
-            total += terms.w[:, p]
-            scale += np.abs(terms.w[:, p], out=tmp)
-            err = np.abs(np.subtract(total, terms.x[:, p], out=tmp), out=tmp)
+        err, bound = np.empty_like(total), np.empty_like(total)
+        ok = np.empty(total.shape, bool)
+        for p in range(x.shape[1]):
+            if p:  # the decay of step p (diagonal)
+                total *= d[:, p]
+                scale *= abs_d[:, p]
+            total += w[:, p]
+            scale += abs_w[:, p]
+            np.abs(np.subtract(total, x[:, p], out=err), out=err)
             np.multiply(scale, self.rtol, out=bound)
             bound += self.atol
-            if not (err <= bound).all():  # NaN fails too
-                self._check(total, scale, terms.x[:, p], p)
+            if not np.less_equal(err, bound, out=ok).all():  # NaN fails too
+                self._check(total, scale, x[:, p], p)
         return terms, init
+
+    def _checked_chunks(
+        self, rows: range | None = None, prepare: Callable[[Terms], Any] | None = None
+    ) -> Iterator[tuple[slice, Terms, Any]]:
+        """Each chunk's :meth:`_checked` terms and ``prepare(terms)``, in order, the next
+        ``_AHEAD`` chunks read, checked and prepared in other threads (:mod:`.read_ahead`)."""
+
+        def job(sl: slice) -> tuple[Terms, Any]:
+            terms = self._checked(sl)[0]
+            return terms, (prepare(terms) if prepare is not None else None)
+
+        for sl, (terms, extra) in read_ahead(list(self._chunks(rows)), job, _AHEAD):
+            yield sl, terms, extra
 
     def _scan(
         self, visit: Callable[[slice, int, np.ndarray, Terms], None], rows: range | None = None
     ) -> None:
         """Carry every write forward, chunk by chunk: ``visit(sl, p, V, terms)`` sees at each
         processing step p the contributions ``V[:, :p + 1]`` (n, p + 1, U) to the field there."""
-        for sl in self._chunks(rows):
-            if self._matrix:
+
+        def at(sl: slice, terms: Terms) -> Callable[[int, np.ndarray], None]:
+            return lambda p, live: visit(sl, p, live, terms)
+
+        if self._matrix:  # carried through the matrices, checked at each step
+            for sl in self._chunks(rows):
                 self._carried(sl, *self._terms(sl), visit)
-                continue
-            terms, _ = self._checked(sl)
-            n, t, u = terms.x.shape
-            v = np.zeros((n, t, u))
-            for p in range(t):
-                if p:
-                    v[:, :p] *= terms.d[:, p, None]
-                v[:, p] = terms.w[:, p]
-                visit(sl, p, v[:, : p + 1], terms)
+            return
+        for sl, terms, _ in self._checked_chunks(rows):
+            carry(terms.d, terms.w, at(sl, terms))
 
     def _carried(self, sl: slice, terms: Terms, init: np.ndarray,
                  visit: Callable[[slice, int, np.ndarray, Terms], None] | None) -> None:  # fmt: skip
@@ -273,32 +280,116 @@ class Decomposition:
         comes after t in processing order. Memory: the map plus one chunk × time × units.
         ``samples``: only those (read only those); ``units``: the norm over those units only
         (indices into the flattened state), e.g. ``[u]`` for |contribution| to unit u."""
+        return self._maps(samples, units, ord, None)[0]  # type: ignore[return-value]
+
+    def maps(self, ord: float = 2, fraction: float = 0.5, *, samples: slice | None = None,
+             units: Sequence[int] | None = None) -> DecompositionMaps:  # fmt: skip
+        """:meth:`attention` (``ord``, ``units``) and :meth:`lifetime` (``fraction``, every unit)
+        from one read and one check of each chunk: about half the cost of calling both (each
+        reads and checks every chunk). ``samples``: only those (read only those)."""
+        att, life = self._maps(samples, units, ord, fraction)
+        assert att is not None and life is not None
+        return DecompositionMaps(att, life)
+
+    def _maps(self, samples: slice | None, units: Sequence[int] | None, ord: float | None,
+              fraction: float | None) -> tuple[np.ndarray | None, Lifetimes | None]:  # fmt: skip
+        """The attention map (``ord`` not None) and the lifetimes (``fraction`` not None) of
+        ``samples``, chunk by chunk: on the products route (:func:`.decompose_maps.products`)
+        both come from the same running products of the decays."""
+        if fraction is not None and not 0 < fraction <= 1:
+            raise InputError(f"fraction must be in (0, 1]; received {fraction!r}.")
         rows = self._rows(samples)
         cols = slice(None) if units is None else self._unit_index(units)
-        out = np.zeros((len(rows), self.n_steps, self.n_steps))
-        if ord == 2 and units is None and self._matrix:  # rank-one writes: ‖P k‖ ‖v‖ per head
-            for sl in self._chunks(rows):
-                terms, init = self._terms(sl)
-                assert isinstance(terms, decompose_delta.DeltaTerms)
+        if self._matrix:
+            return self._matrix_maps(rows, cols, ord, fraction, units is None)
+        n, t, u = len(rows), self.n_steps, int(np.prod(self.state_shape, dtype=int))
+        att = np.zeros((n, t, t)) if ord is not None else None
+        steps = np.zeros((n, t, u)) if fraction is not None else None
+        alive = np.zeros((n, t, u), bool) if fraction is not None else None
+
+        def weights(terms: Terms) -> tuple[np.ndarray | None, np.ndarray | None] | None:
+            """The running products of the decays (the map's) and of the real decays (the
+            lifetimes'; the same but for stabilised states), in the reading thread."""
+            bounded = None
+            if fraction is not None:
+                life = terms.life
+                bounded = bool(life.size == 0 or max(life.max(), -life.min()) <= 1.0)
+                if not bounded:
+                    raise InputError(
+                        f"Layer {self.layer!r} has decays above 1 in magnitude (a custom gate "
+                        "activation?): a write's weight can grow again, so its lifetime is not defined."
+                    )
+            if ord != 2 and fraction is None:
+                return None
+            same = terms.life is terms.d
+            q = products(terms.d, bounded if same else None) if ord == 2 or same else None
+            return q, (q if same else products(terms.life, bounded) if fraction is not None else None)
+
+        scratch = Scratch()
+        for sl, terms, qs in self._checked_chunks(rows, weights):
+            q, q_life = qs if qs is not None else (None, None)
+            at = slice(sl.start - rows.start, sl.stop - rows.start)
+            if att is not None:
+                self._attention_chunk(terms, q, ord, cols, att[at], scratch)
+            if steps is not None and alive is not None and fraction is not None:
+                out = (steps[at], alive[at])
+                lifetimes(terms.life, terms.valid, fraction, q_life, out=out, scratch=scratch)
+        return (None if att is None else self._to_input(att)), self._lifetimes(fraction, steps, alive)
+
+    def _lifetimes(
+        self, fraction: float | None, steps: np.ndarray | None, alive: np.ndarray | None
+    ) -> Lifetimes | None:
+        """(sample, time, units) processing-order counts as :class:`Lifetimes` in input order."""
+        if steps is None or alive is None or fraction is None:
+            return None
+        shape = (steps.shape[0], self.n_steps, *self.state_shape)
+        if self.backward:
+            steps, alive = steps[:, ::-1], alive[:, ::-1]
+        return Lifetimes(fraction, steps.reshape(shape), alive.reshape(shape))
+
+    def _matrix_maps(
+        self, rows: range, cols: slice | np.ndarray, ord: float | None, fraction: float | None, every: bool
+    ) -> tuple[np.ndarray | None, Lifetimes | None]:
+        """:meth:`_maps` for a decay that mixes units (:mod:`.decompose_delta`): the writes
+        carried through the matrices, checked at every step; the L2 map over every unit from
+        the carried keys alone (a carried write stays rank one: ``‖P k‖ ‖v‖`` per head)."""
+        n, t, u = len(rows), self.n_steps, int(np.prod(self.state_shape, dtype=int))
+        att = np.zeros((n, t, t)) if ord is not None else None
+        steps = np.zeros((n, t, u)) if fraction is not None else None
+        alive = np.zeros((n, t, u), bool) if fraction is not None else None
+        for sl in self._chunks(rows):
+            at = slice(sl.start - rows.start, sl.stop - rows.start)
+            terms, init = self._terms(sl)
+            assert isinstance(terms, decompose_delta.DeltaTerms)
+            if att is None:
+                self._carried(sl, terms, init, None)
+            elif ord == 2 and every:
                 for p, total, scale, keys in terms.walk(init):
                     self._check(total, scale, terms.x[:, p], p)
-                    at = slice(sl.start - rows.start, sl.stop - rows.start)
-                    out[at, p, : p + 1] = np.linalg.norm(terms.norms(keys), axis=-1)
-            return self._to_input(out)
-        if ord == 2 and not self._matrix:  # batched matrix products (decompose_maps.norms)
-            for sl in self._chunks(rows):
-                terms, _ = self._checked(sl)
-                out[sl.start - rows.start : sl.stop - rows.start] = norms(
-                    terms.d[..., cols], terms.w[..., cols]
-                )
-            return self._to_input(out)
+                    att[at, p, : p + 1] = np.linalg.norm(terms.norms(keys), axis=-1)
+            else:
+                block = att[at]
 
-        def visit(sl: slice, p: int, live: np.ndarray, terms: Terms) -> None:
-            at = slice(sl.start - rows.start, sl.stop - rows.start)
-            out[at, p, : p + 1] = np.linalg.norm(live[..., cols], ord=ord, axis=-1)
+                def visit(_: slice, p: int, live: np.ndarray, __: Terms, block: np.ndarray = block) -> None:
+                    block[:, p, : p + 1] = np.linalg.norm(live[..., cols], ord=ord, axis=-1)
 
-        self._scan(visit, rows)
-        return self._to_input(out)
+                self._carried(sl, terms, init, visit)
+            if steps is not None and alive is not None and fraction is not None:
+                steps[at], alive[at] = terms.lifetimes(fraction)
+        return (None if att is None else self._to_input(att)), self._lifetimes(fraction, steps, alive)
+
+    def _attention_chunk(self, terms: Terms, q: np.ndarray | None, ord: float | None,
+                         cols: slice | np.ndarray, out: np.ndarray, scratch: Scratch) -> None:  # fmt: skip
+        """One chunk's map into ``out`` (n, T, T), processing order."""
+        if ord == 2:  # batched matrix products (decompose_maps.norms)
+            qc = None if q is None else q[..., cols]
+            norms(terms.d[..., cols], terms.w[..., cols], qc, out=out, scratch=scratch)
+            return
+
+        def visit(p: int, live: np.ndarray) -> None:
+            out[:, p, : p + 1] = np.linalg.norm(live[..., cols], ord=ord, axis=-1)
+
+        carry(terms.d, terms.w, visit)
 
     def _unit_index(self, units: Sequence[int]) -> np.ndarray:
         size = int(np.prod(self.state_shape, dtype=int))
@@ -352,41 +443,21 @@ class Decomposition:
             )
         rows = range(self.n_samples)[samples if samples is not None else slice(None)]
         parts = []
-        for sl in self._chunks(rows):
-            self._checked(sl)
+        for sl, _, _ in self._checked_chunks(rows):
             g = {k: np.asarray(self._ds.gates[k][sl], np.float64) for k in ("dt", "B", "C")}
             parts.append(hidden(self.kind, g, np.asarray(self._constants["A"], np.float64)))
         shape = (0, self.state_shape[0], self.n_steps, self.n_steps)
         return np.concatenate(parts) if parts else np.zeros(shape)
 
-    def lifetime(self, fraction: float = 0.5) -> Lifetimes:
+    def lifetime(self, fraction: float = 0.5, *, samples: slice | None = None) -> Lifetimes:
         """For each write, how many later valid steps it keeps at least ``fraction`` of its weight
         (``|Π d_r| ≥ fraction``): a :class:`Lifetimes` over every sample, step and unit. For
         states stored stabilised (mLSTM, RWKV-4) ``d`` is the real, unstabilised decay (the
         stabiliser rescales every term of a step alike: :mod:`.decompose_stabilised`). A
         delta-rule mixer's decay mixes units: there the weight is per head (``‖P(s→t) w_s‖ ≥
         fraction · ‖w_s‖`` over the head's state), the same for each of its units
-        (:mod:`rnnlens.analysis.decompose_delta`)."""
-        if not 0 < fraction <= 1:
-            raise InputError(f"fraction must be in (0, 1]; received {fraction!r}.")
-        u = int(np.prod(self.state_shape, dtype=int))
-        steps = np.zeros((self.n_samples, self.n_steps, u))
-        alive = np.zeros((self.n_samples, self.n_steps, u), bool)
-        for sl in self._chunks():
-            terms, _ = self._checked(sl)
-            if isinstance(terms, decompose_delta.DeltaTerms):  # per head (decompose_delta)
-                steps[sl], alive[sl] = terms.lifetimes(fraction)
-                continue
-            if np.abs(terms.life).max(initial=0.0) > 1.0:
-                raise InputError(
-                    f"Layer {self.layer!r} has decays above 1 in magnitude (a custom gate activation?): "
-                    "a write's weight can grow again, so its lifetime is not defined."
-                )
-            steps[sl], alive[sl] = lifetimes(terms.life, terms.valid, fraction)
-        shape = (self.n_samples, self.n_steps, *self.state_shape)
-        if self.backward:
-            steps, alive = steps[:, ::-1], alive[:, ::-1]
-        return Lifetimes(fraction, steps.reshape(shape), alive.reshape(shape))
+        (:mod:`rnnlens.analysis.decompose_delta`). ``samples``: only those (read only those)."""
+        return self._maps(samples, None, None, fraction)[1]  # type: ignore[return-value]
 
 
 def decompose(states: States, layer: str, *, field: str | None = None, direction: str | None = None,
