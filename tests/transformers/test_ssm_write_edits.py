@@ -32,7 +32,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import torch.nn.functional as F  # noqa: E402
-from ssm_builders import IDS, gdn, gemma, mamba, mamba2  # noqa: E402
+from ssm_builders import IDS, gemma, mamba, mamba2, rwkv  # noqa: E402
 
 import rnnlens  # noqa: E402
 
@@ -184,7 +184,7 @@ def test_ssm_write_edit_refusals() -> None:
     name = next(iter(plain))
     with pytest.raises(rnnlens.FieldNotAvailableError, match="field='state'"):
         rnnlens.intervene(model, IDS, rnnlens.Edit(name, 1, field="h", target="write", scale=0))
-    delta = gdn()
-    layer = next(iter(rnnlens.trace(delta, IDS)))
-    with pytest.raises(rnnlens.FieldNotAvailableError, match="Mamba, Mamba2 and RG-LRU"):
-        rnnlens.intervene(delta, IDS, rnnlens.Edit(layer, 1, field="state", target="write", scale=0))
+    other = rwkv()
+    layer = next(iter(rnnlens.trace(other, IDS)))
+    with pytest.raises(rnnlens.FieldNotAvailableError, match="Kimi delta and RG-LRU"):
+        rnnlens.intervene(other, IDS, rnnlens.Edit(layer, 1, field="state", target="write", scale=0))

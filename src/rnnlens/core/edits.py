@@ -13,8 +13,11 @@ several edits compose in the order given.
 state (an LSTM's ``c_t = f ⊙ c_{t-1} + i ⊙ g`` — the write ``i ⊙ g``; a GRU's
 ``h_t = z ⊙ h_{t-1} + (1 − z) ⊙ n`` — the write ``(1 − z) ⊙ n``; an MGU's ``(1 − f) ⊙ n``;
 a Mamba mixer's ``state_t = exp(A dt_t) ⊙ state_{t-1} + (dt_t B_t) x_t`` per channel and state
-dim; a Mamba2 mixer's ``(dt_t x_t) ⊗ B_t`` per head; an RG-LRU's ``(x_t i_t) sqrt(1 − a_t²)``:
-the terms of :func:`rnnlens.decompose`), before the state and the output at ``t`` are computed
+dim; a Mamba2 mixer's ``(dt_t x_t) ⊗ B_t`` per head; a multi-head Mamba's (Zamba) ``(dt_t B_t)
+x_t`` per head; a lightning-attention memory's ``k_tᵀ v_t``; a delta-rule mixer's (gated
+delta-net, Kimi) ``β_t k_t v_tᵀ``, its state ``S_t = (I − β_t k_t k_tᵀ) diag(d_t) S_{t-1} + w_t``
+carried on through the rule; an RG-LRU's ``(x_t i_t) sqrt(1 − a_t²)``: the terms of
+:func:`rnnlens.decompose`), before the state and the output at ``t`` are computed
 from it: an LSTM's ``h_t`` and a mixer's output at ``t`` read the edited state. A write edit and
 a state edit at one step: the write is edited first.
 
@@ -65,7 +68,8 @@ class Edit:
         scale: multiply by this value (same shapes; ``scale=0`` ablates).
         target: ``"state"`` (the state after the step) or ``"write"`` (what the step wrote into
             its linear state: ``field="c"`` of an LSTM, ``field="h"`` of a GRU or an MGU,
-            ``field="state"`` of a Mamba, Mamba2 or RG-LRU mixer; see the module doc).
+            ``field="state"`` of a Mamba, Mamba2, multi-head Mamba, lightning, gated delta-net,
+            Kimi delta or RG-LRU mixer; see the module doc).
     """
 
     layer: str
@@ -82,7 +86,10 @@ class Edit:
 #: the ``field_name`` under which :meth:`LayerEdits.steps` gives the write edits of a field
 WRITE = "write:"
 #: kind -> the field its steps write into, a state linear in the previous one (the module doc)
-LINEAR = {"lstm": "c", "gru": "h", "mgu": "h", "mamba": "state", "mamba2": "state", "rglru": "state"}
+LINEAR = {
+    "lstm": "c", "gru": "h", "mgu": "h", "mamba": "state", "mamba2": "state", "rglru": "state",
+    "mamba_heads": "state", "lightning": "state", "gated_deltanet": "state", "kimi_delta": "state",
+}  # fmt: skip
 
 
 def _key(edit: Edit) -> str:
@@ -334,9 +341,9 @@ def _check_write(edit: Edit, spec: LayerSpec) -> None:
     if linear is None:
         raise FieldNotAvailableError(
             f"Edit(target='write') on {spec.name!r} ({spec.layer_type}): write edits are implemented "
-            "for LSTM (field='c'), GRU and MGU (field='h') layers and Mamba, Mamba2 and RG-LRU mixers "
-            "(field='state'), whose state is linear in the previous state; edit this layer's state "
-            "instead (target='state')."
+            "for LSTM (field='c'), GRU and MGU (field='h') layers and Mamba, Mamba2, multi-head Mamba, "
+            "lightning-attention, gated delta-net, Kimi delta and RG-LRU mixers (field='state'), whose "
+            "state is linear in the previous state; edit this layer's state instead (target='state')."
         )
     if edit.field != linear:
         raise FieldNotAvailableError(
