@@ -186,5 +186,5 @@ def test_ssm_write_edit_refusals() -> None:
         rnnlens.intervene(model, IDS, rnnlens.Edit(name, 1, field="h", target="write", scale=0))
     other = rwkv()
     layer = next(iter(rnnlens.trace(other, IDS)))
-    with pytest.raises(rnnlens.FieldNotAvailableError, match="Kimi delta and RG-LRU"):
+    with pytest.raises(rnnlens.FieldNotAvailableError, match="state instead"):
         rnnlens.intervene(other, IDS, rnnlens.Edit(layer, 1, field="state", target="write", scale=0))

@@ -1,6 +1,6 @@
 """Edit(target="write") on the other state-space mixers with a linear state: Zamba's multi-head
-Mamba, MiniMax's lightning attention, gated delta-nets and Kimi delta attention (tiny random
-transformers models, no hub).
+Mamba, MiniMax's lightning attention, gated delta-nets, Kimi delta attention and xLSTM's mLSTM
+(tiny random transformers models, no hub).
 
 Oracles (as :mod:`test_ssm_write_edits`):
 
@@ -11,9 +11,13 @@ Oracles (as :mod:`test_ssm_write_edits`):
   key channel; each key head serving consecutive value heads), the edited step's write scaled /
   set / added, state edits mixed in; the edited run's states against it
   (``atol = 1e-5 · max|state|``);
-- lightning: the model run with the mixer's output replaced (a forward hook) by the readout of
-  the oracle's memories (``out_proj(σ(W_gate x) ⊙ norm(q S))``, ``q`` from the mixer's own
-  projection), the logits against the edited run's (``rtol = 1e-4, atol = 1e-5``);
+- lightning and mLSTM: the model run with the mixer's output replaced (a forward hook) by the
+  readout of the oracle's states (lightning ``out_proj(σ(W_gate x) ⊙ norm(q S))``, ``q`` from
+  the mixer's own projection; mLSTM: the backend's ``h`` from ``C``, the traced ``n`` and ``m``
+  and the query it received), the logits against the edited run's (``rtol = 1e-4,
+  atol = 1e-5``);
+- mLSTM (xLSTM): the write of C is the stored, stabilised ``exp(i_t − m_t) k_t ⊗ v_t`` and its
+  decay ``σ(f_t) exp(m_{t-1} − m_t)``, from the traced ``m`` (which an edit does not change);
 - :func:`rnnlens.decompose`: ``scale=0`` on step s's write leaves the state minus that write's
   carried contribution at every later step (``atol = 1e-6 · max|state|``).
 
@@ -34,12 +38,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import torch.nn.functional as F  # noqa: E402
-from ssm_builders import IDS, gdn  # noqa: E402
+from ssm_builders import IDS, gdn, xlstm  # noqa: E402
 from ssm_families import kimi_linear, minimax, zamba  # noqa: E402
 
 import rnnlens  # noqa: E402
 
-BUILD = {"zamba": zamba, "minimax": minimax, "gdn": gdn, "kimi": kimi_linear}
+BUILD = {"zamba": zamba, "minimax": minimax, "gdn": gdn, "kimi": kimi_linear, "xlstm": xlstm}
 T = IDS.shape[1]
 
 
@@ -65,6 +69,12 @@ def _steps(ls: Any) -> Any:
         d = np.exp(g["dt"][..., None] * c["A"][None, None])
         w = g["dt"][..., None] * g["B"][:, :, :, None, :] * g["x"][..., None]
         return (lambda t, s: d[:, t] * s), w
+    if ls.kind == "mlstm":  # stabilised by the stored m (an edit of C changes neither m nor n)
+        m = np.asarray(ls.state_parts["m"], np.float64)[..., 0]
+        before = np.concatenate([np.zeros_like(m[:, :1]), m[:, :-1]], axis=1)
+        f = np.exp(-np.logaddexp(0.0, -g["f"]) + before - m)  # σ(f) exp(m_{t-1} − m_t)
+        w = np.exp(g["i"] - m)[..., None, None] * g["k"][..., :, None] * g["v"][..., None, :]
+        return (lambda t, s: f[:, t, :, None, None] * s), w
     if ls.kind == "lightning":
         w = g["k"][..., :, None] * g["v"][..., None, :]
         return (lambda t, s: c["decay"][None, :, None, None] * s), w
@@ -101,7 +111,7 @@ def _oracle(ls: Any, edits: list[rnnlens.Edit]) -> tuple[np.ndarray, np.ndarray]
     return states, reads
 
 
-def _lightning_logits(model: Any, name: str, reads: np.ndarray) -> np.ndarray:
+def _lightning_logits(model: Any, name: str, ls: Any, reads: np.ndarray) -> np.ndarray:
     """The model's logits with lightning mixer ``name``'s output computed from ``reads``."""
     module = model.get_submodule(name)
     r = torch.from_numpy(reads)
@@ -116,6 +126,30 @@ def _lightning_logits(model: Any, name: str, reads: np.ndarray) -> np.ndarray:
         return (F.linear(o, mod.out_proj.weight, mod.out_proj.bias), *out[1:])
 
     handle = module.register_forward_hook(mixer_out, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            return model(IDS).logits.numpy()  # type: ignore[no-any-return]
+    finally:
+        handle.remove()
+
+
+def _mlstm_logits(model: Any, name: str, ls: Any, reads: np.ndarray) -> np.ndarray:
+    """The model's logits with mLSTM layer ``name``'s backend output read from ``reads`` (C) and
+    the traced ``n``, ``m``: ``h = q̃·C / (max(|q̃·n|, exp(−m)) + eps)``, ``q̃ = q / sqrt(d_qk)``."""
+    layer = model.get_submodule(name)
+    c = torch.from_numpy(reads)  # (n, T, H, Dk, Dv)
+    nn_ = torch.from_numpy(np.asarray(ls.state_parts["n"], np.float64))
+    m = torch.from_numpy(np.asarray(ls.state_parts["m"], np.float64))[..., 0]
+
+    def backend_out(mod: Any, args: Any, kwargs: Any, out: Any) -> Any:
+        q = kwargs["query"].double().transpose(1, 2)  # (n, T, H, Dk)
+        q = q / q.shape[-1] ** 0.5
+        num = torch.einsum("nthk,nthkv->nthv", q, c)
+        den = torch.maximum(torch.einsum("nthk,nthk->nth", q, nn_).abs(), torch.exp(-m)) + layer.config.eps
+        h = (num / den[..., None]).transpose(1, 2).float()
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    handle = layer.mlstm_backend.register_forward_hook(backend_out, with_kwargs=True)
     try:
         with torch.no_grad():
             return model(IDS).logits.numpy()  # type: ignore[no-any-return]
@@ -153,8 +187,9 @@ def test_write_edits_equal_the_oracle_loop(cfg: Any) -> None:
     np.testing.assert_allclose(got, states, rtol=0, atol=1e-5 * np.abs(states).max())
     first = min(e.step % T for e in edits)
     np.testing.assert_array_equal(got[:, :first], plain[name].state[:, :first])  # before: untouched
-    if plain[name].kind == "lightning":
-        want = _lightning_logits(model, name, reads)
+    if plain[name].kind in ("lightning", "mlstm"):
+        readout = _lightning_logits if plain[name].kind == "lightning" else _mlstm_logits
+        want = readout(model, name, plain[name], reads)
         np.testing.assert_allclose(run.outputs["logits"], want, rtol=1e-4, atol=1e-5)
 
 

@@ -16,7 +16,8 @@ a Mamba mixer's ``state_t = exp(A dt_t) ⊙ state_{t-1} + (dt_t B_t) x_t`` per c
 dim; a Mamba2 mixer's ``(dt_t x_t) ⊗ B_t`` per head; a multi-head Mamba's (Zamba) ``(dt_t B_t)
 x_t`` per head; a lightning-attention memory's ``k_tᵀ v_t``; a delta-rule mixer's (gated
 delta-net, Kimi) ``β_t k_t v_tᵀ``, its state ``S_t = (I − β_t k_t k_tᵀ) diag(d_t) S_{t-1} + w_t``
-carried on through the rule; an RG-LRU's ``(x_t i_t) sqrt(1 − a_t²)``: the terms of
+carried on through the rule; an mLSTM's ``exp(i_t − m_t) k_t ⊗ v_t`` into ``C``, stabilised
+(``m_t`` and the normaliser ``n_t`` kept as computed); an RG-LRU's ``(x_t i_t) sqrt(1 − a_t²)``: the terms of
 :func:`rnnlens.decompose`), before the state and the output at ``t`` are computed
 from it: an LSTM's ``h_t`` and a mixer's output at ``t`` read the edited state. A write edit and
 a state edit at one step: the write is edited first.
@@ -69,7 +70,7 @@ class Edit:
         target: ``"state"`` (the state after the step) or ``"write"`` (what the step wrote into
             its linear state: ``field="c"`` of an LSTM, ``field="h"`` of a GRU or an MGU,
             ``field="state"`` of a Mamba, Mamba2, multi-head Mamba, lightning, gated delta-net,
-            Kimi delta or RG-LRU mixer; see the module doc).
+            Kimi delta, mLSTM (its C) or RG-LRU mixer; see the module doc).
     """
 
     layer: str
@@ -89,6 +90,7 @@ WRITE = "write:"
 LINEAR = {
     "lstm": "c", "gru": "h", "mgu": "h", "mamba": "state", "mamba2": "state", "rglru": "state",
     "mamba_heads": "state", "lightning": "state", "gated_deltanet": "state", "kimi_delta": "state",
+    "mlstm": "state",
 }  # fmt: skip
 
 
@@ -342,8 +344,9 @@ def _check_write(edit: Edit, spec: LayerSpec) -> None:
         raise FieldNotAvailableError(
             f"Edit(target='write') on {spec.name!r} ({spec.layer_type}): write edits are implemented "
             "for LSTM (field='c'), GRU and MGU (field='h') layers and Mamba, Mamba2, multi-head Mamba, "
-            "lightning-attention, gated delta-net, Kimi delta and RG-LRU mixers (field='state'), whose "
-            "state is linear in the previous state; edit this layer's state instead (target='state')."
+            "lightning-attention, gated delta-net, Kimi delta, mLSTM and RG-LRU mixers "
+            "(field='state'), whose state is linear in the previous state; edit this layer's state "
+            "instead (target='state')."
         )
     if edit.field != linear:
         raise FieldNotAvailableError(

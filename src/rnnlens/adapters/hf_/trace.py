@@ -275,7 +275,8 @@ def _mlstm_stand_in(layer: Any, rec: _Calls) -> tuple[Any, Any]:
             return out
         n, _, t, _ = h.shape  # edited: the layer goes on with the edited memory's outputs
         ops = rec.edits.steps("forward", "state", t, n)
-        pending["scan"] = mlstm_scan(layer, pending, name=rec.edits.spec.name, ops=ops)
+        writes = rec.edits.steps("forward", WRITE + "state", t, n)
+        pending["scan"] = mlstm_scan(layer, pending, name=rec.edits.spec.name, ops=ops, writes=writes)
         edited_h, final = pending["scan"][3].to(h.dtype), pending["scan"][4]
         return (edited_h, final) if isinstance(out, tuple) else edited_h
 
