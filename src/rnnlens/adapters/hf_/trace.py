@@ -15,8 +15,7 @@ layout), ``state_norm`` (the state's L2 norm over its last axis, a row of units)
 (the input-dependent step quantities, named per kind). One entry per mixer, named by its module
 path (``"backbone.layers.0.mixer"``), in model order; attention and MLP layers are not entries.
 :func:`intervene` edits ``state`` as the scan runs (:mod:`.edits`), and what each step writes
-into it (``target="write"``) for Mamba, Mamba2, multi-head Mamba, lightning, delta-rule and
-RG-LRU mixers.
+into it (``target="write"``) for every kind :func:`rnnlens.decompose` covers.
 
 How: ``trace(model, input_ids, **kwargs)`` calls ``model(input_ids, **kwargs)`` once, in eval
 mode under ``torch.no_grad()`` (training flags restored). Each mixer gets an instance
@@ -254,9 +253,11 @@ def _rwkv_stand_in(block: Any, rec: _Calls) -> Any:
             return out
         n, t = hidden.shape[:2]  # edited: the model goes on with the edited states' output
         ops = rec.edits.steps("forward", "state", t, n)
+        writes = rec.edits.steps("forward", WRITE + "state", t, n)
         call["arrays"], edited = rwkv_states(
-            block, call["x"], shift0, state0, call["out"], name=rec.edits.spec.name, gates=rec.gates, ops=ops
-        )
+            block, call["x"], shift0, state0, call["out"], name=rec.edits.spec.name, gates=rec.gates,
+            ops=ops, writes=writes,
+        )  # fmt: skip
         return (edited.to(out[0].dtype), *out[1:])
 
     return forward
