@@ -168,7 +168,8 @@ def configs(draw: Any) -> Any:
         target = draw(st.sampled_from(["write", "write", "state"]))
         some = st.lists(st.integers(0, width - 1), min_size=1, max_size=2, unique=True)
         mode = draw(st.sampled_from(["set", "add", "scale"]))
-        value = draw(st.floats(-3, 3, width=32)) if mode == "scale" else draw(st.floats(-0.5, 0.5, width=32))
+        size = float(np.abs(plain[name].state).max())  # set / add at the state's scale (Zamba's: 1e-7)
+        value = draw(st.floats(-3, 3, width=32)) if mode == "scale" else draw(st.floats(-1, 1)) * size
         edits.append(rnnlens.Edit(name, draw(st.integers(-T, T - 1)), field="state",
                                   units=draw(st.one_of(st.none(), some)), target=target,
                                   **{mode: value}))  # fmt: skip
