@@ -11,13 +11,14 @@ Oracles (as :mod:`test_ssm_write_edits`):
   key channel; each key head serving consecutive value heads), the edited step's write scaled /
   set / added, state edits mixed in; the edited run's states against it
   (``atol = 1e-5 · max|state|``);
-- lightning, mLSTM and the delta rules: the model run with the mixer's output replaced by the
+- every kind: the model run with the mixer's output replaced by the
   readout of the oracle's states (lightning, a forward hook: ``out_proj(σ(W_gate x) ⊙ norm(q S))``,
   ``q`` from the mixer's own projection; mLSTM, a hook on its backend: ``h`` from ``C``, the
   traced ``n`` and ``m`` and the query it received; delta rules, the modeling file's scan helper
   patched for the call: ``o_t = S_tᵀ q_t``), the logits against the edited run's
-  (``rtol = 1e-4, atol = 1e-5``; measured ≤ 3e-7 where the edits move them by 1e-2 to 0.6;
-  Zamba's tiny random model moves its logits by < 1e-5, so it has no logits check);
+  (``rtol = 1e-4, atol = 1e-5``; measured ≤ 3e-7 where the edits move them by 1e-2 to 0.6);
+  Zamba: the same, its helper ``mamba_selective_scan`` answered per head with
+  ``(s_t C_t + D x_t) ⊙ silu(z_t)`` (its mixers' weights scaled up so the logits move by ~1e-3);
 - mLSTM (xLSTM): the write of C is the stored, stabilised ``exp(i_t − m_t) k_t ⊗ v_t`` and its
   decay ``σ(f_t) exp(m_{t-1} − m_t)``, from the traced ``m`` (which an edit does not change);
 - :func:`rnnlens.decompose`: ``scale=0`` on step s's write leaves the state minus that write's
@@ -46,7 +47,23 @@ from ssm_families import kimi_linear, minimax, zamba  # noqa: E402
 
 import rnnlens  # noqa: E402
 
-BUILD = {"zamba": zamba, "minimax": minimax, "gdn": gdn, "kimi": kimi_linear, "xlstm": xlstm}
+
+def _zamba() -> Any:
+    """Zamba with its mixers' writes and outputs scaled up (random init: states ~1e-7 and
+    logits that move by < 1e-5), so that the hooked model's logits check means something."""
+    torch.manual_seed(0)
+    model = zamba()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            m = layer.mamba if hasattr(layer, "mamba") else layer.mamba_decoder.mamba
+            m.x_proj_weight.mul_(30.0)
+            m.in_proj.weight.mul_(10.0)
+            m.dt_proj_bias.fill_(1.0)
+            m.out_proj.weight.mul_(300.0)
+    return model
+
+
+BUILD = {"zamba": _zamba, "minimax": minimax, "gdn": gdn, "kimi": kimi_linear, "xlstm": xlstm}
 T = IDS.shape[1]
 
 
@@ -160,34 +177,38 @@ def _mlstm_logits(model: Any, name: str, ls: Any, reads: np.ndarray) -> np.ndarr
         handle.remove()
 
 
-#: delta-rule kind -> the modeling file's chunked scan helper (what the mixers call on a whole sequence)
-HELPER = {"gated_deltanet": "torch_chunk_gated_delta_rule", "kimi_delta": "chunk_kimi_delta_attention"}
+#: kind -> the modeling file's scan helper (what the mixers call on a whole sequence)
+HELPER = {
+    "gated_deltanet": "torch_chunk_gated_delta_rule", "kimi_delta": "chunk_kimi_delta_attention",
+    "mamba_heads": "mamba_selective_scan",
+}  # fmt: skip
 
 
-def _delta_logits(model: Any, name: str, ls: Any, reads: np.ndarray) -> np.ndarray:
-    """The model's logits with delta-rule mixer ``name``'s scan output read from ``reads``:
-    ``o_t = S_tᵀ q_t`` (``q`` as the helper gets it, L2-normalised when asked, scaled by
-    1/sqrt(d_k), each key head serving consecutive value heads); the modeling file's helper
-    patched for this one call (it still runs: its final state is handed on)."""
+def _heads_readout(reads: torch.Tensor, head: int, u: Any, dt: Any, A: Any, B: Any, C: Any,
+                   D: Any = None, z: Any = None, **kwargs: Any) -> torch.Tensor:  # fmt: skip
+    """One head's scan output from the oracle's states: ``(s_t C_t + D x_t) ⊙ silu(z_t)``."""
+    y = torch.einsum("ntpk,nkt->npt", reads[:, :, head], C.double()) + u.double() * D.double()[None, :, None]
+    return y * F.silu(z.double())
+
+
+def _patched_logits(model: Any, name: str, readout: Any) -> np.ndarray:
+    """The model's logits with mixer ``name``'s calls of its modeling file's scan helper
+    answered by ``readout(call index, *args, **kwargs)`` (the helper still runs; its last state
+    is handed on), the helper patched for this one forward."""
     mixer = model.get_submodule(name)
     module = sys.modules[type(mixer).__module__]
-    helper = HELPER[ls.kind]
+    helper = next(h for h in HELPER.values() if hasattr(module, h))
     real = getattr(module, helper)
-    s = torch.from_numpy(reads)
-    active, seen = [False], []
+    active, calls = [False], []
 
-    def fake(query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
-        own, last = real(query, key, value, *args, **kwargs)
+    def fake(*args: Any, **kwargs: Any) -> Any:
+        own = real(*args, **kwargs)
         if not active[0]:  # another mixer's call
-            return own, last
-        q = query.double()
-        if kwargs.get("use_qk_l2norm_in_kernel"):
-            q = q * torch.rsqrt((q * q).sum(-1, keepdim=True) + 1e-6)
-        q = q.repeat_interleave(value.shape[2] // q.shape[2], dim=2) * (
-            kwargs.get("scale") or q.shape[-1] ** -0.5
-        )
-        seen.append(q.shape[1])
-        return torch.einsum("nthk,nthkv->nthv", q, s).to(own.dtype), last
+            return own
+        first = own[0] if isinstance(own, tuple) else own
+        y = readout(len(calls), *args, **kwargs).to(first.dtype)
+        calls.append(args[0].shape)
+        return (y, *own[1:]) if isinstance(own, tuple) else y
 
     hooks = [
         mixer.register_forward_pre_hook(lambda *a: active.__setitem__(0, True)),
@@ -201,13 +222,36 @@ def _delta_logits(model: Any, name: str, ls: Any, reads: np.ndarray) -> np.ndarr
         setattr(module, helper, real)
         for h in hooks:
             h.remove()
-    assert seen == [T]  # one call on the whole sequence, read from the oracle's states
+    assert calls, "the helper was not called"
     return logits  # type: ignore[no-any-return]
+
+
+def _heads_logits(model: Any, name: str, ls: Any, reads: np.ndarray) -> np.ndarray:
+    r = torch.from_numpy(reads)
+    return _patched_logits(model, name, lambda head, *a, **kw: _heads_readout(r, head, *a, **kw))
+
+
+def _delta_logits(model: Any, name: str, ls: Any, reads: np.ndarray) -> np.ndarray:
+    """The delta-rule scan output read from ``reads``: ``o_t = S_tᵀ q_t`` (``q`` as the helper
+    gets it, L2-normalised when asked, scaled by 1/sqrt(d_k), each key head serving consecutive
+    value heads)."""
+    s = torch.from_numpy(reads)
+
+    def readout(call: int, query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        assert call == 0 and query.shape[1] == T  # one call on the whole sequence
+        q = query.double()
+        if kwargs.get("use_qk_l2norm_in_kernel"):
+            q = q * torch.rsqrt((q * q).sum(-1, keepdim=True) + 1e-6)
+        scale = kwargs.get("scale") or q.shape[-1] ** -0.5
+        q = q.repeat_interleave(value.shape[2] // q.shape[2], dim=2) * scale
+        return torch.einsum("nthk,nthkv->nthv", q, s)
+
+    return _patched_logits(model, name, readout)
 
 
 READOUT = {
     "lightning": _lightning_logits, "mlstm": _mlstm_logits, "gated_deltanet": _delta_logits,
-    "kimi_delta": _delta_logits,
+    "kimi_delta": _delta_logits, "mamba_heads": _heads_logits,
 }  # fmt: skip
 
 
@@ -242,10 +286,8 @@ def test_write_edits_equal_the_oracle_loop(cfg: Any) -> None:
     np.testing.assert_allclose(got, states, rtol=0, atol=1e-5 * np.abs(states).max())
     first = min(e.step % T for e in edits)
     np.testing.assert_array_equal(got[:, :first], plain[name].state[:, :first])  # before: untouched
-    readout = READOUT.get(plain[name].kind)
-    if readout is not None:  # Zamba's tiny model: its output moves by < 1e-5 (atol) in logits
-        want = readout(model, name, plain[name], reads)
-        np.testing.assert_allclose(run.outputs["logits"], want, rtol=1e-4, atol=1e-5)
+    want = READOUT[plain[name].kind](model, name, plain[name], reads)
+    np.testing.assert_allclose(run.outputs["logits"], want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", sorted(BUILD))
