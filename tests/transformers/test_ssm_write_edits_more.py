@@ -308,3 +308,10 @@ def test_ablating_a_write_removes_its_decompose_contribution(family: str) -> Non
             if units is not None:  # the other heads are untouched at the edited layer
                 rest = np.setdiff1d(np.arange(state.shape[2]), units)
                 np.testing.assert_array_equal(got[:, t][:, rest], state[:, t][:, rest])
+
+
+def test_mlstm_normaliser_write_refused() -> None:
+    model, plain = _model("xlstm")
+    name = next(iter(plain))
+    with pytest.raises(rnnlens.FieldNotAvailableError, match="normaliser n keeps its writes"):
+        rnnlens.intervene(model, IDS, rnnlens.Edit(name, 1, field="n", target="write", scale=0))

@@ -351,6 +351,12 @@ def _check_write(edit: Edit, spec: LayerSpec) -> None:
             "(field='state'), whose state is linear in the previous state; edit this layer's state "
             "instead (target='state')."
         )
+    if spec.kind == "mlstm" and edit.field == "n":
+        raise FieldNotAvailableError(
+            f"Edit(target='write') on {spec.name!r}: an mLSTM's write edits edit its memory C "
+            "(field='state'); its normaliser n keeps its writes exp(i − m) k (the edit changes what "
+            "the memory holds, not the input mass n counts), so n has no write edits of its own."
+        )
     if edit.field != linear:
         raise FieldNotAvailableError(
             f"Edit(target='write') on {spec.name!r}: a {spec.kind.upper()} writes into its "
