@@ -122,7 +122,7 @@ def _run(
                 f"implemented by the {adapter.name} adapter for this layer: write edits run on "
                 "PyTorch nn.LSTM / nn.GRU (dynamically quantized too) and nn.LSTMCell / nn.GRUCell loops, "
                 "Keras LSTM / GRU, ONNX LSTM / GRU nodes (quantized LSTM too), Flax LSTM / GRU / MGU "
-                "cells and transformers Mamba / Mamba2 / RG-LRU mixers. Edit the state "
+                "cells and transformers state-space mixers (every kind decompose covers). Edit the state "
                 "(target='state') instead (for a GRU, adding (new write − old write) to h at that step "
                 "is the same edit)."
             )

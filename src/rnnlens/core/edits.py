@@ -13,8 +13,14 @@ several edits compose in the order given.
 state (an LSTM's ``c_t = f ⊙ c_{t-1} + i ⊙ g`` — the write ``i ⊙ g``; a GRU's
 ``h_t = z ⊙ h_{t-1} + (1 − z) ⊙ n`` — the write ``(1 − z) ⊙ n``; an MGU's ``(1 − f) ⊙ n``;
 a Mamba mixer's ``state_t = exp(A dt_t) ⊙ state_{t-1} + (dt_t B_t) x_t`` per channel and state
-dim; a Mamba2 mixer's ``(dt_t x_t) ⊗ B_t`` per head; an RG-LRU's ``(x_t i_t) sqrt(1 − a_t²)``:
-the terms of :func:`rnnlens.decompose`), before the state and the output at ``t`` are computed
+dim; a Mamba2 mixer's ``(dt_t x_t) ⊗ B_t`` per head; a multi-head Mamba's (Zamba) ``(dt_t B_t)
+x_t`` per head; a lightning-attention memory's ``k_tᵀ v_t``; a delta-rule mixer's (gated
+delta-net, Kimi) ``β_t k_t v_tᵀ``, its state ``S_t = (I − β_t k_t k_tᵀ) diag(d_t) S_{t-1} + w_t``
+carried on through the rule; an mLSTM's ``exp(i_t − m_t) k_t ⊗ v_t`` into ``C``, stabilised
+(``m_t`` and the normaliser ``n_t`` kept as computed); an RWKV-4's ``exp(k_t − max_t)·(v_t, 1)``
+into its ``num`` and ``den`` parts (units 0, 1; ``max_t`` kept; its output at ``t`` reads the
+state before ``t``); an RG-LRU's ``(x_t i_t) sqrt(1 − a_t²)``: the terms of
+:func:`rnnlens.decompose`), before the state and the output at ``t`` are computed
 from it: an LSTM's ``h_t`` and a mixer's output at ``t`` read the edited state. A write edit and
 a state edit at one step: the write is edited first.
 
@@ -65,7 +71,9 @@ class Edit:
         scale: multiply by this value (same shapes; ``scale=0`` ablates).
         target: ``"state"`` (the state after the step) or ``"write"`` (what the step wrote into
             its linear state: ``field="c"`` of an LSTM, ``field="h"`` of a GRU or an MGU,
-            ``field="state"`` of a Mamba, Mamba2 or RG-LRU mixer; see the module doc).
+            ``field="state"`` of a Mamba, Mamba2, multi-head Mamba, lightning, gated delta-net,
+            Kimi delta, mLSTM (its C), RWKV-4 (parts num, den) or RG-LRU mixer; see the module
+            doc).
     """
 
     layer: str
@@ -82,7 +90,11 @@ class Edit:
 #: the ``field_name`` under which :meth:`LayerEdits.steps` gives the write edits of a field
 WRITE = "write:"
 #: kind -> the field its steps write into, a state linear in the previous one (the module doc)
-LINEAR = {"lstm": "c", "gru": "h", "mgu": "h", "mamba": "state", "mamba2": "state", "rglru": "state"}
+LINEAR = {
+    "lstm": "c", "gru": "h", "mgu": "h", "mamba": "state", "mamba2": "state", "rglru": "state",
+    "mamba_heads": "state", "lightning": "state", "gated_deltanet": "state", "kimi_delta": "state",
+    "mlstm": "state", "rwkv4": "state",
+}  # fmt: skip
 
 
 def _key(edit: Edit) -> str:
@@ -334,14 +346,38 @@ def _check_write(edit: Edit, spec: LayerSpec) -> None:
     if linear is None:
         raise FieldNotAvailableError(
             f"Edit(target='write') on {spec.name!r} ({spec.layer_type}): write edits are implemented "
-            "for LSTM (field='c'), GRU and MGU (field='h') layers and Mamba, Mamba2 and RG-LRU mixers "
+            "for LSTM (field='c'), GRU and MGU (field='h') layers and Mamba, Mamba2, multi-head Mamba, "
+            "lightning-attention, gated delta-net, Kimi delta, mLSTM, RWKV-4 and RG-LRU mixers "
             "(field='state'), whose state is linear in the previous state; edit this layer's state "
             "instead (target='state')."
+        )
+    if spec.kind == "mlstm" and edit.field == "n":
+        raise FieldNotAvailableError(
+            f"Edit(target='write') on {spec.name!r}: an mLSTM's write edits edit its memory C "
+            "(field='state'); its normaliser n keeps its writes exp(i − m) k (the edit changes what "
+            "the memory holds, not the input mass n counts), so n has no write edits of its own."
         )
     if edit.field != linear:
         raise FieldNotAvailableError(
             f"Edit(target='write') on {spec.name!r}: a {spec.kind.upper()} writes into its "
             f"{linear!r} (field={linear!r}); {edit.field!r} is not a sum of writes."
+        )
+    if spec.kind == "rwkv4":
+        _check_rwkv_parts(edit, spec)
+
+
+def _check_rwkv_parts(edit: Edit, spec: LayerSpec) -> None:
+    """An RWKV-4 write edit selects num / den (parts 0, 1): max is no sum of writes."""
+    every = edit.units is None and edit.set is None and edit.add is None  # scale: max's 0 stays 0
+    try:
+        parts = set(np.arange(3)[edit.units].ravel().tolist()) if edit.units is not None else {0, 1, 2}
+    except (IndexError, TypeError):
+        return  # reported with the units' own message
+    if 2 in parts and not every:
+        raise FieldNotAvailableError(
+            f"Edit(target='write') on {spec.name!r}: an RWKV-4 block writes into its num and den "
+            "parts (units 0 and 1); part 2, max, is the running maximum that stabilises them, not a "
+            "sum of writes: select units=[0], [1] or [0, 1]."
         )
 
 

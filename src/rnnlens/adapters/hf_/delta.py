@@ -16,7 +16,9 @@ channel for Kimi), keeping every ``S_t`` (head, d_k, d_v), and checks ``o`` agai
 own output. Gates: ``beta`` (the write strength, as the helper gets it), ``g`` (the log
 decay: per head, or per head and key channel), ``k`` (the keys the rule uses, L2-normalised if
 the mixer asks for it, per key head) and ``v`` (the values, per value head): the write of a step
-is ``β_t k_t ⊗ v_t`` (:mod:`rnnlens.analysis.decompose_delta`).
+is ``β_t k_t ⊗ v_t`` (:mod:`rnnlens.analysis.decompose_delta`), what ``Edit(target="write")``
+edits: ``S_t = (I − β_t k_t k_tᵀ) diag(d_t) S_{t-1} + edited write``, read by step t's output
+and carried on through the rule.
 
 Example:
     >>> import torch
@@ -62,12 +64,15 @@ def scan(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
     s0: torch.Tensor | None, ops: dict[int, list[Op]] | None, t0: int,
     l2norm: Callable[..., torch.Tensor] | None = None, scale: float | None = None,
+    writes: dict[int, list[Op]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """The rule step by step: outputs (batch, time, head, d_v), every state (batch, time, head,
     d_k, d_v), the last, and the keys it used (batch, time, key head, d_k; L2-normalised if
     asked). ``q``, ``k`` (batch, time, key head, d_k), ``v`` (…, value head,
     d_v), ``g`` (…, head) or (…, head, d_k), ``beta`` (…, head); ``ops`` by absolute step,
-    this call starting at ``t0`` (edits after a step's output read its state, carried)."""
+    this call starting at ``t0`` (edits after a step's output read its state, carried);
+    ``writes`` by absolute step: edits of the write ``β_t k_t v_tᵀ`` (the term not read from
+    ``S_{t-1}``), before the state is formed and read."""
     q, k, v, beta, g = (x.transpose(1, 2).to(torch.float32) for x in (q, k, v, beta, g))
     if l2norm is not None:  # per key row: the same before or after the grouping below
         q, k = l2norm(q, dim=-1, eps=1e-6), l2norm(k, dim=-1, eps=1e-6)
@@ -88,6 +93,11 @@ def scan(
         kv = (s * k[:, :, i, :, None]).sum(dim=-2)
         delta = (v[:, :, i] - kv) * beta[:, :, i, None]
         s = s + k[:, :, i, :, None] * delta[:, :, None, :]
+        if writes and t0 + i in writes:  # the write β k vᵀ replaced by its edit: add the change
+            w = k[:, :, i, :, None] * (v[:, :, i] * beta[:, :, i, None])[:, :, None, :]
+            edited = w.clone()
+            edits.apply(edited, writes[t0 + i])
+            s = s + (edited - w)
         out[:, :, i] = (s * q[:, :, i, :, None]).sum(dim=-2)  # read before an edit of this step
         if ops and t0 + i in ops:
             s = s.clone()
@@ -100,8 +110,11 @@ class DeltaScan:
     """Stands in for a delta-rule mixer's scan helpers during one ``forward`` (every call of
     them in that forward: a chunked prefill may be followed by step-wise calls)."""
 
-    def __init__(self, kind: str, name: str, ops: dict[int, list[Op]] | None, gates: bool) -> None:
-        self.kind, self.name, self.ops, self.gates = kind, name, ops, gates
+    def __init__(
+        self, kind: str, name: str, ops: dict[int, list[Op]] | None, gates: bool,
+        writes: dict[int, list[Op]] | None = None,
+    ) -> None:  # fmt: skip
+        self.kind, self.name, self.ops, self.gates, self.writes = kind, name, ops, gates, writes
         self.t = 0
         self.carry: torch.Tensor | None = None
         self.pieces: list[tuple[torch.Tensor, ...]] = []
@@ -140,15 +153,17 @@ class DeltaScan:
                 self.t,
                 l2norm=l2 if use_l2 else None,
                 scale=a.get("scale", extra.get("scale")),
+                writes=self.writes,
             )
             shifted = {k - self.t: v for k, v in (self.ops or {}).items() if k >= self.t}
+            shifted_writes = {k - self.t: v for k, v in (self.writes or {}).items() if k >= self.t}
             what = "the delta-rule outputs rebuilt from each step's state"
-            edits.check_unedited(own, out, shifted or None, layer=self.name, what=what)
+            edits.check_unedited(own, out, shifted or None, layer=self.name, what=what, writes=shifted_writes)
             gates = (a["beta"], a["g"], keys, a["value"])
             self.pieces.append((states, *(x.detach().float() for x in gates)))
             self.t += out.shape[1]
             self.carry = last
-            if not self.ops:
+            if not (self.ops or self.writes):
                 return own, own_state
             final = last if own_state is not None else None
             return out.to(own.dtype), final

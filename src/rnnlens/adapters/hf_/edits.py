@@ -4,10 +4,12 @@ Each rebuild (:mod:`.mamba`, :mod:`.mamba2`, :mod:`.gdn`) calls :func:`apply` on
 step ``t`` right after computing it and after step ``t``'s own output has read it, before step
 ``t + 1`` reads it (as an LSTM ``c`` edit): the edit is carried forward and changes the outputs
 from ``t + 1`` on; the states stored for step ``t`` are the edited ones. A write edit
-(``target="write"``: Mamba, Mamba2, RG-LRU) is applied to what step ``t`` adds to its state
-before the state is formed from it, so step ``t``'s own output reads it. The mixer's output is
-computed from these states and given to the rest of the model in place of the mixer's own;
-the steps before the first one an edit changes are checked against the mixer's own output.
+(``target="write"``, every kind :func:`rnnlens.decompose` covers) is applied to what step ``t``
+adds to its state before the state is formed from it, so step ``t``'s own output reads it
+(RWKV-4's output at ``t`` reads the state before ``t``: its write edits change later outputs).
+The mixer's output is computed from these states and given to the rest of the model in place
+of the mixer's own; the steps before the first one an edit changes are checked against the
+mixer's own output.
 
 Example:
     >>> import numpy as np, torch

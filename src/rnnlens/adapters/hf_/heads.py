@@ -12,7 +12,8 @@ helper, then runs each head's recurrence step by step on the same inputs,
 keeping every state (head, head_dim, d_state), and checks ``y`` against the helper's own
 output. Gates: ``dt`` (per head and channel, after its softplus), ``B`` and ``C`` (per head and
 state dim), and the scan's input ``x`` (per head and channel; the write of a step is
-``dt_t B_t x_t``, what :func:`rnnlens.decompose` reads).
+``dt_t B_t x_t``, what :func:`rnnlens.decompose` reads and ``Edit(target="write")`` edits,
+before the state is formed from it: the step's own output reads the edited state).
 
 Example:
     >>> from types import SimpleNamespace
@@ -44,9 +45,12 @@ def state_shape(mixer: Any) -> tuple[int, int, int]:
 class HeadScan:
     """Stands in for ``mamba_selective_scan`` during one ``forward`` (one call per head)."""
 
-    def __init__(self, mixer: Any, name: str, ops: dict[int, list[Op]] | None, gates: bool) -> None:
+    def __init__(
+        self, mixer: Any, name: str, ops: dict[int, list[Op]] | None, gates: bool,
+        writes: dict[int, list[Op]] | None = None,
+    ) -> None:  # fmt: skip
         self.heads = int(mixer.n_mamba_heads)
-        self.name, self.ops, self.gates = name, ops, gates
+        self.name, self.ops, self.gates, self.writes = name, ops, gates, writes
         self.pieces: list[tuple[torch.Tensor, ...]] = []
 
     def replacements(self, env: dict[str, Any]) -> dict[str, Any]:
@@ -82,10 +86,12 @@ class HeadScan:
             y, states, dt_used, last = self._scan(head, u, dt, A, B, C, D, z, delta_bias, delta_softplus)
             own_y = own[0] if return_last_state else own
             what = f"head {head}'s scan output rebuilt from each step's state"
-            edits.check_unedited(own_y, y, self.ops, layer=self.name, what=what, time_axis=2)
+            edits.check_unedited(
+                own_y, y, self.ops, layer=self.name, what=what, time_axis=2, writes=self.writes
+            )
             b_t, c_t = B.transpose(1, 2).float(), C.transpose(1, 2).float()
             self.pieces.append((states, dt_used.transpose(1, 2), b_t, c_t, u.transpose(1, 2)))
-            if not self.ops:
+            if not (self.ops or self.writes):
                 return own
             y = y.to(own_y.dtype)
             return (y, last) if return_last_state else y
@@ -107,19 +113,26 @@ class HeadScan:
         states = torch.empty((n, t, d, A.shape[-1]), dtype=torch.float32, device=u.device)
         y = torch.empty((n, d, t), dtype=torch.float32, device=u.device)
         for i in range(t):
-            s = d_a[:, :, i] * s + d_bu[:, :, i]
+            w = d_bu[:, :, i]
+            if self.writes and i in self.writes:  # step i's write, before the state is formed
+                w = self._edited(head, w, self.writes[i])
+            s = d_a[:, :, i] * s + w
             y[:, :, i] = torch.matmul(s.to(u.dtype), C[:, i, :, None].to(u.dtype))[..., 0]
-            if self.ops and i in self.ops:  # the edit sees every head's state; this head's is kept
-                full = torch.zeros((n, self.heads, *s.shape[1:]), dtype=s.dtype, device=s.device)
-                full[:, head] = s
-                edits.apply(full, self.ops[i])
-                s = full[:, head].clone()
+            if self.ops and i in self.ops:
+                s = self._edited(head, s, self.ops[i])
             states[:, i] = s
         if D is not None:
             y = y + u * D[None, :, None]
         if z is not None:
             y = y * F.silu(z)
         return y, states, dt, s
+
+    def _edited(self, head: int, s: torch.Tensor, ops: list[Op]) -> torch.Tensor:
+        """``s`` (head ``head``'s state or write) edited: the edit sees every head's; this one's kept."""
+        full = torch.zeros((s.shape[0], self.heads, *s.shape[1:]), dtype=s.dtype, device=s.device)
+        full[:, head] = s
+        edits.apply(full, ops)
+        return full[:, head].clone()
 
     def arrays(self, out: torch.Tensor) -> DirectionArrays:
         """``out`` (the mixer's output) as ``h``; states (sample, time, head, head_dim, d_state)."""

@@ -13,7 +13,8 @@ mixer's computation on what it received, with its own weights and the modeling f
 d_k, d_v), and checks the output it rebuilds against the mixer's own (block and step sums round
 differently: float32 tolerance). Gates: the keys ``k`` (head, d_k) and values ``v`` (head, d_v)
 each step writes, ``k_tᵀ v_t`` (padded steps' zeroed, as the mixer computes them; what
-:func:`rnnlens.decompose` reads).
+:func:`rnnlens.decompose` reads and ``Edit(target="write")`` edits: the step's own output
+reads the memory formed from the edited write).
 
 Example:
     >>> from types import SimpleNamespace
@@ -50,10 +51,12 @@ def lightning_states(
     name: str,
     gates: bool,
     ops: dict[int, list[Op]] | None = None,
+    writes: dict[int, list[Op]] | None = None,
 ) -> tuple[DirectionArrays, torch.Tensor]:
     """The mixer's output ``h`` and its memory (sample, time, head, d_k, d_v) at every step,
     checked against its own output ``out``; and the output rebuilt (with ``ops``, the edits
-    of the memory by step, carried forward)."""
+    of the memory by step, carried forward; ``writes``, the edits of each step's write
+    ``k_tᵀ v_t`` before the memory is formed from it)."""
     mod = sys.modules[type(mixer).__module__]
     n, t, _ = hidden_states.shape
     heads, d = mixer.num_attention_heads, mixer.head_dim
@@ -65,6 +68,8 @@ def lightning_states(
     states = torch.einsum("nhtd,nhte->nthde", k.float(), v.float()).contiguous()
     unedited = {}
     for i in range(t):
+        if writes and i in writes:  # step i's write, before the carried memory is added to it
+            edits.apply(states[:, i], writes[i])
         if i:
             states[:, i].add_(states[:, i - 1] * ratio)
         if ops and i in ops:
@@ -79,7 +84,12 @@ def lightning_states(
     o = torch.sigmoid(F.linear(hidden_states, mixer.output_gate.weight, mixer.output_gate.bias)) * o
     rebuilt = F.linear(o, mixer.out_proj.weight, mixer.out_proj.bias)
     h = edits.check_unedited(
-        out, rebuilt, ops, layer=name, what="the mixer output rebuilt from every step's memory"
+        out,
+        rebuilt,
+        ops,
+        layer=name,
+        what="the mixer output rebuilt from every step's memory",
+        writes=writes,
     )
     arrays = DirectionArrays(h=h, state=states.cpu().numpy())
     if gates:

@@ -8,6 +8,14 @@ numerator is ``num · exp(max)``), and checks the block output it rebuilds again
 own. ``state`` is (sample, time, part, unit) with parts ``num, den, max``; gates ``r``
 (receptance, after its sigmoid), ``k``, ``v``.
 
+``Edit(target="write")`` edits step t's writes into ``num`` and ``den``, ``exp(k_t − max_t)·
+(v_t, 1)`` as stored (stabilised by ``max_t``, which the edit leaves as computed: ``scale=α``
+scales the real writes ``exp(k_t)·(v_t, 1)`` by α; ``set=`` / ``add=`` are in stored units),
+the terms :func:`rnnlens.decompose` reads; units index the parts (0 ``num``, 1 ``den``; the
+``max`` part is a running maximum, not a sum of writes: selecting it is refused). The WKV output
+at step t reads the state *before* t (and the token itself through ``time_first``), so a write
+edit at t changes the outputs from t + 1 on.
+
 Example:
     >>> from types import SimpleNamespace
     >>> from rnnlens.adapters.hf_.rwkv import state_shape
@@ -46,11 +54,14 @@ def rwkv_states(
     name: str,
     gates: bool,
     ops: dict[int, list[Op]] | None = None,
+    writes: dict[int, list[Op]] | None = None,
 ) -> tuple[DirectionArrays, torch.Tensor]:
     """``shift0``: the last token of the previous call (or None), ``state0``: (num, den, max)
     before the call (or None: zeros and -1e38, as the kernel starts). Returns the arrays and
     the block output rebuilt; ``ops`` edit (num, den, max) after each step (units index the
-    part), carried to the next step (:mod:`.edits`)."""
+    part), carried to the next step; ``writes`` edit each step's writes ``exp(k − max)·(v, 1)``
+    into num and den (parts 0, 1; the max part writes nothing) before they are added
+    (:mod:`.edits`)."""
     shifted = type(block.time_shift).forward(block.time_shift, hidden)
     if shift0 is not None:
         shifted[:, 0] = shift0
@@ -76,16 +87,22 @@ def rwkv_states(
         wkv[:, k] = ((e1 * num + e2 * vv) / (e1 * den + e2)).to(wkv.dtype)
         m_state = torch.maximum(mx + decay, kk)
         e1, e2 = torch.exp(mx + decay - m_state), torch.exp(kk - m_state)
-        num, den, mx = e1 * num + e2 * vv, e1 * den + e2, m_state
+        w_num, w_den = e2 * vv, e2
+        if writes and k in writes:  # the max part is no sum of writes: its row stays 0
+            w = torch.stack([w_num, w_den, torch.zeros_like(w_den)], dim=1)
+            edits.apply(w, writes[k])
+            w_num, w_den = w[:, 0], w[:, 1]
+        num, den, mx = e1 * num + w_num, e1 * den + w_den, m_state
         states[:, k, 0], states[:, k, 1], states[:, k, 2] = num, den, mx
         if ops and k in ops:
             edits.apply(states[:, k], ops[k])
             num, den, mx = states[:, k, 0].clone(), states[:, k, 1].clone(), states[:, k, 2].clone()
     rebuilt = F.linear(receptance * wkv, block.output.weight)
     # the steps up to the first edit are the mixer's own
-    h = edits.check_unedited(
-        out, rebuilt, ops, layer=name, what="the block output rebuilt from every step's state"
-    )
+    # a step's output reads the state before it: a write edit changes the outputs after it
+    later = {k + 1: v for k, v in (writes or {}).items()}
+    what = "the block output rebuilt from every step's state"
+    h = edits.check_unedited(out, rebuilt, ops, layer=name, what=what, writes=later)
     arrays = DirectionArrays(h=h, state=states.numpy())
     if gates:
         arrays.gates = tuple(np.ascontiguousarray(g.float().numpy()) for g in (receptance, key, value))

@@ -15,7 +15,7 @@ layout), ``state_norm`` (the state's L2 norm over its last axis, a row of units)
 (the input-dependent step quantities, named per kind). One entry per mixer, named by its module
 path (``"backbone.layers.0.mixer"``), in model order; attention and MLP layers are not entries.
 :func:`intervene` edits ``state`` as the scan runs (:mod:`.edits`), and what each step writes
-into it (``target="write"``) for Mamba, Mamba2 and RG-LRU mixers.
+into it (``target="write"``) for every kind :func:`rnnlens.decompose` covers.
 
 How: ``trace(model, input_ids, **kwargs)`` calls ``model(input_ids, **kwargs)`` once, in eval
 mode under ``torch.no_grad()`` (training flags restored). Each mixer gets an instance
@@ -209,13 +209,15 @@ def _intercept_stand_in(m: Any, rec: _Calls) -> Any:
             kwargs["cache"] = kwargs.pop("cache_params")
         hidden_states = args[0] if args else kwargs["hidden_states"]
         mask = kwargs.get("attention_mask", args[2] if len(args) > 2 else None)
-        ops = None
+        ops = writes = None
         if rec.edits is not None:
-            ops = rec.edits.steps("forward", "state", hidden_states.shape[1], hidden_states.shape[0])
+            n, t = hidden_states.shape[0], hidden_states.shape[1]
+            ops = rec.edits.steps("forward", "state", t, n)
+            writes = rec.edits.steps("forward", WRITE + "state", t, n)
         scanner: Any = (
-            heads.HeadScan(m, rec.name, ops, rec.gates)
+            heads.HeadScan(m, rec.name, ops, rec.gates, writes)
             if rec.kind == "mamba_heads"
-            else delta.DeltaScan(rec.kind, rec.name, ops, rec.gates)
+            else delta.DeltaScan(rec.kind, rec.name, ops, rec.gates, writes)
         )
         env = inspect.unwrap(type(m).forward).__globals__
         out = forward_with(m, scanner.replacements(env))(m, *args, **kwargs)
@@ -251,9 +253,11 @@ def _rwkv_stand_in(block: Any, rec: _Calls) -> Any:
             return out
         n, t = hidden.shape[:2]  # edited: the model goes on with the edited states' output
         ops = rec.edits.steps("forward", "state", t, n)
+        writes = rec.edits.steps("forward", WRITE + "state", t, n)
         call["arrays"], edited = rwkv_states(
-            block, call["x"], shift0, state0, call["out"], name=rec.edits.spec.name, gates=rec.gates, ops=ops
-        )
+            block, call["x"], shift0, state0, call["out"], name=rec.edits.spec.name, gates=rec.gates,
+            ops=ops, writes=writes,
+        )  # fmt: skip
         return (edited.to(out[0].dtype), *out[1:])
 
     return forward
@@ -272,7 +276,8 @@ def _mlstm_stand_in(layer: Any, rec: _Calls) -> tuple[Any, Any]:
             return out
         n, _, t, _ = h.shape  # edited: the layer goes on with the edited memory's outputs
         ops = rec.edits.steps("forward", "state", t, n)
-        pending["scan"] = mlstm_scan(layer, pending, name=rec.edits.spec.name, ops=ops)
+        writes = rec.edits.steps("forward", WRITE + "state", t, n)
+        pending["scan"] = mlstm_scan(layer, pending, name=rec.edits.spec.name, ops=ops, writes=writes)
         edited_h, final = pending["scan"][3].to(h.dtype), pending["scan"][4]
         return (edited_h, final) if isinstance(out, tuple) else edited_h
 
@@ -334,7 +339,7 @@ _FAST: dict[str, tuple[Any, Any]] = {
 }
 _REBUILD = {"mamba": mamba_states, "mamba2": mamba2_states, "lightning": lightning.lightning_states}
 #: kinds of :data:`_REBUILD` whose rebuild applies write edits (``target="write"``; RG-LRU too)
-_WRITES = {"mamba", "mamba2"}
+_WRITES = {"mamba", "mamba2", "lightning"}
 #: kinds whose scan helper is recorded as the mixer runs (:mod:`.intercept`)
 _INTERCEPTED = {"gated_deltanet", "kimi_delta", "mamba_heads"}
 #: kinds whose states rnnlens.intervene edits

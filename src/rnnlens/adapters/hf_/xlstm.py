@@ -11,6 +11,12 @@ own (chunkwise and step-wise sums round differently: float32 tolerance). Gates: 
 keys ``k`` (head, d_qk) and values ``v`` (head, d_v) the backend received: step t writes
 ``exp(i_t − m_t) k_t ⊗ v_t`` into ``C`` (what :func:`rnnlens.decompose` reads).
 
+``Edit(target="write")`` edits that write *as stored*, stabilised by ``m_t``: the stabiliser
+``m_t`` and the normaliser ``n_t`` stay as the step computed them (the edit is of the memory's
+content, ``C`` only, as a state edit is), so ``scale=α`` scales the real write
+``exp(i_t) k_t ⊗ v_t`` by α, and ``set=`` / ``add=`` values are in the stored (stabilised)
+units of ``C_t``. The step's own output reads the edited ``C_t`` (with ``n_t`` as computed).
+
 Example:
     >>> from types import SimpleNamespace
     >>> from rnnlens.adapters.hf_.xlstm import state_shape
@@ -70,11 +76,13 @@ def mlstm_states(
 
 
 def mlstm_scan(
-    layer: Any, call: dict[str, Any], *, name: str, ops: dict[int, list[Op]] | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    layer: Any, call: dict[str, Any], *, name: str, ops: dict[int, list[Op]] | None = None,
+    writes: dict[int, list[Op]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:  # fmt: skip
     """Every step's C, n, m and the backend's outputs h (batch, head, time, d_v) rebuilt, checked
     against the backend's own h, and the final (C, n, m). ``ops`` edit C after each step's own
-    output has read it (the edited C is carried; :mod:`.edits`)."""
+    output has read it (the edited C is carried; :mod:`.edits`); ``writes`` edit the stabilised
+    write ``exp(i_t − m_t) k_t ⊗ v_t`` of C before C is formed and read (:func:`_edited_step`)."""
     step = sys.modules[type(layer).__module__].mlstm_recurrent_step_native
     q, k, v, i_pre, f_pre = (call[key] for key in ("query", "key", "value", "igate", "fgate"))
     n, heads, t, dqk = q.shape
@@ -91,16 +99,43 @@ def mlstm_scan(
     ms = torch.empty((n, t, heads, 1), dtype=torch.float32)
     hs = torch.empty((n, heads, t, dv), dtype=torch.float32)
     for s in range(t):
+        before = (c, m)
         h, (c, nn_, m) = step(
             query=q[:, :, s], key=k[:, :, s], value=v[:, :, s], igate=i_pre[:, :, s, None],
             fgate=f_pre[:, :, s, None], cstate=c, nstate=nn_, mstate=m, eps=layer.config.eps,
             dtype_state=dtype_state,
         )  # fmt: skip
+        if writes and s in writes:  # the step again, its write edited (n and m as computed)
+            qkv = (q[:, :, s], k[:, :, s], v[:, :, s])
+            gates = (i_pre[:, :, s, None], f_pre[:, :, s, None])
+            h, c = _edited_step(layer, qkv, *gates, before, (nn_, m), writes[s])
         if ops and s in ops:
             c = c.clone()
             edits.apply(c, ops[s])
         cs[:, s], ns[:, s], ms[:, s], hs[:, :, s] = c, nn_, m, h
-    edits.check_unedited(
-        call["h"], hs, ops, layer=name, what="the mLSTM outputs rebuilt from every step's state", time_axis=2
-    )
+    what = "the mLSTM outputs rebuilt from every step's state"
+    edits.check_unedited(call["h"], hs, ops, layer=name, what=what, time_axis=2, writes=writes)
     return cs, ns, ms, hs, (c, nn_, m)
+
+
+def _edited_step(
+    layer: Any, qkv: tuple[torch.Tensor, ...], i_pre: torch.Tensor, f_pre: torch.Tensor,
+    before: tuple[torch.Tensor, torch.Tensor], after: tuple[torch.Tensor, torch.Tensor], ops: list[Op],
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """One step's output and C with its write edited: ``before`` = (C_{t-1}, m_{t-1}), ``after``
+    = (n_t, m_t) as the step computed them (the edit changes neither the normaliser nor the
+    stabiliser); ``C_t = f'_t C_{t-1} + edited(i'_t k_t ⊗ v_t)`` and the output read from it with
+    ``mlstm_recurrent_step_native``'s operations, in its dtypes."""
+    q, k, v = qkv
+    (c_old, m_old), (n_new, m_new) = before, after
+    dtype_state, dtype_qkv = c_old.dtype, q.dtype
+    f_act = torch.exp(torch.nn.functional.logsigmoid(f_pre) + m_old.to(dtype_state) - m_new)
+    i_act = torch.exp(i_pre - m_new)
+    write = (i_act[:, :, :, None] * (k[:, :, :, None] @ v[:, :, None, :])).to(dtype_state)
+    edits.apply(write, ops)
+    c = (f_act[:, :, :, None] * c_old.to(dtype_state) + write).to(dtype_state)
+    q_scaled = q * (q.shape[-1] ** (-0.5))
+    h_num = (q_scaled[:, :, None, :] @ c.to(dtype=dtype_qkv)).squeeze(2).to(dtype=dtype_state)
+    qn = (q_scaled[:, :, None, :] @ n_new[:, :, :, None].to(dtype=dtype_qkv)).squeeze(2)
+    denom = (torch.maximum(qn.abs(), torch.exp(-m_new)) + layer.config.eps).to(dtype=dtype_state)
+    return (h_num / denom).to(dtype=dtype_qkv), c
