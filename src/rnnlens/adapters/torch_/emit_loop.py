@@ -14,7 +14,7 @@ import torch
 from ...core.buffers import empty
 from ...core.edits import WRITE, LayerEdits, Op
 from .discover import _Config
-from .emit_fast import gru_steps, lstm_steps
+from .emit_fast import add_hw, gru_steps, lstm_steps, onednn_weight
 
 
 def _empty(like: torch.Tensor, *shape: int) -> torch.Tensor:
@@ -92,7 +92,11 @@ def _directions(
             # Rows reordered to i, f, o, g once per layer: the three sigmoids are one call per step.
             # (index_select, not w[ifog]: the same copy at a fifth of the cost on small layers)
             ifog = _ifog(h_, w_ih.device)
-            w_ih, w_hh_t = torch.index_select(w_ih, 0, ifog), torch.index_select(w_hh_t, 1, ifog)
+            w_ih = torch.index_select(w_ih, 0, ifog)
+            # one GEMM for every step of the plain and the edited loop alike (bitwise the same)
+            w_hh_p = None if packed else onednn_weight(torch.index_select(w_hh, 0, ifog), n, steps)
+            if w_hh_p is None:
+                w_hh_t = torch.index_select(w_hh_t, 1, ifog)
             bias = None if b_ih is None or b_hh is None else torch.index_select(b_ih + b_hh, 0, ifog)
             slots = _Slots(x_tm, x2d, w_ih, bias, 4 * h_, h_, keep=keep, reverse=bool(d))
             w_hr_t = getattr(view, "weight_hr" + sfx).t() if cfg.proj_size else None
@@ -103,11 +107,13 @@ def _directions(
             fast = not packed and keep and not (eh or ec or ew)
             if fast:  # the plain case: per-step views made at once, only arithmetic per step
                 assert slots.c is not None
-                h, c, cand = lstm_steps(slots.g, slots.c, out, w_hh_t, h, c, h_, order, w_hr_t, _empty)
+                h, c, cand = lstm_steps(
+                    slots.g, slots.c, out, (w_hh_t, w_hh_p), h, c, h_, order, w_hr_t, _empty
+                )
             for s in order if not fast else ():
                 b = sizes[s]
                 g = slots.gate(s)[:b]
-                g.addmm_(h[:b], w_hh_t)
+                add_hw(g, h[:b], w_hh_t, w_hh_p)
                 i, f, o, gg = g.unsafe_chunk(4, 1)
                 g[:, : 3 * h_].sigmoid_()
                 gt = _tanh_into(gg, tg[:b], keep)
