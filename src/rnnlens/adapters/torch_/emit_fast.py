@@ -39,10 +39,11 @@ Empty = Callable[..., torch.Tensor]
 #: hidden 512, batch 64: 163 against 202 ms (the fused forward's whole step loop: 173 ms);
 #: batch 8: 23 against 40 ms; hidden 256, batch 64: 39 against 43 ms; hidden 128, batch 64:
 #: 12.8 against 10.7 ms and batch 1 (any size) slower too — oneDNN's ~20 µs a call.
-#: Packing the weight costs about a GEMM's worth of steps (hidden 512: 1.5 ms; a step saves
-#: ~0.4 ms at batch 64, ~0.17 ms at batch 8), so a call also needs steps × batch ≥ this (a
-#: recording's one-token calls stay on ``addmm_``).
-ONEDNN_MIN_HIDDEN, ONEDNN_MIN_BATCH, ONEDNN_MIN_ROWS = 256, 2, 1024
+#: Packing the weight costs a few steps' saving (hidden 512: 1.5 ms, a step saving ~0.4 ms at
+#: batch 64 and ~0.17 ms at batch 8; hidden 256: 0.5 ms against ~0.04 and ~0.01 ms), so a call
+#: also needs steps × batch ≥ 256 rows from hidden 512, ≥ 1024 below (a recording's one-token
+#: calls stay on ``addmm_``).
+ONEDNN_MIN_HIDDEN, ONEDNN_MIN_BATCH, ONEDNN_MIN_ROWS = 256, 2, (1024, 256)
 
 
 def onednn_weight(w: torch.Tensor, n: int, steps: int) -> torch.Tensor | None:
@@ -50,7 +51,7 @@ def onednn_weight(w: torch.Tensor, n: int, steps: int) -> torch.Tensor | None:
     where that is the faster GEMM over ``steps`` steps (float32 on CPU, oneDNN on, the sizes
     above); else ``None``."""
     if (
-        n * steps < ONEDNN_MIN_ROWS
+        n * steps < ONEDNN_MIN_ROWS[w.shape[0] >= 4 * 512]
         or w.dtype != torch.float32
         or w.device.type != "cpu"
         or w.shape[0] < 4 * ONEDNN_MIN_HIDDEN
