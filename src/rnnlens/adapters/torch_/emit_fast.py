@@ -12,10 +12,11 @@ results are bitwise the same (tested); only the candidate gate (LSTM ``g``, GRU 
 returned from a buffer of its own instead of the gate slot (``tanh`` of a strided block into a
 contiguous buffer is the same kernel and the same bits as the general loop's copy-then-tanh).
 
-From 256 hidden units and batch 2 (float32 on CPU, oneDNN on) an LSTM step's ``h @ W_hh.T`` runs
-on oneDNN's matmul with the weight packed once per call, in both loops (:func:`add_hw`): there it
-is 20–45% faster than MKL's ``addmm_`` — the GEMMs were most of an all-fields trace of
-``LSTM(512)``, batch 64, 100 steps (1.57× the fused forward, 1.22× with oneDNN's; one thread).
+From 256 hidden units and batch 2 (float32 on CPU, oneDNN on) a step's ``h @ W_hh.T`` runs on
+oneDNN's matmul with the weight packed once per call, in both loops (:func:`add_hw`,
+:func:`mm_hw`): there it is 20–50% faster than MKL's ``addmm_`` / ``mm``. The GEMMs were most
+of an all-fields trace of ``LSTM(512)``, batch 64, 100 steps: 1.5× the fused forward with
+MKL's, 1.1–1.2× with oneDNN's (one thread).
 
 Example:
     >>> import torch, rnnlens
@@ -51,10 +52,9 @@ def onednn_weight(w: torch.Tensor, n: int, steps: int) -> torch.Tensor | None:
     where that is the faster GEMM over ``steps`` steps (float32 on CPU, oneDNN on, the sizes
     above); else ``None``."""
     if (
-        n * steps < ONEDNN_MIN_ROWS[w.shape[0] >= 4 * 512]
+        n * steps < ONEDNN_MIN_ROWS[w.shape[1] >= 512]
         or w.dtype != torch.float32
         or w.device.type != "cpu"
-        or w.shape[0] < 4 * ONEDNN_MIN_HIDDEN
         or w.shape[1] < ONEDNN_MIN_HIDDEN
         or n < ONEDNN_MIN_BATCH
         or not torch._C._get_mkldnn_enabled()
@@ -74,6 +74,14 @@ def add_hw(slot: torch.Tensor, h: torch.Tensor, w_t: torch.Tensor, packed: torch
         slot.addmm_(h, w_t)
     else:
         slot.add_(torch.ops.mkldnn._linear_pointwise(h.contiguous(), packed, None, "none", [], ""))
+
+
+def mm_hw(out: torch.Tensor, h: torch.Tensor, w_t: torch.Tensor, packed: torch.Tensor | None) -> None:
+    """``out = h @ W.T`` (a GRU step's recurrent part), as :func:`add_hw` chooses the GEMM."""
+    if packed is None:
+        torch.mm(h, w_t, out=out)
+    else:
+        out.copy_(torch.ops.mkldnn._linear_pointwise(h.contiguous(), packed, None, "none", [], ""))
 
 
 def lstm_steps(
@@ -120,7 +128,7 @@ def lstm_steps(
 def gru_steps(
     g: torch.Tensor,
     out: torch.Tensor,
-    w_hh_t: torch.Tensor,
+    w_hh: tuple[torch.Tensor, torch.Tensor | None],
     b_hn: torch.Tensor | None,
     h: torch.Tensor,
     h_: int,
@@ -128,8 +136,9 @@ def gru_steps(
     empty: Empty,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the steps ``order`` of one GRU direction. ``g`` (time, sample, 3·h_) holds each step's
-    input projection in r, z, n order (r and z with both biases); r and z are activated in place.
-    Returns the final h and the candidate ``n`` (time, sample, h_)."""
+    input projection in r, z, n order (r and z with both biases); r and z are activated in place;
+    ``w_hh`` as :func:`mm_hw` takes it. Returns the final h and the candidate ``n`` (time,
+    sample, h_)."""
     steps, n = g.shape[0], g.shape[1]
     cand = empty(g, steps, n, h_)
     rz, nn_ = g[:, :, : 2 * h_].unbind(0), g[:, :, 2 * h_ :].unbind(0)
@@ -138,8 +147,13 @@ def gru_steps(
     hg = g.new_empty(n, 3 * h_)
     hg_rz, hn = hg[:, : 2 * h_], hg[:, 2 * h_ :]
     mm, tanh, sub = torch.mm, torch.tanh, torch.sub
+    w_hh_t, packed = w_hh
+    linear = torch.ops.mkldnn._linear_pointwise if packed is not None else None
     for s in order:
-        mm(h, w_hh_t, out=hg)
+        if linear is None:
+            mm(h, w_hh_t, out=hg)
+        else:
+            hg.copy_(linear(h if h.is_contiguous() else h.contiguous(), packed, None, "none", [], ""))
         rz[s].add_(hg_rz).sigmoid_()
         if b_hn is not None:
             hn.add_(b_hn)

@@ -14,7 +14,7 @@ import torch
 from ...core.buffers import empty
 from ...core.edits import WRITE, LayerEdits, Op
 from .discover import _Config
-from .emit_fast import add_hw, gru_steps, lstm_steps, onednn_weight
+from .emit_fast import add_hw, gru_steps, lstm_steps, mm_hw, onednn_weight
 
 
 def _empty(like: torch.Tensor, *shape: int) -> torch.Tensor:
@@ -167,13 +167,14 @@ def _directions(
             hg = x_tm.new_empty(n, 3 * h_)
             tg = x_tm.new_empty(n, h_)
             b_hn = None if b_hh is None else b_hh[2 * h_ :]
+            w_hh_p = None if packed else onednn_weight(w_hh, n, steps)  # (as for an LSTM)
             fast = not packed and keep and not (eh or ew)
             if fast:  # the plain case (see emit_fast)
-                h, cand = gru_steps(slots.g, out, w_hh_t, b_hn, h, h_, order, _empty)
+                h, cand = gru_steps(slots.g, out, (w_hh_t, w_hh_p), b_hn, h, h_, order, _empty)
             for s in order if not fast else ():
                 b = sizes[s]
                 g, hg_s = slots.gate(s)[:b], hg[:b]
-                torch.mm(h[:b], w_hh_t, out=hg_s)
+                mm_hw(hg_s, h[:b], w_hh_t, w_hh_p)
                 rz, nn_ = g[:, : 2 * h_], g[:, 2 * h_ :]
                 rz.add_(hg_s[:, : 2 * h_]).sigmoid_()
                 r, z = rz.unsafe_chunk(2, 1)
