@@ -14,7 +14,7 @@ import torch
 from ...core.buffers import empty
 from ...core.edits import WRITE, LayerEdits, Op
 from .discover import _Config
-from .emit_fast import add_hw, gru_steps, lstm_steps, mm_hw, onednn_weight
+from .emit_fast import add_hw, gru_steps, lstm_steps, mm_hw, numpy_tanh, onednn_weight, tanh_into
 
 
 def _empty(like: torch.Tensor, *shape: int) -> torch.Tensor:
@@ -105,6 +105,7 @@ def _directions(
             assert c0 is not None
             c = c0[d].clone() if packed else c0[d]
             fast = not packed and keep and not (eh or ec or ew)
+            np_tanh = numpy_tanh(x_tm)
             if fast:  # the plain case: per-step views made at once, only arithmetic per step
                 assert slots.c is not None
                 h, c, cand = lstm_steps(
@@ -116,7 +117,9 @@ def _directions(
                 add_hw(g, h[:b], w_hh_t, w_hh_p)
                 i, f, o, gg = g.unsafe_chunk(4, 1)
                 g[:, : 3 * h_].sigmoid_()
-                gt = _tanh_into(gg, tg[:b], keep)
+                gt = tanh_into(gg, tg[:b], np_tanh)  # (as lstm_steps: the block's rows, contiguous out)
+                if keep:
+                    gg.copy_(gt)
                 if s in ew:  # the step's write i ⊙ g edited before it enters c (and h)
                     wr = i * gt
                     _apply(wr, ew[s], cache)
@@ -124,9 +127,9 @@ def _directions(
                 else:
                     c_s = torch.mul(f, c[:b], out=slots.cell(s)[:b]).addcmul_(i, gt)
                 if w_hr_t is None:  # tanh into contiguous scratch: a strided out= is ~6x slower
-                    h_s = torch.mul(torch.tanh(c_s, out=tmp[:b]), o, out=out[s, :b])
+                    h_s = torch.mul(tanh_into(c_s, tmp[:b], np_tanh), o, out=out[s, :b])
                 else:
-                    h_s = torch.mm(torch.tanh(c_s, out=tmp[:b]).mul_(o), w_hr_t, out=out[s, :b])
+                    h_s = torch.mm(tanh_into(c_s, tmp[:b], np_tanh).mul_(o), w_hr_t, out=out[s, :b])
                 if s in eh:
                     _apply(h_s, eh[s], cache)
                 if s in ec:
