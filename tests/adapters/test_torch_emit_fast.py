@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import rnnlens
+from rnnlens.adapters.torch_.emit_fast import onednn_weight
 
 CONFIGS = [
     (nn.LSTM, {}),
@@ -82,3 +83,54 @@ def test_cell_loop_gates_match_a_float64_reference(bias: bool, batched: bool) ->
             c = f * c + i * g
             h = o * c.tanh()
     np.testing.assert_allclose(s.c[:, -1], c.numpy(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
+def test_onednn_gemm_loop_is_exact(monkeypatch: pytest.MonkeyPatch, cls: Any) -> None:
+    """From hidden 256 a step's ``h @ W_hh.T`` runs on oneDNN's matmul (where this PyTorch has
+    it): the plain loop bitwise the general (edited) loop, h within 1e-6 of the module's own
+    output; an LSTM's c_n and gates within 1e-6 of the equations in float64 fed the loop's h."""
+    from rnnlens.adapters.torch_ import emit_loop
+
+    packed = []
+
+    def counting(w: torch.Tensor, n: int, steps: int) -> Any:
+        got = onednn_weight(w, n, steps)
+        packed.append(got is not None)
+        return got
+
+    monkeypatch.setattr(emit_loop, "onednn_weight", counting)
+    torch.manual_seed(5)
+    m = cls(5, 256, num_layers=2, bidirectional=True, batch_first=True).eval()
+    x = torch.randn(16, 64, 5)  # 16 × 64 rows: enough for the packed weight
+    with torch.no_grad():
+        y, final = m(x)
+    plain = rnnlens.trace(m, x, strategy="emit")
+    with torch.no_grad():
+        available = onednn_weight(m.weight_hh_l0, 16, 64) is not None
+    assert packed and all(packed) == available  # every direction of every layer, where available
+    general = rnnlens.intervene(m, x, [rnnlens.Edit(name, -1, scale=1.0) for name in plain]).states
+    for name in plain:
+        a, b = plain[name], general[name]
+        np.testing.assert_array_equal(a.h, b.h)
+        if cls is nn.LSTM:
+            np.testing.assert_array_equal(a.c, b.c)
+        for gate in a.gates:
+            np.testing.assert_array_equal(a.gates[gate], b.gates[gate], err_msg=f"{name} {gate}")
+    top = plain[list(plain)[-1]]
+    np.testing.assert_allclose(top.h, y.numpy(), rtol=0, atol=1e-6)
+    if cls is nn.GRU:
+        return
+    c_n = final[1]
+    np.testing.assert_allclose(top.c[:, -1, :256], c_n[2].numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(top.c[:, 0, 256:], c_n[3].numpy(), rtol=0, atol=1e-6)
+    # forward direction of layer 0 against float64 equations fed the loop's own h
+    s, w = plain["lstm.l0"], m.double()
+    h = torch.zeros(16, 256, dtype=torch.float64)
+    with torch.no_grad():
+        for t in range(6):  # the first steps
+            z = x[:, t].double() @ w.weight_ih_l0.T + h @ w.weight_hh_l0.T + w.bias_ih_l0 + w.bias_hh_l0
+            i, f, g, o = z.chunk(4, 1)
+            for gate, want in zip("ifgo", (i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid())):
+                np.testing.assert_allclose(s.gates[gate][:, t, :256], want.numpy(), rtol=0, atol=1e-6)
+            h = torch.from_numpy(s.h[:, t, :256]).double()

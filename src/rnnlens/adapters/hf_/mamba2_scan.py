@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...core.buffers import empty
 from ...core.cells import check_parity
 from .intercept import HelperRecorder
 
@@ -73,8 +74,12 @@ class Scan2Recorder(HelperRecorder):
         Bh = Bg.repeat_interleave(heads // groups, dim=2)
         Ch = Cg.repeat_interleave(heads // groups, dim=2)
         # the writes, then carried step by step in place (on CPU faster than carrying blocks of
-        # steps with batched products)
-        states = (dt[..., None] * x)[..., None] * Bh[:, :, :, None, :]  # (n, t, h, p, d_state)
+        # steps with batched products); in a reused buffer (rnnlens.core.buffers): a fresh one's
+        # first-touch page faults cost about as much as the scan
+        shape = (n, t, heads, p, d_state)
+        cpu = x.device.type == "cpu"
+        states = torch.from_numpy(empty(shape, np.float32)) if cpu else x.new_empty(shape)
+        torch.mul((dt[..., None] * x)[..., None], Bh[:, :, :, None, :], out=states)
         d_a = torch.exp(dt * A)[..., None, None].unbind(1)
         steps = states.unbind(1)  # the views once (indexing costs as much as a step's arithmetic)
         tmp = torch.empty_like(steps[0])

@@ -53,8 +53,9 @@ def _emit_layer(
     both biases folded in where the cell allows) is written once into the time-major gate
     buffer, each step adds ``h @ W_hh.T`` in place on its own slot and activates it there, ``c``
     is written into its slot and ``h`` straight into the layer's output. No per-step
-    allocation. ``h`` agrees with PyTorch's kernels to within ~1e-7 (the summation order of the
-    biases differs; the tests bound it by 1e-6). Takes and returns what ``view``'s forward would
+    allocation. ``h`` agrees with PyTorch's kernels to within a few 1e-7 (the summation order of
+    the biases, NumPy's ``tanh``, oneDNN's GEMM from 256 units: :mod:`.emit_fast`; the tests bound
+    it by 1e-6). Takes and returns what ``view``'s forward would
     (layout, unbatched, hx); also returns, per direction, ``c`` (time, sample, cell_unit) and the
     gates as (time, sample, cell_unit) views in canonical order, input time order.
 

@@ -14,7 +14,7 @@ import torch
 from ...core.buffers import empty
 from ...core.edits import WRITE, LayerEdits, Op
 from .discover import _Config
-from .emit_fast import gru_steps, lstm_steps
+from .emit_fast import add_hw, gru_steps, lstm_steps, mm_hw, numpy_tanh, onednn_weight, tanh_into
 
 
 def _empty(like: torch.Tensor, *shape: int) -> torch.Tensor:
@@ -92,7 +92,11 @@ def _directions(
             # Rows reordered to i, f, o, g once per layer: the three sigmoids are one call per step.
             # (index_select, not w[ifog]: the same copy at a fifth of the cost on small layers)
             ifog = _ifog(h_, w_ih.device)
-            w_ih, w_hh_t = torch.index_select(w_ih, 0, ifog), torch.index_select(w_hh_t, 1, ifog)
+            w_ih = torch.index_select(w_ih, 0, ifog)
+            # one GEMM for every step of the plain and the edited loop alike (bitwise the same)
+            w_hh_p = None if packed else onednn_weight(torch.index_select(w_hh, 0, ifog), n, steps)
+            if w_hh_p is None:
+                w_hh_t = torch.index_select(w_hh_t, 1, ifog)
             bias = None if b_ih is None or b_hh is None else torch.index_select(b_ih + b_hh, 0, ifog)
             slots = _Slots(x_tm, x2d, w_ih, bias, 4 * h_, h_, keep=keep, reverse=bool(d))
             w_hr_t = getattr(view, "weight_hr" + sfx).t() if cfg.proj_size else None
@@ -101,16 +105,21 @@ def _directions(
             assert c0 is not None
             c = c0[d].clone() if packed else c0[d]
             fast = not packed and keep and not (eh or ec or ew)
+            np_tanh = numpy_tanh(x_tm)
             if fast:  # the plain case: per-step views made at once, only arithmetic per step
                 assert slots.c is not None
-                h, c, cand = lstm_steps(slots.g, slots.c, out, w_hh_t, h, c, h_, order, w_hr_t, _empty)
+                h, c, cand = lstm_steps(
+                    slots.g, slots.c, out, (w_hh_t, w_hh_p), h, c, h_, order, w_hr_t, _empty
+                )
             for s in order if not fast else ():
                 b = sizes[s]
                 g = slots.gate(s)[:b]
-                g.addmm_(h[:b], w_hh_t)
+                add_hw(g, h[:b], w_hh_t, w_hh_p)
                 i, f, o, gg = g.unsafe_chunk(4, 1)
                 g[:, : 3 * h_].sigmoid_()
-                gt = _tanh_into(gg, tg[:b], keep)
+                gt = tanh_into(gg, tg[:b], np_tanh)  # (as lstm_steps: the block's rows, contiguous out)
+                if keep:
+                    gg.copy_(gt)
                 if s in ew:  # the step's write i ⊙ g edited before it enters c (and h)
                     wr = i * gt
                     _apply(wr, ew[s], cache)
@@ -118,9 +127,9 @@ def _directions(
                 else:
                     c_s = torch.mul(f, c[:b], out=slots.cell(s)[:b]).addcmul_(i, gt)
                 if w_hr_t is None:  # tanh into contiguous scratch: a strided out= is ~6x slower
-                    h_s = torch.mul(torch.tanh(c_s, out=tmp[:b]), o, out=out[s, :b])
+                    h_s = torch.mul(tanh_into(c_s, tmp[:b], np_tanh), o, out=out[s, :b])
                 else:
-                    h_s = torch.mm(torch.tanh(c_s, out=tmp[:b]).mul_(o), w_hr_t, out=out[s, :b])
+                    h_s = torch.mm(tanh_into(c_s, tmp[:b], np_tanh).mul_(o), w_hr_t, out=out[s, :b])
                 if s in eh:
                     _apply(h_s, eh[s], cache)
                 if s in ec:
@@ -161,13 +170,14 @@ def _directions(
             hg = x_tm.new_empty(n, 3 * h_)
             tg = x_tm.new_empty(n, h_)
             b_hn = None if b_hh is None else b_hh[2 * h_ :]
+            w_hh_p = None if packed else onednn_weight(w_hh, n, steps)  # (as for an LSTM)
             fast = not packed and keep and not (eh or ew)
             if fast:  # the plain case (see emit_fast)
-                h, cand = gru_steps(slots.g, out, w_hh_t, b_hn, h, h_, order, _empty)
+                h, cand = gru_steps(slots.g, out, (w_hh_t, w_hh_p), b_hn, h, h_, order, _empty)
             for s in order if not fast else ():
                 b = sizes[s]
                 g, hg_s = slots.gate(s)[:b], hg[:b]
-                torch.mm(h[:b], w_hh_t, out=hg_s)
+                mm_hw(hg_s, h[:b], w_hh_t, w_hh_p)
                 rz, nn_ = g[:, : 2 * h_], g[:, 2 * h_ :]
                 rz.add_(hg_s[:, : 2 * h_]).sigmoid_()
                 r, z = rz.unsafe_chunk(2, 1)

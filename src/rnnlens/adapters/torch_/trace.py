@@ -70,8 +70,11 @@ inside it work alike (an inference tensor has no version counter: what is kept o
 * ``c`` / gates, ``strategy="emit"`` (the default on CPU): the layers whose ``c`` or gates are
   asked for run in rnnlens' step loop, which performs PyTorch's native CPU cell op for op
   (input projection of all steps in one matmul, then per step one matmul and in-place
-  activations written straight into the output buffers): ``h`` is bitwise PyTorch's native
-  kernel, within ~1e-7 of the oneDNN kernel PyTorch picks for float32 LSTMs. A
+  activations written straight into the output buffers; an LSTM's ``tanh`` from NumPy, and
+  from 256 hidden units a step's ``h @ W_hh.T`` on oneDNN's matmul, both faster there:
+  :mod:`.emit_fast`): ``h`` within a few 1e-7 of PyTorch's kernels (the oneDNN kernel PyTorch
+  picks for float32 LSTMs, the native one otherwise; a GRU below 256 units: bitwise the native
+  kernel). A
   ``PackedSequence`` runs each step on the samples still in it (:mod:`.emit_packed`).
 * ``strategy="reconstruct"`` (the default off CPU): ``h``
   from the kernel, then :func:`rnnlens.core.rebuild.reconstruct_direction` (gates in one batched
