@@ -74,8 +74,7 @@ inside it work alike (an inference tensor has no version counter: what is kept o
   from 256 hidden units a step's ``h @ W_hh.T`` on oneDNN's matmul, both faster there:
   :mod:`.emit_fast`): ``h`` within a few 1e-7 of PyTorch's kernels (the oneDNN kernel PyTorch
   picks for float32 LSTMs, the native one otherwise; a GRU below 256 units: bitwise the native
-  kernel). A
-  ``PackedSequence`` runs each step on the samples still in it (:mod:`.emit_packed`).
+  kernel). A ``PackedSequence`` runs each step on the samples still in it (:mod:`.emit_packed`).
 * ``strategy="reconstruct"`` (the default off CPU): ``h``
   from the kernel, then :func:`rnnlens.core.rebuild.reconstruct_direction` (gates in one batched
   matmul, ``c`` by an elementwise scan, parity-checked against the kernel's ``h``).
