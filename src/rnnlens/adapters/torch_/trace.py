@@ -75,8 +75,9 @@ inside it work alike (an inference tensor has no version counter: what is kept o
   :mod:`.emit_fast`): ``h`` within a few 1e-7 of PyTorch's kernels (the oneDNN kernel PyTorch
   picks for float32 LSTMs, the native one otherwise; a GRU below 256 units: bitwise the native
   kernel). A ``PackedSequence`` runs each step on the samples still in it (:mod:`.emit_packed`).
-* ``strategy="reconstruct"`` (the default off CPU): ``h`` from the kernel, then :func:`rnnlens.core.rebuild.reconstruct_direction` (gates in one batched
-  matmul, ``c`` by an elementwise scan, parity-checked against the kernel's ``h``).
+* ``strategy="reconstruct"`` (the default off CPU): ``h`` from the kernel, then
+  :func:`rnnlens.core.rebuild.reconstruct_direction` (gates in one batched matmul, ``c`` by an
+  elementwise scan, parity-checked against the kernel's ``h``).
 
 If the model modifies a captured tensor in place after the recurrent module returned it
 (``out += residual``), rnnlens notices (tensor version counters) and runs the forward once
