@@ -83,11 +83,10 @@ If the model modifies a captured tensor in place after the recurrent module retu
 (``out += residual``), rnnlens notices (tensor version counters) and runs the forward once
 more, keeping copies; if it modified its own *input* in place, that is an error.
 
-Arguments: ``trace(module, *args, **kwargs)`` calls ``module(*args, **kwargs)``. The
-``mask=`` and ``batch_size=`` options of :func:`rnnlens.trace` are not used for PyTorch
-(masks come from ``PackedSequence``; the pass runs once on the arguments as given): when the
-module's ``forward`` has a parameter of that name they are passed to it, otherwise they are
-an :class:`~rnnlens.errors.InputError`.
+Arguments: ``trace(module, *args, **kwargs)`` calls ``module(*args, **kwargs)``. The ``mask=``
+and ``batch_size=`` options of :func:`rnnlens.trace` are not used for PyTorch (masks come from
+``PackedSequence``; the pass runs once on the arguments as given): when the module's ``forward``
+has a parameter of that name they are passed to it, otherwise they are an ``InputError``.
 
 TorchScript modules (``torch.jit.script`` / ``torch.jit.trace``; opening a TorchScript file
 takes ``unsafe=True``) run compiled code that cannot be observed step by step: :func:`trace`
