@@ -32,6 +32,7 @@ pytest.importorskip("transformers")
 
 import torch.nn.functional as F  # noqa: E402
 from ssm_builders import IDS, rwkv  # noqa: E402
+from write_edit_checks import apply_op  # noqa: E402
 
 import rnnlens  # noqa: E402
 
@@ -48,13 +49,6 @@ def _model() -> tuple[Any, Any]:
             block.attention.time_decay.normal_(0.0, 1.0)
             block.attention.time_first.normal_(0.0, 1.0)
     return model, rnnlens.trace(model, IDS)
-
-
-def _op(a: np.ndarray, edit: rnnlens.Edit) -> None:
-    sel = slice(None) if edit.units is None else edit.units
-    mode = next(m for m in ("set", "add", "scale") if getattr(edit, m) is not None)
-    v = getattr(edit, mode)
-    a[:, sel] = v if mode == "set" else a[:, sel] + v if mode == "add" else a[:, sel] * v
 
 
 def _oracle(model: Any, ls: Any, edits: list[rnnlens.Edit]) -> tuple[np.ndarray, np.ndarray]:
@@ -74,11 +68,11 @@ def _oracle(model: Any, ls: Any, edits: list[rnnlens.Edit]) -> tuple[np.ndarray,
         w = np.stack([e2 * v[:, t], e2, np.zeros_like(e2)], axis=1)
         for e in edits:
             if e.target == "write" and e.step % T == t:
-                _op(w, e)
+                apply_op(w, e)
         s = np.stack([e1 * num + w[:, 0], e1 * den + w[:, 1], m], axis=1)
         for e in edits:
             if e.target == "state" and e.step % T == t:
-                _op(s, e)
+                apply_op(s, e)
         states[:, t] = s
         num, den, mx = s[:, 0], s[:, 1], s[:, 2]
     return states, wkv

@@ -33,6 +33,7 @@ pytest.importorskip("transformers")
 
 import torch.nn.functional as F  # noqa: E402
 from ssm_builders import IDS, gemma, mamba, mamba2  # noqa: E402
+from write_edit_checks import apply_op, check_ablation_matches_decompose  # noqa: E402
 
 import rnnlens  # noqa: E402
 from rnnlens.core.edits import LINEAR  # noqa: E402
@@ -66,13 +67,6 @@ def _terms(ls: Any) -> tuple[np.ndarray, np.ndarray]:
     return d, w
 
 
-def _op(a: np.ndarray, edit: rnnlens.Edit) -> None:
-    sel = slice(None) if edit.units is None else edit.units
-    mode = next(m for m in ("set", "add", "scale") if getattr(edit, m) is not None)
-    v = getattr(edit, mode)
-    a[:, sel] = v if mode == "set" else a[:, sel] + v if mode == "add" else a[:, sel] * v
-
-
 def _oracle(ls: Any, edits: list[rnnlens.Edit]) -> tuple[np.ndarray, np.ndarray]:
     """The states (stored, carried) and the states each step's output reads, float64."""
     d, w = _terms(ls)
@@ -82,12 +76,12 @@ def _oracle(ls: Any, edits: list[rnnlens.Edit]) -> tuple[np.ndarray, np.ndarray]
         wt = w[:, t].copy()
         for e in edits:
             if e.target == "write" and e.step % T == t:
-                _op(wt, e)
+                apply_op(wt, e)
         s = d[:, t] * s + wt
         reads[:, t] = s
         for e in edits:
             if e.target == "state" and e.step % T == t:
-                _op(s, e)
+                apply_op(s, e)
         states[:, t] = s
     return states, reads
 
@@ -162,22 +156,7 @@ def test_ssm_write_edits_equal_the_oracle_loop_and_the_hooked_model(cfg: Any) ->
 @pytest.mark.parametrize("family", sorted(BUILD))
 def test_ablating_a_write_removes_its_decompose_contribution(family: str) -> None:
     model, plain = _model(family)
-    name = next(iter(plain))
-    dec = rnnlens.decompose(plain, name)
-    state = plain[name].state
-    for s, units in ((2, None), (4, [1, 3])):
-        run = rnnlens.intervene(model, IDS, rnnlens.Edit(name, s, field="state", units=units, target="write",
-                                                         scale=0.0))  # fmt: skip
-        got = run.states[name].state
-        np.testing.assert_array_equal(got[:, :s], state[:, :s])
-        sel = slice(None) if units is None else units
-        for t in range(s, T):
-            want = state[:, t].astype(np.float64)
-            want[:, sel] -= dec.at(t)[:, s][:, sel]
-            np.testing.assert_allclose(got[:, t], want, rtol=0, atol=1e-6 * np.abs(state).max())
-            if units is not None:  # the other units are untouched at the edited layer
-                rest = np.setdiff1d(np.arange(state.shape[2]), units)
-                np.testing.assert_array_equal(got[:, t][:, rest], state[:, t][:, rest])
+    check_ablation_matches_decompose(model, IDS, plain, next(iter(plain)), ((2, None), (4, [1, 3])))
 
 
 def test_ssm_write_edit_refusals() -> None:

@@ -44,6 +44,7 @@ pytest.importorskip("transformers")
 import torch.nn.functional as F  # noqa: E402
 from ssm_builders import IDS, gdn, xlstm  # noqa: E402
 from ssm_families import kimi_linear, minimax, zamba  # noqa: E402
+from write_edit_checks import apply_op, check_ablation_matches_decompose  # noqa: E402
 
 import rnnlens  # noqa: E402
 
@@ -71,13 +72,6 @@ T = IDS.shape[1]
 def _model(family: str) -> tuple[Any, Any]:
     model = BUILD[family]()
     return model, rnnlens.trace(model, IDS)
-
-
-def _op(a: np.ndarray, edit: rnnlens.Edit) -> None:
-    sel = slice(None) if edit.units is None else edit.units
-    mode = next(m for m in ("set", "add", "scale") if getattr(edit, m) is not None)
-    v = getattr(edit, mode)
-    a[:, sel] = v if mode == "set" else a[:, sel] + v if mode == "add" else a[:, sel] * v
 
 
 def _steps(ls: Any) -> Any:
@@ -121,12 +115,12 @@ def _oracle(ls: Any, edits: list[rnnlens.Edit]) -> tuple[np.ndarray, np.ndarray]
         wt = w[:, t].copy()
         for e in edits:
             if e.target == "write" and e.step % T == t:
-                _op(wt, e)
+                apply_op(wt, e)
         s = step(t, s) + wt
         reads[:, t] = s
         for e in edits:
             if e.target == "state" and e.step % T == t:
-                _op(s, e)
+                apply_op(s, e)
         states[:, t] = s
     return states, reads
 
@@ -293,21 +287,7 @@ def test_write_edits_equal_the_oracle_loop(cfg: Any) -> None:
 @pytest.mark.parametrize("family", sorted(BUILD))
 def test_ablating_a_write_removes_its_decompose_contribution(family: str) -> None:
     model, plain = _model(family)
-    name = next(iter(plain))
-    dec = rnnlens.decompose(plain, name)
-    state = plain[name].state
-    for s, units in ((2, None), (4, [1])):
-        edit = rnnlens.Edit(name, s, field="state", units=units, target="write", scale=0.0)
-        got = rnnlens.intervene(model, IDS, edit).states[name].state
-        np.testing.assert_array_equal(got[:, :s], state[:, :s])
-        sel = slice(None) if units is None else units
-        for t in range(s, T):
-            want = state[:, t].astype(np.float64)
-            want[:, sel] -= dec.at(t)[:, s][:, sel]
-            np.testing.assert_allclose(got[:, t], want, rtol=0, atol=1e-6 * np.abs(state).max())
-            if units is not None:  # the other heads are untouched at the edited layer
-                rest = np.setdiff1d(np.arange(state.shape[2]), units)
-                np.testing.assert_array_equal(got[:, t][:, rest], state[:, t][:, rest])
+    check_ablation_matches_decompose(model, IDS, plain, next(iter(plain)), ((2, None), (4, [1])))
 
 
 def test_mlstm_normaliser_write_refused() -> None:
