@@ -88,43 +88,6 @@ def _exact(d: float, tol: float) -> str:
 # --------------------------------------------------------------------------- references
 
 
-def lstm_oracle(cells: list[Any], x: Any) -> list[dict[str, np.ndarray]]:
-    """h, c and gates (i, f, g, o) of a stack of ``nn.LSTMCell``s in float64, a Python loop."""
-    import torch
-
-    out = []
-    seq = x.double()
-    with torch.no_grad():
-        for cell in cells:
-            c64 = copy.deepcopy(cell).double()
-            h = c = torch.zeros(seq.shape[0], cell.hidden_size, dtype=torch.float64)
-            hs, cs, gs = [], [], []
-            for t in range(seq.shape[1]):
-                pre = seq[:, t] @ c64.weight_ih.T + c64.bias_ih + h @ c64.weight_hh.T + c64.bias_hh
-                i, f, g, o = pre.chunk(4, 1)
-                gs.append(torch.stack([i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()]))
-                h, c = c64(seq[:, t], (h, c))
-                hs.append(h)
-                cs.append(c)
-            seq = torch.stack(hs, 1)
-            g4 = torch.stack(gs, 2).numpy()
-            out.append({"h": seq.numpy(), "c": torch.stack(cs, 1).numpy(), **dict(zip("ifgo", g4))})
-    return out
-
-
-def _cells_of(lstm: Any) -> list[Any]:
-    import torch
-
-    cells = []
-    for k in range(lstm.num_layers):
-        cell = torch.nn.LSTMCell(lstm.input_size if k == 0 else lstm.hidden_size, lstm.hidden_size)
-        with torch.no_grad():
-            for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                getattr(cell, n).copy_(getattr(lstm, f"{n}_l{k}"))
-        cells.append(cell)
-    return cells
-
-
 def _rnnlens_diff(states: Any, names: list[str], ref: list[dict[str, np.ndarray]]) -> float:
     d = 0.0
     for name, r in zip(names, ref):
@@ -189,12 +152,12 @@ def cell_cases() -> list[Case]:
     import torch
 
     import rnnlens
-    from rnnlens.testing.torch_models import CellLoop
+    from rnnlens.testing.torch_models import CellLoop, lstm_float64
 
     torch.manual_seed(0)
     model = CellLoop(FEATURES, UNITS, cell="lstm").eval()
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(BATCH, TIME, FEATURES)).astype("float32"))
-    ref = lstm_oracle([model.cell], x)
+    ref = lstm_float64([model.cell], x)
     notes: list[str] = []
     full = rnnlens.trace(model, x)
     hc = rnnlens.trace(model, x, fields=("h", "c"))
@@ -255,6 +218,7 @@ def lstm_cases() -> list[Case]:
     import torch
 
     import rnnlens
+    from rnnlens.testing.torch_models import cells_of, lstm_float64
 
     torch.manual_seed(0)
 
@@ -268,7 +232,7 @@ def lstm_cases() -> list[Case]:
 
     model = Net().eval()
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(BATCH, TIME, FEATURES)).astype("float32"))
-    ref = lstm_oracle(_cells_of(model.rnn), x)
+    ref = lstm_float64(cells_of(model.rnn), x)
     notes: list[str] = []
     names = ["rnn.l0", "rnn.l1"]
     h_only = rnnlens.trace(model, x, fields="h")

@@ -27,7 +27,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
-from rnnlens.testing.torch_models import CellLoop, PackedClassifier  # noqa: E402
+from rnnlens.testing.torch_models import CellLoop, PackedClassifier, cells_of, lstm_float64  # noqa: E402
 
 ATOL = 1e-5  # float32 trace vs the float64 LSTMCell oracle
 # (the model's output under a trace of c and gates comes from rnnlens' step loop, which is within
@@ -54,29 +54,9 @@ def _nnsight() -> Any:
 
 
 def oracle(lstm: Any, x: Any) -> dict[str, dict[str, np.ndarray]]:
-    """h, c and gates (i, f, g, o after their activations) of every layer of ``lstm``
-    (batch_first), from an ``nn.LSTMCell`` per layer in float64, stepped in a Python loop."""
-    out = {}
-    seq = x.double()
-    for k in range(lstm.num_layers):
-        cell = nn.LSTMCell(seq.shape[-1], lstm.hidden_size).double()
-        with torch.no_grad():
-            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                getattr(cell, name).copy_(getattr(lstm, f"{name}_l{k}").double())
-        h = c = torch.zeros(seq.shape[0], lstm.hidden_size, dtype=torch.float64)
-        hs, cs, gates = [], [], []
-        with torch.no_grad():
-            for t in range(seq.shape[1]):
-                pre = seq[:, t] @ cell.weight_ih.T + cell.bias_ih + h @ cell.weight_hh.T + cell.bias_hh
-                i, f, g, o = pre.chunk(4, 1)
-                gates.append(torch.stack([i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()]))
-                h, c = cell(seq[:, t], (h, c))
-                hs.append(h)
-                cs.append(c)
-        seq = torch.stack(hs, 1)
-        g4 = torch.stack(gates, 2).numpy()  # (gate, sample, time, unit)
-        out[f"l{k}"] = {"h": seq.numpy(), "c": torch.stack(cs, 1).numpy(), **dict(zip("ifgo", g4))}
-    return out
+    """h, c and gates of every layer of ``lstm`` (batch_first), by layer name ``l<k>``: the
+    float64 ``nn.LSTMCell`` loop of :func:`rnnlens.testing.torch_models.lstm_float64`."""
+    return {f"l{k}": layer for k, layer in enumerate(lstm_float64(cells_of(lstm), x))}
 
 
 def check_against_oracle(states: Any, prefix: str, lstm: Any, x: Any) -> None:
@@ -225,11 +205,7 @@ def test_an_nnsight_wrapped_cell_loop_matches_the_cell_oracle() -> None:
     x = torch.randn(3, 6, 3)
     nnsight.NNsight(model)
     states = rnnlens.trace(model, x)
-    lstm = nn.LSTM(3, 4, batch_first=True)  # the same weights as a one-layer LSTM: the oracle's input
-    with torch.no_grad():
-        for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            getattr(lstm, f"{n}_l0").copy_(getattr(model.cell, n))
-    ref = oracle(lstm, x)["l0"]
+    ref = lstm_float64([model.cell], x)[0]
     for f in ("h", "c"):
         np.testing.assert_allclose(getattr(states["cell"], f), ref[f], rtol=0, atol=ATOL)
     for g in "ifgo":
