@@ -33,7 +33,7 @@ pytest.importorskip("transformers")
 
 import torch.nn.functional as F  # noqa: E402
 from ssm_builders import IDS, gemma, mamba, mamba2  # noqa: E402
-from write_edit_checks import apply_op, check_ablation_matches_decompose  # noqa: E402
+from write_edit_checks import apply_op, check_ablation_matches_decompose, draw_edits, intervene_unchanged  # noqa: E402
 
 import rnnlens  # noqa: E402
 from rnnlens.core.edits import LINEAR  # noqa: E402
@@ -123,26 +123,18 @@ def configs(draw: Any) -> Any:
     family = draw(st.sampled_from(sorted(BUILD)))
     model, plain = _model(family)
     name = draw(st.sampled_from(list(plain)))
-    width = plain[name].state.shape[2]
-    edits = []
-    for _ in range(draw(st.integers(1, 2))):
-        target = draw(st.sampled_from(["write", "write", "state"]))
-        some = st.lists(st.integers(0, width - 1), min_size=1, max_size=3, unique=True)
-        mode = draw(st.sampled_from(["set", "add", "scale"]))
-        value = draw(st.floats(-3, 3, width=32)) if mode == "scale" else draw(st.floats(-0.5, 0.5, width=32))
-        edits.append(rnnlens.Edit(name, draw(st.integers(-T, T - 1)), field="state",
-                                  units=draw(st.one_of(st.none(), some)), target=target,
-                                  **{mode: value}))  # fmt: skip
+
+    def value(mode: str) -> Any:
+        return st.floats(-3, 3, width=32) if mode == "scale" else st.floats(-0.5, 0.5, width=32)
+
+    edits = draw_edits(draw, name, plain[name].state.shape[2], T, 3, value)
     return family, model, plain, name, edits
 
 
 @given(configs())
 def test_ssm_write_edits_equal_the_oracle_loop_and_the_hooked_model(cfg: Any) -> None:
     _family, model, plain, name, edits = cfg
-    before = rnnlens.adapters.model_digest(model)
-    run = rnnlens.intervene(model, IDS, edits)
-    assert rnnlens.adapters.model_digest(model) == before
-    assert not any("forward" in vars(m) for m in model.modules())
+    run = intervene_unchanged(model, IDS, edits)
     states, reads = _oracle(plain[name], edits)
     got = run.states[name].state
     scale = np.abs(states).max()

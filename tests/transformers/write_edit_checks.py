@@ -1,15 +1,44 @@
-"""Shared by the state-space write-edit tests: an edit's operation applied to a float64 array
-(the oracle loops' side), and the cross-check that ablating step s's write leaves exactly the
-state minus s's contribution from :func:`rnnlens.decompose`."""
+"""Shared by the state-space write-edit tests: the edits hypothesis draws, the edited run (with
+the model checked unchanged after it), an edit's operation applied to a float64 array (the
+oracle loops' side), and the cross-check that ablating step s's write leaves exactly the state
+minus s's contribution from :func:`rnnlens.decompose`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from hypothesis import strategies as st
 
 import rnnlens
+
+
+def draw_edits(
+    draw: Any, name: str, width: int, steps: int, max_units: int, value: Callable[[str], Any]
+) -> list[rnnlens.Edit]:
+    """One or two edits of ``name``'s state (mostly of a write) at steps in ``-steps..steps-1``, on
+    every unit or up to ``max_units`` of ``width``; ``value(mode)``: the strategy of the value
+    ``set`` / ``add`` / ``scale`` takes."""
+    edits = []
+    for _ in range(draw(st.integers(1, 2))):
+        target = draw(st.sampled_from(["write", "write", "state"]))
+        some = st.lists(st.integers(0, width - 1), min_size=1, max_size=max_units, unique=True)
+        mode = draw(st.sampled_from(["set", "add", "scale"]))
+        edits.append(rnnlens.Edit(name, draw(st.integers(-steps, steps - 1)), field="state",
+                                  units=draw(st.one_of(st.none(), some)), target=target,
+                                  **{mode: draw(value(mode))}))  # fmt: skip
+    return edits
+
+
+def intervene_unchanged(model: Any, ids: Any, edits: Sequence[rnnlens.Edit]) -> Any:
+    """``rnnlens.intervene``, checking that the model is as it was after it (weights, and no
+    instance ``forward`` left behind)."""
+    before = rnnlens.adapters.model_digest(model)
+    run = rnnlens.intervene(model, ids, edits)
+    assert rnnlens.adapters.model_digest(model) == before
+    assert not any("forward" in vars(m) for m in model.modules())
+    return run
 
 
 def apply_op(a: np.ndarray, edit: rnnlens.Edit) -> None:
