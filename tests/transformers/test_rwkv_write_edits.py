@@ -32,7 +32,7 @@ pytest.importorskip("transformers")
 
 import torch.nn.functional as F  # noqa: E402
 from ssm_builders import IDS, rwkv  # noqa: E402
-from write_edit_checks import apply_op, intervene_unchanged  # noqa: E402
+from write_edit_checks import apply_edits, intervene_unchanged  # noqa: E402
 
 import rnnlens  # noqa: E402
 
@@ -66,13 +66,9 @@ def _oracle(model: Any, ls: Any, edits: list[rnnlens.Edit]) -> tuple[np.ndarray,
         m = np.maximum(mx + decay, k[:, t])
         e1, e2 = np.exp(mx + decay - m), np.exp(k[:, t] - m)
         w = np.stack([e2 * v[:, t], e2, np.zeros_like(e2)], axis=1)
-        for e in edits:
-            if e.target == "write" and e.step % T == t:
-                apply_op(w, e)
+        apply_edits(w, edits, "write", t, T)
         s = np.stack([e1 * num + w[:, 0], e1 * den + w[:, 1], m], axis=1)
-        for e in edits:
-            if e.target == "state" and e.step % T == t:
-                apply_op(s, e)
+        apply_edits(s, edits, "state", t, T)
         states[:, t] = s
         num, den, mx = s[:, 0], s[:, 1], s[:, 2]
     return states, wkv

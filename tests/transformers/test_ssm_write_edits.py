@@ -33,7 +33,7 @@ pytest.importorskip("transformers")
 
 import torch.nn.functional as F  # noqa: E402
 from ssm_builders import IDS, gemma, mamba, mamba2  # noqa: E402
-from write_edit_checks import apply_op, check_ablation_matches_decompose, draw_edits, intervene_unchanged  # noqa: E402
+from write_edit_checks import check_ablation_matches_decompose, draw_edits, edited_loop, intervene_unchanged  # noqa: E402
 
 import rnnlens  # noqa: E402
 from rnnlens.core.edits import LINEAR  # noqa: E402
@@ -70,20 +70,7 @@ def _terms(ls: Any) -> tuple[np.ndarray, np.ndarray]:
 def _oracle(ls: Any, edits: list[rnnlens.Edit]) -> tuple[np.ndarray, np.ndarray]:
     """The states (stored, carried) and the states each step's output reads, float64."""
     d, w = _terms(ls)
-    s = np.zeros_like(w[:, 0])
-    states, reads = np.zeros_like(w), np.zeros_like(w)
-    for t in range(T):
-        wt = w[:, t].copy()
-        for e in edits:
-            if e.target == "write" and e.step % T == t:
-                apply_op(wt, e)
-        s = d[:, t] * s + wt
-        reads[:, t] = s
-        for e in edits:
-            if e.target == "state" and e.step % T == t:
-                apply_op(s, e)
-        states[:, t] = s
-    return states, reads
+    return edited_loop(lambda t, s: d[:, t] * s, w, edits)
 
 
 def _oracle_logits(model: Any, name: str, ls: Any, reads: np.ndarray) -> np.ndarray:

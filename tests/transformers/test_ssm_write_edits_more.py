@@ -44,7 +44,7 @@ pytest.importorskip("transformers")
 import torch.nn.functional as F  # noqa: E402
 from ssm_builders import IDS, gdn, xlstm  # noqa: E402
 from ssm_families import kimi_linear, minimax, zamba  # noqa: E402
-from write_edit_checks import apply_op, check_ablation_matches_decompose, draw_edits, intervene_unchanged  # noqa: E402
+from write_edit_checks import check_ablation_matches_decompose, draw_edits, edited_loop, intervene_unchanged  # noqa: E402
 
 import rnnlens  # noqa: E402
 
@@ -108,21 +108,7 @@ def _steps(ls: Any) -> Any:
 
 def _oracle(ls: Any, edits: list[rnnlens.Edit]) -> tuple[np.ndarray, np.ndarray]:
     """The states (stored, carried) and the states each step's output reads, float64."""
-    step, w = _steps(ls)
-    s = np.zeros_like(w[:, 0])
-    states, reads = np.zeros_like(w), np.zeros_like(w)
-    for t in range(T):
-        wt = w[:, t].copy()
-        for e in edits:
-            if e.target == "write" and e.step % T == t:
-                apply_op(wt, e)
-        s = step(t, s) + wt
-        reads[:, t] = s
-        for e in edits:
-            if e.target == "state" and e.step % T == t:
-                apply_op(s, e)
-        states[:, t] = s
-    return states, reads
+    return edited_loop(*_steps(ls), edits)
 
 
 def _lightning_logits(model: Any, name: str, ls: Any, reads: np.ndarray) -> np.ndarray:

@@ -49,6 +49,33 @@ def apply_op(a: np.ndarray, edit: rnnlens.Edit) -> None:
     a[:, sel] = v if mode == "set" else a[:, sel] + v if mode == "add" else a[:, sel] * v
 
 
+def apply_edits(a: np.ndarray, edits: Sequence[rnnlens.Edit], target: str, t: int, steps: int) -> None:
+    """Every edit of ``target`` (``"write"`` / ``"state"``) at step ``t`` of ``steps``, on ``a``."""
+    for e in edits:
+        if e.target == target and e.step % steps == t:
+            apply_op(a, e)
+
+
+def edited_loop(
+    step: Callable[[int, np.ndarray], np.ndarray], w: np.ndarray, edits: Sequence[rnnlens.Edit]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The float64 oracle of a state linear in itself, ``x_t = step(t, x_{t−1}) + w_t`` from a
+    zero state, with ``edits`` applied: each step's write edited before the state is formed,
+    the state after. Returns the states (stored, carried) and the states each step's output
+    reads (before the step's state edits)."""
+    steps = w.shape[1]
+    s = np.zeros_like(w[:, 0])
+    states, reads = np.zeros_like(w), np.zeros_like(w)
+    for t in range(steps):
+        wt = w[:, t].copy()
+        apply_edits(wt, edits, "write", t, steps)
+        s = step(t, s) + wt
+        reads[:, t] = s
+        apply_edits(s, edits, "state", t, steps)
+        states[:, t] = s
+    return states, reads
+
+
 def check_ablation_matches_decompose(
     model: Any, ids: Any, plain: Any, name: str, cases: Sequence[tuple[int, list[int] | None]]
 ) -> None:
