@@ -283,6 +283,17 @@ def test_a_class_level_patch_of_torchs_forward_is_traced_through(encoder: Any) -
     assert seen == [encoder.rnn]  # the patch ran once, on the module itself
 
 
+def _same_as_an_lstm(encoder: Any, cls: type) -> None:
+    """The encoder with its LSTM swapped for an instance of ``cls`` (an ``nn.LSTM`` subclass, the
+    same weights) traces as it did."""
+    x = torch.randn(2, 5, 3)
+    want = rnnlens.trace(encoder, x)
+    sub = cls(3, 5, num_layers=2, batch_first=True)
+    sub.load_state_dict(encoder.rnn.state_dict())
+    encoder.rnn = sub
+    same_states(rnnlens.trace(encoder, x), want)
+
+
 def test_a_class_level_patch_of_a_subclass_calling_the_base_directly(encoder: Any) -> None:
     class Sub(nn.LSTM):
         pass
@@ -291,12 +302,7 @@ def test_a_class_level_patch_of_a_subclass_calling_the_base_directly(encoder: An
         return nn.LSTM.forward(self, input, hx)
 
     Sub.forward = patched  # type: ignore[method-assign]
-    x = torch.randn(2, 5, 3)
-    want = rnnlens.trace(encoder, x)
-    sub = Sub(3, 5, num_layers=2, batch_first=True)
-    sub.load_state_dict(encoder.rnn.state_dict())
-    encoder.rnn = sub
-    same_states(rnnlens.trace(encoder, x), want)
+    _same_as_an_lstm(encoder, Sub)
 
 
 # --------------------------------------------------------------------------- hooks
@@ -472,12 +478,7 @@ def test_a_subclass_calling_the_base_forward_by_name_is_traced(encoder: Any) -> 
         def forward(self, input: Any, hx: Any = None) -> Any:  # type: ignore[override]
             return nn.LSTM.forward(self, input, hx)  # not super(): the base class by name
 
-    x = torch.randn(2, 5, 3)
-    want = rnnlens.trace(encoder, x)
-    sub = ByName(3, 5, num_layers=2, batch_first=True)
-    sub.load_state_dict(encoder.rnn.state_dict())
-    encoder.rnn = sub
-    same_states(rnnlens.trace(encoder, x), want)
+    _same_as_an_lstm(encoder, ByName)
 
 
 def test_the_nnsight_object_itself_is_refused_naming_the_model_to_pass(encoder: Any) -> None:
