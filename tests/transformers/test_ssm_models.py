@@ -182,6 +182,14 @@ def test_mamba2_states_past_the_checked_steps_and_chunk_boundaries() -> None:
     own = _mixer_outputs(model, names, ids)
     for name in names:
         np.testing.assert_allclose(states[name].h, own[name], **TOL)
+    # left padding past the checked steps: the mixer zeroes padded inputs before its scan, so
+    # the real tokens' states are an unpadded run's
+    mask = torch.ones_like(ids)
+    mask[1, : CHECK_STEPS + 2] = 0
+    padded = rnnlens.trace(model, ids, attention_mask=mask, fields="state")
+    alone = rnnlens.trace(model, ids[1:2, CHECK_STEPS + 2 :], fields="state")
+    for name in names:
+        np.testing.assert_allclose(padded[name].state[1, CHECK_STEPS + 2 :], alone[name].state[0], **TOL)
     mixer = model.backbone.layers[0].mixer
     x = torch.randn(3, ids.shape[1], 16, generator=torch.Generator().manual_seed(6))
     rec = Scan2Recorder(mixer, names[0], gates=False)
@@ -193,6 +201,14 @@ def test_mamba2_states_past_the_checked_steps_and_chunk_boundaries() -> None:
     last = mine.get_recurrent_state(0, state_idx=0)
     np.testing.assert_array_equal(last.numpy(), rec.states[:, -1].numpy())
     np.testing.assert_allclose(last.numpy(), theirs.get_recurrent_state(0, state_idx=0).numpy(), **TOL)
+    # a cache keeping intermediate states: the helper runs as it is (rnnlens then rebuilds)
+    mine, theirs = (transformers.DynamicCache(config=model.config) for _ in range(2))
+    for c in (mine, theirs):
+        c.activate_past_recording(recurrent_states_to_keep=3)
+    rec = Scan2Recorder(mixer, names[0], gates=False)
+    with torch.no_grad():
+        out = forward_with(mixer, rec.replacements(type(mixer).forward))(mixer, x, cache=mine)
+        assert torch.equal(out, mixer(x, cache=theirs)) and not rec.used
 
 
 def _mixer_outputs(model: Any, names: list[str], ids: Any = IDS) -> dict[str, np.ndarray]:
