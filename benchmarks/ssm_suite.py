@@ -13,12 +13,13 @@ from .harness import Case
 STEPS, BATCH = 128, 4
 
 
-def _cases(family: str, model: Any) -> list[Case]:
+def _cases(family: str, model: Any, steps: int = STEPS, batch: int = BATCH) -> list[Case]:
     import torch
 
     import rnnlens
 
-    ids = torch.randint(0, 100, (BATCH, STEPS))
+    ids = torch.randint(0, 100, (batch, steps))
+    every = steps // 8
 
     def forward() -> Any:
         with torch.no_grad():
@@ -26,15 +27,15 @@ def _cases(family: str, model: Any) -> list[Case]:
 
     def prefixes() -> Any:  # what users do today (state-spaces/mamba#518): one prefill per prefix
         with torch.no_grad():
-            return [model(ids[:, : t + 1], use_cache=True) for t in range(0, STEPS, 16)]
+            return [model(ids[:, : t + 1], use_cache=True) for t in range(0, steps, every)]
 
     return [
-        Case(f"{family}: model forward, {STEPS} tokens (floor)", forward, f"batch {BATCH}"),
+        Case(f"{family}: model forward, {steps} tokens (floor)", forward, f"batch {batch}"),
         Case(
             f"{family}: rnnlens state + gates, every step", lambda: rnnlens.trace(model, ids), "every mixer"
         ),
         Case(f"{family}: rnnlens state only", lambda: rnnlens.trace(model, ids, fields="state"), ""),
-        Case(f"{family}: re-run every 16th prefix with a cache", prefixes, "8 of 128 steps only"),
+        Case(f"{family}: re-run every {every}th prefix with a cache", prefixes, f"8 of {steps} steps only"),
     ]
 
 
@@ -61,6 +62,20 @@ def mamba2_cases() -> list[Case]:
         num_hidden_layers=4, expand=2, chunk_size=32,
     )  # fmt: skip
     return _cases("Mamba2", transformers.Mamba2ForCausalLM(cfg).eval())
+
+
+def mamba2_long_cases() -> list[Case]:
+    """Mamba2 nearer a released model's shape: d_state 64, chunks of 128, 512 tokens."""
+    import torch
+
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.Mamba2Config(
+        vocab_size=100, hidden_size=256, state_size=64, num_heads=16, head_dim=32, n_groups=1,
+        num_hidden_layers=2, expand=2, chunk_size=128,
+    )  # fmt: skip
+    return _cases("Mamba2 long", transformers.Mamba2ForCausalLM(cfg).eval(), steps=512, batch=1)
 
 
 def kimi_cases() -> list[Case]:
@@ -172,6 +187,7 @@ def gdn_cases() -> list[Case]:
 SUITES: dict[str, Callable[[], list[Case]]] = {
     "ssm-mamba": mamba_cases,
     "ssm-mamba2": mamba2_cases,
+    "ssm-mamba2-long": mamba2_long_cases,
     "ssm-kimi": kimi_cases,
     "ssm-lightning": lightning_cases,
     "ssm-zamba": zamba_cases,

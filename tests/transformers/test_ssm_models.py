@@ -157,14 +157,61 @@ def test_mamba2_states_at_every_step_equal_the_decode_cache() -> None:
     assert ls.gates["x"].shape == (2, 7, 4, 8)
     _equals_prefill_and_decode(model, states, names)
     _untouched(model, before)
-    # computed from what the scan helper received while the helper computes the mixer's output:
-    # h is bitwise the mixer's own
+    # the scan's output is the readout of rnnlens' step-by-step states (the decode path's
+    # operations), not the chunked scan's: h is the mixer's own within float32 rounding
     own = _mixer_outputs(model, names)
     for name in names:
-        assert np.array_equal(states[name].h, own[name])
+        np.testing.assert_allclose(states[name].h, own[name], **TOL)
 
 
-def _mixer_outputs(model: Any, names: list[str]) -> dict[str, np.ndarray]:
+def test_mamba2_states_past_the_checked_steps_and_chunk_boundaries() -> None:
+    """Past the steps the chunked scan checks (mamba2_scan.CHECK_STEPS) and across several of
+    its chunks, every step's state is still the decode cache's, each mixer's output the
+    mixer's own and the prefill cache the one the chunked scan leaves (float32 rounding)."""
+    from rnnlens.adapters.hf_.intercept import forward_with
+    from rnnlens.adapters.hf_.mamba2_scan import CHECK_STEPS, Scan2Recorder
+
+    model = mamba2()
+    ids = torch.randint(0, 50, (3, 4 * CHECK_STEPS + 3), generator=torch.Generator().manual_seed(5))
+    names = ["backbone.layers.0.mixer", "backbone.layers.1.mixer"]
+    states = rnnlens.trace(model, ids)
+    decoded = decoded_states(model, ids, len(names))
+    for i, name in enumerate(names):
+        for t in range(ids.shape[1]):
+            np.testing.assert_allclose(states[name].state[:, t], decoded[t][i].numpy(), **TOL)
+    own = _mixer_outputs(model, names, ids)
+    for name in names:
+        np.testing.assert_allclose(states[name].h, own[name], **TOL)
+    # left padding past the checked steps: the mixer zeroes padded inputs before its scan, so
+    # the real tokens' states are an unpadded run's
+    mask = torch.ones_like(ids)
+    mask[1, : CHECK_STEPS + 2] = 0
+    padded = rnnlens.trace(model, ids, attention_mask=mask, fields="state")
+    alone = rnnlens.trace(model, ids[1:2, CHECK_STEPS + 2 :], fields="state")
+    for name in names:
+        np.testing.assert_allclose(padded[name].state[1, CHECK_STEPS + 2 :], alone[name].state[0], **TOL)
+    mixer = model.backbone.layers[0].mixer
+    x = torch.randn(3, ids.shape[1], 16, generator=torch.Generator().manual_seed(6))
+    rec = Scan2Recorder(mixer, names[0], gates=False)
+    mine, theirs = (transformers.DynamicCache(config=model.config) for _ in range(2))
+    with torch.no_grad():
+        out = forward_with(mixer, rec.replacements(type(mixer).forward))(mixer, x, cache=mine)
+        np.testing.assert_allclose(out.numpy(), mixer(x, cache=theirs).numpy(), **TOL)
+    assert rec.used
+    last = mine.get_recurrent_state(0, state_idx=0)
+    np.testing.assert_array_equal(last.numpy(), rec.states[:, -1].numpy())
+    np.testing.assert_allclose(last.numpy(), theirs.get_recurrent_state(0, state_idx=0).numpy(), **TOL)
+    # a cache keeping intermediate states: the helper runs as it is (rnnlens then rebuilds)
+    mine, theirs = (transformers.DynamicCache(config=model.config) for _ in range(2))
+    for c in (mine, theirs):
+        c.activate_past_recording(recurrent_states_to_keep=3)
+    rec = Scan2Recorder(mixer, names[0], gates=False)
+    with torch.no_grad():
+        out = forward_with(mixer, rec.replacements(type(mixer).forward))(mixer, x, cache=mine)
+        assert torch.equal(out, mixer(x, cache=theirs)) and not rec.used
+
+
+def _mixer_outputs(model: Any, names: list[str], ids: Any = IDS) -> dict[str, np.ndarray]:
     """Each mixer's output in a plain forward pass (hooks in the test, not rnnlens)."""
     own: dict[str, np.ndarray] = {}
     hooks = [
@@ -173,7 +220,7 @@ def _mixer_outputs(model: Any, names: list[str]) -> dict[str, np.ndarray]:
     ]
     try:
         with torch.no_grad():
-            model(IDS)
+            model(ids)
     finally:
         for h in hooks:
             h.remove()

@@ -22,7 +22,9 @@ mode under ``torch.no_grad()`` (training flags restored). Each mixer gets an ins
 ``forward`` that runs its own ``forward`` and keeps what it received and returned, removed
 again in a ``finally``: no hook, no weight or buffer is touched, and the model returns what it
 returns without rnnlens (delta-rule and multi-head Mamba mixers run a copy of their own
-``forward`` whose scan helper is rnnlens' recorder: :mod:`.intercept`). The states are rebuilt
+``forward`` whose scan helper is rnnlens' recorder: :mod:`.intercept`; so do Mamba and Mamba2
+mixers, whose scan is rnnlens' own: bitwise the helper's for Mamba, within float32 rounding of
+the chunked one for Mamba2, :mod:`.mamba_scan`, :mod:`.mamba2_scan`). The states are rebuilt
 from the recorded inputs with the mixer's own weights and checked against the mixer's own
 output (float32: rtol 1e-4, atol 2e-5).
 ``attention_mask`` (given as transformers takes it) becomes ``States.mask``; at padded steps
