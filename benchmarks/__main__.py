@@ -3,6 +3,9 @@
 Prints one table per model (ratios to the plain forward pass, measured interleaved in this
 run, and the peak memory each case adds), the streaming memory figures, the scaling table,
 and writes benchmarks/results/latest.json, latest.md and scaling.png.
+
+On a machine other processes load, ``RNNLENS_BENCH_THREADS=1 RNNLENS_BENCH_CLOCK=cpu`` runs
+PyTorch on one thread and times CPU time instead of wall time, in every suite.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .harness import Case, Result, format_table, interleaved, markdown_table, measure_rss
+from .harness import Case, Result, env_threads, format_table, interleaved, markdown_table, measure_rss
 
 RESULTS = Path(__file__).parent / "results"
 SLOW_SUITE_ROUNDS = {"dask": 3}
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before any framework import: CPU kernels only
     os.environ["RNNLENS_BENCH_DEVICE"] = args.device
+    env_threads()  # RNNLENS_BENCH_THREADS / RNNLENS_BENCH_CLOCK apply to every suite
     suites = all_suites()
     if args.list:
         print("\n".join(suites))

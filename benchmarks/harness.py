@@ -53,12 +53,27 @@ class Result:
         }
 
 
+def env_clock() -> Callable[[], float]:
+    """``time.process_time`` where ``RNNLENS_BENCH_CLOCK=cpu`` (a machine other processes load:
+    with ``RNNLENS_BENCH_THREADS=1``, CPU time is the steadier measure), else wall time."""
+    return time.process_time if os.environ.get("RNNLENS_BENCH_CLOCK") == "cpu" else time.perf_counter
+
+
+def env_threads() -> None:
+    """PyTorch's intra-op threads from ``RNNLENS_BENCH_THREADS``, where set and torch is installed."""
+    if os.environ.get("RNNLENS_BENCH_THREADS"):
+        with contextlib.suppress(ImportError):
+            import torch
+
+            torch.set_num_threads(int(os.environ["RNNLENS_BENCH_THREADS"]))
+
+
 def interleaved(
-    cases: list[Case], *, repeats: int = 5, warmup: int = 1, clock: Callable[[], float] = time.perf_counter
+    cases: list[Case], *, repeats: int = 5, warmup: int = 1, clock: Callable[[], float] | None = None
 ) -> list[Result]:
     """Time ``cases`` interleaved; ratios are to ``cases[0]`` within each round. ``clock``:
-    wall time by default; ``time.process_time`` (with one thread) where other processes load the
-    machine."""
+    :func:`env_clock` by default (wall time unless ``RNNLENS_BENCH_CLOCK=cpu``)."""
+    clock = clock or env_clock()
     for _ in range(warmup):
         for c in cases:
             c.fn()
