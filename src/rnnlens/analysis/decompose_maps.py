@@ -40,7 +40,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DecompositionMaps", "Lifetimes", "Scratch", "carry", "lifetimes", "norms", "products"]
+__all__ = [
+    "DecompositionMaps", "Lifetimes", "Scratch", "carry", "from_squares", "lifetimes", "norms", "products",
+]  # fmt: skip
 
 
 @dataclass
@@ -156,9 +158,15 @@ def _norms_products(w: np.ndarray, q: np.ndarray, out: np.ndarray, scratch: Scra
     e = np.square(q, out=scratch("e", q.shape))
     f = np.divide(w, q, out=scratch("f", q.shape))
     f *= f
+    return from_squares(e, f, out)
+
+
+def from_squares(e: np.ndarray, f: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """The map of the products route from its factors ``e = q²`` and ``f = (w / q)²`` (n, T, U):
+    ``out[n, t, s] = sqrt(Σ_u e[n, t, u] f[n, s, u])`` for s ≤ t, 0 above."""
     with np.errstate(over="ignore", invalid="ignore"):  # only in the discarded upper triangle
         np.matmul(e, np.swapaxes(f, 1, 2), out=out)
-    np.copyto(out, 0.0, where=_upper(q.shape[1]))
+    np.copyto(out, 0.0, where=_upper(e.shape[1]))
     return np.sqrt(out, out=out)
 
 
