@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["maps"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_BLOCK_VALUES = 1 << 17  # samples × time × units a kernel call: its 1 MiB float64 factors stay in cache
 
 
 def maps(dec: Decomposition, rows: range, cols: slice | np.ndarray, ord: float | None,
@@ -144,19 +145,28 @@ def _fused(dec: Decomposition, kernel: Callable[..., Any], sl: slice, cols: slic
         init = dec._initial[sl].reshape(n, u) * np.where(first, d[:, 0], 1.0)
     else:
         init = np.asarray(x[:, 0], np.float64) - w0
-    scratch, n_t_u = dec._scratch(), (n, x.shape[1], u) if att is not None else (0, 0, 0)
+    t = x.shape[1]
+    init = np.ascontiguousarray(init)
+    sub = max(1, _BLOCK_VALUES // max(1, t * u))  # samples a block: its factors stay in cache
+    scratch, n_t_u = dec._scratch(), (min(n, sub), t, u) if att is not None else (0, 0, 0)
     e, f = scratch("e", n_t_u), scratch("f", n_t_u)
     steps, alive = life if life is not None else (np.zeros((0, 0, 0)), np.zeros((0, 0, 0), bool))
-    bad, qmin, qmax, dmax = kernel(
-        x, d, i, b, code, valid, not valid.all(), np.ascontiguousarray(init), dec.rtol, dec.atol,
-        float(fraction or 1.0), att is not None, life is not None, e, f, steps, alive,
-    )  # fmt: skip
-    if bad:
-        return False  # the NumPy route checks the chunk again and raises, saying where
-    if life is not None and dmax > 1.0:
-        _refuse_growth(dec)
-    if not (qmin >= _TINY and (dmax <= 1.0 or qmax <= 1 / _TINY)):
-        return False  # products out of range (or NaN): the log route, as the NumPy route takes it
-    if att is not None:  # the same batched matrix product as the NumPy route's
-        from_squares(e[..., cols], f[..., cols], att)
+    masked = not valid.all()
+    for lo in range(0, n, sub):
+        hi = min(n, lo + sub)
+        ef = (e[: hi - lo], f[: hi - lo]) if att is not None else (e, f)
+        lf = (steps[lo:hi], alive[lo:hi]) if life is not None else (steps, alive)
+        bad, qmin, qmax, dmax = kernel(
+            x[lo:hi], d[lo:hi], i[lo:hi], b[lo:hi], code, valid[lo:hi], masked, init[lo:hi],
+            dec.rtol, dec.atol, float(fraction or 1.0), att is not None, life is not None, *ef, *lf,
+        )  # fmt: skip
+        # a failed check (the NumPy route checks the chunk again and raises, saying where),
+        # decays above 1 for lifetimes (refused there, after the whole chunk's check) or
+        # products out of range or NaN (the log route, for the whole chunk as there)
+        if bad or (life is not None and dmax > 1.0):
+            return False
+        if not (qmin >= _TINY and (dmax <= 1.0 or qmax <= 1 / _TINY)):
+            return False
+        if att is not None:  # the same batched matrix product as the NumPy route's
+            from_squares(ef[0][..., cols], ef[1][..., cols], att[lo:hi])
     return True
