@@ -61,7 +61,7 @@ def write0(code: int, d: np.ndarray, i: np.ndarray, b: np.ndarray) -> np.ndarray
     return np.multiply(i, b, dtype=np.float64)
 
 
-def _compile() -> Callable[..., Any] | None:
+def _compile() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
     try:
         import numba
     except ImportError:
@@ -137,15 +137,39 @@ def _compile() -> Callable[..., Any] | None:
                         alive[s, p, k] = mag[t - 1, k] >= thr[k]
         return bad.sum(), qmin.min(), qmax.max(), dmax.max()
 
-    return run  # type: ignore[no-any-return]
+    @numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
+    def finish(out):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+        n, t, _ = out.shape
+        for s in range(n):
+            for tt in range(t):
+                for s2 in range(tt + 1):
+                    out[s, tt, s2] = np.sqrt(out[s, tt, s2])
+                for s2 in range(tt + 1, t):
+                    out[s, tt, s2] = 0.0
+
+    return run, finish
 
 
-_KERNEL: list[Callable[..., Any] | None] = []
+_KERNEL: list[tuple[Callable[..., Any], Callable[..., Any]] | None] = []
+
+
+def _kernels() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
+    if not _KERNEL:
+        _KERNEL.append(_compile())
+    return _KERNEL[0]
 
 
 def kernel() -> Callable[..., Any] | None:
     """The compiled kernel, or None without numba (then the NumPy route runs); numba is imported
     on the first call, not with rnnlens."""
-    if not _KERNEL:
-        _KERNEL.append(_compile())
-    return _KERNEL[0]
+    k = _kernels()
+    return None if k is None else k[0]
+
+
+def finish(out: np.ndarray) -> None:
+    """``out`` (n, T, T) ← its square root on and below the diagonal, 0 above, in place: the last
+    step of :func:`.decompose_maps.from_squares`, in one pass (compiled: call after :func:`kernel`
+    returned one)."""
+    k = _kernels()
+    assert k is not None
+    k[1](out)

@@ -161,12 +161,22 @@ def _norms_products(w: np.ndarray, q: np.ndarray, out: np.ndarray, scratch: Scra
     return from_squares(e, f, out)
 
 
-def from_squares(e: np.ndarray, f: np.ndarray, out: np.ndarray) -> np.ndarray:
+def from_squares(e: np.ndarray, f: np.ndarray, out: np.ndarray,
+                 finish: Callable[[np.ndarray], None] | None = None) -> np.ndarray:  # fmt: skip
     """The map of the products route from its factors ``e = q²`` and ``f = (w / q)²`` (n, T, U):
-    ``out[n, t, s] = sqrt(Σ_u e[n, t, u] f[n, s, u])`` for s ≤ t, 0 above."""
+    ``out[n, t, s] = sqrt(Σ_u e[n, t, u] f[n, s, u])`` for s ≤ t, 0 above; ``finish(out)``: that
+    last step (the square root below the diagonal, 0 above) in one pass, if given."""
+    t, h = e.shape[1], e.shape[1] // 2
+    ft = np.swapaxes(f, 1, 2)
     with np.errstate(over="ignore", invalid="ignore"):  # only in the discarded upper triangle
-        np.matmul(e, np.swapaxes(f, 1, 2), out=out)
-    np.copyto(out, 0.0, where=_upper(e.shape[1]))
+        # rows t < h need only the columns s < h: a quarter of the products left out
+        np.matmul(e[:, :h], ft[:, :, :h], out=out[:, :h, :h])
+        np.matmul(e[:, h:], ft, out=out[:, h:])
+    if finish is not None:
+        finish(out)
+        return out
+    out[:, :h, h:] = 0.0
+    np.copyto(out, 0.0, where=_upper(t))
     return np.sqrt(out, out=out)
 
 

@@ -168,5 +168,5 @@ def _fused(dec: Decomposition, kernel: Callable[..., Any], sl: slice, cols: slic
         if not (qmin >= _TINY and (dmax <= 1.0 or qmax <= 1 / _TINY)):
             return False
         if att is not None:  # the same batched matrix product as the NumPy route's
-            from_squares(ef[0][..., cols], ef[1][..., cols], att[lo:hi])
+            from_squares(ef[0][..., cols], ef[1][..., cols], att[lo:hi], fused.finish)
     return True
