@@ -16,9 +16,11 @@ Delta-rule mixers (gated delta-nets, Kimi delta attention) decay by a matrix per
 products above are matrix products there (:mod:`rnnlens.analysis.decompose_delta`).
 
 Arrays are read in chunks of samples (``chunk``), so the maps of a stored layer never hold more
-than three chunks × ``time × units`` values at once (the next two chunks are read and checked in
-other threads while this one's maps are computed). :meth:`Decomposition.maps` gives the
-attention map and the lifetimes from one read and one check of each chunk.
+than three chunks × ``time × units`` values at once besides the results (two chunks are read,
+checked and mapped at once, each in its own thread: :mod:`.decompose_stream`).
+:meth:`Decomposition.maps` gives the attention map and the lifetimes from one read and one check
+of each chunk; with numba installed (``rnnlens[fast]``) an LSTM's or a GRU's chunk takes one
+compiled pass (:mod:`.decompose_fused`).
 
 Example:
     >>> import numpy as np, torch, rnnlens
@@ -51,7 +53,7 @@ __all__ = ["Decomposition", "DecompositionMaps", "Lifetimes", "decompose"]
 
 
 _CHUNK_BYTES = 64 << 20
-_AHEAD = 2  # chunks read and checked ahead, each in its own thread
+_AHEAD = 2  # chunks read and checked (and mapped) ahead, each in its own thread
 
 
 def _tolerance(dtype: np.dtype) -> tuple[float, float]:
