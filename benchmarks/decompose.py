@@ -11,8 +11,8 @@ reads and checks every chunk. Every chunk's writes are checked against the store
 step. Prints wall-clock and CPU times (all threads: the next chunks are read and checked in other
 threads) and their ratios to reading; on a shared machine the CPU ratio is the steadier one. Run
 it under ``taskset -c 0`` to see the one-core cost. With numba installed (``rnnlens[fast]``) the
-fused kernel of :mod:`rnnlens.analysis.decompose_fused` runs (its first call, compiling or loading
-the cached kernel, is timed apart); ``--numpy`` times the NumPy route instead.
+fused kernel of :mod:`rnnlens.analysis.decompose_fused` runs (the first ``maps`` call, which
+loads the cached kernel or compiles it, is timed apart); ``--numpy`` times the NumPy route.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def main() -> None:
         layer = _store(path, args.n, args.time, args.units)
         states = rnnlens.open_states(path)
         t0 = time.perf_counter()
-        rnnlens.decompose(states, layer).maps(samples=slice(0, 1))
+        rnnlens.decompose(states, layer).maps(fraction=0.5)
         first = time.perf_counter() - t0
         times = best_of(
             {
@@ -92,7 +92,7 @@ def main() -> None:
             args.repeats,
         )
     print(f"{args.n} sequences × {args.time} steps × {args.units} units (LSTM c + gates, float32), "
-          f"best of {args.repeats}; {route} (first call: {first:.2f} s)")  # fmt: skip
+          f"best of {args.repeats}; {route} (first maps call, loading or compiling it: {first:.2f} s)")  # fmt: skip
     read_wall, read_cpu = times["read"]
     for name, (wall, cpu) in times.items():
         print(f"{name:>10}: wall {wall:6.2f} s = {wall / read_wall:5.2f}× reading   "

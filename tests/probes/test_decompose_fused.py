@@ -26,6 +26,11 @@ from rnnlens.core.states import DirectionStates, Gates, LayerStates, States
 numba = pytest.importorskip("numba")
 
 
+@pytest.fixture(autouse=True)
+def _small_layers_take_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decompose_fused, "MIN_VALUES", 0)
+
+
 def _states(kind: str, a: np.ndarray, b: np.ndarray, mask: np.ndarray | None, direction: str,
             dtype: str, initial: np.ndarray | None) -> States:  # fmt: skip
     """An LSTM (c = f ⊙ c + i ⊙ g; ``a`` = f, ``b`` = g, i = 0.5 + g / 4) or GRU (h = z ⊙ h +
@@ -100,6 +105,7 @@ def test_the_kernel_gives_the_numpy_routes_maps(seed: int, t: int, kind: str, dt
     states = _states(kind, a, b, mask, direction, dtype, initial)
     dec = rnnlens.decompose(states, "rec", chunk=chunk, initial=initial)
     with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(decompose_fused, "MIN_VALUES", 0)  # hypothesis runs the examples outside the fixture
         _both(dec, mp, 0.3)
         _both(dec, mp, 0.3, units=[0, 2])
 
@@ -135,6 +141,14 @@ def test_the_kernels_errors_are_the_numpy_routes(bad: int) -> None:
     with pytest.raises(rnnlens.InputError, match="above 1"):
         grow.maps()
     assert grow.attention().shape == (6, 5, 5)
+
+
+def test_small_layers_take_the_numpy_route(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Below MIN_VALUES the kernel is not even asked for (its first call costs a second or more)."""
+    monkeypatch.setattr(decompose_fused, "MIN_VALUES", 10**9)
+    monkeypatch.setattr(decompose_fused, "kernel", lambda: pytest.fail("the kernel was asked for"))
+    states = rnnlens.trace(torch.nn.LSTM(2, 3, batch_first=True), torch.randn(2, 5, 2))
+    assert rnnlens.decompose(states, "lstm").maps().attention.shape == (2, 5, 5)
 
 
 def test_without_numba_the_numpy_route_runs(monkeypatch) -> None:  # type: ignore[no-untyped-def]

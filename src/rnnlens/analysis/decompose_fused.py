@@ -40,8 +40,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["GRU", "LSTM", "factors", "kernel", "write0"]
+__all__ = ["GRU", "LSTM", "MIN_VALUES", "factors", "finish", "kernel", "write0"]
 
+#: samples × time × units below which the NumPy route runs: there it takes milliseconds, while
+#: the kernel's first call in a process loads it from numba's cache (~1 s) or compiles it (~5 s)
+MIN_VALUES = 1 << 22
 LSTM, GRU = 0, 1  # how the write is formed: i ⊙ g (from a = f's partners); (1 − z) ⊙ n
 
 

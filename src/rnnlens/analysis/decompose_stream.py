@@ -49,7 +49,8 @@ def maps(dec: Decomposition, rows: range, cols: slice | np.ndarray, ord: float |
     att = np.zeros((n, t, t)) if ord is not None else None
     steps = np.zeros((n, t, u)) if fraction is not None else None
     alive = np.zeros((n, t, u), bool) if fraction is not None else None
-    kernel = fused.kernel() if ord in (2, None) and dec.kind in ("lstm", "convlstm", "gru") else None
+    takes = ord in (2, None) and dec.kind in ("lstm", "convlstm", "gru") and n * t * u >= fused.MIN_VALUES
+    kernel = fused.kernel() if takes else None
 
     def job(sl: slice) -> None:
         at = slice(sl.start - rows.start, sl.stop - rows.start)
