@@ -92,7 +92,7 @@ def main() -> None:
             args.repeats,
         )
     print(f"{args.n} sequences × {args.time} steps × {args.units} units (LSTM c + gates, float32), "
-          f"best of {args.repeats}; {route} (first maps call, loading or compiling it: {first:.2f} s)")  # fmt: skip
+          f"best of {args.repeats}; {route} (first maps call: {first:.2f} s)")  # fmt: skip
     read_wall, read_cpu = times["read"]
     for name, (wall, cpu) in times.items():
         print(f"{name:>10}: wall {wall:6.2f} s = {wall / read_wall:5.2f}× reading   "
