@@ -1,5 +1,5 @@
 """The cost of ``rnnlens.decompose`` on a stored layer against reading it:
-``python -m benchmarks.decompose [--n 10000] [--time 50] [--units 64] [--repeats 5]``.
+``python -m benchmarks.decompose [--n 10000] [--time 50] [--units 64] [--repeats 5] [--numpy]``.
 
 A PyTorch LSTM's ``c`` and gates are extracted into a Zarr store (``extract_to``); then, each
 timed as the best of ``--repeats`` runs, alternating: **read** (every chunk of c and the gates
@@ -10,7 +10,9 @@ once — the issue's target: at most 2× reading), and each alone, **attention**
 reads and checks every chunk. Every chunk's writes are checked against the stored ``c`` at every
 step. Prints wall-clock and CPU times (all threads: the next chunks are read and checked in other
 threads) and their ratios to reading; on a shared machine the CPU ratio is the steadier one. Run
-it under ``taskset -c 0`` to see the one-core cost.
+it under ``taskset -c 0`` to see the one-core cost. With numba installed (``rnnlens[fast]``) the
+fused kernel of :mod:`rnnlens.analysis.decompose_fused` runs (the first ``maps`` call, which
+loads the cached kernel or compiles it, is timed apart); ``--numpy`` times the NumPy route.
 """
 
 from __future__ import annotations
@@ -64,13 +66,22 @@ def main() -> None:
     ap.add_argument("--time", type=int, default=50)
     ap.add_argument("--units", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--numpy", action="store_true", help="the NumPy route (no numba kernel)")
     args = ap.parse_args()
     import rnnlens
+    from rnnlens.analysis import decompose_fused
+
+    if args.numpy:
+        decompose_fused.kernel = lambda: None
+    route = "numba kernel" if decompose_fused.kernel() is not None else "NumPy route"
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "s.zarr"
         layer = _store(path, args.n, args.time, args.units)
         states = rnnlens.open_states(path)
+        t0 = time.perf_counter()
+        rnnlens.decompose(states, layer).maps(fraction=0.5)
+        first = time.perf_counter() - t0
         times = best_of(
             {
                 "read": lambda: _read(states, layer),
@@ -81,7 +92,7 @@ def main() -> None:
             args.repeats,
         )
     print(f"{args.n} sequences × {args.time} steps × {args.units} units (LSTM c + gates, float32), "
-          f"best of {args.repeats}")  # fmt: skip
+          f"best of {args.repeats}; {route} (first maps call: {first:.2f} s)")  # fmt: skip
     read_wall, read_cpu = times["read"]
     for name, (wall, cpu) in times.items():
         print(f"{name:>10}: wall {wall:6.2f} s = {wall / read_wall:5.2f}× reading   "

@@ -16,9 +16,11 @@ Delta-rule mixers (gated delta-nets, Kimi delta attention) decay by a matrix per
 products above are matrix products there (:mod:`rnnlens.analysis.decompose_delta`).
 
 Arrays are read in chunks of samples (``chunk``), so the maps of a stored layer never hold more
-than three chunks × ``time × units`` values at once (the next two chunks are read and checked in
-other threads while this one's maps are computed). :meth:`Decomposition.maps` gives the
-attention map and the lifetimes from one read and one check of each chunk.
+than three chunks × ``time × units`` values at once besides the results (two chunks are read,
+checked and mapped at once, each in its own thread: :mod:`.decompose_stream`).
+:meth:`Decomposition.maps` gives the attention map and the lifetimes from one read and one check
+of each chunk; with numba installed (``rnnlens[fast]``) an LSTM's or a GRU's chunk takes one
+compiled pass (:mod:`.decompose_fused`).
 
 Example:
     >>> import numpy as np, torch, rnnlens
@@ -40,9 +42,9 @@ import numpy as np
 
 from ..core.states import States
 from ..errors import DirectionNotAvailableError, InputError, ParityError
-from . import decompose_delta
+from . import decompose_delta, decompose_stream
 from .decompose_hidden import hidden
-from .decompose_maps import DecompositionMaps, Lifetimes, Scratch, carry, lifetimes, norms, products
+from .decompose_maps import DecompositionMaps, Lifetimes, Scratch, carry
 from .decompose_ssm import field_array
 from .decompose_terms import MATRIX, Terms, linear_field, read_terms, refuse_initial
 from .read_ahead import read_ahead
@@ -51,7 +53,7 @@ __all__ = ["Decomposition", "DecompositionMaps", "Lifetimes", "decompose"]
 
 
 _CHUNK_BYTES = 64 << 20
-_AHEAD = 2  # chunks read and checked ahead, each in its own thread
+_AHEAD = 2  # chunks read and checked (and mapped) ahead, each in its own thread
 
 
 def _tolerance(dtype: np.dtype) -> tuple[float, float]:
@@ -294,47 +296,17 @@ class Decomposition:
     def _maps(self, samples: slice | None, units: Sequence[int] | None, ord: float | None,
               fraction: float | None) -> tuple[np.ndarray | None, Lifetimes | None]:  # fmt: skip
         """The attention map (``ord`` not None) and the lifetimes (``fraction`` not None) of
-        ``samples``, chunk by chunk: on the products route (:func:`.decompose_maps.products`)
-        both come from the same running products of the decays."""
+        ``samples``, chunk by chunk (:mod:`.decompose_stream`): on the products route
+        (:func:`.decompose_maps.products`) both come from the same running products of the
+        decays."""
         if fraction is not None and not 0 < fraction <= 1:
             raise InputError(f"fraction must be in (0, 1]; received {fraction!r}.")
         rows = self._rows(samples)
         cols = slice(None) if units is None else self._unit_index(units)
         if self._matrix:
             return self._matrix_maps(rows, cols, ord, fraction, units is None)
-        n, t, u = len(rows), self.n_steps, int(np.prod(self.state_shape, dtype=int))
-        att = np.zeros((n, t, t)) if ord is not None else None
-        steps = np.zeros((n, t, u)) if fraction is not None else None
-        alive = np.zeros((n, t, u), bool) if fraction is not None else None
-
-        def weights(terms: Terms) -> tuple[np.ndarray | None, np.ndarray | None] | None:
-            """The running products of the decays (the map's) and of the real decays (the
-            lifetimes'; the same but for stabilised states), in the reading thread."""
-            bounded = None
-            if fraction is not None:
-                life = terms.life
-                bounded = bool(life.size == 0 or max(life.max(), -life.min()) <= 1.0)
-                if not bounded:
-                    raise InputError(
-                        f"Layer {self.layer!r} has decays above 1 in magnitude (a custom gate "
-                        "activation?): a write's weight can grow again, so its lifetime is not defined."
-                    )
-            if ord != 2 and fraction is None:
-                return None
-            same = terms.life is terms.d
-            q = products(terms.d, bounded if same else None) if ord == 2 or same else None
-            return q, (q if same else products(terms.life, bounded) if fraction is not None else None)
-
-        scratch = Scratch()
-        for sl, terms, qs in self._checked_chunks(rows, weights):
-            q, q_life = qs if qs is not None else (None, None)
-            at = slice(sl.start - rows.start, sl.stop - rows.start)
-            if att is not None:
-                self._attention_chunk(terms, q, ord, cols, att[at], scratch)
-            if steps is not None and alive is not None and fraction is not None:
-                out = (steps[at], alive[at])
-                lifetimes(terms.life, terms.valid, fraction, q_life, out=out, scratch=scratch)
-        return (None if att is None else self._to_input(att)), self._lifetimes(fraction, steps, alive)
+        att, life = decompose_stream.maps(self, rows, cols, ord, fraction, _AHEAD)
+        return (None if att is None else self._to_input(att)), life
 
     def _lifetimes(
         self, fraction: float | None, steps: np.ndarray | None, alive: np.ndarray | None
@@ -377,19 +349,6 @@ class Decomposition:
             if steps is not None and alive is not None and fraction is not None:
                 steps[at], alive[at] = terms.lifetimes(fraction)
         return (None if att is None else self._to_input(att)), self._lifetimes(fraction, steps, alive)
-
-    def _attention_chunk(self, terms: Terms, q: np.ndarray | None, ord: float | None,
-                         cols: slice | np.ndarray, out: np.ndarray, scratch: Scratch) -> None:  # fmt: skip
-        """One chunk's map into ``out`` (n, T, T), processing order."""
-        if ord == 2:  # batched matrix products (decompose_maps.norms)
-            qc = None if q is None else q[..., cols]
-            norms(terms.d[..., cols], terms.w[..., cols], qc, out=out, scratch=scratch)
-            return
-
-        def visit(p: int, live: np.ndarray) -> None:
-            out[:, p, : p + 1] = np.linalg.norm(live[..., cols], ord=ord, axis=-1)
-
-        carry(terms.d, terms.w, visit)
 
     def _unit_index(self, units: Sequence[int]) -> np.ndarray:
         size = int(np.prod(self.state_shape, dtype=int))
