@@ -1,0 +1,234 @@
+"""``c`` and the gates of a plain ``nn.LSTM``/``nn.GRU`` layer rebuilt from the fused kernel's own
+``h`` in a few whole-array operations, during the recording (the weights as the kernel saw
+them): what ``strategy="auto"`` does on small shapes on CPU, in place of the step loop
+(:func:`rnnlens.adapters.torch_.emit._emit_layer` decides, :data:`.emit.REBUILD_MAX_WORK`).
+
+On small shapes (an ``LSTM(32)``, batch 1, 20 steps: a step's arithmetic is a few hundred
+values) the step loop's cost is its calls, ~3 µs each for PyTorch, six to nine a step, plus its
+per-call set-up: the fused kernel runs the same steps in C++ in less time than the loop's calls
+alone. Here the kernel runs (its ``h`` is exact by definition) and everything else is done for
+all steps at once: the pre-activations of every step in two GEMMs (``x_t @ W_ih.T + b_ih`` and
+``h_{t-1} @ W_hh.T + b_hh``, ``h_{t-1}`` the kernel's), the activations on the whole array, an
+LSTM's ``c`` by a scan of two NumPy calls a step (~1 µs each), then the check that the kernel's
+``h`` is ``o * tanh(c)`` (GRU: ``(1 - z) * n + z * h_prev``) within
+:func:`rnnlens.core.cells.tolerance` — a :class:`~rnnlens.errors.ParityError` otherwise, as
+for every rebuild. The arrays are written in the input's layout, so the conversion copies
+nothing (:func:`rebuild_parts` returns ``(sample, time, unit)`` views).
+
+Only the plain case: float32/float64 on CPU, no ``proj_size``, no ``PackedSequence``, no edits;
+anything else runs the step loop. ``h`` is the kernel's own; c and the gates agree with the
+step loop's to ~1e-7 (float32, measured; tests: ``tests/adapters/test_torch_rebuild_fast.py``).
+
+Example:
+    >>> import torch, rnnlens
+    >>> gru = torch.nn.GRU(3, 4, batch_first=True)
+    >>> s = rnnlens.trace(gru, torch.ones(2, 5, 3))["gru"]  # a small shape: rebuilt
+    >>> s.h.shape, list(s.gates)
+    ((2, 5, 4), ['z', 'r', 'n'])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...core.cells import check_parity
+from .discover import _Config, base_class, genuine_forward
+
+__all__ = ["fits", "rebuild_layer", "rebuild_parts"]
+
+
+def fits(cfg: _Config, x: torch.Tensor) -> bool:
+    """Whether :func:`rebuild_layer` takes this layer: a plain LSTM/GRU layer (no ``proj_size``,
+    not quantized, not a cell) on a float32/float64 CPU tensor (not packed)."""
+    return (
+        cfg.kind in ("lstm", "gru")
+        and not cfg.cell
+        and not cfg.quantized
+        and not cfg.proj_size
+        and x.dim() in (2, 3)
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+    )
+
+
+def rebuild_layer(
+    view: Any, cfg: _Config, layer: int, x: torch.Tensor, hx: Any
+) -> tuple[Any, Any, list[torch.Tensor], list[tuple[torch.Tensor, ...]]] | None:
+    """Layer ``layer`` (its module or one-layer view ``view``) run by PyTorch's own ``forward``,
+    then its c and gates rebuilt from the output: what :func:`.emit._emit_layer` returns
+    (output, final state, per direction ``c`` and the gates as (time, sample, unit) tensors).
+    ``None`` where the weights are not plain tensors of ``x``'s dtype (the loop runs instead)."""
+    if any(not _plain(_param(view, n), x.dtype) for n in _names(cfg, layer)):
+        return None
+    y, final = genuine_forward(base_class(cfg))(view, x, hx)
+    parts = rebuild_parts(view, cfg, layer, x, y, hx, cfg.batch_first, f"{cfg.base} layer {layer}")
+    cs: list[torch.Tensor] = []
+    gs: list[tuple[torch.Tensor, ...]] = []
+    for p in parts:
+        ts = [torch.from_numpy(a.transpose(1, 0, 2)) for a in p]  # (sample, time, ·) -> time-major
+        if cfg.kind == "lstm":
+            cs.append(ts.pop(0))
+        gs.append(tuple(ts))
+    return y, final, cs, gs
+
+
+def _names(cfg: _Config, layer: int) -> list[str]:
+    names = []
+    for d in range(cfg.n_dir):
+        sfx = f"_l{layer}" + ("_reverse" if d else "")
+        names += ["weight_ih" + sfx, "weight_hh" + sfx]
+        if cfg.bias:
+            names += ["bias_ih" + sfx, "bias_hh" + sfx]
+    return names
+
+
+def _plain(t: Any, dtype: torch.dtype) -> bool:
+    return isinstance(t, torch.Tensor) and t.dtype == dtype and t.device.type == "cpu"
+
+
+def _param(m: Any, name: str) -> Any:
+    params = m.__dict__.get("_parameters")  # (Module.__getattr__ costs ~1 µs more)
+    return params[name] if params is not None and name in params else getattr(m, name, None)
+
+
+def rebuild_parts(
+    m: Any,
+    cfg: _Config,
+    layer: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    hx: Any,
+    batch_first: bool,
+    name: str,
+) -> list[tuple[np.ndarray, ...]]:
+    """Per direction, ``(c, gates...)`` (LSTM: ``c, i, f, g, o``; GRU: ``z, r, n``) as
+    ``(sample, time, unit)`` views, rebuilt from the kernel's output ``y`` of layer ``layer``
+    of module ``m`` on input ``x`` (as the layer received them: ``batch_first`` layout, or
+    unbatched ``(time, feature)``) and ``hx`` (that layer's, or ``None``), checked against ``y``
+    (a :class:`~rnnlens.errors.ParityError` otherwise). The weights: plain tensors of ``x``'s
+    dtype on CPU (:func:`rebuild_layer` checks)."""
+    lstm = cfg.kind == "lstm"
+    if x.dim() == 2:  # unbatched: one sample, (time, ·) is sample-major already
+        x, y, batch_first = x[None], y[None], True
+        hx = None if hx is None else (tuple(t[:, None] for t in hx) if lstm else hx[:, None])
+    xn = x.detach().contiguous()
+    n, steps = (xn.shape[0], xn.shape[1]) if batch_first else (xn.shape[1], xn.shape[0])
+    h_, u = cfg.hidden_size, cfg.units
+    h0s, c0s = (hx if isinstance(hx, tuple) else (hx, None)) if hx is not None else (None, None)
+    x2d = xn.view(n * steps, xn.shape[2])
+    y_np = y.detach().numpy()
+    y_tm = y_np.transpose(1, 0, 2) if batch_first else y_np  # (time, sample, ·) views
+    lay = (n, steps) if batch_first else (steps, n)
+
+    def tm(a: np.ndarray) -> np.ndarray:
+        """The time-major view of an array in the input's layout."""
+        return a.transpose(1, 0, 2) if batch_first else a
+
+    out: list[tuple[np.ndarray, ...]] = []
+    for d in range(cfg.n_dir):
+        sfx = f"_l{layer}" + ("_reverse" if d else "")
+        w_ih, w_hh = _param(m, "weight_ih" + sfx).detach(), _param(m, "weight_hh" + sfx).detach()
+        b_ih = _param(m, "bias_ih" + sfx).detach() if cfg.bias else None
+        b_hh = _param(m, "bias_hh" + sfx).detach() if cfg.bias else None
+        h_tm = y_tm[:, :, d * u : (d + 1) * u]
+        # h_{t-1} of every step, the kernel's, in the input's layout (processing order: reverse)
+        hp_t = torch.empty(*lay, u, dtype=x.dtype)
+        hp = tm(hp_t.numpy())
+        first = steps - 1 if d else 0
+        if h0s is None:
+            hp[first] = 0
+        else:
+            hp[first] = h0s[d].detach().numpy()
+        if d:
+            hp[:-1] = h_tm[1:]
+        else:
+            hp[1:] = h_tm[:-1]
+        hp2d = hp_t.view(n * steps, u)
+        width = w_ih.shape[0]
+        g_t = torch.empty(n * steps, width, dtype=x.dtype)
+        if b_ih is None:
+            torch.mm(x2d, w_ih.t(), out=g_t)
+        else:
+            torch.addmm(b_ih, x2d, w_ih.t(), out=g_t)
+        h_sm = y_np[:, :, d * u : (d + 1) * u] if batch_first else h_tm.transpose(1, 0, 2)
+        if lstm:
+            parts = _lstm(g_t, hp2d, w_hh, b_hh, c0s, d, lay, h_, steps, tm)
+            got = parts[-1]
+            check_parity(h_sm, _sm(got, batch_first), None, layer=name, what="o * tanh(c)")
+        else:
+            parts = _gru(g_t, hp2d, w_hh, b_hh, lay, h_, tm)
+            got = parts[-1]
+            check_parity(h_sm, _sm(got, batch_first), None, layer=name, what="z * h_prev + (1 - z) * n")
+        out.append(tuple(_sm(p, batch_first) for p in parts[:-1]))
+    return out
+
+
+def _sm(a: np.ndarray, batch_first: bool) -> np.ndarray:
+    """An array in the input's layout as (sample, time, ·)."""
+    return a if batch_first else a.transpose(1, 0, 2)
+
+
+def _lstm(
+    g_t: torch.Tensor,
+    hp2d: torch.Tensor,
+    w_hh: torch.Tensor,
+    b_hh: torch.Tensor | None,
+    c0s: Any,
+    d: int,
+    lay: tuple[int, int],
+    h_: int,
+    steps: int,
+    tm: Any,
+) -> tuple[np.ndarray, ...]:
+    """``c, i, f, g, o`` and ``o * tanh(c)`` (for the check), each in the input's layout."""
+    if b_hh is None:
+        g_t.addmm_(hp2d, w_hh.t())
+    else:
+        g_t.add_(torch.addmm(b_hh, hp2d, w_hh.t()))  # (x W + b_ih) + (h U + b_hh), as the kernel sums
+    g = g_t.numpy().reshape(*lay, 4 * h_)
+    cand = np.tanh(g[:, :, 2 * h_ : 3 * h_])  # before the sigmoid overwrites the block
+    torch.sigmoid(g_t, out=g_t)  # i, f, o (and g's block, unused: one contiguous call)
+    i, f, o = g[:, :, :h_], g[:, :, h_ : 2 * h_], g[:, :, 3 * h_ :]
+    c = np.multiply(i, cand)  # i * g of every step, then c_t = f_t * c_{t-1} + i_t * g_t
+    cs, fs = list(tm(c)), list(tm(f))  # each step's views, made at once (indexing costs ~0.3 µs)
+    tmp = np.empty_like(cs[0])
+    order = range(steps - 1, -1, -1) if d else range(steps)
+    prev = None if c0s is None else c0s[d].detach().numpy()
+    mul, add = np.multiply, np.add
+    for s in order:
+        cur = cs[s]
+        if prev is not None:  # (c0 None: zeros, and the first c is i * g)
+            mul(fs[s], prev, out=tmp)
+            add(tmp, cur, out=cur)
+        prev = cur
+    h = np.tanh(c)
+    h *= o
+    return c, i, f, cand, o, h
+
+
+def _gru(
+    g_t: torch.Tensor,
+    hp2d: torch.Tensor,
+    w_hh: torch.Tensor,
+    b_hh: torch.Tensor | None,
+    lay: tuple[int, int],
+    h_: int,
+    tm: Any,
+) -> tuple[np.ndarray, ...]:
+    """``z, r, n`` and ``(h_prev - n) * z + n`` (for the check), each in the input's layout."""
+    gh_t = torch.mm(hp2d, w_hh.t()) if b_hh is None else torch.addmm(b_hh, hp2d, w_hh.t())
+    gi, gh = g_t.numpy().reshape(*lay, 3 * h_), gh_t.numpy().reshape(*lay, 3 * h_)
+    rz_t = torch.from_numpy(np.add(gi[:, :, : 2 * h_], gh[:, :, : 2 * h_]))
+    rz = rz_t.sigmoid_().numpy()
+    r, z = rz[:, :, :h_], rz[:, :, h_:]
+    n = np.multiply(r, gh[:, :, 2 * h_ :])
+    np.add(gi[:, :, 2 * h_ :], n, out=n)
+    np.tanh(n, out=n)
+    hp = hp2d.numpy().reshape(*lay, h_)
+    h = np.subtract(hp, n)
+    h *= z
+    h += n
+    return z, r, n, h
