@@ -16,6 +16,7 @@ from torch.nn.utils.rnn import PackedSequence
 from ...core.edits import LayerEdits
 from ...core.kinds import KINDS
 from .discover import _Config
+from .emit_fast import ONEDNN_MIN_BATCH, ONEDNN_MIN_HIDDEN, ONEDNN_MIN_ROWS
 from .emit_loop import _directions
 from .emit_packed import emit_packed
 from .quantized import autocast_dtype
@@ -26,7 +27,7 @@ def _can_emit(input: Any, cfg: _Config, strategy: str) -> bool:
     """Whether to emit c and gates from rnnlens' loop rather than rebuild them from the kernel's h.
 
     ``"auto"``: on CPU, where the loop costs about what PyTorch's own kernel does (on small
-    shapes :func:`_emit_layer` runs the kernel and rebuilds instead: :data:`REBUILD_MAX_WORK`);
+    shapes :func:`_emit_layer` runs the kernel and rebuilds instead: :data:`REBUILD_MAX_BATCH`);
     on a GPU the fused cuDNN kernel plus reconstruction is faster. A PackedSequence runs the loop on its
     valid steps (:func:`_emit_packed`).
     """
@@ -45,23 +46,31 @@ def _can_emit(input: Any, cfg: _Config, strategy: str) -> bool:
     return input.device.type == "cpu" and input.dtype in (torch.float32, torch.float64)
 
 
-#: ``strategy="auto"`` rebuilds c and gates from the fused kernel's h (:mod:`.rebuild_fast`)
-#: instead of running the step loop where a step's recurrent GEMM is at most this many
-#: multiply-adds (batch × (features + units) × gate rows): there the loop's cost is its ~6–9
-#: calls a step and its set-up, and the kernel plus one GEMM over all steps is cheaper.
-#: Measured (one thread, CPU time, rnnlens.trace all fields): LSTM(32) batch 1, 20 steps
-#: (8 K): ~0.8 against ~1.1 ms; LSTM(64) batch 8, 50 steps (197 K): ~1.45 against ~1.85 ms;
-#: GRU(64) batch 16, 100 steps (295 K): the loop is faster (~4.0 against ~5 ms).
-REBUILD_MAX_WORK = 1 << 18
+#: ``strategy="auto"`` rebuilds an LSTM layer's c and gates from the fused kernel's h
+#: (:mod:`.rebuild_fast`) instead of running the step loop on batches up to this size, unless
+#: the loop's GEMM would be oneDNN's (:func:`.emit_fast.onednn_weight`). There the loop's cost
+#: is its ~6 calls a step (~2–3 µs each) and its small-batch GEMMs, and the fused kernel plus
+#: one GEMM over all steps is cheaper. Measured (one thread, CPU time, all fields, ratio to the
+#: forward pass, rebuild against loop): LSTM(32) b1 T1000: 4.0 against 29.7; LSTM(32) b1 T20:
+#: 5.3 / 6.4; LSTM(64) b8 T50: 3.9 / 4.6; LSTM(64) b12 T50: 3.6 / 3.7; LSTM(256) b2 T50:
+#: 2.5 / 4.3; LSTM(512) b1 T50: 1.7 / 3.0 — and the loop ahead at LSTM(64) b16 (3.7 / 3.8),
+#: LSTM(32) b32 (3.8 / 3.5), LSTM(128) b16 T100 (2.7 / 2.2), LSTM(512) b8 T50 (oneDNN: 2.4 /
+#: 1.8). A GRU keeps the loop: PyTorch's CPU GRU is itself a loop of ATen calls, about as many
+#: a step as rnnlens' (GRU(64) b8 T100: rebuild 1.8, loop 1.5; GRU(32) b1 T20: 3.5 / 3.1).
+REBUILD_MAX_BATCH = 12
 
 
 def _small(input: Any, cfg: _Config) -> bool:
     """Whether the rebuild from the kernel's h is the faster way to c and gates (see above)."""
-    if not isinstance(input, torch.Tensor) or not fits(cfg, input):
+    if cfg.kind != "lstm" or not isinstance(input, torch.Tensor) or not fits(cfg, input):
         return False
-    n = 1 if input.dim() == 2 else input.shape[0 if cfg.batch_first else 1]
-    features = max(cfg.input_size, cfg.n_dir * cfg.units)
-    return n * (features + cfg.units) * len(KINDS[cfg.kind].gates) * cfg.hidden_size <= REBUILD_MAX_WORK
+    unbatched = input.dim() == 2
+    n = 1 if unbatched else input.shape[0 if cfg.batch_first else 1]
+    steps = input.shape[0 if unbatched or not cfg.batch_first else 1]
+    if n > REBUILD_MAX_BATCH:
+        return False
+    h_ = cfg.hidden_size
+    return n < ONEDNN_MIN_BATCH or h_ < ONEDNN_MIN_HIDDEN or n * steps < ONEDNN_MIN_ROWS[h_ >= 512]
 
 
 def _emit_layer(
@@ -93,7 +102,7 @@ def _emit_layer(
     no gates) run here only for edits. ``keep=False`` (an edited layer whose c and gates are not
     asked for): none are kept, and the c and gates lists come back empty (see :class:`_Slots`).
 
-    ``strategy="auto"``, unedited, on a small shape (:data:`REBUILD_MAX_WORK`): PyTorch's kernel
+    ``strategy="auto"``, an unedited LSTM on a small batch (:data:`REBUILD_MAX_BATCH`): PyTorch's kernel
     runs instead and c and the gates are rebuilt from its h at once, with the weights as the
     kernel saw them (:mod:`.rebuild_fast`); the same results in the same layout.
     """

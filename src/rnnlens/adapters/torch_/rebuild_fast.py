@@ -1,30 +1,29 @@
-"""``c`` and the gates of a plain ``nn.LSTM``/``nn.GRU`` layer rebuilt from the fused kernel's own
-``h`` in a few whole-array operations, during the recording (the weights as the kernel saw
-them): what ``strategy="auto"`` does on small shapes on CPU, in place of the step loop
-(:func:`rnnlens.adapters.torch_.emit._emit_layer` decides, :data:`.emit.REBUILD_MAX_WORK`).
+"""``c`` and the gates of a plain ``nn.LSTM`` layer rebuilt from the fused kernel's own ``h`` in
+a few whole-array operations, during the recording (the weights as the kernel saw them): what
+``strategy="auto"`` does on small batches on CPU, in place of the step loop
+(:func:`rnnlens.adapters.torch_.emit._emit_layer` decides: :data:`.emit.REBUILD_MAX_BATCH`).
 
-On small shapes (an ``LSTM(32)``, batch 1, 20 steps: a step's arithmetic is a few hundred
-values) the step loop's cost is its calls, ~3 µs each for PyTorch, six to nine a step, plus its
-per-call set-up: the fused kernel runs the same steps in C++ in less time than the loop's calls
-alone. Here the kernel runs (its ``h`` is exact by definition) and everything else is done for
-all steps at once: the pre-activations of every step in two GEMMs (``x_t @ W_ih.T + b_ih`` and
-``h_{t-1} @ W_hh.T + b_hh``, ``h_{t-1}`` the kernel's), the activations on the whole array, an
-LSTM's ``c`` by a scan of two NumPy calls a step (~1 µs each), then the check that the kernel's
-``h`` is ``o * tanh(c)`` (GRU: ``(1 - z) * n + z * h_prev``) within
-:func:`rnnlens.core.cells.tolerance` — a :class:`~rnnlens.errors.ParityError` otherwise, as
-for every rebuild. The arrays are written in the input's layout, so the conversion copies
-nothing (:func:`rebuild_parts` returns ``(sample, time, unit)`` views).
+On small batches (an ``LSTM(32)``, batch 1, 20 steps: a step's arithmetic is a few hundred
+values) the step loop's cost is its calls, ~2–3 µs each for PyTorch, six a step, its small-batch
+GEMMs and its per-call set-up: the fused oneDNN kernel runs the same steps in less time than
+the loop's calls alone. Here the kernel runs (its ``h`` is exact by definition) and everything
+else is done for all steps at once: the pre-activations of every step in two GEMMs
+(``x_t @ W_ih.T + b_ih + b_hh``, then ``+= h_{t-1} @ W_hh.T``, ``h_{t-1}`` the kernel's), the
+activations on the whole array, ``c`` by a scan of two NumPy calls a step (~0.5 µs each), then
+the check that the kernel's ``h`` is ``o * tanh(c)`` within :func:`rnnlens.core.cells.tolerance`
+— a :class:`~rnnlens.errors.ParityError` otherwise, as for every rebuild. The arrays are
+written in the input's layout, so the conversion copies nothing.
 
 Only the plain case: float32/float64 on CPU, no ``proj_size``, no ``PackedSequence``, no edits;
 anything else runs the step loop. ``h`` is the kernel's own; c and the gates agree with the
-step loop's to ~1e-7 (float32, measured; tests: ``tests/adapters/test_torch_rebuild_fast.py``).
+step loop's to ~1e-7 (float32, measured; ``tests/adapters/test_torch_rebuild_fast.py``).
 
 Example:
     >>> import torch, rnnlens
-    >>> gru = torch.nn.GRU(3, 4, batch_first=True)
-    >>> s = rnnlens.trace(gru, torch.ones(2, 5, 3))["gru"]  # a small shape: rebuilt
-    >>> s.h.shape, list(s.gates)
-    ((2, 5, 4), ['z', 'r', 'n'])
+    >>> lstm = torch.nn.LSTM(3, 4, batch_first=True)
+    >>> s = rnnlens.trace(lstm, torch.ones(2, 5, 3))["lstm"]  # a small batch: rebuilt
+    >>> s.c.shape, list(s.gates)
+    ((2, 5, 4), ['i', 'f', 'g', 'o'])
 """
 
 from __future__ import annotations
@@ -41,10 +40,10 @@ __all__ = ["fits", "rebuild_layer", "rebuild_parts"]
 
 
 def fits(cfg: _Config, x: torch.Tensor) -> bool:
-    """Whether :func:`rebuild_layer` takes this layer: a plain LSTM/GRU layer (no ``proj_size``,
-    not quantized, not a cell) on a float32/float64 CPU tensor (not packed)."""
+    """Whether :func:`rebuild_layer` takes this layer: a plain LSTM layer (no ``proj_size``, not
+    quantized, not a cell) on a float32/float64 CPU tensor (not packed)."""
     return (
-        cfg.kind in ("lstm", "gru")
+        cfg.kind == "lstm"
         and not cfg.cell
         and not cfg.quantized
         and not cfg.proj_size
@@ -69,9 +68,8 @@ def rebuild_layer(
     gs: list[tuple[torch.Tensor, ...]] = []
     for p in parts:
         ts = [torch.from_numpy(a.transpose(1, 0, 2)) for a in p]  # (sample, time, ·) -> time-major
-        if cfg.kind == "lstm":
-            cs.append(ts.pop(0))
-        gs.append(tuple(ts))
+        cs.append(ts[0])
+        gs.append(tuple(ts[1:]))
     return y, final, cs, gs
 
 
@@ -104,20 +102,19 @@ def rebuild_parts(
     batch_first: bool,
     name: str,
 ) -> list[tuple[np.ndarray, ...]]:
-    """Per direction, ``(c, gates...)`` (LSTM: ``c, i, f, g, o``; GRU: ``z, r, n``) as
+    """Per direction, ``(c, i, f, g, o)`` as
     ``(sample, time, unit)`` views, rebuilt from the kernel's output ``y`` of layer ``layer``
     of module ``m`` on input ``x`` (as the layer received them: ``batch_first`` layout, or
     unbatched ``(time, feature)``) and ``hx`` (that layer's, or ``None``), checked against ``y``
     (a :class:`~rnnlens.errors.ParityError` otherwise). The weights: plain tensors of ``x``'s
     dtype on CPU (:func:`rebuild_layer` checks)."""
-    lstm = cfg.kind == "lstm"
     if x.dim() == 2:  # unbatched: one sample, (time, ·) is sample-major already
         x, y, batch_first = x[None], y[None], True
-        hx = None if hx is None else (tuple(t[:, None] for t in hx) if lstm else hx[:, None])
+        hx = None if hx is None else tuple(t[:, None] for t in hx)
     xn = x.detach().contiguous()
     n, steps = (xn.shape[0], xn.shape[1]) if batch_first else (xn.shape[1], xn.shape[0])
     h_, u = cfg.hidden_size, cfg.units
-    h0s, c0s = (hx if isinstance(hx, tuple) else (hx, None)) if hx is not None else (None, None)
+    h0s, c0s = hx if hx is not None else (None, None)
     x2d = xn.view(n * steps, xn.shape[2])
     y_np = y.detach().numpy()
     y_tm = y_np.transpose(1, 0, 2) if batch_first else y_np  # (time, sample, ·) views
@@ -149,19 +146,14 @@ def rebuild_parts(
         hp2d = hp_t.view(n * steps, u)
         width = w_ih.shape[0]
         g_t = torch.empty(n * steps, width, dtype=x.dtype)
-        if b_ih is None:
+        bias = None if b_ih is None or b_hh is None else b_ih + b_hh  # (one sum: both go in first)
+        if bias is None:
             torch.mm(x2d, w_ih.t(), out=g_t)
         else:
-            torch.addmm(b_ih, x2d, w_ih.t(), out=g_t)
+            torch.addmm(bias, x2d, w_ih.t(), out=g_t)
         h_sm = y_np[:, :, d * u : (d + 1) * u] if batch_first else h_tm.transpose(1, 0, 2)
-        if lstm:
-            parts = _lstm(g_t, hp2d, w_hh, b_hh, c0s, d, lay, h_, steps, tm)
-            got = parts[-1]
-            check_parity(h_sm, _sm(got, batch_first), None, layer=name, what="o * tanh(c)")
-        else:
-            parts = _gru(g_t, hp2d, w_hh, b_hh, lay, h_, tm)
-            got = parts[-1]
-            check_parity(h_sm, _sm(got, batch_first), None, layer=name, what="z * h_prev + (1 - z) * n")
+        parts = _lstm(g_t, hp2d, w_hh, c0s, d, lay, h_, steps, tm)
+        check_parity(h_sm, _sm(parts[-1], batch_first), None, layer=name, what="o * tanh(c)")
         out.append(tuple(_sm(p, batch_first) for p in parts[:-1]))
     return out
 
@@ -175,7 +167,6 @@ def _lstm(
     g_t: torch.Tensor,
     hp2d: torch.Tensor,
     w_hh: torch.Tensor,
-    b_hh: torch.Tensor | None,
     c0s: Any,
     d: int,
     lay: tuple[int, int],
@@ -184,10 +175,7 @@ def _lstm(
     tm: Any,
 ) -> tuple[np.ndarray, ...]:
     """``c, i, f, g, o`` and ``o * tanh(c)`` (for the check), each in the input's layout."""
-    if b_hh is None:
-        g_t.addmm_(hp2d, w_hh.t())
-    else:
-        g_t.add_(torch.addmm(b_hh, hp2d, w_hh.t()))  # (x W + b_ih) + (h U + b_hh), as the kernel sums
+    g_t.addmm_(hp2d, w_hh.t())  # x W + b (both biases) + h U, in place: no temporary
     g = g_t.numpy().reshape(*lay, 4 * h_)
     cand = np.tanh(g[:, :, 2 * h_ : 3 * h_])  # before the sigmoid overwrites the block
     torch.sigmoid(g_t, out=g_t)  # i, f, o (and g's block, unused: one contiguous call)
@@ -208,27 +196,3 @@ def _lstm(
     h *= o
     return c, i, f, cand, o, h
 
-
-def _gru(
-    g_t: torch.Tensor,
-    hp2d: torch.Tensor,
-    w_hh: torch.Tensor,
-    b_hh: torch.Tensor | None,
-    lay: tuple[int, int],
-    h_: int,
-    tm: Any,
-) -> tuple[np.ndarray, ...]:
-    """``z, r, n`` and ``(h_prev - n) * z + n`` (for the check), each in the input's layout."""
-    gh_t = torch.mm(hp2d, w_hh.t()) if b_hh is None else torch.addmm(b_hh, hp2d, w_hh.t())
-    gi, gh = g_t.numpy().reshape(*lay, 3 * h_), gh_t.numpy().reshape(*lay, 3 * h_)
-    rz_t = torch.from_numpy(np.add(gi[:, :, : 2 * h_], gh[:, :, : 2 * h_]))
-    rz = rz_t.sigmoid_().numpy()
-    r, z = rz[:, :, :h_], rz[:, :, h_:]
-    n = np.multiply(r, gh[:, :, 2 * h_ :])
-    np.add(gi[:, :, 2 * h_ :], n, out=n)
-    np.tanh(n, out=n)
-    hp = hp2d.numpy().reshape(*lay, h_)
-    h = np.subtract(hp, n)
-    h *= z
-    h += n
-    return z, r, n, h
