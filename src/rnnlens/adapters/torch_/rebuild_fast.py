@@ -35,6 +35,7 @@ import torch
 
 from ...core.cells import check_parity
 from .discover import _Config, base_class, genuine_forward
+from .emit_loop import _empty
 
 __all__ = ["fits", "rebuild_layer", "rebuild_parts"]
 
@@ -64,13 +65,7 @@ def rebuild_layer(
         return None
     y, final = genuine_forward(base_class(cfg))(view, x, hx)
     parts = rebuild_parts(view, cfg, layer, x, y, hx, cfg.batch_first, f"{cfg.base} layer {layer}")
-    cs: list[torch.Tensor] = []
-    gs: list[tuple[torch.Tensor, ...]] = []
-    for p in parts:
-        ts = [torch.from_numpy(a.transpose(1, 0, 2)) for a in p]  # (sample, time, ·) -> time-major
-        cs.append(ts[0])
-        gs.append(tuple(ts[1:]))
-    return y, final, cs, gs
+    return y, final, [p[0] for p in parts], [p[1:] for p in parts]
 
 
 def _names(cfg: _Config, layer: int) -> list[str]:
@@ -101,13 +96,14 @@ def rebuild_parts(
     hx: Any,
     batch_first: bool,
     name: str,
-) -> list[tuple[np.ndarray, ...]]:
-    """Per direction, ``(c, i, f, g, o)`` as
-    ``(sample, time, unit)`` views, rebuilt from the kernel's output ``y`` of layer ``layer``
-    of module ``m`` on input ``x`` (as the layer received them: ``batch_first`` layout, or
-    unbatched ``(time, feature)``) and ``hx`` (that layer's, or ``None``), checked against ``y``
-    (a :class:`~rnnlens.errors.ParityError` otherwise). The weights: plain tensors of ``x``'s
-    dtype on CPU (:func:`rebuild_layer` checks)."""
+) -> list[tuple[torch.Tensor, ...]]:
+    """Per direction, ``(c, i, f, g, o)`` as (time, sample, unit) tensors, rebuilt from the
+    kernel's output ``y`` of layer ``layer`` of module ``m`` on input ``x`` (as the layer
+    received them: ``batch_first`` layout, or unbatched ``(time, feature)``) and ``hx`` (that
+    layer's, or ``None``), checked against ``y`` (a :class:`~rnnlens.errors.ParityError`
+    otherwise). The weights: plain tensors of ``x``'s dtype on CPU (:func:`rebuild_layer`
+    checks). ``c`` and ``g`` are contiguous time-major buffers (the scan's steps contiguous);
+    ``i``, ``f``, ``o`` views of the pre-activation buffer, in the input's layout."""
     if x.dim() == 2:  # unbatched: one sample, (time, ·) is sample-major already
         x, y, batch_first = x[None], y[None], True
         hx = None if hx is None else tuple(t[:, None] for t in hx)
@@ -124,7 +120,7 @@ def rebuild_parts(
         """The time-major view of an array in the input's layout."""
         return a.transpose(1, 0, 2) if batch_first else a
 
-    out: list[tuple[np.ndarray, ...]] = []
+    out: list[tuple[torch.Tensor, ...]] = []
     for d in range(cfg.n_dir):
         sfx = f"_l{layer}" + ("_reverse" if d else "")
         w_ih, w_hh = _param(m, "weight_ih" + sfx).detach(), _param(m, "weight_hh" + sfx).detach()
@@ -132,59 +128,53 @@ def rebuild_parts(
         b_hh = _param(m, "bias_hh" + sfx).detach() if cfg.bias else None
         h_tm = y_tm[:, :, d * u : (d + 1) * u]
         # h_{t-1} of every step, the kernel's, in the input's layout (processing order: reverse)
-        hp_t = torch.empty(*lay, u, dtype=x.dtype)
+        hp_t = _empty(xn, *lay, u)
         hp = tm(hp_t.numpy())
         first = steps - 1 if d else 0
-        if h0s is None:
-            hp[first] = 0
-        else:
-            hp[first] = h0s[d].detach().numpy()
+        hp[first] = 0 if h0s is None else h0s[d].detach().numpy()
         if d:
             hp[:-1] = h_tm[1:]
         else:
             hp[1:] = h_tm[:-1]
-        hp2d = hp_t.view(n * steps, u)
-        width = w_ih.shape[0]
-        g_t = torch.empty(n * steps, width, dtype=x.dtype)
+        g_t = _empty(xn, n * steps, 4 * h_)
         bias = None if b_ih is None or b_hh is None else b_ih + b_hh  # (one sum: both go in first)
         if bias is None:
             torch.mm(x2d, w_ih.t(), out=g_t)
         else:
             torch.addmm(bias, x2d, w_ih.t(), out=g_t)
-        h_sm = y_np[:, :, d * u : (d + 1) * u] if batch_first else h_tm.transpose(1, 0, 2)
-        parts = _lstm(g_t, hp2d, w_hh, c0s, d, lay, h_, steps, tm)
-        check_parity(h_sm, _sm(parts[-1], batch_first), None, layer=name, what="o * tanh(c)")
-        out.append(tuple(_sm(p, batch_first) for p in parts[:-1]))
+        g_t.addmm_(hp_t.view(n * steps, u), w_hh.t())  # + h U, in place: no temporary
+        del hp, hp_t
+        g = tm(g_t.numpy().reshape(*lay, 4 * h_))  # time-major views
+        c0 = None if c0s is None else c0s[d].detach().numpy()
+        c, cand, got = _lstm(xn, g, g_t, c0, d, steps, n, h_)
+        check_parity(h_tm.transpose(1, 0, 2), got.transpose(1, 0, 2), None, layer=name, what="o * tanh(c)")
+        i, f, o = g[:, :, :h_], g[:, :, h_ : 2 * h_], g[:, :, 3 * h_ :]
+        out.append(tuple(map(torch.from_numpy, (c, i, f, cand, o))))
     return out
 
 
-def _sm(a: np.ndarray, batch_first: bool) -> np.ndarray:
-    """An array in the input's layout as (sample, time, ·)."""
-    return a if batch_first else a.transpose(1, 0, 2)
-
-
 def _lstm(
+    like: torch.Tensor,
+    g: np.ndarray,
     g_t: torch.Tensor,
-    hp2d: torch.Tensor,
-    w_hh: torch.Tensor,
-    c0s: Any,
+    c0: np.ndarray | None,
     d: int,
-    lay: tuple[int, int],
-    h_: int,
     steps: int,
-    tm: Any,
-) -> tuple[np.ndarray, ...]:
-    """``c, i, f, g, o`` and ``o * tanh(c)`` (for the check), each in the input's layout."""
-    g_t.addmm_(hp2d, w_hh.t())  # x W + b (both biases) + h U, in place: no temporary
-    g = g_t.numpy().reshape(*lay, 4 * h_)
-    cand = np.tanh(g[:, :, 2 * h_ : 3 * h_])  # before the sigmoid overwrites the block
+    n: int,
+    h_: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Activate the pre-activations ``g`` (time-major views of ``g_t``) in place and return ``c``,
+    the candidate ``g`` (both contiguous, time-major) and ``o * tanh(c)`` (for the check)."""
+    cand = _empty(like, steps, n, h_).numpy()
+    np.tanh(g[:, :, 2 * h_ : 3 * h_], out=cand)  # before the sigmoid overwrites the block
     torch.sigmoid(g_t, out=g_t)  # i, f, o (and g's block, unused: one contiguous call)
     i, f, o = g[:, :, :h_], g[:, :, h_ : 2 * h_], g[:, :, 3 * h_ :]
-    c = np.multiply(i, cand)  # i * g of every step, then c_t = f_t * c_{t-1} + i_t * g_t
-    cs, fs = list(tm(c)), list(tm(f))  # each step's views, made at once (indexing costs ~0.3 µs)
+    c = _empty(like, steps, n, h_).numpy()
+    np.multiply(i, cand, out=c)  # i * g of every step, then c_t = f_t * c_{t-1} + i_t * g_t
+    cs, fs = list(c), list(f)  # each step's views, made at once (indexing costs ~0.3 µs)
     tmp = np.empty_like(cs[0])
     order = range(steps - 1, -1, -1) if d else range(steps)
-    prev = None if c0s is None else c0s[d].detach().numpy()
+    prev = c0
     mul, add = np.multiply, np.add
     for s in order:
         cur = cs[s]
@@ -192,7 +182,7 @@ def _lstm(
             mul(fs[s], prev, out=tmp)
             add(tmp, cur, out=cur)
         prev = cur
-    h = np.tanh(c)
+    h = _empty(like, steps, n, h_).numpy()
+    np.tanh(c, out=h)
     h *= o
-    return c, i, f, cand, o, h
-
+    return c, cand, h
