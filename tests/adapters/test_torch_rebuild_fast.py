@@ -57,7 +57,7 @@ def _compare(m: nn.Module, x: torch.Tensor, hx: Any, atol: float) -> None:
             )
 
 
-@settings(deadline=None, max_examples=25)
+@settings(deadline=None)  # examples: the profile's (tests/conftest.py)
 @given(
     bidirectional=st.booleans(),
     layers=st.integers(1, 2),
