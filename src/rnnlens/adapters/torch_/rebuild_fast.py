@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...core.buffers import empty
 from ...core.cells import check_parity
 from .discover import _Config, base_class, genuine_forward
-from .emit_loop import _empty
 
 __all__ = ["fits", "rebuild_layer", "rebuild_parts"]
 
@@ -112,6 +112,7 @@ def rebuild_parts(
     h_, u = cfg.hidden_size, cfg.units
     h0s, c0s = hx if hx is not None else (None, None)
     x2d = xn.view(n * steps, xn.shape[2])
+    dt = np.float64 if x.dtype == torch.float64 else np.float32  # (fits: one of the two)
     y_np = y.detach().numpy()
     y_tm = y_np.transpose(1, 0, 2) if batch_first else y_np  # (time, sample, ·) views
     lay = (n, steps) if batch_first else (steps, n)
@@ -128,25 +129,26 @@ def rebuild_parts(
         b_hh = _param(m, "bias_hh" + sfx).detach() if cfg.bias else None
         h_tm = y_tm[:, :, d * u : (d + 1) * u]
         # h_{t-1} of every step, the kernel's, in the input's layout (processing order: reverse)
-        hp_t = _empty(xn, *lay, u)
-        hp = tm(hp_t.numpy())
+        hp_np = empty((*lay, u), dt)
+        hp_t, hp = torch.from_numpy(hp_np), tm(hp_np)
         first = steps - 1 if d else 0
         hp[first] = 0 if h0s is None else h0s[d].detach().numpy()
         if d:
             hp[:-1] = h_tm[1:]
         else:
             hp[1:] = h_tm[:-1]
-        g_t = _empty(xn, n * steps, 4 * h_)
+        g_np = empty((n * steps, 4 * h_), dt)
+        g_t = torch.from_numpy(g_np)
         bias = None if b_ih is None or b_hh is None else b_ih + b_hh  # (one sum: both go in first)
         if bias is None:
             torch.mm(x2d, w_ih.t(), out=g_t)
         else:
             torch.addmm(bias, x2d, w_ih.t(), out=g_t)
         g_t.addmm_(hp_t.view(n * steps, u), w_hh.t())  # + h U, in place: no temporary
-        del hp, hp_t
-        g = tm(g_t.numpy().reshape(*lay, 4 * h_))  # time-major views
+        del hp, hp_t, hp_np
+        g = tm(g_np.reshape(*lay, 4 * h_))  # time-major views
         c0 = None if c0s is None else c0s[d].detach().numpy()
-        c, cand, got = _lstm(xn, g, g_t, c0, d, steps, n, h_)
+        c, cand, got = _lstm(g, g_t, c0, d, steps, n, h_)
         check_parity(h_tm.transpose(1, 0, 2), got.transpose(1, 0, 2), None, layer=name, what="o * tanh(c)")
         i, f, o = g[:, :, :h_], g[:, :, h_ : 2 * h_], g[:, :, 3 * h_ :]
         out.append(tuple(map(torch.from_numpy, (c, i, f, cand, o))))
@@ -154,7 +156,6 @@ def rebuild_parts(
 
 
 def _lstm(
-    like: torch.Tensor,
     g: np.ndarray,
     g_t: torch.Tensor,
     c0: np.ndarray | None,
@@ -165,11 +166,12 @@ def _lstm(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Activate the pre-activations ``g`` (time-major views of ``g_t``) in place and return ``c``,
     the candidate ``g`` (both contiguous, time-major) and ``o * tanh(c)`` (for the check)."""
-    cand = _empty(like, steps, n, h_).numpy()
+    dt = g.dtype
+    cand = empty((steps, n, h_), dt)  # (rnnlens.core.buffers: large ones reused once dropped)
     np.tanh(g[:, :, 2 * h_ : 3 * h_], out=cand)  # before the sigmoid overwrites the block
     torch.sigmoid(g_t, out=g_t)  # i, f, o (and g's block, unused: one contiguous call)
     i, f, o = g[:, :, :h_], g[:, :, h_ : 2 * h_], g[:, :, 3 * h_ :]
-    c = _empty(like, steps, n, h_).numpy()
+    c = empty((steps, n, h_), dt)
     np.multiply(i, cand, out=c)  # i * g of every step, then c_t = f_t * c_{t-1} + i_t * g_t
     cs, fs = list(c), list(f)  # each step's views, made at once (indexing costs ~0.3 µs)
     tmp = np.empty_like(cs[0])
@@ -182,7 +184,7 @@ def _lstm(
             mul(fs[s], prev, out=tmp)
             add(tmp, cur, out=cur)
         prev = cur
-    h = _empty(like, steps, n, h_).numpy()
+    h = empty((steps, n, h_), dt)
     np.tanh(c, out=h)
     h *= o
     return c, cand, h
