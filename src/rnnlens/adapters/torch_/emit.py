@@ -16,17 +16,20 @@ from torch.nn.utils.rnn import PackedSequence
 from ...core.edits import LayerEdits
 from ...core.kinds import KINDS
 from .discover import _Config
+from .emit_fast import ONEDNN_MIN_BATCH, ONEDNN_MIN_HIDDEN, ONEDNN_MIN_ROWS
 from .emit_loop import _directions
 from .emit_packed import emit_packed
 from .quantized import autocast_dtype
+from .rebuild_fast import fits, rebuild_layer
 
 
 def _can_emit(input: Any, cfg: _Config, strategy: str) -> bool:
     """Whether to emit c and gates from rnnlens' loop rather than rebuild them from the kernel's h.
 
-    ``"auto"``: on CPU, where the loop costs about what PyTorch's own kernel does; on a GPU the
-    fused cuDNN kernel plus reconstruction is faster. A PackedSequence runs the loop on its
-    valid steps (:func:`_emit_packed`).
+    ``"auto"``: on CPU, where the loop costs about what PyTorch's own kernel does (an LSTM on a
+    small batch: :func:`_emit_layer` runs the kernel and rebuilds instead, see
+    :data:`REBUILD_MAX_BATCH`); on a GPU the fused cuDNN kernel plus reconstruction is faster.
+    A PackedSequence runs the loop on its valid steps (:func:`_emit_packed`).
     """
     if isinstance(input, PackedSequence):
         input = input.data
@@ -43,8 +46,42 @@ def _can_emit(input: Any, cfg: _Config, strategy: str) -> bool:
     return input.device.type == "cpu" and input.dtype in (torch.float32, torch.float64)
 
 
+#: ``strategy="auto"`` rebuilds an LSTM layer's c and gates from the fused kernel's h
+#: (:mod:`.rebuild_fast`) instead of running the step loop on batches up to this size, unless
+#: the loop's GEMM would be oneDNN's (:func:`.emit_fast.onednn_weight`). There the loop's cost
+#: is its ~6 calls a step (~2–3 µs each) and its small-batch GEMMs, and the fused kernel plus
+#: one GEMM over all steps is cheaper. Measured (one thread, CPU time, all fields, ratio to the
+#: forward pass, rebuild against loop): LSTM(32) b1 T1000: 4.0 against 29.7; LSTM(32) b1 T20:
+#: 5.3 / 6.4; LSTM(64) b8 T50: 3.9 / 4.6; LSTM(64) b12 T50: 3.6 / 3.7; LSTM(256) b2 T50:
+#: 2.5 / 4.3; LSTM(512) b1 T50: 1.7 / 3.0 — and the loop ahead at LSTM(64) b16 (3.7 / 3.8),
+#: LSTM(32) b32 (3.8 / 3.5), LSTM(128) b16 T100 (2.7 / 2.2), LSTM(512) b8 T50 (oneDNN: 2.4 /
+#: 1.8). A GRU keeps the loop: PyTorch's CPU GRU is itself a loop of ATen calls, about as many
+#: a step as rnnlens' (GRU(64) b8 T100: rebuild 1.8, loop 1.5; GRU(32) b1 T20: 3.5 / 3.1).
+REBUILD_MAX_BATCH = 12
+
+
+def _small(input: Any, cfg: _Config) -> bool:
+    """Whether the rebuild from the kernel's h is the faster way to c and gates (see above)."""
+    if cfg.kind != "lstm" or not isinstance(input, torch.Tensor) or not fits(cfg, input):
+        return False
+    unbatched = input.dim() == 2
+    n = 1 if unbatched else input.shape[0 if cfg.batch_first else 1]
+    steps = input.shape[0 if unbatched or not cfg.batch_first else 1]
+    if n > REBUILD_MAX_BATCH:
+        return False
+    h_ = cfg.hidden_size
+    return n < ONEDNN_MIN_BATCH or h_ < ONEDNN_MIN_HIDDEN or n * steps < ONEDNN_MIN_ROWS[h_ >= 512]
+
+
 def _emit_layer(
-    view: Any, cfg: _Config, layer: int, x: Any, hx: Any, edits: LayerEdits | None = None, keep: bool = True
+    view: Any,
+    cfg: _Config,
+    layer: int,
+    x: Any,
+    hx: Any,
+    edits: LayerEdits | None = None,
+    keep: bool = True,
+    strategy: str = "emit",
 ) -> tuple[Any, Any, list[torch.Tensor], list[tuple[torch.Tensor, ...]]]:
     """One layer's recurrence, step by step, emitting c and the gates at every step.
 
@@ -64,6 +101,11 @@ def _emit_layer(
     edit on the cell-state slot, before step ``s + 1`` reads them. ``nn.RNN`` layers (no c,
     no gates) run here only for edits. ``keep=False`` (an edited layer whose c and gates are not
     asked for): none are kept, and the c and gates lists come back empty (see :class:`_Slots`).
+
+    ``strategy="auto"``, an unedited LSTM on a small batch (:data:`REBUILD_MAX_BATCH`):
+    PyTorch's kernel runs instead and c and the gates are rebuilt from its h at once, with the
+    weights as the kernel saw them (:mod:`.rebuild_fast`): h is the kernel's own, c and the
+    gates within ~1e-7 of the loop's, in the same layout.
     """
     if cfg.quantized:
         from .quantized_rnn import emit_quantized
@@ -71,6 +113,10 @@ def _emit_layer(
         return emit_quantized(view, cfg, layer, x, hx, edits, keep)
     if isinstance(x, PackedSequence):
         return emit_packed(view, cfg, layer, x, hx, edits, keep)
+    if strategy == "auto" and edits is None and keep and _small(x, cfg):
+        rebuilt = rebuild_layer(view, cfg, layer, x, hx)
+        if rebuilt is not None:
+            return rebuilt
     lstm = cfg.kind == "lstm"
     bd = 0 if cfg.batch_first else 1
     if x.dim() not in (2, 3):

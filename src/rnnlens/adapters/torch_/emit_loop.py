@@ -14,7 +14,7 @@ import torch
 from ...core.buffers import empty
 from ...core.edits import WRITE, LayerEdits, Op
 from .discover import _Config
-from .emit_fast import add_hw, gru_steps, lstm_steps, mm_hw, numpy_tanh, onednn_weight, tanh_into
+from .emit_fast import add_hw, gru_bias, gru_steps, lstm_steps, mm_hw, numpy_tanh, onednn_weight, tanh_into
 
 
 def _empty(like: torch.Tensor, *shape: int) -> torch.Tensor:
@@ -169,28 +169,26 @@ def _directions(
             slots = _Slots(x_tm, x2d, w_ih, bias, 3 * h_, 0, keep=keep, reverse=bool(d))
             hg = x_tm.new_empty(n, 3 * h_)
             tg = x_tm.new_empty(n, h_)
-            b_hn = None if b_hh is None else b_hh[2 * h_ :]
+            b_h = gru_bias(b_hh, h_)  # b_hn, added by the recurrent GEMM
             w_hh_p = None if packed else onednn_weight(w_hh, n, steps)  # (as for an LSTM)
             fast = not packed and keep and not (eh or ew)
             if fast:  # the plain case (see emit_fast)
-                h, cand = gru_steps(slots.g, out, (w_hh_t, w_hh_p), b_hn, h, h_, order, _empty)
+                h, cand = gru_steps(slots.g, out, (w_hh_t, w_hh_p), b_h, h, h_, order, _empty)
             for s in order if not fast else ():
                 b = sizes[s]
                 g, hg_s = slots.gate(s)[:b], hg[:b]
-                mm_hw(hg_s, h[:b], w_hh_t, w_hh_p)
+                mm_hw(hg_s, h[:b], w_hh_t, w_hh_p, b_h)
                 rz, nn_ = g[:, : 2 * h_], g[:, 2 * h_ :]
                 rz.add_(hg_s[:, : 2 * h_]).sigmoid_()
                 r, z = rz.unsafe_chunk(2, 1)
                 hn = hg_s[:, 2 * h_ :]
-                if b_hn is not None:
-                    hn.add_(b_hn)
                 cand = _tanh_into(nn_.addcmul_(r, hn), tg[:b], keep)
                 if s in ew:  # the step's write (1 − z) ⊙ n edited before it enters h
                     wr = (1 - z) * cand
                     _apply(wr, ew[s], cache)
                     h_s = torch.mul(z, h[:b], out=out[s, :b]).add_(wr)
                 else:
-                    h_s = torch.sub(h[:b], cand, out=out[s, :b]).mul_(z).add_(cand)
+                    h_s = torch.lerp(cand, h[:b], z, out=out[s, :b])  # (as gru_steps)
                 if s in eh:
                     _apply(h_s, eh[s], cache)
                 h = _carry(h, h_s, b, packed)

@@ -268,7 +268,9 @@ class _Recorder:
                         y, final = folded
                     elif layer in emit:
                         keep = layer in plan.emit  # its c or gates are asked for, not only edited
-                        y, final, cs, gs = _emit_layer(view, cfg, layer, x, hx_l, edits.get(layer), keep)
+                        y, final, cs, gs = _emit_layer(
+                            view, cfg, layer, x, hx_l, edits.get(layer), keep, plan.strategy
+                        )
                         if keep:
                             call.c[layer], call.gates[layer] = cs, gs
                     else:

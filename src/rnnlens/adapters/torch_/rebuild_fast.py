@@ -1,0 +1,190 @@
+"""``c`` and the gates of a plain ``nn.LSTM`` layer rebuilt from the fused kernel's own ``h`` in
+a few whole-array operations, during the recording (the weights as the kernel saw them): what
+``strategy="auto"`` does on small batches on CPU, in place of the step loop
+(:func:`rnnlens.adapters.torch_.emit._emit_layer` decides: :data:`.emit.REBUILD_MAX_BATCH`).
+
+On small batches (an ``LSTM(32)``, batch 1, 20 steps: a step's arithmetic is a few hundred
+values) the step loop's cost is its calls, ~2–3 µs each for PyTorch, six a step, its small-batch
+GEMMs and its per-call set-up: the fused oneDNN kernel runs the same steps in less time than
+the loop's calls alone. Here the kernel runs (its ``h`` is exact by definition) and everything
+else is done for all steps at once: the pre-activations of every step in two GEMMs
+(``x_t @ W_ih.T + b_ih + b_hh``, then ``+= h_{t-1} @ W_hh.T``, ``h_{t-1}`` the kernel's), the
+activations on the whole array, ``c`` by a scan of two NumPy calls a step (~0.5 µs each), then
+the check that the kernel's ``h`` is ``o * tanh(c)`` within :func:`rnnlens.core.cells.tolerance`
+— a :class:`~rnnlens.errors.ParityError` otherwise, as for every rebuild. The arrays are
+written in the input's layout, so the conversion copies nothing.
+
+Only the plain case: float32/float64 on CPU, no ``proj_size``, no ``PackedSequence``, no edits;
+anything else runs the step loop. ``h`` is the kernel's own; c and the gates agree with the
+step loop's to ~1e-7 (float32, measured; ``tests/adapters/test_torch_rebuild_fast.py``).
+
+Example:
+    >>> import torch, rnnlens
+    >>> lstm = torch.nn.LSTM(3, 4, batch_first=True)
+    >>> s = rnnlens.trace(lstm, torch.ones(2, 5, 3))["lstm"]  # a small batch: rebuilt
+    >>> s.c.shape, list(s.gates)
+    ((2, 5, 4), ['i', 'f', 'g', 'o'])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...core.buffers import empty
+from ...core.cells import check_parity
+from .discover import _Config, base_class, genuine_forward
+
+__all__ = ["fits", "rebuild_layer", "rebuild_parts"]
+
+
+def fits(cfg: _Config, x: torch.Tensor) -> bool:
+    """Whether :func:`rebuild_layer` takes this layer: a plain LSTM layer (no ``proj_size``, not
+    quantized, not a cell) on a float32/float64 CPU tensor (not packed)."""
+    return (
+        cfg.kind == "lstm"
+        and not cfg.cell
+        and not cfg.quantized
+        and not cfg.proj_size
+        and x.dim() in (2, 3)
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+    )
+
+
+def rebuild_layer(
+    view: Any, cfg: _Config, layer: int, x: torch.Tensor, hx: Any
+) -> tuple[Any, Any, list[torch.Tensor], list[tuple[torch.Tensor, ...]]] | None:
+    """Layer ``layer`` (its module or one-layer view ``view``) run by PyTorch's own ``forward``,
+    then its c and gates rebuilt from the output: what :func:`.emit._emit_layer` returns
+    (output, final state, per direction ``c`` and the gates as (time, sample, unit) tensors).
+    ``None`` where the weights are not plain tensors of ``x``'s dtype (the loop runs instead)."""
+    if any(not _plain(_param(view, n), x.dtype) for n in _names(cfg, layer)):
+        return None
+    y, final = genuine_forward(base_class(cfg))(view, x, hx)
+    parts = rebuild_parts(view, cfg, layer, x, y, hx, cfg.batch_first, f"{cfg.base} layer {layer}")
+    return y, final, [p[0] for p in parts], [p[1:] for p in parts]
+
+
+def _names(cfg: _Config, layer: int) -> list[str]:
+    names = []
+    for d in range(cfg.n_dir):
+        sfx = f"_l{layer}" + ("_reverse" if d else "")
+        names += ["weight_ih" + sfx, "weight_hh" + sfx]
+        if cfg.bias:
+            names += ["bias_ih" + sfx, "bias_hh" + sfx]
+    return names
+
+
+def _plain(t: Any, dtype: torch.dtype) -> bool:
+    return isinstance(t, torch.Tensor) and t.dtype == dtype and t.device.type == "cpu"
+
+
+def _param(m: Any, name: str) -> Any:
+    params = m.__dict__.get("_parameters")  # (Module.__getattr__ costs ~1 µs more)
+    return params[name] if params is not None and name in params else getattr(m, name, None)
+
+
+def rebuild_parts(
+    m: Any,
+    cfg: _Config,
+    layer: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    hx: Any,
+    batch_first: bool,
+    name: str,
+) -> list[tuple[torch.Tensor, ...]]:
+    """Per direction, ``(c, i, f, g, o)`` as (time, sample, unit) tensors, rebuilt from the
+    kernel's output ``y`` of layer ``layer`` of module ``m`` on input ``x`` (as the layer
+    received them: ``batch_first`` layout, or unbatched ``(time, feature)``) and ``hx`` (that
+    layer's, or ``None``), checked against ``y`` (a :class:`~rnnlens.errors.ParityError`
+    otherwise). The weights: plain tensors of ``x``'s dtype on CPU (:func:`rebuild_layer`
+    checks). ``c`` and ``g`` are contiguous time-major buffers (the scan's steps contiguous);
+    ``i``, ``f``, ``o`` views of the pre-activation buffer, in the input's layout."""
+    if x.dim() == 2:  # unbatched: one sample, (time, ·) is sample-major already
+        x, y, batch_first = x[None], y[None], True
+        hx = None if hx is None else tuple(t[:, None] for t in hx)
+    xn = x.detach().contiguous()
+    n, steps = (xn.shape[0], xn.shape[1]) if batch_first else (xn.shape[1], xn.shape[0])
+    h_, u = cfg.hidden_size, cfg.units
+    h0s, c0s = hx if hx is not None else (None, None)
+    x2d = xn.view(n * steps, xn.shape[2])
+    dt = np.float64 if x.dtype == torch.float64 else np.float32  # (fits: one of the two)
+    y_np = y.detach().numpy()
+    y_tm = y_np.transpose(1, 0, 2) if batch_first else y_np  # (time, sample, ·) views
+    lay = (n, steps) if batch_first else (steps, n)
+
+    def tm(a: np.ndarray) -> np.ndarray:
+        """The time-major view of an array in the input's layout."""
+        return a.transpose(1, 0, 2) if batch_first else a
+
+    out: list[tuple[torch.Tensor, ...]] = []
+    for d in range(cfg.n_dir):
+        sfx = f"_l{layer}" + ("_reverse" if d else "")
+        w_ih, w_hh = _param(m, "weight_ih" + sfx).detach(), _param(m, "weight_hh" + sfx).detach()
+        b_ih = _param(m, "bias_ih" + sfx).detach() if cfg.bias else None
+        b_hh = _param(m, "bias_hh" + sfx).detach() if cfg.bias else None
+        h_tm = y_tm[:, :, d * u : (d + 1) * u]
+        # h_{t-1} of every step, the kernel's, in the input's layout (processing order: reverse)
+        hp_np = empty((*lay, u), dt)
+        hp_t, hp = torch.from_numpy(hp_np), tm(hp_np)
+        first = steps - 1 if d else 0
+        hp[first] = 0 if h0s is None else h0s[d].detach().numpy()
+        if d:
+            hp[:-1] = h_tm[1:]
+        else:
+            hp[1:] = h_tm[:-1]
+        g_np = empty((n * steps, 4 * h_), dt)
+        g_t = torch.from_numpy(g_np)
+        bias = None if b_ih is None or b_hh is None else b_ih + b_hh  # (one sum: both go in first)
+        if bias is None:
+            torch.mm(x2d, w_ih.t(), out=g_t)
+        else:
+            torch.addmm(bias, x2d, w_ih.t(), out=g_t)
+        g_t.addmm_(hp_t.view(n * steps, u), w_hh.t())  # + h U, in place: no temporary
+        del hp, hp_t, hp_np
+        g = tm(g_np.reshape(*lay, 4 * h_))  # time-major views
+        c0 = None if c0s is None else c0s[d].detach().numpy()
+        c, cand, got = _lstm(g, g_t, c0, d, steps, n, h_)
+        check_parity(h_tm.transpose(1, 0, 2), got.transpose(1, 0, 2), None, layer=name, what="o * tanh(c)")
+        i, f, o = g[:, :, :h_], g[:, :, h_ : 2 * h_], g[:, :, 3 * h_ :]
+        out.append(tuple(map(torch.from_numpy, (c, i, f, cand, o))))
+    return out
+
+
+def _lstm(
+    g: np.ndarray,
+    g_t: torch.Tensor,
+    c0: np.ndarray | None,
+    d: int,
+    steps: int,
+    n: int,
+    h_: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Activate the pre-activations ``g`` (time-major views of ``g_t``) in place and return ``c``,
+    the candidate ``g`` (both contiguous, time-major) and ``o * tanh(c)`` (for the check)."""
+    dt = g.dtype
+    cand = empty((steps, n, h_), dt)  # (rnnlens.core.buffers: large ones reused once dropped)
+    np.tanh(g[:, :, 2 * h_ : 3 * h_], out=cand)  # before the sigmoid overwrites the block
+    torch.sigmoid(g_t, out=g_t)  # i, f, o (and g's block, unused: one contiguous call)
+    i, f, o = g[:, :, :h_], g[:, :, h_ : 2 * h_], g[:, :, 3 * h_ :]
+    c = empty((steps, n, h_), dt)
+    np.multiply(i, cand, out=c)  # i * g of every step, then c_t = f_t * c_{t-1} + i_t * g_t
+    cs, fs = list(c), list(f)  # each step's views, made at once (indexing costs ~0.3 µs)
+    tmp = np.empty_like(cs[0])
+    order = range(steps - 1, -1, -1) if d else range(steps)
+    prev = c0
+    mul, add = np.multiply, np.add
+    for s in order:
+        cur = cs[s]
+        if prev is not None:  # (c0 None: zeros, and the first c is i * g)
+            mul(fs[s], prev, out=tmp)
+            add(tmp, cur, out=cur)
+        prev = cur
+    h = empty((steps, n, h_), dt)
+    np.tanh(c, out=h)
+    h *= o
+    return c, cand, h
