@@ -68,20 +68,16 @@ class _Snapshot:
         self.dicts: list[tuple[dict[str, Any], dict[str, Any]]] = []
         self.containers: list[tuple[Any, Any]] = []
         self.tensors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        #: (name, parameter, version before the run or None, copy or None)
-        self.params: list[tuple[str, torch.Tensor, int | None, _Copy | None]] = []
-        named = list(model.named_parameters(remove_duplicate=True))
-        params = {id(p) for _, p in named}
-        copied = sum(p.numel() * p.element_size() for _, p in named) <= PARAM_COPY_LIMIT
-        copies = _copies([p for _, p in named]) if copied else [None] * len(named)
-        for (name, p), saved in zip(named, copies):
-            version = None if p.is_inference() else p._version
-            if version is not None or saved is not None:
-                self.params.append((name, p, version, saved))
+        #: (parameter, version before the run or None, copy or None); named only for an error
+        self.params: list[tuple[torch.Tensor, int | None, _Copy | None]] = []
+        self.model = model
+        # one pass over the modules: their dicts, and the parameters in named_parameters' order
+        # (each once), without named_parameters' generators (a tenth of a small model's fixed cost)
+        params: dict[int, torch.Tensor] = {}
         held: list[torch.Tensor] = []
         for m in model.modules():
             d = vars(m)
-            self.dicts.append((d, dict(d)))
+            self.dicts.append((d, d.copy()))
             for k, v in d.items():
                 if type(v) in _ATOMS:
                     continue
@@ -90,9 +86,19 @@ class _Snapshot:
                         self.containers.append((v, None))
                         continue
                     self.containers.append((v, type(v)(v) if not isinstance(v, dict) else v.copy()))
-                    if k == "_parameters":  # the parameters: copied above
+                    if k == "_parameters" and isinstance(v, dict):  # the parameters: copied below
+                        for p in v.values():
+                            if p is not None and id(p) not in params:
+                                params[id(p)] = p
                         continue
                 _tensors_in(v, held)
+        named = list(params.values())
+        copied = sum(p.numel() * p.element_size() for p in named) <= PARAM_COPY_LIMIT
+        copies = _copies(named) if copied and named else [None] * len(named)
+        for p, saved in zip(named, copies):
+            version = None if p.is_inference() else p._version
+            if version is not None or saved is not None:
+                self.params.append((p, version, saved))
         for t in held:
             if id(t) not in params and id(t) not in self.tensors:
                 self.tensors[id(t)] = (t, t.detach().clone())
@@ -116,17 +122,19 @@ class _Snapshot:
             if t.shape == saved.shape and t.dtype == saved.dtype and torch.equal(t.detach(), saved):
                 continue
             _put_back(t, saved)
-        changed = []
-        for name, p, version, copy in self.params:
+        changed: list[torch.Tensor] = []
+        for p, version, copy in self.params:
             if copy is not None:
                 moved = p._version != version if version is not None else not torch.equal(p.detach(), copy())
                 if moved:
                     _put_back(p, copy())
             elif version is not None and p._version != version:
-                changed.append(name)
+                changed.append(p)
         if changed:
+            names = {id(p): name for name, p in self.model.named_parameters()}
+            changed_names = [names.get(id(p), "?") for p in changed]
             raise UnsupportedModelError(
-                f"forward changed the parameter(s) {changed} in place, which rnnlens cannot put back "
+                f"forward changed the parameter(s) {changed_names} in place, which rnnlens cannot put back "
                 f"(weights over {PARAM_COPY_LIMIT // 2**20} MiB are not copied before a run). The model "
                 "is now changed: reload it. rnnlens never changes a model; trace a copy "
                 "(copy.deepcopy(model)) of one that does."
@@ -181,11 +189,26 @@ def _put_back(t: torch.Tensor, saved: torch.Tensor) -> None:
         t.copy_(saved)
 
 
+class _Flags:
+    """The snapshot of a run of PyTorch's own code only (:mod:`.trusted`): the ``training``
+    flags, which rnnlens itself sets for the run."""
+
+    def __init__(self, model: Any) -> None:
+        self.flags = [(m, m.training) for m in model.modules()]
+
+    def restore(self) -> None:
+        for m, flag in self.flags:
+            if m.training is not flag:
+                m.training = flag
+
+
 @contextlib.contextmanager
-def unchanged(model: Any) -> Iterator[_Snapshot]:
+def unchanged(model: Any, *, own_code_only: bool = False) -> Iterator[_Snapshot | _Flags]:
     """Run the block, then put back every attribute and buffer of ``model``'s modules (the
-    snapshot it yields can also put them back before then: ``snapshot.restore()``)."""
-    snapshot = _Snapshot(model)
+    snapshot it yields can also put them back before then: ``snapshot.restore()``).
+    ``own_code_only``: the block runs PyTorch's own code only (:func:`.trusted.own_code_only`),
+    which changes nothing on the model but what rnnlens sets itself: the ``training`` flags."""
+    snapshot = _Flags(model) if own_code_only else _Snapshot(model)
     try:
         yield snapshot
     finally:
