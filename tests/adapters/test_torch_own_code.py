@@ -53,6 +53,14 @@ def test_a_bare_module_runs_its_own_code_only_and_is_left_as_it_was(cls: str) ->
     np.testing.assert_array_equal(states[f"{cls.lower()}.l1"].h, want.numpy())
 
 
+def test_a_bare_module_s_refreshed_weight_list_is_put_back() -> None:
+    m, x = torch.nn.GRU(3, 4), torch.randn(5, 2, 3)
+    flat = list(m._flat_weights)
+    m._parameters["weight_hh_l0"] = torch.nn.Parameter(m.weight_hh_l0.detach() * 2)  # past __setattr__
+    rnnlens.trace(m, x, fields=("h",))  # GRU.forward refreshes _flat_weights: put back
+    assert all(a is b for a, b in zip(m._flat_weights, flat)) and len(m._flat_weights) == len(flat)
+
+
 class _Mode(torch.overrides.TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         return func(*args, **(kwargs or {}))

@@ -8,10 +8,11 @@ submodules, no buffers), PyTorch's own class code unpatched, no hook anywhere (t
 the global ones), no instance ``forward``, plain ``nn.Parameter`` weights (not inference
 tensors) and plain tensor arguments, no ``TorchFunctionMode``/``TorchDispatchMode`` of the
 user's active: nothing but PyTorch's own forward runs, and it changes nothing on the module (it
-reads the weights and the configuration). The snapshot is then only the ``training`` flag —
-about a quarter of the fixed cost of a trace call on a one-layer LSTM of 32 units — and the
-run needs no watch for direct ``torch._VF`` calls (:mod:`.direct`): no code of the user's
-could make one.
+reads the weights and the configuration, and refreshes its list of them where a weight was
+swapped past ``__setattr__``). The snapshot is then the module's bindings (the ``training``
+flag rnnlens sets) and those lists, without copies of parameters and tensors — a quarter of
+the fixed cost of a trace call on a one-layer LSTM of 32 units — and the run needs no watch
+for direct ``torch._VF`` calls (:mod:`.direct`): no code of the user's could make one.
 
 Example:
     >>> import torch

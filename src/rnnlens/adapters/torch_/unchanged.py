@@ -190,16 +190,26 @@ def _put_back(t: torch.Tensor, saved: torch.Tensor) -> None:
 
 
 class _Flags:
-    """The snapshot of a run of PyTorch's own code only (:mod:`.trusted`): the ``training``
-    flags, which rnnlens itself sets for the run."""
+    """The snapshot of a run of PyTorch's own code only (:mod:`.trusted`): each module's
+    bindings (the ``training`` flags rnnlens sets, the stand-in ``forward`` it installs) and the
+    lists a recurrent module's ``forward`` refreshes when its weights were swapped outside
+    ``__setattr__`` (``_flat_weights``, ``_flat_weight_refs``)."""
 
     def __init__(self, model: Any) -> None:
-        self.flags = [(m, m.training) for m in model.modules()]
+        self.dicts = [(d, d.copy()) for d in map(vars, model.modules())]
+        self.lists = [(v, v.copy()) for d, _ in self.dicts for k in _FLAT if type(v := d.get(k)) is list]
 
     def restore(self) -> None:
-        for m, flag in self.flags:
-            if m.training is not flag:
-                m.training = flag
+        for obj, saved in self.lists:
+            if len(obj) != len(saved) or any(a is not b for a, b in zip(obj, saved)):
+                obj[:] = saved
+        for d, saved in self.dicts:
+            if d.keys() != saved.keys() or any(d[k] is not v for k, v in saved.items()):
+                d.clear()
+                d.update(saved)
+
+
+_FLAT = ("_flat_weights", "_flat_weight_refs", "_flat_weights_names", "_all_weights")
 
 
 @contextlib.contextmanager
