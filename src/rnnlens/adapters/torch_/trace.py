@@ -430,16 +430,8 @@ def _entries(
         for layer, base in enumerate(specs):
             if base.name not in static_fields:
                 continue
-            spec = LayerSpec(
-                call_entry(base.name, entry.index),
-                base.kind,
-                base.layer_type,
-                base.units,
-                base.directions,
-                base.fields,
-                base.cell_units,
-                base.notes,
-            )
+            name = call_entry(base.name, entry.index)
+            spec = base if name == base.name else replace(base, name=name)
             f = static_fields[base.name]
             if not KINDS[plan.cfg.kind].known:
                 out.append((spec, lambda w, spec=spec, entry=entry: _generic_seq(spec, entry)))

@@ -115,7 +115,7 @@ class _Snapshot:
                 obj.clear()
                 obj.update(saved)
         for d, saved in self.dicts:
-            if d.keys() != saved.keys() or any(d[k] is not v for k, v in saved.items()):
+            if not _same_bindings(d, saved):
                 d.clear()
                 d.update(saved)
         for t, saved in self.tensors.values():
@@ -139,6 +139,16 @@ class _Snapshot:
                 "is now changed: reload it. rnnlens never changes a model; trace a copy "
                 "(copy.deepcopy(model)) of one that does."
             )
+
+
+def _same_bindings(d: dict[str, Any], saved: dict[str, Any]) -> bool:
+    """Whether ``d`` binds the same names to the very objects ``saved`` does, in the same order
+    (by ``id``, in C: ``saved`` keeps its objects alive, so no other object has their ids)."""
+    return (
+        len(d) == len(saved)
+        and list(d) == list(saved)
+        and list(map(id, d.values())) == list(map(id, saved.values()))
+    )
 
 
 class _Copy:
@@ -201,10 +211,10 @@ class _Flags:
 
     def restore(self) -> None:
         for obj, saved in self.lists:
-            if len(obj) != len(saved) or any(a is not b for a, b in zip(obj, saved)):
+            if list(map(id, obj)) != list(map(id, saved)):  # (saved keeps its objects alive)
                 obj[:] = saved
         for d, saved in self.dicts:
-            if d.keys() != saved.keys() or any(d[k] is not v for k, v in saved.items()):
+            if not _same_bindings(d, saved):
                 d.clear()
                 d.update(saved)
 
