@@ -206,13 +206,17 @@ class _Flags:
     ``__setattr__`` (``_flat_weights``, ``_flat_weight_refs``)."""
 
     def __init__(self, model: Any) -> None:
-        self.dicts = [(d, d.copy()) for d in map(vars, model.modules())]
-        self.lists = [(v, v.copy()) for d, _ in self.dicts for k in _FLAT if type(v := d.get(k)) is list]
+        self.dicts: list[tuple[dict[str, Any], dict[str, Any]]] = [
+            (vars(m), vars(m).copy()) for m in model.modules()
+        ]
+        self.lists: list[tuple[list[Any], list[Any]]] = [
+            (v, v.copy()) for d, _ in self.dicts for k in _FLAT if type(v := d.get(k)) is list
+        ]
 
     def restore(self) -> None:
-        for obj, saved in self.lists:
-            if list(map(id, obj)) != list(map(id, saved)):  # (saved keeps its objects alive)
-                obj[:] = saved
+        for obj, kept in self.lists:
+            if list(map(id, obj)) != list(map(id, kept)):  # (kept keeps its objects alive)
+                obj[:] = kept
         for d, saved in self.dicts:
             if not _same_bindings(d, saved):
                 d.clear()
