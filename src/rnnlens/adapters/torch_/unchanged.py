@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections.abc import Iterator
 from typing import Any
 
@@ -142,13 +143,9 @@ class _Snapshot:
 
 
 def _same_bindings(d: dict[str, Any], saved: dict[str, Any]) -> bool:
-    """Whether ``d`` binds the same names to the very objects ``saved`` does, in the same order
-    (by ``id``, in C: ``saved`` keeps its objects alive, so no other object has their ids)."""
-    return (
-        len(d) == len(saved)
-        and list(d) == list(saved)
-        and list(map(id, d.values())) == list(map(id, saved.values()))
-    )
+    """Whether ``d`` binds the same names to the very objects ``saved`` does (pairs taken in
+    order, in C: a binding deleted and made again compares as changed, and is put back)."""
+    return d.keys() == saved.keys() and all(map(operator.is_, d.values(), saved.values()))
 
 
 class _Copy:
@@ -215,7 +212,7 @@ class _Flags:
 
     def restore(self) -> None:
         for obj, kept in self.lists:
-            if list(map(id, obj)) != list(map(id, kept)):  # (kept keeps its objects alive)
+            if len(obj) != len(kept) or not all(map(operator.is_, obj, kept)):
                 obj[:] = kept
         for d, saved in self.dicts:
             if not _same_bindings(d, saved):
