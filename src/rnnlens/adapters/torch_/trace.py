@@ -134,6 +134,7 @@ from .calls import _CellCalls, _Plan
 from .chains import chain_calls, merge
 from .convert import _cell_entry, _generic_seq, _need_x, _seq_layer
 from .discover import _config, _require_module, _static_specs, _walk, describe
+from .express import capture_h
 from .outputs import _outputs
 from .record import _Recorder, _run, _tensors
 from .trusted import own_code_only
@@ -177,7 +178,9 @@ def capture(model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Ca
 
         forms.check_quantized_script(model)
         return scripted.capture(model, args, kwargs, options)
-    return _capture(model, args, kwargs, options, {})[0]
+    # h alone of a bare one-layer module: its own output (:mod:`.express`)
+    fast = capture_h(model, args, kwargs, options)
+    return fast if fast is not None else _capture(model, args, kwargs, options, {})[0]
 
 
 def intervene(model: Any, args: Args, kwargs: Kwargs, edits: Edits, options: TraceOptions) -> Intervened:
