@@ -46,6 +46,9 @@ CASES = [
     ("GRU", {"bidirectional": True, "bias": False}),
     ("RNN", {"nonlinearity": "relu", "bidirectional": True}),
     ("RNN", {}),
+    ("LSTM", {"num_layers": 3, "bidirectional": True}),
+    ("GRU", {"num_layers": 2, "batch_first": False}),
+    ("RNN", {"num_layers": 2, "nonlinearity": "relu"}),
 ]
 
 
@@ -64,7 +67,7 @@ def test_the_module_s_own_output_as_the_general_path_gives_it(
     elif form == "float64":
         m, args = m.double(), (x.double(),)
     elif form == "hx":
-        n = 2 if kw.get("bidirectional") else 1
+        n = (2 if kw.get("bidirectional") else 1) * kw.get("num_layers", 1)
         units = kw.get("proj_size") or 4
         h0 = torch.randn(n, 2, units)
         args = (x, (h0, torch.randn(n, 2, 4)) if cls == "LSTM" else h0)
@@ -75,7 +78,8 @@ def test_the_module_s_own_output_as_the_general_path_gives_it(
     _same(fast, _general(m, *args, fields=fields))
     with torch.no_grad():
         want = m.eval()(*args)[0]
-    got = np.concatenate([d.h for d in fast[cls.lower()].directions.values()], -1)
+    top = f"{cls.lower()}.l{kw['num_layers'] - 1}" if "num_layers" in kw else cls.lower()
+    got = np.concatenate([d.h for d in fast[top].directions.values()], -1)
     if form != "unbatched" and not batch_first:
         want = want.transpose(0, 1)
     np.testing.assert_array_equal(got[0] if form == "unbatched" else got, want.numpy())
@@ -88,16 +92,24 @@ def test_where_it_does_not_apply_the_general_path_runs() -> None:
     one = torch.nn.LSTM(3, 4, batch_first=True)
     packed = torch.nn.utils.rnn.pack_padded_sequence(x, [5, 3], batch_first=True)
     for m, args, fields in [
-        (two, (x,), ("h",)),
+        (two, (x,), ("h", "gates")),
         (one, (x,), ("h", "c")),
         (one, (x,), None),
         (one, (packed,), ("h",)),
         (one, (x.half(),), ("h",)),
     ]:
         assert capture_h(m, args, {}, TraceOptions(fields=fields)) is None
-    assert capture_h(one, (x,), {}, TraceOptions(fields=("h",), layers=["other"])) is None
+    assert capture_h(one, (x,), {}, TraceOptions(fields=("h",), layers=("other",))) is None
+    assert capture_h(two, (x,), {}, TraceOptions(fields=("h",), layers=("lstm.l0", "x"))) is None
     with pytest.raises(LayerNotFoundError):
         rnnlens.trace(one, x, fields=("h",), layers="other")
+    for layers in (None, "lstm.l0", "lstm.l1", ["lstm.l1", "lstm.l0"]):
+        names = (layers,) if isinstance(layers, str) else None if layers is None else tuple(layers)
+        assert capture_h(two, (x,), {}, TraceOptions(fields=("h",), layers=names)) is not None
+        _same(
+            rnnlens.trace(two, x, fields=("h",), layers=layers),
+            _general(two, x, fields=("h",), layers=layers),
+        )
     with torch.no_grad():  # (with autograd on, PyTorch picks another kernel: 1e-8 apart)
         want = two.eval()(x)[0]
     np.testing.assert_array_equal(rnnlens.trace(two, x, fields=("h",))["lstm.l1"].h, want.numpy())

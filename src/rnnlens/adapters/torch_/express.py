@@ -1,15 +1,17 @@
-"""``h`` alone of a bare one-layer ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``: the module's own output.
+"""``h`` alone of a bare ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``: the module's own output.
 
-Where :func:`rnnlens.trace` is given a bare recurrent module (one layer) that runs PyTorch's own
-code only (:func:`.trusted.own_code_only`) and only ``h`` is asked for, the forward pass's output
-sequence *is* ``h``: the module runs once, as it is (``module(*args, **kwargs)`` under
-``torch.inference_mode()``, in eval mode, its bindings put back after), and its output is split
-into directions without copying. Nothing else is needed — no plans, no recording stand-ins, no
-conversion of a recorded call — which is most of a trace call's fixed cost on a small model
-(an ``nn.LSTM(32, 32)``, batch 1, 20 steps: about a third). The same arrays, names and specs as
-the general path (:mod:`.trace`), bitwise (the same kernel call on the same arguments).
-Anything else (a ``PackedSequence``, several layers, ``c`` or gates, ``layers=`` naming
-something else, an input the module refuses) returns None: the general path runs and says why.
+Where :func:`rnnlens.trace` is given a bare recurrent module that runs PyTorch's own code only
+(:func:`.trusted.own_code_only`) and only ``h`` is asked for, the forward pass's output sequence
+*is* ``h`` (of the top layer; inner layers asked for: each layer through PyTorch's own forward
+on a one-layer view sharing its parameters, as the general path runs them). The module runs
+once, as it is (``module(*args, **kwargs)`` under ``torch.inference_mode()``, in eval mode, its
+bindings put back after), and its output is split into directions without copying. Nothing
+else is needed — no plans, no recording stand-ins, no conversion of a recorded call — which is
+most of a trace call's fixed cost on a small model (an ``nn.LSTM(32, 32)``, batch 1, 20 steps:
+about a third). The same arrays, names and specs as the general path (:mod:`.trace`), bitwise
+(the same kernel calls on the same arguments). Anything else (a ``PackedSequence``, ``c`` or
+gates, ``layers=`` naming something else, arguments past ``input, hx``, an input the module
+refuses) returns None: the general path runs and says why.
 
 Example:
     >>> import torch
@@ -32,6 +34,7 @@ from ...core.cells import DirectionArrays
 from ...core.tracing import resolve_fields
 from ..base import Captured, TraceOptions
 from .discover import _config, _static_specs
+from .record import _hx_slice, _layer_view
 from .trusted import own_code_only
 from .unchanged import unchanged
 from .weights import _np
@@ -59,13 +62,20 @@ def capture_h(
     if not own_code_only(model, args, kwargs):
         return None
     cfg = _config(model)
-    if cfg is None or cfg.num_layers != 1 or cfg.wrapped or cfg.overridden:
+    if cfg is None or cfg.wrapped or cfg.overridden:
         return None
-    (spec,) = _static_specs(cfg.base.lower(), cfg)
-    if options.layers is not None and list(options.layers) != [spec.name]:
+    specs = _static_specs(cfg.base.lower(), cfg)
+    names = [s.name for s in specs]
+    if options.layers is not None and not set(options.layers) <= set(names):
         return None
-    if resolve_fields([spec], options.fields)[spec.name] != ("h",):
+    chosen = [s for s in specs if options.layers is None or s.name in options.layers]
+    if any(f != ("h",) for f in resolve_fields(chosen, options.fields).values()):
         return None
+    top = cfg.num_layers - 1
+    # every layer's sequence where an inner one is asked for (layer by layer, as the general path)
+    inner = any(s.name != names[top] for s in chosen)
+    if inner and (len(args) > 2 or set(kwargs) - {"hx"} or len(args) + len(kwargs) > 2):
+        return None  # (input and hx are what the layer-by-layer run passes on)
     with unchanged(model, own_code_only=True):
         if model.training:
             model.training = False
@@ -74,17 +84,33 @@ def capture_h(
             # no_grad every op of a kernel's step loop also passes autograd's dispatch layer,
             # 8-14% of a GRU(64)'s forward at batch 16, 100 steps)
             with torch.inference_mode():
-                out = model(*args, **kwargs)
+                seqs = _layers(model, cfg, args, kwargs) if inner else {top: model(*args, **kwargs)[0]}
         except Exception:  # the general path runs it again and says what is wrong
             return None
-    seq = _np(out[0])
-    if x.dim() == 2:
-        seq = seq[None]
-    elif not cfg.batch_first:
-        seq = seq.transpose(1, 0, 2)
     u = cfg.units
-    arrays = {
-        direction: DirectionArrays(h=seq[:, :, d * u : (d + 1) * u])
-        for d, direction in enumerate(cfg.directions)
-    }
-    return Captured([spec], [{spec.name: (arrays, None)}], backend="torch")
+    batch: dict[str, Any] = {}
+    for spec in chosen:
+        seq = _np(seqs[int(spec.name.rsplit(".l", 1)[1]) if cfg.expanded else top])
+        if x.dim() == 2:
+            seq = seq[None]
+        elif not cfg.batch_first:
+            seq = seq.transpose(1, 0, 2)
+        arrays = {
+            direction: DirectionArrays(h=seq[:, :, d * u : (d + 1) * u])
+            for d, direction in enumerate(cfg.directions)
+        }
+        batch[spec.name] = (arrays, None)
+    return Captured(chosen, [batch], backend="torch")
+
+
+def _layers(model: Any, cfg: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[int, torch.Tensor]:
+    """Every layer's output sequence: PyTorch's own forward on a one-layer view of each layer
+    (:func:`.record._layer_view`, sharing the parameters), as the general path runs them."""
+    x = args[0]
+    hx = args[1] if len(args) > 1 else kwargs.get("hx")
+    forward = type(model).forward
+    out = {}
+    for layer in range(cfg.num_layers):
+        x = forward(_layer_view(model, cfg, layer), x, _hx_slice(hx, layer, cfg.n_dir))[0]
+        out[layer] = x
+    return out
