@@ -36,7 +36,7 @@ from ..base import Captured, TraceOptions
 from .discover import _config, _static_specs
 from .record import _hx_slice, _layer_view
 from .trusted import own_code_only
-from .unchanged import unchanged
+from .unchanged import _Flags
 from .weights import _np
 
 __all__ = ["capture_h"]
@@ -76,17 +76,19 @@ def capture_h(
     inner = any(s.name != names[top] for s in chosen)
     if inner and (len(args) > 2 or set(kwargs) - {"hx"} or len(args) + len(kwargs) > 2):
         return None  # (input and hx are what the layer-by-layer run passes on)
-    with unchanged(model, own_code_only=True):
+    kept = _Flags(model)  # (the context manager's generator: a few per cent of this path)
+    try:
         if model.training:
             model.training = False
-        try:
-            # (inference mode: PyTorch's code alone runs, and its output is only read; under
-            # no_grad every op of a kernel's step loop also passes autograd's dispatch layer,
-            # 8-14% of a GRU(64)'s forward at batch 16, 100 steps)
-            with torch.inference_mode():
-                seqs = _layers(model, cfg, args, kwargs) if inner else {top: model(*args, **kwargs)[0]}
-        except Exception:  # the general path runs it again and says what is wrong
-            return None
+        # (inference mode: PyTorch's code alone runs, and its output is only read; under
+        # no_grad every op of a kernel's step loop also passes autograd's dispatch layer,
+        # 8-14% of a GRU(64)'s forward at batch 16, 100 steps)
+        with torch.inference_mode():
+            seqs = _layers(model, cfg, args, kwargs) if inner else {top: model(*args, **kwargs)[0]}
+    except Exception:  # the general path runs it again and says what is wrong
+        return None
+    finally:
+        kept.restore()
     u = cfg.units
     batch: dict[str, Any] = {}
     for spec in chosen:
