@@ -120,3 +120,12 @@ def test_an_input_the_module_refuses_is_the_general_path_s_error() -> None:
     assert capture_h(m, (torch.randn(2, 5, 7),), {}, TraceOptions(fields=("h",))) is None
     with pytest.raises(InputError, match="could not run on what the model passed"):
         rnnlens.trace(m, torch.randn(2, 5, 7), fields=("h",))
+
+
+def test_a_module_reconfigured_between_calls_is_read_again() -> None:
+    torch.manual_seed(0)
+    m, x = torch.nn.GRU(3, 4, batch_first=True), torch.randn(2, 5, 3)
+    _same(rnnlens.trace(m, x, fields=("h",)), _general(m, x, fields=("h",)))
+    m.batch_first = False  # the same module, another layout: its configuration is read again
+    _same(rnnlens.trace(m, x, fields=("h",)), _general(m, x, fields=("h",)))
+    assert rnnlens.trace(m, x, fields=("h",))["gru"].h.shape == (5, 2, 4)
