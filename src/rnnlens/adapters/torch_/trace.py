@@ -67,6 +67,8 @@ inside it work alike (an inference tensor has no version counter: what is kept o
   ``forward`` on a one-layer view sharing its parameters) instead of in one call: every
   layer's full sequence for the cost of the one forward pass, bitwise what the fused
   multi-layer call returns on CPU. A single-layer module simply runs its own ``forward``.
+  A bare ``nn.LSTM``/``GRU``/``RNN`` (nothing but PyTorch's own code runs) is its own output,
+  with no recording at all (:mod:`.express`, under ``torch.inference_mode()``).
 * ``c`` / gates, ``strategy="emit"`` (the default on CPU): the layers whose ``c`` or gates are
   asked for run in rnnlens' step loop, which performs PyTorch's native CPU cell op for op
   (input projection of all steps in one matmul, then per step one matmul and in-place

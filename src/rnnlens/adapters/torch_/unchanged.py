@@ -15,6 +15,10 @@ takes far longer). Above it a copy would double the memory of the weights: a cha
 is found by its version counter after the run and is an error that says so (the change cannot
 be undone; trace a copy of such a model).
 
+A run of PyTorch's own code only (a bare ``nn.LSTM``, no hook, no patch: :mod:`.trusted`) changes
+nothing on the model: ``unchanged(model, own_code_only=True)`` keeps only each module's bindings
+(the ``training`` flags rnnlens sets) and its weight lists, no copies.
+
 Example:
     >>> import torch
     >>> from rnnlens.adapters.torch_.unchanged import unchanged
