@@ -91,6 +91,22 @@ def _plain(obj: Any) -> bool:
     return False
 
 
+_METHODS: dict[type, frozenset[str]] = {}
+
+
+def _methods(cls: type) -> frozenset[str]:
+    """The names of every callable in ``cls``'s classes (``forward`` and all it calls)."""
+    names = _METHODS.get(cls)
+    if names is None:
+        names = _METHODS[cls] = frozenset(
+            k
+            for c in cls.__mro__
+            for k, v in vars(c).items()
+            if callable(v) or isinstance(v, (staticmethod, classmethod, property))
+        )
+    return names
+
+
 #: class -> (its body's values, kept alive so that their ids stay theirs; those ids) when checked
 _CHECKED: dict[tuple[type, Any], tuple[tuple[Any, ...], tuple[int, ...]]] = {}
 
@@ -116,7 +132,8 @@ def own_code_only(model: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) ->
     if cls not in _CLASSES:
         return False
     d = vars(model)
-    if "forward" in d or d["_modules"] or d["_buffers"] or any(map(d.get, _HOOKS)):
+    # (an instance attribute would shadow a method forward calls: self._call_impl, ...)
+    if not _methods(cls).isdisjoint(d) or d["_modules"] or d["_buffers"] or any(map(d.get, _HOOKS)):
         return False
     if any(map(_GLOBALS.get, _GLOBAL_HOOKS)):
         return False
