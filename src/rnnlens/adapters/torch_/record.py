@@ -383,7 +383,7 @@ def _run(
     """One recording forward pass; ``planner(name, module)`` plans a direct ``torch._VF``
     recurrent call (:mod:`.direct`), or says None to let it run unrecorded."""
     rec = _Recorder(plans, clone=clone)
-    installed = _install(rec, plans)
+    installed = _install(rec, plans, watched=planner is not None)  # (no planner: no mode to step out of)
     watch = _direct_watch(rec, model, planner) if planner is not None else contextlib.nullcontext()
     try:
         with torch.no_grad(), watch:

@@ -67,6 +67,8 @@ inside it work alike (an inference tensor has no version counter: what is kept o
   ``forward`` on a one-layer view sharing its parameters) instead of in one call: every
   layer's full sequence for the cost of the one forward pass, bitwise what the fused
   multi-layer call returns on CPU. A single-layer module simply runs its own ``forward``.
+  A bare ``nn.LSTM``/``GRU``/``RNN`` (nothing but PyTorch's own code runs) is its own output,
+  with no recording at all (:mod:`.express`, under ``torch.inference_mode()``).
 * ``c`` / gates, ``strategy="emit"`` (the default on CPU): the layers whose ``c`` or gates are
   asked for run in rnnlens' step loop, which performs PyTorch's native CPU cell op for op
   (input projection of all steps in one matmul, then per step one matmul and in-place
@@ -117,7 +119,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from torch.nn.utils.rnn import PackedSequence
 
 from ...core.edits import LayerEdits
 from ...core.kinds import KINDS
@@ -135,9 +136,12 @@ from .calls import _CellCalls, _Plan
 from .chains import chain_calls, merge
 from .convert import _cell_entry, _generic_seq, _need_x, _seq_layer
 from .discover import _config, _require_module, _static_specs, _walk, describe
+from .express import capture_h
+from .outputs import _outputs
 from .record import _Recorder, _run, _tensors
+from .trusted import own_code_only
 from .unchanged import unchanged
-from .weights import _np, _weights
+from .weights import _weights
 
 __all__ = ["capture", "describe"]
 
@@ -165,9 +169,7 @@ def _option(model: Any, name: str, value: Any, kwargs: dict[str, Any], why: str)
 
 
 def _names(layers: str | Iterable[str] | None) -> list[str] | None:
-    if layers is None:
-        return None
-    return [layers] if isinstance(layers, str) else list(layers)
+    return None if layers is None else [layers] if isinstance(layers, str) else list(layers)
 
 
 def capture(model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Captured:
@@ -178,7 +180,9 @@ def capture(model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Ca
 
         forms.check_quantized_script(model)
         return scripted.capture(model, args, kwargs, options)
-    return _capture(model, args, kwargs, options, {})[0]
+    # h alone of a bare one-layer module: its own output (:mod:`.express`)
+    fast = capture_h(model, args, kwargs, options)
+    return fast if fast is not None else _capture(model, args, kwargs, options, {})[0]
 
 
 def intervene(model: Any, args: Args, kwargs: Kwargs, edits: Edits, options: TraceOptions) -> Intervened:
@@ -187,26 +191,6 @@ def intervene(model: Any, args: Args, kwargs: Kwargs, edits: Edits, options: Tra
     # edits name each call ("#k", steps counted per call), so the states keep one entry per call
     captured, output = _capture(model, args, kwargs, replace(options, calls="each"), edits)
     return Intervened(outputs=_outputs(output, copy=not options.outputs_only), captured=captured)
-
-
-def _outputs(obj: Any, copy: bool = True) -> Any:
-    """The model's return value with every tensor as a NumPy array, structure kept (a copy
-    unless ``copy=False``: the states may view the same tensors). Copied by PyTorch's
-    allocator: a large NumPy copy asks for transparent huge pages, whose faults stall on this
-    kind of VM (see rnnlens.core.buffers)."""
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach()
-        return _np(t.clone() if copy and t.device.type == "cpu" else t)
-    if isinstance(obj, PackedSequence):
-        # its fields as NumPy arrays, past PackedSequence.__new__ (which wants tensors)
-        return tuple.__new__(PackedSequence, (_outputs(getattr(obj, f), copy) for f in obj._fields))
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a named tuple
-        return type(obj)(*(_outputs(o, copy) for o in obj))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_outputs(o, copy) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _outputs(v, copy) for k, v in obj.items()}
-    return obj
 
 
 def _capture(
@@ -262,13 +246,16 @@ def _capture(
     planned = _plans(model, layers, fields, strategy, edits)
     # eval mode by each module's flag, not model.eval() (an exported program's module refuses it);
     # the flags, and whatever forward changes on the model (its state, buffers), are put back
-    with unchanged(model) as snapshot:
+    # PyTorch's own code only (a bare nn.LSTM): nothing to put back but the flags, no direct calls
+    own = own_code_only(model, args, kwargs)
+    direct = None if own else planned.direct
+    with unchanged(model, own_code_only=own) as snapshot:
         for m in model.modules():
             if m.training:  # (set only where it changes: a module's __setattr__ is not free)
                 m.training = False
         # (an inference tensor has no version counter; the recorder copies what it keeps of one)
         given = [(t, t._version) for t in _tensors([*args, *kwargs.values()]) if not t.is_inference()]
-        rec = _run(model, args, kwargs, planned.plans, clone=False, planner=planned.direct)
+        rec = _run(model, args, kwargs, planned.plans, clone=False, planner=direct)
         if rec.tampered():  # the model changed a captured tensor in place: run again, keeping copies
             changed = [tuple(t.shape) for t, v in given if t._version != v]
             if changed:
@@ -282,7 +269,8 @@ def _capture(
             for m in model.modules():
                 m.training = False
             planned = _plans(model, layers, fields, strategy, edits)  # fresh: direct plans again
-            rec = _run(model, args, kwargs, planned.plans, clone=True, planner=planned.direct)
+            direct = None if own else planned.direct
+            rec = _run(model, args, kwargs, planned.plans, clone=True, planner=direct)
     return _captured(rec, planned, join=options.calls == "join"), rec.output
 
 
@@ -447,16 +435,8 @@ def _entries(
         for layer, base in enumerate(specs):
             if base.name not in static_fields:
                 continue
-            spec = LayerSpec(
-                call_entry(base.name, entry.index),
-                base.kind,
-                base.layer_type,
-                base.units,
-                base.directions,
-                base.fields,
-                base.cell_units,
-                base.notes,
-            )
+            name = call_entry(base.name, entry.index)
+            spec = base if name == base.name else replace(base, name=name)
             f = static_fields[base.name]
             if not KINDS[plan.cfg.kind].known:
                 out.append((spec, lambda w, spec=spec, entry=entry: _generic_seq(spec, entry)))

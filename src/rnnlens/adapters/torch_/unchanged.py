@@ -15,6 +15,10 @@ takes far longer). Above it a copy would double the memory of the weights: a cha
 is found by its version counter after the run and is an error that says so (the change cannot
 be undone; trace a copy of such a model).
 
+A run of PyTorch's own code only (a bare ``nn.LSTM``, no hook, no patch: :mod:`.trusted`) changes
+nothing on the model: ``unchanged(model, own_code_only=True)`` keeps only each module's bindings
+(the ``training`` flags rnnlens sets) and its weight lists, no copies.
+
 Example:
     >>> import torch
     >>> from rnnlens.adapters.torch_.unchanged import unchanged
@@ -28,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections.abc import Iterator
 from typing import Any
 
@@ -68,20 +73,16 @@ class _Snapshot:
         self.dicts: list[tuple[dict[str, Any], dict[str, Any]]] = []
         self.containers: list[tuple[Any, Any]] = []
         self.tensors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        #: (name, parameter, version before the run or None, copy or None)
-        self.params: list[tuple[str, torch.Tensor, int | None, _Copy | None]] = []
-        named = list(model.named_parameters(remove_duplicate=True))
-        params = {id(p) for _, p in named}
-        copied = sum(p.numel() * p.element_size() for _, p in named) <= PARAM_COPY_LIMIT
-        copies = _copies([p for _, p in named]) if copied else [None] * len(named)
-        for (name, p), saved in zip(named, copies):
-            version = None if p.is_inference() else p._version
-            if version is not None or saved is not None:
-                self.params.append((name, p, version, saved))
+        #: (parameter, version before the run or None, copy or None); named only for an error
+        self.params: list[tuple[torch.Tensor, int | None, _Copy | None]] = []
+        self.model = model
+        # one pass over the modules: their dicts, and the parameters in named_parameters' order
+        # (each once), without named_parameters' generators (a tenth of a small model's fixed cost)
+        params: dict[int, torch.Tensor] = {}
         held: list[torch.Tensor] = []
         for m in model.modules():
             d = vars(m)
-            self.dicts.append((d, dict(d)))
+            self.dicts.append((d, d.copy()))
             for k, v in d.items():
                 if type(v) in _ATOMS:
                     continue
@@ -90,9 +91,19 @@ class _Snapshot:
                         self.containers.append((v, None))
                         continue
                     self.containers.append((v, type(v)(v) if not isinstance(v, dict) else v.copy()))
-                    if k == "_parameters":  # the parameters: copied above
+                    if k == "_parameters" and isinstance(v, dict):  # the parameters: copied below
+                        for p in v.values():
+                            if p is not None and id(p) not in params:
+                                params[id(p)] = p
                         continue
                 _tensors_in(v, held)
+        named = list(params.values())
+        copied = sum(p.numel() * p.element_size() for p in named) <= PARAM_COPY_LIMIT
+        copies = _copies(named) if copied and named else [None] * len(named)
+        for p, saved in zip(named, copies):
+            version = None if p.is_inference() else p._version
+            if version is not None or saved is not None:
+                self.params.append((p, version, saved))
         for t in held:
             if id(t) not in params and id(t) not in self.tensors:
                 self.tensors[id(t)] = (t, t.detach().clone())
@@ -109,28 +120,36 @@ class _Snapshot:
                 obj.clear()
                 obj.update(saved)
         for d, saved in self.dicts:
-            if d.keys() != saved.keys() or any(d[k] is not v for k, v in saved.items()):
+            if not _same_bindings(d, saved):
                 d.clear()
                 d.update(saved)
         for t, saved in self.tensors.values():
             if t.shape == saved.shape and t.dtype == saved.dtype and torch.equal(t.detach(), saved):
                 continue
             _put_back(t, saved)
-        changed = []
-        for name, p, version, copy in self.params:
+        changed: list[torch.Tensor] = []
+        for p, version, copy in self.params:
             if copy is not None:
                 moved = p._version != version if version is not None else not torch.equal(p.detach(), copy())
                 if moved:
                     _put_back(p, copy())
             elif version is not None and p._version != version:
-                changed.append(name)
+                changed.append(p)
         if changed:
+            names = {id(p): name for name, p in self.model.named_parameters()}
+            changed_names = [names.get(id(p), "?") for p in changed]
             raise UnsupportedModelError(
-                f"forward changed the parameter(s) {changed} in place, which rnnlens cannot put back "
+                f"forward changed the parameter(s) {changed_names} in place, which rnnlens cannot put back "
                 f"(weights over {PARAM_COPY_LIMIT // 2**20} MiB are not copied before a run). The model "
                 "is now changed: reload it. rnnlens never changes a model; trace a copy "
                 "(copy.deepcopy(model)) of one that does."
             )
+
+
+def _same_bindings(d: dict[str, Any], saved: dict[str, Any]) -> bool:
+    """Whether ``d`` binds the same names to the very objects ``saved`` does (pairs taken in
+    order, in C: a binding deleted and made again compares as changed, and is put back)."""
+    return d.keys() == saved.keys() and all(map(operator.is_, d.values(), saved.values()))
 
 
 class _Copy:
@@ -181,11 +200,40 @@ def _put_back(t: torch.Tensor, saved: torch.Tensor) -> None:
         t.copy_(saved)
 
 
+class _Flags:
+    """The snapshot of a run of PyTorch's own code only (:mod:`.trusted`): each module's
+    bindings (the ``training`` flags rnnlens sets, the stand-in ``forward`` it installs) and the
+    lists a recurrent module's ``forward`` refreshes when its weights were swapped outside
+    ``__setattr__`` (``_flat_weights``, ``_flat_weight_refs``)."""
+
+    def __init__(self, model: Any) -> None:
+        self.dicts: list[tuple[dict[str, Any], dict[str, Any]]] = [
+            (vars(m), vars(m).copy()) for m in model.modules()
+        ]
+        self.lists: list[tuple[list[Any], list[Any]]] = [
+            (v, v.copy()) for d, _ in self.dicts for k in _FLAT if type(v := d.get(k)) is list
+        ]
+
+    def restore(self) -> None:
+        for obj, kept in self.lists:
+            if len(obj) != len(kept) or not all(map(operator.is_, obj, kept)):
+                obj[:] = kept
+        for d, saved in self.dicts:
+            if not _same_bindings(d, saved):
+                d.clear()
+                d.update(saved)
+
+
+_FLAT = ("_flat_weights", "_flat_weight_refs", "_flat_weights_names", "_all_weights")
+
+
 @contextlib.contextmanager
-def unchanged(model: Any) -> Iterator[_Snapshot]:
+def unchanged(model: Any, *, own_code_only: bool = False) -> Iterator[_Snapshot | _Flags]:
     """Run the block, then put back every attribute and buffer of ``model``'s modules (the
-    snapshot it yields can also put them back before then: ``snapshot.restore()``)."""
-    snapshot = _Snapshot(model)
+    snapshot it yields can also put them back before then: ``snapshot.restore()``).
+    ``own_code_only``: the block runs PyTorch's own code only (:func:`.trusted.own_code_only`),
+    which changes nothing on the model but what rnnlens sets itself: the ``training`` flags."""
+    snapshot = _Flags(model) if own_code_only else _Snapshot(model)
     try:
         yield snapshot
     finally:
