@@ -75,8 +75,10 @@ inside it work alike (an inference tensor has no version counter: what is kept o
   activations written straight into the output buffers; an LSTM's ``tanh`` from NumPy, and
   from 256 hidden units a step's ``h @ W_hh.T`` on oneDNN's matmul, both faster there:
   :mod:`.emit_fast`): ``h`` within a few 1e-7 of PyTorch's kernels (the oneDNN kernel PyTorch
-  picks for float32 LSTMs, the native one otherwise; a GRU below 256 units: bitwise the native
-  kernel). A ``PackedSequence`` runs each step on the samples still in it (:mod:`.emit_packed`).
+  picks for float32 LSTMs, the native one otherwise; a GRU: within ~2e-7 of the native
+  kernel). An LSTM on a small batch under ``"auto"`` runs the kernel instead and rebuilds
+  ``c`` and the gates of all steps from its ``h`` at once (:mod:`.rebuild_fast`). A
+  ``PackedSequence`` runs each step on the samples still in it (:mod:`.emit_packed`).
 * ``strategy="reconstruct"`` (the default off CPU): ``h`` from the kernel, then
   :func:`rnnlens.core.rebuild.reconstruct_direction` (gates in one batched matmul, ``c`` by an
   elementwise scan, parity-checked against the kernel's ``h``).
