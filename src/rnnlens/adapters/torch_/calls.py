@@ -67,3 +67,4 @@ class _CellCalls:
     hxs: list[Any] = field(default_factory=list)
     outs: list[Any] = field(default_factory=list)
     computed: dict[int, Any] = field(default_factory=dict)  # edited steps: the output before the edit
+    emitted: Any = None  # a cell_emit.LstmCellGates that kept each call's gates (or None)

@@ -258,7 +258,9 @@ def _cell_entry(
     if lstm and "c" in fields:
         result.c = _stack([o[1] for o in outs], name, "outputs")
     if "gates" in fields and lstm and not calls.computed:
-        fast = lstm_cell_gates(calls.plan.module, calls.xs, calls.hxs, outs)
+        fast = None if calls.emitted is None else calls.emitted.gates()
+        if fast is None:
+            fast = lstm_cell_gates(calls.plan.module, calls.xs, calls.hxs, outs)
         if fast is not None:  # (None: unbatched, another dtype, or off: the NumPy path says why)
             result.gates = fast
             return {"forward": result}, None
