@@ -1,5 +1,9 @@
 """The gates of an ``nn.LSTMCell`` called in a Python loop, in PyTorch, in a few bulk ops.
 
+(A trace keeps each call's gates as the call computes them, :mod:`.cell_emit`; this rebuild is
+for the passes that do not: a recording, a model that changed a captured tensor, a cell whose
+first call differs from PyTorch's, a call of another shape, dtype or device.)
+
 A cell loop records each call's input, state and outputs (:mod:`.record`); the gates of every
 step then come from two GEMMs over all calls (``x @ W_ih.T + b``, then ``h_prev @ W_hh.T``
 added in place), one sigmoid and one tanh, and are checked against the cell's own outputs —
