@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rnnlens
-from rnnlens.adapters.torch_ import cell_emit, convert
+from rnnlens.adapters.torch_ import cell_emit, convert, record
 from rnnlens.adapters.torch_.cell_emit import LstmCellGates
 from rnnlens.adapters.torch_.cell_gates import lstm_cell_gates
 from rnnlens.errors import UnsupportedLayerError
@@ -208,3 +208,57 @@ def test_no_bias_and_the_buffer_growing() -> None:
     for ours, old in zip(_ifgo(t["cell"].gates), _old_gates(loop, x)):
         np.testing.assert_allclose(ours, old, rtol=1e-5, atol=1e-5)
     assert cell_emit._HINT[loop.cell] == 7
+
+
+class _Never(LstmCellGates):
+    """A stand-in that always hands the cell back (the recorded-calls path)."""
+
+    def __call__(self, x: object, hx: object, own: object) -> None:
+        return None
+
+
+class GruLoop(torch.nn.Module):
+    def __init__(self, features: int, hidden: int):
+        super().__init__()
+        self.cell = torch.nn.GRUCell(features, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, out = None, []
+        for t in range(x.shape[1]):
+            h = self.cell(x[:, t], h)
+            out.append(h)
+        return torch.stack(out, 1)
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    features=st.integers(1, 9),
+    hidden=st.integers(1, 21),
+    batch=st.integers(1, 7),
+    steps=st.integers(1, 9),
+    double=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_gru_cell_gates_in_the_call_match_the_old_path(
+    features: int, hidden: int, batch: int, steps: int, double: bool, seed: int
+) -> None:
+    torch.manual_seed(seed)
+    loop = GruLoop(features, hidden).eval()
+    x = torch.randn(batch, steps, features)
+    if double:
+        loop, x = loop.double(), x.double()
+    with torch.no_grad():
+        own = loop(x)
+    with mock.patch.object(convert, "gru_gates", _not_called):  # the gates come from the calls
+        new = rnnlens.trace(loop, x)
+    with mock.patch.object(record, "GruCellGates", _Never):
+        old = rnnlens.trace(loop, x)
+    np.testing.assert_array_equal(new["cell"].h, own.numpy())
+    np.testing.assert_array_equal(old["cell"].h, own.numpy())
+    tol = 1e-12 if double else 2e-5
+    for k in ("z", "r", "n"):
+        np.testing.assert_allclose(
+            np.asarray(new["cell"].gates[k]), np.asarray(old["cell"].gates[k]), rtol=tol, atol=tol
+        )
+    with torch.no_grad():
+        assert torch.equal(loop(x), own)

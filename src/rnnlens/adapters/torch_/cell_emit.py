@@ -1,4 +1,4 @@
-"""An ``nn.LSTMCell`` call computed op for op as PyTorch's CPU kernel computes it, its gates kept.
+"""An ``nn.LSTMCell`` (or ``nn.GRUCell``) call computed op for op as PyTorch's CPU kernel does, gates kept.
 
 Called in place of the cell in a traced Python loop when the gates are asked for, so they come
 from the step itself instead of a second pass of GEMMs over every recorded call
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from .emit_loop import _empty
 
-__all__ = ["LstmCellGates"]
+__all__ = ["GruCellGates", "LstmCellGates"]
 
 #: each cell's step count in its last traced pass: the next pass's first buffer holds as many
 _HINT: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
@@ -48,6 +48,9 @@ _DTYPES = (torch.float32, torch.float64)
 
 class LstmCellGates:
     """The stand-in step of one ``nn.LSTMCell`` for one traced pass; :meth:`gates` afterwards."""
+
+    lstm = True
+    width = 4  # gates per unit
 
     def __init__(self, cell: Any):
         self.cell = cell
@@ -60,10 +63,13 @@ class LstmCellGates:
         """``cell(x, hx)`` with its gates kept; None: call the cell itself (and from now on)."""
         if not self.on:
             return None
-        try:
-            h, c = (None, None) if hx is None else hx
-        except (TypeError, ValueError):
-            return self._off()
+        if not self.lstm:
+            h, c = hx, None
+        else:
+            try:
+                h, c = (None, None) if hx is None else hx
+            except (TypeError, ValueError):
+                return self._off()
         if self.shape is None:
             return self._first(x, h, c, own)
         if (
@@ -84,7 +90,7 @@ class LstmCellGates:
             or x.dtype not in _DTYPES
             or x.device.type != "cpu"
             or not cell.bias
-            or len(state) == 1
+            or (self.lstm and len(state) == 1)
             or any(type(t) is not torch.Tensor or t.shape != (x.shape[0], cell.hidden_size) for t in state)
             or any(t.dtype != x.dtype or t.device != x.device for t in state)
             or cell.weight_ih.dtype != x.dtype
@@ -92,8 +98,9 @@ class LstmCellGates:
             return self._off()
         self.shape = ((x.shape, x.dtype), ((x.shape[0], cell.hidden_size), x.dtype))
         ours = self._step(x, h, c)
-        theirs = own(cell, x, None if h is None else (h, c))
-        if not all(torch.equal(a, b) for a, b in zip(ours, theirs)):
+        theirs = own(cell, x, None if h is None else (h, c) if self.lstm else h)
+        pairs = zip(ours, theirs) if self.lstm else [(ours, theirs)]
+        if not all(torch.equal(a, b) for a, b in pairs):
             self.steps = 0
             self._off()
             return theirs
@@ -104,18 +111,22 @@ class LstmCellGates:
         self.buf = None
         return None
 
-    def _step(self, x: torch.Tensor, h: Any, c: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step(self, x: torch.Tensor, h: Any, c: Any) -> Any:
+        """One call into the next row of the buffer; the cell's return value."""
         cell = self.cell
         n, units = x.shape[0], cell.hidden_size
         buf = self.buf
         if buf is None:
-            buf = self.buf = _empty(x, _HINT.get(cell, _FIRST), n, 4 * units)
+            buf = self.buf = _empty(x, _HINT.get(cell, _FIRST), n, self.width * units)
         elif self.steps == buf.shape[0]:  # full: twice the room (the hint makes this rare)
-            grown = _empty(x, 2 * self.steps, n, 4 * units)
+            grown = _empty(x, 2 * self.steps, n, self.width * units)
             grown[: self.steps] = buf
             buf = self.buf = grown
         if h is None:
             h = c = x.new_zeros(n, units)
+        if not self.lstm:
+            self.steps += 1
+            return _gru(cell, x, h, buf[self.steps - 1])
         # PyTorch's order: linear_hh(h).add_(linear_ih(x)), each chunk activated in place
         gh = F.linear(h, cell.weight_hh, cell.bias_hh)
         gates = torch.add(gh, F.linear(x, cell.weight_ih, cell.bias_ih), out=buf[self.steps])
@@ -135,5 +146,25 @@ class LstmCellGates:
             return None
         _HINT[self.cell] = self.steps
         arr = self.buf[: self.steps].numpy()
-        arr = arr.reshape(self.steps, arr.shape[1], 4, -1)
-        return tuple(arr[:, :, k].transpose(1, 0, 2) for k in range(4))
+        arr = arr.reshape(self.steps, arr.shape[1], self.width, -1)
+        return tuple(arr[:, :, k].transpose(1, 0, 2) for k in range(self.width))
+
+
+class GruCellGates(LstmCellGates):
+    """The same for an ``nn.GRUCell``: gates ``z, r, n`` (post-activation, as
+    :func:`rnnlens.core.cells.gru_gates` gives them)."""
+
+    lstm = False
+    width = 3
+
+
+def _gru(cell: Any, x: torch.Tensor, h: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+    """PyTorch's CPU ``gru_cell`` (``GRUCell::operator()``): ``r``, ``z``, ``n`` written into
+    ``row`` (as ``z, r, n``), the new ``h`` returned."""
+    i_r, i_z, i_n = F.linear(x, cell.weight_ih, cell.bias_ih).unsafe_chunk(3, 1)
+    h_r, h_z, h_n = F.linear(h, cell.weight_hh, cell.bias_hh).unsafe_chunk(3, 1)
+    z_, r_, n_ = row.unsafe_chunk(3, 1)
+    r = torch.add(h_r, i_r, out=r_).sigmoid_()
+    z = torch.add(h_z, i_z, out=z_).sigmoid_()
+    n = torch.add(i_n, h_n.mul_(r), out=n_).tanh_()
+    return (h - n).mul_(z).add_(n)

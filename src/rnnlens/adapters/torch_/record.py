@@ -26,7 +26,7 @@ from ...errors import InputError, RnnLensError, UnsupportedLayerError
 from ..base import Args
 from . import direct, forms, wrapped
 from .calls import _CellCalls, _Plan, _SeqCall
-from .cell_emit import LstmCellGates
+from .cell_emit import GruCellGates, LstmCellGates
 from .cell_write import edit_write
 from .convert import _input_error
 from .discover import _Config, base_class, genuine_forward
@@ -207,8 +207,9 @@ class _Recorder:
         active, keep = self.active, self.keep
         edits = plan.edits_for(0, 0)  # a cell has one layer and all its calls are one entry
         emit = None
-        if plan.record and plan.emit and edits is None and self.cell_gates and plan.cfg.base == "LSTMCell":
-            emit = LstmCellGates(m) if not plan.cfg.quantized else None
+        if plan.record and plan.emit and edits is None and self.cell_gates and not plan.cfg.quantized:
+            kind = {"LSTMCell": LstmCellGates, "GRUCell": GruCellGates}.get(plan.cfg.base)
+            emit = None if kind is None else kind(m)
 
         def forward(input: Any, hx: Any = None) -> Any:
             # (called per step of a cell loop: the work per call is kept to the bookkeeping itself)
