@@ -262,3 +262,16 @@ def test_gru_cell_gates_in_the_call_match_the_old_path(
         )
     with torch.no_grad():
         assert torch.equal(loop(x), own)
+
+
+def test_the_rebuild_of_one_step_of_one_sample() -> None:
+    """(Its g chunk counts as contiguous there: it was activated twice, and the rebuild declined.)"""
+    torch.manual_seed(0)
+    cell = torch.nn.LSTMCell(2, 3)
+    x = torch.randn(1, 2)
+    with torch.no_grad():
+        out = cell(x)
+    gates = lstm_cell_gates(cell, [x], [None], [out])
+    assert gates is not None
+    z = (x @ cell.weight_ih.T + cell.bias_ih + cell.bias_hh).detach()
+    np.testing.assert_allclose(gates[2][:, 0], z[:, 6:9].tanh().numpy(), rtol=1e-6, atol=1e-6)

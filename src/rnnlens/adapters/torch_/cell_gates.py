@@ -74,7 +74,9 @@ def lstm_cell_gates(
             torch.mm(x, w_ih.t(), out=z)
         z.addmm_(h_prev.view(steps * n, units), w_hh.t())
         del h_prev, x
-        g_pre = gates[:, :, 2].contiguous()  # a strided tanh is ~8x slower
+        # a copy (a strided tanh is ~8x slower); never the view itself, which .contiguous() returns
+        # where it already counts as contiguous (one step of one sample): sigmoid_ would hit it
+        g_pre = gates[:, :, 2].clone(memory_format=torch.contiguous_format)
         gates.sigmoid_()
         gates[:, :, 2] = g_pre.tanh_()
         i, f, g, o = gates.unbind(2)
