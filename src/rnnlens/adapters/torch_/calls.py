@@ -28,7 +28,7 @@ class _Plan:
     cfg: _Config
     record: bool  # some entry of this module is selected
     loop: bool  # run layer by layer (inner layers are needed)
-    emit: frozenset[int] = frozenset()  # layers whose c or gates are wanted
+    emit: frozenset[int] = frozenset()  # layers whose c or gates are wanted (a cell: its gates)
     strategy: str = "auto"
     # interventions: entry name ("lstm.l0", "lstm.l0#1" for the second call) -> its edits
     edits: dict[str, LayerEdits] = field(default_factory=dict)
@@ -67,3 +67,4 @@ class _CellCalls:
     hxs: list[Any] = field(default_factory=list)
     outs: list[Any] = field(default_factory=list)
     computed: dict[int, Any] = field(default_factory=dict)  # edited steps: the output before the edit
+    emitted: Any = None  # a cell_emit.LstmCellGates that kept each call's gates (or None)

@@ -1,5 +1,9 @@
 """The gates of an ``nn.LSTMCell`` called in a Python loop, in PyTorch, in a few bulk ops.
 
+(A trace keeps each call's gates as the call computes them, :mod:`.cell_emit`; this rebuild is
+for the passes that do not: a recording, a model that changed a captured tensor, a cell whose
+first call differs from PyTorch's, a call of another shape, dtype or device.)
+
 A cell loop records each call's input, state and outputs (:mod:`.record`); the gates of every
 step then come from two GEMMs over all calls (``x @ W_ih.T + b``, then ``h_prev @ W_hh.T``
 added in place), one sigmoid and one tanh, and are checked against the cell's own outputs —
@@ -70,7 +74,9 @@ def lstm_cell_gates(
             torch.mm(x, w_ih.t(), out=z)
         z.addmm_(h_prev.view(steps * n, units), w_hh.t())
         del h_prev, x
-        g_pre = gates[:, :, 2].contiguous()  # a strided tanh is ~8x slower
+        # a copy (a strided tanh is ~8x slower); never the view itself, which .contiguous() returns
+        # where it already counts as contiguous (one step of one sample): sigmoid_ would hit it
+        g_pre = gates[:, :, 2].clone(memory_format=torch.contiguous_format)
         gates.sigmoid_()
         gates[:, :, 2] = g_pre.tanh_()
         i, f, g, o = gates.unbind(2)

@@ -257,6 +257,10 @@ def _cell_entry(
     result = DirectionArrays(h=h)
     if lstm and "c" in fields:
         result.c = _stack([o[1] for o in outs], name, "outputs")
+    if "gates" in fields and calls.emitted is not None and not calls.computed:
+        result.gates = calls.emitted.gates()  # kept by each call (None: rebuilt below)
+        if result.gates is not None:
+            return {"forward": result}, None
     if "gates" in fields and lstm and not calls.computed:
         fast = lstm_cell_gates(calls.plan.module, calls.xs, calls.hxs, outs)
         if fast is not None:  # (None: unbatched, another dtype, or off: the NumPy path says why)

@@ -26,6 +26,7 @@ from ...errors import InputError, RnnLensError, UnsupportedLayerError
 from ..base import Args
 from . import direct, forms, wrapped
 from .calls import _CellCalls, _Plan, _SeqCall
+from .cell_emit import GruCellGates, LstmCellGates
 from .cell_write import edit_write
 from .convert import _input_error
 from .discover import _Config, base_class, genuine_forward
@@ -107,6 +108,8 @@ class _Recorder:
         self.output: Any = None  # what the model returned
         #: called after each recorded call (a recording that writes to a store as it goes)
         self.on_call: Callable[[], None] | None = None
+        #: an LSTMCell whose gates are asked for computes them in its call (:mod:`.cell_emit`)
+        self.cell_gates = not clone
 
     # ---- bookkeeping
     def keep(self, obj: Any) -> Any:
@@ -181,10 +184,10 @@ class _Recorder:
 
         return forward
 
-    def _cell_calls(self, plan: _Plan) -> _CellCalls:
+    def _cell_calls(self, plan: _Plan, emit: Any = None) -> _CellCalls:
         key = id(plan.module)
         if key not in self.cells:
-            self.cells[key] = _CellCalls(plan)
+            self.cells[key] = _CellCalls(plan, emitted=emit)
             self.entries.append(self.cells[key])
         return self.cells[key]
 
@@ -203,18 +206,24 @@ class _Recorder:
         m = plan.module
         active, keep = self.active, self.keep
         edits = plan.edits_for(0, 0)  # a cell has one layer and all its calls are one entry
+        emit = None
+        if plan.record and plan.emit and edits is None and self.cell_gates and not plan.cfg.quantized:
+            kind = {"LSTMCell": LstmCellGates, "GRUCell": GruCellGates}.get(plan.cfg.base)
+            emit = None if kind is None else kind(m)
 
         def forward(input: Any, hx: Any = None) -> Any:
             # (called per step of a cell loop: the work per call is kept to the bookkeeping itself)
             active.append((plan, input))
-            out = cls_forward(m, input, hx)
+            out = None if emit is None else emit(input, hx, cls_forward)
+            if out is None:
+                out = cls_forward(m, input, hx)
             active.pop()
             if edits is not None:
                 step = len(self._cell_calls(plan).xs)
                 self._cell_calls(plan).computed[step] = _clone(out)  # for the parity check
                 out = _edit_cell_output(plan, edits, step, out, input, hx)
             if plan.record:
-                calls = self.cells.get(id(m)) or self._cell_calls(plan)
+                calls = self.cells.get(id(m)) or self._cell_calls(plan, emit)
                 calls.xs.append(keep(input))
                 calls.hxs.append(keep(hx))
                 calls.outs.append(keep(out))

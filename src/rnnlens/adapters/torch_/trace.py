@@ -362,7 +362,7 @@ def _plan_for(
     emit = frozenset(
         int(n.rsplit(".l", 1)[1]) if cfg.expanded else 0
         for n, f in mine.items()
-        if _need_x(f) and not cfg.cell and KINDS[cfg.kind].reconstructable
+        if (("gates" in f) if cfg.cell else _need_x(f)) and KINDS[cfg.kind].reconstructable
     )
     return _Plan(
         name,
