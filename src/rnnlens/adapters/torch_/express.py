@@ -1,4 +1,5 @@
-"""``h`` alone of a bare ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``: the module's own output.
+"""A bare ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` without the recording: ``h`` is the module's own
+output, and a small LSTM batch's ``c`` and gates are rebuilt from it.
 
 Where :func:`rnnlens.trace` is given a bare recurrent module that runs PyTorch's own code only
 (:func:`.trusted.own_code_only`) and only ``h`` is asked for, the forward pass's output sequence
@@ -8,10 +9,20 @@ once, as it is (``module(*args, **kwargs)`` under ``torch.inference_mode()``, in
 bindings put back after), and its output is split into directions without copying. Nothing
 else is needed — no plans, no recording stand-ins, no conversion of a recorded call — which is
 most of a trace call's fixed cost on a small model (an ``nn.LSTM(32, 32)``, batch 1, 20 steps:
-about a third). The same arrays, names and specs as the general path (:mod:`.trace`), bitwise
-(the same kernel calls on the same arguments). Anything else (a ``PackedSequence``, ``c`` or
-gates, ``layers=`` naming something else, arguments past ``input, hx``, an input the module
-refuses) returns None: the general path runs and says why.
+about a third).
+
+``c`` or gates asked for, of a plain LSTM on a batch that ``strategy="auto"`` rebuilds
+(:func:`.emit._small`: up to :data:`.emit.REBUILD_MAX_BATCH` samples, no ``proj_size``): the
+layers run one by one as the general path runs them when it records, and the layers whose ``c``
+or gates are asked for are rebuilt from their kernel output as the general path rebuilds them
+(:func:`.rebuild_fast.rebuild_parts`, ``h`` checked against ``o * tanh(c)``; a failed check: the
+general path runs and raises it), straight into the arrays returned (zero-copy views).
+
+The same arrays, names and specs as the general path (:mod:`.trace`), bitwise (the same kernel
+calls and rebuild on the same arguments). Anything else (a ``PackedSequence``, a GRU's gates,
+a large batch's, ``strategy`` other than ``"auto"`` with c or gates, ``layers=`` naming
+something else, arguments past ``input, hx``, an input the module refuses) returns None: the
+general path runs and says why.
 
 Example:
     >>> import torch
@@ -35,6 +46,9 @@ from ...core.cells import DirectionArrays
 from ...core.tracing import resolve_fields
 from ..base import Captured, TraceOptions
 from .discover import _config, _static_specs
+from .emit import _small
+from .rebuild_fast import _names as _weight_names
+from .rebuild_fast import _param, _plain, rebuild_parts
 from .record import _hx_slice, _layer_view
 from .trusted import own_code_only
 from .unchanged import _FLAT, _same_bindings
@@ -70,11 +84,19 @@ def capture_h(
     if options.layers is not None and not set(options.layers) <= set(names):
         return None
     chosen = [s for s in specs if options.layers is None or s.name in options.layers]
-    if any(f != ("h",) for f in resolve_fields(chosen, options.fields).values()):
+    fields = resolve_fields(chosen, options.fields)
+    # c or gates: a plain LSTM on a small batch, rebuilt from the kernel's h (:mod:`.rebuild_fast`)
+    full = {
+        int(s.name.rsplit(".l", 1)[1]) if cfg.expanded else cfg.num_layers - 1: fields[s.name]
+        for s in chosen
+        if fields[s.name] != ("h",)
+    }
+    if full and (options.strategy != "auto" or not _rebuilds(model, cfg, x, full)):
         return None
     top = cfg.num_layers - 1
-    # every layer's sequence where an inner one is asked for (layer by layer, as the general path)
-    inner = any(s.name != names[top] for s in chosen)
+    # every layer's sequence where an inner one (or c, gates) is asked for: layer by layer, on
+    # the views the general path runs
+    inner = bool(full) or any(s.name != names[top] for s in chosen)
     if inner and (len(args) > 2 or set(kwargs) - {"hx"} or len(args) + len(kwargs) > 2):
         return None  # (input and hx are what the layer-by-layer run passes on)
     d = vars(model)  # (own_code_only: no submodules) its bindings and weight lists, put back
@@ -86,8 +108,11 @@ def capture_h(
         # no_grad every op of a kernel's step loop also passes autograd's dispatch layer,
         # 8-14% of a GRU(64)'s forward at batch 16, 100 steps)
         with torch.inference_mode():
-            seqs = _layers(model, cfg, args, kwargs) if inner else {top: model(*args, **kwargs)[0]}
-    except Exception:  # the general path runs it again and says what is wrong
+            if inner:
+                seqs, parts = _layers(model, cfg, args, kwargs, full)
+            else:
+                seqs, parts = {top: model(*args, **kwargs)[0]}, {}
+    except Exception:  # the general path runs it again and says what is wrong (a failed parity too)
         return None
     finally:
         for obj, kept in lists:
@@ -99,15 +124,22 @@ def capture_h(
     u = cfg.units
     batch: dict[str, Any] = {}
     for spec in chosen:
-        seq = _np(seqs[int(spec.name.rsplit(".l", 1)[1]) if cfg.expanded else top])
+        layer = int(spec.name.rsplit(".l", 1)[1]) if cfg.expanded else top
+        seq = _np(seqs[layer])
         if x.dim() == 2:
             seq = seq[None]
         elif not cfg.batch_first:
             seq = seq.transpose(1, 0, 2)
-        arrays = {
-            direction: DirectionArrays(h=seq[:, :, d * u : (d + 1) * u])
-            for d, direction in enumerate(cfg.directions)
-        }
+        want = fields[spec.name]
+        arrays = {}
+        for d, direction in enumerate(cfg.directions):
+            arrays[direction] = DirectionArrays(h=seq[:, :, d * u : (d + 1) * u])
+            if layer in parts:  # (time, sample, unit) tensors: zero-copy (sample, time, unit) views
+                c, *gates = (_np(t).transpose(1, 0, 2) for t in parts[layer][d])
+                if "c" in want:
+                    arrays[direction].c = c
+                if "gates" in want:
+                    arrays[direction].gates = tuple(gates)
         batch[spec.name] = (arrays, None)
     return Captured(chosen, [batch], backend="torch")
 
@@ -141,14 +173,32 @@ def _own_config(model: Any) -> Any:
     return cfg
 
 
-def _layers(model: Any, cfg: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[int, torch.Tensor]:
+def _rebuilds(model: Any, cfg: Any, x: torch.Tensor, full: Mapping[int, Any]) -> bool:
+    """Whether every layer in ``full`` is rebuilt from the kernel's h on the general path too
+    (:func:`.emit._small`, the weights plain tensors of ``x``'s dtype: :func:`.rebuild_fast.fits`);
+    the shapes of a layer's input past the first do not enter the decision."""
+    if not _small(x, cfg):
+        return False
+    return all(_plain(_param(model, n), x.dtype) for layer in full for n in _weight_names(cfg, layer))
+
+
+def _layers(
+    model: Any, cfg: Any, args: Sequence[Any], kwargs: Mapping[str, Any], full: Mapping[int, Any]
+) -> tuple[dict[int, torch.Tensor], dict[int, list[tuple[torch.Tensor, ...]]]]:
     """Every layer's output sequence: PyTorch's own forward on a one-layer view of each layer
-    (:func:`.record._layer_view`, sharing the parameters), as the general path runs them."""
+    (:func:`.record._layer_view`, sharing the parameters; the module itself where it has one
+    layer), as the general path runs them; and per layer in ``full`` its ``(c, i, f, g, o)`` per
+    direction rebuilt from that output (:func:`.rebuild_fast.rebuild_parts`, parity-checked)."""
     x = args[0]
     hx = args[1] if len(args) > 1 else kwargs.get("hx")
     forward = type(model).forward
-    out = {}
+    out, parts = {}, {}
     for layer in range(cfg.num_layers):
-        x = forward(_layer_view(model, cfg, layer), x, _hx_slice(hx, layer, cfg.n_dir))[0]
-        out[layer] = x
-    return out
+        view = model if cfg.num_layers == 1 else _layer_view(model, cfg, layer)
+        hx_l = _hx_slice(hx, layer, cfg.n_dir)
+        y = forward(view, x, hx_l)[0]
+        if layer in full:
+            name = f"{cfg.base} layer {layer}"
+            parts[layer] = rebuild_parts(view, cfg, layer, x, y, hx_l, cfg.batch_first, name)
+        out[layer] = x = y
+    return out, parts
