@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 import rnnlens  # noqa: E402
 from rnnlens.adapters.base import TraceOptions  # noqa: E402
-from rnnlens.adapters.torch_.express import capture_h  # noqa: E402
+from rnnlens.adapters.torch_.express import capture_express  # noqa: E402
 from rnnlens.errors import InputError, LayerNotFoundError  # noqa: E402
 
 
@@ -72,7 +72,7 @@ def test_the_module_s_own_output_as_the_general_path_gives_it(
         h0 = torch.randn(n, 2, units)
         args = (x, (h0, torch.randn(n, 2, 4)) if cls == "LSTM" else h0)
     fields = None if cls == "RNN" else ("h",)  # an RNN has h only: every field is h alone
-    assert capture_h(m, args, {}, TraceOptions(fields=fields)) is not None
+    assert capture_express(m, args, {}, TraceOptions(fields=fields)) is not None
     fast = rnnlens.trace(m, *args, fields=fields)
     assert m.training and "forward" not in vars(m)
     _same(fast, _general(m, *args, fields=fields))
@@ -96,14 +96,14 @@ def test_where_it_does_not_apply_the_general_path_runs() -> None:
         (one, (packed,), ("h",)),
         (one, (x.half(),), ("h",)),
     ]:
-        assert capture_h(m, args, {}, TraceOptions(fields=fields)) is None
-    assert capture_h(one, (x,), {}, TraceOptions(fields=("h",), layers=("other",))) is None
-    assert capture_h(two, (x,), {}, TraceOptions(fields=("h",), layers=("lstm.l0", "x"))) is None
+        assert capture_express(m, args, {}, TraceOptions(fields=fields)) is None
+    assert capture_express(one, (x,), {}, TraceOptions(fields=("h",), layers=("other",))) is None
+    assert capture_express(two, (x,), {}, TraceOptions(fields=("h",), layers=("lstm.l0", "x"))) is None
     with pytest.raises(LayerNotFoundError):
         rnnlens.trace(one, x, fields=("h",), layers="other")
     for layers in (None, "lstm.l0", "lstm.l1", ["lstm.l1", "lstm.l0"]):
         names = (layers,) if isinstance(layers, str) else None if layers is None else tuple(layers)
-        assert capture_h(two, (x,), {}, TraceOptions(fields=("h",), layers=names)) is not None
+        assert capture_express(two, (x,), {}, TraceOptions(fields=("h",), layers=names)) is not None
         _same(
             rnnlens.trace(two, x, fields=("h",), layers=layers),
             _general(two, x, fields=("h",), layers=layers),
@@ -115,7 +115,7 @@ def test_where_it_does_not_apply_the_general_path_runs() -> None:
 
 def test_an_input_the_module_refuses_is_the_general_path_s_error() -> None:
     m = torch.nn.GRU(3, 4, batch_first=True)
-    assert capture_h(m, (torch.randn(2, 5, 7),), {}, TraceOptions(fields=("h",))) is None
+    assert capture_express(m, (torch.randn(2, 5, 7),), {}, TraceOptions(fields=("h",))) is None
     with pytest.raises(InputError, match="could not run on what the model passed"):
         rnnlens.trace(m, torch.randn(2, 5, 7), fields=("h",))
 

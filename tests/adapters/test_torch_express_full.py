@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 import rnnlens  # noqa: E402
 from rnnlens.adapters.base import TraceOptions  # noqa: E402
 from rnnlens.adapters.torch_.emit import REBUILD_MAX_BATCH  # noqa: E402
-from rnnlens.adapters.torch_.express import capture_h  # noqa: E402
+from rnnlens.adapters.torch_.express import capture_express  # noqa: E402
 from rnnlens.errors import ParityError  # noqa: E402
 
 
@@ -94,7 +94,7 @@ def test_every_field_as_the_general_path_and_the_step_loop_give_it(
     chosen = [names[k] for k in sorted(subset) if k < num_layers] or None
     kw: dict[str, Any] = {"fields": fields, "layers": chosen}
     options = TraceOptions(fields=fields, layers=None if chosen is None else tuple(chosen))
-    assert capture_h(m, args, {}, options) is not None
+    assert capture_express(m, args, {}, options) is not None
     fast = rnnlens.trace(m, *args, **kw)
     assert m.training and "forward" not in vars(m)
     _compare(fast, _general(m, *args, **kw))
@@ -107,12 +107,12 @@ def test_where_the_rebuild_does_not_apply_the_general_path_runs() -> None:
     lstm, gru = torch.nn.LSTM(3, 4, batch_first=True), torch.nn.GRU(3, 4, batch_first=True)
     big = torch.randn(REBUILD_MAX_BATCH + 1, 5, 3)
     x = torch.randn(2, 5, 3)
-    assert capture_h(gru, (x,), {}, TraceOptions()) is None  # a GRU: the step loop
-    assert capture_h(lstm, (big,), {}, TraceOptions()) is None  # a large batch: the step loop
-    assert capture_h(lstm, (x,), {}, TraceOptions(strategy="emit")) is None
-    assert capture_h(lstm, (x,), {}, TraceOptions(strategy="reconstruct")) is None
+    assert capture_express(gru, (x,), {}, TraceOptions()) is None  # a GRU: the step loop
+    assert capture_express(lstm, (big,), {}, TraceOptions()) is None  # a large batch: the step loop
+    assert capture_express(lstm, (x,), {}, TraceOptions(strategy="emit")) is None
+    assert capture_express(lstm, (x,), {}, TraceOptions(strategy="reconstruct")) is None
     proj = torch.nn.LSTM(3, 4, proj_size=2, batch_first=True)
-    assert capture_h(proj, (x,), {}, TraceOptions()) is None
+    assert capture_express(proj, (x,), {}, TraceOptions()) is None
     for m, inp in [(gru, x), (lstm, big), (proj, x)]:
         _compare(rnnlens.trace(m, inp), _general(m, inp))
 

@@ -27,9 +27,9 @@ general path runs and says why.
 Example:
     >>> import torch
     >>> from rnnlens.adapters.base import TraceOptions
-    >>> from rnnlens.adapters.torch_.express import capture_h
+    >>> from rnnlens.adapters.torch_.express import capture_express
     >>> gru, x = torch.nn.GRU(3, 4, batch_first=True), torch.zeros(2, 5, 3)
-    >>> captured = capture_h(gru, (x,), {}, TraceOptions(fields=("h",)))
+    >>> captured = capture_express(gru, (x,), {}, TraceOptions(fields=("h",)))
     >>> [s.name for s in captured.specs], captured.batches[0]["gru"][0]["forward"].h.shape
     (['gru'], (2, 5, 4))
 """
@@ -54,16 +54,16 @@ from .trusted import own_code_only
 from .unchanged import _FLAT, _same_bindings
 from .weights import _np
 
-__all__ = ["capture_h"]
+__all__ = ["capture_express"]
 
 _DTYPES = (torch.float32, torch.float64)
 
 
-def capture_h(
+def capture_express(
     model: Any, args: Sequence[Any], kwargs: Mapping[str, Any], options: TraceOptions
 ) -> Captured | None:
-    """The module's own output as ``h`` (see the module docstring), or None where the general
-    path is needed."""
+    """The module's own output as ``h``, with ``c`` and the gates of a small LSTM batch rebuilt
+    from it (see the module docstring), or None where the general path is needed."""
     if options.mask is not None or options.batch_size is not None or not args:
         return None
     x = args[0]
