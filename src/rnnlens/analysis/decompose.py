@@ -44,7 +44,7 @@ from ..core.states import States
 from ..errors import DirectionNotAvailableError, InputError, ParityError
 from . import decompose_delta, decompose_stream
 from .decompose_hidden import hidden
-from .decompose_maps import DecompositionMaps, Lifetimes, Scratch, carry
+from .decompose_maps import STEPS_DTYPE, DecompositionMaps, Lifetimes, Scratch, carry
 from .decompose_ssm import field_array
 from .decompose_terms import MATRIX, Terms, linear_field, read_terms, refuse_initial
 from .read_ahead import read_ahead
@@ -327,7 +327,7 @@ class Decomposition:
         the carried keys alone (a carried write stays rank one: ``‖P k‖ ‖v‖`` per head)."""
         n, t, u = len(rows), self.n_steps, int(np.prod(self.state_shape, dtype=int))
         att = np.zeros((n, t, t)) if ord is not None else None
-        steps = np.zeros((n, t, u)) if fraction is not None else None
+        steps = np.zeros((n, t, u), STEPS_DTYPE) if fraction is not None else None
         alive = np.zeros((n, t, u), bool) if fraction is not None else None
         for sl in self._chunks(rows):
             at = slice(sl.start - rows.start, sl.stop - rows.start)

@@ -49,7 +49,7 @@ __all__ = [
 class Lifetimes:
     """How long each write keeps a fraction of its weight.
 
-    ``steps`` (sample, time, *state_shape): for the write of step s, the number of later valid
+    ``steps`` (sample, time, *state_shape), float32: for the write of step s, the number of later valid
     steps during which ``|Π d_r|`` (its carried weight) stays ≥ ``fraction``; NaN where the
     step is masked (it wrote nothing). ``censored``: the write still held that fraction when the
     sequence ended (its lifetime is at least ``steps``).
@@ -75,6 +75,9 @@ class DecompositionMaps:
 
 
 _BLOCK = 16
+#: lifetimes are counts of steps (NaN where masked): float32 holds every count below 2**24 exactly,
+#: at half the memory of float64 (writing the results' fresh pages is a sizeable part of maps()).
+STEPS_DTYPE = np.float32
 _LIMIT = 600.0  # |exponent| beyond which exp leaves float64's comfortable range
 _LOG0 = -1e4  # log|0|: a write carried through an exact zero is gone
 _TINY = 1e-60  # the products route needs |q| in [_TINY, 1/_TINY]: q², 1/q² and their ratios in range
@@ -202,14 +205,14 @@ def lifetimes(d: np.ndarray, valid: np.ndarray, fraction: float, q: np.ndarray |
     ``q``: :func:`products` of ``d`` (the products route) or None (the log route); ``out``: the
     (steps, censored) arrays to fill (new ones otherwise); ``scratch``: working arrays to reuse."""
     if q is not None:
-        steps, censored = out if out is not None else (np.empty(d.shape), np.empty(d.shape, bool))
+        steps, censored = out or (np.empty(d.shape, STEPS_DTYPE), np.empty(d.shape, bool))
         _lifetimes_products(q, valid, fraction, steps, censored, scratch or Scratch())
         return steps, censored
     n, t, u = d.shape
     big = _log_decay(d)
     target = big + np.log(fraction)  # write s is alive at r while big[r] ≥ target[s]
     alive = np.broadcast_to(valid[:, :, None], (n, t, u)).copy()
-    steps = np.zeros((n, t, u))
+    steps = np.zeros((n, t, u), STEPS_DTYPE)
     for k in range(1, t):  # k steps later; stops when no write is alive (most die young)
         live = alive[:, : t - k]
         live &= big[:, k:] >= target[:, : t - k]
