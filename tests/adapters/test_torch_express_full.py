@@ -15,20 +15,13 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
+from torch_paths import general_path as _general  # noqa: E402
+
 import rnnlens  # noqa: E402
 from rnnlens.adapters.base import TraceOptions  # noqa: E402
 from rnnlens.adapters.torch_.emit import REBUILD_MAX_BATCH  # noqa: E402
 from rnnlens.adapters.torch_.express import capture_express  # noqa: E402
 from rnnlens.errors import ParityError  # noqa: E402
-
-
-def _general(m: Any, *args: Any, **kw: Any) -> Any:
-    """The general path's states (a forward hook rules out the express path), hook removed."""
-    handle = m.register_forward_hook(lambda *a: None)
-    try:
-        return rnnlens.trace(m, *args, **kw)
-    finally:
-        handle.remove()
 
 
 def _compare(a: Any, b: Any, rtol: float = 0.0, atol: float = 0.0) -> None:
