@@ -91,8 +91,9 @@ def check_intervene() -> None:
     run = rnnlens.intervene(lstm, x, rnnlens.Edit("lstm.l0", 2, units=[0, 1], scale=0))
     assert np.all(run.states["lstm.l0"].h[:, 2, :2] == 0)
     plain = rnnlens.trace(lstm, x)
-    # the edit reaches the next layer from step 2 on, and nothing before it
-    np.testing.assert_array_equal(run.states["lstm.l1"].h[:, :2], plain["lstm.l1"].h[:, :2])
+    # the edit reaches the next layer from step 2 on, and nothing before it (up to rounding: the
+    # edited layer runs rnnlens' step loop, a small batch's plain trace PyTorch's kernel; ~3e-8)
+    np.testing.assert_allclose(run.states["lstm.l1"].h[:, :2], plain["lstm.l1"].h[:, :2], rtol=0, atol=1e-6)
     assert not np.allclose(run.states["lstm.l1"].h[:, 2:], plain["lstm.l1"].h[:, 2:])
 
 
