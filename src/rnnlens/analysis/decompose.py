@@ -231,18 +231,11 @@ class Decomposition:
                 self._check(total, scale, x[:, p], p)
         return terms, init
 
-    def _checked_chunks(
-        self, rows: range | None = None, prepare: Callable[[Terms], Any] | None = None
-    ) -> Iterator[tuple[slice, Terms, Any]]:
-        """Each chunk's :meth:`_checked` terms and ``prepare(terms)``, in order, the next
-        ``_AHEAD`` chunks read, checked and prepared in other threads (:mod:`.read_ahead`)."""
-
-        def job(sl: slice) -> tuple[Terms, Any]:
-            terms = self._checked(sl)[0]
-            return terms, (prepare(terms) if prepare is not None else None)
-
-        for sl, (terms, extra) in read_ahead(list(self._chunks(rows)), job, _AHEAD):
-            yield sl, terms, extra
+    def _checked_chunks(self, rows: range | None = None) -> Iterator[tuple[slice, Terms]]:
+        """Each chunk's :meth:`_checked` terms, in order, the next ``_AHEAD`` chunks read and
+        checked in other threads (:mod:`.read_ahead`)."""
+        for sl, (terms, _) in read_ahead(list(self._chunks(rows)), self._checked, _AHEAD):
+            yield sl, terms
 
     def _scan(
         self, visit: Callable[[slice, int, np.ndarray, Terms], None], rows: range | None = None
@@ -257,7 +250,7 @@ class Decomposition:
             for sl in self._chunks(rows):
                 self._carried(sl, *self._terms(sl), visit)
             return
-        for sl, terms, _ in self._checked_chunks(rows):
+        for sl, terms in self._checked_chunks(rows):
             carry(terms.d, terms.w, at(sl, terms))
 
     def _carried(self, sl: slice, terms: Terms, init: np.ndarray,
@@ -402,7 +395,7 @@ class Decomposition:
             )
         rows = range(self.n_samples)[samples if samples is not None else slice(None)]
         parts = []
-        for sl, _, _ in self._checked_chunks(rows):
+        for sl, _ in self._checked_chunks(rows):
             g = {k: np.asarray(self._ds.gates[k][sl], np.float64) for k in ("dt", "B", "C")}
             parts.append(hidden(self.kind, g, np.asarray(self._constants["A"], np.float64)))
         shape = (0, self.state_shape[0], self.n_steps, self.n_steps)

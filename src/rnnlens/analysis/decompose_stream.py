@@ -52,11 +52,9 @@ _BLOCK_VALUES = 1 << 17  # samples × time × units a kernel call: its 1 MiB flo
 
 
 def maps(dec: Decomposition, rows: range, cols: slice | np.ndarray, ord: float | None,
-         fraction: float | None, ahead: int = 3) -> tuple[np.ndarray | None, Lifetimes | None]:  # fmt: skip
+         fraction: float | None, ahead: int) -> tuple[np.ndarray | None, Lifetimes | None]:  # fmt: skip
     """The map (``ord`` not None; over units ``cols``) and the lifetimes (``fraction`` not None)
-    of samples ``rows``, processing order for the map; ``ahead`` chunks worked on in threads
-    (3 on 2 cores: a thread waiting on a page fault or a read leaves a core to another; 2 were
-    ~5 % slower on the 10,000-sequence benchmark)."""
+    of samples ``rows``, processing order for the map; ``ahead`` chunks worked on in threads."""
     n, t, u = len(rows), dec.n_steps, int(np.prod(dec.state_shape, dtype=int))
     att = np.zeros((n, t, t)) if ord is not None else None
     steps = np.zeros((n, t, u), STEPS_DTYPE) if fraction is not None else None
