@@ -16,7 +16,7 @@ from torch.nn.utils.rnn import PackedSequence
 from ...core.edits import LayerEdits
 from ...core.kinds import KINDS
 from .discover import _Config
-from .emit_fast import ONEDNN_MIN_BATCH, ONEDNN_MIN_HIDDEN, ONEDNN_MIN_ROWS
+from .emit_fast import onednn_sizes
 from .emit_loop import _directions
 from .emit_packed import emit_packed
 from .quantized import autocast_dtype
@@ -69,8 +69,7 @@ def _small(input: Any, cfg: _Config) -> bool:
     steps = input.shape[0 if unbatched or not cfg.batch_first else 1]
     if n > REBUILD_MAX_BATCH:
         return False
-    h_ = cfg.hidden_size
-    return n < ONEDNN_MIN_BATCH or h_ < ONEDNN_MIN_HIDDEN or n * steps < ONEDNN_MIN_ROWS[h_ >= 512]
+    return not onednn_sizes(cfg.hidden_size, n, steps)
 
 
 def _emit_layer(

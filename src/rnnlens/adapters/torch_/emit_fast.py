@@ -51,16 +51,22 @@ Empty = Callable[..., torch.Tensor]
 ONEDNN_MIN_HIDDEN, ONEDNN_MIN_BATCH, ONEDNN_MIN_ROWS = 256, 2, (1024, 256)
 
 
+def onednn_sizes(hidden: int, n: int, steps: int) -> bool:
+    """Whether a layer of ``hidden`` units on batches of ``n`` over ``steps`` steps is large
+    enough for oneDNN's GEMM to pay (the sizes above)."""
+    return (
+        hidden >= ONEDNN_MIN_HIDDEN and n >= ONEDNN_MIN_BATCH and n * steps >= ONEDNN_MIN_ROWS[hidden >= 512]
+    )
+
+
 def onednn_weight(w: torch.Tensor, n: int, steps: int) -> torch.Tensor | None:
     """The recurrent weight ``w`` (gates × unit) packed for oneDNN's matmul on batches of ``n``
     where that is the faster GEMM over ``steps`` steps (float32 on CPU, oneDNN on, the sizes
     above); else ``None``."""
     if (
-        n * steps < ONEDNN_MIN_ROWS[w.shape[1] >= 512]
+        not onednn_sizes(w.shape[1], n, steps)
         or w.dtype != torch.float32
         or w.device.type != "cpu"
-        or w.shape[1] < ONEDNN_MIN_HIDDEN
-        or n < ONEDNN_MIN_BATCH
         or not torch._C._get_mkldnn_enabled()
         or not hasattr(torch.ops.mkldnn, "_linear_pointwise")
     ):
