@@ -36,7 +36,6 @@ Example:
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,11 +46,10 @@ from ...core.tracing import resolve_fields
 from ..base import Captured, TraceOptions
 from .discover import _config, _static_specs
 from .emit import _small
-from .rebuild_fast import _names as _weight_names
-from .rebuild_fast import _param, _plain, rebuild_parts
+from .rebuild_fast import plain_weights, rebuild_parts
 from .record import _hx_slice, _layer_view
 from .trusted import own_code_only
-from .unchanged import _FLAT, _same_bindings
+from .unchanged import _Flags
 from .weights import _np
 
 __all__ = ["capture_express"]
@@ -99,8 +97,7 @@ def capture_express(
     inner = bool(full) or any(s.name != names[top] for s in chosen)
     if inner and (len(args) > 2 or set(kwargs) - {"hx"} or len(args) + len(kwargs) > 2):
         return None  # (input and hx are what the layer-by-layer run passes on)
-    d = vars(model)  # (own_code_only: no submodules) its bindings and weight lists, put back
-    saved, lists = d.copy(), [(v, v.copy()) for k in _FLAT if type(v := d.get(k)) is list]
+    flags = _Flags(model)  # its bindings and weight lists, put back (own_code_only: no submodules)
     try:
         if model.training:
             model.training = False
@@ -115,12 +112,7 @@ def capture_express(
     except Exception:  # the general path runs it again and says what is wrong (a failed parity too)
         return None
     finally:
-        for obj, kept in lists:
-            if len(obj) != len(kept) or not all(map(operator.is_, obj, kept)):
-                obj[:] = kept
-        if not _same_bindings(d, saved):
-            d.clear()
-            d.update(saved)
+        flags.restore()
     u = cfg.units
     batch: dict[str, Any] = {}
     for spec in chosen:
@@ -177,9 +169,7 @@ def _rebuilds(model: Any, cfg: Any, x: torch.Tensor, full: Mapping[int, Any]) ->
     """Whether every layer in ``full`` is rebuilt from the kernel's h on the general path too
     (:func:`.emit._small`, the weights plain tensors of ``x``'s dtype: :func:`.rebuild_fast.fits`);
     the shapes of a layer's input past the first do not enter the decision."""
-    if not _small(x, cfg):
-        return False
-    return all(_plain(_param(model, n), x.dtype) for layer in full for n in _weight_names(cfg, layer))
+    return _small(x, cfg) and all(plain_weights(model, cfg, layer, x.dtype) for layer in full)
 
 
 def _layers(

@@ -37,7 +37,7 @@ from ...core.buffers import empty
 from ...core.cells import check_parity
 from .discover import _Config, base_class, genuine_forward
 
-__all__ = ["fits", "rebuild_layer", "rebuild_parts"]
+__all__ = ["fits", "plain_weights", "rebuild_layer", "rebuild_parts"]
 
 
 def fits(cfg: _Config, x: torch.Tensor) -> bool:
@@ -61,25 +61,23 @@ def rebuild_layer(
     then its c and gates rebuilt from the output: what :func:`.emit._emit_layer` returns
     (output, final state, per direction ``c`` and the gates as (time, sample, unit) tensors).
     ``None`` where the weights are not plain tensors of ``x``'s dtype (the loop runs instead)."""
-    if any(not _plain(_param(view, n), x.dtype) for n in _names(cfg, layer)):
+    if not plain_weights(view, cfg, layer, x.dtype):
         return None
     y, final = genuine_forward(base_class(cfg))(view, x, hx)
     parts = rebuild_parts(view, cfg, layer, x, y, hx, cfg.batch_first, f"{cfg.base} layer {layer}")
     return y, final, [p[0] for p in parts], [p[1:] for p in parts]
 
 
-def _names(cfg: _Config, layer: int) -> list[str]:
-    names = []
+def plain_weights(m: Any, cfg: _Config, layer: int, dtype: torch.dtype) -> bool:
+    """Whether layer ``layer``'s weights in ``m`` (its module or one-layer view) are plain CPU
+    tensors of ``dtype``, as :func:`rebuild_parts` needs them."""
     for d in range(cfg.n_dir):
         sfx = f"_l{layer}" + ("_reverse" if d else "")
-        names += ["weight_ih" + sfx, "weight_hh" + sfx]
-        if cfg.bias:
-            names += ["bias_ih" + sfx, "bias_hh" + sfx]
-    return names
-
-
-def _plain(t: Any, dtype: torch.dtype) -> bool:
-    return isinstance(t, torch.Tensor) and t.dtype == dtype and t.device.type == "cpu"
+        for name in ("weight_ih", "weight_hh", *(("bias_ih", "bias_hh") if cfg.bias else ())):
+            t = _param(m, name + sfx)
+            if not (isinstance(t, torch.Tensor) and t.dtype == dtype and t.device.type == "cpu"):
+                return False
+    return True
 
 
 def _param(m: Any, name: str) -> Any:
