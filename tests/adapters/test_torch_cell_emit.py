@@ -98,12 +98,8 @@ def _not_called(*args: object) -> None:
     raise AssertionError("the recorded-calls rebuild ran")
 
 
-def _ifgo(gates: object) -> list[np.ndarray]:
-    return [np.asarray(gates[k]) for k in "ifgo"]  # type: ignore[index]
-
-
-@settings(max_examples=15, deadline=None)
-@given(
+#: the loops' sizes, precision and seed drawn by both cells' hypothesis tests
+_SHAPES = dict(
     features=st.integers(1, 9),
     hidden=st.integers(1, 21),
     batch=st.integers(1, 7),
@@ -111,6 +107,14 @@ def _ifgo(gates: object) -> list[np.ndarray]:
     double=st.booleans(),
     seed=st.integers(0, 2**16),
 )
+
+
+def _ifgo(gates: object) -> list[np.ndarray]:
+    return [np.asarray(gates[k]) for k in "ifgo"]  # type: ignore[index]
+
+
+@settings(max_examples=15, deadline=None)
+@given(**_SHAPES)
 def test_gates_in_the_call_match_the_cell_and_the_old_path(
     features: int, hidden: int, batch: int, steps: int, double: bool, seed: int
 ) -> None:
@@ -231,14 +235,7 @@ class GruLoop(torch.nn.Module):
 
 
 @settings(max_examples=10, deadline=None)
-@given(
-    features=st.integers(1, 9),
-    hidden=st.integers(1, 21),
-    batch=st.integers(1, 7),
-    steps=st.integers(1, 9),
-    double=st.booleans(),
-    seed=st.integers(0, 2**16),
-)
+@given(**_SHAPES)
 def test_gru_cell_gates_in_the_call_match_the_old_path(
     features: int, hidden: int, batch: int, steps: int, double: bool, seed: int
 ) -> None:
