@@ -32,7 +32,7 @@ pytest.importorskip("transformers")
 
 import torch.nn.functional as F  # noqa: E402
 from ssm_builders import IDS, rwkv  # noqa: E402
-from write_edit_checks import apply_edits, intervene_unchanged  # noqa: E402
+from write_edit_checks import apply_edits, check_untouched_before, intervene_unchanged  # noqa: E402
 
 import rnnlens  # noqa: E402
 
@@ -114,8 +114,7 @@ def test_rwkv_write_edits_equal_the_oracle_loop_and_the_hooked_model(edits: list
     for part in (slice(0, 2), slice(2, 3)):
         scale = np.abs(states[:, :, part]).max()
         np.testing.assert_allclose(got[:, :, part], states[:, :, part], rtol=0, atol=1e-5 * scale)
-    first = min(e.step % T for e in edits)
-    np.testing.assert_array_equal(got[:, :first], plain[NAME].state[:, :first])  # before: untouched
+    check_untouched_before(got, plain[NAME].state, edits, T)
     want = _oracle_logits(model, plain[NAME], wkv)
     np.testing.assert_allclose(run.outputs["logits"], want, rtol=1e-4, atol=1e-5)
 

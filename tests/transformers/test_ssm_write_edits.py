@@ -33,7 +33,13 @@ pytest.importorskip("transformers")
 
 import torch.nn.functional as F  # noqa: E402
 from ssm_builders import IDS, gemma, mamba, mamba2  # noqa: E402
-from write_edit_checks import check_ablation_matches_decompose, draw_edits, edited_loop, intervene_unchanged  # noqa: E402
+from write_edit_checks import (  # noqa: E402
+    check_ablation_matches_decompose,
+    check_untouched_before,
+    draw_edits,
+    edited_loop,
+    intervene_unchanged,
+)
 
 import rnnlens  # noqa: E402
 from rnnlens.core.edits import LINEAR  # noqa: E402
@@ -126,8 +132,7 @@ def test_ssm_write_edits_equal_the_oracle_loop_and_the_hooked_model(cfg: Any) ->
     got = run.states[name].state
     scale = np.abs(states).max()
     np.testing.assert_allclose(got, states, rtol=0, atol=1e-5 * scale)
-    first = min(e.step % T for e in edits)
-    np.testing.assert_array_equal(got[:, :first], plain[name].state[:, :first])  # before: untouched
+    check_untouched_before(got, plain[name].state, edits, T)
     want = _oracle_logits(model, name, plain[name], reads)
     np.testing.assert_allclose(run.outputs["logits"], want, rtol=1e-4, atol=1e-5)
 

@@ -44,7 +44,13 @@ pytest.importorskip("transformers")
 import torch.nn.functional as F  # noqa: E402
 from ssm_builders import IDS, gdn, xlstm  # noqa: E402
 from ssm_families import kimi_linear, minimax, zamba  # noqa: E402
-from write_edit_checks import check_ablation_matches_decompose, draw_edits, edited_loop, intervene_unchanged  # noqa: E402
+from write_edit_checks import (  # noqa: E402
+    check_ablation_matches_decompose,
+    check_untouched_before,
+    draw_edits,
+    edited_loop,
+    intervene_unchanged,
+)
 
 import rnnlens  # noqa: E402
 
@@ -256,8 +262,7 @@ def test_write_edits_equal_the_oracle_loop(cfg: Any) -> None:
     states, reads = _oracle(plain[name], edits)
     got = run.states[name].state
     np.testing.assert_allclose(got, states, rtol=0, atol=1e-5 * np.abs(states).max())
-    first = min(e.step % T for e in edits)
-    np.testing.assert_array_equal(got[:, :first], plain[name].state[:, :first])  # before: untouched
+    check_untouched_before(got, plain[name].state, edits, T)
     want = READOUT[plain[name].kind](model, name, plain[name], reads)
     np.testing.assert_allclose(run.outputs["logits"], want, rtol=1e-4, atol=1e-5)
 

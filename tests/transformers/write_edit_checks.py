@@ -41,6 +41,14 @@ def intervene_unchanged(model: Any, ids: Any, edits: Sequence[rnnlens.Edit]) -> 
     return run
 
 
+def check_untouched_before(
+    got: np.ndarray, plain: np.ndarray, edits: Sequence[rnnlens.Edit], steps: int
+) -> None:
+    """The edited run's states before the first edited step are bitwise the plain run's."""
+    first = min(e.step % steps for e in edits)
+    np.testing.assert_array_equal(got[:, :first], plain[:, :first])
+
+
 def apply_op(a: np.ndarray, edit: rnnlens.Edit) -> None:
     """``edit``'s set / add / scale on ``a[:, units]``, in place."""
     sel = slice(None) if edit.units is None else edit.units
