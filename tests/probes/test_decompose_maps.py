@@ -65,8 +65,12 @@ def _oracle(d: np.ndarray, w: np.ndarray, valid: np.ndarray, backward: bool, fra
 def _assert_maps(dec: rnnlens.Decomposition, att: np.ndarray, steps: np.ndarray, cens: np.ndarray,
                  fraction: float, rtol: float = 1e-11) -> None:  # fmt: skip
     maps = dec.maps(fraction=fraction)
-    # squares below ~1e-308 (norms below ~1e-154) are subnormal in float64, oracle included
-    np.testing.assert_allclose(maps.attention, att, rtol=rtol, atol=1e-140)
+    assert maps.attention.dtype == dec.map_dtype == (np.float64 if dec.dtype == np.float64 else np.float32)
+    if maps.attention.dtype == np.float32:  # the float64 sum rounded once: half an ulp, 2**-24
+        rtol, atol = max(rtol, 2.0**-24), 1e-45  # (subnormal float32 norms: half of 2**-149)
+    else:  # squares below ~1e-308 (norms below ~1e-154) are subnormal in float64, oracle included
+        atol = 1e-140
+    np.testing.assert_allclose(maps.attention, att, rtol=rtol, atol=atol)
     np.testing.assert_array_equal(maps.lifetimes.steps.reshape(steps.shape), steps)
     np.testing.assert_array_equal(maps.lifetimes.censored.reshape(cens.shape), cens)
     # each alone reads and checks every chunk again, and gives the same maps

@@ -86,6 +86,9 @@ class Decomposition:
         self.chunk = max(1, min(int(chunk), _CHUNK_BYTES // per_sample))
         self.dtype = np.dtype(arr.dtype)
         self.rtol, self.atol = _tolerance(self.dtype)
+        # the map of a float32 (or 16-bit) field is float32: summed in float64, rounded once, its
+        # 6e-8 relative rounding well within the 1e-5 the field is checked to; half the memory
+        self.map_dtype = np.dtype(np.float64 if self.dtype == np.float64 else np.float32)
         if initial is not None:
             refuse_initial(kind)
             initial = np.asarray(initial, np.float64)
@@ -272,7 +275,9 @@ class Decomposition:
     ) -> np.ndarray:
         """The "effective attention" map, (sample, time, time): ``[n, t, s]`` is the norm
         (``ord``, over the state axes) of step s's contribution to the field at step t; 0 where s
-        comes after t in processing order. Memory: the map plus one chunk × time × units.
+        comes after t in processing order; float32 for a float32 or 16-bit field (each value
+        summed in float64 and rounded once), float64 for a float64 one. Memory: the map plus
+        one chunk × time × units.
         ``samples``: only those (read only those); ``units``: the norm over those units only
         (indices into the flattened state), e.g. ``[u]`` for |contribution| to unit u."""
         return self._maps(samples, units, ord, None)[0]  # type: ignore[return-value]
@@ -319,9 +324,9 @@ class Decomposition:
         carried through the matrices, checked at every step; the L2 map over every unit from
         the carried keys alone (a carried write stays rank one: ``‖P k‖ ‖v‖`` per head)."""
         n, t, u = len(rows), self.n_steps, int(np.prod(self.state_shape, dtype=int))
-        att = np.zeros((n, t, t)) if ord is not None else None
-        steps = np.zeros((n, t, u), STEPS_DTYPE) if fraction is not None else None
-        alive = np.zeros((n, t, u), bool) if fraction is not None else None
+        att = decompose_stream.zeros((n, t, t), self.map_dtype) if ord is not None else None
+        steps = decompose_stream.zeros((n, t, u), STEPS_DTYPE) if fraction is not None else None
+        alive = decompose_stream.zeros((n, t, u), bool) if fraction is not None else None
         for sl in self._chunks(rows):
             at = slice(sl.start - rows.start, sl.stop - rows.start)
             terms, init = self._terms(sl)

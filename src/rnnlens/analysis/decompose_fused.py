@@ -141,12 +141,12 @@ def _compile() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
         return bad.sum(), qmin.min(), qmax.max(), dmax.max()
 
     @numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
-    def finish(out):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    def finish(src, out):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
         n, t, _ = out.shape
         for s in range(n):
             for tt in range(t):
                 for s2 in range(tt + 1):
-                    out[s, tt, s2] = np.sqrt(out[s, tt, s2])
+                    out[s, tt, s2] = np.sqrt(src[s, tt, s2])
                 for s2 in range(tt + 1, t):
                     out[s, tt, s2] = 0.0
 
@@ -169,10 +169,11 @@ def kernel() -> Callable[..., Any] | None:
     return None if k is None else k[0]
 
 
-def finish(out: np.ndarray) -> None:
-    """``out`` (n, T, T) ← its square root on and below the diagonal, 0 above, in place: the last
-    step of :func:`.decompose_maps.from_squares`, in one pass (compiled: call after :func:`kernel`
-    returned one)."""
+def finish(src: np.ndarray, out: np.ndarray) -> None:
+    """``out`` (n, T, T) ← the square root of ``src`` on and below the diagonal, 0 above
+    (``src`` may be ``out``; a float32 ``out`` takes each float64 root rounded once): the last
+    step of :func:`.decompose_maps.from_squares`, in one pass (compiled: call after
+    :func:`kernel` returned one)."""
     k = _kernels()
     assert k is not None
-    k[1](out)
+    k[1](src, out)

@@ -161,26 +161,30 @@ def _norms_products(w: np.ndarray, q: np.ndarray, out: np.ndarray, scratch: Scra
     e = np.square(q, out=scratch("e", q.shape))
     f = np.divide(w, q, out=scratch("f", q.shape))
     f *= f
-    return from_squares(e, f, out)
+    return from_squares(e, f, out, scratch=scratch)
 
 
 def from_squares(e: np.ndarray, f: np.ndarray, out: np.ndarray,
-                 finish: Callable[[np.ndarray], None] | None = None) -> np.ndarray:  # fmt: skip
+                 finish: Callable[[np.ndarray, np.ndarray], None] | None = None,
+                 scratch: Scratch | None = None) -> np.ndarray:  # fmt: skip
     """The map of the products route from its factors ``e = q²`` and ``f = (w / q)²`` (n, T, U):
-    ``out[n, t, s] = sqrt(Σ_u e[n, t, u] f[n, s, u])`` for s ≤ t, 0 above; ``finish(out)``: that
-    last step (the square root below the diagonal, 0 above) in one pass, if given."""
+    ``out[n, t, s] = sqrt(Σ_u e[n, t, u] f[n, s, u])`` for s ≤ t, 0 above, summed in float64
+    (in ``scratch``'s array where ``out`` is float32, then rounded once); ``finish(src, out)``:
+    that last step (the square root below the diagonal, 0 above) in one pass, if given."""
     t, h = e.shape[1], e.shape[1] // 2
+    sums = out if out.dtype == np.float64 else (scratch or Scratch())("sums", out.shape)
     ft = np.swapaxes(f, 1, 2)
     with np.errstate(over="ignore", invalid="ignore"):  # only in the discarded upper triangle
         # rows t < h need only the columns s < h: a quarter of the products left out
-        np.matmul(e[:, :h], ft[:, :, :h], out=out[:, :h, :h])
-        np.matmul(e[:, h:], ft, out=out[:, h:])
-    if finish is not None:
-        finish(out)
-        return out
+        np.matmul(e[:, :h], ft[:, :, :h], out=sums[:, :h, :h])
+        np.matmul(e[:, h:], ft, out=sums[:, h:])
+        if finish is not None:
+            finish(sums, out)
+            return out
+        np.sqrt(sums, out=out, casting="same_kind")
     out[:, :h, h:] = 0.0
     np.copyto(out, 0.0, where=_upper(t))
-    return np.sqrt(out, out=out)
+    return out
 
 
 def _upper(t: int) -> np.ndarray:
