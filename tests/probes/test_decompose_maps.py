@@ -194,3 +194,31 @@ def test_a_chunk_read_ahead_still_fails_in_order(bad: int) -> None:
     with pytest.raises(rnnlens.InputError, match="above 1"):
         rnnlens.decompose(grow, "rec", chunk=2).maps()
     assert rnnlens.decompose(grow, "rec", chunk=2).attention().shape == (6, 5, 5)
+
+
+def test_read_ahead_with_one_worker_runs_the_jobs_one_at_a_time_in_order() -> None:
+    """The maps' reads of a store go through one worker (two reads at once slow each other):
+    results in chunk order, never two jobs at once, a failing job raised in its turn."""
+    import threading
+    import time
+
+    from rnnlens.analysis.read_ahead import read_ahead
+
+    running, most, lock = [0], [0], threading.Lock()
+
+    def job(k: int) -> int:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.002)
+        with lock:
+            running[0] -= 1
+        if k == 4:
+            raise ValueError("chunk 4")
+        return k * k
+
+    seen = []
+    with pytest.raises(ValueError, match="chunk 4"):
+        for k, r in read_ahead(list(range(6)), job, ahead=3, workers=1):
+            seen.append((k, r))
+    assert seen == [(k, k * k) for k in range(4)] and most[0] == 1

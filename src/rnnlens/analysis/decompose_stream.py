@@ -63,17 +63,22 @@ def maps(dec: Decomposition, rows: range, cols: slice | np.ndarray, ord: float |
     takes = ord in (2, None) and dec.kind in ("lstm", "convlstm", "gru") and n * t * u >= fused.MIN_VALUES
     kernel = fused.kernel() if takes else None
 
-    def job(sl: slice) -> None:
+    def results(sl: slice) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
         at = slice(sl.start - rows.start, sl.stop - rows.start)
-        out = (
-            None if att is None else att[at],
-            None if steps is None or alive is None else (steps[at], alive[at]),
-        )
-        if kernel is None or not _fused(dec, kernel, sl, cols, fraction, *out):
-            _numpy(dec, sl, cols, ord, fraction, *out)
+        life = None if steps is None or alive is None else (steps[at], alive[at])
+        return (None if att is None else att[at]), life
 
-    for _ in read_ahead(list(dec._chunks(rows)), job, ahead):
-        pass
+    chunks = list(dec._chunks(rows))
+    if kernel is None:  # each chunk's whole job in the threads
+        for _ in read_ahead(chunks, lambda sl: _numpy(dec, sl, cols, ord, fraction, *results(sl)), ahead):
+            pass
+    else:
+        # One thread reads the chunks in order while this one runs the kernel (which releases
+        # the GIL): two reads of one store at once each took twice as long, so two whole jobs
+        # in threads overlapped reading with reading, not with computing.
+        for sl, raw in read_ahead(chunks, lambda sl: _raw(dec, sl), ahead, workers=1):
+            if raw is None or not _fused(dec, kernel, sl, raw, cols, fraction, *results(sl)):
+                _numpy(dec, sl, cols, ord, fraction, *results(sl))
     return att, dec._lifetimes(fraction, steps, alive)
 
 
@@ -152,13 +157,12 @@ def _raw(dec: Decomposition, sl: slice) -> tuple[Any, ...] | None:
     return x, d, i, b, code, valid
 
 
-def _fused(dec: Decomposition, kernel: Callable[..., Any], sl: slice, cols: slice | np.ndarray,
+def _fused(dec: Decomposition, kernel: Callable[..., Any], sl: slice, raw: tuple[Any, ...],
+           cols: slice | np.ndarray,
            fraction: float | None, att: np.ndarray | None,
            life: tuple[np.ndarray, np.ndarray] | None) -> bool:  # fmt: skip
-    """One chunk through the kernel; False where the NumPy route must take it instead."""
-    raw = _raw(dec, sl)
-    if raw is None:
-        return False
+    """Chunk ``sl`` (read: :func:`_raw`) through the kernel; False where the NumPy route must
+    take it instead."""
     x, d, i, b, code, valid = raw
     n, _, u = x.shape
     first = valid[:, 0, None]

@@ -24,13 +24,16 @@ K = TypeVar("K")
 R = TypeVar("R")
 
 
-def read_ahead(chunks: Sequence[K], job: Callable[[K], R], ahead: int = 2) -> Iterator[tuple[K, R]]:
+def read_ahead(chunks: Sequence[K], job: Callable[[K], R], ahead: int = 2,
+               workers: int | None = None) -> Iterator[tuple[K, R]]:  # fmt: skip
     """``(chunk, job(chunk))`` for each chunk in order, the next ``ahead`` jobs running in
-    threads meanwhile (at most ``ahead + 1`` results held at once)."""
+    ``workers`` threads (default ``ahead``) meanwhile (at most ``ahead + 1`` results held at
+    once). One worker keeps the jobs in order, one at a time: for reads of one store, which
+    slow each other down when run at once."""
     if len(chunks) < 2:
         yield from ((k, job(k)) for k in chunks)
         return
-    with ThreadPoolExecutor(ahead, thread_name_prefix="rnnlens-read-ahead") as pool:
+    with ThreadPoolExecutor(workers or ahead, thread_name_prefix="rnnlens-read-ahead") as pool:
         pending = deque(pool.submit(job, k) for k in chunks[:ahead])
         for i, k in enumerate(chunks):
             result = pending.popleft().result()
