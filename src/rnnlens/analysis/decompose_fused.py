@@ -64,6 +64,9 @@ def write0(code: int, d: np.ndarray, i: np.ndarray, b: np.ndarray) -> np.ndarray
     return np.multiply(i, b, dtype=np.float64)
 
 
+_FEW = 4  # units still alive below which the lifetimes' scan follows each alone
+
+
 def _compile() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
     try:
         import numba
@@ -133,7 +136,15 @@ def _compile() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
                             c2 = mag[r2, k] >= thr[k]
                             count[k] += c2
                             live += c2
-                        if not live:
+                        if live <= _FEW:
+                            # A few long-lived units keep a scan over every unit going: follow
+                            # each alone (alive at r2 and, |q| never growing, a prefix after)
+                            for k in range(u):
+                                if live and mag[r2, k] >= thr[k]:
+                                    for r3 in range(r2 + 1, t):
+                                        if not mag[r3, k] >= thr[k]:
+                                            break
+                                        count[k] += not masked or valid[s, r3]
                             break
                     for k in range(u):
                         steps[s, p, k] = count[k]
