@@ -35,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -178,7 +179,7 @@ def from_squares(e: np.ndarray, f: np.ndarray, out: np.ndarray,
     # products are left out at 50 steps (measured 0.074 → 0.053 s per 10,000 samples)
     cuts = np.linspace(0, t, max(1, min(8, t // 12)) + 1).round().astype(int)
     with np.errstate(over="ignore", invalid="ignore"):  # only in the discarded upper triangle
-        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        for a, b in itertools.pairwise(cuts):
             np.matmul(e[:, a:b], ft[:, :, :b], out=sums[:, a:b, :b])
         if finish is not None:
             finish(sums, out)
