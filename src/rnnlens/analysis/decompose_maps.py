@@ -177,7 +177,8 @@ def from_squares(e: np.ndarray, f: np.ndarray, out: np.ndarray,
     ft = np.swapaxes(f, 1, 2)
     # rows a..b-1 need only the columns s < b: in bands of ~12 rows (at most 8), 3/8 of the
     # products are left out at 50 steps (measured 0.074 → 0.053 s per 10,000 samples)
-    cuts = np.linspace(0, t, max(1, min(8, t // 12)) + 1).round().astype(int)
+    bands = max(1, min(8, t // 12))
+    cuts = [t * j // bands for j in range(bands + 1)]
     with np.errstate(over="ignore", invalid="ignore"):  # only in the discarded upper triangle
         for a, b in itertools.pairwise(cuts):
             np.matmul(e[:, a:b], ft[:, :, :b], out=sums[:, a:b, :b])
