@@ -9,6 +9,9 @@ checked ahead in other threads. Tolerance: rtol 1e-11 on norms (float64 maths), 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -19,6 +22,24 @@ import rnnlens
 from rnnlens.analysis.decompose_maps import lifetimes, norms, products
 from rnnlens.core.spec import LayerSpec
 from rnnlens.core.states import DirectionStates, Gates, LayerStates, States
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _dirty_results() -> Iterator[None]:
+    """The maps' result arrays handed out dirty, as a reused buffer can be (NaN, True): every
+    route must write all of what it returns."""
+    from rnnlens.core import buffers
+
+    real = buffers.empty
+
+    def dirty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        a = real(shape, dtype)
+        a.fill(np.nan if np.dtype(dtype).kind == "f" else 1)
+        return a
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(buffers, "empty", dirty)
+        yield
 
 
 def _lstm_states(f: np.ndarray, i: np.ndarray, g: np.ndarray, mask: np.ndarray | None,
@@ -151,6 +172,10 @@ def test_maps_options_match_each_alone() -> None:
     np.testing.assert_allclose(
         maps.attention, dec.attention(1, samples=slice(1, 6), units=[0, 4]), rtol=1e-12
     )
+    for t in range(9):  # from each step's contributions, 0 above the diagonal (dirty results)
+        want = np.zeros((5, 9))
+        want[:, : t + 1] = np.abs(dec.at(t, samples=slice(1, 6))[..., [0, 4]]).sum(-1)
+        np.testing.assert_allclose(maps.attention[:, t], want, rtol=1e-6, atol=1e-7)
     life = dec.lifetime(0.4, samples=slice(1, 6))
     np.testing.assert_array_equal(maps.lifetimes.steps, life.steps)
     np.testing.assert_array_equal(maps.lifetimes.steps, dec.lifetime(0.4).steps[1:6])

@@ -57,9 +57,11 @@ def maps(dec: Decomposition, rows: range, cols: slice | np.ndarray, ord: float |
     """The map (``ord`` not None; over units ``cols``) and the lifetimes (``fraction`` not None)
     of samples ``rows``, processing order for the map; ``ahead`` chunks worked on in threads."""
     n, t, u = len(rows), dec.n_steps, int(np.prod(dec.state_shape, dtype=int))
-    att = zeros((n, t, t), dec.map_dtype) if ord is not None else None
-    steps = zeros((n, t, u), STEPS_DTYPE) if fraction is not None else None
-    alive = zeros((n, t, u), bool) if fraction is not None else None
+    # every route writes all of the lifetimes and of the L2 map (zeros above the diagonal); the
+    # map of another norm only on and below it
+    att = None if ord is None else (buffers.empty if ord == 2 else zeros)((n, t, t), dec.map_dtype)
+    steps = buffers.empty((n, t, u), STEPS_DTYPE) if fraction is not None else None
+    alive = buffers.empty((n, t, u), bool) if fraction is not None else None
     takes = ord in (2, None) and dec.kind in ("lstm", "convlstm", "gru") and n * t * u >= fused.MIN_VALUES
     kernel = fused.kernel() if takes else None
 
