@@ -81,8 +81,20 @@ def _states(kind: str, a: np.ndarray, b: np.ndarray, mask: np.ndarray | None, di
 
 def _both(dec: rnnlens.Decomposition, monkeypatch: pytest.MonkeyPatch, fraction: float = 0.5,
           **kw: object) -> rnnlens.DecompositionMaps:  # fmt: skip
-    """The maps by the kernel and by the NumPy route (kernel switched off), checked equal."""
-    fused = dec.maps(fraction=fraction, **kw)  # type: ignore[arg-type]
+    """The maps by the kernel and by the NumPy route (kernel switched off), checked equal;
+    ``_both.taken``: whether the kernel took each chunk of the kernel's call."""
+    from rnnlens.analysis import decompose_stream
+
+    taken, real = [], decompose_stream._fused
+
+    def spy(*args: Any, **kwargs: Any) -> bool:
+        taken.append(real(*args, **kwargs))
+        return taken[-1]
+
+    with monkeypatch.context() as m:
+        m.setattr(decompose_stream, "_fused", spy)
+        fused = dec.maps(fraction=fraction, **kw)  # type: ignore[arg-type]
+    _both.taken = taken  # type: ignore[attr-defined]
     with monkeypatch.context() as m:
         m.setattr(decompose_fused, "kernel", lambda: None)
         plain = dec.maps(fraction=fraction, **kw)  # type: ignore[arg-type]
@@ -128,6 +140,8 @@ def test_the_kernel_gives_the_numpy_routes_maps(seed: int, t: int, kind: str, dt
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(decompose_fused, "MIN_VALUES", 0)  # hypothesis runs the examples outside the fixture
         _both(dec, mp, 0.3)
+        # the kernel took every chunk but where the NumPy route must (the log route's ranges)
+        assert all(_both.taken) or extreme != "plain"  # type: ignore[attr-defined]
         _both(dec, mp, 0.3, units=[0, 2])
 
 
@@ -138,12 +152,13 @@ def test_a_stored_float32_lstm_and_bidirectional_gru(tmp_path, monkeypatch) -> N
                        fields=("c", "gates"), batch_size=4)  # fmt: skip
     stored = rnnlens.open_states(tmp_path / "l.zarr")
     maps = _both(rnnlens.decompose(stored, next(iter(stored))), monkeypatch)
-    assert maps.attention.shape == (9, 12, 12)
+    assert maps.attention.shape == (9, 12, 12) and _both.taken == [True] * 3  # type: ignore[attr-defined]
     net = torch.nn.GRU(3, 4, batch_first=True, bidirectional=True)
     rnnlens.extract_to(tmp_path / "g.zarr", net, x, fields=("h", "gates"), batch_size=4)
     stored = rnnlens.open_states(tmp_path / "g.zarr")
     for direction in ("forward", "backward"):
         _both(rnnlens.decompose(stored, next(iter(stored)), direction=direction), monkeypatch)
+        assert _both.taken == [True] * 3  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("bad", [0, 5])
