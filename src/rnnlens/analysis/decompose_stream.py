@@ -140,22 +140,22 @@ def _attention(terms: Terms, q: np.ndarray | None, ord: float | None, cols: slic
 
 def _raw(dec: Decomposition, sl: slice) -> tuple[Any, ...] | None:
     """A chunk's stored field and gates as stored (no float64 copies), input order, units
-    flattened: ``(x, block, (d, i, b), code, valid)``, ``block`` the (sample, time, gate, unit)
-    gates and ``d, i, b`` the indices in it of :func:`.decompose_fused.roles`; or None where the
+    flattened: ``(x, (d, i, b), code, valid)`` (:func:`.decompose_fused.roles`), each
+    C-contiguous (the kernel's reads of a gate's strided view of a stored (sample, time, gate,
+    unit) block took twice as long; this copy is made in the reading thread); or None where the
     kernel does not take the dtype."""
     ds = dec._ds
     x = np.ascontiguousarray(field_array(ds, dec.kind, dec.field)[sl])
     (dn, iname, bn), code = fused.roles(dec.kind)
     names = list(dict.fromkeys((dn, iname, bn)))
-    block, index = ds.gates.block(names, sl)
-    if x.dtype not in _FLOATS or block.dtype not in _FLOATS:
+    gates = dict(zip(names, (np.ascontiguousarray(a) for a in ds.gates.read(names, sl)), strict=True))
+    if any(a.dtype not in _FLOATS for a in (x, *gates.values())):
         return None
-    at = dict(zip(names, index, strict=True))
     n, t = x.shape[:2]
     mask = dec._mask
     valid = np.ones((n, t), bool) if mask is None else np.ascontiguousarray(mask[sl], dtype=bool)
-    x, block = x.reshape(n, t, -1), block.reshape(n, t, block.shape[2], -1)
-    return x, block, (at[dn], at[iname], at[bn]), code, valid
+    x, d, i, b = (a.reshape(n, t, -1) for a in (x, gates[dn], gates[iname], gates[bn]))
+    return x, (d, i, b), code, valid
 
 
 def _fused(dec: Decomposition, kernel: Callable[..., Any], sl: slice, raw: tuple[Any, ...],
@@ -164,14 +164,13 @@ def _fused(dec: Decomposition, kernel: Callable[..., Any], sl: slice, raw: tuple
            life: tuple[np.ndarray, np.ndarray] | None) -> bool:  # fmt: skip
     """Chunk ``sl`` (read: :func:`_raw`) through the kernel; False where the NumPy route must
     take it instead."""
-    x, block, (gd, gi, gb), code, valid = raw
+    x, (d, i, b), code, valid = raw
     n, t, u = x.shape
     p0 = t - 1 if dec.backward else 0  # the first step in processing order
     first = valid[:, p0, None]
-    d0 = block[:, p0, gd]
-    w0 = np.where(first, fused.write0(code, d0, block[:, p0, gi], block[:, p0, gb]), 0.0)
+    w0 = np.where(first, fused.write0(code, d[:, p0], i[:, p0], b[:, p0]), 0.0)
     if dec._initial is not None:  # the first step's decay applied to the given state
-        init = dec._initial[sl].reshape(n, u) * np.where(first, d0, 1.0)
+        init = dec._initial[sl].reshape(n, u) * np.where(first, d[:, p0], 1.0)
     else:
         init = np.asarray(x[:, p0], np.float64) - w0
     init = np.ascontiguousarray(init)
@@ -185,7 +184,7 @@ def _fused(dec: Decomposition, kernel: Callable[..., Any], sl: slice, raw: tuple
         ef = (e[: hi - lo], f[: hi - lo]) if att is not None else (e, f)
         lf = (steps[lo:hi], alive[lo:hi]) if life is not None else (steps, alive)
         bad, qmin, qmax, dmax = kernel(
-            x[lo:hi], block[lo:hi], gd, gi, gb, code, valid[lo:hi], masked, dec.backward, init[lo:hi],
+            x[lo:hi], d[lo:hi], i[lo:hi], b[lo:hi], code, valid[lo:hi], masked, dec.backward, init[lo:hi],
             dec.rtol, dec.atol, float(fraction or 1.0), att is not None, life is not None, *ef, *lf,
         )  # fmt: skip
         # a failed check (the NumPy route checks the chunk again and raises, saying where),

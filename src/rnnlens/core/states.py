@@ -64,12 +64,6 @@ class Gates(Mapping[str, np.ndarray]):
         (a stored layer reads its gate block once for all of them)."""
         return [np.asarray(self[name][rows]) for name in names]
 
-    def block(self, names: Sequence[str], rows: slice) -> tuple[np.ndarray, list[int]]:
-        """A C-contiguous (sample, time, gate, unit) block holding the gates ``names`` of samples
-        ``rows``, and the index of each in it (here a copy of those gates; a stored layer's is
-        its stored block, read once)."""
-        return np.stack(self.read(names, rows), axis=2), list(range(len(names)))
-
     def __repr__(self) -> str:
         shape = self.parts[0].shape if self.parts else ()
         return f"Gates({', '.join(self.names)}; each {shape})"

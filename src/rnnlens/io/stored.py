@@ -123,12 +123,6 @@ class StoredGates(Gates):
         block = np.asarray(self.array[rows])
         return [block[:, :, self.names.index(name)] for name in names]
 
-    def block(self, names: Sequence[str], rows: slice) -> tuple[np.ndarray, list[int]]:
-        """The stored block of samples ``rows`` as read (every gate), each of ``names``' index."""
-        for name in names:
-            self[name]
-        return np.ascontiguousarray(self.array[rows]), [self.names.index(name) for name in names]
-
 
 def _last_index(mask: np.ndarray, direction: str) -> np.ndarray:
     """Index of the step whose state is the sequence's final one: the last valid step going
