@@ -4,11 +4,8 @@
 The NumPy route makes a pass over the chunk's arrays for each quantity (the decays and writes
 widened to float64, the check at each step, the running products, their squares, the lifetimes),
 each over ``samples × time × units`` values. This kernel reads the stored float32 (or float64)
-field and gates once — each a C-contiguous array: the kernel took 0.142 s per 10,000 samples
-reading the gates as strided views of a stored (sample, time, gate, unit) block, 0.08 s reading
-contiguous copies — and, for each sample and unit, walks the
-steps in processing order (a backward direction from its last step) doing the same float64
-arithmetic in the same order:
+field and gates once and, for each sample and unit, walks the steps in processing order doing
+the same float64 arithmetic in the same order:
 
 - the check: ``total = d_p · total + w_p`` and ``scale = |d_p| · scale + |w_p|`` from the
   initial term, ``|total − x_p| ≤ rtol · scale + atol`` at every step (the same operations as
@@ -28,19 +25,22 @@ Without numba, :func:`kernel` returns None and the NumPy route runs. The first c
 kernel for its array types (a few seconds, cached on disk: ``cache=True``).
 
 Example:
-    >>> from rnnlens.analysis.decompose_fused import roles
-    >>> roles("gru")
-    (('z', 'n', 'n'), 1)
+    >>> import numpy as np
+    >>> from rnnlens.analysis.decompose_fused import factors
+    >>> f = np.full((1, 3, 1), 0.5, np.float32)
+    >>> a, b, code = factors("lstm", {"f": f, "i": f, "g": f})
+    >>> code, a is f
+    (0, True)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-__all__ = ["GRU", "LSTM", "MIN_VALUES", "finish", "kernel", "roles", "write0"]
+__all__ = ["GRU", "LSTM", "MIN_VALUES", "factors", "finish", "kernel", "write0"]
 
 #: samples × time × units below which the NumPy route runs: there it takes milliseconds, while
 #: the kernel's first call in a process loads it from numba's cache (~1 s) or compiles it (~5 s)
@@ -48,13 +48,13 @@ MIN_VALUES = 1 << 22
 LSTM, GRU = 0, 1  # how the write is formed: i ⊙ g (from a = f's partners); (1 − z) ⊙ n
 
 
-def roles(kind: str) -> tuple[tuple[str, str, str], int]:
-    """The gates that form ``kind``'s (lstm, convlstm, gru) decay ``d`` and write's factors
-    ``i``, ``b``, and the write's code: ``i ⊙ g`` (LSTM: ``(f, i, g)``) or ``(1 − z) ⊙ n`` (GRU:
-    ``(z, n, n)``, ``i`` unused)."""
+def factors(kind: str, gates: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
+    """The decay's array and the write's two factors' code for ``kind`` (lstm, convlstm, gru):
+    ``(d, b, code)``; the write is ``i ⊙ g`` (code LSTM: ``b`` is ``g`` and ``i`` is passed as
+    ``gates["i"]``) or ``(1 − z) ⊙ n`` (GRU: ``d`` is ``z``, ``b`` is ``n``)."""
     if kind == "gru":
-        return ("z", "n", "n"), GRU
-    return ("f", "i", "g"), LSTM
+        return gates["z"], gates["n"], GRU
+    return gates["f"], gates["g"], LSTM
 
 
 def write0(code: int, d: np.ndarray, i: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -74,10 +74,9 @@ def _compile() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
         return None
 
     @numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
-    def run(x, d, i, b, code, valid, masked, reverse, init, rtol, atol, fraction, want_map,
-            want_life, e, f, steps, alive):  # fmt: skip  # pragma: no cover - compiled
+    def run(x, d, i, b, code, valid, masked, init, rtol, atol, fraction, want_map, want_life,
+            e, f, steps, alive):  # fmt: skip  # pragma: no cover - compiled
         n, t, u = x.shape
-        live_row = np.empty(t, np.bool_)  # valid in processing order
         total, scale, q = np.empty(u), np.empty(u), np.empty(u)
         dd, ww, xx, thr, count = np.empty(u), np.empty(u), np.empty(u), np.empty(u), np.empty(u)
         bad, dmax, qmin, qmax = np.zeros(u), np.zeros(u), np.full(u, np.inf), np.zeros(u)
@@ -88,22 +87,20 @@ def _compile() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
                 scale[k] = abs(init[s, k])
                 q[k] = 1.0
             for p in range(t):  # the check, the running products and the map's factors
-                pp = t - 1 - p if reverse else p  # the step in input order
-                live_row[p] = valid[s, pp]
                 for k in range(u):  # the stored row into contiguous float64 (then SIMD below)
-                    xx[k] = x[s, pp, k]
-                if masked and not live_row[p]:
+                    xx[k] = x[s, p, k]
+                if masked and not valid[s, p]:
                     dd[:] = 1.0
                     ww[:] = 0.0
                 elif code == 1:
                     for k in range(u):
-                        z = np.float64(d[s, pp, k])
+                        z = np.float64(d[s, p, k])
                         dd[k] = z
-                        ww[k] = (1.0 - z) * np.float64(b[s, pp, k])
+                        ww[k] = (1.0 - z) * np.float64(b[s, p, k])
                 else:
                     for k in range(u):
-                        dd[k] = d[s, pp, k]
-                        ww[k] = np.float64(i[s, pp, k]) * np.float64(b[s, pp, k])
+                        dd[k] = d[s, p, k]
+                        ww[k] = np.float64(i[s, p, k]) * np.float64(b[s, p, k])
                 first = p == 0  # step 0's decay is in the initial term already
                 for k in range(u):
                     a = abs(dd[k])
@@ -124,7 +121,7 @@ def _compile() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
                         f[s, p, k] = r * r
             if want_life:  # alive while |q_r| ≥ fraction |q_p|: a prefix (|q| does not increase)
                 for p in range(t):
-                    if masked and not live_row[p]:
+                    if masked and not valid[s, p]:
                         steps[s, p, :] = np.nan
                         alive[s, p, :] = False
                         continue
@@ -132,7 +129,7 @@ def _compile() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
                         thr[k] = mag[p, k] * fraction
                         count[k] = 0.0
                     for r2 in range(p + 1, t):
-                        if masked and not live_row[r2]:
+                        if masked and not valid[s, r2]:
                             continue  # counts no step; |q| is unchanged there
                         live = 0
                         for k in range(u):
@@ -147,7 +144,7 @@ def _compile() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
                                     for r3 in range(r2 + 1, t):
                                         if not mag[r3, k] >= thr[k]:
                                             break
-                                        count[k] += not masked or live_row[r3]
+                                        count[k] += not masked or valid[s, r3]
                             break
                     for k in range(u):
                         steps[s, p, k] = count[k]

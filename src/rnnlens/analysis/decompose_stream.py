@@ -139,23 +139,24 @@ def _attention(terms: Terms, q: np.ndarray | None, ord: float | None, cols: slic
 
 
 def _raw(dec: Decomposition, sl: slice) -> tuple[Any, ...] | None:
-    """A chunk's stored field and gates as stored (no float64 copies), input order, units
-    flattened: ``(x, (d, i, b), code, valid)`` (:func:`.decompose_fused.roles`), each
-    C-contiguous (the kernel's reads of a gate's strided view of a stored (sample, time, gate,
-    unit) block took twice as long; this copy is made in the reading thread); or None where the
-    kernel does not take the dtype."""
+    """A chunk's stored field and gates as stored (no float64 copies), processing order, units
+    flattened: ``(x, d, i, b, code, valid)`` (:func:`.decompose_fused.factors`), or None where
+    the kernel does not take the dtype."""
     ds = dec._ds
-    x = np.ascontiguousarray(field_array(ds, dec.kind, dec.field)[sl])
-    (dn, iname, bn), code = fused.roles(dec.kind)
-    names = list(dict.fromkeys((dn, iname, bn)))
-    gates = dict(zip(names, (np.ascontiguousarray(a) for a in ds.gates.read(names, sl)), strict=True))
-    if any(a.dtype not in _FLOATS for a in (x, *gates.values())):
+    x = np.asarray(field_array(ds, dec.kind, dec.field)[sl])
+    names = ("z", "n") if dec.kind == "gru" else ("f", "i", "g")
+    gates = dict(zip(names, ds.gates.read(names, sl), strict=True))
+    d, b, code = fused.factors(dec.kind, gates)
+    i = gates.get("i", b)
+    if any(a.dtype not in _FLOATS for a in (x, d, i, b)):
         return None
     n, t = x.shape[:2]
     mask = dec._mask
-    valid = np.ones((n, t), bool) if mask is None else np.ascontiguousarray(mask[sl], dtype=bool)
-    x, d, i, b = (a.reshape(n, t, -1) for a in (x, gates[dn], gates[iname], gates[bn]))
-    return x, (d, i, b), code, valid
+    valid = np.ones((n, t), bool) if mask is None else np.asarray(mask[sl], dtype=bool)
+    x, d, i, b = (a.reshape(n, t, -1) for a in (x, d, i, b))
+    if dec.backward:
+        x, d, i, b, valid = x[:, ::-1], d[:, ::-1], i[:, ::-1], b[:, ::-1], valid[:, ::-1]
+    return x, d, i, b, code, valid
 
 
 def _fused(dec: Decomposition, kernel: Callable[..., Any], sl: slice, raw: tuple[Any, ...],
@@ -164,15 +165,15 @@ def _fused(dec: Decomposition, kernel: Callable[..., Any], sl: slice, raw: tuple
            life: tuple[np.ndarray, np.ndarray] | None) -> bool:  # fmt: skip
     """Chunk ``sl`` (read: :func:`_raw`) through the kernel; False where the NumPy route must
     take it instead."""
-    x, (d, i, b), code, valid = raw
-    n, t, u = x.shape
-    p0 = t - 1 if dec.backward else 0  # the first step in processing order
-    first = valid[:, p0, None]
-    w0 = np.where(first, fused.write0(code, d[:, p0], i[:, p0], b[:, p0]), 0.0)
+    x, d, i, b, code, valid = raw
+    n, _, u = x.shape
+    first = valid[:, 0, None]
+    w0 = np.where(first, fused.write0(code, d[:, 0], i[:, 0], b[:, 0]), 0.0)
     if dec._initial is not None:  # the first step's decay applied to the given state
-        init = dec._initial[sl].reshape(n, u) * np.where(first, d[:, p0], 1.0)
+        init = dec._initial[sl].reshape(n, u) * np.where(first, d[:, 0], 1.0)
     else:
-        init = np.asarray(x[:, p0], np.float64) - w0
+        init = np.asarray(x[:, 0], np.float64) - w0
+    t = x.shape[1]
     init = np.ascontiguousarray(init)
     sub = max(1, _BLOCK_VALUES // max(1, t * u))  # samples a block: its factors stay in cache
     scratch, n_t_u = dec._scratch(), (min(n, sub), t, u) if att is not None else (0, 0, 0)
@@ -184,7 +185,7 @@ def _fused(dec: Decomposition, kernel: Callable[..., Any], sl: slice, raw: tuple
         ef = (e[: hi - lo], f[: hi - lo]) if att is not None else (e, f)
         lf = (steps[lo:hi], alive[lo:hi]) if life is not None else (steps, alive)
         bad, qmin, qmax, dmax = kernel(
-            x[lo:hi], d[lo:hi], i[lo:hi], b[lo:hi], code, valid[lo:hi], masked, dec.backward, init[lo:hi],
+            x[lo:hi], d[lo:hi], i[lo:hi], b[lo:hi], code, valid[lo:hi], masked, init[lo:hi],
             dec.rtol, dec.atol, float(fraction or 1.0), att is not None, life is not None, *ef, *lf,
         )  # fmt: skip
         # a failed check (the NumPy route checks the chunk again and raises, saying where),
