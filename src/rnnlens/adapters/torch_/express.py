@@ -50,11 +50,13 @@ from .rebuild_fast import plain_weights, rebuild_parts
 from .record import _hx_slice, _layer_view
 from .trusted import own_code_only
 from .unchanged import _Flags
-from .weights import _np
 
 __all__ = ["capture_express"]
 
 _DTYPES = (torch.float32, torch.float64)
+#: inference mode's C++ guard, entered without ``torch.inference_mode``'s Python wrapper (a
+#: twentieth of a small LSTM's fixed cost); the wrapper where a PyTorch lacks it
+_INFERENCE: Any = getattr(torch._C, "_InferenceMode", None) or torch.inference_mode
 
 
 def capture_express(
@@ -65,37 +67,21 @@ def capture_express(
     if options.mask is not None or options.batch_size is not None or not args:
         return None
     x = args[0]
-    if (
-        type(x) is not torch.Tensor
-        or x.dim() not in (2, 3)
-        or x.dtype not in _DTYPES
-        or x.device.type != "cpu"
-    ):
+    if type(x) is not torch.Tensor or x.dtype not in _DTYPES or x.device.type != "cpu":
+        return None
+    if x.dim() not in (2, 3):
         return None
     if not own_code_only(model, args, kwargs):
         return None
-    cfg = _own_config(model)
-    if cfg is None or cfg.wrapped or cfg.overridden:
+    plan = _plan(model, options.layers, options.fields)
+    if plan is None:
         return None
-    specs = _static_specs(cfg.base.lower(), cfg)
-    names = [s.name for s in specs]
-    if options.layers is not None and not set(options.layers) <= set(names):
-        return None
-    chosen = [s for s in specs if options.layers is None or s.name in options.layers]
-    fields = resolve_fields(chosen, options.fields)
-    # c or gates: a plain LSTM on a small batch, rebuilt from the kernel's h (:mod:`.rebuild_fast`)
-    full = {
-        int(s.name.rsplit(".l", 1)[1]) if cfg.expanded else cfg.num_layers - 1: fields[s.name]
-        for s in chosen
-        if fields[s.name] != ("h",)
-    }
+    cfg, full = plan.cfg, plan.full
     if full and (options.strategy != "auto" or not _rebuilds(model, cfg, x, full)):
         return None
-    top = cfg.num_layers - 1
     # every layer's sequence where an inner one (or c, gates) is asked for: layer by layer, on
     # the views the general path runs
-    inner = bool(full) or any(s.name != names[top] for s in chosen)
-    if inner and (len(args) > 2 or set(kwargs) - {"hx"} or len(args) + len(kwargs) > 2):
+    if plan.inner and (len(args) > 2 or set(kwargs) - {"hx"} or len(args) + len(kwargs) > 2):
         return None  # (input and hx are what the layer-by-layer run passes on)
     flags = _Flags(model)  # its bindings and weight lists, put back (own_code_only: no submodules)
     try:
@@ -104,41 +90,68 @@ def capture_express(
         # (inference mode: PyTorch's code alone runs, and its output is only read; under
         # no_grad every op of a kernel's step loop also passes autograd's dispatch layer,
         # 8-14% of a GRU(64)'s forward at batch 16, 100 steps)
-        with torch.inference_mode():
-            if inner:
+        with _INFERENCE(True):
+            if plan.inner:
                 seqs, parts = _layers(model, cfg, args, kwargs, full)
             else:
-                seqs, parts = {top: model(*args, **kwargs)[0]}, {}
+                seqs, parts = {plan.top: model(*args, **kwargs)[0]}, {}
     except Exception:  # the general path runs it again and says what is wrong (a failed parity too)
         return None
     finally:
         flags.restore()
-    u = cfg.units
+    return Captured(plan.chosen, [_batch(plan, seqs, parts, x.dim() == 2)], backend="torch")
+
+
+def _batch(
+    plan: _Plan, seqs: Mapping[int, torch.Tensor], parts: Mapping[int, Any], unbatched: bool
+) -> dict[str, Any]:
+    """The arrays of each chosen layer: zero-copy views of the kernel's output (inference
+    tensors: no autograd to detach from) and of the rebuilt parts."""
+    cfg, u = plan.cfg, plan.cfg.units
+    one = len(cfg.directions) == 1
     batch: dict[str, Any] = {}
-    for spec in chosen:
-        layer = int(spec.name.rsplit(".l", 1)[1]) if cfg.expanded else top
-        seq = _np(seqs[layer])
-        if x.dim() == 2:
+    for spec, layer in zip(plan.chosen, plan.layers):
+        seq = seqs[layer].numpy()
+        if unbatched:
             seq = seq[None]
         elif not cfg.batch_first:
             seq = seq.transpose(1, 0, 2)
-        want = fields[spec.name]
+        want = plan.fields[spec.name]
         arrays = {}
         for d, direction in enumerate(cfg.directions):
-            arrays[direction] = DirectionArrays(h=seq[:, :, d * u : (d + 1) * u])
+            arrays[direction] = arr = DirectionArrays(h=seq if one else seq[:, :, d * u : (d + 1) * u])
             if layer in parts:  # (time, sample, unit) tensors: zero-copy (sample, time, unit) views
-                c, *gates = (_np(t).transpose(1, 0, 2) for t in parts[layer][d])
+                c, *gates = (t.numpy().transpose(1, 0, 2) for t in parts[layer][d])
                 if "c" in want:
-                    arrays[direction].c = c
+                    arr.c = c
                 if "gates" in want:
-                    arrays[direction].gates = tuple(gates)
+                    arr.gates = tuple(gates)
         batch[spec.name] = (arrays, None)
-    return Captured(chosen, [batch], backend="torch")
+    return batch
 
 
-#: _config's answer per class and configuration attributes (all it reads of a module that runs
-#: PyTorch's own code only: no wrapper, no patch, no subclass), a tenth of this path uncached
-_CONFIGS: dict[tuple[Any, ...], Any] = {}
+class _Plan:
+    """What a trace of one configuration asks for (the same for every call with those options):
+    the chosen entries, their fields and layers, the layers whose c or gates are rebuilt."""
+
+    __slots__ = ("cfg", "chosen", "fields", "full", "inner", "layers", "top")
+
+    def __init__(self, cfg: Any, layers: tuple[str, ...] | None, fields: tuple[str, ...] | None) -> None:
+        specs = _static_specs(cfg.base.lower(), cfg)
+        self.cfg, self.top = cfg, cfg.num_layers - 1
+        self.chosen = [s for s in specs if layers is None or s.name in layers]
+        self.fields = resolve_fields(self.chosen, fields)
+        self.layers = [int(s.name.rsplit(".l", 1)[1]) if cfg.expanded else self.top for s in self.chosen]
+        # c or gates: a plain LSTM on a small batch, rebuilt from the kernel's h (:mod:`.rebuild_fast`)
+        asked = zip(self.chosen, self.layers)
+        self.full = {layer: self.fields[s.name] for s, layer in asked if self.fields[s.name] != ("h",)}
+        self.inner = bool(self.full) or any(s.name != specs[self.top].name for s in self.chosen)
+
+
+#: the plan per class, configuration attributes (all _config reads of a module that runs
+#: PyTorch's own code only: no wrapper, no patch, no subclass) and options; None: the general
+#: path (a wrapped or overridden module, layers= naming other entries)
+_PLANS: dict[tuple[Any, ...], _Plan | None] = {}
 _KEY = (
     "input_size",
     "hidden_size",
@@ -151,18 +164,30 @@ _KEY = (
 )
 
 
-def _own_config(model: Any) -> Any:
+def _plan(model: Any, layers: tuple[str, ...] | None, fields: tuple[str, ...] | None) -> _Plan | None:
     d = vars(model)
-    key = (type(model), *map(d.get, _KEY))
+    key = (type(model), layers, fields, *map(d.get, _KEY))
     try:
-        cfg = _CONFIGS.get(key)
+        plan = _PLANS[key]
+    except KeyError:
+        pass
     except TypeError:  # an unhashable attribute: read it as it is
-        return _config(model)
-    if cfg is None:
-        cfg = _config(model)
-        if len(_CONFIGS) < 1024:
-            _CONFIGS[key] = cfg
-    return cfg
+        return _new_plan(model, layers, fields)
+    else:
+        return plan
+    plan = _new_plan(model, layers, fields)  # (an error, such as c asked of a GRU: not kept)
+    if len(_PLANS) < 1024:
+        _PLANS[key] = plan
+    return plan
+
+
+def _new_plan(model: Any, layers: tuple[str, ...] | None, fields: tuple[str, ...] | None) -> _Plan | None:
+    cfg = _config(model)
+    if cfg is None or cfg.wrapped or cfg.overridden:
+        return None
+    if layers is not None and not set(layers) <= {s.name for s in _static_specs(cfg.base.lower(), cfg)}:
+        return None
+    return _Plan(cfg, layers, fields)
 
 
 def _rebuilds(model: Any, cfg: Any, x: torch.Tensor, full: Mapping[int, Any]) -> bool:

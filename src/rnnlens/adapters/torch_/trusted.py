@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -57,6 +58,7 @@ _GLOBAL_HOOKS = (
     "_global_backward_pre_hooks",
 )
 _RNN_FILE = _rnn.__file__
+_MODULE_FILE = _module.__file__
 _GLOBALS = vars(_module)
 #: what ``module(...)`` runs of ``nn.Module`` itself
 _CALL = ("__call__", "_wrapped_call_impl", "_call_impl", "__getattr__", "__setattr__")
@@ -107,22 +109,25 @@ def _methods(cls: type) -> frozenset[str]:
     return names
 
 
-#: class -> (its body's values, kept alive so that their ids stay theirs; those ids) when checked
-_CHECKED: dict[tuple[type, Any], tuple[tuple[Any, ...], tuple[int, ...]]] = {}
+#: (class, names) -> its body's values (or those ``names``) when last found PyTorch's own, kept
+#: alive: the same objects bound in the same order are the body checked then
+_CHECKED: dict[tuple[type, Any], tuple[Any, ...]] = {}
 
 
-def _unpatched(cls: type, file: str, names: Sequence[str] | None = None) -> bool:
+def _unpatched(cls: type, file: str, names: tuple[str, ...] | None = None) -> bool:
     """:func:`_pytorch_own`, checked again only when the class body changed (some binding in it
-    is another object: the ids of its values, kept alive here, differ)."""
+    is another object, or the body has more or fewer entries)."""
     body = vars(cls)
-    values = tuple(body.values()) if names is None else tuple(map(body.get, names))
-    ids = tuple(map(id, values))
     seen = _CHECKED.get((cls, names))
-    if seen is not None and seen[1] == ids:
+    if seen is not None and (
+        all(map(operator.is_, map(body.get, names), seen))
+        if names is not None
+        else len(body) == len(seen) and all(map(operator.is_, body.values(), seen))
+    ):
         return True
     if not _pytorch_own(cls, file, names):
         return False
-    _CHECKED[(cls, names)] = (values, ids)
+    _CHECKED[(cls, names)] = tuple(body.values()) if names is None else tuple(map(body.get, names))
     return True
 
 
@@ -142,10 +147,10 @@ def own_code_only(model: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) ->
     for p in d["_parameters"].values():
         if p is not None and (type(p) is not nn.Parameter or p.is_inference()):
             return False
-    if not (all(map(_plain, args)) and all(map(_plain, kwargs.values()))):
+    if not (all(map(_plain, args)) and (not kwargs or all(map(_plain, kwargs.values())))):
         return False
     return (
         _unpatched(cls, _RNN_FILE)
         and _unpatched(_rnn.RNNBase, _RNN_FILE)
-        and _unpatched(nn.Module, _module.__file__, _CALL)
+        and _unpatched(nn.Module, _MODULE_FILE, _CALL)
     )
