@@ -15,7 +15,7 @@ about a third).
 (:func:`.emit._small`: up to :data:`.emit.REBUILD_MAX_BATCH` samples, no ``proj_size``): the
 layers run one by one as the general path runs them when it records, and the layers whose ``c``
 or gates are asked for are rebuilt from their kernel output as the general path rebuilds them
-(:func:`.rebuild_fast.rebuild_parts`, ``h`` checked against ``o * tanh(c)``; a failed check: the
+(:func:`.rebuild_fast.rebuild_arrays`, ``h`` checked against ``o * tanh(c)``; a failed check: the
 general path runs and raises it), straight into the arrays returned (zero-copy views).
 
 The same arrays, names and specs as the general path (:mod:`.trace`), bitwise (the same kernel
@@ -39,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from ...core.cells import DirectionArrays
@@ -46,7 +47,7 @@ from ...core.tracing import resolve_fields
 from ..base import Captured, TraceOptions
 from .discover import _config, _static_specs
 from .emit import _small
-from .rebuild_fast import plain_weights, rebuild_parts
+from .rebuild_fast import plain_weights, rebuild_arrays
 from .record import _hx_slice, _layer_view
 from .trusted import own_code_only
 from .unchanged import _Flags
@@ -120,8 +121,8 @@ def _batch(
         arrays = {}
         for d, direction in enumerate(cfg.directions):
             arrays[direction] = arr = DirectionArrays(h=seq if one else seq[:, :, d * u : (d + 1) * u])
-            if layer in parts:  # (time, sample, unit) tensors: zero-copy (sample, time, unit) views
-                c, *gates = (t.numpy().transpose(1, 0, 2) for t in parts[layer][d])
+            if layer in parts:  # (sample, time, unit) views of the rebuilt arrays
+                c, *gates = parts[layer][d]
                 if "c" in want:
                     arr.c = c
                 if "gates" in want:
@@ -199,11 +200,11 @@ def _rebuilds(model: Any, cfg: Any, x: torch.Tensor, full: Mapping[int, Any]) ->
 
 def _layers(
     model: Any, cfg: Any, args: Sequence[Any], kwargs: Mapping[str, Any], full: Mapping[int, Any]
-) -> tuple[dict[int, torch.Tensor], dict[int, list[tuple[torch.Tensor, ...]]]]:
+) -> tuple[dict[int, torch.Tensor], dict[int, list[tuple[np.ndarray, ...]]]]:
     """Every layer's output sequence: PyTorch's own forward on a one-layer view of each layer
     (:func:`.record._layer_view`, sharing the parameters; the module itself where it has one
     layer), as the general path runs them; and per layer in ``full`` its ``(c, i, f, g, o)`` per
-    direction rebuilt from that output (:func:`.rebuild_fast.rebuild_parts`, parity-checked)."""
+    direction rebuilt from that output (:func:`.rebuild_fast.rebuild_arrays`, parity-checked)."""
     x = args[0]
     hx = args[1] if len(args) > 1 else kwargs.get("hx")
     forward = type(model).forward
@@ -214,6 +215,6 @@ def _layers(
         y = forward(view, x, hx_l)[0]
         if layer in full:
             name = f"{cfg.base} layer {layer}"
-            parts[layer] = rebuild_parts(view, cfg, layer, x, y, hx_l, cfg.batch_first, name)
+            parts[layer] = rebuild_arrays(view, cfg, layer, x, y, hx_l, cfg.batch_first, name)
         out[layer] = x = y
     return out, parts
