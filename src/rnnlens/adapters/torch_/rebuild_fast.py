@@ -38,6 +38,7 @@ import torch
 from ...core.buffers import MIN_BYTES, empty
 from ...core.cells import check_parity, tolerance
 from .discover import _Config, base_class, genuine_forward
+from .rebuild_scan import scan
 
 __all__ = ["fits", "plain_weights", "rebuild_arrays", "rebuild_layer", "rebuild_parts"]
 
@@ -229,17 +230,7 @@ def _lstm(
     i, f, o = g[:, :, :h_], g[:, :, h_ : 2 * h_], g[:, :, 3 * h_ :]
     c = _empty((steps, n, h_), dt)
     np.multiply(i, cand, out=c)  # i * g of every step, then c_t = f_t * c_{t-1} + i_t * g_t
-    cs, fs = list(c), list(f)  # each step's views, made at once (indexing costs ~0.3 µs)
-    tmp = np.empty_like(cs[0])
-    order = range(steps - 1, -1, -1) if d else range(steps)
-    prev = c0
-    mul, add = np.multiply, np.add
-    for s in order:
-        cur = cs[s]
-        if prev is not None:  # (c0 None: zeros, and the first c is i * g)
-            mul(fs[s], prev, tmp)  # (out positional: a tenth less per call than out=)
-            add(tmp, cur, cur)
-        prev = cur
+    scan(c, f, c0, reverse=bool(d))  # c_t = f_t * c_{t-1} + i_t * g_t (:mod:`.rebuild_scan`)
     h = _empty((steps, n, h_), dt)
     np.tanh(c, out=h)
     h *= o
