@@ -68,9 +68,7 @@ def capture_express(
     if options.mask is not None or options.batch_size is not None or not args:
         return None
     x = args[0]
-    if type(x) is not torch.Tensor or x.dtype not in _DTYPES or x.device.type != "cpu":
-        return None
-    if x.dim() not in (2, 3):
+    if type(x) is not torch.Tensor or not x.is_cpu or x.dim() not in (2, 3) or x.dtype not in _DTYPES:
         return None
     if not own_code_only(model, args, kwargs):
         return None

@@ -109,25 +109,35 @@ def _methods(cls: type) -> frozenset[str]:
     return names
 
 
-#: (class, names) -> its body's values (or those ``names``) when last found PyTorch's own, kept
-#: alive: the same objects bound in the same order are the body checked then
-_CHECKED: dict[tuple[type, Any], tuple[Any, ...]] = {}
+#: class -> the values of its body, of RNNBase's and of Module's ``_CALL`` when last found
+#: PyTorch's own, kept alive: the same objects bound in the same order are the bodies checked then
+_SEEN: dict[type, tuple[tuple[Any, ...], ...]] = {}
+_BASE_BODY, _MODULE_BODY = vars(_rnn.RNNBase), vars(nn.Module)  # (live views of the class dicts)
 
 
-def _unpatched(cls: type, file: str, names: tuple[str, ...] | None = None) -> bool:
-    """:func:`_pytorch_own`, checked again only when the class body changed (some binding in it
-    is another object, or the body has more or fewer entries)."""
+def _unpatched(cls: type) -> bool:
+    """:func:`_pytorch_own` of ``cls``, ``RNNBase`` and ``Module``'s ``_CALL``, checked again only
+    when one of the bodies changed (some binding in it is another object, or it has more or fewer
+    entries): one pass of identity comparisons a call."""
     body = vars(cls)
-    seen = _CHECKED.get((cls, names))
-    if seen is not None and (
-        all(map(operator.is_, map(body.get, names), seen))
-        if names is not None
-        else len(body) == len(seen) and all(map(operator.is_, body.values(), seen))
+    seen = _SEEN.get(cls)
+    if seen is not None:
+        own, base, call = seen
+        if (
+            len(body) == len(own)
+            and all(map(operator.is_, body.values(), own))
+            and len(_BASE_BODY) == len(base)
+            and all(map(operator.is_, _BASE_BODY.values(), base))
+            and all(map(operator.is_, map(_MODULE_BODY.get, _CALL), call))
+        ):
+            return True
+    if not (
+        _pytorch_own(cls, _RNN_FILE)
+        and _pytorch_own(_rnn.RNNBase, _RNN_FILE)
+        and _pytorch_own(nn.Module, _MODULE_FILE, _CALL)
     ):
-        return True
-    if not _pytorch_own(cls, file, names):
         return False
-    _CHECKED[(cls, names)] = tuple(body.values()) if names is None else tuple(map(body.get, names))
+    _SEEN[cls] = (tuple(body.values()), tuple(_BASE_BODY.values()), tuple(map(_MODULE_BODY.get, _CALL)))
     return True
 
 
@@ -149,8 +159,4 @@ def own_code_only(model: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) ->
             return False
     if not (all(map(_plain, args)) and (not kwargs or all(map(_plain, kwargs.values())))):
         return False
-    return (
-        _unpatched(cls, _RNN_FILE)
-        and _unpatched(_rnn.RNNBase, _RNN_FILE)
-        and _unpatched(nn.Module, _MODULE_FILE, _CALL)
-    )
+    return _unpatched(cls)
