@@ -115,3 +115,28 @@ def test_a_module_reconfigured_after_a_first_call_is_planned_again(fields: Any) 
         np.testing.assert_array_equal(got.h, m(x)[0].numpy().transpose(1, 0, 2))
     if fields is None:
         assert got.c.shape == (5, 2, 4)
+
+
+def test_the_default_options_kept_per_adapter_are_what_checking_gives() -> None:
+    from rnnlens import adapters
+    from rnnlens.api.tracer import _default_options
+    from rnnlens.errors import FieldNotAvailableError, OptionError
+
+    adapter = adapters.for_model(torch.nn.GRU(3, 4))
+    for fields in (None, ("h",), ("gates", "h"), ("h", "h")):
+        for _ in range(2):  # (the second from the cache)
+            got = _default_options(adapter, None, fields, None, None, "auto", "join")
+            assert got == TraceOptions(
+                fields=None if fields is None else tuple(f for f in ("h", "c", "gates") if f in fields)
+            )
+    for args in [("x", None), (None, ["h"]), (None, ("h",))]:
+        assert _default_options(adapter, args[0], args[1], None, 2, "auto", "join") is None
+    assert _default_options(adapter, None, None, None, None, "emit", "join") is None
+    m, x = torch.nn.GRU(3, 4), torch.randn(5, 2, 3)
+    for _ in range(2):  # bad options are errors at every call, not kept
+        with pytest.raises(FieldNotAvailableError):
+            rnnlens.trace(m, x, fields=("hh",))
+        with pytest.raises(OptionError):
+            rnnlens.trace(m, x, strategy="auto ")
+        with pytest.raises(OptionError):
+            rnnlens.trace(m, x, calls="joined")
