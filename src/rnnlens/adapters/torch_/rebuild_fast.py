@@ -156,8 +156,9 @@ def rebuild_arrays(
         h_tm = y_tm[:, :, d * u : (d + 1) * u]
         g_np = _empty((rows, 4 * h_), dt)
         g_t = torch.from_numpy(g_np)
-        if b:  # (one sum: both go in first)
-            torch.addmm(b[0] + b[1], x2d, w_ih.t(), out=g_t)
+        if b:  # (one sum: both go in first; NumPy's add, IEEE's as torch's, has less set-up)
+            bias = torch.from_numpy(np.add(b[0].numpy(), b[1].numpy()))
+            torch.addmm(bias, x2d, w_ih.t(), out=g_t)
         else:
             torch.mm(x2d, w_ih.t(), out=g_t)
         h0 = None if h0s is None else h0s[d].detach()
