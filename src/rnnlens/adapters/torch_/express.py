@@ -106,18 +106,18 @@ def _batch(
 ) -> dict[str, Any]:
     """The arrays of each chosen layer: zero-copy views of the kernel's output (inference
     tensors: no autograd to detach from) and of the rebuilt parts."""
-    cfg, u = plan.cfg, plan.cfg.units
-    one = len(cfg.directions) == 1
+    u, directions = plan.units, plan.directions
+    one = len(directions) == 1
     batch: dict[str, Any] = {}
     for spec, layer in zip(plan.chosen, plan.layers):
         seq = seqs[layer].numpy()
         if unbatched:
             seq = seq[None]
-        elif not cfg.batch_first:
+        elif not plan.batch_first:
             seq = seq.transpose(1, 0, 2)
         want = plan.fields[spec.name]
         arrays = {}
-        for d, direction in enumerate(cfg.directions):
+        for d, direction in enumerate(directions):
             arrays[direction] = arr = DirectionArrays(h=seq if one else seq[:, :, d * u : (d + 1) * u])
             if layer in parts:  # (sample, time, unit) views of the rebuilt arrays
                 c, *gates = parts[layer][d]
@@ -133,11 +133,14 @@ class _Plan:
     """What a trace of one configuration asks for (the same for every call with those options):
     the chosen entries, their fields and layers, the layers whose c or gates are rebuilt."""
 
-    __slots__ = ("cfg", "chosen", "fields", "full", "inner", "layers", "top")
+    __slots__ = (
+        "batch_first", "cfg", "chosen", "directions", "fields", "full", "inner", "layers", "top", "units",
+    )  # fmt: skip
 
     def __init__(self, cfg: Any, layers: tuple[str, ...] | None, fields: tuple[str, ...] | None) -> None:
         specs = _static_specs(cfg.base.lower(), cfg)
         self.cfg, self.top = cfg, cfg.num_layers - 1
+        self.units, self.directions, self.batch_first = cfg.units, cfg.directions, cfg.batch_first
         self.chosen = [s for s in specs if layers is None or s.name in layers]
         self.fields = resolve_fields(self.chosen, fields)
         self.layers = [int(s.name.rsplit(".l", 1)[1]) if cfg.expanded else self.top for s in self.chosen]
