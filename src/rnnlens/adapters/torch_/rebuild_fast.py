@@ -8,8 +8,10 @@ values) the step loop's cost is its calls, ~2–3 µs each for PyTorch, six a st
 GEMMs and its per-call set-up: the fused oneDNN kernel runs the same steps in less time than
 the loop's calls alone. Here the kernel runs (its ``h`` is exact by definition) and everything
 else is done for all steps at once: the pre-activations of every step in two GEMMs
-(``x_t @ W_ih.T + b_ih + b_hh``, then ``+= h_{t-1} @ W_hh.T``, ``h_{t-1}`` the kernel's), the
-activations on the whole array, ``c`` by a scan of two NumPy calls a step (~0.5 µs each), then
+(``x_t @ W_ih.T + b_ih + b_hh``, then ``+= h_{t-1} @ W_hh.T``, ``h_{t-1}`` the kernel's: its
+own rows, shifted one step, where one sample or a time-major layout makes them one matrix), the
+activations on the whole array, ``c`` by a scan (:mod:`.rebuild_scan`: two NumPy calls a step,
+or one numba call), then
 the check that the kernel's ``h`` is ``o * tanh(c)`` within :func:`rnnlens.core.cells.tolerance`
 — a :class:`~rnnlens.errors.ParityError` otherwise, as for every rebuild. The arrays are
 written in the input's layout, so the conversion copies nothing.
