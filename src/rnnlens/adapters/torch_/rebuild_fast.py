@@ -8,8 +8,7 @@ values) the step loop's cost is its calls, ~2–3 µs each for PyTorch, six a st
 GEMMs and its per-call set-up: the fused oneDNN kernel runs the same steps in less time than
 the loop's calls alone. Here the kernel runs (its ``h`` is exact by definition) and everything
 else is done for all steps at once: the pre-activations of every step in two GEMMs
-(``x_t @ W_ih.T + b_ih + b_hh``, then ``+= h_{t-1} @ W_hh.T``, ``h_{t-1}`` the kernel's: its
-own rows, shifted one step, where one sample or a time-major layout makes them one matrix), the
+(``x_t @ W_ih.T + b_ih + b_hh``, then ``+= h_{t-1} @ W_hh.T``, ``h_{t-1}`` the kernel's), the
 activations on the whole array, ``c`` by a scan (:mod:`.rebuild_scan`: two NumPy calls a step,
 or one numba call), then
 the check that the kernel's ``h`` is ``o * tanh(c)`` within :func:`rnnlens.core.cells.tolerance`
@@ -146,9 +145,6 @@ def rebuild_arrays(
     y = y.detach()
     y_np = y.numpy()
     y_tm = y_np.transpose(1, 0, 2) if batch_first else y_np  # (time, sample, ·) views
-    # h_{t-1} of every row a shift of y's rows by one step (n rows): one sample, or time-major
-    shifted = n == 1 or not batch_first
-    y2d = y.reshape(rows, y.shape[-1]) if shifted else None
     lay = (n, steps) if batch_first else (steps, n)
     names = _names(layer, cfg.n_dir, cfg.bias)
     k = len(names) // cfg.n_dir
@@ -163,28 +159,19 @@ def rebuild_arrays(
             torch.addmm(bias, x2d, w_ih.t(), out=g_t)
         else:
             torch.mm(x2d, w_ih.t(), out=g_t)
-        h0 = None if h0s is None else h0s[d].detach()
-        if y2d is not None:
-            # + h_{t-1} U, in place, from the kernel's rows themselves (no h_{t-1} buffer); the
-            # first step's rows start from h0 (zeros: nothing to add)
-            yd = y2d[:, d * u : (d + 1) * u]
-            if d:
-                g_t[:-n].addmm_(yd[n:], w_hh.t())
-            else:
-                g_t[n:].addmm_(yd[:-n], w_hh.t())
-            if h0 is not None:
-                (g_t[-n:] if d else g_t[:n]).addmm_(h0, w_hh.t())
+        # h_{t-1} of every step, the kernel's, in the input's layout (processing order: reverse)
+        # (a GEMM over every row, the first step's from h0: a GEMM over the kernel's own rows
+        # shifted one step skips that buffer but rounds otherwise in float64, MKL's blocking
+        # depending on the rows)
+        hp_np = _empty((*lay, u), dt)
+        hp = hp_np.transpose(1, 0, 2) if batch_first else hp_np
+        hp[steps - 1 if d else 0] = 0 if h0s is None else h0s[d].detach().numpy()
+        if d:
+            hp[:-1] = h_tm[1:]
         else:
-            # h_{t-1} of every step, the kernel's, in the input's layout (processing order: reverse)
-            hp_np = _empty((*lay, u), dt)
-            hp = hp_np.transpose(1, 0, 2)  # (batch_first: the only layout here)
-            hp[steps - 1 if d else 0] = 0 if h0 is None else h0.numpy()
-            if d:
-                hp[:-1] = h_tm[1:]
-            else:
-                hp[1:] = h_tm[:-1]
-            g_t.addmm_(torch.from_numpy(hp_np).view(rows, u), w_hh.t())  # in place: no temporary
-            del hp, hp_np
+            hp[1:] = h_tm[:-1]
+        g_t.addmm_(torch.from_numpy(hp_np).view(rows, u), w_hh.t())  # + h U, in place: no temporary
+        del hp, hp_np
         g = g_np.reshape(*lay, 4 * h_)
         if batch_first:
             g = g.transpose(1, 0, 2)  # time-major views
