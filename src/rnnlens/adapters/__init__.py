@@ -81,6 +81,8 @@ def _import(path: str) -> Any:
 def registered() -> dict[str, Adapter]:
     """Every adapter by name: the built-ins, then those of installed packages' entry points."""
     global _adapters
+    if _adapters is not None:  # (read without the lock once made: every trace call asks)
+        return _adapters
     with _lock:
         if _adapters is None:
             found = {name: _instantiate(_import(path), path) for name, path in BUILTINS.items()}

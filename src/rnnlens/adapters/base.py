@@ -109,13 +109,13 @@ class Inputs:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def mro_roots(model: Any) -> set[str]:
+def mro_roots(model: Any) -> frozenset[str]:
     """Top-level package names in ``model``'s class hierarchy (imports nothing)."""
     kind: Any = type(model)
     try:
-        return set(_roots(kind))
+        return _roots(kind)
     except TypeError:  # a class whose metaclass makes it unhashable
-        return {cls.__module__.split(".", 1)[0] for cls in kind.__mro__}
+        return frozenset(cls.__module__.split(".", 1)[0] for cls in kind.__mro__)
 
 
 @functools.lru_cache(maxsize=512)

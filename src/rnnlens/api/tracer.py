@@ -128,17 +128,55 @@ def trace(
     """
     model = _opened(model)
     adapter = adapters.for_model(model)
-    options = TraceOptions(
-        layers=check_layers(layers),
-        fields=check_fields(fields),
-        # an adapter that takes mask= as valid steps gets it checked; others see it as given
-        mask=check_mask(mask) if adapter.takes_mask else mask,
-        batch_size=check_batch_size(batch_size),
-        strategy=check_strategy(strategy, adapter.strategies, adapter.name),
-        calls=check_choice("calls", calls, ("join", "each")),
-    )
+    options = _default_options(adapter, layers, fields, mask, batch_size, strategy, calls)
+    if options is None:
+        options = TraceOptions(
+            layers=check_layers(layers),
+            fields=check_fields(fields),
+            # an adapter that takes mask= as valid steps gets it checked; others see it as given
+            mask=check_mask(mask) if adapter.takes_mask else mask,
+            batch_size=check_batch_size(batch_size),
+            strategy=check_strategy(strategy, adapter.strategies, adapter.name),
+            calls=check_choice("calls", calls, ("join", "each")),
+        )
     captured = adapter.capture(model, (x, *args), kwargs, options)
     return assemble(captured.specs, captured.batches, backend=captured.backend)
+
+
+#: the checked options of a call with every option but ``fields`` at its default, per adapter,
+#: its strategies and ``fields`` (None or a tuple of str): the same checks give the same options
+_DEFAULTS: dict[tuple[Any, ...], TraceOptions] = {}
+
+
+def _default_options(
+    adapter: Any, layers: Any, fields: Any, mask: Any, batch_size: Any, strategy: Any, calls: Any
+) -> TraceOptions | None:
+    """The options of a call with the defaults (``fields`` aside), checked once; None otherwise
+    (every option then checked as given)."""
+    if (
+        layers is not None
+        or mask is not None
+        or batch_size is not None
+        or type(strategy) is not str
+        or strategy != "auto"
+        or type(calls) is not str
+        or calls != "join"
+    ):
+        return None
+    if fields is not None and (type(fields) is not tuple or any(type(f) is not str for f in fields)):
+        return None
+    key = (adapter, adapter.strategies, adapter.takes_mask, fields)
+    try:
+        options = _DEFAULTS.get(key)
+    except TypeError:  # an adapter (or its strategies) unhashable: checked as given
+        return None
+    if options is None:
+        options = TraceOptions(
+            fields=check_fields(fields), strategy=check_strategy("auto", adapter.strategies, adapter.name)
+        )
+        if len(_DEFAULTS) < 256:
+            _DEFAULTS[key] = options
+    return options
 
 
 def _opened(model: Any) -> Any:

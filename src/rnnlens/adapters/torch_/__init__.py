@@ -50,12 +50,18 @@ class TorchAdapter(Adapter):
         return trace.describe(model)
 
     def capture(self, model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Captured:
-        from . import forms, trace
-
+        forms, trace, express = _modules()
         model = forms.plain(model)  # torch.compile's wrapper, torch.export's program: the module
         # NumPy arrays given for tensors are converted (as torch.from_numpy would), not passed on
-        args = tuple(_from_numpy(a) for a in args)
-        kwargs = {k: _from_numpy(v) for k, v in kwargs.items()}
+        if any(type(a) is np.ndarray for a in args):
+            args = tuple(_from_numpy(a) for a in args)
+        if kwargs:
+            kwargs = {k: _from_numpy(v) for k, v in kwargs.items()}
+        # a bare nn.LSTM/GRU/RNN running only PyTorch's code (no quantized module, none inside):
+        # h is its own output, c and gates of a small LSTM batch rebuilt from it, no recording
+        fast = express.capture_express(model, args, kwargs, options)
+        if fast is not None:
+            return fast
         refuse_quantized(model)
         return trace.capture(model, args, kwargs, options)
 
@@ -103,6 +109,18 @@ class TorchAdapter(Adapter):
 
 
 _PLAIN = (bool, int, float, str, type(None))
+_MODULES: tuple[Any, ...] = ()
+
+
+def _modules() -> tuple[Any, ...]:
+    """The modules ``capture`` runs (imported at the first torch model: they import torch),
+    kept here: a function-level ``from . import`` costs a few µs a call."""
+    global _MODULES
+    if not _MODULES:
+        from . import express, forms, trace
+
+        _MODULES = (forms, trace, express)
+    return _MODULES
 
 
 def _hyperparameters(m: Any) -> list[tuple[str, Any]]:

@@ -138,7 +138,6 @@ from .calls import _CellCalls, _Plan
 from .chains import chain_calls, merge
 from .convert import _cell_entry, _generic_seq, _need_x, _seq_layer
 from .discover import _config, _require_module, _static_specs, _walk, describe
-from .express import capture_express
 from .outputs import _outputs
 from .record import _Recorder, _run, _tensors
 from .trusted import own_code_only
@@ -182,10 +181,7 @@ def capture(model: Any, args: Args, kwargs: Kwargs, options: TraceOptions) -> Ca
 
         forms.check_quantized_script(model)
         return scripted.capture(model, args, kwargs, options)
-    # a bare nn.LSTM/GRU/RNN running only PyTorch's code: h is its own output, c and gates of a
-    # small LSTM batch rebuilt from it, no recording (:mod:`.express`)
-    fast = capture_express(model, args, kwargs, options)
-    return fast if fast is not None else _capture(model, args, kwargs, options, {})[0]
+    return _capture(model, args, kwargs, options, {})[0]
 
 
 def intervene(model: Any, args: Args, kwargs: Kwargs, edits: Edits, options: TraceOptions) -> Intervened:

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -57,6 +58,7 @@ _GLOBAL_HOOKS = (
     "_global_backward_pre_hooks",
 )
 _RNN_FILE = _rnn.__file__
+_MODULE_FILE = _module.__file__
 _GLOBALS = vars(_module)
 #: what ``module(...)`` runs of ``nn.Module`` itself
 _CALL = ("__call__", "_wrapped_call_impl", "_call_impl", "__getattr__", "__setattr__")
@@ -107,22 +109,35 @@ def _methods(cls: type) -> frozenset[str]:
     return names
 
 
-#: class -> (its body's values, kept alive so that their ids stay theirs; those ids) when checked
-_CHECKED: dict[tuple[type, Any], tuple[tuple[Any, ...], tuple[int, ...]]] = {}
+#: class -> the values of its body, of RNNBase's and of Module's ``_CALL`` when last found
+#: PyTorch's own, kept alive: the same objects bound in the same order are the bodies checked then
+_SEEN: dict[type, tuple[tuple[Any, ...], ...]] = {}
+_BASE_BODY, _MODULE_BODY = vars(_rnn.RNNBase), vars(nn.Module)  # (live views of the class dicts)
 
 
-def _unpatched(cls: type, file: str, names: Sequence[str] | None = None) -> bool:
-    """:func:`_pytorch_own`, checked again only when the class body changed (some binding in it
-    is another object: the ids of its values, kept alive here, differ)."""
+def _unpatched(cls: type) -> bool:
+    """:func:`_pytorch_own` of ``cls``, ``RNNBase`` and ``Module``'s ``_CALL``, checked again only
+    when one of the bodies changed (some binding in it is another object, or it has more or fewer
+    entries): one pass of identity comparisons a call."""
     body = vars(cls)
-    values = tuple(body.values()) if names is None else tuple(map(body.get, names))
-    ids = tuple(map(id, values))
-    seen = _CHECKED.get((cls, names))
-    if seen is not None and seen[1] == ids:
-        return True
-    if not _pytorch_own(cls, file, names):
+    seen = _SEEN.get(cls)
+    if seen is not None:
+        own, base, call = seen
+        if (
+            len(body) == len(own)
+            and all(map(operator.is_, body.values(), own))
+            and len(_BASE_BODY) == len(base)
+            and all(map(operator.is_, _BASE_BODY.values(), base))
+            and all(map(operator.is_, map(_MODULE_BODY.get, _CALL), call))
+        ):
+            return True
+    if not (
+        _pytorch_own(cls, _RNN_FILE)
+        and _pytorch_own(_rnn.RNNBase, _RNN_FILE)
+        and _pytorch_own(nn.Module, _MODULE_FILE, _CALL)
+    ):
         return False
-    _CHECKED[(cls, names)] = (values, ids)
+    _SEEN[cls] = (tuple(body.values()), tuple(_BASE_BODY.values()), tuple(map(_MODULE_BODY.get, _CALL)))
     return True
 
 
@@ -142,10 +157,6 @@ def own_code_only(model: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) ->
     for p in d["_parameters"].values():
         if p is not None and (type(p) is not nn.Parameter or p.is_inference()):
             return False
-    if not (all(map(_plain, args)) and all(map(_plain, kwargs.values()))):
+    if not (all(map(_plain, args)) and (not kwargs or all(map(_plain, kwargs.values())))):
         return False
-    return (
-        _unpatched(cls, _RNN_FILE)
-        and _unpatched(_rnn.RNNBase, _RNN_FILE)
-        and _unpatched(nn.Module, _module.__file__, _CALL)
-    )
+    return _unpatched(cls)

@@ -207,9 +207,9 @@ class _Flags:
     ``__setattr__`` (``_flat_weights``, ``_flat_weight_refs``)."""
 
     def __init__(self, model: Any) -> None:
-        self.dicts: list[tuple[dict[str, Any], dict[str, Any]]] = [
-            (vars(m), vars(m).copy()) for m in model.modules()
-        ]
+        d = vars(model)  # (a module without submodules, the usual case: no modules() generator)
+        modules = model.modules() if d.get("_modules") else (model,)
+        self.dicts: list[tuple[dict[str, Any], dict[str, Any]]] = [(vars(m), vars(m).copy()) for m in modules]
         self.lists: list[tuple[list[Any], list[Any]]] = [
             (v, v.copy()) for d, _ in self.dicts for k in _FLAT if type(v := d.get(k)) is list
         ]
