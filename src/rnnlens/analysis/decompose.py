@@ -16,8 +16,8 @@ Delta-rule mixers (gated delta-nets, Kimi delta attention) decay by a matrix per
 products above are matrix products there (:mod:`rnnlens.analysis.decompose_delta`).
 
 Arrays are read in chunks of samples (``chunk``), so the maps of a stored layer never hold more
-than three chunks × ``time × units`` values at once besides the results (two chunks are read,
-checked and mapped at once, each in its own thread: :mod:`.decompose_stream`).
+than three chunks × ``time × units`` values at once besides the results (the next chunks are
+read in another thread while one is checked and mapped: :mod:`.decompose_stream`).
 :meth:`Decomposition.maps` gives the attention map and the lifetimes from one read and one check
 of each chunk; with numba installed (``rnnlens[fast]``) an LSTM's or a GRU's chunk takes one
 compiled pass (:mod:`.decompose_fused`).

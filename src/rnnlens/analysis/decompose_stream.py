@@ -1,14 +1,16 @@
 """The attention map and the lifetimes of a layer whose decays are diagonal, chunk by chunk
 (:meth:`Decomposition.maps <rnnlens.Decomposition.maps>`).
 
-Each chunk's whole work — reading it, checking its writes against the stored field at every
-step, the running products, its rows of the map and its lifetimes — runs in a read-ahead thread
-(:mod:`.read_ahead`) and writes into the chunk's rows of the results, so that two chunks are
-worked on at once (the store's reads, NumPy's large operations and the numba kernel release the
-GIL). An LSTM's ``c`` and a GRU's ``h`` stored as float32 or float64 take the fused kernel of
+An LSTM's ``c`` and a GRU's ``h`` stored as float32 or float64 take the fused kernel of
 :mod:`.decompose_fused` when numba is installed (one pass over the stored arrays instead of one
-per quantity); everything else, and any chunk the kernel cannot take (a failed check, which is
-re-run for its message; products out of range, which take the log route), the NumPy route.
+per quantity): one thread reads the chunks in order (:mod:`.read_ahead`) while the caller runs
+the kernel, which releases the GIL, on the chunk before. Everything else, and any chunk the
+kernel cannot take (a failed check, which is re-run for its message; products out of range,
+which take the log route), takes the NumPy route, where each chunk's whole work — reading it,
+checking its writes against the stored field at every step, the running products, its rows of
+the map and its lifetimes — runs in a read-ahead thread, two chunks at once. Either way each
+chunk writes into its rows of the results, which live in :mod:`rnnlens.core.buffers`' reused
+memory.
 
 Example:
     >>> import numpy as np, torch, rnnlens
