@@ -89,7 +89,7 @@ def mamba2_states(
         if writes and k in writes:  # step k's write, before the carried state is added to it
             edits.apply(states[:, k], writes[k])
         if k:
-            states[:, k].add_(states[:, k - 1] * d_a[:, k])
+            states[:, k].addcmul_(states[:, k - 1], d_a[:, k])  # as mamba2_scan rounds it
         if ops and k in ops:
             unedited[k] = states[:, k].clone()  # step k's own output reads the state as computed
             edits.apply(states[:, k], ops[k])

@@ -6,14 +6,17 @@ their scan to ``mamba2_scan_forward(module, hidden_states, B, C, dt, cache)``, w
 chunk by chunk (SSD) and keeps states only at chunk boundaries. :class:`Scan2Recorder` stands in
 for it in a copy of the mixer's ``forward`` (:mod:`.intercept`: the class and the modeling file
 are untouched). From the helper's inputs it computes every step's state,
-``s_t = exp(dt_t A) s_{t-1} + dt_t x_t ⊗ B_t``, step by step in one buffer (a multiply, then
-an add, as the model's decode step rounds them), and returns the readout
+``s_t = exp(dt_t A) s_{t-1} + dt_t x_t ⊗ B_t``, step by step in one buffer (one ``addcmul`` a
+step: the decode step's multiply and add, fused where the CPU fuses them, so within a
+rounding of it), and returns the readout
 ``C_t · s_t + D x_t`` of every step as the scan's output — so the chunked scan does not run
 beside rnnlens' (it was half the cost of the plain forward of the benchmark's model).
 
-Checked: the helper itself runs on the first :data:`CHECK_STEPS` steps (no cache; as one chunk)
-and its output must match the readout there (a :class:`~rnnlens.errors.ParityError`
-otherwise; the chunked and the step-by-step sums round differently: float32 tolerance). The
+Checked (:mod:`.mamba2_check`): the helper itself runs on the first :data:`CHECK_STEPS` steps
+(no cache; as one chunk) and its output must match the readout there (a
+:class:`~rnnlens.errors.ParityError` otherwise; the chunked and the step-by-step sums round
+differently: float32 tolerance) — at once, or, given a :class:`~.mamba2_check.Checks`, with
+the forward pass's other mixers once it has run (one helper call for them all). The
 recurrence is the same at every step and the helper sees no mask (the mixer zeroes padded
 inputs before it), as for Mamba (:mod:`.mamba_scan`). The mixer's output is therefore its own
 within float32 rounding (summed step by step, not chunk by chunk), and the cache is left as
@@ -44,13 +47,10 @@ import torch
 import torch.nn.functional as F
 
 from ...core.buffers import empty
-from ...core.cells import check_parity
 from .intercept import HelperRecorder
+from .mamba2_check import CHECK_STEPS, Checks, Pending, check
 
 __all__ = ["CHECK_STEPS", "Scan2Recorder", "available"]
-
-#: leading steps on which the modeling file's own (chunked) scan checks rnnlens' readout
-CHECK_STEPS = 8
 
 
 def _from_zero(module: Any, cache: Any, kwargs: dict[str, Any]) -> bool:
@@ -66,23 +66,14 @@ def _from_zero(module: Any, cache: Any, kwargs: dict[str, Any]) -> bool:
     return cache.get_recurrent_state(module.layer_idx, state_idx=0) is None
 
 
-class _OneChunk:
-    """The mixer as the check's helper call sees it: its own attributes, but ``chunk_size`` the
-    checked steps, so the SSD scan runs them as one chunk instead of padding them to the mixer's
-    chunk (the same function, chunked differently: 0.45 instead of 1.0 ms a layer at chunk 32,
-    and far less at the 256 of released Mamba2 models). The mixer is not touched."""
-
-    def __init__(self, mixer: Any, steps: int):
-        self._mixer, self.chunk_size = mixer, steps
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._mixer, name)
-
-
 class Scan2Recorder(HelperRecorder):
     """Stands in for ``mamba2_scan_forward`` in one call of one mixer (see the module doc)."""
 
     helper = "mamba2_scan_forward"
+
+    def __init__(self, mixer: Any, name: str, *, gates: bool, checks: Checks | None = None):
+        super().__init__(mixer, name, gates=gates)
+        self.checks = checks
 
     def __call__(self, module: Any, hidden_states: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  dt: torch.Tensor, cache: Any, **kwargs: Any) -> torch.Tensor:  # fmt: skip
@@ -93,15 +84,16 @@ class Scan2Recorder(HelperRecorder):
         hs, B, C = hidden_states.contiguous(), B.contiguous(), C.contiguous()
         states, y = self._states(hs, B, C, dt)
         k = min(CHECK_STEPS, hs.shape[1])
-        own = self._real(_OneChunk(module, k), hs[:, :k], B[:, :k], C[:, :k], dt[:, :k], None, **kwargs)
-        check_parity(
-            own.float().numpy(), y[:, :k].numpy(), None, layer=self.name,
-            what=f"the readout of every step's state against the mixer's own scan on the first {k} steps",
-        )  # fmt: skip
+        h0, b0, c0, dt0, y0 = (v[:, :k].clone() for v in (hs, B, C, dt, y))  # the mixer may reuse y
+        item = Pending(self._real, module, self.name, h0, b0, c0, dt0, y0, kwargs)
+        if self.checks is None:
+            check([item])
+        else:  # checked with the forward pass's other mixers once it has run (mamba2_check)
+            self.checks.add(item)
         if cache is not None:  # as the helper leaves it: the last state
             cache.update_recurrent_state(states[:, -1].clone(), module.layer_idx)
         self.states, self.used = states, True
-        return y.to(own.dtype)
+        return y
 
     def _states(self, hs: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                 dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
@@ -126,10 +118,8 @@ class Scan2Recorder(HelperRecorder):
                   out=states.view(*by_group, d_state))  # fmt: skip
         d_a = torch.exp(dt * A)[..., None, None].unbind(1)
         steps = states.unbind(1)  # the views once (indexing costs as much as a step's arithmetic)
-        tmp = torch.empty_like(steps[0])
-        for k in range(1, t):  # a multiply, then an add: rounded as the decode and the edit loop
-            torch.mul(steps[k - 1], d_a[k], out=tmp)
-            steps[k].add_(tmp)
+        for k in range(1, t):  # one op a step (a multiply, then an add, cost 1.6x as much)
+            steps[k].addcmul_(steps[k - 1], d_a[k])
         # C_t · s_t, a group's heads and head_dim as one axis (einsum: a few large products)
         read = torch.einsum("btgqn,btgn->btgq", states.view(n, t, groups, -1, d_state), Cg)
         y = read.reshape(n, t, heads, p) + m.D.float()[None, None, :, None] * x

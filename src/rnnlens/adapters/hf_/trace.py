@@ -60,7 +60,7 @@ from ...core.spec import LayerSpec
 from ...core.tracing import resolve_fields, select_layers
 from ...errors import InputError, UnsupportedLayerError
 from ..base import Args, Captured, Edits, Intervened, Kwargs, TraceOptions
-from . import delta, heads, lightning, mamba2_scan, mamba_scan
+from . import delta, heads, lightning, mamba2_check, mamba2_scan, mamba_scan
 from .intercept import forward_with
 from .mamba import mamba_states
 from .mamba import state_shape as mamba_shape
@@ -153,7 +153,7 @@ class _Calls:
     name: str = ""
 
 
-def _mamba_stand_in(m: Any, rec: _Calls) -> Any:
+def _mamba_stand_in(m: Any, rec: _Calls, checks: mamba2_check.Checks) -> Any:
     def forward(*args: Any, **kwargs: Any) -> Any:  # the arguments as the model passes them
         hidden_states = args[0] if args else kwargs["hidden_states"]
         attention_mask = kwargs.get("attention_mask", args[2] if len(args) > 2 else None)
@@ -170,7 +170,8 @@ def _mamba_stand_in(m: Any, rec: _Calls) -> Any:
         fast = _FAST.get(rec.kind)
         if rec.edits is None and fast is not None and fast[0](m):
             # the states come out of this forward pass, from what its scan helper receives
-            scan = fast[1](m, rec.name, gates=rec.gates)
+            later = {"checks": checks} if rec.kind == "mamba2" else {}  # checked after the pass
+            scan = fast[1](m, rec.name, gates=rec.gates, **later)
             if "cache_params" in kwargs:  # the deprecated name the unwrapped forward no longer maps
                 kwargs["cache"] = kwargs.pop("cache_params")
             full = forward_with(m, scan.replacements(type(m).forward))(m, *args, **kwargs)
@@ -387,13 +388,14 @@ def _run(model: Any, args: Args, kwargs: Kwargs, options: TraceOptions, edits: E
         recs[name].edits = e
         recs[name].gates = name not in fields or "gates" in fields[name]
     installed: list[Any] = []
+    checks = mamba2_check.Checks()
     flags = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
         for rec in recs.values():
             m = rec.module
             if rec.kind in _REBUILD:
-                vars(m)["forward"] = _mamba_stand_in(m, rec)
+                vars(m)["forward"] = _mamba_stand_in(m, rec, checks)
                 installed.append(m)
             elif rec.kind in _INTERCEPTED:
                 vars(m)["forward"] = _intercept_stand_in(m, rec)
@@ -413,6 +415,7 @@ def _run(model: Any, args: Args, kwargs: Kwargs, options: TraceOptions, edits: E
                 installed += [m, m.rg_lru]
         with torch.no_grad():
             output = model(*args, **kwargs)
+            checks.run()  # the Mamba2 mixers' readouts, in one helper call per geometry
     finally:
         for m in installed:
             vars(m).pop("forward", None)
