@@ -11,12 +11,12 @@ check and decays above 1 raise the NumPy route's errors. Without numba the NumPy
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from dirty_results import dirty_results  # noqa: F401 (autouse: the results handed out dirty)
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -24,25 +24,6 @@ import rnnlens
 from rnnlens.analysis import decompose_fused
 from rnnlens.core.spec import LayerSpec
 from rnnlens.core.states import DirectionStates, Gates, LayerStates, States
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _dirty_results() -> Iterator[None]:
-    """The maps' result arrays handed out dirty, as a reused buffer can be (NaN, True): every
-    route must write all of what it returns."""
-    from rnnlens.core import buffers
-
-    real = buffers.empty
-
-    def dirty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        a = real(shape, dtype)
-        a.fill(np.nan if np.dtype(dtype).kind == "f" else 1)
-        return a
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(buffers, "empty", dirty)
-        yield
-
 
 numba = pytest.importorskip("numba")
 
