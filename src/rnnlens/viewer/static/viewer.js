@@ -206,10 +206,14 @@
     return Math.round(q * 100) / 100;
   }
 
+  let loads = 0;  // the newest loadSample call: an older one's late answer must not overwrite it
+
   async function loadSample() {
     const sample = Number($("sample").value);
+    const mine = ++loads;
     try {
       const d = await api("/api/sample", { ...where(), sample });
+      if (mine !== loads) return;
       state.data = d;
       state.values = decode(d.values);
       if (!state.thresholdSet) {
@@ -225,7 +229,7 @@
       setStatus(`sample ${d.sample}: ${d.time} steps × ${d.units} units, ${d.mask.filter(Boolean).length} valid`);
       await refreshSelection();
     } catch (e) {
-      setStatus(e.message, true);
+      if (mine === loads) setStatus(e.message, true);
     }
   }
 
